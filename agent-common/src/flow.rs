@@ -1,0 +1,242 @@
+//! The flow table's key and value, and the per-packet update both the kernel and the pcap
+//! path apply.
+
+/// IP version values used in [`FlowKey::ip_version`].
+pub const IP_V4: u8 = 4;
+/// IP version values used in [`FlowKey::ip_version`].
+pub const IP_V6: u8 = 6;
+
+/// A flow: the classic 5-tuple plus the IP version.
+///
+/// Addresses are 128-bit. IPv4 addresses are stored IPv4-mapped (`::ffff:a.b.c.d`), so one
+/// key type serves both families. Ports are in host byte order. For ICMP and ICMPv6 the source
+/// port is 0 and the destination port is `type << 8 | code`, as NetFlow does. Later IP
+/// fragments carry no ports and are keyed on the 3-tuple (ports 0).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FlowKey {
+    pub src_addr: [u8; 16],
+    pub dst_addr: [u8; 16],
+    pub src_port: u16,
+    pub dst_port: u16,
+    /// IP protocol number (IPv6: the upper-layer protocol after extension headers).
+    pub protocol: u8,
+    /// 4 or 6.
+    pub ip_version: u8,
+    /// Always zero; makes the padding explicit so hashing the key bytes is deterministic.
+    pub pad: [u8; 2],
+}
+crate::assert_size!(FlowKey, 40);
+
+impl FlowKey {
+    /// Writes an IPv4 address in IPv4-mapped form.
+    #[inline(always)]
+    #[must_use]
+    pub const fn v4_mapped(addr: [u8; 4]) -> [u8; 16] {
+        [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, addr[0], addr[1], addr[2], addr[3]]
+    }
+}
+
+/// Bits of [`FlowStats::flags`].
+pub mod flags {
+    /// A first fragment (offset 0, more-fragments set) was seen on this flow.
+    pub const FRAGMENT_FIRST: u8 = 1;
+    /// A later fragment (offset > 0) was counted on this flow's 3-tuple.
+    pub const FRAGMENT_LATER: u8 = 2;
+}
+
+/// What the parser extracts from one packet for the flow update.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PacketMeta {
+    pub key: FlowKey,
+    /// Frame length in bytes, as on the wire (Ethernet header included, FCS excluded).
+    pub len: u32,
+    /// TCP flags byte (0 for other protocols).
+    pub tcp_flags: u8,
+    /// IPv4 TTL or IPv6 hop limit.
+    pub ttl: u8,
+    /// [`flags`] bits this packet contributes.
+    pub flags: u8,
+}
+
+/// TCP flag bits as in the TCP header's flags byte.
+pub mod tcp {
+    pub const FIN: u8 = 0x01;
+    pub const SYN: u8 = 0x02;
+    pub const RST: u8 = 0x04;
+    pub const PSH: u8 = 0x08;
+    pub const ACK: u8 = 0x10;
+    pub const URG: u8 = 0x20;
+    pub const ECE: u8 = 0x40;
+    pub const CWR: u8 = 0x80;
+}
+
+/// Statistics of one flow on one CPU. Userspace merges the per-CPU values with
+/// [`FlowStats::merge`].
+///
+/// Times are `CLOCK_MONOTONIC` nanoseconds in the kernel, capture timestamps in the pcap
+/// path. Inter-arrival times are measured between consecutive packets of the flow on the same
+/// CPU; the squared sum is kept in microseconds² so it does not overflow for realistic gaps
+/// (it saturates rather than wraps).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowStats {
+    pub packets: u64,
+    pub bytes: u64,
+    pub first_seen_ns: u64,
+    pub last_seen_ns: u64,
+    /// Sum of packet lengths' squares (bytes²).
+    pub len_sq_sum: u64,
+    /// Inter-arrival time statistics, over `packets - 1` gaps.
+    pub iat_min_ns: u64,
+    pub iat_max_ns: u64,
+    pub iat_sum_ns: u64,
+    /// Sum of squared inter-arrival times in µs² (saturating).
+    pub iat_sq_sum_us2: u64,
+    pub len_min: u32,
+    pub len_max: u32,
+    /// Packets with SYN set and ACK clear.
+    pub syn: u32,
+    /// Packets with both SYN and ACK set.
+    pub syn_ack: u32,
+    pub fin: u32,
+    pub rst: u32,
+    pub psh: u32,
+    /// Packets with ACK set (SYN+ACK included).
+    pub ack: u32,
+    pub urg: u32,
+    pub ece: u32,
+    pub cwr: u32,
+    pub ttl_min: u8,
+    pub ttl_max: u8,
+    /// [`flags`] bits seen on this flow.
+    pub flags: u8,
+    pub pad: u8,
+}
+crate::assert_size!(FlowStats, 120);
+
+impl FlowStats {
+    /// The statistics of a flow whose first packet is `meta`, seen at `now_ns`.
+    #[inline(always)]
+    #[must_use]
+    pub fn first(meta: &PacketMeta, now_ns: u64) -> Self {
+        let len = u64::from(meta.len);
+        let mut stats = Self {
+            packets: 1,
+            bytes: len,
+            first_seen_ns: now_ns,
+            last_seen_ns: now_ns,
+            len_sq_sum: len * len,
+            iat_min_ns: u64::MAX,
+            len_min: meta.len,
+            len_max: meta.len,
+            ttl_min: meta.ttl,
+            ttl_max: meta.ttl,
+            flags: meta.flags,
+            ..Self::default()
+        };
+        stats.count_tcp_flags(meta.tcp_flags);
+        stats
+    }
+
+    /// Adds one more packet of the flow, seen at `now_ns`.
+    ///
+    /// A zeroed value (`packets == 0`) is what a per-CPU map holds on a CPU that has not seen
+    /// the flow yet; it is initialised as a first packet.
+    #[inline(always)]
+    pub fn update(&mut self, meta: &PacketMeta, now_ns: u64) {
+        if self.packets == 0 {
+            *self = Self::first(meta, now_ns);
+            return;
+        }
+        let len = u64::from(meta.len);
+        let iat = now_ns.saturating_sub(self.last_seen_ns);
+        let iat_us = iat / 1000;
+        self.packets += 1;
+        self.bytes += len;
+        self.last_seen_ns = now_ns;
+        self.len_sq_sum += len * len;
+        if iat < self.iat_min_ns {
+            self.iat_min_ns = iat;
+        }
+        if iat > self.iat_max_ns {
+            self.iat_max_ns = iat;
+        }
+        self.iat_sum_ns += iat;
+        // Squares below 2^64 only; `saturating_mul` would need a 128-bit multiply the BPF
+        // backend does not have.
+        let iat_sq = if iat_us >> 32 == 0 { iat_us * iat_us } else { u64::MAX };
+        self.iat_sq_sum_us2 = self.iat_sq_sum_us2.saturating_add(iat_sq);
+        if meta.len < self.len_min {
+            self.len_min = meta.len;
+        }
+        if meta.len > self.len_max {
+            self.len_max = meta.len;
+        }
+        if meta.ttl < self.ttl_min {
+            self.ttl_min = meta.ttl;
+        }
+        if meta.ttl > self.ttl_max {
+            self.ttl_max = meta.ttl;
+        }
+        self.flags |= meta.flags;
+        self.count_tcp_flags(meta.tcp_flags);
+    }
+
+    #[inline(always)]
+    fn count_tcp_flags(&mut self, f: u8) {
+        if f == 0 {
+            return;
+        }
+        let syn = f & tcp::SYN != 0;
+        let ack = f & tcp::ACK != 0;
+        self.syn += u32::from(syn && !ack);
+        self.syn_ack += u32::from(syn && ack);
+        self.fin += u32::from(f & tcp::FIN != 0);
+        self.rst += u32::from(f & tcp::RST != 0);
+        self.psh += u32::from(f & tcp::PSH != 0);
+        self.ack += u32::from(ack);
+        self.urg += u32::from(f & tcp::URG != 0);
+        self.ece += u32::from(f & tcp::ECE != 0);
+        self.cwr += u32::from(f & tcp::CWR != 0);
+    }
+
+    /// Folds another CPU's statistics of the same flow into these. Zeroed values (CPUs that
+    /// never saw the flow) are skipped.
+    ///
+    /// Counts and sums add; minima, maxima and first/last times combine. Inter-arrival sums
+    /// add the per-CPU gaps: exact when a flow stays on one CPU (as RSS keeps it), an
+    /// approximation otherwise.
+    pub fn merge(&mut self, other: &Self) {
+        if other.packets == 0 {
+            return;
+        }
+        if self.packets == 0 {
+            *self = *other;
+            return;
+        }
+        self.packets += other.packets;
+        self.bytes += other.bytes;
+        self.first_seen_ns = self.first_seen_ns.min(other.first_seen_ns);
+        self.last_seen_ns = self.last_seen_ns.max(other.last_seen_ns);
+        self.len_sq_sum += other.len_sq_sum;
+        self.iat_min_ns = self.iat_min_ns.min(other.iat_min_ns);
+        self.iat_max_ns = self.iat_max_ns.max(other.iat_max_ns);
+        self.iat_sum_ns += other.iat_sum_ns;
+        self.iat_sq_sum_us2 = self.iat_sq_sum_us2.saturating_add(other.iat_sq_sum_us2);
+        self.len_min = self.len_min.min(other.len_min);
+        self.len_max = self.len_max.max(other.len_max);
+        self.syn += other.syn;
+        self.syn_ack += other.syn_ack;
+        self.fin += other.fin;
+        self.rst += other.rst;
+        self.psh += other.psh;
+        self.ack += other.ack;
+        self.urg += other.urg;
+        self.ece += other.ece;
+        self.cwr += other.cwr;
+        self.ttl_min = self.ttl_min.min(other.ttl_min);
+        self.ttl_max = self.ttl_max.max(other.ttl_max);
+        self.flags |= other.flags;
+    }
+}

@@ -1,0 +1,25 @@
+//! Names and sizes of the kernel maps, so the XDP program and userspace cannot disagree.
+//!
+//! Map names are limited to 15 bytes by the kernel (`BPF_OBJ_NAME_LEN`).
+
+/// Per-CPU LRU hash of [`crate::flow::FlowKey`] to [`crate::flow::FlowStats`].
+pub const FLOWS: &str = "VIGIL_FLOWS";
+/// Per-CPU array with one [`crate::counters::Counters`] entry.
+pub const COUNTERS: &str = "VIGIL_COUNTERS";
+/// LPM trie of IPv4 source prefixes to [`crate::blocklist::BlockRule`].
+pub const BLOCK_V4: &str = "VIGIL_BLOCK_V4";
+/// LPM trie of IPv6 source prefixes to [`crate::blocklist::BlockRule`].
+pub const BLOCK_V6: &str = "VIGIL_BLOCK_V6";
+
+/// Name of the sensor program in the object file.
+pub const PROGRAM: &str = "vigil";
+/// Name of the empty `XDP_PASS` program shipped beside it, the floor for benchmarks.
+pub const PROGRAM_EMPTY: &str = "vigil_pass";
+
+/// Flow table capacity compiled into the object; the agent overrides it at load time.
+pub const DEFAULT_FLOW_CAPACITY: u32 = 262_144;
+/// Blocklist capacity per address family.
+pub const BLOCKLIST_CAPACITY: u32 = 65_536;
+
+/// `BPF_F_NO_PREALLOC`: LPM tries require it.
+pub const BPF_F_NO_PREALLOC: u32 = 1;

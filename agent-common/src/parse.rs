@@ -1,0 +1,300 @@
+//! Packet parsing shared by the XDP program and the pcap path.
+//!
+//! The parser is generic over [`Packet`], the one thing that differs between the two: the XDP
+//! program reads between `data` and `data_end` with checks the verifier can follow, the host
+//! reads a byte slice. Every read is of a fixed-size byte array at a bounded offset, so the
+//! same code passes the verifier and runs on the host.
+//!
+//! Parsing is split in two so the XDP program can check the blocklist as soon as the source
+//! address is known: [`parse_l3`] (Ethernet, VLAN, IPv4/IPv6 and IPv6 extension headers), then
+//! [`parse_l4`] (TCP, UDP, ICMP, ICMPv6 ports and flags).
+
+use crate::{
+    counters::Malformed,
+    flow::{FlowKey, IP_V4, IP_V6, PacketMeta, flags},
+};
+
+pub const ETH_P_IPV4: u16 = 0x0800;
+pub const ETH_P_IPV6: u16 = 0x86dd;
+pub const ETH_P_8021Q: u16 = 0x8100;
+pub const ETH_P_8021AD: u16 = 0x88a8;
+/// Pre-standard QinQ outer tag, still seen in the wild.
+pub const ETH_P_QINQ_9100: u16 = 0x9100;
+
+pub const IPPROTO_HOPOPTS: u8 = 0;
+pub const IPPROTO_ICMP: u8 = 1;
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+pub const IPPROTO_ROUTING: u8 = 43;
+pub const IPPROTO_FRAGMENT: u8 = 44;
+pub const IPPROTO_AH: u8 = 51;
+pub const IPPROTO_ICMPV6: u8 = 58;
+pub const IPPROTO_DSTOPTS: u8 = 60;
+
+const ETH_HLEN: usize = 14;
+const VLAN_HLEN: usize = 4;
+/// Stacked VLAN tags parsed (802.1ad outer + 802.1Q inner).
+pub const MAX_VLAN_TAGS: usize = 2;
+/// IPv6 extension headers walked before giving up.
+pub const MAX_IPV6_EXT_HEADERS: usize = 6;
+/// Largest header offset the parser reads at. Bounding offsets is what lets the verifier
+/// accept reads at variable positions; no real header stack comes near it.
+pub const MAX_OFFSET: usize = 1024;
+
+/// Access to one packet's bytes.
+pub trait Packet {
+    /// Length of the frame on the wire (the capture's original length in the pcap path).
+    fn wire_len(&self) -> u32;
+    /// Bytes available to read (the captured length in the pcap path).
+    fn available(&self) -> usize;
+    /// The `N` bytes at `offset`, or `None` if any of them lies past the available data or
+    /// `offset` exceeds [`MAX_OFFSET`].
+    fn bytes<const N: usize>(&self, offset: usize) -> Option<[u8; N]>;
+}
+
+/// A packet held in a byte slice (host side: pcap files, tests).
+#[derive(Clone, Copy, Debug)]
+pub struct SlicePacket<'a> {
+    data: &'a [u8],
+    wire_len: u32,
+}
+
+impl<'a> SlicePacket<'a> {
+    /// A whole packet.
+    #[must_use]
+    pub fn new(data: &'a [u8]) -> Self {
+        Self { data, wire_len: u32::try_from(data.len()).unwrap_or(u32::MAX) }
+    }
+
+    /// A captured packet that was `wire_len` bytes long on the wire (snaplen may cut it).
+    #[must_use]
+    pub const fn captured(data: &'a [u8], wire_len: u32) -> Self {
+        Self { data, wire_len }
+    }
+}
+
+impl Packet for SlicePacket<'_> {
+    fn wire_len(&self) -> u32 {
+        self.wire_len
+    }
+
+    fn available(&self) -> usize {
+        self.data.len()
+    }
+
+    fn bytes<const N: usize>(&self, offset: usize) -> Option<[u8; N]> {
+        if offset > MAX_OFFSET {
+            return None;
+        }
+        let end = offset.checked_add(N)?;
+        self.data.get(offset..end)?.try_into().ok()
+    }
+}
+
+/// The network-layer view of a packet: addresses, protocol and where the transport header is.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct L3 {
+    /// Addresses, protocol and IP version filled in; ports still zero.
+    pub key: FlowKey,
+    /// Offset of the transport header.
+    pub l4_offset: usize,
+    /// IPv4 TTL or IPv6 hop limit.
+    pub ttl: u8,
+    /// [`flags`] bits (fragments).
+    pub flags: u8,
+}
+
+impl L3 {
+    /// A later fragment carries no transport header; it is counted on the 3-tuple.
+    #[inline(always)]
+    #[must_use]
+    pub const fn is_later_fragment(&self) -> bool {
+        self.flags & flags::FRAGMENT_LATER != 0
+    }
+}
+
+#[inline(always)]
+const fn be16(b: [u8; 2]) -> u16 {
+    u16::from_be_bytes(b)
+}
+
+/// Parses the link and network layers. `Ok(None)` is a well-formed frame that is not IP.
+///
+/// # Errors
+/// The [`Malformed`] reason when a header is truncated or inconsistent.
+#[inline(always)]
+pub fn parse_l3<P: Packet>(p: &P) -> Result<Option<L3>, Malformed> {
+    let Some(eth) = p.bytes::<ETH_HLEN>(0) else {
+        return Err(Malformed::EthTruncated);
+    };
+    let mut ethertype = be16([eth[12], eth[13]]);
+    let mut offset = ETH_HLEN;
+    let mut tags = 0;
+    while ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD || ethertype == ETH_P_QINQ_9100 {
+        if tags == MAX_VLAN_TAGS {
+            return Err(Malformed::VlanTooMany);
+        }
+        let Some(tag) = p.bytes::<VLAN_HLEN>(offset) else {
+            return Err(Malformed::VlanTruncated);
+        };
+        ethertype = be16([tag[2], tag[3]]);
+        offset += VLAN_HLEN;
+        tags += 1;
+    }
+    match ethertype {
+        ETH_P_IPV4 => parse_ipv4(p, offset).map(Some),
+        ETH_P_IPV6 => parse_ipv6(p, offset).map(Some),
+        _ => Ok(None),
+    }
+}
+
+#[inline(always)]
+fn parse_ipv4<P: Packet>(p: &P, offset: usize) -> Result<L3, Malformed> {
+    let Some(h) = p.bytes::<20>(offset) else {
+        return Err(Malformed::Ipv4Truncated);
+    };
+    if h[0] >> 4 != 4 {
+        return Err(Malformed::Ipv4BadVersion);
+    }
+    let header_len = usize::from(h[0] & 0x0f) * 4;
+    let total_len = usize::from(be16([h[2], h[3]]));
+    if header_len < 20 || total_len < header_len || offset + header_len > p.available() {
+        return Err(Malformed::Ipv4BadHeaderLen);
+    }
+    let frag = be16([h[6], h[7]]);
+    let more_fragments = frag & 0x2000 != 0;
+    let frag_offset = frag & 0x1fff;
+    let flags = if frag_offset != 0 {
+        flags::FRAGMENT_LATER
+    } else if more_fragments {
+        flags::FRAGMENT_FIRST
+    } else {
+        0
+    };
+    let key = FlowKey {
+        src_addr: FlowKey::v4_mapped([h[12], h[13], h[14], h[15]]),
+        dst_addr: FlowKey::v4_mapped([h[16], h[17], h[18], h[19]]),
+        protocol: h[9],
+        ip_version: IP_V4,
+        ..FlowKey::default()
+    };
+    Ok(L3 { key, l4_offset: offset + header_len, ttl: h[8], flags })
+}
+
+#[inline(always)]
+fn parse_ipv6<P: Packet>(p: &P, offset: usize) -> Result<L3, Malformed> {
+    let Some(h) = p.bytes::<40>(offset) else {
+        return Err(Malformed::Ipv6Truncated);
+    };
+    if h[0] >> 4 != 6 {
+        return Err(Malformed::Ipv6BadVersion);
+    }
+    let mut src_addr = [0u8; 16];
+    let mut dst_addr = [0u8; 16];
+    src_addr.copy_from_slice(&h[8..24]);
+    dst_addr.copy_from_slice(&h[24..40]);
+    let mut next = h[6];
+    let mut offset = offset + 40;
+    let mut flags = 0;
+    let mut walked = 0;
+    loop {
+        let len = match next {
+            IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS => {
+                let Some(e) = p.bytes::<2>(offset) else {
+                    return Err(Malformed::Ipv6ExtTruncated);
+                };
+                next = e[0];
+                (usize::from(e[1]) + 1) * 8
+            }
+            IPPROTO_AH => {
+                let Some(e) = p.bytes::<2>(offset) else {
+                    return Err(Malformed::Ipv6ExtTruncated);
+                };
+                next = e[0];
+                (usize::from(e[1]) + 2) * 4
+            }
+            IPPROTO_FRAGMENT => {
+                let Some(e) = p.bytes::<8>(offset) else {
+                    return Err(Malformed::Ipv6ExtTruncated);
+                };
+                next = e[0];
+                let frag = be16([e[2], e[3]]);
+                if frag >> 3 != 0 {
+                    // A later fragment: no transport header follows.
+                    flags |= flags::FRAGMENT_LATER;
+                    offset += 8;
+                    break;
+                }
+                if frag & 1 != 0 {
+                    flags |= flags::FRAGMENT_FIRST;
+                }
+                8
+            }
+            _ => break,
+        };
+        offset += len;
+        walked += 1;
+        if offset > MAX_OFFSET || (walked == MAX_IPV6_EXT_HEADERS && is_ipv6_ext(next)) {
+            return Err(Malformed::Ipv6ExtTooMany);
+        }
+        if walked == MAX_IPV6_EXT_HEADERS {
+            break;
+        }
+    }
+    if offset > p.available() {
+        return Err(Malformed::Ipv6ExtTruncated);
+    }
+    let key = FlowKey { src_addr, dst_addr, protocol: next, ip_version: IP_V6, ..FlowKey::default() };
+    Ok(L3 { key, l4_offset: offset, ttl: h[7], flags })
+}
+
+#[inline(always)]
+const fn is_ipv6_ext(next: u8) -> bool {
+    matches!(next, IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_AH | IPPROTO_FRAGMENT)
+}
+
+/// Parses the transport header and completes the flow key. Later fragments and protocols
+/// without ports keep ports 0.
+///
+/// # Errors
+/// The [`Malformed`] reason when the transport header is truncated or inconsistent.
+#[inline(always)]
+pub fn parse_l4<P: Packet>(p: &P, l3: &L3) -> Result<PacketMeta, Malformed> {
+    let mut meta = PacketMeta { key: l3.key, len: p.wire_len(), tcp_flags: 0, ttl: l3.ttl, flags: l3.flags };
+    if l3.is_later_fragment() {
+        return Ok(meta);
+    }
+    let offset = l3.l4_offset;
+    match l3.key.protocol {
+        IPPROTO_TCP => {
+            let Some(t) = p.bytes::<20>(offset) else {
+                return Err(Malformed::TcpTruncated);
+            };
+            let data_offset = usize::from(t[12] >> 4) * 4;
+            if data_offset < 20 {
+                return Err(Malformed::TcpBadOffset);
+            }
+            if offset + data_offset > p.available() {
+                return Err(Malformed::TcpTruncated);
+            }
+            meta.key.src_port = be16([t[0], t[1]]);
+            meta.key.dst_port = be16([t[2], t[3]]);
+            meta.tcp_flags = t[13];
+        }
+        IPPROTO_UDP => {
+            let Some(u) = p.bytes::<8>(offset) else {
+                return Err(Malformed::UdpTruncated);
+            };
+            meta.key.src_port = be16([u[0], u[1]]);
+            meta.key.dst_port = be16([u[2], u[3]]);
+        }
+        IPPROTO_ICMP | IPPROTO_ICMPV6 => {
+            let Some(i) = p.bytes::<4>(offset) else {
+                return Err(Malformed::IcmpTruncated);
+            };
+            meta.key.dst_port = be16([i[0], i[1]]);
+        }
+        _ => {}
+    }
+    Ok(meta)
+}

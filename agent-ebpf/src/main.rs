@@ -1,0 +1,213 @@
+//! Vigil's XDP sensor: blocklist first, then one flow-table update per packet.
+//!
+//! Every packet is counted; malformed ones are counted by reason and passed; packets from a
+//! blocked source prefix whose rule has not expired are dropped; everything else updates its
+//! flow in a per-CPU LRU hash and is passed. The program never returns `XDP_ABORTED`.
+#![no_std]
+#![no_main]
+// `atomic_xadd` compiles to a BPF atomic add; `AtomicU64::fetch_add` is not offered on the BPF
+// target because it has no compare-and-swap.
+#![feature(core_intrinsics)]
+#![expect(internal_features, reason = "atomic_xadd is the only atomic add on the BPF target")]
+
+use core::intrinsics::{AtomicOrdering, atomic_xadd};
+
+use agent_common::{
+    blocklist::BlockRule,
+    counters::{Counters, ProtoClass},
+    flow::{FlowKey, FlowStats, IP_V4},
+    maps::{BLOCKLIST_CAPACITY, DEFAULT_FLOW_CAPACITY},
+    parse::{self, L3, MAX_OFFSET, Packet},
+};
+use aya_ebpf::{
+    bindings::{BPF_NOEXIST, xdp_action},
+    helpers::bpf_ktime_get_ns,
+    macros::{map, xdp},
+    maps::{LpmTrie, LruPerCpuHashMap, PerCpuArray, lpm_trie::Key},
+    programs::XdpContext,
+};
+
+#[map]
+static VIGIL_FLOWS: LruPerCpuHashMap<FlowKey, FlowStats> =
+    LruPerCpuHashMap::with_max_entries(DEFAULT_FLOW_CAPACITY, 0);
+
+#[map]
+static VIGIL_COUNTERS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(1, 0);
+
+#[map]
+static VIGIL_BLOCK_V4: LpmTrie<[u8; 4], BlockRule> = LpmTrie::with_max_entries(BLOCKLIST_CAPACITY, 0);
+
+#[map]
+static VIGIL_BLOCK_V6: LpmTrie<[u8; 16], BlockRule> = LpmTrie::with_max_entries(BLOCKLIST_CAPACITY, 0);
+
+/// The packet between `data` and `data_end`, read with checks the verifier can follow.
+struct XdpPacket {
+    data: usize,
+    data_end: usize,
+}
+
+impl Packet for XdpPacket {
+    #[inline(always)]
+    fn wire_len(&self) -> u32 {
+        (self.data_end - self.data) as u32
+    }
+
+    #[inline(always)]
+    fn available(&self) -> usize {
+        self.data_end - self.data
+    }
+
+    #[inline(always)]
+    fn bytes<const N: usize>(&self, offset: usize) -> Option<[u8; N]> {
+        if offset > MAX_OFFSET {
+            return None;
+        }
+        let start = self.data + offset;
+        if start + N > self.data_end {
+            return None;
+        }
+        // SAFETY: `[start, start + N)` lies inside the packet (checked above) and `[u8; N]` has
+        // alignment 1.
+        Some(unsafe { *(start as *const [u8; N]) })
+    }
+}
+
+#[xdp]
+pub fn vigil(ctx: XdpContext) -> u32 {
+    try_vigil(&ctx).unwrap_or(xdp_action::XDP_PASS)
+}
+
+/// The floor for benchmarks: an XDP program that does nothing but pass.
+#[xdp]
+pub fn vigil_pass(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
+}
+
+#[inline(always)]
+fn try_vigil(ctx: &XdpContext) -> Option<u32> {
+    let counters = VIGIL_COUNTERS.get_ptr_mut(0)?;
+    // SAFETY: a per-CPU array value is only touched by this CPU, and no other reference exists.
+    let counters = unsafe { &mut *counters };
+    let packet = XdpPacket { data: ctx.data(), data_end: ctx.data_end() };
+    let len = packet.wire_len();
+    counters.packets += 1;
+    counters.bytes += u64::from(len);
+
+    let l3 = match parse::parse_l3(&packet) {
+        Ok(Some(l3)) => l3,
+        Ok(None) => {
+            counters.non_ip_packets += 1;
+            return Some(xdp_action::XDP_PASS);
+        }
+        Err(reason) => {
+            counters.count_malformed(reason);
+            return Some(xdp_action::XDP_PASS);
+        }
+    };
+    if l3.key.ip_version == IP_V4 {
+        counters.ipv4_packets += 1;
+    } else {
+        counters.ipv6_packets += 1;
+    }
+
+    // SAFETY: `bpf_ktime_get_ns` has no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if is_blocked(&l3, now, counters) {
+        counters.blocklist_drops += 1;
+        return Some(xdp_action::XDP_DROP);
+    }
+
+    let meta = match parse::parse_l4(&packet, &l3) {
+        Ok(meta) => meta,
+        Err(reason) => {
+            counters.count_malformed(reason);
+            return Some(xdp_action::XDP_PASS);
+        }
+    };
+    if l3.flags != 0 {
+        counters.fragments += 1;
+    }
+    let class = if l3.is_later_fragment() { ProtoClass::Other } else { ProtoClass::of(meta.key.protocol) };
+    counters.count_proto(class, u64::from(len));
+
+    if let Some(stats) = VIGIL_FLOWS.get_ptr_mut(&meta.key) {
+        // SAFETY: the per-CPU value belongs to this CPU; the map keeps it alive for the program.
+        unsafe { (*stats).update(&meta, now) };
+    } else {
+        let stats = FlowStats::first(&meta, now);
+        match VIGIL_FLOWS.insert(&meta.key, &stats, u64::from(BPF_NOEXIST)) {
+            Ok(()) => counters.flows_created += 1,
+            // Another CPU created the flow between our lookup and insert: update our slot.
+            Err(_) => match VIGIL_FLOWS.get_ptr_mut(&meta.key) {
+                // SAFETY: as above.
+                Some(stats) => unsafe { (*stats).update(&meta, now) },
+                None => counters.flow_insert_failed += 1,
+            },
+        }
+    }
+    Some(xdp_action::XDP_PASS)
+}
+
+/// Whether an active blocklist rule covers the packet's source. Expired rules met on the way
+/// are deleted (the kernel enforces expiry), then the lookup is repeated once so a shorter,
+/// still active prefix behind an expired longer one keeps applying.
+#[inline(always)]
+fn is_blocked(l3: &L3, now: u64, counters: &mut Counters) -> bool {
+    let src = &l3.key.src_addr;
+    for _ in 0..2 {
+        let hit = if l3.key.ip_version == IP_V4 {
+            let key = Key::new(32, [src[12], src[13], src[14], src[15]]);
+            match VIGIL_BLOCK_V4.get(&key) {
+                Some(rule) => Some(check_rule(rule, now, |prefix_len| {
+                    let _ = VIGIL_BLOCK_V4.remove(Key::new(prefix_len, key.data));
+                })),
+                None => None,
+            }
+        } else {
+            let key = Key::new(128, *src);
+            match VIGIL_BLOCK_V6.get(&key) {
+                Some(rule) => Some(check_rule(rule, now, |prefix_len| {
+                    let _ = VIGIL_BLOCK_V6.remove(Key::new(prefix_len, key.data));
+                })),
+                None => None,
+            }
+        };
+        match hit {
+            None => return false,
+            Some(true) => return true,
+            Some(false) => counters.blocklist_expired += 1,
+        }
+    }
+    false
+}
+
+/// Counts a drop on an active rule and returns true; on an expired one, deletes it through
+/// `remove` (given the rule's own prefix length: trie deletes are exact-match) and returns
+/// false.
+#[inline(always)]
+fn check_rule(rule: &BlockRule, now: u64, remove: impl FnOnce(u32)) -> bool {
+    if rule.is_active(now) {
+        // SAFETY: `drops` is a u64 inside a live map value; concurrent CPUs update it with
+        // atomic adds only.
+        unsafe {
+            atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(
+                core::ptr::addr_of!(rule.drops).cast_mut(),
+                1,
+            )
+        };
+        true
+    } else {
+        remove(rule.prefix_len);
+        false
+    }
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

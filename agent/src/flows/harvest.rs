@@ -1,0 +1,194 @@
+//! Harvesting the kernel flow table into [`FlowRecord`]s.
+//!
+//! Each harvest reads the whole table with `BPF_MAP_LOOKUP_BATCH` in chunks, merges each
+//! flow's per-CPU values, and picks the flows that leave: idle ones (no packet for the idle
+//! timeout) and long ones (older than the active timeout). Those are removed with
+//! `BPF_MAP_LOOKUP_AND_DELETE_ELEM`, which returns the value as it was at deletion, so packets
+//! that arrived between the scan and the delete are still in the record. Nothing else is
+//! deleted: a flow stays in the table, and keeps its statistics, until it leaves.
+
+use std::{
+    io,
+    os::fd::AsFd as _,
+    time::{Duration, Instant},
+};
+
+use agent_common::flow::{FlowKey, FlowStats};
+use aya::maps::{IterableMap as _, MapData, PerCpuHashMap};
+
+use super::record::{EndReason, FlowRecord, merge_per_cpu};
+use crate::{
+    clock::MonoToWall,
+    sensor::batch::{self, PerCpuBatchReader},
+};
+
+/// The flow table as the agent holds it.
+pub type FlowTable = PerCpuHashMap<MapData, FlowKey, FlowStats>;
+
+/// When flows leave the table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HarvestConfig {
+    /// A flow with no packet for this long is exported and deleted.
+    pub idle_timeout: Duration,
+    /// A flow older than this is exported and deleted; its next packet starts a new record.
+    pub active_timeout: Duration,
+    /// Keys per `BPF_MAP_LOOKUP_BATCH` call.
+    pub chunk: u32,
+}
+
+impl Default for HarvestConfig {
+    fn default() -> Self {
+        Self { idle_timeout: Duration::from_secs(15), active_timeout: Duration::from_secs(60), chunk: 8192 }
+    }
+}
+
+/// What one harvest did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HarvestReport {
+    /// Flows in the table when it was scanned.
+    pub tracked: usize,
+    /// Records exported on the idle timeout.
+    pub idle: usize,
+    /// Records exported on the active timeout.
+    pub active: usize,
+    /// Wall time of the harvest.
+    pub elapsed: Duration,
+}
+
+/// Reads the flow table and turns leaving flows into records.
+pub struct Harvester {
+    table: FlowTable,
+    config: HarvestConfig,
+    cpus: usize,
+    reader: PerCpuBatchReader<FlowKey, FlowStats>,
+    leaving: Vec<(FlowKey, FlowStats, EndReason)>,
+    scratch: Vec<FlowStats>,
+}
+
+impl Harvester {
+    /// A harvester over `table` on a system with `cpus` possible CPUs.
+    #[must_use]
+    pub fn new(table: FlowTable, config: HarvestConfig, cpus: usize) -> Self {
+        Self {
+            table,
+            config,
+            cpus,
+            reader: PerCpuBatchReader::new(config.chunk, cpus),
+            leaving: Vec::new(),
+            scratch: vec![FlowStats::default(); cpus],
+        }
+    }
+
+    /// The table this harvester reads.
+    #[must_use]
+    pub fn table(&self) -> &FlowTable {
+        &self.table
+    }
+
+    /// Scans the table at `now_mono_ns` (`CLOCK_MONOTONIC`) and passes every flow that leaves
+    /// to `emit`.
+    ///
+    /// # Errors
+    /// A failing map syscall.
+    pub fn harvest(&mut self, now_mono_ns: u64, mut emit: impl FnMut(FlowRecord)) -> io::Result<HarvestReport> {
+        let started = Instant::now();
+        let idle_ns = u64::try_from(self.config.idle_timeout.as_nanos()).unwrap_or(u64::MAX);
+        let active_ns = u64::try_from(self.config.active_timeout.as_nanos()).unwrap_or(u64::MAX);
+        let leaving = &mut self.leaving;
+        leaving.clear();
+        let fd = self.table.map().fd().as_fd();
+        let tracked = self.reader.for_each(fd, |key, per_cpu| {
+            let Some(stats) = merge_per_cpu(per_cpu) else { return };
+            let reason = if now_mono_ns.saturating_sub(stats.last_seen_ns) >= idle_ns {
+                EndReason::Idle
+            } else if now_mono_ns.saturating_sub(stats.first_seen_ns) >= active_ns {
+                EndReason::Active
+            } else {
+                return;
+            };
+            leaving.push((*key, stats, reason));
+        })?;
+
+        let clock = MonoToWall::now();
+        let mut report = HarvestReport { tracked, ..HarvestReport::default() };
+        for (key, scanned, reason) in self.leaving.drain(..) {
+            // The value at deletion includes packets that arrived after the scan. If the entry
+            // is gone (LRU eviction in between), the scanned value is the best there is.
+            let stats = if batch::lookup_and_delete(fd, &key, &mut self.scratch)? {
+                merge_per_cpu(&self.scratch).unwrap_or(scanned)
+            } else {
+                scanned
+            };
+            match reason {
+                EndReason::Idle => report.idle += 1,
+                _ => report.active += 1,
+            }
+            emit(FlowRecord::new(&key, &stats, reason, clock));
+        }
+        report.elapsed = started.elapsed();
+        Ok(report)
+    }
+
+    /// Exports every flow still in the table with `reason` and removes it. Call it after the
+    /// program is detached for an exact final flush.
+    ///
+    /// # Errors
+    /// A failing map syscall.
+    pub fn flush(&mut self, reason: EndReason, mut emit: impl FnMut(FlowRecord)) -> io::Result<usize> {
+        let clock = MonoToWall::now();
+        let fd = self.table.map().fd().as_fd();
+        let mut keys = Vec::new();
+        self.reader.for_each(fd, |key, per_cpu| {
+            if let Some(stats) = merge_per_cpu(per_cpu) {
+                emit(FlowRecord::new(key, &stats, reason, clock));
+            }
+            keys.push(*key);
+        })?;
+        for chunk in keys.chunks(self.config.chunk as usize) {
+            // Entries evicted meanwhile make the batch stop early; fall back to single deletes.
+            if batch::delete_batch(fd, chunk).is_err() {
+                for key in chunk {
+                    let _ = batch::lookup_and_delete(fd, key, &mut self.scratch);
+                }
+            }
+        }
+        Ok(keys.len())
+    }
+
+    /// Reads every flow one key at a time (`BPF_MAP_GET_NEXT_KEY` + lookup per key), the way
+    /// aya's map iterator does. Only for benchmarks against the batched scan.
+    ///
+    /// # Errors
+    /// A failing map syscall.
+    pub fn scan_one_by_one(&self) -> Result<usize, aya::maps::MapError> {
+        let mut n = 0;
+        for entry in self.table.iter() {
+            let (_key, values) = entry?;
+            if merge_per_cpu(&values).is_some() {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Reads every flow with the batched scan without exporting anything; for benchmarks.
+    ///
+    /// # Errors
+    /// A failing map syscall.
+    pub fn scan_batched(&mut self) -> io::Result<usize> {
+        let fd = self.table.map().fd().as_fd();
+        let mut n = 0;
+        self.reader.for_each(fd, |_, per_cpu| {
+            if merge_per_cpu(per_cpu).is_some() {
+                n += 1;
+            }
+        })?;
+        Ok(n)
+    }
+
+    /// Number of possible CPUs the per-CPU values are laid out for.
+    #[must_use]
+    pub const fn cpus(&self) -> usize {
+        self.cpus
+    }
+}

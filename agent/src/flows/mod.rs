@@ -1,0 +1,8 @@
+//! Flow records: harvesting them from the kernel table and writing them out.
+
+pub mod harvest;
+pub mod output;
+pub mod record;
+
+pub use harvest::{HarvestConfig, HarvestReport, Harvester};
+pub use record::{EndReason, FlowRecord};

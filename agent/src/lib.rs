@@ -1,0 +1,12 @@
+//! Vigil's userspace agent: loads the XDP sensor, harvests its flow table into flow records,
+//! and manages the kernel blocklist.
+//!
+//! The binary (`vigil`, `src/main.rs`) is a thin command-line layer over this library; the
+//! integration tests and benchmarks in `tests/` drive the same library.
+
+pub mod block;
+pub mod clock;
+pub mod flows;
+pub mod net;
+pub mod run;
+pub mod sensor;

@@ -1,0 +1,3 @@
+//! Host network facts the agent needs.
+
+pub mod route;

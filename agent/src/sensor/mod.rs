@@ -1,0 +1,231 @@
+//! Loading the XDP sensor into the kernel and attaching it to an interface.
+
+pub mod batch;
+
+use std::fmt;
+
+use agent_common::{counters::Counters, maps};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{MapData, PerCpuArray, PerCpuHashMap},
+    programs::{ProgramError, Xdp, XdpMode},
+};
+use tracing::{info, warn};
+
+/// The compiled XDP object, built by `build.rs` and embedded in the binary.
+pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/agent"));
+
+/// How to attach the program.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttachMode {
+    /// Native (driver) mode.
+    Native,
+    /// Generic (SKB) mode, slower, works on every interface.
+    Skb,
+    /// Native if the driver supports it, otherwise SKB.
+    #[default]
+    Auto,
+}
+
+impl fmt::Display for AttachMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Native => "native",
+            Self::Skb => "skb",
+            Self::Auto => "auto",
+        })
+    }
+}
+
+/// Errors loading or attaching the sensor.
+#[derive(Debug, thiserror::Error)]
+pub enum SensorError {
+    #[error("loading the eBPF object: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("program `{name}` missing from the eBPF object")]
+    MissingProgram { name: &'static str },
+    #[error("map `{name}` missing from the eBPF object")]
+    MissingMap { name: &'static str },
+    #[error("map `{name}` has an unexpected type: {source}")]
+    MapType { name: &'static str, source: aya::maps::MapError },
+    #[error("loading program `{name}` (verifier): {source}")]
+    Verifier { name: &'static str, source: ProgramError },
+    #[error("program `{name}` is not an XDP program: {source}")]
+    ProgramType { name: &'static str, source: ProgramError },
+    #[error("interface `{iface}` does not exist")]
+    NoSuchInterface { iface: String },
+    #[error("attaching XDP in {mode} mode to `{iface}`: {source}")]
+    Attach { iface: String, mode: AttachMode, source: ProgramError },
+    #[error("detaching XDP from `{iface}`: {source}")]
+    Detach { iface: String, source: ProgramError },
+    #[error("flow table capacity must be at least 1, got {0}")]
+    BadCapacity(u32),
+    #[error("reading map `{name}`: {source}")]
+    MapRead { name: &'static str, source: aya::maps::MapError },
+}
+
+/// Load-time settings.
+#[derive(Clone, Copy, Debug)]
+pub struct SensorOptions {
+    /// Flow table capacity (entries).
+    pub flow_capacity: u32,
+}
+
+impl Default for SensorOptions {
+    fn default() -> Self {
+        Self { flow_capacity: maps::DEFAULT_FLOW_CAPACITY }
+    }
+}
+
+/// The loaded sensor: the eBPF object with its programs verified and maps created.
+/// Dropping it detaches the program and frees everything it holds.
+pub struct Sensor {
+    ebpf: Ebpf,
+    attached: Option<(String, AttachMode)>,
+}
+
+impl Sensor {
+    /// Creates the maps and loads both programs (the sensor and the empty floor program)
+    /// through the verifier. Nothing is attached yet.
+    ///
+    /// # Errors
+    /// [`SensorError`] if the object does not load or a program is rejected.
+    pub fn load(options: SensorOptions) -> Result<Self, SensorError> {
+        if options.flow_capacity == 0 {
+            return Err(SensorError::BadCapacity(0));
+        }
+        raise_memlock();
+        let mut ebpf = EbpfLoader::new().map_max_entries(maps::FLOWS, options.flow_capacity).load(EBPF_OBJECT)?;
+        for name in [maps::PROGRAM, maps::PROGRAM_EMPTY] {
+            let program: &mut Xdp = ebpf
+                .program_mut(name)
+                .ok_or(SensorError::MissingProgram { name })?
+                .try_into()
+                .map_err(|source| SensorError::ProgramType { name, source })?;
+            program.load().map_err(|source| SensorError::Verifier { name, source })?;
+        }
+        Ok(Self { ebpf, attached: None })
+    }
+
+    /// Attaches the sensor program to `iface`. In [`AttachMode::Auto`], native mode is tried
+    /// first and SKB mode used if the driver refuses it. Returns the mode in effect.
+    ///
+    /// # Errors
+    /// [`SensorError`] if the interface does not exist or the attachment fails; nothing is
+    /// left attached in that case.
+    pub fn attach(&mut self, iface: &str, mode: AttachMode) -> Result<AttachMode, SensorError> {
+        if nix::net::if_::if_nametoindex(iface).is_err() {
+            return Err(SensorError::NoSuchInterface { iface: iface.to_owned() });
+        }
+        let program = self.program_mut(maps::PROGRAM)?;
+        let attach = |program: &mut Xdp, mode: AttachMode| {
+            let flags = if mode == AttachMode::Skb { XdpMode::Skb } else { XdpMode::Driver };
+            program.attach(iface, flags).map_err(|source| SensorError::Attach { iface: iface.to_owned(), mode, source })
+        };
+        let effective = match mode {
+            AttachMode::Auto => match attach(program, AttachMode::Native) {
+                Ok(_) => AttachMode::Native,
+                Err(e) => {
+                    warn!(error = %e, "native XDP unavailable on {iface}, falling back to SKB mode");
+                    attach(program, AttachMode::Skb)?;
+                    AttachMode::Skb
+                }
+            },
+            mode => {
+                attach(program, mode)?;
+                mode
+            }
+        };
+        info!(iface, mode = %effective, "XDP sensor attached");
+        self.attached = Some((iface.to_owned(), effective));
+        Ok(effective)
+    }
+
+    /// Detaches the sensor program (the maps stay readable). Does nothing if not attached.
+    ///
+    /// # Errors
+    /// If the kernel refuses to detach.
+    pub fn detach(&mut self) -> Result<(), SensorError> {
+        if let Some((iface, _)) = self.attached.take() {
+            let name = maps::PROGRAM;
+            self.program_mut(name)?.unload().map_err(|source| SensorError::Detach { iface: iface.clone(), source })?;
+            info!(iface, "XDP sensor detached");
+        }
+        Ok(())
+    }
+
+    /// The interface and mode the sensor is attached with, if any.
+    #[must_use]
+    pub fn attached(&self) -> Option<(&str, AttachMode)> {
+        self.attached.as_ref().map(|(iface, mode)| (iface.as_str(), *mode))
+    }
+
+    /// One of the object's XDP programs ([`maps::PROGRAM`] or [`maps::PROGRAM_EMPTY`]), e.g.
+    /// for `BPF_PROG_TEST_RUN`.
+    ///
+    /// # Errors
+    /// If the program is missing or not XDP.
+    pub fn program_mut(&mut self, name: &'static str) -> Result<&mut Xdp, SensorError> {
+        self.ebpf
+            .program_mut(name)
+            .ok_or(SensorError::MissingProgram { name })?
+            .try_into()
+            .map_err(|source| SensorError::ProgramType { name, source })
+    }
+
+    /// Takes the flow table out of the object, for the harvester.
+    ///
+    /// # Errors
+    /// If it was already taken or has the wrong type.
+    pub fn take_flows(&mut self) -> Result<PerCpuHashMap<MapData, agent_common::flow::FlowKey, agent_common::flow::FlowStats>, SensorError> {
+        let map = self.ebpf.take_map(maps::FLOWS).ok_or(SensorError::MissingMap { name: maps::FLOWS })?;
+        PerCpuHashMap::try_from(map).map_err(|source| SensorError::MapType { name: maps::FLOWS, source })
+    }
+
+    /// The sensor counters summed over CPUs.
+    ///
+    /// # Errors
+    /// If the counters map is missing or cannot be read.
+    pub fn counters(&self) -> Result<Counters, SensorError> {
+        let name = maps::COUNTERS;
+        let map = self.ebpf.map(name).ok_or(SensorError::MissingMap { name })?;
+        let array: PerCpuArray<_, Counters> =
+            PerCpuArray::try_from(map).map_err(|source| SensorError::MapType { name, source })?;
+        let per_cpu = array.get(&0, 0).map_err(|source| SensorError::MapRead { name, source })?;
+        let mut total = Counters::default();
+        for c in per_cpu.iter() {
+            total.add(c);
+        }
+        Ok(total)
+    }
+
+    /// Access to the object's maps by name (blocklist, counters).
+    #[must_use]
+    pub fn ebpf(&self) -> &Ebpf {
+        &self.ebpf
+    }
+
+    /// Mutable access to the object's maps by name.
+    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
+    }
+}
+
+/// Lifts `RLIMIT_MEMLOCK` for kernels that still charge BPF maps against it (before 5.11);
+/// newer kernels account maps to the cgroup and ignore it.
+fn raise_memlock() {
+    use nix::sys::resource::{RLIM_INFINITY, Resource, setrlimit};
+    if let Err(e) = setrlimit(Resource::RLIMIT_MEMLOCK, RLIM_INFINITY, RLIM_INFINITY) {
+        tracing::debug!(error = %e, "could not raise RLIMIT_MEMLOCK; fine on Linux 5.11+");
+    }
+}
+
+/// Number of possible CPUs: the number of values in each per-CPU map entry.
+///
+/// # Panics
+/// If `/sys/devices/system/cpu/possible` cannot be read.
+#[must_use]
+pub fn possible_cpus() -> usize {
+    aya::util::nr_cpus().expect("reading /sys/devices/system/cpu/possible")
+}
