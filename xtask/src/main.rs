@@ -1,1 +1,145 @@
-fn main() {}
+//! `cargo xtask`: set up the eBPF toolchain, run the agent, run the tests, run the benchmarks.
+//!
+//! Building is cargo's job (`agent/build.rs` builds the XDP program); this tool only makes sure
+//! what that build needs is installed, then drives cargo.
+
+mod setup;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask", about = "Vigil's developer tasks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Debug, Subcommand)]
+enum Task {
+    /// Install what building the XDP program needs (nightly rust-src, LLVM 22, bpf-linker).
+    Setup,
+    /// Set up, build in release mode and run `vigil run` with the given arguments.
+    Run {
+        /// Arguments for `vigil run` (e.g. `-- --iface eth0`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Set up and run every test: host unit tests, then the privileged suite (root).
+    Test {
+        /// Extra arguments for the test binaries (e.g. a name filter).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Set up and run the benchmarks (root); prints a markdown report.
+    Bench {
+        /// Also write the report into BENCHMARKS.md between its generated-results markers.
+        #[arg(long)]
+        write: bool,
+    },
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let root = workspace_root();
+    match cli.command {
+        Task::Setup => setup::ensure(),
+        Task::Run { args } => {
+            setup::ensure()?;
+            require_root("attaching an XDP program")?;
+            cargo(&root, &["build", "--release", "--package", "vigil", "--bin", "vigil"])?;
+            let vigil = target_dir(&root).join("release/vigil");
+            let mut cmd = Command::new(&vigil);
+            cmd.arg("run").args(&args);
+            eprintln!("xtask: running {cmd:?}");
+            let status = cmd.status().with_context(|| format!("starting {}", vigil.display()))?;
+            if !status.success() {
+                bail!("vigil exited with {status}");
+            }
+            Ok(())
+        }
+        Task::Test { args } => {
+            setup::ensure()?;
+            require_root("the privileged tests (XDP, network namespaces, BPF_PROG_TEST_RUN)")?;
+            let mut host = vec!["test", "--workspace", "--exclude", "vigil-tests", "--exclude", "agent-ebpf", "--"];
+            host.extend(args.iter().map(String::as_str));
+            cargo(&root, &host)?;
+            // Privileged tests share the kernel and the network namespaces they create: one at
+            // a time.
+            let mut privileged = vec!["test", "--package", "vigil-tests", "--", "--test-threads=1"];
+            privileged.extend(args.iter().map(String::as_str));
+            cargo(&root, &privileged)
+        }
+        Task::Bench { write } => {
+            setup::ensure()?;
+            require_root("the benchmarks (BPF_PROG_TEST_RUN, XDP maps)")?;
+            let report = root.join("target/bench-report.md");
+            let mut cmd = cargo_cmd(&root);
+            cmd.args(["bench", "--package", "vigil-tests"]).env("VIGIL_BENCH_REPORT", &report);
+            run(&mut cmd)?;
+            let text = std::fs::read_to_string(&report).with_context(|| format!("reading {}", report.display()))?;
+            println!("{text}");
+            if write {
+                write_benchmarks(&root.join("BENCHMARKS.md"), &text)?;
+                eprintln!("xtask: BENCHMARKS.md updated");
+            }
+            Ok(())
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
+}
+
+fn target_dir(root: &Path) -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from)
+}
+
+fn cargo_cmd(root: &Path) -> Command {
+    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.current_dir(root);
+    cmd
+}
+
+fn cargo(root: &Path, args: &[&str]) -> Result<()> {
+    let mut cmd = cargo_cmd(root);
+    cmd.args(args);
+    run(&mut cmd)
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    eprintln!("xtask: {cmd:?}");
+    let status = cmd.status().with_context(|| format!("starting {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed with {status}");
+    }
+    Ok(())
+}
+
+fn require_root(what: &str) -> Result<()> {
+    if setup::is_root() {
+        return Ok(());
+    }
+    bail!(
+        "{what} need root (or CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON, CAP_SYS_ADMIN).\n\
+         Run it as root, e.g.: sudo -E env PATH=\"$PATH\" cargo xtask ..."
+    )
+}
+
+const BEGIN: &str = "<!-- bench:begin -->";
+const END: &str = "<!-- bench:end -->";
+
+fn write_benchmarks(path: &Path, report: &str) -> Result<()> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let (Some(b), Some(e)) = (text.find(BEGIN), text.find(END)) else {
+        bail!("{} lacks the {BEGIN} / {END} markers", path.display());
+    };
+    let updated = format!("{}{BEGIN}\n{report}\n{}", &text[..b], &text[e..]);
+    std::fs::write(path, updated).with_context(|| format!("writing {}", path.display()))
+}

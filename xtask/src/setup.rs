@@ -1,0 +1,121 @@
+//! Checking and installing the eBPF build prerequisites.
+//!
+//! The XDP program is built with the nightly toolchain (`-Z build-std=core` needs `rust-src`)
+//! and linked by `bpf-linker`, which is built against LLVM 22. Each step says what it does;
+//! where it cannot act (not root, no apt-get), it stops with the exact commands to run.
+
+use std::{
+    path::Path,
+    process::{Command, Stdio},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
+const LLVM_PACKAGES: [&str; 2] = ["llvm-22-dev", "libpolly-22-dev"];
+/// bpf-linker 0.13 is the release built and verified against LLVM 22 and this rustc.
+const BPF_LINKER_VERSION: &str = "0.13.0";
+/// What the privileged tests and benchmarks use from the system.
+const TEST_PACKAGES: [(&str, &str); 1] = [("ip", "iproute2")];
+
+/// Makes sure every prerequisite is present, installing what is missing.
+///
+/// # Errors
+/// A step that cannot be done here, with the commands that would do it.
+pub fn ensure() -> Result<()> {
+    ensure_nightly_rust_src()?;
+    ensure_bpf_linker()?;
+    ensure_test_tools()?;
+    eprintln!("xtask: setup complete (nightly rust-src, bpf-linker, test tools)");
+    Ok(())
+}
+
+pub fn is_root() -> bool {
+    Command::new("id").arg("-u").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+fn succeeds(cmd: &mut Command) -> bool {
+    cmd.stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    eprintln!("xtask: setup: {cmd:?}");
+    let status = cmd.status().with_context(|| format!("starting {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed with {status}");
+    }
+    Ok(())
+}
+
+fn ensure_nightly_rust_src() -> Result<()> {
+    if !succeeds(Command::new("rustup").args(["run", "nightly", "rustc", "--version"])) {
+        bail!(
+            "the nightly Rust toolchain is missing; it builds the XDP program. Install it with:\n  \
+             rustup toolchain install nightly --component rust-src"
+        );
+    }
+    let installed = Command::new("rustup")
+        .args(["component", "list", "--toolchain", "nightly", "--installed"])
+        .output()
+        .context("running rustup")?;
+    if String::from_utf8_lossy(&installed.stdout).lines().any(|l| l.starts_with("rust-src")) {
+        return Ok(());
+    }
+    eprintln!("xtask: setup: nightly rust-src is missing; adding it");
+    run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+        .context("adding rust-src; try: rustup component add rust-src --toolchain nightly")
+}
+
+fn bpf_linker_ok() -> bool {
+    Command::new("bpf-linker")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains(BPF_LINKER_VERSION))
+}
+
+fn ensure_bpf_linker() -> Result<()> {
+    if bpf_linker_ok() {
+        return Ok(());
+    }
+    eprintln!("xtask: setup: bpf-linker {BPF_LINKER_VERSION} not found; it needs LLVM 22 to build");
+    ensure_apt_packages(&LLVM_PACKAGES, Path::new(LLVM_PREFIX).join("bin/llvm-config").exists())?;
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    run(Command::new(cargo)
+        .args(["install", "bpf-linker", "--locked", "--version", BPF_LINKER_VERSION])
+        .args(["--no-default-features", "--features", "llvm-22"])
+        .env("LLVM_PREFIX", LLVM_PREFIX))
+    .with_context(|| {
+        format!(
+            "installing bpf-linker; try: LLVM_PREFIX={LLVM_PREFIX} cargo install bpf-linker --locked \
+             --version {BPF_LINKER_VERSION} --no-default-features --features llvm-22"
+        )
+    })?;
+    if !bpf_linker_ok() {
+        bail!("bpf-linker was installed but is not on PATH; add ~/.cargo/bin to PATH");
+    }
+    Ok(())
+}
+
+fn ensure_test_tools() -> Result<()> {
+    let missing: Vec<&str> = TEST_PACKAGES
+        .iter()
+        .filter(|(bin, _)| !succeeds(Command::new("sh").args(["-c", &format!("command -v {bin}")])))
+        .map(|(_, pkg)| *pkg)
+        .collect();
+    ensure_apt_packages(&missing, missing.is_empty())
+}
+
+/// Installs Debian packages with apt-get unless `present`. Without root or apt-get, fails
+/// with the command to run.
+fn ensure_apt_packages(packages: &[&str], present: bool) -> Result<()> {
+    if present || packages.is_empty() {
+        return Ok(());
+    }
+    let list = packages.join(" ");
+    if !is_root() || !succeeds(Command::new("sh").args(["-c", "command -v apt-get"])) {
+        bail!("missing packages: {list}. Install them with:\n  sudo apt-get update && sudo apt-get install -y {list}");
+    }
+    eprintln!("xtask: setup: installing {list} with apt-get");
+    run(Command::new("apt-get").arg("update").env("DEBIAN_FRONTEND", "noninteractive"))?;
+    run(Command::new("apt-get").args(["install", "-y", "--no-install-recommends"]).args(packages).env("DEBIAN_FRONTEND", "noninteractive"))
+}
