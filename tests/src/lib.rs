@@ -1,1 +1,120 @@
+//! Shared helpers for Vigil's privileged tests and benchmarks: hand-built packets, a harness
+//! around `BPF_PROG_TEST_RUN`, and throwaway network namespaces.
+//!
+//! Everything here needs root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN). Helpers panic on
+//! failure so a broken environment fails the test loudly instead of skipping it.
 
+pub mod netns;
+pub mod packets;
+
+use std::collections::BTreeMap;
+
+use agent_common::{
+    counters::Counters,
+    flow::{FlowKey, FlowStats},
+    maps,
+};
+use aya::{
+    maps::{MapData, PerCpuHashMap},
+    programs::{TestRun as _, TestRunOptions},
+};
+use vigil::{
+    block::Blocklist,
+    flows::record::merge_per_cpu,
+    sensor::{Sensor, SensorOptions},
+};
+
+/// Asserts the tests run as root, with a message that says why.
+///
+/// # Panics
+/// When not root: privileged tests must fail, not silently pass.
+pub fn require_root() {
+    assert!(nix::unistd::geteuid().is_root(), "privileged test: run as root (cargo xtask test does)");
+}
+
+/// The real sensor program, loaded but not attached, driven with `BPF_PROG_TEST_RUN`.
+pub struct Harness {
+    pub sensor: Sensor,
+}
+
+impl Harness {
+    /// Loads the sensor with a small flow table.
+    ///
+    /// # Panics
+    /// If loading fails (verifier rejection included).
+    #[must_use]
+    pub fn new() -> Self {
+        Self::with_capacity(4096)
+    }
+
+    /// Loads the sensor with a flow table of `flow_capacity` entries.
+    ///
+    /// # Panics
+    /// If loading fails.
+    #[must_use]
+    pub fn with_capacity(flow_capacity: u32) -> Self {
+        require_root();
+        let sensor = Sensor::load(SensorOptions { flow_capacity }).expect("loading the sensor");
+        Self { sensor }
+    }
+
+    /// Runs the sensor program once on `frame` and returns its XDP action.
+    ///
+    /// # Panics
+    /// If the test run syscall fails.
+    pub fn run(&mut self, frame: &[u8]) -> u32 {
+        self.run_program(maps::PROGRAM, frame, 1).0
+    }
+
+    /// Runs `program` `repeat` times on `frame`; returns the action and the kernel's mean
+    /// duration per run.
+    ///
+    /// # Panics
+    /// If the test run syscall fails.
+    pub fn run_program(&mut self, program: &'static str, frame: &[u8], repeat: u32) -> (u32, std::time::Duration) {
+        let prog = self.sensor.program_mut(program).expect("program");
+        let mut opts = TestRunOptions::new();
+        opts.data_in = Some(frame);
+        opts.repeat = repeat;
+        let result = prog.test_run(opts).expect("BPF_PROG_TEST_RUN");
+        (result.return_value, result.duration)
+    }
+
+    /// The flow table, per-CPU values merged.
+    ///
+    /// # Panics
+    /// If the map cannot be read.
+    #[must_use]
+    pub fn flows(&self) -> BTreeMap<FlowKey, FlowStats> {
+        let map = self.sensor.ebpf().map(maps::FLOWS).expect("flow map");
+        let table: PerCpuHashMap<&MapData, FlowKey, FlowStats> = PerCpuHashMap::try_from(map).expect("flow map type");
+        table
+            .iter()
+            .map(|e| e.expect("reading a flow"))
+            .filter_map(|(k, v)| merge_per_cpu(&v).map(|s| (k, s)))
+            .collect()
+    }
+
+    /// The sensor counters summed over CPUs.
+    ///
+    /// # Panics
+    /// If the map cannot be read.
+    #[must_use]
+    pub fn counters(&self) -> Counters {
+        self.sensor.counters().expect("counters")
+    }
+
+    /// The blocklist of this sensor.
+    ///
+    /// # Panics
+    /// If the maps are missing.
+    pub fn blocklist(&mut self) -> Blocklist<&mut MapData> {
+        Blocklist::from_ebpf(self.sensor.ebpf_mut()).expect("blocklist maps")
+    }
+}
+
+impl Default for Harness {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,130 @@
+//! Throwaway network namespaces joined by veth pairs. Everything is removed on drop.
+
+use std::{
+    fs::File,
+    process::{Command, Output},
+    sync::atomic::{AtomicU32, Ordering},
+    thread,
+};
+
+use nix::sched::{CloneFlags, setns};
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// Runs a command and panics with its output if it fails.
+///
+/// # Panics
+/// If the command cannot start or exits non-zero.
+pub fn sh(cmd: &mut Command) -> Output {
+    let out = cmd.output().unwrap_or_else(|e| panic!("starting {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// A network namespace named `vigil-<tag>-<pid>-<n>`, deleted on drop.
+pub struct Netns {
+    name: String,
+}
+
+impl Netns {
+    /// Creates a fresh namespace with loopback up.
+    ///
+    /// # Panics
+    /// If `ip netns add` fails.
+    #[must_use]
+    pub fn new(tag: &str) -> Self {
+        let name = format!("vigil-{tag}-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
+        sh(Command::new("ip").args(["netns", "add", &name]));
+        let ns = Self { name };
+        ns.ip(&["link", "set", "lo", "up"]);
+        ns
+    }
+
+    #[must_use]
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// A command run inside the namespace (`ip netns exec`).
+    #[must_use]
+    pub fn command(&self, program: &str) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.name, program]);
+        cmd
+    }
+
+    /// Runs `ip ARGS` inside the namespace.
+    ///
+    /// # Panics
+    /// If it fails.
+    pub fn ip(&self, args: &[&str]) -> Output {
+        sh(Command::new("ip").args(["-n", &self.name]).args(args))
+    }
+
+    /// Runs `f` on a new thread that has entered the namespace, and returns its result.
+    /// Sockets `f` opens live in the namespace.
+    ///
+    /// # Panics
+    /// If entering the namespace fails or `f` panics.
+    pub fn run<R: Send + 'static>(&self, f: impl FnOnce() -> R + Send + 'static) -> R {
+        self.spawn(f).join().expect("thread in namespace panicked")
+    }
+
+    /// Like [`Netns::run`] without waiting.
+    ///
+    /// # Panics
+    /// If the namespace file cannot be opened.
+    pub fn spawn<R: Send + 'static>(&self, f: impl FnOnce() -> R + Send + 'static) -> thread::JoinHandle<R> {
+        let file = File::open(format!("/var/run/netns/{}", self.name)).expect("namespace file");
+        thread::spawn(move || {
+            setns(&file, CloneFlags::CLONE_NEWNET).expect("setns");
+            f()
+        })
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
+    }
+}
+
+/// Two namespaces joined by a veth pair: `a` (10.200.0.1/24, fd00:200::1/64) on `veth-a`
+/// and `b` (10.200.0.2/24, fd00:200::2/64) on `veth-b`.
+pub struct Link {
+    pub a: Netns,
+    pub b: Netns,
+}
+
+impl Link {
+    pub const A_V4: [u8; 4] = [10, 200, 0, 1];
+    pub const B_V4: [u8; 4] = [10, 200, 0, 2];
+    pub const IFACE_A: &'static str = "veth-a";
+    pub const IFACE_B: &'static str = "veth-b";
+
+    /// Creates both namespaces and the veth pair, addressed and up. IPv6 DAD is disabled so
+    /// addresses are usable at once.
+    ///
+    /// # Panics
+    /// If any step fails.
+    #[must_use]
+    pub fn new(tag: &str) -> Self {
+        let a = Netns::new(&format!("{tag}a"));
+        let b = Netns::new(&format!("{tag}b"));
+        a.ip(&["link", "add", Self::IFACE_A, "type", "veth", "peer", "name", Self::IFACE_B, "netns", b.name()]);
+        for (ns, iface, v4, v6) in
+            [(&a, Self::IFACE_A, "10.200.0.1/24", "fd00:200::1/64"), (&b, Self::IFACE_B, "10.200.0.2/24", "fd00:200::2/64")]
+        {
+            sh(ns.command("sysctl").args(["-qw", "net.ipv6.conf.all.accept_dad=0", &format!("net.ipv6.conf.{iface}.accept_dad=0")]));
+            ns.ip(&["addr", "add", v4, "dev", iface]);
+            ns.ip(&["addr", "add", v6, "dev", iface, "nodad"]);
+            ns.ip(&["link", "set", iface, "up"]);
+        }
+        Self { a, b }
+    }
+}
