@@ -240,3 +240,68 @@ impl FlowStats {
         self.flags |= other.flags;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(len: u32, tcp_flags: u8, ttl: u8) -> PacketMeta {
+        PacketMeta { key: FlowKey::default(), len, tcp_flags, ttl, flags: 0 }
+    }
+
+    #[test]
+    fn first_packet_initialises_everything() {
+        let s = FlowStats::first(&meta(60, tcp::SYN, 64), 1_000);
+        assert_eq!((s.packets, s.bytes, s.first_seen_ns, s.last_seen_ns), (1, 60, 1_000, 1_000));
+        assert_eq!((s.len_min, s.len_max, s.len_sq_sum), (60, 60, 3600));
+        assert_eq!((s.syn, s.syn_ack, s.ack), (1, 0, 0));
+        assert_eq!(s.iat_min_ns, u64::MAX, "no gap yet");
+        assert_eq!((s.iat_max_ns, s.iat_sum_ns), (0, 0));
+    }
+
+    #[test]
+    fn update_accumulates_gaps_lengths_flags_and_ttl() {
+        let mut s = FlowStats::first(&meta(60, tcp::SYN, 64), 1_000);
+        s.update(&meta(1500, tcp::ACK | tcp::PSH, 63), 3_000);
+        s.update(&meta(40, tcp::FIN | tcp::ACK, 65), 13_000);
+        assert_eq!((s.packets, s.bytes, s.last_seen_ns), (3, 1600, 13_000));
+        assert_eq!((s.len_min, s.len_max, s.len_sq_sum), (40, 1500, 3600 + 1500 * 1500 + 1600));
+        assert_eq!((s.iat_min_ns, s.iat_max_ns, s.iat_sum_ns), (2_000, 10_000, 12_000));
+        assert_eq!(s.iat_sq_sum_us2, 2 * 2 + 10 * 10);
+        assert_eq!((s.syn, s.ack, s.psh, s.fin), (1, 2, 1, 1));
+        assert_eq!((s.ttl_min, s.ttl_max), (63, 65));
+    }
+
+    #[test]
+    fn zeroed_per_cpu_slot_starts_as_first_packet() {
+        let mut s = FlowStats::default();
+        s.update(&meta(100, 0, 9), 5);
+        assert_eq!(s, FlowStats::first(&meta(100, 0, 9), 5));
+    }
+
+    #[test]
+    fn huge_gaps_saturate_instead_of_wrapping() {
+        let mut s = FlowStats::first(&meta(60, 0, 1), 0);
+        s.update(&meta(60, 0, 1), u64::MAX / 2);
+        s.update(&meta(60, 0, 1), u64::MAX);
+        assert_eq!(s.iat_sq_sum_us2, u64::MAX);
+    }
+
+    #[test]
+    fn merge_combines_cpus_and_skips_empty_slots() {
+        let mut a = FlowStats::first(&meta(60, tcp::SYN, 64), 100);
+        a.update(&meta(80, tcp::ACK, 64), 200);
+        let mut b = FlowStats::first(&meta(1000, tcp::ACK, 50), 150);
+        b.update(&meta(20, tcp::ACK, 70), 400);
+        let mut m = FlowStats::default();
+        for v in [FlowStats::default(), a, FlowStats::default(), b] {
+            m.merge(&v);
+        }
+        assert_eq!((m.packets, m.bytes), (4, 1160));
+        assert_eq!((m.first_seen_ns, m.last_seen_ns), (100, 400));
+        assert_eq!((m.len_min, m.len_max), (20, 1000));
+        assert_eq!((m.iat_min_ns, m.iat_max_ns, m.iat_sum_ns), (100, 250, 350));
+        assert_eq!((m.syn, m.ack), (1, 3));
+        assert_eq!((m.ttl_min, m.ttl_max), (50, 70));
+    }
+}

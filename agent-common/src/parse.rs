@@ -298,3 +298,66 @@ pub fn parse_l4<P: Packet>(p: &P, l3: &L3) -> Result<PacketMeta, Malformed> {
     }
     Ok(meta)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Ethernet + IPv4 (20 bytes) + TCP (20 bytes), SYN from 10.0.0.1:1000 to 10.0.0.2:80.
+    const TCP4: [u8; 54] = [
+        2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1, 0x08, 0x00, // ethernet
+        0x45, 0, 0, 40, 0, 1, 0x40, 0, 64, 6, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2, // ipv4, DF
+        0x03, 0xe8, 0, 80, 0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x02, 0xff, 0xff, 0, 0, 0, 0, // tcp
+    ];
+
+    fn parse(frame: &[u8]) -> Result<Option<PacketMeta>, Malformed> {
+        let p = SlicePacket::new(frame);
+        match parse_l3(&p)? {
+            Some(l3) => parse_l4(&p, &l3).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    #[test]
+    fn tcp_over_ipv4() {
+        let m = parse(&TCP4).unwrap().unwrap();
+        assert_eq!(m.key.src_addr, FlowKey::v4_mapped([10, 0, 0, 1]));
+        assert_eq!(m.key.dst_addr, FlowKey::v4_mapped([10, 0, 0, 2]));
+        assert_eq!((m.key.src_port, m.key.dst_port, m.key.protocol, m.key.ip_version), (1000, 80, 6, 4));
+        assert_eq!((m.len, m.tcp_flags, m.ttl, m.flags), (54, 0x02, 64, 0));
+    }
+
+    #[test]
+    fn every_cut_of_the_ethernet_and_ip_headers_has_its_reason() {
+        for cut in 0..TCP4.len() {
+            let want = match cut {
+                0..14 => Malformed::EthTruncated,
+                14..34 => Malformed::Ipv4Truncated,
+                _ => Malformed::TcpTruncated,
+            };
+            assert_eq!(parse(&TCP4[..cut]), Err(want), "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn captured_length_short_of_wire_length() {
+        let p = SlicePacket::captured(&TCP4, 1514);
+        let l3 = parse_l3(&p).unwrap().unwrap();
+        assert_eq!(parse_l4(&p, &l3).unwrap().len, 1514, "bytes count the wire length");
+    }
+
+    #[test]
+    fn non_ip_is_not_an_error() {
+        let mut arp = TCP4;
+        arp[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
+        assert_eq!(parse(&arp), Ok(None));
+    }
+
+    #[test]
+    fn offsets_beyond_the_bound_are_refused() {
+        let big = [0u8; MAX_OFFSET + 64];
+        let p = SlicePacket::new(&big);
+        assert!(p.bytes::<4>(MAX_OFFSET).is_some());
+        assert!(p.bytes::<4>(MAX_OFFSET + 1).is_none());
+    }
+}

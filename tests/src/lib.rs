@@ -4,6 +4,8 @@
 //! Everything here needs root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN). Helpers panic on
 //! failure so a broken environment fails the test loudly instead of skipping it.
 
+pub mod agent;
+pub mod capture;
 pub mod netns;
 pub mod packets;
 
@@ -23,6 +25,12 @@ use vigil::{
     flows::record::merge_per_cpu,
     sensor::{Sensor, SensorOptions},
 };
+
+/// A number unique within this test process, for names of throwaway things.
+pub fn unique() -> u32 {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
 
 /// Asserts the tests run as root, with a message that says why.
 ///

@@ -16,7 +16,7 @@ const LLVM_PACKAGES: [&str; 2] = ["llvm-22-dev", "libpolly-22-dev"];
 /// bpf-linker 0.13 is the release built and verified against LLVM 22 and this rustc.
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// What the privileged tests and benchmarks use from the system.
-const TEST_PACKAGES: [(&str, &str); 1] = [("ip", "iproute2")];
+const TEST_PACKAGES: [(&str, &str); 2] = [("ip", "iproute2"), ("ethtool", "ethtool")];
 
 /// Makes sure every prerequisite is present, installing what is missing.
 ///
