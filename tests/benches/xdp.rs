@@ -1,1 +1,101 @@
-fn main() {}
+//! ns per packet of the real sensor program via `BPF_PROG_TEST_RUN`, next to an empty
+//! `XDP_PASS` program (the floor) measured in the same run. Needs root.
+//!
+//! Repeated cases run one packet `REPEAT` times inside the kernel (the kernel reports the mean).
+//! A new flow per packet cannot be repeated in place (the second run finds the flow), so that
+//! case runs distinct packets one call each and is compared with the floor measured the same
+//! way.
+
+use std::time::Duration;
+
+use agent_common::maps::{PROGRAM, PROGRAM_EMPTY};
+use vigil_tests::{
+    Harness,
+    bench::{machine, median, report},
+    packets::{Pkt, flags},
+};
+
+const REPEAT: u32 = 1_000_000;
+const ROUNDS: usize = 5;
+const DISTINCT: u32 = 100_000;
+
+fn repeated(h: &mut Harness, program: &'static str, frame: &[u8], want: u32) -> f64 {
+    let mut samples: Vec<Duration> = (0..ROUNDS)
+        .map(|_| {
+            let (action, per_run) = h.run_program(program, frame, REPEAT);
+            assert_eq!(action, want, "{program} returned {action}");
+            per_run
+        })
+        .collect();
+    median(&mut samples).as_nanos() as f64
+}
+
+/// Mean ns per run over `DISTINCT` single-run calls, each with a packet from `frame_for`.
+fn single_runs(h: &mut Harness, program: &'static str, frame_for: impl Fn(u32) -> Vec<u8>) -> f64 {
+    let frames: Vec<Vec<u8>> = (0..DISTINCT).map(&frame_for).collect();
+    let total: u128 = frames.iter().map(|f| h.run_program(program, f, 1).1.as_nanos()).sum();
+    total as f64 / f64::from(DISTINCT)
+}
+
+fn distinct_source(i: u32) -> Vec<u8> {
+    let b = i.to_be_bytes();
+    Pkt::tcp4([10, b[1], b[2], b[3]], [192, 0, 2, 1], 1024 + (i % 50_000) as u16, 80, flags::SYN).build()
+}
+
+fn main() {
+    vigil_tests::require_root();
+    let mut h = Harness::with_capacity(262_144);
+    let tcp = Pkt::tcp4([198, 51, 100, 1], [192, 0, 2, 1], 40000, 443, flags::ACK).payload(&[0; 64]).build();
+    let blocked = Pkt::tcp4([203, 0, 113, 9], [192, 0, 2, 1], 40000, 443, flags::SYN).build();
+    let mut malformed = tcp.clone();
+    malformed.truncate(14 + 20 + 10);
+
+    let floor = repeated(&mut h, PROGRAM_EMPTY, &tcp, 2);
+    assert_eq!(h.run(&tcp), 2);
+    let existing = repeated(&mut h, PROGRAM, &tcp, 2);
+    let existing_v6 = {
+        let f = Pkt::v6(
+            "2001:db8::1".parse().unwrap(),
+            "2001:db8::2".parse().unwrap(),
+            vigil_tests::packets::Transport::Tcp { sport: 1, dport: 2, flags: flags::ACK, options: vec![] },
+        )
+        .build();
+        assert_eq!(h.run(&f), 2);
+        repeated(&mut h, PROGRAM, &f, 2)
+    };
+    h.blocklist().add("203.0.113.0/24".parse().unwrap(), Duration::from_secs(3600)).expect("rule");
+    let with_rule_existing = repeated(&mut h, PROGRAM, &tcp, 2);
+    let blocked_ns = repeated(&mut h, PROGRAM, &blocked, 1);
+    let malformed_ns = repeated(&mut h, PROGRAM, &malformed, 2);
+    let floor_single = single_runs(&mut h, PROGRAM_EMPTY, distinct_source);
+    let new_flow = single_runs(&mut h, PROGRAM, distinct_source);
+    let created = h.counters().flows_created;
+    assert!(created >= u64::from(DISTINCT), "every distinct packet made a flow ({created})");
+
+    let row = |name: &str, ns: f64, base: f64| format!("| {name} | {ns:.1} | {:.2}x |", ns / base);
+    let text = [
+        "### XDP program cost (BPF_PROG_TEST_RUN)".to_owned(),
+        String::new(),
+        format!("Machine: {}. Repeated cases: median of {ROUNDS} runs of {REPEAT} repeats; new-flow case: mean of {DISTINCT} single runs.", machine()),
+        String::new(),
+        "| case | ns/packet | vs floor |".to_owned(),
+        "|---|---:|---:|".to_owned(),
+        row("empty XDP_PASS program (floor)", floor, floor),
+        row("existing TCP/IPv4 flow", existing, floor),
+        row("existing TCP/IPv6 flow", existing_v6, floor),
+        row("existing TCP/IPv4 flow, blocklist non-empty", with_rule_existing, floor),
+        row("blocked source (XDP_DROP)", blocked_ns, floor),
+        row("malformed (truncated TCP)", malformed_ns, floor),
+        row("empty program, single runs (floor for the next row)", floor_single, floor_single),
+        row("new flow per packet, single runs", new_flow, floor_single),
+        String::new(),
+        format!(
+            "Target: existing-flow update within 2.5x the floor: {} ({:.2}x).",
+            if existing <= 2.5 * floor { "met" } else { "NOT met" },
+            existing / floor
+        ),
+        String::new(),
+    ]
+    .join("\n");
+    report(&text);
+}

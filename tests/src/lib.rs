@@ -5,6 +5,7 @@
 //! failure so a broken environment fails the test loudly instead of skipping it.
 
 pub mod agent;
+pub mod bench;
 pub mod capture;
 pub mod netns;
 pub mod packets;

@@ -78,7 +78,8 @@ fn main() -> Result<()> {
         Task::Bench { write } => {
             setup::ensure()?;
             require_root("the benchmarks (BPF_PROG_TEST_RUN, XDP maps)")?;
-            let report = root.join("target/bench-report.md");
+            let report = target_dir(&root).join("bench-report.md");
+            let _ = std::fs::remove_file(&report);
             let mut cmd = cargo_cmd(&root);
             cmd.args(["bench", "--package", "vigil-tests"]).env("VIGIL_BENCH_REPORT", &report);
             run(&mut cmd)?;
