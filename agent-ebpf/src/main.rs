@@ -21,7 +21,7 @@ use agent_common::{
 };
 use aya_ebpf::{
     bindings::{BPF_NOEXIST, xdp_action},
-    helpers::bpf_ktime_get_ns,
+    helpers::{bpf_ktime_get_ns, generated::bpf_ktime_get_coarse_ns},
     macros::{map, xdp},
     maps::{LpmTrie, LruPerCpuHashMap, PerCpuArray, lpm_trie::Key},
     programs::XdpContext,
@@ -110,9 +110,7 @@ fn try_vigil(ctx: &XdpContext) -> Option<u32> {
         counters.ipv6_packets += 1;
     }
 
-    // SAFETY: `bpf_ktime_get_ns` has no preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
-    if is_blocked(&l3, now, counters) {
+    if is_blocked(&l3, counters) {
         counters.blocklist_drops += 1;
         return Some(xdp_action::XDP_DROP);
     }
@@ -130,6 +128,10 @@ fn try_vigil(ctx: &XdpContext) -> Option<u32> {
     let class = if l3.is_later_fragment() { ProtoClass::Other } else { ProtoClass::of(meta.key.protocol) };
     counters.count_proto(class, u64::from(len));
 
+    // Read the clock only once the packet is known to reach the flow table: on this
+    // class of VM it is the single most expensive step of the program.
+    // SAFETY: `bpf_ktime_get_ns` has no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
     if let Some(stats) = VIGIL_FLOWS.get_ptr_mut(&meta.key) {
         // SAFETY: the per-CPU value belongs to this CPU; the map keeps it alive for the program.
         unsafe { (*stats).update(&meta, now) };
@@ -151,14 +153,20 @@ fn try_vigil(ctx: &XdpContext) -> Option<u32> {
 /// Whether an active blocklist rule covers the packet's source. Expired rules met on the way
 /// are deleted (the kernel enforces expiry), then the lookup is repeated once so a shorter,
 /// still active prefix behind an expired longer one keeps applying.
+///
+/// Expiry is checked against `CLOCK_MONOTONIC_COARSE` (same base as the agent's
+/// `CLOCK_MONOTONIC`, at most one tick behind), read only when a rule matches: a rule may
+/// outlive its TTL by a few milliseconds, and packets with no rule pay nothing for the clock.
 #[inline(always)]
-fn is_blocked(l3: &L3, now: u64, counters: &mut Counters) -> bool {
+fn is_blocked(l3: &L3, counters: &mut Counters) -> bool {
     let src = &l3.key.src_addr;
     for _ in 0..2 {
+        // SAFETY: the helper has no preconditions.
+        let now = || unsafe { bpf_ktime_get_coarse_ns() };
         let hit = if l3.key.ip_version == IP_V4 {
             let key = Key::new(32, [src[12], src[13], src[14], src[15]]);
             match VIGIL_BLOCK_V4.get(&key) {
-                Some(rule) => Some(check_rule(rule, now, |prefix_len| {
+                Some(rule) => Some(check_rule(rule, now(), |prefix_len| {
                     let _ = VIGIL_BLOCK_V4.remove(Key::new(prefix_len, key.data));
                 })),
                 None => None,
@@ -166,7 +174,7 @@ fn is_blocked(l3: &L3, now: u64, counters: &mut Counters) -> bool {
         } else {
             let key = Key::new(128, *src);
             match VIGIL_BLOCK_V6.get(&key) {
-                Some(rule) => Some(check_rule(rule, now, |prefix_len| {
+                Some(rule) => Some(check_rule(rule, now(), |prefix_len| {
                     let _ = VIGIL_BLOCK_V6.remove(Key::new(prefix_len, key.data));
                 })),
                 None => None,

@@ -67,6 +67,10 @@ fn main() {
     let with_rule_existing = repeated(&mut h, PROGRAM, &tcp, 2);
     let blocked_ns = repeated(&mut h, PROGRAM, &blocked, 1);
     let malformed_ns = repeated(&mut h, PROGRAM, &malformed, 2);
+    let malformed_l3 = repeated(&mut h, PROGRAM, &tcp[..14 + 10], 2);
+    let mut arp = tcp.clone();
+    arp[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
+    let non_ip = repeated(&mut h, PROGRAM, &arp, 2);
     let floor_single = single_runs(&mut h, PROGRAM_EMPTY, distinct_source);
     let new_flow = single_runs(&mut h, PROGRAM, distinct_source);
     let created = h.counters().flows_created;
@@ -86,6 +90,8 @@ fn main() {
         row("existing TCP/IPv4 flow, blocklist non-empty", with_rule_existing, floor),
         row("blocked source (XDP_DROP)", blocked_ns, floor),
         row("malformed (truncated TCP)", malformed_ns, floor),
+        row("malformed (truncated IPv4 header)", malformed_l3, floor),
+        row("non-IP (ARP)", non_ip, floor),
         row("empty program, single runs (floor for the next row)", floor_single, floor_single),
         row("new flow per packet, single runs", new_flow, floor_single),
         String::new(),
