@@ -15,13 +15,13 @@ pub enum Malformed {
     VlanTooMany = 2,
     /// Shorter than the fixed IPv4 header.
     Ipv4Truncated = 3,
-    /// EtherType says IPv4 but the version nibble is not 4.
+    /// `EtherType` says IPv4 but the version nibble is not 4.
     Ipv4BadVersion = 4,
     /// IHL below 5, or header longer than the packet / the total length.
     Ipv4BadHeaderLen = 5,
     /// Shorter than the fixed IPv6 header.
     Ipv6Truncated = 6,
-    /// EtherType says IPv6 but the version nibble is not 6.
+    /// `EtherType` says IPv6 but the version nibble is not 6.
     Ipv6BadVersion = 7,
     /// An IPv6 extension header runs past the end of the packet.
     Ipv6ExtTruncated = 8,
@@ -33,7 +33,7 @@ pub enum Malformed {
     TcpBadOffset = 11,
     /// Shorter than a UDP header.
     UdpTruncated = 12,
-    /// Shorter than an ICMP or ICMPv6 header.
+    /// Shorter than an ICMP or `ICMPv6` header.
     IcmpTruncated = 13,
 }
 
@@ -134,7 +134,7 @@ pub struct Counters {
     pub bytes: u64,
     pub ipv4_packets: u64,
     pub ipv6_packets: u64,
-    /// Packets whose EtherType is neither IPv4 nor IPv6 (ARP, LLDP, ...).
+    /// Packets whose `EtherType` is neither IPv4 nor IPv6 (ARP, LLDP, ...).
     pub non_ip_packets: u64,
     /// Packets per [`ProtoClass`], of well-formed IP packets that reached the flow table.
     pub proto_packets: [u64; ProtoClass::COUNT],

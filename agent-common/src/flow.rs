@@ -9,8 +9,8 @@ pub const IP_V6: u8 = 6;
 /// A flow: the classic 5-tuple plus the IP version.
 ///
 /// Addresses are 128-bit. IPv4 addresses are stored IPv4-mapped (`::ffff:a.b.c.d`), so one
-/// key type serves both families. Ports are in host byte order. For ICMP and ICMPv6 the source
-/// port is 0 and the destination port is `type << 8 | code`, as NetFlow does. Later IP
+/// key type serves both families. Ports are in host byte order. For ICMP and `ICMPv6` the source
+/// port is 0 and the destination port is `type << 8 | code`, as `NetFlow` does. Later IP
 /// fragments carry no ports and are keyed on the 3-tuple (ports 0).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -5,6 +5,9 @@
 //! [`flow::FlowStats::update`] on every packet; the pcap path runs the very same functions on
 //! captured frames, so live and offline flow records are built identically.
 #![no_std]
+// Everything here runs inside the XDP program, where the verifier needs it inlined: BPF
+// function calls cannot pass packet pointers around the way the parser does.
+#![expect(clippy::inline_always, reason = "eBPF code must be inlined for the verifier")]
 
 pub mod blocklist;
 pub mod counters;

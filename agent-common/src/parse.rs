@@ -7,7 +7,7 @@
 //!
 //! Parsing is split in two so the XDP program can check the blocklist as soon as the source
 //! address is known: [`parse_l3`] (Ethernet, VLAN, IPv4/IPv6 and IPv6 extension headers), then
-//! [`parse_l4`] (TCP, UDP, ICMP, ICMPv6 ports and flags).
+//! [`parse_l4`] (TCP, UDP, ICMP, `ICMPv6` ports and flags).
 
 use crate::{
     counters::Malformed,
@@ -18,7 +18,7 @@ pub const ETH_P_IPV4: u16 = 0x0800;
 pub const ETH_P_IPV6: u16 = 0x86dd;
 pub const ETH_P_8021Q: u16 = 0x8100;
 pub const ETH_P_8021AD: u16 = 0x88a8;
-/// Pre-standard QinQ outer tag, still seen in the wild.
+/// Pre-standard `QinQ` outer tag, still seen in the wild.
 pub const ETH_P_QINQ_9100: u16 = 0x9100;
 
 pub const IPPROTO_HOPOPTS: u8 = 0;

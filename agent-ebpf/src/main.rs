@@ -28,8 +28,7 @@ use aya_ebpf::{
 };
 
 #[map]
-static VIGIL_FLOWS: LruPerCpuHashMap<FlowKey, FlowStats> =
-    LruPerCpuHashMap::with_max_entries(DEFAULT_FLOW_CAPACITY, 0);
+static VIGIL_FLOWS: LruPerCpuHashMap<FlowKey, FlowStats> = LruPerCpuHashMap::with_max_entries(DEFAULT_FLOW_CAPACITY, 0);
 
 #[map]
 static VIGIL_COUNTERS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(1, 0);
@@ -197,12 +196,7 @@ fn check_rule(rule: &BlockRule, now: u64, remove: impl FnOnce(u32)) -> bool {
     if rule.is_active(now) {
         // SAFETY: `drops` is a u64 inside a live map value; concurrent CPUs update it with
         // atomic adds only.
-        unsafe {
-            atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(
-                core::ptr::addr_of!(rule.drops).cast_mut(),
-                1,
-            )
-        };
+        unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(core::ptr::addr_of!(rule.drops).cast_mut(), 1) };
         true
     } else {
         remove(rule.prefix_len);

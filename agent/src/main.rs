@@ -39,7 +39,7 @@ struct RunArgs {
     /// A flow with no packet for this long is exported and removed.
     #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
     idle_timeout: Duration,
-    /// A flow older than this is exported and restarted, as NetFlow's active timeout.
+    /// A flow older than this is exported and restarted, as `NetFlow`'s active timeout.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     active_timeout: Duration,
     /// Flow table capacity in flows (per-CPU LRU hash; the least recently used flow is evicted

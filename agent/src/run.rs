@@ -46,13 +46,12 @@ pub enum RunError {
 /// # Errors
 /// [`RunError`] for a missing interface, an unwritable output, or a failed load or attach.
 pub async fn run(config: RunConfig) -> Result<(), RunError> {
-    let iface = match config.iface.clone() {
-        Some(iface) => iface,
-        None => {
-            let iface = route::default_route_interface().ok_or(RunError::NoDefaultRoute)?;
-            info!(iface, "no --iface given; using the default route's interface");
-            iface
-        }
+    let iface = if let Some(iface) = config.iface.clone() {
+        iface
+    } else {
+        let iface = route::default_route_interface().ok_or(RunError::NoDefaultRoute)?;
+        info!(iface, "no --iface given; using the default route's interface");
+        iface
     };
     if nix::net::if_::if_nametoindex(iface.as_str()).is_err() {
         return Err(SensorError::NoSuchInterface { iface }.into());

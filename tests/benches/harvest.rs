@@ -4,6 +4,7 @@
 //!
 //! The table is filled from userspace with `BPF_MAP_UPDATE_BATCH` (per-CPU values, one CPU's
 //! slot holding a packet), so the numbers measure reading, not generating traffic.
+#![expect(clippy::cast_precision_loss, reason = "flow counts compared as ratios")]
 
 use std::time::{Duration, Instant};
 
@@ -28,8 +29,8 @@ fn key(i: u32) -> FlowKey {
 }
 
 fn fill(harvester: &Harvester, n: u32, cpus: usize) {
-    use std::os::fd::AsFd as _;
     use aya::maps::IterableMap as _;
+    use std::os::fd::AsFd as _;
     let fd = harvester.table().map().fd().as_fd();
     let chunk = 8192u32;
     let mut start = 0;
@@ -38,7 +39,8 @@ fn fill(harvester: &Harvester, n: u32, cpus: usize) {
         let keys: Vec<FlowKey> = (start..end).map(key).collect();
         let mut values = vec![FlowStats::default(); keys.len() * cpus];
         for (i, _) in keys.iter().enumerate() {
-            values[i * cpus] = FlowStats { packets: 1, bytes: 60, first_seen_ns: 1, last_seen_ns: 1, ..FlowStats::default() };
+            values[i * cpus] =
+                FlowStats { packets: 1, bytes: 60, first_seen_ns: 1, last_seen_ns: 1, ..FlowStats::default() };
         }
         batch::update_batch(fd, &keys, &values, cpus).expect("BPF_MAP_UPDATE_BATCH");
         start = end;

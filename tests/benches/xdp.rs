@@ -5,6 +5,7 @@
 //! A new flow per packet cannot be repeated in place (the second run finds the flow), so that
 //! case runs distinct packets one call each and is compared with the floor measured the same
 //! way.
+#![expect(clippy::cast_precision_loss, reason = "nanosecond means printed to one decimal")]
 
 use std::time::Duration;
 
@@ -63,7 +64,7 @@ fn main() {
         assert_eq!(h.run(&f), 2);
         repeated(&mut h, PROGRAM, &f, 2)
     };
-    h.blocklist().add("203.0.113.0/24".parse().unwrap(), Duration::from_secs(3600)).expect("rule");
+    h.blocklist().add("203.0.113.0/24".parse().unwrap(), Duration::from_hours(1)).expect("rule");
     let with_rule_existing = repeated(&mut h, PROGRAM, &tcp, 2);
     let blocked_ns = repeated(&mut h, PROGRAM, &blocked, 1);
     let malformed_ns = repeated(&mut h, PROGRAM, &malformed, 2);

@@ -93,6 +93,9 @@ impl Agent {
     }
 
     /// Everything it logged so far.
+    ///
+    /// # Panics
+    /// If the log lock is poisoned.
     #[must_use]
     pub fn log(&self) -> String {
         self.log.lock().expect("log").join("\n")
@@ -102,6 +105,7 @@ impl Agent {
     ///
     /// # Panics
     /// If it does not exit within 20 s.
+    #[must_use]
     pub fn stop(self) -> (ExitStatus, String) {
         self.stop_with(Signal::SIGINT)
     }
@@ -110,6 +114,7 @@ impl Agent {
     ///
     /// # Panics
     /// If it does not exit within 20 s.
+    #[must_use]
     pub fn stop_with(mut self, signal: Signal) -> (ExitStatus, String) {
         let pid = Pid::from_raw(i32::try_from(self.child.id()).expect("pid"));
         // `ip netns exec` execs the command, so the pid is vigil's own.

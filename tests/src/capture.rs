@@ -92,7 +92,13 @@ fn open_packet_socket(iface: &str) -> i32 {
     let tv = libc::timeval { tv_sec: 0, tv_usec: 50_000 };
     // SAFETY: tv is a valid timeval.
     let rc = unsafe {
-        libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_RCVTIMEO, std::ptr::from_ref(&tv).cast(), u32::try_from(size_of::<libc::timeval>()).expect("size"))
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            std::ptr::from_ref(&tv).cast(),
+            u32::try_from(size_of::<libc::timeval>()).expect("size"),
+        )
     };
     assert_eq!(rc, 0, "SO_RCVTIMEO");
     fd

@@ -1,7 +1,7 @@
 //! Shared helpers for Vigil's privileged tests and benchmarks: hand-built packets, a harness
 //! around `BPF_PROG_TEST_RUN`, and throwaway network namespaces.
 //!
-//! Everything here needs root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN). Helpers panic on
+//! Everything here needs root (`CAP_BPF`, `CAP_NET_ADMIN`, `CAP_SYS_ADMIN`). Helpers panic on
 //! failure so a broken environment fails the test loudly instead of skipping it.
 
 pub mod agent;

@@ -62,7 +62,16 @@ impl Netns {
     ///
     /// # Panics
     /// If it fails.
-    pub fn ip(&self, args: &[&str]) -> Output {
+    pub fn ip(&self, args: &[&str]) {
+        let _ = self.ip_output(args);
+    }
+
+    /// Runs `ip ARGS` inside the namespace and returns what it printed.
+    ///
+    /// # Panics
+    /// If it fails.
+    #[must_use]
+    pub fn ip_output(&self, args: &[&str]) -> Output {
         sh(Command::new("ip").args(["-n", &self.name]).args(args))
     }
 
@@ -94,8 +103,8 @@ impl Drop for Netns {
     }
 }
 
-/// Two namespaces joined by a veth pair: `a` (10.200.0.1/24, fd00:200::1/64) on `veth-a`
-/// and `b` (10.200.0.2/24, fd00:200::2/64) on `veth-b`.
+/// Two namespaces joined by a veth pair: `a` (10.200.0.1/24, `fd00:200::1/64`) on `veth-a`
+/// and `b` (10.200.0.2/24, `fd00:200::2/64`) on `veth-b`.
 pub struct Link {
     pub a: Netns,
     pub b: Netns,
@@ -117,10 +126,15 @@ impl Link {
         let a = Netns::new(&format!("{tag}a"));
         let b = Netns::new(&format!("{tag}b"));
         a.ip(&["link", "add", Self::IFACE_A, "type", "veth", "peer", "name", Self::IFACE_B, "netns", b.name()]);
-        for (ns, iface, v4, v6) in
-            [(&a, Self::IFACE_A, "10.200.0.1/24", "fd00:200::1/64"), (&b, Self::IFACE_B, "10.200.0.2/24", "fd00:200::2/64")]
-        {
-            sh(ns.command("sysctl").args(["-qw", "net.ipv6.conf.all.accept_dad=0", &format!("net.ipv6.conf.{iface}.accept_dad=0")]));
+        for (ns, iface, v4, v6) in [
+            (&a, Self::IFACE_A, "10.200.0.1/24", "fd00:200::1/64"),
+            (&b, Self::IFACE_B, "10.200.0.2/24", "fd00:200::2/64"),
+        ] {
+            sh(ns.command("sysctl").args([
+                "-qw",
+                "net.ipv6.conf.all.accept_dad=0",
+                &format!("net.ipv6.conf.{iface}.accept_dad=0"),
+            ]));
             ns.ip(&["addr", "add", v4, "dev", iface]);
             ns.ip(&["addr", "add", v6, "dev", iface, "nodad"]);
             ns.ip(&["link", "set", iface, "up"]);

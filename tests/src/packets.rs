@@ -42,18 +42,39 @@ pub enum Net {
         frag_offset: u16,
         more_fragments: bool,
     },
-    V6 { src: Ipv6Addr, dst: Ipv6Addr, hop_limit: u8, exts: Vec<Ext> },
+    V6 {
+        src: Ipv6Addr,
+        dst: Ipv6Addr,
+        hop_limit: u8,
+        exts: Vec<Ext>,
+    },
 }
 
 /// Transport layer.
 #[derive(Clone, Debug)]
 pub enum Transport {
-    Tcp { sport: u16, dport: u16, flags: u8, options: Vec<u8> },
-    Udp { sport: u16, dport: u16 },
-    Icmp { ty: u8, code: u8 },
-    Icmpv6 { ty: u8, code: u8 },
+    Tcp {
+        sport: u16,
+        dport: u16,
+        flags: u8,
+        options: Vec<u8>,
+    },
+    Udp {
+        sport: u16,
+        dport: u16,
+    },
+    Icmp {
+        ty: u8,
+        code: u8,
+    },
+    Icmpv6 {
+        ty: u8,
+        code: u8,
+    },
     /// Any protocol by number, with no header of its own.
-    Raw { protocol: u8 },
+    Raw {
+        protocol: u8,
+    },
 }
 
 impl Transport {
@@ -130,7 +151,12 @@ impl Pkt {
     /// An IPv6 packet carrying `transport`, hop limit 64.
     #[must_use]
     pub fn v6(src: Ipv6Addr, dst: Ipv6Addr, transport: Transport) -> Self {
-        Self { vlans: Vec::new(), net: Net::V6 { src, dst, hop_limit: 64, exts: Vec::new() }, transport, payload: Vec::new() }
+        Self {
+            vlans: Vec::new(),
+            net: Net::V6 { src, dst, hop_limit: 64, exts: Vec::new() },
+            transport,
+            payload: Vec::new(),
+        }
     }
 
     /// Adds a VLAN tag (outermost first).
@@ -158,6 +184,9 @@ impl Pkt {
     }
 
     /// Builds the frame and reports where its layers are.
+    ///
+    /// # Panics
+    /// If a header field overflows (a packet over 64 KiB).
     #[must_use]
     pub fn build_with_layout(&self) -> (Vec<u8>, Layout) {
         let mut f = Vec::with_capacity(128);
@@ -295,6 +324,9 @@ impl Pkt {
 }
 
 /// The Internet checksum of `data`.
+///
+/// # Panics
+/// Never: the sum is folded to 16 bits first.
 #[must_use]
 pub fn checksum(data: &[u8]) -> u16 {
     let mut sum: u32 = data.chunks(2).map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]))).sum();

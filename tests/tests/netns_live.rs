@@ -145,7 +145,17 @@ fn live_tcp_and_udp_flows_match_the_wire_exactly() {
 
     let agent = Agent::start(
         &link.b,
-        &["run", "--iface", Link::IFACE_B, "--xdp-mode", "native", "--interval", "200ms", "--flows-out", out.to_str().unwrap()],
+        &[
+            "run",
+            "--iface",
+            Link::IFACE_B,
+            "--xdp-mode",
+            "native",
+            "--interval",
+            "200ms",
+            "--flows-out",
+            out.to_str().unwrap(),
+        ],
     );
     let capture = Capture::start(&link.b, Link::IFACE_B);
 
@@ -155,8 +165,9 @@ fn live_tcp_and_udp_flows_match_the_wire_exactly() {
             udp.send_to(&[i; 100], ("10.200.0.2", UDP_PORT)).expect("send");
             std::thread::sleep(Duration::from_millis(2));
         }
-        let mut tcp = TcpStream::connect_timeout(&SocketAddr::from(([10, 200, 0, 2], TCP_PORT)), Duration::from_secs(5))
-            .expect("connect");
+        let mut tcp =
+            TcpStream::connect_timeout(&SocketAddr::from(([10, 200, 0, 2], TCP_PORT)), Duration::from_secs(5))
+                .expect("connect");
         tcp.set_nodelay(true).expect("nodelay");
         tcp.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
         let mut buf = [0u8; 300];
@@ -214,8 +225,17 @@ fn idle_and_active_timeouts_export_while_running() {
     let agent = Agent::start(
         &link.b,
         &[
-            "run", "--iface", Link::IFACE_B, "--interval", "100ms", "--idle-timeout", "1s", "--active-timeout", "1s",
-            "--flows-out", out.to_str().unwrap(),
+            "run",
+            "--iface",
+            Link::IFACE_B,
+            "--interval",
+            "100ms",
+            "--idle-timeout",
+            "1s",
+            "--active-timeout",
+            "1s",
+            "--flows-out",
+            out.to_str().unwrap(),
         ],
     );
     // A steady flow for ~2.5 s (split by the active timeout), then a short burst on another
@@ -251,7 +271,7 @@ fn idle_and_active_timeouts_export_while_running() {
 }
 
 fn xdp_attached(link: &Link) -> bool {
-    let out = link.b.ip(&["link", "show", "dev", Link::IFACE_B]);
+    let out = link.b.ip_output(&["link", "show", "dev", Link::IFACE_B]);
     String::from_utf8_lossy(&out.stdout).contains("xdp")
 }
 

@@ -264,7 +264,11 @@ fn expected_reason(layout: &vigil_tests::packets::Layout, cut: usize, v6: bool, 
 
 #[test]
 fn truncated_at_every_byte_is_counted_by_reason_and_passed() {
-    let mut tcp6 = Pkt::v6(v6("2001:db8::1"), v6("2001:db8::2"), Transport::Tcp { sport: 1, dport: 2, flags: flags::SYN, options: vec![2, 4, 5, 0xb4] });
+    let mut tcp6 = Pkt::v6(
+        v6("2001:db8::1"),
+        v6("2001:db8::2"),
+        Transport::Tcp { sport: 1, dport: 2, flags: flags::SYN, options: vec![2, 4, 5, 0xb4] },
+    );
     if let Net::V6 { exts, .. } = &mut tcp6.net {
         *exts = vec![Ext::HopByHop { units: 1 }, Ext::DestOpts { units: 0 }];
     }
@@ -292,7 +296,11 @@ fn truncated_at_every_byte_is_counted_by_reason_and_passed() {
             assert_eq!(h.run(&frame[..cut]), XDP_PASS, "cut at {cut} of {pkt:?}");
             let c = h.counters();
             let want = expected_reason(&layout, cut, is_v6, l4_reason);
-            assert_eq!(c.malformed[want as usize], before.malformed[want as usize] + 1, "cut at {cut}: expected {want:?}, counters {c:?}");
+            assert_eq!(
+                c.malformed[want as usize],
+                before.malformed[want as usize] + 1,
+                "cut at {cut}: expected {want:?}, counters {c:?}"
+            );
             assert_eq!(c.malformed_total(), before.malformed_total() + 1, "cut at {cut}: one reason only");
             assert!(h.flows().is_empty(), "cut at {cut} made a flow");
         }
@@ -381,8 +389,8 @@ fn garbage_is_always_passed_and_accounted() {
 #[test]
 fn blocklist_drops_before_the_flow_table() {
     let mut h = Harness::new();
-    h.blocklist().add("192.0.2.0/24".parse().unwrap(), Duration::from_secs(60)).expect("add v4 rule");
-    h.blocklist().add("2001:db8:bad::/48".parse().unwrap(), Duration::from_secs(60)).expect("add v6 rule");
+    h.blocklist().add("192.0.2.0/24".parse().unwrap(), Duration::from_mins(1)).expect("add v4 rule");
+    h.blocklist().add("2001:db8:bad::/48".parse().unwrap(), Duration::from_mins(1)).expect("add v6 rule");
     for _ in 0..3 {
         assert_eq!(h.run(&Pkt::tcp4(A, B, 1, 2, flags::SYN).build()), XDP_DROP);
     }
@@ -406,7 +414,7 @@ fn blocklist_rules_expire_in_the_kernel() {
     // A short, more specific rule over a longer, wider one: after the short one lapses, the
     // wider one still applies; after removing it, traffic passes.
     h.blocklist().add("192.0.2.1/32".parse().unwrap(), Duration::from_secs(1)).expect("add");
-    h.blocklist().add("192.0.2.0/24".parse().unwrap(), Duration::from_secs(120)).expect("add");
+    h.blocklist().add("192.0.2.0/24".parse().unwrap(), Duration::from_mins(2)).expect("add");
     h.blocklist().add("198.51.100.0/24".parse().unwrap(), Duration::from_secs(1)).expect("add");
     let from_a = Pkt::tcp4(A, B, 1, 2, flags::SYN).build();
     let from_b = Pkt::tcp4(B, A, 1, 2, flags::SYN).build();

@@ -8,7 +8,10 @@ use std::{borrow::BorrowMut, net::IpAddr, time::Duration};
 use agent_common::{blocklist::BlockRule, maps};
 use aya::{
     Ebpf,
-    maps::{MapData, MapError, lpm_trie::{Key, LpmTrie}},
+    maps::{
+        MapData, MapError,
+        lpm_trie::{Key, LpmTrie},
+    },
 };
 use ipnet::IpNet;
 use serde::Serialize;
@@ -119,12 +122,12 @@ impl<T: std::borrow::Borrow<MapData>> Blocklist<T> {
     /// A map read failing.
     pub fn list(&self) -> Result<Vec<Rule>, BlockError> {
         let mut rules = Vec::new();
-        for entry in self.v4.iter() {
+        for entry in &self.v4 {
             let (key, rule) = entry.map_err(|source| BlockError::Map { name: maps::BLOCK_V4, source })?;
             let addr = IpAddr::from(key.data());
             rules.push(to_rule(addr, key.prefix_len(), &rule));
         }
-        for entry in self.v6.iter() {
+        for entry in &self.v6 {
             let (key, rule) = entry.map_err(|source| BlockError::Map { name: maps::BLOCK_V6, source })?;
             let addr = IpAddr::from(key.data());
             rules.push(to_rule(addr, key.prefix_len(), &rule));

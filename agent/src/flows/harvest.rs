@@ -38,7 +38,7 @@ pub struct HarvestConfig {
 
 impl Default for HarvestConfig {
     fn default() -> Self {
-        Self { idle_timeout: Duration::from_secs(15), active_timeout: Duration::from_secs(60), chunk: 8192 }
+        Self { idle_timeout: Duration::from_secs(15), active_timeout: Duration::from_mins(1), chunk: 8192 }
     }
 }
 
@@ -162,7 +162,7 @@ impl Harvester {
     /// A failing map syscall.
     pub fn scan_one_by_one(&self) -> Result<usize, aya::maps::MapError> {
         let mut n = 0;
-        for entry in self.table.iter() {
+        for entry in &self.table {
             let (_key, values) = entry?;
             if merge_per_cpu(&values).is_some() {
                 n += 1;

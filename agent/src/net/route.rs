@@ -21,7 +21,8 @@ pub fn parse_ipv4_routes(table: &str) -> Option<String> {
             let f: Vec<&str> = line.split_whitespace().collect();
             let (iface, dest, flags, metric, mask) = (f.first()?, f.get(1)?, f.get(3)?, f.get(6)?, f.get(7)?);
             let up = u32::from_str_radix(flags, 16).ok()? & 1 != 0;
-            (up && *dest == "00000000" && *mask == "00000000").then(|| (metric.parse::<u32>().unwrap_or(u32::MAX), (*iface).to_owned()))
+            (up && *dest == "00000000" && *mask == "00000000")
+                .then(|| (metric.parse::<u32>().unwrap_or(u32::MAX), (*iface).to_owned()))
         })
         .min()
         .map(|(_, iface)| iface)

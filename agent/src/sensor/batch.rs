@@ -47,9 +47,8 @@ struct ElemAttr {
 fn sys_bpf<A>(cmd: libc::c_long, attr: &mut A) -> io::Result<()> {
     // SAFETY: `attr` is a valid, initialised `bpf_attr` prefix of the given size, and every
     // pointer inside it refers to a live buffer of the size the kernel expects.
-    let ret = unsafe {
-        libc::syscall(libc::SYS_bpf, cmd, std::ptr::from_mut(attr).cast::<libc::c_void>(), size_of::<A>())
-    };
+    let ret =
+        unsafe { libc::syscall(libc::SYS_bpf, cmd, std::ptr::from_mut(attr).cast::<libc::c_void>(), size_of::<A>()) };
     if ret < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
 }
 

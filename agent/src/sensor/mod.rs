@@ -178,7 +178,9 @@ impl Sensor {
     ///
     /// # Errors
     /// If it was already taken or has the wrong type.
-    pub fn take_flows(&mut self) -> Result<PerCpuHashMap<MapData, agent_common::flow::FlowKey, agent_common::flow::FlowStats>, SensorError> {
+    pub fn take_flows(
+        &mut self,
+    ) -> Result<PerCpuHashMap<MapData, agent_common::flow::FlowKey, agent_common::flow::FlowStats>, SensorError> {
         let map = self.ebpf.take_map(maps::FLOWS).ok_or(SensorError::MissingMap { name: maps::FLOWS })?;
         PerCpuHashMap::try_from(map).map_err(|source| SensorError::MapType { name: maps::FLOWS, source })
     }
