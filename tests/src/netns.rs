@@ -2,9 +2,14 @@
 
 use std::{
     fs::File,
+    net::UdpSocket,
     process::{Command, Output},
-    sync::atomic::{AtomicU32, Ordering},
+    sync::{
+        atomic::{AtomicU32, Ordering},
+        mpsc,
+    },
     thread,
+    time::{Duration, Instant},
 };
 
 use nix::sched::{CloneFlags, setns};
@@ -94,6 +99,34 @@ impl Netns {
             setns(&file, CloneFlags::CLONE_NEWNET).expect("setns");
             f()
         })
+    }
+}
+
+impl Netns {
+    /// Binds a UDP socket on `addr:port` inside the namespace and counts datagrams until `n`
+    /// arrived or `within` passed. Returns once the socket is bound; join for the count.
+    ///
+    /// # Panics
+    /// If the socket cannot be bound.
+    #[must_use]
+    pub fn udp_sink(&self, addr: &'static str, port: u16, n: usize, within: Duration) -> thread::JoinHandle<usize> {
+        let (ready_tx, ready) = mpsc::channel();
+        let handle = self.spawn(move || {
+            let sock = UdpSocket::bind((addr, port)).expect("bind udp sink");
+            sock.set_read_timeout(Some(Duration::from_millis(100))).expect("timeout");
+            ready_tx.send(()).expect("ready");
+            let deadline = Instant::now() + within;
+            let mut got = 0;
+            let mut buf = [0u8; 2048];
+            while got < n && Instant::now() < deadline {
+                if sock.recv(&mut buf).is_ok() {
+                    got += 1;
+                }
+            }
+            got
+        });
+        ready.recv().expect("udp sink thread died");
+        handle
     }
 }
 

@@ -17,22 +17,7 @@ const PORT: u16 = 9998;
 
 /// Sends `n` datagrams from A to B, 5 ms apart, and returns how many B received.
 fn send_and_count(link: &Link, n: usize) -> usize {
-    let (ready_tx, ready) = mpsc::channel();
-    let receiver = link.b.spawn(move || {
-        let sock = UdpSocket::bind(("10.200.0.2", PORT)).expect("bind");
-        sock.set_read_timeout(Some(Duration::from_millis(100))).expect("timeout");
-        ready_tx.send(()).expect("ready");
-        let deadline = Instant::now() + Duration::from_millis(600 + 5 * n as u64);
-        let mut got = 0;
-        let mut buf = [0u8; 64];
-        while got < n && Instant::now() < deadline {
-            if sock.recv(&mut buf).is_ok() {
-                got += 1;
-            }
-        }
-        got
-    });
-    ready.recv().expect("receiver");
+    let receiver = link.b.udp_sink("10.200.0.2", PORT, n, Duration::from_millis(600 + 5 * n as u64));
     link.a.run(move || {
         let sock = UdpSocket::bind(("10.200.0.1", 0)).expect("bind");
         for _ in 0..n {

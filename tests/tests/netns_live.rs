@@ -7,7 +7,7 @@ use std::{
     io::{Read as _, Write as _},
     net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
     sync::mpsc,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use vigil::flows::{EndReason, FlowRecord};
@@ -95,23 +95,7 @@ fn no_offloads(link: &Link) {
 
 /// A UDP sink in B that counts datagrams until `n` arrive or 5 s pass.
 fn udp_sink(link: &Link, n: usize) -> std::thread::JoinHandle<usize> {
-    let (ready_tx, ready) = mpsc::channel();
-    let handle = link.b.spawn(move || {
-        let sock = UdpSocket::bind(("10.200.0.2", UDP_PORT)).expect("bind udp");
-        sock.set_read_timeout(Some(Duration::from_millis(200))).expect("timeout");
-        ready_tx.send(()).expect("ready");
-        let deadline = Instant::now() + Duration::from_secs(5);
-        let mut got = 0;
-        let mut buf = [0u8; 2048];
-        while got < n && Instant::now() < deadline {
-            if sock.recv(&mut buf).is_ok() {
-                got += 1;
-            }
-        }
-        got
-    });
-    ready.recv().expect("udp sink");
-    handle
+    link.b.udp_sink("10.200.0.2", UDP_PORT, n, Duration::from_secs(5))
 }
 
 #[test]

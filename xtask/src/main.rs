@@ -5,6 +5,8 @@
 
 mod setup;
 
+use setup::run;
+
 use std::{
     path::{Path, PathBuf},
     process::Command,
@@ -112,15 +114,6 @@ fn cargo(root: &Path, args: &[&str]) -> Result<()> {
     let mut cmd = cargo_cmd(root);
     cmd.args(args);
     run(&mut cmd)
-}
-
-fn run(cmd: &mut Command) -> Result<()> {
-    eprintln!("xtask: {cmd:?}");
-    let status = cmd.status().with_context(|| format!("starting {cmd:?}"))?;
-    if !status.success() {
-        bail!("{cmd:?} failed with {status}");
-    }
-    Ok(())
 }
 
 fn require_root(what: &str) -> Result<()> {
