@@ -14,6 +14,7 @@ pub mod counters;
 pub mod flow;
 pub mod maps;
 pub mod parse;
+pub mod pipeline;
 
 /// Asserts at compile time that a type shared with the kernel has exactly the expected size,
 /// so a field added without thought to padding fails the build instead of the verifier.

@@ -14,10 +14,11 @@ use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use agent_common::{
     blocklist::BlockRule,
-    counters::{Counters, ProtoClass},
+    counters::Counters,
     flow::{FlowKey, FlowStats, IP_V4},
     maps::{BLOCKLIST_CAPACITY, DEFAULT_FLOW_CAPACITY},
-    parse::{self, L3, MAX_OFFSET, Packet},
+    parse::{L3, MAX_OFFSET, Packet},
+    pipeline::{self, Step},
 };
 use aya_ebpf::{
     bindings::{BPF_NOEXIST, xdp_action},
@@ -88,44 +89,11 @@ fn try_vigil(ctx: &XdpContext) -> Option<u32> {
     // SAFETY: a per-CPU array value is only touched by this CPU, and no other reference exists.
     let counters = unsafe { &mut *counters };
     let packet = XdpPacket { data: ctx.data(), data_end: ctx.data_end() };
-    let len = packet.wire_len();
-    counters.packets += 1;
-    counters.bytes += u64::from(len);
-
-    let l3 = match parse::parse_l3(&packet) {
-        Ok(Some(l3)) => l3,
-        Ok(None) => {
-            counters.non_ip_packets += 1;
-            return Some(xdp_action::XDP_PASS);
-        }
-        Err(reason) => {
-            counters.count_malformed(reason);
-            return Some(xdp_action::XDP_PASS);
-        }
+    let meta = match pipeline::ingest(&packet, counters, is_blocked) {
+        Step::Flow(meta) => meta,
+        Step::Pass => return Some(xdp_action::XDP_PASS),
+        Step::Drop => return Some(xdp_action::XDP_DROP),
     };
-    if l3.key.ip_version == IP_V4 {
-        counters.ipv4_packets += 1;
-    } else {
-        counters.ipv6_packets += 1;
-    }
-
-    if is_blocked(&l3, counters) {
-        counters.blocklist_drops += 1;
-        return Some(xdp_action::XDP_DROP);
-    }
-
-    let meta = match parse::parse_l4(&packet, &l3) {
-        Ok(meta) => meta,
-        Err(reason) => {
-            counters.count_malformed(reason);
-            return Some(xdp_action::XDP_PASS);
-        }
-    };
-    if l3.flags != 0 {
-        counters.fragments += 1;
-    }
-    let class = if l3.is_later_fragment() { ProtoClass::Other } else { ProtoClass::of(meta.key.protocol) };
-    counters.count_proto(class, u64::from(len));
 
     // Read the clock only once the packet is known to reach the flow table: on this
     // class of VM it is the single most expensive step of the program.
