@@ -158,7 +158,9 @@ fn parse_ipv4<P: Packet>(p: &P, offset: usize) -> Result<L3, Malformed> {
     }
     let header_len = usize::from(h[0] & 0x0f) * 4;
     let total_len = usize::from(be16([h[2], h[3]]));
-    if header_len < 20 || total_len < header_len || offset + header_len > p.available() {
+    // A total length of 0 is what a capture on a host with segmentation offload records for
+    // the large frames it hands the NIC; it is not a corrupt header.
+    if header_len < 20 || (total_len != 0 && total_len < header_len) || offset + header_len > p.available() {
         return Err(Malformed::Ipv4BadHeaderLen);
     }
     let frag = be16([h[6], h[7]]);
@@ -344,6 +346,15 @@ mod tests {
         let p = SlicePacket::captured(&TCP4, 1514);
         let l3 = parse_l3(&p).unwrap().unwrap();
         assert_eq!(parse_l4(&p, &l3).unwrap().len, 1514, "bytes count the wire length");
+    }
+
+    #[test]
+    fn offloaded_frames_with_zero_total_length_parse() {
+        let mut tso = TCP4;
+        tso[16..18].copy_from_slice(&[0, 0]);
+        assert_eq!(parse(&tso).unwrap().unwrap().key.dst_port, 80);
+        tso[16..18].copy_from_slice(&[0, 10]);
+        assert_eq!(parse(&tso), Err(Malformed::Ipv4BadHeaderLen));
     }
 
     #[test]

@@ -5,8 +5,10 @@
 //! integration tests and benchmarks in `tests/` drive the same library.
 
 pub mod block;
+pub mod capture;
 pub mod clock;
 pub mod flows;
 pub mod net;
+pub mod replay;
 pub mod run;
 pub mod sensor;

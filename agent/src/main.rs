@@ -6,6 +6,7 @@ use clap::{Args, Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 use vigil::{
     flows::HarvestConfig,
+    replay::{self, ReplayConfig},
     run::{self, RunConfig},
     sensor::{AttachMode, SensorOptions},
 };
@@ -23,6 +24,30 @@ struct Cli {
 enum Command {
     /// Attach the sensor to an interface and harvest flows until SIGINT/SIGTERM.
     Run(RunArgs),
+    /// Build flow records from pcap/pcapng files with the sensor's own per-packet code.
+    Replay(ReplayArgs),
+}
+
+#[derive(Debug, Args)]
+struct ReplayArgs {
+    /// Capture files (pcap or pcapng; Ethernet, Linux cooked SLL/SLL2 or raw IP).
+    #[arg(required = true, value_name = "FILE")]
+    files: Vec<PathBuf>,
+    /// Where flow records go as JSON lines (appended), `-` for standard output.
+    #[arg(long, value_name = "FILE", default_value = "-")]
+    flows_out: PathBuf,
+    /// Capture time between timeout checks (the live harvest interval).
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    interval: Duration,
+    /// A flow with no packet for this long (capture time) is exported.
+    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+    idle_timeout: Duration,
+    /// A flow older than this (capture time) is exported and restarted.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    active_timeout: Duration,
+    /// Do not show a progress bar.
+    #[arg(long)]
+    no_progress: bool,
 }
 
 #[derive(Debug, Args)]
@@ -60,6 +85,7 @@ fn main() -> ExitCode {
         .init();
     let result = match cli.command {
         Command::Run(args) => run_command(args),
+        Command::Replay(args) => replay_command(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -68,6 +94,22 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn replay_command(args: ReplayArgs) -> anyhow::Result<()> {
+    if args.interval.is_zero() {
+        anyhow::bail!("--interval must be greater than zero");
+    }
+    let config = ReplayConfig {
+        files: args.files,
+        flows_out: args.flows_out,
+        harvest: HarvestConfig { idle_timeout: args.idle_timeout, active_timeout: args.active_timeout, ..HarvestConfig::default() },
+        interval: args.interval,
+        progress: !args.no_progress && std::io::IsTerminal::is_terminal(&std::io::stderr()),
+    };
+    let totals = replay::replay(&config)?;
+    tracing::info!(packets = totals.packets, malformed = totals.malformed, records = totals.records, "replay done");
+    Ok(())
 }
 
 fn run_command(args: RunArgs) -> anyhow::Result<()> {

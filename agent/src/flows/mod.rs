@@ -1,6 +1,7 @@
 //! Flow records: harvesting them from the kernel table and writing them out.
 
 pub mod harvest;
+pub mod offline;
 pub mod output;
 pub mod record;
 
