@@ -22,7 +22,11 @@ pub enum Step {
 /// Counts `packet` in `counters`, parses it, and asks `blocked` about its source as soon as
 /// the network layer is known.
 #[inline(always)]
-pub fn ingest<P: Packet>(packet: &P, counters: &mut Counters, blocked: impl FnOnce(&L3, &mut Counters) -> bool) -> Step {
+pub fn ingest<P: Packet>(
+    packet: &P,
+    counters: &mut Counters,
+    blocked: impl FnOnce(&L3, &mut Counters) -> bool,
+) -> Step {
     let len = packet.wire_len();
     counters.packets += 1;
     counters.bytes += u64::from(len);

@@ -103,7 +103,11 @@ fn replay_command(args: ReplayArgs) -> anyhow::Result<()> {
     let config = ReplayConfig {
         files: args.files,
         flows_out: args.flows_out,
-        harvest: HarvestConfig { idle_timeout: args.idle_timeout, active_timeout: args.active_timeout, ..HarvestConfig::default() },
+        harvest: HarvestConfig {
+            idle_timeout: args.idle_timeout,
+            active_timeout: args.active_timeout,
+            ..HarvestConfig::default()
+        },
         interval: args.interval,
         progress: !args.no_progress && std::io::IsTerminal::is_terminal(&std::io::stderr()),
     };

@@ -48,6 +48,9 @@ pub struct ReplayTotals {
 ///
 /// # Errors
 /// [`ReplayError`] for an unreadable or corrupt capture, or an unwritable output.
+///
+/// # Panics
+/// Never: the progress template is a constant that parses.
 pub fn replay(config: &ReplayConfig) -> Result<ReplayTotals, ReplayError> {
     let mut readers = config.files.iter().map(|f| CaptureReader::open(f)).collect::<Result<Vec<_>, _>>()?;
     let mut writer = FlowWriter::open(&config.flows_out)?;

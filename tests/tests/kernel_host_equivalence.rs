@@ -88,8 +88,9 @@ fn kernel_and_host_build_identical_flows_from_real_captures() {
     let mut total_packets = 0u64;
     for path in captures() {
         let mut h = Harness::with_capacity(65_536);
-        let never = HarvestConfig { idle_timeout: Duration::MAX, active_timeout: Duration::MAX, ..HarvestConfig::default() };
-        let mut host = OfflineTable::new(never, Duration::from_secs(3600));
+        let never =
+            HarvestConfig { idle_timeout: Duration::MAX, active_timeout: Duration::MAX, ..HarvestConfig::default() };
+        let mut host = OfflineTable::new(never, Duration::from_hours(1));
         let mut reader = CaptureReader::open(&path).expect("open capture");
         let mut fed = 0u64;
         while let Some(frame) = reader.next_frame() {

@@ -130,8 +130,13 @@ impl CaptureReader {
         file.seek(SeekFrom::Start(0)).map_err(open_err)?;
         let format = |source| CaptureError::Format { path: path.to_owned(), source };
         let inner = match magic {
-            [0x0a, 0x0d, 0x0d, 0x0a] => Inner::PcapNg { reader: PcapNgReader::new(BufReader::new(file)).map_err(format)? },
-            [0xd4, 0xc3, 0xb2, 0xa1] | [0xa1, 0xb2, 0xc3, 0xd4] | [0x4d, 0x3c, 0xb2, 0xa1] | [0xa1, 0xb2, 0x3c, 0x4d] => {
+            [0x0a, 0x0d, 0x0d, 0x0a] => {
+                Inner::PcapNg { reader: PcapNgReader::new(BufReader::new(file)).map_err(format)? }
+            }
+            [0xd4, 0xc3, 0xb2, 0xa1]
+            | [0xa1, 0xb2, 0xc3, 0xd4]
+            | [0x4d, 0x3c, 0xb2, 0xa1]
+            | [0xa1, 0xb2, 0x3c, 0x4d] => {
                 let reader = PcapReader::new(BufReader::new(file)).map_err(format)?;
                 let linktype = reader.header().datalink;
                 let link = Link::of(linktype).ok_or(CaptureError::LinkType { path: path.to_owned(), linktype })?;
@@ -188,7 +193,9 @@ impl CaptureReader {
                     _ => continue,
                 };
                 let Some(interface) = interface else {
-                    return Some(Err(format(pcap_file::PcapError::InvalidField("packet refers to an undeclared interface"))));
+                    return Some(Err(format(pcap_file::PcapError::InvalidField(
+                        "packet refers to an undeclared interface",
+                    ))));
                 };
                 let Some(link) = Link::of(interface.linktype) else {
                     return Some(Err(CaptureError::LinkType { path: self.path.clone(), linktype: interface.linktype }));
@@ -252,7 +259,7 @@ mod tests {
         assert_eq!(interface_ts_ns(&idb, 1_500_000), 1_500_000_000, "default is microseconds");
         idb.options = vec![InterfaceDescriptionOption::IfTsResol(9)];
         assert_eq!(interface_ts_ns(&idb, 42), 42);
-        idb.options = vec![InterfaceDescriptionOption::IfTsResol(0x80 | 10), InterfaceDescriptionOption::IfTsOffset(2)];
+        idb.options = vec![InterfaceDescriptionOption::IfTsResol(0x80 | 0x0a), InterfaceDescriptionOption::IfTsOffset(2)];
         assert_eq!(interface_ts_ns(&idb, 1024), 2_000_000_000 + 1_000_000_000);
     }
 }

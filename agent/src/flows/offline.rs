@@ -65,12 +65,11 @@ impl OfflineTable {
         let Step::Flow(meta) = pipeline::ingest(&packet, &mut self.counters, |_, _| false) else {
             return;
         };
-        match self.flows.get_mut(&meta.key) {
-            Some(stats) => stats.update(&meta, now),
-            None => {
-                self.flows.insert(meta.key, FlowStats::first(&meta, now));
-                self.counters.flows_created += 1;
-            }
+        if let Some(stats) = self.flows.get_mut(&meta.key) {
+            stats.update(&meta, now);
+        } else {
+            self.flows.insert(meta.key, FlowStats::first(&meta, now));
+            self.counters.flows_created += 1;
         }
     }
 
