@@ -12,6 +12,10 @@ use crate::{
     sensor::{self, AttachMode, Sensor, SensorError, SensorOptions},
 };
 
+/// How often `vigil run` logs a status line, so an operator sees the sensor working even
+/// without `--flows-out`.
+const STATUS_EVERY: Duration = Duration::from_secs(10);
+
 /// Settings of one `vigil run`.
 #[derive(Clone, Debug)]
 pub struct RunConfig {
@@ -80,6 +84,9 @@ pub async fn run(config: RunConfig) -> Result<(), RunError> {
         }
     };
 
+    let mut last_status = std::time::Instant::now();
+    let mut exported = 0usize;
+
     let mut ticker = tokio::time::interval(config.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticker.tick().await;
@@ -92,6 +99,14 @@ pub async fn run(config: RunConfig) -> Result<(), RunError> {
                 }
                 debug!(tracked = report.tracked, idle = report.idle, active = report.active,
                        elapsed_us = report.elapsed.as_micros(), "harvest");
+                exported += report.idle + report.active;
+                if last_status.elapsed() >= STATUS_EVERY {
+                    last_status = std::time::Instant::now();
+                    let c = sensor.counters()?;
+                    info!(packets = c.packets, bytes = c.bytes, malformed = c.malformed_total(),
+                          flows_tracked = report.tracked, records_exported = exported,
+                          blocklist_drops = c.blocklist_drops, "status");
+                }
             }
             _ = sigint.recv() => break "SIGINT",
             _ = sigterm.recv() => break "SIGTERM",

@@ -259,7 +259,8 @@ mod tests {
         assert_eq!(interface_ts_ns(&idb, 1_500_000), 1_500_000_000, "default is microseconds");
         idb.options = vec![InterfaceDescriptionOption::IfTsResol(9)];
         assert_eq!(interface_ts_ns(&idb, 42), 42);
-        idb.options = vec![InterfaceDescriptionOption::IfTsResol(0x80 | 0x0a), InterfaceDescriptionOption::IfTsOffset(2)];
+        idb.options =
+            vec![InterfaceDescriptionOption::IfTsResol(0x80 | 0x0a), InterfaceDescriptionOption::IfTsOffset(2)];
         assert_eq!(interface_ts_ns(&idb, 1024), 2_000_000_000 + 1_000_000_000);
     }
 }
