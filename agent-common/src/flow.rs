@@ -29,6 +29,21 @@ pub struct FlowKey {
 crate::assert_size!(FlowKey, 40);
 
 impl FlowKey {
+    /// The flow-table shard this key lives in (`0..FLOW_SHARDS`): the top bits of a
+    /// Fibonacci hash of the addresses' low words and the ports, so floods from one source,
+    /// scans of one target and sequential addresses all spread evenly (one multiply per packet).
+    #[inline(always)]
+    #[must_use]
+    pub const fn shard(&self) -> usize {
+        let s = &self.src_addr;
+        let d = &self.dst_addr;
+        let src = u32::from_be_bytes([s[12], s[13], s[14], s[15]]);
+        let dst = u32::from_be_bytes([d[12], d[13], d[14], d[15]]);
+        let ports = ((self.src_port as u32) << 16) | self.dst_port as u32;
+        let h = (src ^ dst.rotate_left(11) ^ ports.rotate_left(23)).wrapping_mul(0x9e37_79b1);
+        (h >> 24) as usize % crate::maps::FLOW_SHARDS
+    }
+
     /// Writes an IPv4 address in IPv4-mapped form.
     #[inline(always)]
     #[must_use]
@@ -285,6 +300,23 @@ mod tests {
         s.update(&meta(60, 0, 1), u64::MAX / 2);
         s.update(&meta(60, 0, 1), u64::MAX);
         assert_eq!(s.iat_sq_sum_us2, u64::MAX);
+    }
+
+    #[test]
+    fn shards_are_balanced_for_floods_and_scans() {
+        let mut counts = [[0u32; crate::maps::FLOW_SHARDS]; 3];
+        for i in 0..10_000u32 {
+            let b = i.to_be_bytes();
+            let flood = FlowKey { src_addr: FlowKey::v4_mapped([10, b[1], b[2], b[3]]), dst_port: 80, ..FlowKey::default() };
+            let scan = FlowKey { dst_port: u16::try_from(i % 65_536).unwrap(), src_port: 40_000, ..FlowKey::default() };
+            let ports = FlowKey { src_port: (i % 60_000) as u16, dst_port: 443, ..flood };
+            for (n, key) in [flood, scan, ports].iter().enumerate() {
+                counts[n][key.shard()] += 1;
+            }
+        }
+        for c in counts {
+            assert!(c.iter().all(|&x| x > 4_500), "unbalanced shards: {c:?}");
+        }
     }
 
     #[test]

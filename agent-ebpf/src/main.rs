@@ -15,7 +15,7 @@ use core::intrinsics::{AtomicOrdering, atomic_xadd};
 use agent_common::{
     blocklist::BlockRule,
     counters::Counters,
-    flow::{FlowKey, FlowStats, IP_V4},
+    flow::{FlowKey, FlowStats, IP_V4, PacketMeta},
     maps::{BLOCKLIST_CAPACITY, DEFAULT_FLOW_CAPACITY},
     parse::{L3, MAX_OFFSET, Packet},
     pipeline::{self, Step},
@@ -28,8 +28,14 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 
+// The flow table's shards (`agent_common::maps::FLOWS`); the agent sizes each at load time.
 #[map]
-static VIGIL_FLOWS: LruPerCpuHashMap<FlowKey, FlowStats> = LruPerCpuHashMap::with_max_entries(DEFAULT_FLOW_CAPACITY, 0);
+static VIGIL_FLOWS0: LruPerCpuHashMap<FlowKey, FlowStats> =
+    LruPerCpuHashMap::with_max_entries(DEFAULT_FLOW_CAPACITY / 2, 0);
+
+#[map]
+static VIGIL_FLOWS1: LruPerCpuHashMap<FlowKey, FlowStats> =
+    LruPerCpuHashMap::with_max_entries(DEFAULT_FLOW_CAPACITY / 2, 0);
 
 #[map]
 static VIGIL_COUNTERS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(1, 0);
@@ -99,22 +105,29 @@ fn try_vigil(ctx: &XdpContext) -> Option<u32> {
     // class of VM it is the single most expensive step of the program.
     // SAFETY: `bpf_ktime_get_ns` has no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
-    if let Some(stats) = VIGIL_FLOWS.get_ptr_mut(&meta.key) {
-        // SAFETY: the per-CPU value belongs to this CPU; the map keeps it alive for the program.
-        unsafe { (*stats).update(&meta, now) };
-    } else {
-        let stats = FlowStats::first(&meta, now);
-        match VIGIL_FLOWS.insert(&meta.key, &stats, u64::from(BPF_NOEXIST)) {
-            Ok(()) => counters.flows_created += 1,
-            // Another CPU created the flow between our lookup and insert: update our slot.
-            Err(_) => match VIGIL_FLOWS.get_ptr_mut(&meta.key) {
-                // SAFETY: as above.
-                Some(stats) => unsafe { (*stats).update(&meta, now) },
-                None => counters.flow_insert_failed += 1,
-            },
-        }
-    }
+    let table = if meta.key.shard() == 0 { &VIGIL_FLOWS0 } else { &VIGIL_FLOWS1 };
+    update_flow(table, &meta, now, counters);
     Some(xdp_action::XDP_PASS)
+}
+
+/// Applies the packet to its flow, creating the flow if needed.
+#[inline(always)]
+fn update_flow(table: &LruPerCpuHashMap<FlowKey, FlowStats>, meta: &PacketMeta, now: u64, counters: &mut Counters) {
+    if let Some(stats) = table.get_ptr_mut(&meta.key) {
+        // SAFETY: the per-CPU value belongs to this CPU; the map keeps it alive for the program.
+        unsafe { (*stats).update(meta, now) };
+        return;
+    }
+    let stats = FlowStats::first(meta, now);
+    match table.insert(&meta.key, &stats, u64::from(BPF_NOEXIST)) {
+        Ok(()) => counters.flows_created += 1,
+        // Another CPU created the flow between our lookup and insert: update our slot.
+        Err(_) => match table.get_ptr_mut(&meta.key) {
+            // SAFETY: as above.
+            Some(stats) => unsafe { (*stats).update(meta, now) },
+            None => counters.flow_insert_failed += 1,
+        },
+    }
 }
 
 /// Whether an active blocklist rule covers the packet's source. Expired rules met on the way

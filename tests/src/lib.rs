@@ -95,13 +95,20 @@ impl Harness {
     /// If the map cannot be read.
     #[must_use]
     pub fn flows(&self) -> BTreeMap<FlowKey, FlowStats> {
-        let map = self.sensor.ebpf().map(maps::FLOWS).expect("flow map");
-        let table: PerCpuHashMap<&MapData, FlowKey, FlowStats> = PerCpuHashMap::try_from(map).expect("flow map type");
-        table
-            .iter()
-            .map(|e| e.expect("reading a flow"))
-            .filter_map(|(k, v)| merge_per_cpu(&v).map(|s| (k, s)))
-            .collect()
+        let mut flows = BTreeMap::new();
+        for name in maps::FLOWS {
+            let map = self.sensor.ebpf().map(name).expect("flow map");
+            let table: PerCpuHashMap<&MapData, FlowKey, FlowStats> =
+                PerCpuHashMap::try_from(map).expect("flow map type");
+            for entry in &table {
+                let (key, values) = entry.expect("reading a flow");
+                assert_eq!(key.shard(), maps::FLOWS.iter().position(|n| *n == name).unwrap(), "flow in its shard");
+                if let Some(stats) = merge_per_cpu(&values) {
+                    assert!(flows.insert(key, stats).is_none(), "a flow in two shards");
+                }
+            }
+        }
+        flows
     }
 
     /// The sensor counters summed over CPUs.

@@ -1,6 +1,7 @@
 //! Harvesting the kernel flow table into [`FlowRecord`]s.
 //!
-//! Each harvest reads the whole table with `BPF_MAP_LOOKUP_BATCH` in chunks, merges each
+//! Each harvest reads the whole table (its shards in parallel threads) with
+//! `BPF_MAP_LOOKUP_BATCH` in chunks, merges each
 //! flow's per-CPU values, and picks the flows that leave: idle ones (no packet for the idle
 //! timeout) and long ones (older than the active timeout). Those are removed with
 //! `BPF_MAP_LOOKUP_AND_DELETE_ELEM`, which returns the value as it was at deletion, so packets
@@ -55,34 +56,62 @@ pub struct HarvestReport {
     pub elapsed: Duration,
 }
 
-/// Reads the flow table and turns leaving flows into records.
-pub struct Harvester {
+/// One shard of the flow table with its scan state.
+struct Shard {
     table: FlowTable,
-    config: HarvestConfig,
-    cpus: usize,
     reader: PerCpuBatchReader<FlowKey, FlowStats>,
     leaving: Vec<(FlowKey, FlowStats, EndReason)>,
+}
+
+/// Reads the flow table and turns leaving flows into records. The table's shards are scanned
+/// in parallel, one thread each.
+pub struct Harvester {
+    shards: Vec<Shard>,
+    config: HarvestConfig,
+    cpus: usize,
     scratch: Vec<FlowStats>,
 }
 
 impl Harvester {
-    /// A harvester over `table` on a system with `cpus` possible CPUs.
+    /// A harvester over the table's shards on a system with `cpus` possible CPUs.
     #[must_use]
-    pub fn new(table: FlowTable, config: HarvestConfig, cpus: usize) -> Self {
-        Self {
-            table,
-            config,
-            cpus,
-            reader: PerCpuBatchReader::new(config.chunk, cpus),
-            leaving: Vec::new(),
-            scratch: vec![FlowStats::default(); cpus],
-        }
+    pub fn new(tables: Vec<FlowTable>, config: HarvestConfig, cpus: usize) -> Self {
+        let shards = tables
+            .into_iter()
+            .map(|table| Shard { table, reader: PerCpuBatchReader::new(config.chunk, cpus), leaving: Vec::new() })
+            .collect();
+        Self { shards, config, cpus, scratch: vec![FlowStats::default(); cpus] }
     }
 
-    /// The table this harvester reads.
-    #[must_use]
-    pub fn table(&self) -> &FlowTable {
-        &self.table
+    /// The shards this harvester reads.
+    pub fn tables(&self) -> impl Iterator<Item = &FlowTable> {
+        self.shards.iter().map(|s| &s.table)
+    }
+
+    /// Scans every shard in parallel; `pick` decides for each flow (per-CPU values merged)
+    /// whether it leaves and why. Returns the number of flows scanned.
+    fn scan(&mut self, pick: impl Fn(&FlowKey, &FlowStats) -> Option<EndReason> + Sync) -> io::Result<usize> {
+        let pick = &pick;
+        std::thread::scope(|scope| {
+            let workers: Vec<_> = self
+                .shards
+                .iter_mut()
+                .map(|shard| {
+                    scope.spawn(move || {
+                        let Shard { table, reader, leaving } = shard;
+                        leaving.clear();
+                        reader.for_each(table.map().fd().as_fd(), |key, per_cpu| {
+                            if let Some(stats) = merge_per_cpu(per_cpu)
+                                && let Some(reason) = pick(key, &stats)
+                            {
+                                leaving.push((*key, stats, reason));
+                            }
+                        })
+                    })
+                })
+                .collect();
+            workers.into_iter().map(|w| w.join().expect("harvest thread panicked")).sum()
+        })
     }
 
     /// Scans the table at `now_mono_ns` (`CLOCK_MONOTONIC`) and passes every flow that leaves
@@ -90,40 +119,41 @@ impl Harvester {
     ///
     /// # Errors
     /// A failing map syscall.
+    ///
+    /// # Panics
+    /// If a scan thread panics.
     pub fn harvest(&mut self, now_mono_ns: u64, mut emit: impl FnMut(FlowRecord)) -> io::Result<HarvestReport> {
         let started = Instant::now();
         let idle_ns = u64::try_from(self.config.idle_timeout.as_nanos()).unwrap_or(u64::MAX);
         let active_ns = u64::try_from(self.config.active_timeout.as_nanos()).unwrap_or(u64::MAX);
-        let leaving = &mut self.leaving;
-        leaving.clear();
-        let fd = self.table.map().fd().as_fd();
-        let tracked = self.reader.for_each(fd, |key, per_cpu| {
-            let Some(stats) = merge_per_cpu(per_cpu) else { return };
-            let reason = if now_mono_ns.saturating_sub(stats.last_seen_ns) >= idle_ns {
-                EndReason::Idle
+        let tracked = self.scan(|_, stats| {
+            if now_mono_ns.saturating_sub(stats.last_seen_ns) >= idle_ns {
+                Some(EndReason::Idle)
             } else if now_mono_ns.saturating_sub(stats.first_seen_ns) >= active_ns {
-                EndReason::Active
+                Some(EndReason::Active)
             } else {
-                return;
-            };
-            leaving.push((*key, stats, reason));
+                None
+            }
         })?;
 
         let clock = MonoToWall::now();
         let mut report = HarvestReport { tracked, ..HarvestReport::default() };
-        for (key, scanned, reason) in self.leaving.drain(..) {
-            // The value at deletion includes packets that arrived after the scan. If the entry
-            // is gone (LRU eviction in between), the scanned value is the best there is.
-            let stats = if batch::lookup_and_delete(fd, &key, &mut self.scratch)? {
-                merge_per_cpu(&self.scratch).unwrap_or(scanned)
-            } else {
-                scanned
-            };
-            match reason {
-                EndReason::Idle => report.idle += 1,
-                _ => report.active += 1,
+        for shard in &mut self.shards {
+            let fd = shard.table.map().fd().as_fd();
+            for (key, scanned, reason) in shard.leaving.drain(..) {
+                // The value at deletion includes packets that arrived after the scan. If the
+                // entry is gone (LRU eviction in between), the scanned value is the best there is.
+                let stats = if batch::lookup_and_delete(fd, &key, &mut self.scratch)? {
+                    merge_per_cpu(&self.scratch).unwrap_or(scanned)
+                } else {
+                    scanned
+                };
+                match reason {
+                    EndReason::Idle => report.idle += 1,
+                    _ => report.active += 1,
+                }
+                emit(FlowRecord::new(&key, &stats, reason, clock));
             }
-            emit(FlowRecord::new(&key, &stats, reason, clock));
         }
         report.elapsed = started.elapsed();
         Ok(report)
@@ -136,23 +166,27 @@ impl Harvester {
     /// A failing map syscall.
     pub fn flush(&mut self, reason: EndReason, mut emit: impl FnMut(FlowRecord)) -> io::Result<usize> {
         let clock = MonoToWall::now();
-        let fd = self.table.map().fd().as_fd();
-        let mut keys = Vec::new();
-        self.reader.for_each(fd, |key, per_cpu| {
-            if let Some(stats) = merge_per_cpu(per_cpu) {
-                emit(FlowRecord::new(key, &stats, reason, clock));
-            }
-            keys.push(*key);
-        })?;
-        for chunk in keys.chunks(self.config.chunk as usize) {
-            // Entries evicted meanwhile make the batch stop early; fall back to single deletes.
-            if batch::delete_batch(fd, chunk).is_err() {
-                for key in chunk {
-                    let _ = batch::lookup_and_delete(fd, key, &mut self.scratch);
+        let mut flushed = 0;
+        for shard in &mut self.shards {
+            let fd = shard.table.map().fd().as_fd();
+            let mut keys = Vec::new();
+            shard.reader.for_each(fd, |key, per_cpu| {
+                if let Some(stats) = merge_per_cpu(per_cpu) {
+                    emit(FlowRecord::new(key, &stats, reason, clock));
+                }
+                keys.push(*key);
+            })?;
+            for chunk in keys.chunks(self.config.chunk as usize) {
+                // Entries evicted meanwhile make the batch stop early; fall back to single deletes.
+                if batch::delete_batch(fd, chunk).is_err() {
+                    for key in chunk {
+                        let _ = batch::lookup_and_delete(fd, key, &mut self.scratch);
+                    }
                 }
             }
+            flushed += keys.len();
         }
-        Ok(keys.len())
+        Ok(flushed)
     }
 
     /// Reads every flow one key at a time (`BPF_MAP_GET_NEXT_KEY` + lookup per key), the way
@@ -162,28 +196,24 @@ impl Harvester {
     /// A failing map syscall.
     pub fn scan_one_by_one(&self) -> Result<usize, aya::maps::MapError> {
         let mut n = 0;
-        for entry in &self.table {
-            let (_key, values) = entry?;
-            if merge_per_cpu(&values).is_some() {
-                n += 1;
+        for table in self.tables() {
+            for entry in table {
+                let (_key, values) = entry?;
+                if merge_per_cpu(&values).is_some() {
+                    n += 1;
+                }
             }
         }
         Ok(n)
     }
 
-    /// Reads every flow with the batched scan without exporting anything; for benchmarks.
+    /// Reads every flow with the batched parallel scan without exporting anything; for
+    /// benchmarks.
     ///
     /// # Errors
     /// A failing map syscall.
     pub fn scan_batched(&mut self) -> io::Result<usize> {
-        let fd = self.table.map().fd().as_fd();
-        let mut n = 0;
-        self.reader.for_each(fd, |_, per_cpu| {
-            if merge_per_cpu(per_cpu).is_some() {
-                n += 1;
-            }
-        })?;
-        Ok(n)
+        self.scan(|_, _| None)
     }
 
     /// Number of possible CPUs the per-CPU values are laid out for.

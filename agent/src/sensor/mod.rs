@@ -7,10 +7,12 @@ use std::fmt;
 use agent_common::{counters::Counters, maps};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{MapData, PerCpuArray, PerCpuHashMap},
+    maps::{PerCpuArray, PerCpuHashMap},
     programs::{ProgramError, Xdp, XdpMode},
 };
 use tracing::{info, warn};
+
+use crate::flows::harvest::FlowTable;
 
 /// The compiled XDP object, built by `build.rs` and embedded in the binary.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/agent"));
@@ -96,7 +98,12 @@ impl Sensor {
             return Err(SensorError::BadCapacity(0));
         }
         raise_memlock();
-        let mut ebpf = EbpfLoader::new().map_max_entries(maps::FLOWS, options.flow_capacity).load(EBPF_OBJECT)?;
+        let per_shard = options.flow_capacity.div_ceil(u32::try_from(maps::FLOW_SHARDS).unwrap_or(1));
+        let mut loader = EbpfLoader::new();
+        for name in maps::FLOWS {
+            loader.map_max_entries(name, per_shard);
+        }
+        let mut ebpf = loader.load(EBPF_OBJECT)?;
         for name in [maps::PROGRAM, maps::PROGRAM_EMPTY] {
             let program: &mut Xdp = ebpf
                 .program_mut(name)
@@ -174,15 +181,18 @@ impl Sensor {
             .map_err(|source| SensorError::ProgramType { name, source })
     }
 
-    /// Takes the flow table out of the object, for the harvester.
+    /// Takes the flow table's shards out of the object, for the harvester.
     ///
     /// # Errors
-    /// If it was already taken or has the wrong type.
-    pub fn take_flows(
-        &mut self,
-    ) -> Result<PerCpuHashMap<MapData, agent_common::flow::FlowKey, agent_common::flow::FlowStats>, SensorError> {
-        let map = self.ebpf.take_map(maps::FLOWS).ok_or(SensorError::MissingMap { name: maps::FLOWS })?;
-        PerCpuHashMap::try_from(map).map_err(|source| SensorError::MapType { name: maps::FLOWS, source })
+    /// If they were already taken or have the wrong type.
+    pub fn take_flows(&mut self) -> Result<Vec<FlowTable>, SensorError> {
+        maps::FLOWS
+            .iter()
+            .map(|&name| {
+                let map = self.ebpf.take_map(name).ok_or(SensorError::MissingMap { name })?;
+                PerCpuHashMap::try_from(map).map_err(|source| SensorError::MapType { name, source })
+            })
+            .collect()
     }
 
     /// The sensor counters summed over CPUs.
