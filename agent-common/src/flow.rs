@@ -307,7 +307,8 @@ mod tests {
         let mut counts = [[0u32; crate::maps::FLOW_SHARDS]; 3];
         for i in 0..10_000u32 {
             let b = i.to_be_bytes();
-            let flood = FlowKey { src_addr: FlowKey::v4_mapped([10, b[1], b[2], b[3]]), dst_port: 80, ..FlowKey::default() };
+            let flood =
+                FlowKey { src_addr: FlowKey::v4_mapped([10, b[1], b[2], b[3]]), dst_port: 80, ..FlowKey::default() };
             let scan = FlowKey { dst_port: u16::try_from(i % 65_536).unwrap(), src_port: 40_000, ..FlowKey::default() };
             let ports = FlowKey { src_port: (i % 60_000) as u16, dst_port: 443, ..flood };
             for (n, key) in [flood, scan, ports].iter().enumerate() {

@@ -71,13 +71,18 @@ fn main() {
         let t = Instant::now();
         assert_eq!(harvester.scan_one_by_one().expect("iterate"), present);
         let single = t.elapsed();
-        // A full harvest pass (scan + timeout checks, nothing due) as the agent runs it.
-        let t = Instant::now();
-        let report = harvester.harvest(2, |_| {}).expect("harvest");
-        let harvest = t.elapsed();
-        assert_eq!(report.tracked, present);
+        // Full harvest passes (scan + timeout checks, nothing due) as the agent runs them.
+        let mut passes: Vec<Duration> = (0..5)
+            .map(|_| {
+                let t = Instant::now();
+                let report = harvester.harvest(2, |_| {}).expect("harvest");
+                assert_eq!(report.tracked, present);
+                t.elapsed()
+            })
+            .collect();
+        let harvest = median(&mut passes);
         if n == 1_000_000 {
-            one_m_batched = batched;
+            one_m_batched = harvest;
         }
         rows.push(format!(
             "| {present} | {:.1} | {:.1} | {:.1}x | {:.1} |",
@@ -90,14 +95,14 @@ fn main() {
     let text = [
         "### Harvest time (flow table scan)".to_owned(),
         String::new(),
-        format!("Machine: {}; {cpus} possible CPUs (per-CPU values per flow). Batched: median of 5 scans, 8192 keys per call, the two table shards scanned in parallel threads.", machine()),
+        format!("Machine: {}; {cpus} possible CPUs (per-CPU values per flow). Batched and full pass: median of 5, 8192 keys per call, the two table shards scanned in parallel threads.", machine()),
         String::new(),
         "| flows | batched ms | one-by-one ms | speed-up | full harvest pass ms |".to_owned(),
         "|---:|---:|---:|---:|---:|".to_owned(),
         rows.join("\n"),
         String::new(),
         format!(
-            "Target: 1M flows harvested in under 250 ms: {} ({:.1} ms).",
+            "Target: 1M flows harvested (full pass) in under 250 ms: {} ({:.1} ms).",
             if one_m_batched < Duration::from_millis(250) { "met" } else { "NOT met" },
             one_m_batched.as_secs_f64() * 1e3
         ),

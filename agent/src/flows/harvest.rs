@@ -56,6 +56,23 @@ pub struct HarvestReport {
     pub elapsed: Duration,
 }
 
+/// First and last packet time of a flow over all CPUs.
+#[derive(Clone, Copy, Debug)]
+struct TimeSpan {
+    first_ns: u64,
+    last_ns: u64,
+}
+
+/// The time span of a flow's per-CPU values; `None` if no CPU has a packet.
+fn time_span(per_cpu: &[FlowStats]) -> Option<TimeSpan> {
+    per_cpu.iter().filter(|s| s.packets > 0).fold(None, |span: Option<TimeSpan>, s| {
+        Some(match span {
+            None => TimeSpan { first_ns: s.first_seen_ns, last_ns: s.last_seen_ns },
+            Some(t) => TimeSpan { first_ns: t.first_ns.min(s.first_seen_ns), last_ns: t.last_ns.max(s.last_seen_ns) },
+        })
+    })
+}
+
 /// One shard of the flow table with its scan state.
 struct Shard {
     table: FlowTable,
@@ -88,9 +105,9 @@ impl Harvester {
         self.shards.iter().map(|s| &s.table)
     }
 
-    /// Scans every shard in parallel; `pick` decides for each flow (per-CPU values merged)
-    /// whether it leaves and why. Returns the number of flows scanned.
-    fn scan(&mut self, pick: impl Fn(&FlowKey, &FlowStats) -> Option<EndReason> + Sync) -> io::Result<usize> {
+    /// Scans every shard in parallel; `pick` decides from each flow's time span (over all
+    /// CPUs) whether it leaves and why. Returns the number of flows scanned.
+    fn scan(&mut self, pick: impl Fn(&FlowKey, TimeSpan) -> Option<EndReason> + Sync) -> io::Result<usize> {
         let pick = &pick;
         std::thread::scope(|scope| {
             let workers: Vec<_> = self
@@ -101,8 +118,11 @@ impl Harvester {
                         let Shard { table, reader, leaving } = shard;
                         leaving.clear();
                         reader.for_each(table.map().fd().as_fd(), |key, per_cpu| {
-                            if let Some(stats) = merge_per_cpu(per_cpu)
-                                && let Some(reason) = pick(key, &stats)
+                            // Only the flow's time span is needed to decide; the full merge is
+                            // done for leaving flows alone.
+                            let Some(span) = time_span(per_cpu) else { return };
+                            if let Some(reason) = pick(key, span)
+                                && let Some(stats) = merge_per_cpu(per_cpu)
                             {
                                 leaving.push((*key, stats, reason));
                             }
@@ -126,10 +146,10 @@ impl Harvester {
         let started = Instant::now();
         let idle_ns = u64::try_from(self.config.idle_timeout.as_nanos()).unwrap_or(u64::MAX);
         let active_ns = u64::try_from(self.config.active_timeout.as_nanos()).unwrap_or(u64::MAX);
-        let tracked = self.scan(|_, stats| {
-            if now_mono_ns.saturating_sub(stats.last_seen_ns) >= idle_ns {
+        let tracked = self.scan(|_, span| {
+            if now_mono_ns.saturating_sub(span.last_ns) >= idle_ns {
                 Some(EndReason::Idle)
-            } else if now_mono_ns.saturating_sub(stats.first_seen_ns) >= active_ns {
+            } else if now_mono_ns.saturating_sub(span.first_ns) >= active_ns {
                 Some(EndReason::Active)
             } else {
                 None
