@@ -36,18 +36,38 @@ struct ReplayArgs {
     /// Where flow records go as JSON lines (appended), `-` for standard output.
     #[arg(long, value_name = "FILE", default_value = "-")]
     flows_out: PathBuf,
-    /// Capture time between timeout checks (the live harvest interval).
-    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
-    interval: Duration,
-    /// A flow with no packet for this long (capture time) is exported.
-    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
-    idle_timeout: Duration,
-    /// A flow older than this (capture time) is exported and restarted.
-    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
-    active_timeout: Duration,
+    #[command(flatten)]
+    timing: TimingArgs,
     /// Do not show a progress bar.
     #[arg(long)]
     no_progress: bool,
+}
+
+/// When flows leave the table; `replay` applies them on the capture's clock.
+#[derive(Debug, Args)]
+struct TimingArgs {
+    /// Time between harvests of the flow table (timeout checks).
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    interval: Duration,
+    /// A flow with no packet for this long is exported and removed.
+    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+    idle_timeout: Duration,
+    /// A flow older than this is exported and restarted, as `NetFlow`'s active timeout.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    active_timeout: Duration,
+}
+
+impl TimingArgs {
+    fn harvest_config(&self) -> anyhow::Result<HarvestConfig> {
+        if self.interval.is_zero() {
+            anyhow::bail!("--interval must be greater than zero");
+        }
+        Ok(HarvestConfig {
+            idle_timeout: self.idle_timeout,
+            active_timeout: self.active_timeout,
+            ..HarvestConfig::default()
+        })
+    }
 }
 
 #[derive(Debug, Args)]
@@ -58,15 +78,8 @@ struct RunArgs {
     /// XDP attach mode: native (driver), skb (generic), or auto (native, else skb).
     #[arg(long, value_enum, default_value_t = AttachMode::Auto)]
     xdp_mode: AttachMode,
-    /// Time between harvests of the flow table.
-    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
-    interval: Duration,
-    /// A flow with no packet for this long is exported and removed.
-    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
-    idle_timeout: Duration,
-    /// A flow older than this is exported and restarted, as `NetFlow`'s active timeout.
-    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
-    active_timeout: Duration,
+    #[command(flatten)]
+    timing: TimingArgs,
     /// Flow table capacity in flows (per-CPU LRU hash; the least recently used flow is evicted
     /// when full).
     #[arg(long, default_value_t = agent_common::maps::DEFAULT_FLOW_CAPACITY,
@@ -97,18 +110,11 @@ fn main() -> ExitCode {
 }
 
 fn replay_command(args: ReplayArgs) -> anyhow::Result<()> {
-    if args.interval.is_zero() {
-        anyhow::bail!("--interval must be greater than zero");
-    }
     let config = ReplayConfig {
         files: args.files,
         flows_out: args.flows_out,
-        harvest: HarvestConfig {
-            idle_timeout: args.idle_timeout,
-            active_timeout: args.active_timeout,
-            ..HarvestConfig::default()
-        },
-        interval: args.interval,
+        harvest: args.timing.harvest_config()?,
+        interval: args.timing.interval,
         progress: !args.no_progress && std::io::IsTerminal::is_terminal(&std::io::stderr()),
     };
     let totals = replay::replay(&config)?;
@@ -117,18 +123,11 @@ fn replay_command(args: ReplayArgs) -> anyhow::Result<()> {
 }
 
 fn run_command(args: RunArgs) -> anyhow::Result<()> {
-    if args.interval.is_zero() {
-        anyhow::bail!("--interval must be greater than zero");
-    }
     let config = RunConfig {
         iface: args.iface,
         mode: args.xdp_mode,
-        interval: args.interval,
-        harvest: HarvestConfig {
-            idle_timeout: args.idle_timeout,
-            active_timeout: args.active_timeout,
-            ..HarvestConfig::default()
-        },
+        interval: args.timing.interval,
+        harvest: args.timing.harvest_config()?,
         sensor: SensorOptions { flow_capacity: args.flow_capacity },
         flows_out: args.flows_out,
     };
