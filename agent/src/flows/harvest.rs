@@ -43,6 +43,22 @@ impl Default for HarvestConfig {
     }
 }
 
+impl HarvestConfig {
+    /// Whether a flow whose packets span `first_ns..=last_ns` leaves the table at `now_ns`, and
+    /// why: idle first, then active. All three on the same clock.
+    #[must_use]
+    pub fn end_reason(&self, first_ns: u64, last_ns: u64, now_ns: u64) -> Option<EndReason> {
+        let ns = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        if now_ns.saturating_sub(last_ns) >= ns(self.idle_timeout) {
+            Some(EndReason::Idle)
+        } else if now_ns.saturating_sub(first_ns) >= ns(self.active_timeout) {
+            Some(EndReason::Active)
+        } else {
+            None
+        }
+    }
+}
+
 /// What one harvest did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct HarvestReport {
@@ -144,17 +160,8 @@ impl Harvester {
     /// If a scan thread panics.
     pub fn harvest(&mut self, now_mono_ns: u64, mut emit: impl FnMut(FlowRecord)) -> io::Result<HarvestReport> {
         let started = Instant::now();
-        let idle_ns = u64::try_from(self.config.idle_timeout.as_nanos()).unwrap_or(u64::MAX);
-        let active_ns = u64::try_from(self.config.active_timeout.as_nanos()).unwrap_or(u64::MAX);
-        let tracked = self.scan(|_, span| {
-            if now_mono_ns.saturating_sub(span.last_ns) >= idle_ns {
-                Some(EndReason::Idle)
-            } else if now_mono_ns.saturating_sub(span.first_ns) >= active_ns {
-                Some(EndReason::Active)
-            } else {
-                None
-            }
-        })?;
+        let config = self.config;
+        let tracked = self.scan(|_, span| config.end_reason(span.first_ns, span.last_ns, now_mono_ns))?;
 
         let clock = MonoToWall::now();
         let mut report = HarvestReport { tracked, ..HarvestReport::default() };
@@ -240,5 +247,23 @@ impl Harvester {
     #[must_use]
     pub const fn cpus(&self) -> usize {
         self.cpus
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn idle_wins_over_active_and_bounds_are_inclusive() {
+        let c =
+            HarvestConfig { idle_timeout: Duration::from_secs(15), active_timeout: Duration::from_secs(60), chunk: 1 };
+        let s = 1_000_000_000;
+        assert_eq!(c.end_reason(0, 10 * s, 24 * s), None);
+        assert_eq!(c.end_reason(0, 10 * s, 25 * s), Some(EndReason::Idle));
+        assert_eq!(c.end_reason(0, 59 * s, 60 * s), Some(EndReason::Active));
+        assert_eq!(c.end_reason(0, 0, 90 * s), Some(EndReason::Idle), "idle is checked first");
+        let never = HarvestConfig { idle_timeout: Duration::MAX, active_timeout: Duration::MAX, chunk: 1 };
+        assert_eq!(never.end_reason(0, 0, u64::MAX - 1), None);
     }
 }

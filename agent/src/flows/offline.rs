@@ -21,8 +21,7 @@ use crate::{capture::Frame, clock::MonoToWall};
 pub struct OfflineTable {
     flows: HashMap<FlowKey, FlowStats>,
     counters: Counters,
-    idle_ns: u64,
-    active_ns: u64,
+    config: HarvestConfig,
     /// How often (capture time) timeouts are checked, like the live harvest interval.
     check_ns: u64,
     next_check_ns: Option<u64>,
@@ -35,13 +34,11 @@ impl OfflineTable {
     /// An empty table with the live agent's timeouts, checked every `interval` of capture time.
     #[must_use]
     pub fn new(config: HarvestConfig, interval: std::time::Duration) -> Self {
-        let ns = |d: std::time::Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
         Self {
             flows: HashMap::new(),
             counters: Counters::default(),
-            idle_ns: ns(config.idle_timeout),
-            active_ns: ns(config.active_timeout),
-            check_ns: ns(interval).max(1),
+            config,
+            check_ns: u64::try_from(interval.as_nanos()).unwrap_or(u64::MAX).max(1),
             next_check_ns: None,
             clock_ns: 0,
             out_of_order: 0,
@@ -78,15 +75,7 @@ impl OfflineTable {
         let mut leaving: Vec<(FlowKey, EndReason)> = self
             .flows
             .iter()
-            .filter_map(|(key, s)| {
-                if now.saturating_sub(s.last_seen_ns) >= self.idle_ns {
-                    Some((*key, EndReason::Idle))
-                } else if now.saturating_sub(s.first_seen_ns) >= self.active_ns {
-                    Some((*key, EndReason::Active))
-                } else {
-                    None
-                }
-            })
+            .filter_map(|(key, s)| Some((*key, self.config.end_reason(s.first_seen_ns, s.last_seen_ns, now)?)))
             .collect();
         leaving.sort_by_key(|(key, _)| (self.flows[key].first_seen_ns, *key));
         for (key, reason) in leaving {
@@ -105,12 +94,6 @@ impl OfflineTable {
             emit(FlowRecord::new(&key, &stats, EndReason::EndOfCapture, MonoToWall::identity()));
         }
         OfflineSummary { counters: self.counters, out_of_order: self.out_of_order }
-    }
-
-    /// Flows currently open.
-    #[must_use]
-    pub fn open_flows(&self) -> usize {
-        self.flows.len()
     }
 }
 
