@@ -257,7 +257,7 @@ mod tests {
     #[test]
     fn idle_wins_over_active_and_bounds_are_inclusive() {
         let c =
-            HarvestConfig { idle_timeout: Duration::from_secs(15), active_timeout: Duration::from_secs(60), chunk: 1 };
+            HarvestConfig { idle_timeout: Duration::from_secs(15), active_timeout: Duration::from_mins(1), chunk: 1 };
         let s = 1_000_000_000;
         assert_eq!(c.end_reason(0, 10 * s, 24 * s), None);
         assert_eq!(c.end_reason(0, 10 * s, 25 * s), Some(EndReason::Idle));
