@@ -141,24 +141,10 @@ fn update_flow(table: &LruPerCpuHashMap<FlowKey, FlowStats>, meta: &PacketMeta, 
 fn is_blocked(l3: &L3, counters: &mut Counters) -> bool {
     let src = &l3.key.src_addr;
     for _ in 0..2 {
-        // SAFETY: the helper has no preconditions.
-        let now = || unsafe { bpf_ktime_get_coarse_ns() };
         let hit = if l3.key.ip_version == IP_V4 {
-            let key = Key::new(32, [src[12], src[13], src[14], src[15]]);
-            match VIGIL_BLOCK_V4.get(&key) {
-                Some(rule) => Some(check_rule(rule, now(), |prefix_len| {
-                    let _ = VIGIL_BLOCK_V4.remove(Key::new(prefix_len, key.data));
-                })),
-                None => None,
-            }
+            check_trie(&VIGIL_BLOCK_V4, 32, [src[12], src[13], src[14], src[15]])
         } else {
-            let key = Key::new(128, *src);
-            match VIGIL_BLOCK_V6.get(&key) {
-                Some(rule) => Some(check_rule(rule, now(), |prefix_len| {
-                    let _ = VIGIL_BLOCK_V6.remove(Key::new(prefix_len, key.data));
-                })),
-                None => None,
-            }
+            check_trie(&VIGIL_BLOCK_V6, 128, *src)
         };
         match hit {
             None => return false,
@@ -169,19 +155,22 @@ fn is_blocked(l3: &L3, counters: &mut Counters) -> bool {
     false
 }
 
-/// Counts a drop on an active rule and returns true; on an expired one, deletes it through
-/// `remove` (given the rule's own prefix length: trie deletes are exact-match) and returns
-/// false.
+/// Looks up the rule covering `addr` (`bits` long) in one trie: `None` if there is none,
+/// `Some(true)` (drop counted on the rule) if it is active, `Some(false)` if it had expired and
+/// was deleted, by its own prefix length since trie deletes are exact-match.
 #[inline(always)]
-fn check_rule(rule: &BlockRule, now: u64, remove: impl FnOnce(u32)) -> bool {
+fn check_trie<A: Copy>(trie: &LpmTrie<A, BlockRule>, bits: u32, addr: A) -> Option<bool> {
+    let rule = trie.get(Key::new(bits, addr))?;
+    // SAFETY: the helper has no preconditions.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
     if rule.is_active(now) {
         // SAFETY: `drops` is a u64 inside a live map value; concurrent CPUs update it with
         // atomic adds only.
         unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(core::ptr::addr_of!(rule.drops).cast_mut(), 1) };
-        true
+        Some(true)
     } else {
-        remove(rule.prefix_len);
-        false
+        let _ = trie.remove(Key::new(rule.prefix_len, addr));
+        Some(false)
     }
 }
 
