@@ -4,17 +4,12 @@ use std::{
     fs::File,
     net::UdpSocket,
     process::{Command, Output},
-    sync::{
-        atomic::{AtomicU32, Ordering},
-        mpsc,
-    },
+    sync::mpsc,
     thread,
     time::{Duration, Instant},
 };
 
 use nix::sched::{CloneFlags, setns};
-
-static NEXT: AtomicU32 = AtomicU32::new(0);
 
 /// Runs a command and panics with its output if it fails.
 ///
@@ -43,7 +38,7 @@ impl Netns {
     /// If `ip netns add` fails.
     #[must_use]
     pub fn new(tag: &str) -> Self {
-        let name = format!("vigil-{tag}-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
+        let name = format!("vigil-{tag}-{}-{}", std::process::id(), crate::unique());
         sh(Command::new("ip").args(["netns", "add", &name]));
         let ns = Self { name };
         ns.ip(&["link", "set", "lo", "up"]);

@@ -79,8 +79,9 @@ impl Link {
         }
     }
 
-    /// Rewrites `data` (captured) into an Ethernet frame. `None` if it is too short to tell
-    /// its protocol (counted as malformed by the caller's parser via an empty frame).
+    /// Rewrites `data` (captured) into an Ethernet frame and its Ethernet wire length. A
+    /// packet too short to carry its own link header becomes an empty frame, which the parser
+    /// counts as malformed.
     fn to_ethernet(self, data: &[u8], orig_len: u32) -> (Vec<u8>, u32) {
         let (skip, ethertype) = match self {
             Self::Ethernet => return (data.to_vec(), orig_len),

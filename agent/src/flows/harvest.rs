@@ -101,7 +101,6 @@ struct Shard {
 pub struct Harvester {
     shards: Vec<Shard>,
     config: HarvestConfig,
-    cpus: usize,
     scratch: Vec<FlowStats>,
 }
 
@@ -113,7 +112,7 @@ impl Harvester {
             .into_iter()
             .map(|table| Shard { table, reader: PerCpuBatchReader::new(config.chunk, cpus), leaving: Vec::new() })
             .collect();
-        Self { shards, config, cpus, scratch: vec![FlowStats::default(); cpus] }
+        Self { shards, config, scratch: vec![FlowStats::default(); cpus] }
     }
 
     /// The shards this harvester reads.
@@ -241,12 +240,6 @@ impl Harvester {
     /// A failing map syscall.
     pub fn scan_batched(&mut self) -> io::Result<usize> {
         self.scan(|_, _| None)
-    }
-
-    /// Number of possible CPUs the per-CPU values are laid out for.
-    #[must_use]
-    pub const fn cpus(&self) -> usize {
-        self.cpus
     }
 }
 

@@ -3,7 +3,7 @@
 use std::{
     fs::OpenOptions,
     io::{self, BufWriter, Write},
-    path::{Path, PathBuf},
+    path::Path,
 };
 
 use super::record::FlowRecord;
@@ -20,13 +20,16 @@ impl FlowWriter {
     /// # Errors
     /// The file cannot be opened.
     pub fn open(path: &Path) -> io::Result<Self> {
-        let sink: Box<dyn Write + Send> = if path == Path::new("-") {
-            Box::new(io::stdout())
-        } else {
-            Box::new(OpenOptions::new().create(true).append(true).open(path).map_err(|e| {
-                io::Error::new(e.kind(), format!("opening flow output {}: {e}", PathBuf::from(path).display()))
-            })?)
-        };
+        let sink: Box<dyn Write + Send> =
+            if path == Path::new("-") {
+                Box::new(io::stdout())
+            } else {
+                Box::new(
+                    OpenOptions::new().create(true).append(true).open(path).map_err(|e| {
+                        io::Error::new(e.kind(), format!("opening flow output {}: {e}", path.display()))
+                    })?,
+                )
+            };
         Ok(Self { out: BufWriter::new(sink), written: 0 })
     }
 
