@@ -7,7 +7,9 @@
 pub mod block;
 pub mod capture;
 pub mod clock;
+pub mod features;
 pub mod flows;
+pub mod model;
 pub mod net;
 pub mod replay;
 pub mod run;

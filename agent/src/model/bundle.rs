@@ -1,0 +1,209 @@
+//! Model bundles: a directory with `manifest.json`, `iforest.json` and `autoencoder.onnx`.
+//!
+//! The manifest carries the format version, the feature schema, the scaler, the baseline, how
+//! scores combine, the thresholds, a summary of the training data and the sha256 of the other
+//! two files. Loading checks all of it before anything is used: a bundle of another schema, a
+//! file that does not match its checksum, a forest with an index out of range or an ONNX model
+//! of the wrong width is refused with a message that names the problem.
+
+use std::{
+    collections::BTreeMap,
+    fs,
+    path::{Path, PathBuf},
+};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::{
+    detector::{Combine, Detector, DetectorError, Scaler, Thresholds},
+    iforest::{ForestError, IsolationForest},
+    onnx::OnnxScorer,
+};
+use crate::features::Schema;
+
+/// Version of the bundle format this build reads and writes.
+pub const FORMAT_VERSION: u32 = 1;
+pub const MANIFEST: &str = "manifest.json";
+pub const IFOREST: &str = "iforest.json";
+pub const AUTOENCODER: &str = "autoencoder.onnx";
+
+/// A checksummed file of the bundle.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileEntry {
+    pub sha256: String,
+    pub bytes: u64,
+}
+
+/// `manifest.json`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format_version: u32,
+    pub created_by: String,
+    pub schema: Schema,
+    pub scaler: Scaler,
+    /// Median raw value of each feature in the training data (explanations compare to it).
+    pub baseline: Vec<f32>,
+    pub combine: Combine,
+    pub thresholds: Thresholds,
+    /// What the models were trained on and how (free-form, for people).
+    pub training: serde_json::Value,
+    /// sha256 and size of `iforest.json` and `autoencoder.onnx`.
+    pub files: BTreeMap<String, FileEntry>,
+}
+
+/// Why a bundle cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum BundleError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{file}: not valid JSON for this format: {source}")]
+    Json { file: String, source: serde_json::Error },
+    #[error("{MANIFEST}: format version {found}, this build reads {FORMAT_VERSION}")]
+    Version { found: u32 },
+    #[error("{MANIFEST}: features do not match: {0}")]
+    Schema(String),
+    #[error("{MANIFEST}: no entry for {0}")]
+    MissingEntry(&'static str),
+    #[error("{file}: sha256 {found} does not match the manifest's {expected}")]
+    Checksum { file: &'static str, expected: String, found: String },
+    #[error("{IFOREST}: {0}")]
+    Forest(#[from] ForestError),
+    #[error("{AUTOENCODER}: {0}")]
+    Onnx(#[from] super::onnx::OnnxError),
+    #[error("{0}")]
+    Detector(#[from] DetectorError),
+    #[error("this build of vigil has no default model (models/default was missing when it was compiled)")]
+    NoDefault,
+}
+
+/// The three files of a bundle, in memory.
+#[derive(Clone, Debug)]
+pub struct Bundle {
+    pub manifest: Manifest,
+    pub iforest: Vec<u8>,
+    pub autoencoder: Vec<u8>,
+}
+
+/// Hex sha256 of bytes.
+#[must_use]
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    Sha256::digest(bytes).iter().fold(String::with_capacity(64), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+fn entry(bytes: &[u8]) -> FileEntry {
+    FileEntry { sha256: sha256_hex(bytes), bytes: bytes.len() as u64 }
+}
+
+/// The default bundle, embedded at build time from `models/default` (see `build.rs`).
+mod embedded {
+    pub const MANIFEST: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/default-model/manifest.json"));
+    pub const IFOREST: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/default-model/iforest.json"));
+    pub const AUTOENCODER: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/default-model/autoencoder.onnx"));
+}
+
+impl Bundle {
+    /// Builds a bundle from trained parts, filling in the file checksums.
+    #[must_use]
+    pub fn new(mut manifest: Manifest, forest: &IsolationForest, autoencoder: Vec<u8>) -> Self {
+        let iforest = serde_json::to_vec(forest).expect("a forest serialises");
+        manifest.files = BTreeMap::from([(IFOREST.to_owned(), entry(&iforest)), (AUTOENCODER.to_owned(), entry(&autoencoder))]);
+        Self { manifest, iforest, autoencoder }
+    }
+
+    /// Parses the three files; checks version and checksums (not yet the schema).
+    ///
+    /// # Errors
+    /// [`BundleError`] naming the file and the problem.
+    pub fn from_bytes(manifest: &[u8], iforest: Vec<u8>, autoencoder: Vec<u8>) -> Result<Self, BundleError> {
+        // Read the version first so an old or new format gets a version error, not a parse error.
+        #[derive(Deserialize)]
+        struct Version {
+            format_version: u32,
+        }
+        let json = |source| BundleError::Json { file: MANIFEST.into(), source };
+        let version: Version = serde_json::from_slice(manifest).map_err(json)?;
+        if version.format_version != FORMAT_VERSION {
+            return Err(BundleError::Version { found: version.format_version });
+        }
+        let manifest: Manifest = serde_json::from_slice(manifest).map_err(json)?;
+        for (name, bytes) in [(IFOREST, &iforest), (AUTOENCODER, &autoencoder)] {
+            let expected = &manifest.files.get(name).ok_or(BundleError::MissingEntry(name))?.sha256;
+            let found = sha256_hex(bytes);
+            if &found != expected {
+                return Err(BundleError::Checksum { file: name, expected: expected.clone(), found });
+            }
+        }
+        Ok(Self { manifest, iforest, autoencoder })
+    }
+
+    /// Reads a bundle directory.
+    ///
+    /// # Errors
+    /// [`BundleError`] naming the file and the problem.
+    pub fn read_dir(dir: &Path) -> Result<Self, BundleError> {
+        let read = |name: &str| {
+            let path = dir.join(name);
+            fs::read(&path).map_err(|source| BundleError::Io { path, source })
+        };
+        Self::from_bytes(&read(MANIFEST)?, read(IFOREST)?, read(AUTOENCODER)?)
+    }
+
+    /// The bundle shipped in the binary.
+    ///
+    /// # Errors
+    /// [`BundleError::NoDefault`] if the build had none, or any check failing.
+    pub fn embedded() -> Result<Self, BundleError> {
+        if embedded::MANIFEST.is_empty() {
+            return Err(BundleError::NoDefault);
+        }
+        Self::from_bytes(embedded::MANIFEST, embedded::IFOREST.to_vec(), embedded::AUTOENCODER.to_vec())
+    }
+
+    /// Writes the bundle into `dir` (created if needed).
+    ///
+    /// # Errors
+    /// [`BundleError::Io`] naming the file.
+    pub fn write_dir(&self, dir: &Path) -> Result<(), BundleError> {
+        fs::create_dir_all(dir).map_err(|source| BundleError::Io { path: dir.into(), source })?;
+        let mut manifest = serde_json::to_vec_pretty(&self.manifest).expect("a manifest serialises");
+        manifest.push(b'\n');
+        for (name, bytes) in [(MANIFEST, &manifest), (IFOREST, &self.iforest), (AUTOENCODER, &self.autoencoder)] {
+            let path = dir.join(name);
+            fs::write(&path, bytes).map_err(|source| BundleError::Io { path, source })?;
+        }
+        Ok(())
+    }
+
+    /// Checks the bundle against the schema the caller computes and builds its detector.
+    ///
+    /// # Errors
+    /// [`BundleError::Schema`] if the features differ; other variants for bad model files.
+    pub fn detector(&self, expected: &Schema) -> Result<Detector, BundleError> {
+        if let Some(why) = expected.mismatch(&self.manifest.schema) {
+            return Err(BundleError::Schema(why));
+        }
+        let forest: IsolationForest =
+            serde_json::from_slice(&self.iforest).map_err(|source| BundleError::Json { file: IFOREST.into(), source })?;
+        forest.validate()?;
+        let width = expected.len();
+        let autoencoder =
+            OnnxScorer::load(&self.autoencoder, width)?;
+        let m = &self.manifest;
+        let detector = Detector {
+            schema: m.schema.clone(),
+            scaler: m.scaler.clone(),
+            baseline: m.baseline.clone(),
+            forest,
+            autoencoder,
+            combine: m.combine,
+            thresholds: m.thresholds,
+        };
+        detector.check()?;
+        Ok(detector)
+    }
+}

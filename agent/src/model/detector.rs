@@ -1,0 +1,281 @@
+//! The detector: scaling, both models, the combined score, the threshold and explanations.
+//!
+//! ## How the combined score is formed
+//! 1. Raw features are transformed (schema) and standardised (`(x − mean) / std`, training
+//!    data; a feature constant in training keeps std 1).
+//! 2. The isolation forest gives s ∈ (0, 1); the autoencoder gives the mean squared
+//!    reconstruction error e, used as ln(e + 1e-6).
+//! 3. Each of the two is put on a common scale with the held-out benign calibration flows:
+//!    z = (v − median) / σ̂, σ̂ = (q90 − q10) / 2.563 (the normal-equivalent spread, robust to
+//!    outliers in the calibration data).
+//! 4. score = w_f·z_forest + w_a·z_autoencoder (weights 0.5 and 0.5 by default).
+//! 5. The alert threshold is the (1 − target FPR) quantile of the calibration scores; the
+//!    block threshold is 2 units above it (units of benign spread).
+
+use ndarray::{Array2, ArrayView1, ArrayView2, Axis};
+use serde::{Deserialize, Serialize};
+
+use super::{
+    autoencoder::row_errors,
+    iforest::IsolationForest,
+    onnx::{OnnxError, OnnxScorer},
+};
+use crate::features::Schema;
+
+/// Standard scaling of transformed features.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Scaler {
+    pub mean: Vec<f32>,
+    pub std: Vec<f32>,
+}
+
+impl Scaler {
+    /// Fits mean and standard deviation per column.
+    #[must_use]
+    pub fn fit(rows: ArrayView2<'_, f32>) -> Self {
+        let mean = rows.mean_axis(Axis(0)).map_or_else(|| vec![0.0; rows.ncols()], |m| m.to_vec());
+        let std = rows
+            .std_axis(Axis(0), 0.0)
+            .iter()
+            .map(|&s| if s.is_finite() && s > 1e-6 { s } else { 1.0 })
+            .collect();
+        Self { mean, std }
+    }
+
+    /// Scales rows in place.
+    pub fn apply(&self, rows: &mut Array2<f32>) {
+        for mut row in rows.outer_iter_mut() {
+            for ((x, m), s) in row.iter_mut().zip(&self.mean).zip(&self.std) {
+                *x = (*x - m) / s;
+            }
+        }
+    }
+}
+
+/// Robust location and spread of one model's benign scores.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Norm {
+    pub median: f32,
+    pub spread: f32,
+}
+
+impl Norm {
+    /// Fits on benign calibration values.
+    #[must_use]
+    pub fn fit(values: &[f32]) -> Self {
+        let median = quantile(values, 0.5);
+        let spread = (quantile(values, 0.9) - quantile(values, 0.1)) / 2.563;
+        Self { median, spread: if spread.is_finite() && spread > 1e-6 { spread } else { 1.0 } }
+    }
+
+    #[must_use]
+    pub fn z(self, v: f32) -> f32 {
+        (v - self.median) / self.spread
+    }
+}
+
+/// How the two model scores are combined.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Combine {
+    pub iforest: Norm,
+    pub autoencoder: Norm,
+    pub iforest_weight: f32,
+    pub autoencoder_weight: f32,
+}
+
+/// Decision thresholds on the combined score.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Thresholds {
+    /// Share of benign calibration flows allowed above `alert`.
+    pub target_fpr: f64,
+    pub alert: f32,
+    pub block: f32,
+}
+
+/// The autoencoder score as used in the combination.
+#[must_use]
+pub fn ae_value(mse: f32) -> f32 {
+    (mse + 1e-6).ln()
+}
+
+/// The `q` quantile (linear interpolation) of `values`; NaN for none.
+#[must_use]
+#[expect(clippy::cast_precision_loss, clippy::cast_possible_truncation, clippy::cast_sign_loss, reason = "indices")]
+pub fn quantile(values: &[f32], q: f64) -> f32 {
+    if values.is_empty() {
+        return f32::NAN;
+    }
+    let mut v = values.to_vec();
+    v.sort_by(f32::total_cmp);
+    let pos = q.clamp(0.0, 1.0) * (v.len() - 1) as f64;
+    let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
+    let frac = (pos - lo as f64) as f32;
+    v[lo] + (v[hi] - v[lo]) * frac
+}
+
+/// Scores of one flow.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Score {
+    /// Isolation forest anomaly score s ∈ (0, 1).
+    pub iforest: f32,
+    /// Autoencoder mean squared reconstruction error (scaled features).
+    pub autoencoder: f32,
+    /// Combined score (see the module documentation).
+    pub combined: f32,
+}
+
+/// One feature's part in an explanation.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Contribution {
+    pub feature: String,
+    /// The flow's raw value, in the feature's unit.
+    pub value: f32,
+    /// The training data's median raw value.
+    pub baseline: f32,
+    /// Share of the anomaly attributed to this feature (average of the autoencoder's
+    /// reconstruction-error share and the forest's isolation share).
+    pub share: f32,
+}
+
+/// Why an [`Detector`] cannot be built.
+#[derive(Debug, thiserror::Error)]
+pub enum DetectorError {
+    #[error("{what} has {found} values for {expected} features")]
+    Width { what: &'static str, expected: usize, found: usize },
+    #[error(transparent)]
+    Onnx(#[from] OnnxError),
+}
+
+/// Everything needed to score rows of one schema.
+#[derive(Clone, Debug)]
+pub struct Detector {
+    pub schema: Schema,
+    pub scaler: Scaler,
+    pub baseline: Vec<f32>,
+    pub forest: IsolationForest,
+    pub autoencoder: OnnxScorer,
+    pub combine: Combine,
+    pub thresholds: Thresholds,
+}
+
+impl Detector {
+    /// Checks that every part agrees with the schema's width.
+    ///
+    /// # Errors
+    /// [`DetectorError::Width`] naming the part that disagrees.
+    pub fn check(&self) -> Result<(), DetectorError> {
+        let expected = self.schema.len();
+        let parts = [
+            ("scaler mean", self.scaler.mean.len()),
+            ("scaler std", self.scaler.std.len()),
+            ("baseline", self.baseline.len()),
+            ("isolation forest", self.forest.features),
+            ("autoencoder", self.autoencoder.width()),
+        ];
+        for (what, found) in parts {
+            if found != expected {
+                return Err(DetectorError::Width { what, expected, found });
+            }
+        }
+        Ok(())
+    }
+
+    /// Transformed and scaled copy of raw rows: the models' input.
+    #[must_use]
+    pub fn prepare(&self, raw: ArrayView2<'_, f32>) -> Array2<f32> {
+        let mut rows = raw.to_owned();
+        for mut row in rows.outer_iter_mut() {
+            self.schema.transform(row.as_slice_mut().expect("owned rows are contiguous"));
+        }
+        self.scaler.apply(&mut rows);
+        rows
+    }
+
+    /// Scores raw feature rows.
+    ///
+    /// # Errors
+    /// [`OnnxError`] if tract fails.
+    pub fn score(&self, raw: ArrayView2<'_, f32>) -> Result<Vec<Score>, OnnxError> {
+        let rows = self.prepare(raw);
+        Ok(self.score_prepared(rows.view())?.0)
+    }
+
+    /// Scores prepared rows; also returns the reconstructions (for explanations).
+    ///
+    /// # Errors
+    /// [`OnnxError`] if tract fails.
+    pub fn score_prepared(&self, rows: ArrayView2<'_, f32>) -> Result<(Vec<Score>, Array2<f32>), OnnxError> {
+        let forest = self.forest.score(rows);
+        let recon = self.autoencoder.reconstruct(rows)?;
+        let errors = row_errors(rows, recon.view());
+        let c = self.combine;
+        let scores = forest
+            .into_iter()
+            .zip(errors)
+            .map(|(f, e)| Score {
+                iforest: f,
+                autoencoder: e,
+                combined: c.iforest_weight * c.iforest.z(f) + c.autoencoder_weight * c.autoencoder.z(ae_value(e)),
+            })
+            .collect();
+        Ok((scores, recon))
+    }
+
+    /// The `top` features that contributed most to one row's score.
+    #[must_use]
+    pub fn explain(&self, raw: ArrayView1<'_, f32>, prepared: ArrayView1<'_, f32>, recon: ArrayView1<'_, f32>, top: usize) -> Vec<Contribution> {
+        let errors: Vec<f32> = prepared.iter().zip(recon).map(|(x, y)| (x - y) * (x - y)).collect();
+        let total: f32 = errors.iter().sum();
+        let isolation = self.forest.attribution(prepared);
+        let mut parts: Vec<(usize, f32)> = errors
+            .iter()
+            .zip(&isolation)
+            .map(|(e, i)| if total > 0.0 { 0.5 * e / total + 0.5 * i } else { *i })
+            .enumerate()
+            .collect();
+        parts.sort_by(|a, b| b.1.total_cmp(&a.1));
+        parts
+            .into_iter()
+            .take(top)
+            .map(|(i, share)| Contribution {
+                feature: self.schema.features[i].name.clone(),
+                value: raw[i],
+                baseline: self.baseline[i],
+                share,
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantile_interpolates() {
+        let v = [4.0, 1.0, 3.0, 2.0];
+        assert!((quantile(&v, 0.0) - 1.0).abs() < 1e-6);
+        assert!((quantile(&v, 0.5) - 2.5).abs() < 1e-6);
+        assert!((quantile(&v, 1.0) - 4.0).abs() < 1e-6);
+        assert!(quantile(&[], 0.5).is_nan());
+    }
+
+    #[test]
+    fn scaler_keeps_constant_columns_finite() {
+        let rows = ndarray::arr2(&[[1.0f32, 5.0], [3.0, 5.0]]);
+        let s = Scaler::fit(rows.view());
+        assert_eq!(s.mean, [2.0, 5.0]);
+        assert_eq!(s.std, [1.0, 1.0]);
+        let mut r = ndarray::arr2(&[[3.0f32, 7.0]]);
+        s.apply(&mut r);
+        assert_eq!(r.row(0).to_vec(), [1.0, 2.0]);
+    }
+
+    #[test]
+    fn norm_is_robust() {
+        let mut v: Vec<f32> = (0..1000).map(|i| f32::from(u16::try_from(i % 100).expect("small"))).collect();
+        v.push(1e9);
+        let n = Norm::fit(&v);
+        assert!((n.median - 49.5).abs() < 1.0 && n.spread < 40.0, "{n:?}");
+    }
+}

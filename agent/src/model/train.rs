@@ -1,0 +1,160 @@
+//! Training a bundle from raw feature rows of benign traffic.
+//!
+//! The rows are shuffled and split: `calibration_share` is held out for putting the two scores
+//! on one scale and for the threshold; the rest fits the scaler, the forest and the autoencoder
+//! (which holds out its own validation split for early stopping). Calibration goes through the
+//! exported ONNX file with tract, exactly as live scoring does.
+
+use ndarray::{Array2, ArrayView2, Axis};
+use rand::{SeedableRng, rngs::StdRng, seq::SliceRandom};
+use serde::{Deserialize, Serialize};
+
+use super::{
+    autoencoder::{Autoencoder, AutoencoderParams, TrainReport},
+    bundle::{Bundle, FORMAT_VERSION, Manifest},
+    detector::{Combine, Detector, Norm, Scaler, Thresholds, ae_value, quantile},
+    iforest::{ForestParams, IsolationForest},
+    onnx::{self, OnnxError, OnnxScorer},
+};
+use crate::features::Schema;
+
+/// Default share of benign calibration flows allowed above the alert threshold (0.1%).
+pub const DEFAULT_TARGET_FPR: f64 = 0.001;
+/// Units of benign spread between the alert and the block threshold.
+pub const BLOCK_MARGIN: f32 = 2.0;
+
+/// Training settings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    pub forest: ForestParams,
+    pub autoencoder: AutoencoderParams,
+    pub target_fpr: f64,
+    /// Share of the benign rows held out for calibration.
+    pub calibration_share: f64,
+    pub seed: u64,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            forest: ForestParams::default(),
+            autoencoder: AutoencoderParams::default(),
+            target_fpr: DEFAULT_TARGET_FPR,
+            calibration_share: 0.2,
+            seed: 1,
+        }
+    }
+}
+
+/// Why training failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error("{0} rows is too few to train on (at least 20 are needed)")]
+    TooFew(usize),
+    #[error("rows have {found} features, the schema has {expected}")]
+    Width { expected: usize, found: usize },
+    #[error("the exported autoencoder did not load back: {0}")]
+    Onnx(#[from] OnnxError),
+}
+
+/// A trained bundle and what training reported.
+#[derive(Debug)]
+pub struct Trained {
+    pub bundle: Bundle,
+    pub detector: Detector,
+    pub autoencoder: TrainReport,
+}
+
+/// Trains forest and autoencoder on benign raw rows and calibrates the thresholds.
+/// `summary` (what the data was) goes into the manifest's `training` next to the settings.
+///
+/// # Errors
+/// [`TrainError`] for too few or mis-sized rows.
+#[expect(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_precision_loss, reason = "row counts")]
+pub fn train(
+    schema: &Schema,
+    raw: ArrayView2<'_, f32>,
+    config: &TrainConfig,
+    summary: serde_json::Value,
+    mut progress: impl FnMut(&str),
+) -> Result<Trained, TrainError> {
+    if raw.ncols() != schema.len() {
+        return Err(TrainError::Width { expected: schema.len(), found: raw.ncols() });
+    }
+    if raw.nrows() < 20 {
+        return Err(TrainError::TooFew(raw.nrows()));
+    }
+    let mut order: Vec<usize> = (0..raw.nrows()).collect();
+    order.shuffle(&mut StdRng::seed_from_u64(config.seed));
+    let n_cal = ((raw.nrows() as f64 * config.calibration_share).round() as usize).clamp(5, raw.nrows() - 10);
+    let cal_raw = raw.select(Axis(0), &order[..n_cal]);
+    let fit_raw = raw.select(Axis(0), &order[n_cal..]);
+
+    let transformed = |rows: &Array2<f32>| {
+        let mut t = rows.clone();
+        for mut row in t.outer_iter_mut() {
+            schema.transform(row.as_slice_mut().expect("contiguous"));
+        }
+        t
+    };
+    let mut fit = transformed(&fit_raw);
+    let scaler = Scaler::fit(fit.view());
+    scaler.apply(&mut fit);
+    let baseline: Vec<f32> = fit_raw.columns().into_iter().map(|c| quantile(&c.to_vec(), 0.5)).collect();
+
+    progress(&format!("isolation forest: {} trees of {} rows", config.forest.trees, config.forest.subsample));
+    let forest = IsolationForest::train(fit.view(), config.forest);
+    progress(&format!("autoencoder {:?} on {} rows", config.autoencoder.hidden, fit.nrows()));
+    let (ae, ae_report) = Autoencoder::train_with_progress(fit.view(), &config.autoencoder, |epoch, train, val| {
+        if epoch % 10 == 0 {
+            progress(&format!("  epoch {epoch}: train loss {train:.4}, validation loss {val:.4}"));
+        }
+    });
+    let onnx_bytes = onnx::export(&ae, &format!("Vigil autoencoder for schema {}", schema.id));
+    let scorer = OnnxScorer::load(&onnx_bytes, schema.len())?;
+
+    // Calibrate on the held-out benign rows, through the same path live scoring takes.
+    let placeholder = Combine {
+        iforest: Norm { median: 0.0, spread: 1.0 },
+        autoencoder: Norm { median: 0.0, spread: 1.0 },
+        iforest_weight: 0.5,
+        autoencoder_weight: 0.5,
+    };
+    let mut detector = Detector {
+        schema: schema.clone(),
+        scaler,
+        baseline,
+        forest,
+        autoencoder: scorer,
+        combine: placeholder,
+        thresholds: Thresholds { target_fpr: config.target_fpr, alert: f32::INFINITY, block: f32::INFINITY },
+    };
+    let cal_scores = detector.score(cal_raw.view())?;
+    let forest_values: Vec<f32> = cal_scores.iter().map(|s| s.iforest).collect();
+    let ae_values: Vec<f32> = cal_scores.iter().map(|s| ae_value(s.autoencoder)).collect();
+    detector.combine = Combine { iforest: Norm::fit(&forest_values), autoencoder: Norm::fit(&ae_values), ..placeholder };
+    let combined: Vec<f32> = detector.score(cal_raw.view())?.iter().map(|s| s.combined).collect();
+    let alert = quantile(&combined, 1.0 - config.target_fpr);
+    detector.thresholds = Thresholds { target_fpr: config.target_fpr, alert, block: alert + BLOCK_MARGIN };
+
+    let manifest = Manifest {
+        format_version: FORMAT_VERSION,
+        created_by: format!("vigil {}", env!("CARGO_PKG_VERSION")),
+        schema: schema.clone(),
+        scaler: detector.scaler.clone(),
+        baseline: detector.baseline.clone(),
+        combine: detector.combine,
+        thresholds: detector.thresholds,
+        training: serde_json::json!({
+            "data": summary,
+            "rows": raw.nrows(),
+            "fit_rows": fit_raw.nrows(),
+            "calibration_rows": n_cal,
+            "config": config,
+            "autoencoder": ae_report,
+        }),
+        files: std::collections::BTreeMap::new(),
+    };
+    let bundle = Bundle::new(manifest, &detector.forest, onnx_bytes);
+    Ok(Trained { bundle, detector, autoencoder: ae_report })
+}
