@@ -7,6 +7,7 @@
 pub mod block;
 pub mod capture;
 pub mod clock;
+pub mod eval;
 pub mod features;
 pub mod flows;
 pub mod model;

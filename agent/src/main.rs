@@ -5,7 +5,14 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 use clap::{Args, Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 use vigil::{
+    eval,
+    features::{Schema, dataset::FlowDataset},
     flows::HarvestConfig,
+    model::{
+        Bundle, TrainConfig,
+        autoencoder::AutoencoderParams,
+        iforest::ForestParams,
+    },
     replay::{self, ReplayConfig},
     run::{self, RunConfig},
     sensor::{AttachMode, SensorOptions},
@@ -26,6 +33,133 @@ enum Command {
     Run(RunArgs),
     /// Build flow records from pcap/pcapng files with the sensor's own per-packet code.
     Replay(ReplayArgs),
+    /// Train a model bundle (isolation forest + autoencoder) on benign traffic.
+    Train(TrainArgs),
+    /// Measure detection on labelled captures or on the UNSW-NB15 dataset.
+    Eval(EvalArgs),
+}
+
+#[derive(Debug, Args)]
+#[group(id = "input", required = true, multiple = false)]
+struct TrainInput {
+    /// Benign captures (pcap or pcapng) to train on.
+    #[arg(long, num_args = 1.., value_name = "FILE")]
+    pcap: Vec<PathBuf>,
+    /// Flow-record JSON lines (from `vigil replay` or `vigil run --flows-out`) to train on.
+    #[arg(long, num_args = 1.., value_name = "FILE")]
+    flows: Vec<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct TrainArgs {
+    #[command(flatten)]
+    input: TrainInput,
+    /// Directory to write the bundle to (manifest.json, iforest.json, autoencoder.onnx).
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    timing: TimingArgs,
+    /// Do not show a progress bar.
+    #[arg(long)]
+    no_progress: bool,
+}
+
+/// Model and training settings.
+#[derive(Debug, Args)]
+struct ModelArgs {
+    /// Isolation forest trees.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    trees: u32,
+    /// Rows per tree (ψ).
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(2..=1_000_000))]
+    subsample: u32,
+    /// Autoencoder hidden layer widths.
+    #[arg(long, value_delimiter = ',', default_value = "64,32,16,32,64")]
+    hidden: Vec<usize>,
+    /// Autoencoder epochs at most (early stopping usually ends sooner).
+    #[arg(long, default_value_t = 200)]
+    max_epochs: usize,
+    /// Share of benign calibration flows allowed above the alert threshold.
+    #[arg(long, default_value_t = vigil::model::train::DEFAULT_TARGET_FPR)]
+    target_fpr: f64,
+    /// Seed for every random choice (splits, subsamples, initial weights).
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Length of the per-source context window.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    window: Duration,
+}
+
+impl ModelArgs {
+    fn config(&self) -> anyhow::Result<TrainConfig> {
+        if !(0.0..0.5).contains(&self.target_fpr) || self.target_fpr <= 0.0 {
+            anyhow::bail!("--target-fpr must be in (0, 0.5), got {}", self.target_fpr);
+        }
+        if self.hidden.is_empty() || self.hidden.contains(&0) {
+            anyhow::bail!("--hidden needs one or more non-zero widths, e.g. 32,8,32");
+        }
+        Ok(TrainConfig {
+            forest: ForestParams { trees: self.trees as usize, subsample: self.subsample as usize, seed: self.seed },
+            autoencoder: AutoencoderParams {
+                hidden: self.hidden.clone(),
+                max_epochs: self.max_epochs,
+                seed: self.seed,
+                ..AutoencoderParams::default()
+            },
+            target_fpr: self.target_fpr,
+            seed: self.seed,
+            ..TrainConfig::default()
+        })
+    }
+}
+
+#[derive(Debug, Args)]
+struct EvalArgs {
+    #[command(subcommand)]
+    mode: EvalMode,
+}
+
+#[derive(Debug, Subcommand)]
+enum EvalMode {
+    /// Labelled captures: a labels.json (as in ../shared/data/pcaps) and the captures under it.
+    Captures {
+        /// The labels file; captures are found under its directory.
+        #[arg(long, value_name = "FILE")]
+        labels: PathBuf,
+        /// Evaluate this bundle (a directory, or `default` for the built-in one) instead of
+        /// training on half of the benign captures.
+        #[arg(long, value_name = "DIR")]
+        model: Option<PathBuf>,
+        /// Where the report goes (captures.json, captures.svg).
+        #[arg(long, value_name = "DIR", default_value = "eval")]
+        out: PathBuf,
+        /// Share of the benign flows to train on.
+        #[arg(long, default_value_t = 0.5)]
+        train_share: f64,
+        #[command(flatten)]
+        model_args: ModelArgs,
+        #[command(flatten)]
+        timing: TimingArgs,
+        /// Do not show a progress bar.
+        #[arg(long)]
+        no_progress: bool,
+    },
+    /// UNSW-NB15 CSV (or its .zip) in dataset mode, with and without the TTL leak columns.
+    Unsw {
+        /// The CSV or the zip that holds it.
+        #[arg(value_name = "FILE")]
+        csv: PathBuf,
+        /// Where the reports go (unsw-no-ttl.{json,svg}, unsw-all.{json,svg}).
+        #[arg(long, value_name = "DIR", default_value = "eval")]
+        out: PathBuf,
+        /// Share of the normal rows to train on.
+        #[arg(long, default_value_t = 0.5)]
+        train_share: f64,
+        #[command(flatten)]
+        model_args: ModelArgs,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -99,6 +233,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => run_command(args),
         Command::Replay(args) => replay_command(args),
+        Command::Train(args) => train_command(args),
+        Command::Eval(args) => eval_command(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -134,4 +270,84 @@ fn run_command(args: RunArgs) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(run::run(config))?;
     Ok(())
+}
+
+fn progress_bar_wanted(no_progress: bool) -> bool {
+    !no_progress && std::io::IsTerminal::is_terminal(&std::io::stderr())
+}
+
+fn train_command(args: TrainArgs) -> anyhow::Result<()> {
+    let config = args.model.config()?;
+    let harvest = args.timing.harvest_config()?;
+    let progress = progress_bar_wanted(args.no_progress);
+    let (data, sources) = if args.input.pcap.is_empty() {
+        (FlowDataset::from_flow_files(&args.input.flows, args.model.window)?, &args.input.flows)
+    } else {
+        (FlowDataset::from_captures(&args.input.pcap, harvest, args.timing.interval, args.model.window, progress)?, &args.input.pcap)
+    };
+    tracing::info!(flows = data.len(), files = sources.len(), "training data");
+    let files: Vec<String> = sources.iter().map(|p| p.display().to_string()).collect();
+    let per_file: Vec<usize> =
+        (0..data.files.len()).map(|f| data.file_index.iter().filter(|&&i| i == f).count()).collect();
+    let summary = serde_json::json!({
+        "kind": if args.input.pcap.is_empty() { "flow records" } else { "captures" },
+        "files": files,
+        "flows_per_file": per_file,
+        "flows": data.len(),
+        "context_window": humantime::format_duration(args.model.window).to_string(),
+        "idle_timeout": humantime::format_duration(args.timing.idle_timeout).to_string(),
+        "active_timeout": humantime::format_duration(args.timing.active_timeout).to_string(),
+    });
+    let trained = vigil::model::train(&Schema::flow(), data.rows.view(), &config, summary, |m| tracing::info!("{m}"))?;
+    trained.bundle.write_dir(&args.out)?;
+    let t = trained.detector.thresholds;
+    tracing::info!(
+        out = %args.out.display(),
+        alert_threshold = t.alert,
+        block_threshold = t.block,
+        autoencoder_epochs = trained.autoencoder.best_epoch,
+        validation_loss = trained.autoencoder.validation_loss,
+        "bundle written"
+    );
+    Ok(())
+}
+
+/// A bundle from a directory, or the built-in one for `default`.
+fn load_bundle(path: &std::path::Path) -> anyhow::Result<Bundle> {
+    Ok(if path.as_os_str() == "default" { Bundle::embedded()? } else { Bundle::read_dir(path)? })
+}
+
+fn eval_command(args: EvalArgs) -> anyhow::Result<()> {
+    match args.mode {
+        EvalMode::Captures { labels, model, out, train_share, model_args, timing, no_progress } => {
+            let detector = model.as_deref().map(|m| load_bundle(m)?.detector(&Schema::flow()).map_err(anyhow::Error::from)).transpose()?;
+            let config = eval::captures::CaptureEval {
+                labels: &labels,
+                harvest: timing.harvest_config()?,
+                interval: timing.interval,
+                window: model_args.window,
+                train: model_args.config()?,
+                train_share: check_share(train_share)?,
+                model: detector,
+                progress: progress_bar_wanted(no_progress),
+            };
+            let report = eval::captures::run(config, |m| tracing::info!("{m}"))?;
+            eval::write_report(&out, "captures", &report)?;
+            print!("{}", report.summary());
+            println!("report: {}", out.join("captures.{json,svg}").display());
+        }
+        EvalMode::Unsw { csv, out, train_share, model_args } => {
+            let reports = eval::dataset::run(&csv, &model_args.config()?, check_share(train_share)?, |m| tracing::info!("{m}"))?;
+            for (report, stem) in reports.iter().zip(["unsw-no-ttl", "unsw-all"]) {
+                eval::write_report(&out, stem, report)?;
+                print!("{}", report.summary());
+                println!("report: {}", out.join(format!("{stem}.{{json,svg}}")).display());
+            }
+        }
+    }
+    Ok(())
+}
+
+fn check_share(share: f64) -> anyhow::Result<f64> {
+    if share > 0.0 && share < 1.0 { Ok(share) } else { anyhow::bail!("--train-share must be between 0 and 1, got {share}") }
 }

@@ -10,7 +10,7 @@ use tracing::info;
 
 use crate::{
     capture::{CaptureError, CaptureReader},
-    flows::{HarvestConfig, offline::OfflineTable, output::FlowWriter},
+    flows::{FlowRecord, HarvestConfig, offline::OfflineTable, output::FlowWriter},
 };
 
 /// Settings of one `vigil replay`.
@@ -48,29 +48,68 @@ pub struct ReplayTotals {
 ///
 /// # Errors
 /// [`ReplayError`] for an unreadable or corrupt capture, or an unwritable output.
+pub fn replay(config: &ReplayConfig) -> Result<ReplayTotals, ReplayError> {
+    // Open the output only after the captures opened, so a bad capture creates no file.
+    let readers = open_all(&config.files)?;
+    let mut writer = FlowWriter::open(&config.flows_out)?;
+    let mut write_error = None;
+    let mut totals = replay_readers(readers, config.harvest, config.interval, config.progress, |_, r| {
+        if let Err(e) = writer.write(&r) {
+            write_error.get_or_insert(e);
+        }
+    })?;
+    if let Some(e) = write_error {
+        return Err(e.into());
+    }
+    writer.flush()?;
+    totals.records = writer.written();
+    Ok(totals)
+}
+
+fn open_all(files: &[PathBuf]) -> Result<Vec<CaptureReader>, ReplayError> {
+    Ok(files.iter().map(|f| CaptureReader::open(f)).collect::<Result<Vec<_>, _>>()?)
+}
+
+/// Replays `files` and hands every record to `emit` with the index of the file it came from.
+/// Every file is opened before the first record.
 ///
+/// # Errors
+/// [`ReplayError`] for an unreadable or corrupt capture.
+pub fn replay_files(
+    files: &[PathBuf],
+    harvest: HarvestConfig,
+    interval: Duration,
+    progress: bool,
+    emit: impl FnMut(usize, FlowRecord),
+) -> Result<ReplayTotals, ReplayError> {
+    replay_readers(open_all(files)?, harvest, interval, progress, emit)
+}
+
 /// # Panics
 /// Never: the progress template is a constant that parses.
-pub fn replay(config: &ReplayConfig) -> Result<ReplayTotals, ReplayError> {
-    let mut readers = config.files.iter().map(|f| CaptureReader::open(f)).collect::<Result<Vec<_>, _>>()?;
-    let mut writer = FlowWriter::open(&config.flows_out)?;
+fn replay_readers(
+    mut readers: Vec<CaptureReader>,
+    harvest: HarvestConfig,
+    interval: Duration,
+    progress: bool,
+    mut emit: impl FnMut(usize, FlowRecord),
+) -> Result<ReplayTotals, ReplayError> {
     let total_bytes: u64 = readers.iter().map(CaptureReader::size).sum();
-    let bar = if config.progress { ProgressBar::new(total_bytes) } else { ProgressBar::hidden() };
+    let bar = if progress { ProgressBar::new(total_bytes) } else { ProgressBar::hidden() };
     bar.set_style(
         ProgressStyle::with_template("{msg:30!} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
             .expect("static template")
             .progress_chars("=> "),
     );
     let mut totals = ReplayTotals::default();
-    let mut write_error = None;
-    for reader in &mut readers {
+    for (index, reader) in readers.iter_mut().enumerate() {
         let started = Instant::now();
         bar.set_message(reader.path().display().to_string());
-        let mut table = OfflineTable::new(config.harvest, config.interval);
+        let mut table = OfflineTable::new(harvest, interval);
+        let mut records = 0u64;
         let mut emit = |r| {
-            if let Err(e) = writer.write(&r) {
-                write_error.get_or_insert(e);
-            }
+            records += 1;
+            emit(index, r);
         };
         while let Some(frame) = reader.next_frame() {
             let frame = frame?;
@@ -98,12 +137,8 @@ pub fn replay(config: &ReplayConfig) -> Result<ReplayTotals, ReplayError> {
         );
         totals.packets += c.packets;
         totals.malformed += c.malformed_total();
+        totals.records += records;
     }
     bar.finish_and_clear();
-    if let Some(e) = write_error {
-        return Err(e.into());
-    }
-    writer.flush()?;
-    totals.records = writer.written();
     Ok(totals)
 }

@@ -7,6 +7,7 @@
 //! tiny flows that only look anomalous together, as UNSW-NB15's `ct_*` features capture.
 
 pub mod context;
+pub mod dataset;
 pub mod flow;
 
 use serde::{Deserialize, Serialize};

@@ -10,7 +10,8 @@ use serde::{Deserialize, Serialize};
 /// Training parameters.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct AutoencoderParams {
-    /// Hidden layer widths, e.g. `[32, 8, 32]`.
+    /// Hidden layer widths; default `[64, 32, 16, 32, 64]` (on UNSW-NB15 without the leak
+    /// columns 0.920 ROC-AUC, against 0.885 for `[32, 8, 32]`).
     pub hidden: Vec<usize>,
     pub max_epochs: usize,
     /// Stop after this many epochs without a better validation loss.
@@ -25,7 +26,7 @@ pub struct AutoencoderParams {
 impl Default for AutoencoderParams {
     fn default() -> Self {
         Self {
-            hidden: vec![32, 8, 32],
+            hidden: vec![64, 32, 16, 32, 64],
             max_epochs: 200,
             patience: 12,
             batch: 128,

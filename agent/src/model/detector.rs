@@ -8,7 +8,10 @@
 //! 3. Each of the two is put on a common scale with the held-out benign calibration flows:
 //!    z = (v − median) / σ̂, σ̂ = (q90 − q10) / 2.563 (the normal-equivalent spread, robust to
 //!    outliers in the calibration data).
-//! 4. score = w_f·z_forest + w_a·z_autoencoder (weights 0.5 and 0.5 by default).
+//! 4. score = max(z_forest, z_autoencoder): a flow is as anomalous as the more surprised of
+//!    the two models says. (On UNSW-NB15 the mean of the two was worse than the autoencoder
+//!    alone because the forest is the weaker model there; the maximum keeps what each model
+//!    sees. Numbers in docs/detection.md.)
 //! 5. The alert threshold is the (1 − target FPR) quantile of the calibration scores; the
 //!    block threshold is 2 units above it (units of benign spread).
 
@@ -74,13 +77,19 @@ impl Norm {
     }
 }
 
-/// How the two model scores are combined.
+/// How the two model scores are put on one scale before taking the larger.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Combine {
     pub iforest: Norm,
     pub autoencoder: Norm,
-    pub iforest_weight: f32,
-    pub autoencoder_weight: f32,
+}
+
+impl Combine {
+    /// The combined score of a forest score and an autoencoder error.
+    #[must_use]
+    pub fn score(&self, iforest: f32, autoencoder_mse: f32) -> f32 {
+        self.iforest.z(iforest).max(self.autoencoder.z(ae_value(autoencoder_mse)))
+    }
 }
 
 /// Decision thresholds on the combined score.
@@ -212,11 +221,7 @@ impl Detector {
         let scores = forest
             .into_iter()
             .zip(errors)
-            .map(|(f, e)| Score {
-                iforest: f,
-                autoencoder: e,
-                combined: c.iforest_weight * c.iforest.z(f) + c.autoencoder_weight * c.autoencoder.z(ae_value(e)),
-            })
+            .map(|(f, e)| Score { iforest: f, autoencoder: e, combined: c.score(f, e) })
             .collect();
         Ok((scores, recon))
     }

@@ -114,12 +114,7 @@ pub fn train(
     let scorer = OnnxScorer::load(&onnx_bytes, schema.len())?;
 
     // Calibrate on the held-out benign rows, through the same path live scoring takes.
-    let placeholder = Combine {
-        iforest: Norm { median: 0.0, spread: 1.0 },
-        autoencoder: Norm { median: 0.0, spread: 1.0 },
-        iforest_weight: 0.5,
-        autoencoder_weight: 0.5,
-    };
+    let placeholder = Combine { iforest: Norm { median: 0.0, spread: 1.0 }, autoencoder: Norm { median: 0.0, spread: 1.0 } };
     let mut detector = Detector {
         schema: schema.clone(),
         scaler,
@@ -132,7 +127,7 @@ pub fn train(
     let cal_scores = detector.score(cal_raw.view())?;
     let forest_values: Vec<f32> = cal_scores.iter().map(|s| s.iforest).collect();
     let ae_values: Vec<f32> = cal_scores.iter().map(|s| ae_value(s.autoencoder)).collect();
-    detector.combine = Combine { iforest: Norm::fit(&forest_values), autoencoder: Norm::fit(&ae_values), ..placeholder };
+    detector.combine = Combine { iforest: Norm::fit(&forest_values), autoencoder: Norm::fit(&ae_values) };
     let combined: Vec<f32> = detector.score(cal_raw.view())?.iter().map(|s| s.combined).collect();
     let alert = quantile(&combined, 1.0 - config.target_fpr);
     detector.thresholds = Thresholds { target_fpr: config.target_fpr, alert, block: alert + BLOCK_MARGIN };
