@@ -207,3 +207,74 @@ impl Bundle {
         Ok(detector)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use ndarray::Array2;
+    use rand::{Rng, SeedableRng, rngs::StdRng};
+
+    use super::*;
+    use crate::model::{TrainConfig, autoencoder::AutoencoderParams, iforest::ForestParams, train};
+
+    fn small_bundle() -> (Bundle, Array2<f32>) {
+        let schema = Schema::flow();
+        let mut rng = StdRng::seed_from_u64(11);
+        let rows = Array2::from_shape_fn((200, schema.len()), |_| rng.random_range(0.0f32..5.0));
+        let config = TrainConfig {
+            forest: ForestParams { trees: 10, subsample: 64, seed: 1 },
+            autoencoder: AutoencoderParams { hidden: vec![8, 4, 8], max_epochs: 5, ..AutoencoderParams::default() },
+            ..TrainConfig::default()
+        };
+        let trained = train(&schema, rows.view(), &config, serde_json::json!({"test": true}), |_| {}).expect("trains");
+        (trained.bundle, rows)
+    }
+
+    #[test]
+    fn embedded_default_bundle_loads_against_the_flow_schema() {
+        let bundle = Bundle::embedded().expect("the default bundle is built in");
+        let detector = bundle.detector(&Schema::flow()).expect("matches the schema");
+        assert_eq!(detector.schema, Schema::flow());
+        assert!(detector.thresholds.alert.is_finite() && detector.thresholds.block > detector.thresholds.alert);
+        assert!(bundle.manifest.training["data"]["flows"].as_u64().expect("flow count recorded") > 100);
+        // It scores: an all-zero row is a finite score.
+        let scores = detector.score(Array2::zeros((1, Schema::flow().len())).view()).expect("scores");
+        assert!(scores[0].combined.is_finite());
+    }
+
+    #[test]
+    fn round_trip_through_a_directory_scores_the_same() {
+        let (bundle, rows) = small_bundle();
+        let dir = std::env::temp_dir().join(format!("vigil-bundle-{}", std::process::id()));
+        bundle.write_dir(&dir).expect("writes");
+        let back = Bundle::read_dir(&dir).expect("reads");
+        let a = bundle.detector(&Schema::flow()).expect("detector").score(rows.view()).expect("scores");
+        let b = back.detector(&Schema::flow()).expect("detector").score(rows.view()).expect("scores");
+        assert_eq!(a, b);
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
+
+    #[test]
+    fn refuses_other_schema_tampered_files_and_other_versions() {
+        let (bundle, _) = small_bundle();
+        let mut other = Schema::flow();
+        other.features.swap(0, 1);
+        let e = bundle.detector(&other).expect_err("schema differs");
+        assert!(e.to_string().contains("features do not match: feature 0 is `duration_s`"), "{e}");
+
+        let manifest = serde_json::to_vec(&bundle.manifest).expect("json");
+        let mut onnx = bundle.autoencoder.clone();
+        let last = onnx.len() - 1;
+        onnx[last] ^= 1;
+        let e = Bundle::from_bytes(&manifest, bundle.iforest.clone(), onnx).expect_err("checksum");
+        assert!(e.to_string().starts_with("autoencoder.onnx: sha256"), "{e}");
+
+        let mut m = bundle.manifest.clone();
+        m.format_version = 99;
+        let e = Bundle::from_bytes(&serde_json::to_vec(&m).expect("json"), bundle.iforest.clone(), bundle.autoencoder.clone())
+            .expect_err("version");
+        assert!(matches!(e, BundleError::Version { found: 99 }));
+
+        let e = Bundle::from_bytes(b"{", bundle.iforest.clone(), bundle.autoencoder).expect_err("json");
+        assert!(e.to_string().starts_with("manifest.json: not valid JSON"), "{e}");
+    }
+}
