@@ -2,6 +2,7 @@
 
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
+use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 use vigil::{
@@ -59,6 +60,10 @@ struct TrainArgs {
     out: PathBuf,
     #[command(flatten)]
     model: ModelArgs,
+    /// Use this ONNX autoencoder (trained elsewhere, e.g. exported from PyTorch) instead of
+    /// training one: input `[batch, features]` of scaled features, output their reconstruction.
+    #[arg(long, value_name = "FILE")]
+    autoencoder: Option<PathBuf>,
     #[command(flatten)]
     timing: TimingArgs,
     /// Do not show a progress bar.
@@ -277,7 +282,13 @@ fn progress_bar_wanted(no_progress: bool) -> bool {
 }
 
 fn train_command(args: TrainArgs) -> anyhow::Result<()> {
-    let config = args.model.config()?;
+    let mut config = args.model.config()?;
+    if let Some(path) = &args.autoencoder {
+        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        // Check it before spending time on the data.
+        vigil::model::onnx::OnnxScorer::load(&bytes, Schema::flow().len()).with_context(|| path.display().to_string())?;
+        config.external_autoencoder = Some(bytes);
+    }
     let harvest = args.timing.harvest_config()?;
     let progress = progress_bar_wanted(args.no_progress);
     let (data, sources) = if args.input.pcap.is_empty() {
@@ -305,8 +316,8 @@ fn train_command(args: TrainArgs) -> anyhow::Result<()> {
         out = %args.out.display(),
         alert_threshold = t.alert,
         block_threshold = t.block,
-        autoencoder_epochs = trained.autoencoder.best_epoch,
-        validation_loss = trained.autoencoder.validation_loss,
+        autoencoder_best_epoch = trained.autoencoder.as_ref().map(|r| r.best_epoch),
+        validation_loss = trained.autoencoder.as_ref().map(|r| r.validation_loss),
         "bundle written"
     );
     Ok(())

@@ -32,6 +32,10 @@ pub struct TrainConfig {
     /// Share of the benign rows held out for calibration.
     pub calibration_share: f64,
     pub seed: u64,
+    /// Use this ONNX autoencoder (trained elsewhere, e.g. exported from PyTorch; it must take
+    /// the scaled features and return their reconstruction) instead of training one.
+    #[serde(skip)]
+    pub external_autoencoder: Option<Vec<u8>>,
 }
 
 impl Default for TrainConfig {
@@ -42,6 +46,7 @@ impl Default for TrainConfig {
             target_fpr: DEFAULT_TARGET_FPR,
             calibration_share: 0.2,
             seed: 1,
+            external_autoencoder: None,
         }
     }
 }
@@ -62,7 +67,8 @@ pub enum TrainError {
 pub struct Trained {
     pub bundle: Bundle,
     pub detector: Detector,
-    pub autoencoder: TrainReport,
+    /// What autoencoder training did; `None` for an external autoencoder.
+    pub autoencoder: Option<TrainReport>,
 }
 
 /// Trains forest and autoencoder on benign raw rows and calibrates the thresholds.
@@ -104,13 +110,18 @@ pub fn train(
 
     progress(&format!("isolation forest: {} trees of {} rows", config.forest.trees, config.forest.subsample));
     let forest = IsolationForest::train(fit.view(), config.forest);
-    progress(&format!("autoencoder {:?} on {} rows", config.autoencoder.hidden, fit.nrows()));
-    let (ae, ae_report) = Autoencoder::train_with_progress(fit.view(), &config.autoencoder, |epoch, train, val| {
-        if epoch % 10 == 0 {
-            progress(&format!("  epoch {epoch}: train loss {train:.4}, validation loss {val:.4}"));
-        }
-    });
-    let onnx_bytes = onnx::export(&ae, &format!("Vigil autoencoder for schema {}", schema.id));
+    let (onnx_bytes, ae_report) = if let Some(bytes) = &config.external_autoencoder {
+        progress("autoencoder: external ONNX model, not trained here");
+        (bytes.clone(), None)
+    } else {
+        progress(&format!("autoencoder {:?} on {} rows", config.autoencoder.hidden, fit.nrows()));
+        let (ae, report) = Autoencoder::train_with_progress(fit.view(), &config.autoencoder, |epoch, train, val| {
+            if epoch % 10 == 0 {
+                progress(&format!("  epoch {epoch}: train loss {train:.4}, validation loss {val:.4}"));
+            }
+        });
+        (onnx::export(&ae, &format!("Vigil autoencoder for schema {}", schema.id)), Some(report))
+    };
     let scorer = OnnxScorer::load(&onnx_bytes, schema.len())?;
 
     // Calibrate on the held-out benign rows, through the same path live scoring takes.
@@ -146,10 +157,13 @@ pub fn train(
             "fit_rows": fit_raw.nrows(),
             "calibration_rows": n_cal,
             "config": config,
-            "autoencoder": ae_report,
+            "autoencoder": ae_report.clone().map_or_else(
+                || serde_json::json!({ "external": true, "sha256": super::bundle::sha256_hex(&onnx_bytes) }),
+                |r| serde_json::json!(r),
+            ),
         }),
         files: std::collections::BTreeMap::new(),
     };
-    let bundle = Bundle::new(manifest, &detector.forest, onnx_bytes);
+    let bundle = Bundle::new(manifest, &detector.forest, onnx_bytes.clone());
     Ok(Trained { bundle, detector, autoencoder: ae_report })
 }

@@ -1,0 +1,80 @@
+#!/usr/bin/env python3
+"""Independent cross-checks of Vigil's models, driven by tests/tests/model_crosscheck.rs.
+
+Not part of the product: scikit-learn and onnxruntime serve as references only.
+Matrices travel as raw little-endian float32 files with their shape given on the command line.
+
+  iforest  TRAIN ROWS COLS TEST TEST_ROWS LABELS     -> prints scikit-learn's ROC-AUC
+  onnx     MODEL INPUT ROWS COLS OUTPUT              -> checks the model, writes onnxruntime's output
+  foreign  MODEL WIDTH                               -> writes a PyTorch-style autoencoder (MatMul/Gemm transB/Tanh)
+"""
+import sys
+
+import numpy as np
+
+
+def load(path, rows, cols):
+    return np.fromfile(path, dtype="<f4").reshape(int(rows), int(cols))
+
+
+def iforest(train, rows, cols, test, test_rows, labels):
+    from sklearn.ensemble import IsolationForest
+    from sklearn.metrics import roc_auc_score
+
+    x_train = load(train, rows, cols)
+    x_test = load(test, test_rows, cols)
+    y = np.fromfile(labels, dtype="u1")
+    forest = IsolationForest(n_estimators=100, max_samples=256, random_state=0).fit(x_train)
+    # score_samples is the negated anomaly score: higher is more normal.
+    print(roc_auc_score(y, -forest.score_samples(x_test)))
+
+
+def onnx_run(model, inp, rows, cols, out):
+    import onnx
+    import onnxruntime
+
+    onnx.checker.check_model(onnx.load(model), full_check=True)
+    session = onnxruntime.InferenceSession(model, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    result = session.run(None, {name: load(inp, rows, cols)})[0]
+    result.astype("<f4").tofile(out)
+
+
+def foreign(model, width):
+    """An autoencoder shaped the way torch.onnx.export writes nn.Linear layers: Gemm with
+    transB=1 (weights stored [out, in]), then MatMul + Add, with Tanh activations."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    width = int(width)
+    rng = np.random.default_rng(7)
+    w1 = rng.normal(0, 0.3, (12, width)).astype("f4")
+    b1 = rng.normal(0, 0.1, 12).astype("f4")
+    w2 = rng.normal(0, 0.3, (12, width)).astype("f4")
+    b2 = rng.normal(0, 0.1, width).astype("f4")
+    nodes = [
+        helper.make_node("Gemm", ["x", "fc1.weight", "fc1.bias"], ["h"], name="/fc1/Gemm", transB=1),
+        helper.make_node("Tanh", ["h"], ["a"], name="/act/Tanh"),
+        helper.make_node("MatMul", ["a", "fc2.weight"], ["m"], name="/fc2/MatMul"),
+        helper.make_node("Add", ["m", "fc2.bias"], ["y"], name="/fc2/Add"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "main_graph",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch_size", width])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch_size", width])],
+        [
+            numpy_helper.from_array(w1, "fc1.weight"),
+            numpy_helper.from_array(b1, "fc1.bias"),
+            numpy_helper.from_array(w2, "fc2.weight"),
+            numpy_helper.from_array(b2, "fc2.bias"),
+        ],
+    )
+    m = helper.make_model(graph, producer_name="pytorch", opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.checker.check_model(m)
+    onnx.save(m, model)
+
+
+if __name__ == "__main__":
+    {"iforest": iforest, "onnx": onnx_run, "foreign": foreign}[sys.argv[1]](*sys.argv[2:])
