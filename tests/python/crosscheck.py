@@ -7,6 +7,7 @@ Matrices travel as raw little-endian float32 files with their shape given on the
   iforest  TRAIN ROWS COLS TEST TEST_ROWS LABELS     -> prints scikit-learn's ROC-AUC
   onnx     MODEL INPUT ROWS COLS OUTPUT              -> checks the model, writes onnxruntime's output
   foreign  MODEL WIDTH                               -> writes a PyTorch-style autoencoder (MatMul/Gemm transB/Tanh)
+  bench    TRAIN ROWS COLS TEST TEST_ROWS REPEATS    -> prints scikit-learn score_samples flows/s (best run)
 """
 import sys
 
@@ -76,5 +77,22 @@ def foreign(model, width):
     onnx.save(m, model)
 
 
+def bench(train, rows, cols, test, test_rows, repeats):
+    import time
+
+    import sklearn
+    from sklearn.ensemble import IsolationForest
+
+    x_train = load(train, rows, cols)
+    x_test = load(test, test_rows, cols)
+    forest = IsolationForest(n_estimators=100, max_samples=256, random_state=0, n_jobs=1).fit(x_train)
+    best = float("inf")
+    for _ in range(int(repeats)):
+        start = time.perf_counter()
+        forest.score_samples(x_test)
+        best = min(best, time.perf_counter() - start)
+    print(f"{len(x_test) / best} {sklearn.__version__}")
+
+
 if __name__ == "__main__":
-    {"iforest": iforest, "onnx": onnx_run, "foreign": foreign}[sys.argv[1]](*sys.argv[2:])
+    {"iforest": iforest, "onnx": onnx_run, "foreign": foreign, "bench": bench}[sys.argv[1]](*sys.argv[2:])

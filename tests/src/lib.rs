@@ -7,6 +7,7 @@
 pub mod agent;
 pub mod bench;
 pub mod capture;
+pub mod data;
 pub mod netns;
 pub mod packets;
 

@@ -71,7 +71,7 @@ impl Default for ForestParams {
 }
 
 /// A trained isolation forest.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct IsolationForest {
     /// Number of features a row must have.
     pub features: usize,
@@ -80,6 +80,80 @@ pub struct IsolationForest {
     /// Index of each tree's root in `nodes`.
     pub roots: Vec<u32>,
     pub nodes: Vec<Node>,
+    /// The scoring plan, built on first use.
+    #[serde(skip)]
+    plan: std::sync::OnceLock<Plan>,
+}
+
+impl PartialEq for IsolationForest {
+    fn eq(&self, other: &Self) -> bool {
+        (self.features, self.subsample, &self.roots, &self.nodes) == (other.features, other.subsample, &other.roots, &other.nodes)
+    }
+}
+
+/// One step of the scoring plan: from a split, go to `next` when `x[feature] < threshold`
+/// and to `next + 1` otherwise (children are laid out side by side). A leaf has a NaN
+/// threshold (no comparison with NaN is true) and `next` one before itself, so it stays put:
+/// every row takes the same number of steps, and a step is an add, not a branch.
+#[derive(Clone, Copy, Debug)]
+struct Step {
+    feature: u32,
+    threshold: f32,
+    next: u32,
+}
+
+/// The branch-free form of the forest used for scoring.
+#[derive(Clone, Debug)]
+struct Plan {
+    steps: Vec<Step>,
+    /// Path length of each step's leaf (0 for splits).
+    path: Vec<f32>,
+    roots: Vec<u32>,
+    /// Deepest leaf in the forest: how many steps every row takes.
+    height: usize,
+}
+
+impl Plan {
+    fn new(nodes: &[Node], roots: &[u32]) -> Self {
+        let mut plan = Self { steps: Vec::with_capacity(nodes.len()), path: Vec::new(), roots: Vec::new(), height: 0 };
+        let placeholder = Step { feature: 0, threshold: f32::NAN, next: 0 };
+        let at = |i: usize| u32::try_from(i).expect("forest fits in u32 nodes");
+        for &root in roots {
+            let new_root = plan.steps.len();
+            plan.steps.push(placeholder);
+            plan.roots.push(at(new_root));
+            let mut queue = std::collections::VecDeque::from([(root as usize, new_root, 0usize)]);
+            while let Some((old, new, depth)) = queue.pop_front() {
+                let n = nodes[old];
+                if n.feature == LEAF {
+                    plan.steps[new] = Step { feature: 0, threshold: f32::NAN, next: at(new).wrapping_sub(1) };
+                    plan.height = plan.height.max(depth);
+                } else {
+                    let k = plan.steps.len();
+                    plan.steps.extend([placeholder, placeholder]);
+                    plan.steps[new] = Step { feature: n.feature, threshold: n.value, next: at(k) };
+                    queue.push_back((old + 1, k, depth + 1));
+                    queue.push_back((n.right as usize, k + 1, depth + 1));
+                }
+            }
+        }
+        // Leaf path lengths by new index.
+        plan.path = vec![0.0; plan.steps.len()];
+        for (t, &root) in roots.iter().enumerate() {
+            let mut stack = vec![(root as usize, plan.roots[t] as usize)];
+            while let Some((old, new)) = stack.pop() {
+                let n = nodes[old];
+                if n.feature == LEAF {
+                    plan.path[new] = n.value;
+                } else {
+                    let k = plan.steps[new].next as usize;
+                    stack.push((old + 1, k));
+                    stack.push((n.right as usize, k + 1));
+                }
+            }
+        }
+        plan
+    }
 }
 
 /// Why a forest file is unusable.
@@ -115,7 +189,7 @@ impl IsolationForest {
             let mut idx: Vec<usize> = sample(&mut rng, rows.nrows(), psi).into_vec();
             grow(rows, &mut idx, 0, height_limit as usize, &mut rng, &mut nodes);
         }
-        Self { features: rows.ncols(), subsample: psi, roots, nodes }
+        Self { features: rows.ncols(), subsample: psi, roots, nodes, plan: std::sync::OnceLock::new() }
     }
 
     /// Checks a forest read from a file: every index in range, every value finite.
@@ -175,9 +249,11 @@ impl IsolationForest {
     /// # Panics
     /// If the row width or the output length does not match.
     pub fn score_into(&self, rows: ArrayView2<'_, f32>, out: &mut [f32]) {
-        const BLOCK: usize = 64;
+        const BLOCK: usize = 128;
+        const LANES: usize = 8;
         assert_eq!(rows.ncols(), self.features, "row width does not match the forest");
         assert_eq!(rows.nrows(), out.len());
+        let plan = self.plan.get_or_init(|| Plan::new(&self.nodes, &self.roots));
         let rows = rows.as_standard_layout();
         let flat = rows.as_slice().expect("standard layout");
         let width = self.features;
@@ -185,11 +261,29 @@ impl IsolationForest {
         let norm = (-1.0 / (c(self.subsample) * self.roots.len() as f64)) as f32;
         let mut depth = [0f32; BLOCK];
         for (block, out) in flat.chunks(BLOCK * width).zip(out.chunks_mut(BLOCK)) {
-            let depth = &mut depth[..out.len()];
+            let n = out.len();
+            let depth = &mut depth[..n];
             depth.fill(0.0);
-            for &root in &self.roots {
-                for (d, row) in depth.iter_mut().zip(block.chunks_exact(width)) {
-                    *d += self.walk(root, row, |_, _, _| {});
+            // One tree at a time for the whole block, one level at a time for every row: the
+            // rows' walks are independent, so their loads overlap instead of waiting in turn.
+            let (steps, path) = (&plan.steps[..], &plan.path[..]);
+            let rows: Vec<&[f32]> = block.chunks_exact(width).collect();
+            for &root in &plan.roots {
+                // Eight rows walk together, their positions in registers.
+                for (group, depth) in rows.chunks(LANES).zip(depth.chunks_mut(LANES)) {
+                    let lane = |j: usize| group[j.min(group.len() - 1)];
+                    let lanes: [&[f32]; LANES] = std::array::from_fn(lane);
+                    let mut pos = [root; LANES];
+                    for _ in 0..plan.height {
+                        for j in 0..LANES {
+                            let step = steps[pos[j] as usize];
+                            let right = !(lanes[j][step.feature as usize] < step.threshold);
+                            pos[j] = step.next.wrapping_add(u32::from(right));
+                        }
+                    }
+                    for (d, &p) in depth.iter_mut().zip(pos.iter()) {
+                        *d += path[p as usize];
+                    }
                 }
             }
             for (o, d) in out.iter_mut().zip(depth.iter()) {
