@@ -17,6 +17,9 @@ const LLVM_PACKAGES: [&str; 2] = ["llvm-22-dev", "libpolly-22-dev"];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// What the privileged tests and benchmarks use from the system.
 const TEST_PACKAGES: [(&str, &str); 2] = [("ip", "iproute2"), ("ethtool", "ethtool")];
+/// The Python references the model cross-checks and scoring benchmark compare against
+/// (never used by the agent). Versions are the ones the checks were written against.
+const PYTHON_PACKAGES: [&str; 4] = ["scikit-learn==1.9.1", "onnxruntime==1.31.1", "onnx==1.23.2", "numpy==2.4.6"];
 
 /// Makes sure every prerequisite is present, installing what is missing.
 ///
@@ -26,7 +29,8 @@ pub fn ensure() -> Result<()> {
     ensure_nightly_rust_src()?;
     ensure_bpf_linker()?;
     ensure_test_tools()?;
-    eprintln!("xtask: setup complete (nightly rust-src, bpf-linker, test tools)");
+    ensure_python_references()?;
+    eprintln!("xtask: setup complete (nightly rust-src, bpf-linker, test tools, Python references)");
     Ok(())
 }
 
@@ -104,6 +108,25 @@ fn ensure_test_tools() -> Result<()> {
         .map(|(_, pkg)| *pkg)
         .collect();
     ensure_apt_packages(&missing, missing.is_empty())
+}
+
+fn ensure_python_references() -> Result<()> {
+    let check = "import sklearn, onnxruntime, onnx, numpy";
+    if succeeds(Command::new("python3").args(["-c", check])) {
+        return Ok(());
+    }
+    if !succeeds(Command::new("python3").args(["-m", "pip", "--version"])) {
+        ensure_apt_packages(&["python3", "python3-pip"], false)?;
+    }
+    eprintln!("xtask: setup: installing the Python references for the model cross-checks");
+    run(Command::new("python3")
+        .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--root-user-action=ignore", "--break-system-packages"])
+        .args(PYTHON_PACKAGES))
+    .context("installing scikit-learn, onnxruntime and onnx (used by tests/python/crosscheck.py only)")?;
+    if !succeeds(Command::new("python3").args(["-c", check])) {
+        bail!("python3 still cannot import scikit-learn, onnxruntime and onnx after pip install");
+    }
+    Ok(())
 }
 
 /// Installs Debian packages with apt-get unless `present`. Without root or apt-get, fails
