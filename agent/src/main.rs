@@ -9,11 +9,7 @@ use vigil::{
     eval,
     features::{Schema, dataset::FlowDataset},
     flows::HarvestConfig,
-    model::{
-        Bundle, TrainConfig,
-        autoencoder::AutoencoderParams,
-        iforest::ForestParams,
-    },
+    model::{Bundle, TrainConfig, autoencoder::AutoencoderParams, iforest::ForestParams},
     replay::{self, ReplayConfig},
     run::{self, RunConfig},
     sensor::{AttachMode, SensorOptions},
@@ -60,7 +56,7 @@ struct TrainArgs {
     out: PathBuf,
     #[command(flatten)]
     model: ModelArgs,
-    /// Use this ONNX autoencoder (trained elsewhere, e.g. exported from PyTorch) instead of
+    /// Use this ONNX autoencoder (trained elsewhere, e.g. exported from `PyTorch`) instead of
     /// training one: input `[batch, features]` of scaled features, output their reconstruction.
     #[arg(long, value_name = "FILE")]
     autoencoder: Option<PathBuf>,
@@ -281,12 +277,17 @@ fn progress_bar_wanted(no_progress: bool) -> bool {
     !no_progress && std::io::IsTerminal::is_terminal(&std::io::stderr())
 }
 
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "the parsed arguments are handed over whole, like the other commands"
+)]
 fn train_command(args: TrainArgs) -> anyhow::Result<()> {
     let mut config = args.model.config()?;
     if let Some(path) = &args.autoencoder {
         let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
         // Check it before spending time on the data.
-        vigil::model::onnx::OnnxScorer::load(&bytes, Schema::flow().len()).with_context(|| path.display().to_string())?;
+        vigil::model::onnx::OnnxScorer::load(&bytes, Schema::flow().len())
+            .with_context(|| path.display().to_string())?;
         config.external_autoencoder = Some(bytes);
     }
     let harvest = args.timing.harvest_config()?;
@@ -294,7 +295,10 @@ fn train_command(args: TrainArgs) -> anyhow::Result<()> {
     let (data, sources) = if args.input.pcap.is_empty() {
         (FlowDataset::from_flow_files(&args.input.flows, args.model.window)?, &args.input.flows)
     } else {
-        (FlowDataset::from_captures(&args.input.pcap, harvest, args.timing.interval, args.model.window, progress)?, &args.input.pcap)
+        (
+            FlowDataset::from_captures(&args.input.pcap, harvest, args.timing.interval, args.model.window, progress)?,
+            &args.input.pcap,
+        )
     };
     tracing::info!(flows = data.len(), files = sources.len(), "training data");
     let files: Vec<String> = sources.iter().map(|p| p.display().to_string()).collect();
@@ -331,7 +335,10 @@ fn load_bundle(path: &std::path::Path) -> anyhow::Result<Bundle> {
 fn eval_command(args: EvalArgs) -> anyhow::Result<()> {
     match args.mode {
         EvalMode::Captures { labels, model, out, train_share, model_args, timing, no_progress } => {
-            let detector = model.as_deref().map(|m| load_bundle(m)?.detector(&Schema::flow()).map_err(anyhow::Error::from)).transpose()?;
+            let detector = model
+                .as_deref()
+                .map(|m| load_bundle(m)?.detector(&Schema::flow()).map_err(anyhow::Error::from))
+                .transpose()?;
             let config = eval::captures::CaptureEval {
                 labels: &labels,
                 harvest: timing.harvest_config()?,
@@ -348,7 +355,8 @@ fn eval_command(args: EvalArgs) -> anyhow::Result<()> {
             println!("report: {}", out.join("captures.{json,svg}").display());
         }
         EvalMode::Unsw { csv, out, train_share, model_args } => {
-            let reports = eval::dataset::run(&csv, &model_args.config()?, check_share(train_share)?, |m| tracing::info!("{m}"))?;
+            let reports =
+                eval::dataset::run(&csv, &model_args.config()?, check_share(train_share)?, |m| tracing::info!("{m}"))?;
             for (report, stem) in reports.iter().zip(["unsw-no-ttl", "unsw-all"]) {
                 eval::write_report(&out, stem, report)?;
                 print!("{}", report.summary());
@@ -360,5 +368,9 @@ fn eval_command(args: EvalArgs) -> anyhow::Result<()> {
 }
 
 fn check_share(share: f64) -> anyhow::Result<f64> {
-    if share > 0.0 && share < 1.0 { Ok(share) } else { anyhow::bail!("--train-share must be between 0 and 1, got {share}") }
+    if share > 0.0 && share < 1.0 {
+        Ok(share)
+    } else {
+        anyhow::bail!("--train-share must be between 0 and 1, got {share}")
+    }
 }

@@ -2,7 +2,7 @@
 //! `IsolationForest.score_samples` (same size, 100 trees of ψ = 256, same data, same run), the
 //! autoencoder through tract, and the whole detector (transform, scale, both models, combine)
 //! with the built-in model. The process and the Python reference are pinned to CPU 0.
-#![expect(clippy::cast_precision_loss, reason = "rates")]
+#![expect(clippy::cast_precision_loss, clippy::format_push_string, reason = "rates; the report is built by appending")]
 
 use std::time::{Duration, Instant};
 
@@ -81,8 +81,12 @@ fn main() {
     let mut parts = py_out.split_whitespace();
     let sklearn: f64 = parts.next().expect("rate").parse().expect("number");
     let sklearn_version = parts.next().unwrap_or("?").to_owned();
-    out += &format!("| Vigil isolation forest (100 trees, ψ 256, branch-free plan, 128-row blocks × 8 lanes) | {n} | {ours:.0} |\n");
-    out += &format!("| scikit-learn {sklearn_version} `IsolationForest.score_samples` (same size) | {n} | {sklearn:.0} |\n");
+    out += &format!(
+        "| Vigil isolation forest (100 trees, ψ 256, branch-free plan, 128-row blocks × 8 lanes) | {n} | {ours:.0} |\n"
+    );
+    out += &format!(
+        "| scikit-learn {sklearn_version} `IsolationForest.score_samples` (same size) | {n} | {sklearn:.0} |\n"
+    );
 
     // Autoencoder through tract at the default size, for this width and the flow schema's.
     let params = AutoencoderParams { max_epochs: 3, ..AutoencoderParams::default() };
@@ -91,13 +95,13 @@ fn main() {
     for w in [width, flow_width] {
         let sample = train.slice(s![..4000, ..w]).to_owned();
         let (ae, _) = Autoencoder::train(sample.view(), &params);
-        let scorer = OnnxScorer::load(&export(&ae, "bench"), w).expect("loads");
+        let tract = OnnxScorer::load(&export(&ae, "bench"), w).expect("loads");
         let data: Array2<f32> = test.slice(s![.., ..w]).to_owned();
         for batch in [1usize, 64, 1024] {
             let rows = if batch == 1 { 20_000 } else { n };
             let d = time(3, || {
                 for chunk in data.slice(s![..rows, ..]).axis_chunks_iter(Axis(0), batch) {
-                    std::hint::black_box(scorer.reconstruct(chunk).expect("runs"));
+                    std::hint::black_box(tract.reconstruct(chunk).expect("runs"));
                 }
             });
             let r = rate(rows, d);
@@ -117,7 +121,9 @@ fn main() {
         }
     });
     let whole = rate(n, d);
-    out += &format!("| whole detector, built-in model (transform, scale, forest, autoencoder, combine) | 1024 | {whole:.0} |\n");
+    out += &format!(
+        "| whole detector, built-in model (transform, scale, forest, autoencoder, combine) | 1024 | {whole:.0} |\n"
+    );
     out += &format!(
         "\nTargets: forest ≥ 5x scikit-learn: **{:.1}x** ({}); autoencoder ≥ 300k flows/s at the flow schema's width: **{:.0}** ({}).\n",
         ours / sklearn,

@@ -1,6 +1,11 @@
 //! The shared data beside the repository (`../shared/data`), prepared for model tests and
 //! benchmarks, and the Python reference script (`tests/python/crosscheck.py`).
 
+#![expect(
+    clippy::needless_pass_by_value,
+    reason = "ndarray views are cheap handles, passed by value as ndarray's own API does"
+)]
+
 use std::{
     path::{Path, PathBuf},
     process::Command,
@@ -8,7 +13,10 @@ use std::{
 
 use ndarray::{Array2, ArrayView2};
 use vigil::{
-    eval::{split, unsw::{UnswData, UnswSchema}},
+    eval::{
+        split,
+        unsw::{UnswData, UnswSchema},
+    },
     model::detector::Scaler,
 };
 

@@ -31,6 +31,9 @@ fn default_bundle_is_reproduced_by_its_recorded_command() {
     for name in [MANIFEST, IFOREST, AUTOENCODER] {
         let a = std::fs::read(shipped.join(name)).expect("shipped file");
         let b = std::fs::read(out.path().join(name)).expect("retrained file");
-        assert!(a == b, "models/default/{name} differs from a retrain with the recorded command (see models/README.md)");
+        assert!(
+            a == b,
+            "models/default/{name} differs from a retrain with the recorded command (see models/README.md)"
+        );
     }
 }

@@ -5,6 +5,8 @@
 //! Needs python3 with scikit-learn, onnxruntime and onnx (`cargo xtask setup` installs them);
 //! without them these tests fail with that message rather than skip.
 
+#![expect(clippy::cast_precision_loss, reason = "synthetic test values")]
+
 use ndarray::{Array2, Axis};
 use vigil::{
     eval::metrics::curves,
@@ -39,7 +41,6 @@ fn isolation_forest_roc_auc_matches_scikit_learn_within_0_02() {
     assert!((ours - sklearn).abs() <= 0.02, "vigil {ours:.4} vs scikit-learn {sklearn:.4}");
 }
 
-
 #[test]
 fn exported_autoencoder_is_standard_onnx_and_onnxruntime_agrees_with_tract() {
     let (train, test, _) = unsw_prepared();
@@ -55,7 +56,8 @@ fn exported_autoencoder_is_standard_onnx_and_onnxruntime_agrees_with_tract() {
     let (model, inp, out) = (dir.path().join("ae.onnx"), dir.path().join("in.f32"), dir.path().join("out.f32"));
     std::fs::write(&model, &bytes).expect("model");
     write_f32(&inp, input.view());
-    python(&["onnx", arg(&model), arg(&inp), &input.nrows().to_string(), &input.ncols().to_string(), arg(&out)]);
+    let _ =
+        python(&["onnx", arg(&model), arg(&inp), &input.nrows().to_string(), &input.ncols().to_string(), arg(&out)]);
     let reference = read_f32(&out, input.nrows(), input.ncols());
     let worst = (&ours - &reference).mapv(f32::abs).fold(0f32, |a, &b| a.max(b));
     eprintln!("{} rows × {} features: largest |tract − onnxruntime| = {worst:e}", input.nrows(), input.ncols());
@@ -70,7 +72,7 @@ fn pytorch_style_autoencoder_loads_and_agrees_with_onnxruntime() {
     let width = Schema::flow().len();
     let dir = TempDir::new("crosscheck-foreign");
     let model = dir.path().join("torch.onnx");
-    python(&["foreign", arg(&model), &width.to_string()]);
+    let _ = python(&["foreign", arg(&model), &width.to_string()]);
     let bytes = std::fs::read(&model).expect("model");
     assert!(OnnxScorer::load(&bytes, width + 1).is_err(), "a width mismatch is refused");
     let tract = OnnxScorer::load(&bytes, width).expect("tract loads a PyTorch-style graph");
@@ -78,14 +80,15 @@ fn pytorch_style_autoencoder_loads_and_agrees_with_onnxruntime() {
     let ours = tract.reconstruct(input.view()).expect("runs");
     let (inp, out) = (dir.path().join("in.f32"), dir.path().join("out.f32"));
     write_f32(&inp, input.view());
-    python(&["onnx", arg(&model), arg(&inp), "257", &width.to_string(), arg(&out)]);
+    let _ = python(&["onnx", arg(&model), arg(&inp), "257", &width.to_string(), arg(&out)]);
     let worst = (&ours - &read_f32(&out, 257, width)).mapv(f32::abs).fold(0f32, |a, &b| a.max(b));
     assert!(worst < 1e-4, "tract and onnxruntime differ by {worst}");
 
     // It can stand in for the trained autoencoder in a bundle.
     let rows = Array2::from_shape_fn((300, width), |(i, j)| ((i * 7 + j * 3) % 11) as f32);
     let config = vigil::model::TrainConfig { external_autoencoder: Some(bytes), ..Default::default() };
-    let trained = vigil::model::train(&Schema::flow(), rows.view(), &config, serde_json::json!({}), |_| {}).expect("trains");
+    let trained =
+        vigil::model::train(&Schema::flow(), rows.view(), &config, serde_json::json!({}), |_| {}).expect("trains");
     assert!(trained.autoencoder.is_none());
     let detector = trained.bundle.detector(&Schema::flow()).expect("bundle with a foreign autoencoder loads");
     assert!(detector.score(rows.view()).expect("scores").iter().all(|s| s.combined.is_finite()));

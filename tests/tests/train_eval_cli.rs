@@ -23,22 +23,35 @@ fn s(p: &std::path::Path) -> &str {
 fn eval_on_labelled_captures_writes_json_and_picture() {
     let dir = TempDir::new("eval");
     let labels = shared("pcaps/labels.json");
-    let (status, stdout, stderr) = vigil(&["eval", "captures", "--labels", s(&labels), "--out", s(dir.path()), "--no-progress"]);
+    let (status, stdout, stderr) =
+        vigil(&["eval", "captures", "--labels", s(&labels), "--out", s(dir.path()), "--no-progress"]);
     assert!(status.success(), "{stderr}");
     let report: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.path().join("captures.json")).expect("json report")).expect("valid JSON");
+        serde_json::from_slice(&std::fs::read(dir.path().join("captures.json")).expect("json report"))
+            .expect("valid JSON");
     // Every attack kind in labels.json is reported, with the flow counts of its captures.
-    let kinds: Vec<&str> = report["per_kind"].as_array().expect("per kind").iter().map(|k| k["kind"].as_str().expect("kind")).collect();
+    let kinds: Vec<&str> =
+        report["per_kind"].as_array().expect("per kind").iter().map(|k| k["kind"].as_str().expect("kind")).collect();
     assert_eq!(kinds, ["brute-force", "port-scan", "syn-flood", "udp-flood"]);
-    let flows = |kind: &str| report["per_kind"].as_array().expect("list").iter().find(|k| k["kind"] == kind).expect("kind")["flows"].as_u64().expect("n");
+    let flows = |kind: &str| {
+        report["per_kind"].as_array().expect("list").iter().find(|k| k["kind"] == kind).expect("kind")["flows"]
+            .as_u64()
+            .expect("n")
+    };
     assert_eq!(flows("udp-flood"), 10_000, "one flow per source port of the flood");
     let auc = report["areas"]["combined"]["roc_auc"].as_f64().expect("roc_auc");
     assert!(auc > 0.95, "combined ROC-AUC on the shared captures: {auc}\n{stdout}");
     let c = &report["at_threshold"]["confusion"];
-    let total: u64 = ["true_positives", "false_positives", "true_negatives", "false_negatives"].iter().map(|k| c[k].as_u64().expect("count")).sum();
+    let total: u64 = ["true_positives", "false_positives", "true_negatives", "false_negatives"]
+        .iter()
+        .map(|k| c[k].as_u64().expect("count"))
+        .sum();
     assert_eq!(total, report["test_benign"].as_u64().expect("n") + report["test_attack"].as_u64().expect("n"));
     let svg = std::fs::read_to_string(dir.path().join("captures.svg")).expect("picture");
-    assert!(svg.starts_with("<svg") && svg.contains("ROC") && svg.contains("alert threshold"), "an SVG with the three panels");
+    assert!(
+        svg.starts_with("<svg") && svg.contains("ROC") && svg.contains("alert threshold"),
+        "an SVG with the three panels"
+    );
     assert!(stdout.contains("ROC-AUC"), "a summary on stdout: {stdout}");
 }
 
@@ -46,11 +59,21 @@ fn eval_on_labelled_captures_writes_json_and_picture() {
 fn eval_with_the_builtin_model_scores_every_flow() {
     let dir = TempDir::new("eval");
     let labels = shared("pcaps/labels.json");
-    let (status, _, stderr) =
-        vigil(&["eval", "captures", "--labels", s(&labels), "--model", "default", "--out", s(dir.path()), "--no-progress"]);
+    let (status, _, stderr) = vigil(&[
+        "eval",
+        "captures",
+        "--labels",
+        s(&labels),
+        "--model",
+        "default",
+        "--out",
+        s(dir.path()),
+        "--no-progress",
+    ]);
     assert!(status.success(), "{stderr}");
     let report: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.path().join("captures.json")).expect("json report")).expect("valid JSON");
+        serde_json::from_slice(&std::fs::read(dir.path().join("captures.json")).expect("json report"))
+            .expect("valid JSON");
     assert_eq!(report["train_rows"], 0);
     assert!(report["protocol"].as_str().expect("protocol").contains("given model"));
     // All 539 benign-capture flows plus the attack captures' background are benign test rows.
@@ -66,14 +89,25 @@ fn train_writes_a_bundle_that_eval_can_use() {
     let (status, _, stderr) = vigil(&["replay", s(&benign), s(&benign2), "--flows-out", s(&flows), "--no-progress"]);
     assert!(status.success(), "{stderr}");
     let bundle = dir.path().join("bundle");
-    let (status, _, stderr) = vigil(&["train", "--flows", s(&flows), "--out", s(&bundle), "--max-epochs", "20", "--trees", "20"]);
+    let (status, _, stderr) =
+        vigil(&["train", "--flows", s(&flows), "--out", s(&bundle), "--max-epochs", "20", "--trees", "20"]);
     assert!(status.success(), "{stderr}");
-    let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(bundle.join("manifest.json")).expect("manifest")).expect("json");
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(bundle.join("manifest.json")).expect("manifest")).expect("json");
     assert_eq!(manifest["training"]["data"]["flows"], 262, "120 + 142 flows from the two captures");
     assert_eq!(manifest["training"]["config"]["forest"]["trees"], 20);
     let labels = shared("pcaps/labels.json");
-    let (status, _, stderr) =
-        vigil(&["eval", "captures", "--labels", s(&labels), "--model", s(&bundle), "--out", s(dir.path()), "--no-progress"]);
+    let (status, _, stderr) = vigil(&[
+        "eval",
+        "captures",
+        "--labels",
+        s(&labels),
+        "--model",
+        s(&bundle),
+        "--out",
+        s(dir.path()),
+        "--no-progress",
+    ]);
     assert!(status.success(), "{stderr}");
 }
 
@@ -84,7 +118,10 @@ fn bad_input_is_named_and_fails() {
         (&["train", "--pcap", "/nonexistent.pcap", "--out", "/tmp/x"], "/nonexistent.pcap"),
         (&["train", "--pcap", "x.pcap", "--out", "/tmp/x", "--target-fpr", "2"], "--target-fpr"),
         (&["eval", "captures", "--labels", "/nonexistent/labels.json"], "/nonexistent/labels.json"),
-        (&["eval", "captures", "--labels", "/dev/null", "--model", "/nonexistent-bundle"], "/nonexistent-bundle/manifest.json"),
+        (
+            &["eval", "captures", "--labels", "/dev/null", "--model", "/nonexistent-bundle"],
+            "/nonexistent-bundle/manifest.json",
+        ),
     ];
     for (args, needle) in cases {
         let (status, _, stderr) = vigil(args);
@@ -95,7 +132,8 @@ fn bad_input_is_named_and_fails() {
     let bundle = dir.path().join("bundle");
     std::fs::create_dir_all(&bundle).expect("dir");
     for f in ["manifest.json", "iforest.json", "autoencoder.onnx"] {
-        std::fs::copy(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/default").join(f), bundle.join(f)).expect("copy");
+        std::fs::copy(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/default").join(f), bundle.join(f))
+            .expect("copy");
     }
     std::fs::write(bundle.join("iforest.json"), b"{}").expect("tamper");
     let labels = shared("pcaps/labels.json");

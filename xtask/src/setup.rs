@@ -120,7 +120,15 @@ fn ensure_python_references() -> Result<()> {
     }
     eprintln!("xtask: setup: installing the Python references for the model cross-checks");
     run(Command::new("python3")
-        .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--root-user-action=ignore", "--break-system-packages"])
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--root-user-action=ignore",
+            "--break-system-packages",
+        ])
         .args(PYTHON_PACKAGES))
     .context("installing scikit-learn, onnxruntime and onnx (used by tests/python/crosscheck.py only)")?;
     if !succeeds(Command::new("python3").args(["-c", check])) {

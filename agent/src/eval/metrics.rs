@@ -68,7 +68,7 @@ pub struct Curves {
 
 /// Computes both curves and their areas. `None` if either class is empty.
 #[must_use]
-#[expect(clippy::cast_precision_loss, reason = "ratios of counts")]
+#[expect(clippy::cast_precision_loss, clippy::similar_names, reason = "ratios of counts; tp/fp are the usual names")]
 pub fn curves(scores: &[f32], labels: &[bool]) -> Option<Curves> {
     let positives = labels.iter().filter(|&&l| l).count() as f64;
     let negatives = labels.len() as f64 - positives;
@@ -85,7 +85,11 @@ pub fn curves(scores: &[f32], labels: &[bool]) -> Option<Curves> {
         // All samples tied at this score move together.
         let s = scores[order[i]];
         while i < order.len() && scores[order[i]].total_cmp(&s).is_eq() {
-            if labels[order[i]] { tp += 1.0 } else { fp += 1.0 }
+            if labels[order[i]] {
+                tp += 1.0
+            } else {
+                fp += 1.0
+            }
             i += 1;
         }
         let (fpr, tpr) = (fp / negatives, tp / positives);

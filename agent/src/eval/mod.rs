@@ -6,6 +6,11 @@
 //! and recall per attack kind, as JSON and as an SVG picture (ROC and PR curves, score
 //! histograms).
 
+#![expect(
+    clippy::needless_pass_by_value,
+    reason = "ndarray views are cheap handles, passed by value as ndarray's own API does"
+)]
+
 pub mod labels;
 pub mod metrics;
 pub mod plot;
@@ -107,7 +112,16 @@ pub fn split(indices: &[usize], share: f64, seed: u64) -> (Vec<usize>, Vec<usize
 ///
 /// # Errors
 /// [`EvalError`] if scoring fails or a class is missing.
-pub fn report(name: &str, protocol: &str, detector: &Detector, train_rows: usize, test: &TestSet<'_>) -> Result<EvalReport, EvalError> {
+///
+/// # Panics
+/// Never: both classes are checked before the curves are computed.
+pub fn report(
+    name: &str,
+    protocol: &str,
+    detector: &Detector,
+    train_rows: usize,
+    test: &TestSet<'_>,
+) -> Result<EvalReport, EvalError> {
     let attack = test.attack.iter().filter(|&&a| a).count();
     let benign = test.attack.len() - attack;
     if attack == 0 || benign == 0 {
@@ -140,7 +154,12 @@ pub fn report(name: &str, protocol: &str, detector: &Detector, train_rows: usize
     #[expect(clippy::cast_precision_loss, reason = "ratios of counts")]
     let per_kind = kinds
         .into_iter()
-        .map(|(kind, (flows, detected))| KindRecall { kind: kind.to_owned(), flows, detected, recall: detected as f64 / flows as f64 })
+        .map(|(kind, (flows, detected))| KindRecall {
+            kind: kind.to_owned(),
+            flows,
+            detected,
+            recall: detected as f64 / flows as f64,
+        })
         .collect();
     let c = &all_curves["combined"];
     Ok(EvalReport {
@@ -215,8 +234,15 @@ impl EvalReport {
         let _ = writeln!(
             s,
             "  at threshold {:.3}: precision {:.4} recall {:.4} F1 {:.4} FPR {:.5} (TP {} FP {} TN {} FN {})",
-            t.threshold, t.precision, t.recall, t.f1, t.false_positive_rate,
-            t.confusion.true_positives, t.confusion.false_positives, t.confusion.true_negatives, t.confusion.false_negatives
+            t.threshold,
+            t.precision,
+            t.recall,
+            t.f1,
+            t.false_positive_rate,
+            t.confusion.true_positives,
+            t.confusion.false_positives,
+            t.confusion.true_negatives,
+            t.confusion.false_negatives
         );
         for k in &self.per_kind {
             let _ = writeln!(s, "  {:<16} {:>6}/{:<6} recall {:.3}", k.kind, k.detected, k.flows, k.recall);
@@ -233,7 +259,11 @@ pub mod captures {
 
     use ndarray::Axis;
 
-    use super::{EvalError, EvalReport, TestSet, labels::{BENIGN, Labels}, report, split, train_and_report};
+    use super::{
+        EvalError, EvalReport, TestSet,
+        labels::{BENIGN, Labels},
+        report, split, train_and_report,
+    };
     use crate::{
         features::{Schema, dataset::FlowDataset},
         flows::HarvestConfig,
@@ -288,7 +318,7 @@ pub mod captures {
             }
         }
         let name = format!("captures: {}", labels.root.display());
-        let (test_idx, (report, _)) = if let Some(detector) = &config.model {
+        let (test_idx, (report, ())) = if let Some(detector) = &config.model {
             let all: Vec<usize> = (0..data.len()).collect();
             let protocol = "given model; every flow of every labelled capture is scored (benign flows may overlap its training data)";
             let test = TestSet { rows: data.rows.view(), attack: &attack, kind: &kind };
@@ -309,7 +339,15 @@ pub mod captures {
                 config.train.seed
             );
             let test = TestSet { rows: test_rows.view(), attack: &test_attack, kind: &test_kind };
-            let (r, _) = train_and_report(&name, &protocol, &Schema::flow(), train_rows.view(), &test, &config.train, &mut progress)?;
+            let (r, _) = train_and_report(
+                &name,
+                &protocol,
+                &Schema::flow(),
+                train_rows.view(),
+                &test,
+                &config.train,
+                &mut progress,
+            )?;
             (test_idx, (r, ()))
         };
         let _ = test_idx;
@@ -324,7 +362,10 @@ pub mod dataset {
 
     use ndarray::Array2;
 
-    use super::{EvalError, EvalReport, TestSet, split, train_and_report, unsw::{UnswData, UnswError, UnswSchema}};
+    use super::{
+        EvalError, EvalReport, TestSet, split, train_and_report,
+        unsw::{UnswData, UnswError, UnswSchema},
+    };
     use crate::model::TrainConfig;
 
     /// Why the dataset evaluation failed.
@@ -340,7 +381,12 @@ pub mod dataset {
     ///
     /// # Errors
     /// [`DatasetEvalError`].
-    pub fn run(path: &Path, config: &TrainConfig, train_share: f64, mut progress: impl FnMut(&str)) -> Result<Vec<EvalReport>, DatasetEvalError> {
+    pub fn run(
+        path: &Path,
+        config: &TrainConfig,
+        train_share: f64,
+        mut progress: impl FnMut(&str),
+    ) -> Result<Vec<EvalReport>, DatasetEvalError> {
         let data = UnswData::read(path)?;
         progress(&format!("{}: {} rows", path.display(), data.len()));
         let normal: Vec<usize> = (0..data.len()).filter(|&i| !data.attack[i]).collect();
@@ -354,7 +400,8 @@ pub mod dataset {
             let schema = UnswSchema::fit(&data, &train_idx, with_leaks);
             let train: Array2<f32> = schema.rows(&data, &train_idx);
             let test_rows = schema.rows(&data, &test_idx);
-            let name = format!("UNSW-NB15 {}", if with_leaks { "all columns" } else { "without sttl, dttl, ct_state_ttl" });
+            let name =
+                format!("UNSW-NB15 {}", if with_leaks { "all columns" } else { "without sttl, dttl, ct_state_ttl" });
             let protocol = format!(
                 "dataset mode: train on {:.0}% of the normal rows (seed {}), test on the other normal rows and every attack row",
                 train_share * 100.0,
@@ -362,7 +409,8 @@ pub mod dataset {
             );
             progress(&format!("{name}: {} features", schema.schema.len()));
             let test = TestSet { rows: test_rows.view(), attack: &attack, kind: &kind };
-            let (report, _) = train_and_report(&name, &protocol, &schema.schema, train.view(), &test, config, &mut progress)?;
+            let (report, _) =
+                train_and_report(&name, &protocol, &schema.schema, train.view(), &test, config, &mut progress)?;
             reports.push(report);
         }
         Ok(reports)

@@ -44,7 +44,12 @@ pub fn write_svg(path: &Path, report: &EvalReport) -> std::io::Result<()> {
                 .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], color.stroke_width(2)));
         }
     }
-    roc.configure_series_labels().position(SeriesLabelPosition::LowerRight).background_style(WHITE.mix(0.9)).border_style(BLACK).draw().map_err(err)?;
+    roc.configure_series_labels()
+        .position(SeriesLabelPosition::LowerRight)
+        .background_style(WHITE.mix(0.9))
+        .border_style(BLACK)
+        .draw()
+        .map_err(err)?;
 
     let mut pr = ChartBuilder::on(&panels[1])
         .caption("precision-recall (combined)", ("sans-serif", 16))
@@ -61,14 +66,27 @@ pub fn write_svg(path: &Path, report: &EvalReport) -> std::io::Result<()> {
             .label(format!("AP {ap:.3}"))
             .legend(|(x, y)| PathElement::new([(x, y), (x + 18, y)], MODELS[0].1.stroke_width(2)));
     }
-    pr.configure_series_labels().position(SeriesLabelPosition::LowerLeft).background_style(WHITE.mix(0.9)).border_style(BLACK).draw().map_err(err)?;
+    pr.configure_series_labels()
+        .position(SeriesLabelPosition::LowerLeft)
+        .background_style(WHITE.mix(0.9))
+        .border_style(BLACK)
+        .draw()
+        .map_err(err)?;
 
     draw_histogram(&panels[2], report)?;
     root.present().map_err(err)
 }
 
-#[expect(clippy::cast_precision_loss, clippy::cast_possible_truncation, clippy::cast_sign_loss, reason = "bin arithmetic")]
-fn draw_histogram<DB: DrawingBackend>(area: &DrawingArea<DB, plotters::coord::Shift>, report: &EvalReport) -> std::io::Result<()>
+#[expect(
+    clippy::cast_precision_loss,
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    reason = "bin arithmetic"
+)]
+fn draw_histogram<DB: DrawingBackend>(
+    area: &DrawingArea<DB, plotters::coord::Shift>,
+    report: &EvalReport,
+) -> std::io::Result<()>
 where
     DB::ErrorType: 'static,
 {
@@ -118,6 +136,12 @@ where
         .map_err(err)?
         .label(format!("alert threshold {threshold:.2}"))
         .legend(|(x, y)| PathElement::new([(x, y), (x + 18, y)], BLACK.stroke_width(2)));
-    chart.configure_series_labels().position(SeriesLabelPosition::UpperRight).background_style(WHITE.mix(0.9)).border_style(BLACK).draw().map_err(err)?;
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .background_style(WHITE.mix(0.9))
+        .border_style(BLACK)
+        .draw()
+        .map_err(err)?;
     Ok(())
 }

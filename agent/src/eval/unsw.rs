@@ -55,14 +55,17 @@ impl UnswData {
         let read_err = |message: String| UnswError::Read { path: path.to_owned(), message };
         let mut text = Vec::new();
         let mut file = std::fs::File::open(path).map_err(|e| read_err(e.to_string()))?;
-        if path.extension().is_some_and(|e| e == "zip") {
+        if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("zip")) {
             let mut zip = zip::ZipArchive::new(file).map_err(|e| read_err(e.to_string()))?;
             let name = zip
                 .file_names()
-                .find(|n| n.ends_with(".csv"))
+                .find(|n| std::path::Path::new(n).extension().is_some_and(|e| e.eq_ignore_ascii_case("csv")))
                 .map(str::to_owned)
                 .ok_or_else(|| read_err("the archive has no .csv file".into()))?;
-            zip.by_name(&name).map_err(|e| read_err(e.to_string()))?.read_to_end(&mut text).map_err(|e| read_err(e.to_string()))?;
+            zip.by_name(&name)
+                .map_err(|e| read_err(e.to_string()))?
+                .read_to_end(&mut text)
+                .map_err(|e| read_err(e.to_string()))?;
         } else {
             file.read_to_end(&mut text).map_err(|e| read_err(e.to_string()))?;
         }
@@ -99,7 +102,12 @@ impl UnswData {
             let row = row.map_err(|e| UnswError::Read { path: path.to_owned(), message: e.to_string() })?;
             let number = |i: usize| {
                 let v = row.get(i).unwrap_or("").trim();
-                v.parse::<f32>().map_err(|_| UnswError::Number { path: path.to_owned(), line, column: headers[i].clone(), value: v.to_owned() })
+                v.parse::<f32>().map_err(|_| UnswError::Number {
+                    path: path.to_owned(),
+                    line,
+                    column: headers[i].clone(),
+                    value: v.to_owned(),
+                })
             };
             data.numeric.push(numeric_at.iter().map(|&i| number(i)).collect::<Result<_, _>>()?);
             data.categorical.push(cat_at.map(|i| row.get(i).unwrap_or("").trim().to_owned()));
@@ -137,8 +145,9 @@ impl UnswSchema {
     /// asked) and which category values get a column.
     #[must_use]
     pub fn fit(data: &UnswData, train: &[usize], with_leaks: bool) -> Self {
-        let numeric: Vec<usize> =
-            (0..data.numeric_names.len()).filter(|&i| with_leaks || !LEAK_COLUMNS.contains(&data.numeric_names[i].as_str())).collect();
+        let numeric: Vec<usize> = (0..data.numeric_names.len())
+            .filter(|&i| with_leaks || !LEAK_COLUMNS.contains(&data.numeric_names[i].as_str()))
+            .collect();
         let mut features: Vec<FeatureSpec> = numeric
             .iter()
             .map(|&i| FeatureSpec {

@@ -284,7 +284,7 @@ mod tests {
 
     #[test]
     fn event_cap_bounds_memory() {
-        let mut w = ContextWindow::with_capacity(Duration::from_secs(3600), 100);
+        let mut w = ContextWindow::with_capacity(Duration::from_hours(1), 100);
         for i in 0..1000u16 {
             w.observe(&record((i % 250) as u8, 2, i, u64::from(i)));
         }

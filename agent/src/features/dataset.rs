@@ -109,7 +109,11 @@ pub fn read_records(path: &Path) -> Result<Vec<FlowRecord>, DatasetError> {
         if line.trim().is_empty() {
             continue;
         }
-        let record = serde_json::from_str(&line).map_err(|source| DatasetError::Record { path: path.to_owned(), line: n + 1, source })?;
+        let record = serde_json::from_str(&line).map_err(|source| DatasetError::Record {
+            path: path.to_owned(),
+            line: n + 1,
+            source,
+        })?;
         out.push(record);
     }
     Ok(out)

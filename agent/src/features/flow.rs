@@ -234,7 +234,8 @@ pub(crate) mod tests {
         let records = [record(1, 2, 23, 20), record(1, 2, 21, 0), record(1, 2, 22, 10)];
         let mut features = FlowFeatures::new(ContextWindow::new(std::time::Duration::from_secs(10)));
         let rows = features.batch(&records);
-        let ports: Vec<f32> = rows.rows().into_iter().map(|r| value(r.as_slice().expect("contiguous"), "src_dst_ports")).collect();
+        let ports: Vec<f32> =
+            rows.rows().into_iter().map(|r| value(r.as_slice().expect("contiguous"), "src_dst_ports")).collect();
         assert_eq!(ports, [3.0, 1.0, 2.0]);
     }
 }

@@ -113,7 +113,10 @@ impl Schema {
         }
         self.features.iter().zip(&other.features).enumerate().find_map(|(i, (a, b))| {
             (a.name != b.name || a.transform != b.transform).then(|| {
-                format!("feature {i} is `{}` ({:?}) where `{}` ({:?}) is expected", b.name, b.transform, a.name, a.transform)
+                format!(
+                    "feature {i} is `{}` ({:?}) where `{}` ({:?}) is expected",
+                    b.name, b.transform, a.name, a.transform
+                )
             })
         })
     }

@@ -1,4 +1,4 @@
-//! A small MLP autoencoder trained in Rust: dense layers with ReLU between them and a linear
+//! A small MLP autoencoder trained in Rust: dense layers with `ReLU` between them and a linear
 //! output, mean squared reconstruction error, Adam, mini-batches, early stopping on a
 //! validation split. The trained weights are exported as a standard ONNX graph
 //! ([`super::onnx`]) and scored with tract; the training code never scores live traffic.
@@ -44,7 +44,7 @@ pub struct Dense {
     pub bias: Array1<f32>,
 }
 
-/// A trained autoencoder's weights (ReLU after every layer but the last).
+/// A trained autoencoder's weights (`ReLU` after every layer but the last).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Autoencoder {
     pub layers: Vec<Dense>,
@@ -111,12 +111,15 @@ impl Autoencoder {
     }
 
     /// Reconstructions of `rows` (the reference forward pass; scoring uses tract).
+    ///
+    /// # Panics
+    /// If the autoencoder has no layers.
     #[must_use]
     pub fn forward(&self, rows: ArrayView2<'_, f32>) -> Array2<f32> {
         self.forward_all(rows).pop().expect("at least one layer")
     }
 
-    /// Activations of every layer (outputs after ReLU; the last is linear).
+    /// Activations of every layer (outputs after `ReLU`; the last is linear).
     fn forward_all(&self, rows: ArrayView2<'_, f32>) -> Vec<Array2<f32>> {
         let mut acts: Vec<Array2<f32>> = Vec::with_capacity(self.layers.len());
         for (i, layer) in self.layers.iter().enumerate() {
@@ -155,7 +158,12 @@ impl Autoencoder {
     /// # Panics
     /// If fewer than two rows are given.
     #[must_use]
-    #[expect(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_precision_loss, reason = "row counts")]
+    #[expect(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        clippy::cast_precision_loss,
+        reason = "row counts"
+    )]
     pub fn train_with_progress(
         rows: ArrayView2<'_, f32>,
         params: &AutoencoderParams,
@@ -170,11 +178,8 @@ impl Autoencoder {
         let mut train = rows.select(Axis(0), &order[n_val..]);
 
         let mut model = Self::init(rows.ncols(), &params.hidden, &mut rng);
-        let mut moments: Vec<(Moments<ndarray::Ix2>, Moments<ndarray::Ix1>)> = model
-            .layers
-            .iter()
-            .map(|l| (Moments::new(l.weight.raw_dim()), Moments::new(l.bias.raw_dim())))
-            .collect();
+        let mut moments: Vec<(Moments<ndarray::Ix2>, Moments<ndarray::Ix1>)> =
+            model.layers.iter().map(|l| (Moments::new(l.weight.raw_dim()), Moments::new(l.bias.raw_dim()))).collect();
         let mut best = (f32::INFINITY, model.clone(), 0usize, 0f32);
         let mut t = 0i32;
         let mut epochs = 0;
@@ -262,7 +267,10 @@ fn shuffle_rows(rows: &mut Array2<f32>, rng: &mut StdRng) {
 #[expect(clippy::cast_precision_loss, reason = "feature counts are small")]
 pub fn row_errors(rows: ArrayView2<'_, f32>, recon: ArrayView2<'_, f32>) -> Vec<f32> {
     let width = rows.ncols().max(1) as f32;
-    rows.outer_iter().zip(recon.outer_iter()).map(|(x, y)| x.iter().zip(y).map(|(a, b)| (a - b) * (a - b)).sum::<f32>() / width).collect()
+    rows.outer_iter()
+        .zip(recon.outer_iter())
+        .map(|(x, y)| x.iter().zip(y).map(|(a, b)| (a - b) * (a - b)).sum::<f32>() / width)
+        .collect()
 }
 
 #[cfg(test)]
@@ -273,10 +281,8 @@ mod tests {
     /// reconstruct them, and a point off the plane reconstructs badly.
     fn plane(n: usize) -> Array2<f32> {
         let mut rng = StdRng::seed_from_u64(5);
-        Array2::from_shape_fn((n, 2), |_| rng.random_range(-1.0f32..1.0)).dot(&ndarray::arr2(&[
-            [1.0, 0.5, -0.3, 0.0, 0.8, 0.2],
-            [0.0, 0.7, 0.4, -0.6, 0.1, 0.9],
-        ]))
+        Array2::from_shape_fn((n, 2), |_| rng.random_range(-1.0f32..1.0))
+            .dot(&ndarray::arr2(&[[1.0, 0.5, -0.3, 0.0, 0.8, 0.2], [0.0, 0.7, 0.4, -0.6, 0.1, 0.9]]))
     }
 
     #[test]

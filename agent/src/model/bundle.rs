@@ -108,10 +108,14 @@ mod embedded {
 
 impl Bundle {
     /// Builds a bundle from trained parts, filling in the file checksums.
+    ///
+    /// # Panics
+    /// Never: a forest always serialises.
     #[must_use]
     pub fn new(mut manifest: Manifest, forest: &IsolationForest, autoencoder: Vec<u8>) -> Self {
         let iforest = serde_json::to_vec(forest).expect("a forest serialises");
-        manifest.files = BTreeMap::from([(IFOREST.to_owned(), entry(&iforest)), (AUTOENCODER.to_owned(), entry(&autoencoder))]);
+        manifest.files =
+            BTreeMap::from([(IFOREST.to_owned(), entry(&iforest)), (AUTOENCODER.to_owned(), entry(&autoencoder))]);
         Self { manifest, iforest, autoencoder }
     }
 
@@ -168,6 +172,9 @@ impl Bundle {
     ///
     /// # Errors
     /// [`BundleError::Io`] naming the file.
+    ///
+    /// # Panics
+    /// Never: a manifest always serialises.
     pub fn write_dir(&self, dir: &Path) -> Result<(), BundleError> {
         fs::create_dir_all(dir).map_err(|source| BundleError::Io { path: dir.into(), source })?;
         let mut manifest = serde_json::to_vec_pretty(&self.manifest).expect("a manifest serialises");
@@ -187,12 +194,11 @@ impl Bundle {
         if let Some(why) = expected.mismatch(&self.manifest.schema) {
             return Err(BundleError::Schema(why));
         }
-        let forest: IsolationForest =
-            serde_json::from_slice(&self.iforest).map_err(|source| BundleError::Json { file: IFOREST.into(), source })?;
+        let forest: IsolationForest = serde_json::from_slice(&self.iforest)
+            .map_err(|source| BundleError::Json { file: IFOREST.into(), source })?;
         forest.validate()?;
         let width = expected.len();
-        let autoencoder =
-            OnnxScorer::load(&self.autoencoder, width)?;
+        let autoencoder = OnnxScorer::load(&self.autoencoder, width)?;
         let m = &self.manifest;
         let detector = Detector {
             schema: m.schema.clone(),
@@ -270,8 +276,12 @@ mod tests {
 
         let mut m = bundle.manifest.clone();
         m.format_version = 99;
-        let e = Bundle::from_bytes(&serde_json::to_vec(&m).expect("json"), bundle.iforest.clone(), bundle.autoencoder.clone())
-            .expect_err("version");
+        let e = Bundle::from_bytes(
+            &serde_json::to_vec(&m).expect("json"),
+            bundle.iforest.clone(),
+            bundle.autoencoder.clone(),
+        )
+        .expect_err("version");
         assert!(matches!(e, BundleError::Version { found: 99 }));
 
         let e = Bundle::from_bytes(b"{", bundle.iforest.clone(), bundle.autoencoder).expect_err("json");

@@ -8,7 +8,7 @@
 //! 3. Each of the two is put on a common scale with the held-out benign calibration flows:
 //!    z = (v − median) / σ̂, σ̂ = (q90 − q10) / 2.563 (the normal-equivalent spread, robust to
 //!    outliers in the calibration data).
-//! 4. score = max(z_forest, z_autoencoder): a flow is as anomalous as the more surprised of
+//! 4. score = `max(z_forest`, `z_autoencoder)`: a flow is as anomalous as the more surprised of
 //!    the two models says. (On UNSW-NB15 the mean of the two was worse than the autoencoder
 //!    alone because the forest is the weaker model there; the maximum keeps what each model
 //!    sees. Numbers in docs/detection.md.)
@@ -37,11 +37,8 @@ impl Scaler {
     #[must_use]
     pub fn fit(rows: ArrayView2<'_, f32>) -> Self {
         let mean = rows.mean_axis(Axis(0)).map_or_else(|| vec![0.0; rows.ncols()], |m| m.to_vec());
-        let std = rows
-            .std_axis(Axis(0), 0.0)
-            .iter()
-            .map(|&s| if s.is_finite() && s > 1e-6 { s } else { 1.0 })
-            .collect();
+        let std =
+            rows.std_axis(Axis(0), 0.0).iter().map(|&s| if s.is_finite() && s > 1e-6 { s } else { 1.0 }).collect();
         Self { mean, std }
     }
 
@@ -190,6 +187,9 @@ impl Detector {
     }
 
     /// Transformed and scaled copy of raw rows: the models' input.
+    ///
+    /// # Panics
+    /// If the rows are not as wide as the schema.
     #[must_use]
     pub fn prepare(&self, raw: ArrayView2<'_, f32>) -> Array2<f32> {
         let mut rows = raw.to_owned();
@@ -228,7 +228,13 @@ impl Detector {
 
     /// The `top` features that contributed most to one row's score.
     #[must_use]
-    pub fn explain(&self, raw: ArrayView1<'_, f32>, prepared: ArrayView1<'_, f32>, recon: ArrayView1<'_, f32>, top: usize) -> Vec<Contribution> {
+    pub fn explain(
+        &self,
+        raw: ArrayView1<'_, f32>,
+        prepared: ArrayView1<'_, f32>,
+        recon: ArrayView1<'_, f32>,
+        top: usize,
+    ) -> Vec<Contribution> {
         let errors: Vec<f32> = prepared.iter().zip(recon).map(|(x, y)| (x - y) * (x - y)).collect();
         let total: f32 = errors.iter().sum();
         let isolation = self.forest.attribution(prepared);

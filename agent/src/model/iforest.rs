@@ -87,7 +87,8 @@ pub struct IsolationForest {
 
 impl PartialEq for IsolationForest {
     fn eq(&self, other: &Self) -> bool {
-        (self.features, self.subsample, &self.roots, &self.nodes) == (other.features, other.subsample, &other.roots, &other.nodes)
+        (self.features, self.subsample, &self.roots, &self.nodes)
+            == (other.features, other.subsample, &other.roots, &other.nodes)
     }
 }
 
@@ -257,7 +258,7 @@ impl IsolationForest {
         let rows = rows.as_standard_layout();
         let flat = rows.as_slice().expect("standard layout");
         let width = self.features;
-        #[expect(clippy::cast_possible_truncation, reason = "scores are f32")]
+        #[expect(clippy::cast_possible_truncation, clippy::cast_precision_loss, reason = "scores are f32")]
         let norm = (-1.0 / (c(self.subsample) * self.roots.len() as f64)) as f32;
         let mut depth = [0f32; BLOCK];
         for (block, out) in flat.chunks(BLOCK * width).zip(out.chunks_mut(BLOCK)) {
@@ -277,6 +278,10 @@ impl IsolationForest {
                     for _ in 0..plan.height {
                         for j in 0..LANES {
                             let step = steps[pos[j] as usize];
+                            #[expect(
+                                clippy::neg_cmp_op_on_partial_ord,
+                                reason = "NaN (leaf, or missing value) must go right"
+                            )]
                             let right = !(lanes[j][step.feature as usize] < step.threshold);
                             pos[j] = step.next.wrapping_add(u32::from(right));
                         }
@@ -301,7 +306,7 @@ impl IsolationForest {
     }
 
     /// How much each feature did to isolate `row`: every split on its path credits its feature
-    /// with log₂((n_parent + 1) / (n_child + 1)), the bits by which it shrank the training rows
+    /// with `log₂((n_parent` + 1) / (`n_child` + 1)), the bits by which it shrank the training rows
     /// still alongside the row. A split that leaves the row alone earns the most; a split that
     /// halves a crowd earns one bit. Normalised to sum to 1.
     #[must_use]
@@ -316,7 +321,9 @@ impl IsolationForest {
         }
         let total: f32 = credit.iter().sum();
         if total > 0.0 {
-            credit.iter_mut().for_each(|c| *c /= total);
+            for c in &mut credit {
+                *c /= total;
+            }
         }
         credit
     }
@@ -427,7 +434,8 @@ mod tests {
     fn json_round_trip_and_validation() {
         let rows = cluster(100, 1);
         let forest = IsolationForest::train(rows.view(), ForestParams { trees: 3, subsample: 32, seed: 2 });
-        let back: IsolationForest = serde_json::from_str(&serde_json::to_string(&forest).expect("json")).expect("parse");
+        let back: IsolationForest =
+            serde_json::from_str(&serde_json::to_string(&forest).expect("json")).expect("parse");
         assert_eq!(back, forest);
         let mut bad = forest.clone();
         bad.nodes[0].right = 0;

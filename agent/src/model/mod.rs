@@ -1,6 +1,11 @@
 //! Anomaly detection: an isolation forest and an autoencoder over the feature schema, combined
 //! into one calibrated score with an explanation, packaged as a model bundle.
 
+#![expect(
+    clippy::needless_pass_by_value,
+    reason = "ndarray views are cheap handles, passed by value as ndarray's own API does"
+)]
+
 pub mod autoencoder;
 pub mod bundle;
 pub mod detector;

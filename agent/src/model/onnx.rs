@@ -3,7 +3,7 @@
 //! Export writes opset-13 `Gemm` and `Relu` nodes with the weights as initializers: input
 //! `input` `[batch, width]` float, output `reconstruction` of the same shape. Loading accepts
 //! any ONNX graph with one float input and one output of the same width (an autoencoder
-//! exported from PyTorch, say); it is optimised once into a plan shared by all scorers.
+//! exported from `PyTorch`, say); it is optimised once into a plan shared by all scorers.
 
 use std::sync::Arc;
 
@@ -11,8 +11,8 @@ use prost::Message;
 use tract_onnx::{
     pb::{
         self, AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto, TensorShapeProto,
-        TypeProto, ValueInfoProto, attribute_proto::AttributeType, tensor_proto::DataType, tensor_shape_proto::dimension,
-        type_proto,
+        TypeProto, ValueInfoProto, attribute_proto::AttributeType, tensor_proto::DataType,
+        tensor_shape_proto::dimension, type_proto,
     },
     prelude::*,
 };
@@ -97,7 +97,8 @@ pub fn export(ae: &Autoencoder, doc: &str) -> Vec<u8> {
         initializers.push(tensor(&w, &[layer.weight.nrows(), layer.weight.ncols()], w_data));
         initializers.push(tensor(&b, &[layer.bias.len()], layer.bias.to_vec()));
         let gemm_out = if i == last { OUTPUT.to_owned() } else { format!("layer{i}.linear") };
-        let alpha = AttributeProto { name: "alpha".into(), r#type: AttributeType::Float as i32, f: 1.0, ..Default::default() };
+        let alpha =
+            AttributeProto { name: "alpha".into(), r#type: AttributeType::Float as i32, f: 1.0, ..Default::default() };
         nodes.push(node("Gemm", &format!("layer{i}.gemm"), &[&current, &w, &b], &gemm_out, vec![alpha]));
         current = gemm_out;
         if i != last {
@@ -151,7 +152,11 @@ impl OnnxScorer {
         }
         // The declared input width must match; the batch dimension becomes a symbol.
         let declared = model.input_fact(0).map_err(load)?.shape.clone();
-        let width_dim = declared.dims().nth(1).and_then(tract_onnx::tract_hir::infer::Factoid::concretize).and_then(|d| d.to_i64().ok());
+        let width_dim = declared
+            .dims()
+            .nth(1)
+            .and_then(tract_onnx::tract_hir::infer::Factoid::concretize)
+            .and_then(|d| d.to_i64().ok());
         if let Some(found) = width_dim
             && usize::try_from(found).ok() != Some(width)
         {
@@ -180,10 +185,16 @@ impl OnnxScorer {
     ///
     /// # Errors
     /// [`OnnxError::Run`] if tract fails.
+    ///
+    /// # Panics
+    /// Never: the rows are copied to standard layout first.
     pub fn reconstruct(&self, rows: ndarray::ArrayView2<'_, f32>) -> Result<ndarray::Array2<f32>, OnnxError> {
         let run = |e: TractError| OnnxError::Run(format!("{e:#}"));
-        let input = Tensor::from_shape(&[rows.nrows(), rows.ncols()], rows.as_standard_layout().as_slice().expect("standard layout"))
-            .map_err(run)?;
+        let input = Tensor::from_shape(
+            &[rows.nrows(), rows.ncols()],
+            rows.as_standard_layout().as_slice().expect("standard layout"),
+        )
+        .map_err(run)?;
         let outputs = self.plan.run(tvec!(input.into_tvalue())).map_err(run)?;
         let view = outputs[0].to_plain_array_view::<f32>().map_err(run)?;
         view.into_dimensionality::<ndarray::Ix2>()

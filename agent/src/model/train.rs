@@ -32,7 +32,7 @@ pub struct TrainConfig {
     /// Share of the benign rows held out for calibration.
     pub calibration_share: f64,
     pub seed: u64,
-    /// Use this ONNX autoencoder (trained elsewhere, e.g. exported from PyTorch; it must take
+    /// Use this ONNX autoencoder (trained elsewhere, e.g. exported from `PyTorch`; it must take
     /// the scaled features and return their reconstruction) instead of training one.
     #[serde(skip)]
     pub external_autoencoder: Option<Vec<u8>>,
@@ -76,6 +76,9 @@ pub struct Trained {
 ///
 /// # Errors
 /// [`TrainError`] for too few or mis-sized rows.
+///
+/// # Panics
+/// Never: rows are owned and contiguous.
 #[expect(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_precision_loss, reason = "row counts")]
 pub fn train(
     schema: &Schema,
@@ -125,7 +128,8 @@ pub fn train(
     let scorer = OnnxScorer::load(&onnx_bytes, schema.len())?;
 
     // Calibrate on the held-out benign rows, through the same path live scoring takes.
-    let placeholder = Combine { iforest: Norm { median: 0.0, spread: 1.0 }, autoencoder: Norm { median: 0.0, spread: 1.0 } };
+    let placeholder =
+        Combine { iforest: Norm { median: 0.0, spread: 1.0 }, autoencoder: Norm { median: 0.0, spread: 1.0 } };
     let mut detector = Detector {
         schema: schema.clone(),
         scaler,
