@@ -86,9 +86,9 @@ pub fn curves(scores: &[f32], labels: &[bool]) -> Option<Curves> {
         let s = scores[order[i]];
         while i < order.len() && scores[order[i]].total_cmp(&s).is_eq() {
             if labels[order[i]] {
-                tp += 1.0
+                tp += 1.0;
             } else {
-                fp += 1.0
+                fp += 1.0;
             }
             i += 1;
         }
