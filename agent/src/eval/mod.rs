@@ -199,11 +199,10 @@ pub fn train_and_report(
     test: &TestSet<'_>,
     config: &TrainConfig,
     progress: impl FnMut(&str),
-) -> Result<(EvalReport, crate::model::train::Trained), EvalError> {
+) -> Result<EvalReport, EvalError> {
     let summary = serde_json::json!({ "evaluation": name });
     let trained = crate::model::train(schema, train, config, summary, progress)?;
-    let report = report(name, protocol, &trained.detector, train.nrows(), test)?;
-    Ok((report, trained))
+    report(name, protocol, &trained.detector, train.nrows(), test)
 }
 
 /// Writes `<stem>.json` and `<stem>.svg` into `dir`.
@@ -318,40 +317,27 @@ pub mod captures {
             }
         }
         let name = format!("captures: {}", labels.root.display());
-        let (test_idx, (report, ())) = if let Some(detector) = &config.model {
-            let all: Vec<usize> = (0..data.len()).collect();
+        if let Some(detector) = &config.model {
             let protocol = "given model; every flow of every labelled capture is scored (benign flows may overlap its training data)";
             let test = TestSet { rows: data.rows.view(), attack: &attack, kind: &kind };
-            (all, (report(&name, protocol, detector, 0, &test)?, ()))
-        } else {
-            let (train_idx, held_out) = split(&benign_capture, config.train_share, config.train.seed);
-            let mut test_idx: Vec<usize> = held_out;
-            test_idx.extend((0..data.len()).filter(|i| !captures[data.file_index[*i]].2.is_benign()));
-            test_idx.sort_unstable();
-            let train_rows = data.rows.select(Axis(0), &train_idx);
-            let test_rows = data.rows.select(Axis(0), &test_idx);
-            let test_attack: Vec<bool> = test_idx.iter().map(|&i| attack[i]).collect();
-            let test_kind: Vec<String> = test_idx.iter().map(|&i| kind[i].clone()).collect();
-            let protocol = format!(
-                "train on {:.0}% of the benign captures' flows (seed {}), test on the rest and on every flow of the attack captures; \
-                 attack flows are those to or from the attacker (the victim when the attacker is unknown), other flows of attack captures count as benign",
-                config.train_share * 100.0,
-                config.train.seed
-            );
-            let test = TestSet { rows: test_rows.view(), attack: &test_attack, kind: &test_kind };
-            let (r, _) = train_and_report(
-                &name,
-                &protocol,
-                &Schema::flow(),
-                train_rows.view(),
-                &test,
-                &config.train,
-                &mut progress,
-            )?;
-            (test_idx, (r, ()))
-        };
-        let _ = test_idx;
-        Ok(report)
+            return Ok(report(&name, protocol, detector, 0, &test)?);
+        }
+        let (train_idx, held_out) = split(&benign_capture, config.train_share, config.train.seed);
+        let mut test_idx: Vec<usize> = held_out;
+        test_idx.extend((0..data.len()).filter(|i| !captures[data.file_index[*i]].2.is_benign()));
+        test_idx.sort_unstable();
+        let train_rows = data.rows.select(Axis(0), &train_idx);
+        let test_rows = data.rows.select(Axis(0), &test_idx);
+        let test_attack: Vec<bool> = test_idx.iter().map(|&i| attack[i]).collect();
+        let test_kind: Vec<String> = test_idx.iter().map(|&i| kind[i].clone()).collect();
+        let protocol = format!(
+            "train on {:.0}% of the benign captures' flows (seed {}), test on the rest and on every flow of the attack captures; \
+             attack flows are those to or from the attacker (the victim when the attacker is unknown), other flows of attack captures count as benign",
+            config.train_share * 100.0,
+            config.train.seed
+        );
+        let test = TestSet { rows: test_rows.view(), attack: &test_attack, kind: &test_kind };
+        Ok(train_and_report(&name, &protocol, &Schema::flow(), train_rows.view(), &test, &config.train, &mut progress)?)
     }
 }
 
@@ -409,7 +395,7 @@ pub mod dataset {
             );
             progress(&format!("{name}: {} features", schema.schema.len()));
             let test = TestSet { rows: test_rows.view(), attack: &attack, kind: &kind };
-            let (report, _) =
+            let report =
                 train_and_report(&name, &protocol, &schema.schema, train.view(), &test, config, &mut progress)?;
             reports.push(report);
         }
