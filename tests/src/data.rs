@@ -46,11 +46,8 @@ pub fn unsw_prepared() -> (Array2<f32>, Array2<f32>, Vec<bool>) {
     let schema = UnswSchema::fit(&data, &train_idx, false);
     let mut train = schema.rows(&data, &train_idx);
     let mut test = schema.rows(&data, &test_idx);
-    for rows in [&mut train, &mut test] {
-        for mut r in rows.outer_iter_mut() {
-            schema.schema.transform(r.as_slice_mut().expect("contiguous"));
-        }
-    }
+    schema.schema.transform(&mut train);
+    schema.schema.transform(&mut test);
     let scaler = Scaler::fit(train.view());
     scaler.apply(&mut train);
     scaler.apply(&mut test);

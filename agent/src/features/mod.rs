@@ -91,14 +91,16 @@ impl Schema {
         self.features.iter().map(|f| f.name.as_str())
     }
 
-    /// Transforms a raw row in place.
+    /// Transforms raw rows in place.
     ///
     /// # Panics
-    /// If `row` does not have one value per feature.
-    pub fn transform(&self, row: &mut [f32]) {
-        assert_eq!(row.len(), self.features.len(), "row width does not match the schema");
-        for (x, f) in row.iter_mut().zip(&self.features) {
-            *x = f.transform.apply(*x);
+    /// If the rows do not have one value per feature.
+    pub fn transform(&self, rows: &mut ndarray::Array2<f32>) {
+        assert_eq!(rows.ncols(), self.features.len(), "row width does not match the schema");
+        for mut row in rows.rows_mut() {
+            for (x, f) in row.iter_mut().zip(&self.features) {
+                *x = f.transform.apply(*x);
+            }
         }
     }
 

@@ -193,9 +193,7 @@ impl Detector {
     #[must_use]
     pub fn prepare(&self, raw: ArrayView2<'_, f32>) -> Array2<f32> {
         let mut rows = raw.to_owned();
-        for mut row in rows.outer_iter_mut() {
-            self.schema.transform(row.as_slice_mut().expect("owned rows are contiguous"));
-        }
+        self.schema.transform(&mut rows);
         self.scaler.apply(&mut rows);
         rows
     }

@@ -5,7 +5,7 @@
 //! (which holds out its own validation split for early stopping). Calibration goes through the
 //! exported ONNX file with tract, exactly as live scoring does.
 
-use ndarray::{Array2, ArrayView2, Axis};
+use ndarray::{ArrayView2, Axis};
 use rand::{SeedableRng, rngs::StdRng, seq::SliceRandom};
 use serde::{Deserialize, Serialize};
 
@@ -99,14 +99,8 @@ pub fn train(
     let cal_raw = raw.select(Axis(0), &order[..n_cal]);
     let fit_raw = raw.select(Axis(0), &order[n_cal..]);
 
-    let transformed = |rows: &Array2<f32>| {
-        let mut t = rows.clone();
-        for mut row in t.outer_iter_mut() {
-            schema.transform(row.as_slice_mut().expect("contiguous"));
-        }
-        t
-    };
-    let mut fit = transformed(&fit_raw);
+    let mut fit = fit_raw.clone();
+    schema.transform(&mut fit);
     let scaler = Scaler::fit(fit.view());
     scaler.apply(&mut fit);
     let baseline: Vec<f32> = fit_raw.columns().into_iter().map(|c| quantile(&c.to_vec(), 0.5)).collect();
@@ -143,7 +137,7 @@ pub fn train(
     let forest_values: Vec<f32> = cal_scores.iter().map(|s| s.iforest).collect();
     let ae_values: Vec<f32> = cal_scores.iter().map(|s| ae_value(s.autoencoder)).collect();
     detector.combine = Combine { iforest: Norm::fit(&forest_values), autoencoder: Norm::fit(&ae_values) };
-    let combined: Vec<f32> = detector.score(cal_raw.view())?.iter().map(|s| s.combined).collect();
+    let combined: Vec<f32> = cal_scores.iter().map(|s| detector.combine.score(s.iforest, s.autoencoder)).collect();
     let alert = quantile(&combined, 1.0 - config.target_fpr);
     detector.thresholds = Thresholds { target_fpr: config.target_fpr, alert, block: alert + BLOCK_MARGIN };
 
