@@ -116,40 +116,33 @@ struct Plan {
 
 impl Plan {
     fn new(nodes: &[Node], roots: &[u32]) -> Self {
-        let mut plan = Self { steps: Vec::with_capacity(nodes.len()), path: Vec::new(), roots: Vec::new(), height: 0 };
+        let mut plan = Self {
+            steps: Vec::with_capacity(nodes.len()),
+            path: Vec::with_capacity(nodes.len()),
+            roots: Vec::new(),
+            height: 0,
+        };
         let placeholder = Step { feature: 0, threshold: f32::NAN, next: 0 };
         let at = |i: usize| u32::try_from(i).expect("forest fits in u32 nodes");
         for &root in roots {
             let new_root = plan.steps.len();
             plan.steps.push(placeholder);
+            plan.path.push(0.0);
             plan.roots.push(at(new_root));
             let mut queue = std::collections::VecDeque::from([(root as usize, new_root, 0usize)]);
             while let Some((old, new, depth)) = queue.pop_front() {
                 let n = nodes[old];
                 if n.feature == LEAF {
                     plan.steps[new] = Step { feature: 0, threshold: f32::NAN, next: at(new).wrapping_sub(1) };
+                    plan.path[new] = n.value;
                     plan.height = plan.height.max(depth);
                 } else {
                     let k = plan.steps.len();
                     plan.steps.extend([placeholder, placeholder]);
+                    plan.path.extend([0.0, 0.0]);
                     plan.steps[new] = Step { feature: n.feature, threshold: n.value, next: at(k) };
                     queue.push_back((old + 1, k, depth + 1));
                     queue.push_back((n.right as usize, k + 1, depth + 1));
-                }
-            }
-        }
-        // Leaf path lengths by new index.
-        plan.path = vec![0.0; plan.steps.len()];
-        for (t, &root) in roots.iter().enumerate() {
-            let mut stack = vec![(root as usize, plan.roots[t] as usize)];
-            while let Some((old, new)) = stack.pop() {
-                let n = nodes[old];
-                if n.feature == LEAF {
-                    plan.path[new] = n.value;
-                } else {
-                    let k = plan.steps[new].next as usize;
-                    stack.push((old + 1, k));
-                    stack.push((n.right as usize, k + 1));
                 }
             }
         }
