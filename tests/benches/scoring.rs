@@ -19,7 +19,7 @@ use vigil::{
 use vigil_tests::{
     agent::TempDir,
     bench::{machine, median, report},
-    data::{arg, unsw_prepared, write_f32},
+    data::{arg, python_on_cpu0, unsw_prepared, write_f32},
 };
 
 /// Median time of `runs` calls.
@@ -67,17 +67,7 @@ fn main() {
     write_f32(&tr, train.view());
     write_f32(&te, test.view());
     let (rows, cols, test_rows) = (train.nrows().to_string(), width.to_string(), n.to_string());
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("python/crosscheck.py");
-    let py = std::process::Command::new("taskset")
-        .args(["-c", "0", "python3"])
-        .arg(script)
-        .args(["bench", arg(&tr), &rows, &cols, arg(&te), &test_rows, "3"])
-        .env("OMP_NUM_THREADS", "1")
-        .env("OPENBLAS_NUM_THREADS", "1")
-        .output()
-        .expect("taskset python3");
-    assert!(py.status.success(), "scikit-learn reference failed: {}", String::from_utf8_lossy(&py.stderr));
-    let py_out = String::from_utf8(py.stdout).expect("utf-8");
+    let py_out = python_on_cpu0(&["bench", arg(&tr), &rows, &cols, arg(&te), &test_rows, "3"]);
     let mut parts = py_out.split_whitespace();
     let sklearn: f64 = parts.next().expect("rate").parse().expect("number");
     let sklearn_version = parts.next().unwrap_or("?").to_owned();

@@ -61,8 +61,24 @@ pub fn unsw_prepared() -> (Array2<f32>, Array2<f32>, Vec<bool>) {
 /// If Python or its packages are missing, or the script fails: the message says how to fix it.
 #[must_use]
 pub fn python(args: &[&str]) -> String {
+    run_reference(Command::new("python3"), args)
+}
+
+/// [`python`] pinned to CPU 0 with `taskset`, for benchmarks that pin themselves there too.
+///
+/// # Panics
+/// As [`python`], or if `taskset` is missing.
+#[must_use]
+pub fn python_on_cpu0(args: &[&str]) -> String {
+    let mut cmd = Command::new("taskset");
+    cmd.args(["-c", "0", "python3"]);
+    run_reference(cmd, args)
+}
+
+/// Runs the reference script with `python3` started by `cmd`, single-threaded.
+fn run_reference(mut cmd: Command, args: &[&str]) -> String {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/crosscheck.py");
-    let out = Command::new("python3")
+    let out = cmd
         .arg(script)
         .args(args)
         .env("OMP_NUM_THREADS", "1")

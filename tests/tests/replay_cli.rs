@@ -3,12 +3,13 @@
 use std::{path::PathBuf, process::Command};
 
 use vigil::flows::EndReason;
-use vigil_tests::agent::{TempDir, read_records, vigil_bin};
+use vigil_tests::{
+    agent::{TempDir, read_records, vigil_bin},
+    data::shared,
+};
 
 fn pcap(rel: &str) -> PathBuf {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/pcaps").join(rel);
-    assert!(p.exists(), "shared capture missing: {}", p.display());
-    p
+    shared(&format!("pcaps/{rel}"))
 }
 
 fn replay(args: &[&str]) -> (std::process::ExitStatus, String) {

@@ -1,22 +1,23 @@
 //! `vigil train` and `vigil eval` as a user runs them, on the shared captures.
 
-use std::{path::PathBuf, process::Command};
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
 
-use vigil_tests::agent::{TempDir, vigil_bin};
-
-fn shared(rel: &str) -> PathBuf {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data").join(rel);
-    assert!(p.exists(), "shared data missing: {}", p.display());
-    p
-}
+use vigil_tests::{
+    agent::{TempDir, vigil_bin},
+    data::{arg as s, shared},
+};
 
 fn vigil(args: &[&str]) -> (std::process::ExitStatus, String, String) {
     let out = Command::new(vigil_bin()).args(args).env("NO_COLOR", "1").output().expect("vigil runs");
     (out.status, String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
-fn s(p: &std::path::Path) -> &str {
-    p.to_str().expect("utf-8 path")
+fn read_json(path: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
+        .unwrap_or_else(|e| panic!("{}: not JSON: {e}", path.display()))
 }
 
 #[test]
@@ -26,9 +27,7 @@ fn eval_on_labelled_captures_writes_json_and_picture() {
     let (status, stdout, stderr) =
         vigil(&["eval", "captures", "--labels", s(&labels), "--out", s(dir.path()), "--no-progress"]);
     assert!(status.success(), "{stderr}");
-    let report: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.path().join("captures.json")).expect("json report"))
-            .expect("valid JSON");
+    let report = read_json(&dir.path().join("captures.json"));
     // Every attack kind in labels.json is reported, with the flow counts of its captures.
     let kinds: Vec<&str> =
         report["per_kind"].as_array().expect("per kind").iter().map(|k| k["kind"].as_str().expect("kind")).collect();
@@ -71,9 +70,7 @@ fn eval_with_the_builtin_model_scores_every_flow() {
         "--no-progress",
     ]);
     assert!(status.success(), "{stderr}");
-    let report: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.path().join("captures.json")).expect("json report"))
-            .expect("valid JSON");
+    let report = read_json(&dir.path().join("captures.json"));
     assert_eq!(report["train_rows"], 0);
     assert!(report["protocol"].as_str().expect("protocol").contains("given model"));
     // All 539 benign-capture flows plus the attack captures' background are benign test rows.
@@ -92,8 +89,7 @@ fn train_writes_a_bundle_that_eval_can_use() {
     let (status, _, stderr) =
         vigil(&["train", "--flows", s(&flows), "--out", s(&bundle), "--max-epochs", "20", "--trees", "20"]);
     assert!(status.success(), "{stderr}");
-    let manifest: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(bundle.join("manifest.json")).expect("manifest")).expect("json");
+    let manifest = read_json(&bundle.join("manifest.json"));
     assert_eq!(manifest["training"]["data"]["flows"], 262, "120 + 142 flows from the two captures");
     assert_eq!(manifest["training"]["config"]["forest"]["trees"], 20);
     let labels = shared("pcaps/labels.json");
