@@ -133,14 +133,8 @@ enum EvalMode {
         /// training on half of the benign captures.
         #[arg(long, value_name = "DIR")]
         model: Option<PathBuf>,
-        /// Where the report goes (captures.json, captures.svg).
-        #[arg(long, value_name = "DIR", default_value = "eval")]
-        out: PathBuf,
-        /// Share of the benign flows to train on.
-        #[arg(long, default_value_t = 0.5)]
-        train_share: f64,
         #[command(flatten)]
-        model_args: ModelArgs,
+        common: EvalCommon,
         #[command(flatten)]
         timing: TimingArgs,
         /// Do not show a progress bar.
@@ -152,15 +146,23 @@ enum EvalMode {
         /// The CSV or the zip that holds it.
         #[arg(value_name = "FILE")]
         csv: PathBuf,
-        /// Where the reports go (unsw-no-ttl.{json,svg}, unsw-all.{json,svg}).
-        #[arg(long, value_name = "DIR", default_value = "eval")]
-        out: PathBuf,
-        /// Share of the normal rows to train on.
-        #[arg(long, default_value_t = 0.5)]
-        train_share: f64,
         #[command(flatten)]
-        model_args: ModelArgs,
+        common: EvalCommon,
     },
+}
+
+/// What both evaluations take.
+#[derive(Debug, Args)]
+struct EvalCommon {
+    /// Where the reports go: captures.{json,svg}, or unsw-no-ttl.{json,svg} and
+    /// unsw-all.{json,svg}.
+    #[arg(long, value_name = "DIR", default_value = "eval")]
+    out: PathBuf,
+    /// Share of the benign flows (normal rows) to train on.
+    #[arg(long, default_value_t = 0.5)]
+    train_share: f64,
+    #[command(flatten)]
+    model_args: ModelArgs,
 }
 
 #[derive(Debug, Args)]
@@ -334,7 +336,7 @@ fn load_bundle(path: &std::path::Path) -> anyhow::Result<Bundle> {
 
 fn eval_command(args: EvalArgs) -> anyhow::Result<()> {
     match args.mode {
-        EvalMode::Captures { labels, model, out, train_share, model_args, timing, no_progress } => {
+        EvalMode::Captures { labels, model, common, timing, no_progress } => {
             let detector = model
                 .as_deref()
                 .map(|m| load_bundle(m)?.detector(&Schema::flow()).map_err(anyhow::Error::from))
@@ -343,27 +345,32 @@ fn eval_command(args: EvalArgs) -> anyhow::Result<()> {
                 labels: &labels,
                 harvest: timing.harvest_config()?,
                 interval: timing.interval,
-                window: model_args.window,
-                train: model_args.config()?,
-                train_share: check_share(train_share)?,
+                window: common.model_args.window,
+                train: common.model_args.config()?,
+                train_share: check_share(common.train_share)?,
                 model: detector,
                 progress: progress_bar_wanted(no_progress),
             };
             let report = eval::captures::run(config, |m| tracing::info!("{m}"))?;
-            eval::write_report(&out, "captures", &report)?;
-            print!("{}", report.summary());
-            println!("report: {}", out.join("captures.{json,svg}").display());
+            publish(&common.out, "captures", &report)?;
         }
-        EvalMode::Unsw { csv, out, train_share, model_args } => {
+        EvalMode::Unsw { csv, common } => {
+            let config = common.model_args.config()?;
             let reports =
-                eval::dataset::run(&csv, &model_args.config()?, check_share(train_share)?, |m| tracing::info!("{m}"))?;
+                eval::dataset::run(&csv, &config, check_share(common.train_share)?, |m| tracing::info!("{m}"))?;
             for (report, stem) in reports.iter().zip(["unsw-no-ttl", "unsw-all"]) {
-                eval::write_report(&out, stem, report)?;
-                print!("{}", report.summary());
-                println!("report: {}", out.join(format!("{stem}.{{json,svg}}")).display());
+                publish(&common.out, stem, report)?;
             }
         }
     }
+    Ok(())
+}
+
+/// Writes `<stem>.json` and `<stem>.svg` into `out` and prints the summary.
+fn publish(out: &std::path::Path, stem: &str, report: &eval::EvalReport) -> anyhow::Result<()> {
+    eval::write_report(out, stem, report)?;
+    print!("{}", report.summary());
+    println!("report: {}", out.join(format!("{stem}.{{json,svg}}")).display());
     Ok(())
 }
 
