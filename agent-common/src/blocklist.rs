@@ -17,9 +17,14 @@ pub struct BlockRule {
     /// The rule's own prefix length, so the kernel can delete it when it finds it expired
     /// (LPM trie deletes are exact-match on prefix length).
     pub prefix_len: u32,
-    /// Always zero.
-    pub pad: u32,
+    /// Who installed it: [`ORIGIN_MANUAL`] or [`ORIGIN_AUTO`]. The kernel ignores it.
+    pub origin: u32,
 }
+
+/// A rule added by an operator (`vigil block add`).
+pub const ORIGIN_MANUAL: u32 = 0;
+/// A rule added by the agent's auto-block.
+pub const ORIGIN_AUTO: u32 = 1;
 crate::assert_size!(BlockRule, 32);
 
 impl BlockRule {

@@ -15,6 +15,12 @@ pub fn monotonic_ns() -> u64 {
     now_ns(ClockId::CLOCK_MONOTONIC)
 }
 
+/// `CLOCK_REALTIME` now, in Unix-epoch nanoseconds.
+#[must_use]
+pub fn wall_ns() -> u64 {
+    now_ns(ClockId::CLOCK_REALTIME)
+}
+
 /// Converts kernel (`CLOCK_MONOTONIC`) timestamps to Unix-epoch nanoseconds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MonoToWall {

@@ -4,12 +4,17 @@
 //! The binary (`vigil`, `src/main.rs`) is a thin command-line layer over this library; the
 //! integration tests and benchmarks in `tests/` drive the same library.
 
+pub mod alert;
 pub mod block;
 pub mod capture;
 pub mod clock;
+pub mod config;
+pub mod control;
+pub mod detect;
 pub mod eval;
 pub mod features;
 pub mod flows;
+pub mod metrics;
 pub mod model;
 pub mod net;
 pub mod replay;

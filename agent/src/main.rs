@@ -6,13 +6,16 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 use vigil::{
+    config::{Config, Dur},
+    control,
+    detect::BlockMode,
     eval,
     features::{Schema, dataset::FlowDataset},
     flows::HarvestConfig,
     model::{Bundle, TrainConfig, autoencoder::AutoencoderParams, iforest::ForestParams},
     replay::{self, ReplayConfig},
-    run::{self, RunConfig},
-    sensor::{AttachMode, SensorOptions},
+    run,
+    sensor::{AttachMode, pin::Pins},
 };
 
 /// Vigil: an XDP network sensor that counts every packet into per-flow statistics in the
@@ -34,6 +37,102 @@ enum Command {
     Train(TrainArgs),
     /// Measure detection on labelled captures or on the UNSW-NB15 dataset.
     Eval(EvalArgs),
+    /// Show the sensor, the running agent, kernel counters and rules.
+    Status(StatusArgs),
+    /// List, add, remove or flush blocklist rules of the running sensor.
+    Block(BlockArgs),
+    /// Detach the sensor and remove everything it pinned (program, maps, rules).
+    Detach(ControlArgs),
+    /// Print or check the configuration.
+    Config(ConfigArgs),
+}
+
+/// Where the control commands find the sensor.
+#[derive(Debug, Args)]
+struct ControlArgs {
+    /// Configuration file whose sensor.pin_dir/sensor.run_dir to use [default: /etc/vigil/vigil.toml if present].
+    #[arg(long, short = 'c', value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// The sensor's pin directory (overrides the configuration).
+    #[arg(long, value_name = "DIR")]
+    pin_dir: Option<PathBuf>,
+    /// The agent's run directory, where its status file is (overrides the configuration).
+    #[arg(long, value_name = "DIR")]
+    run_dir: Option<PathBuf>,
+}
+
+impl ControlArgs {
+    fn resolve(&self) -> anyhow::Result<(Pins, PathBuf)> {
+        let config = Config::load(self.config.as_deref())?;
+        let pin_dir = self.pin_dir.clone().unwrap_or(config.sensor.pin_dir);
+        anyhow::ensure!(!pin_dir.as_os_str().is_empty(), "no pin directory: the configuration disables pinning");
+        Ok((Pins::new(pin_dir), self.run_dir.clone().unwrap_or(config.sensor.run_dir)))
+    }
+}
+
+#[derive(Debug, Args)]
+struct StatusArgs {
+    #[command(flatten)]
+    control: ControlArgs,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct BlockArgs {
+    #[command(subcommand)]
+    action: BlockAction,
+    #[command(flatten)]
+    control: ControlArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum BlockAction {
+    /// List the rules (prefix, origin, drops, time left).
+    List {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Block a source address or prefix.
+    Add {
+        /// Address or CIDR prefix.
+        prefix: String,
+        /// How long the rule lasts; the kernel lets traffic through again after it.
+        #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+        ttl: Duration,
+        /// Allow a prefix that covers this host's own addresses, gateways or loopback.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Remove the rule for exactly this prefix.
+    Del {
+        /// Address or CIDR prefix.
+        prefix: String,
+    },
+    /// Remove every rule.
+    Flush,
+}
+
+#[derive(Debug, Args)]
+struct ConfigArgs {
+    #[command(subcommand)]
+    action: ConfigAction,
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigAction {
+    /// Print the effective configuration (file and defaults) as TOML.
+    Show {
+        #[arg(long, short = 'c', value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+    /// Check a configuration file; exit 2 naming the first bad field.
+    Check {
+        #[arg(long, short = 'c', value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -209,23 +308,114 @@ impl TimingArgs {
 
 #[derive(Debug, Args)]
 struct RunArgs {
+    /// Configuration file [default: /etc/vigil/vigil.toml if present]. Flags override it.
+    #[arg(long, short = 'c', value_name = "FILE")]
+    config: Option<PathBuf>,
     /// Interface to attach to [default: the interface of the default route].
     #[arg(long, short = 'i')]
     iface: Option<String>,
     /// XDP attach mode: native (driver), skb (generic), or auto (native, else skb).
-    #[arg(long, value_enum, default_value_t = AttachMode::Auto)]
-    xdp_mode: AttachMode,
-    #[command(flatten)]
-    timing: TimingArgs,
-    /// Flow table capacity in flows (per-CPU LRU hash; the least recently used flow is evicted
-    /// when full).
-    #[arg(long, default_value_t = agent_common::maps::DEFAULT_FLOW_CAPACITY,
-          value_parser = clap::value_parser!(u32).range(1..))]
-    flow_capacity: u32,
-    /// Write flow records as JSON lines to FILE (appended), or to standard output with `-`.
+    #[arg(long, value_enum)]
+    xdp_mode: Option<AttachMode>,
+    /// Time between harvests; each harvest scores the flows that moved.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    interval: Option<Duration>,
+    /// A flow with no packet for this long is exported and removed.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    idle_timeout: Option<Duration>,
+    /// A flow older than this is exported and restarted, as `NetFlow`'s active timeout.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    active_timeout: Option<Duration>,
+    /// Flow table capacity in flows (LRU: the least recently used flow is evicted when full).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    flow_capacity: Option<u32>,
+    /// Write finished flow records as JSON lines to FILE (appended), or to standard output with `-`.
     #[arg(long, value_name = "FILE")]
     flows_out: Option<PathBuf>,
+    /// Model bundle directory, or `default` for the built-in one.
+    #[arg(long, value_name = "DIR")]
+    model: Option<String>,
+    /// Auto-block: off, dry-run (report only) or enforce.
+    #[arg(long, value_enum)]
+    block_mode: Option<BlockMode>,
+    /// Serve Prometheus metrics on ADDR:PORT at /metrics.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<std::net::SocketAddr>,
+    /// Append alerts as JSON lines to FILE (in addition to the configured sinks).
+    #[arg(long, value_name = "FILE")]
+    alerts_file: Option<PathBuf>,
+    /// Pin directory for the program, maps and rules.
+    #[arg(long, value_name = "DIR")]
+    pin_dir: Option<PathBuf>,
+    /// Do not pin: detach and flush on exit, as a one-off run.
+    #[arg(long, conflicts_with = "pin_dir")]
+    no_pin: bool,
+    /// Directory of the status file `vigil status` reads.
+    #[arg(long, value_name = "DIR")]
+    run_dir: Option<PathBuf>,
 }
+
+impl RunArgs {
+    /// The configuration file with these flags applied on top.
+    fn apply(self, mut c: Config) -> Config {
+        let s = &mut c.sensor;
+        if let Some(v) = self.iface {
+            s.iface = v;
+        }
+        if let Some(v) = self.xdp_mode {
+            s.xdp_mode = v;
+        }
+        if let Some(v) = self.interval {
+            s.interval = Dur(v);
+        }
+        if let Some(v) = self.idle_timeout {
+            s.idle_timeout = Dur(v);
+        }
+        if let Some(v) = self.active_timeout {
+            s.active_timeout = Dur(v);
+        }
+        if let Some(v) = self.flow_capacity {
+            s.flow_capacity = v;
+        }
+        if let Some(v) = self.pin_dir {
+            s.pin_dir = v;
+        }
+        if self.no_pin {
+            s.pin_dir = PathBuf::new();
+        }
+        if let Some(v) = self.run_dir {
+            s.run_dir = v;
+        }
+        if let Some(v) = self.flows_out {
+            c.flows.out = Some(v);
+        }
+        if let Some(v) = self.model {
+            c.detection.model = v;
+        }
+        if let Some(v) = self.block_mode {
+            c.block.mode = v;
+        }
+        if let Some(v) = self.metrics {
+            c.metrics.listen = Some(v);
+        }
+        if let Some(path) = self.alerts_file {
+            if c.alerts.sinks.is_empty() {
+                c.alerts.sinks.push(vigil::alert::sink::SinkSpec {
+                    kind: vigil::alert::sink::SinkConfig::Stdout,
+                    queue: vigil::alert::sink::DEFAULT_QUEUE,
+                });
+            }
+            c.alerts.sinks.push(vigil::alert::sink::SinkSpec {
+                kind: vigil::alert::sink::SinkConfig::File { path },
+                queue: vigil::alert::sink::DEFAULT_QUEUE,
+            });
+        }
+        c
+    }
+}
+
+/// Exit status for an unusable configuration (as for bad command-line usage).
+const EXIT_CONFIG: u8 = 2;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -238,6 +428,10 @@ fn main() -> ExitCode {
         Command::Replay(args) => replay_command(args),
         Command::Train(args) => train_command(args),
         Command::Eval(args) => eval_command(args),
+        Command::Status(args) => status_command(&args),
+        Command::Block(args) => block_command(args),
+        Command::Detach(args) => detach_command(&args),
+        Command::Config(args) => return config_command(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -261,17 +455,95 @@ fn replay_command(args: ReplayArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Loads and validates a configuration; an unusable one ends the process with status 2.
+fn load_config(path: Option<&std::path::Path>, flags: Option<RunArgs>) -> Result<Config, ExitCode> {
+    let checked = Config::load(path)
+        .map(|c| match flags {
+            Some(f) => f.apply(c),
+            None => c,
+        })
+        .and_then(|c| {
+            c.validate()?;
+            Ok(c)
+        });
+    checked.map_err(|e| {
+        eprintln!("vigil: error: {e}");
+        ExitCode::from(EXIT_CONFIG)
+    })
+}
+
 fn run_command(args: RunArgs) -> anyhow::Result<()> {
-    let config = RunConfig {
-        iface: args.iface,
-        mode: args.xdp_mode,
-        interval: args.timing.interval,
-        harvest: args.timing.harvest_config()?,
-        sensor: SensorOptions { flow_capacity: args.flow_capacity },
-        flows_out: args.flows_out,
+    let config = match load_config(args.config.clone().as_deref(), Some(args)) {
+        Ok(c) => c,
+        Err(code) => std::process::exit(if code == ExitCode::from(EXIT_CONFIG) { i32::from(EXIT_CONFIG) } else { 1 }),
     };
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(run::run(config))?;
+    Ok(())
+}
+
+fn config_command(args: ConfigArgs) -> ExitCode {
+    let (ConfigAction::Show { config } | ConfigAction::Check { config }) = &args.action;
+    let loaded = match load_config(config.as_deref(), None) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    match args.action {
+        ConfigAction::Show { .. } => print!("{}", loaded.to_toml()),
+        ConfigAction::Check { .. } => println!("configuration is valid"),
+    }
+    ExitCode::SUCCESS
+}
+
+fn status_command(args: &StatusArgs) -> anyhow::Result<()> {
+    let (pins, run_dir) = args.control.resolve()?;
+    let report = control::status(&pins, &run_dir);
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{report}");
+    }
+    Ok(())
+}
+
+fn block_command(args: BlockArgs) -> anyhow::Result<()> {
+    let (pins, _) = args.control.resolve()?;
+    match args.action {
+        BlockAction::List { json } => {
+            let rules = control::list_rules(&pins)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rules)?);
+            } else if rules.is_empty() {
+                println!("no rules");
+            } else {
+                for r in &rules {
+                    println!("{}", control::format_rule(r));
+                }
+            }
+        }
+        BlockAction::Add { prefix, ttl, force } => {
+            let prefix = control::parse_prefix(&prefix).map_err(anyhow::Error::msg)?;
+            let rule = control::add_rule(&pins, prefix, ttl, force)?;
+            println!("blocked {} for {}", rule.prefix, humantime::format_duration(ttl));
+        }
+        BlockAction::Del { prefix } => {
+            let prefix = control::parse_prefix(&prefix).map_err(anyhow::Error::msg)?;
+            anyhow::ensure!(control::del_rule(&pins, prefix)?, "no rule for {prefix}");
+            println!("removed the rule for {prefix}");
+        }
+        BlockAction::Flush => println!("removed {} rules", control::flush_rules(&pins)?),
+    }
+    Ok(())
+}
+
+fn detach_command(args: &ControlArgs) -> anyhow::Result<()> {
+    let (pins, _) = args.resolve()?;
+    let removed = pins.remove_all()?;
+    if removed.is_empty() {
+        println!("nothing pinned under {}", pins.dir().display());
+    } else {
+        println!("detached; removed {} from {}", removed.join(", "), pins.dir().display());
+    }
     Ok(())
 }
 

@@ -1,111 +1,265 @@
-//! `vigil run`: load, attach, harvest on an interval, and on SIGINT/SIGTERM detach and flush.
+//! `vigil run`: load, attach, and every interval harvest the flow table, score the flows that
+//! moved, raise alerts, auto-block, publish metrics and status; on SIGINT/SIGTERM stop.
+//!
+//! Everything that can fail on bad input (configuration, interface, model, sinks, outputs,
+//! metrics address) is checked before the program is attached, so an error leaves nothing
+//! behind. With a pin directory (the default) the program, maps and rules stay in the kernel
+//! when the agent stops or dies, and the next run takes them over; without one the
+//! attachment belongs to the process and goes away with it.
 
-use std::{path::PathBuf, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{debug, info, warn};
 
 use crate::{
-    clock,
+    alert::sink::{Event, Severity, SinkError, Sinks},
+    block::{BlockError, Blocklist},
+    clock::{self, MonoToWall},
+    config::Config,
+    control::{AgentStatus, SinkStatus},
+    detect::{BlockMode, Engine, EngineConfig, Kind, Level, LiveScorer, Notice, allowlist::Allowlist, engine::rfc3339},
+    features::{Schema, context::ContextWindow},
     flows::{EndReason, FlowRecord, HarvestConfig, Harvester, output::FlowWriter},
+    metrics::{Metrics, MetricsError},
+    model::{Bundle, BundleError, onnx::OnnxError},
     net::route,
-    sensor::{self, AttachMode, Sensor, SensorError, SensorOptions},
+    sensor::{self, Sensor, SensorError, SensorOptions},
 };
 
 /// How often `vigil run` logs a status line, so an operator sees the sensor working even
-/// without `--flows-out`.
+/// without alerts.
 const STATUS_EVERY: Duration = Duration::from_secs(10);
-
-/// Settings of one `vigil run`.
-#[derive(Clone, Debug)]
-pub struct RunConfig {
-    /// Interface to attach to; the default route's when `None`.
-    pub iface: Option<String>,
-    pub mode: AttachMode,
-    /// Time between harvests.
-    pub interval: Duration,
-    pub harvest: HarvestConfig,
-    pub sensor: SensorOptions,
-    /// Where flow records go as JSON lines (`-` for standard output).
-    pub flows_out: Option<PathBuf>,
-}
 
 /// Why `vigil run` stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    #[error("no --iface given and the host has no default route to take one from")]
+    #[error("no interface configured (sensor.iface / --iface) and the host has no default route to take one from")]
     NoDefaultRoute,
     #[error(transparent)]
     Sensor(#[from] SensorError),
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    #[error("model {source_name}: {source}")]
+    Model { source_name: String, source: BundleError },
+    #[error("alert sinks: {0}")]
+    Sinks(#[from] SinkError),
+    #[error("metrics endpoint: {0}")]
+    Metrics(#[from] MetricsError),
+    #[error("blocklist: {0}")]
+    Block(#[from] BlockError),
+    #[error("scoring: {0}")]
+    Scoring(#[from] OnnxError),
 }
 
-/// Runs the sensor until SIGINT or SIGTERM.
-///
-/// Everything that can fail on bad input (interface, output file, program load) is checked
-/// before the program is attached, so an error leaves nothing behind. The attachment is a BPF
-/// link owned by this process: if the process dies, the kernel detaches the program.
+/// Loads the model a configuration names: `default` (built in) or a bundle directory.
 ///
 /// # Errors
-/// [`RunError`] for a missing interface, an unwritable output, or a failed load or attach.
-pub async fn run(config: RunConfig) -> Result<(), RunError> {
-    let iface = if let Some(iface) = config.iface.clone() {
+/// [`RunError::Model`] naming the bundle and what is wrong with it.
+pub fn load_detector(model: &str) -> Result<crate::model::Detector, RunError> {
+    let err = |source| RunError::Model { source_name: model.to_owned(), source };
+    let bundle =
+        if model == "default" { Bundle::embedded() } else { Bundle::read_dir(Path::new(model)) }.map_err(err)?;
+    bundle.detector(&Schema::flow()).map_err(err)
+}
+
+/// The syslog severity of an engine event.
+const fn severity(level: Level) -> Severity {
+    match level {
+        Level::High => Severity::Error,
+        Level::Medium => Severity::Warning,
+        Level::Info => Severity::Notice,
+    }
+}
+
+/// Runs the agent until SIGINT or SIGTERM (or `vigil detach`).
+///
+/// # Errors
+/// [`RunError`] for bad settings, a failed load or attach, or a failing map syscall.
+#[expect(clippy::too_many_lines, reason = "the agent's main loop reads best in one piece")]
+pub async fn run(config: Config) -> Result<(), RunError> {
+    let s = &config.sensor;
+    let iface = if s.iface.is_empty() {
+        let iface = route::default_route_interface().ok_or(RunError::NoDefaultRoute)?;
+        info!(iface, "no interface configured; using the default route's");
         iface
     } else {
-        let iface = route::default_route_interface().ok_or(RunError::NoDefaultRoute)?;
-        info!(iface, "no --iface given; using the default route's interface");
-        iface
+        s.iface.clone()
     };
     if nix::net::if_::if_nametoindex(iface.as_str()).is_err() {
         return Err(SensorError::NoSuchInterface { iface }.into());
     }
-    let mut writer = config.flows_out.as_deref().map(FlowWriter::open).transpose()?;
+    let detector = load_detector(&config.detection.model)?;
+    let mut writer = config.flows.out.as_deref().map(FlowWriter::open).transpose()?;
+    let sink_specs = if config.alerts.sinks.is_empty() {
+        vec![crate::alert::sink::SinkSpec { kind: crate::alert::sink::SinkConfig::Stdout, queue: 10_000 }]
+    } else {
+        config.alerts.sinks.clone()
+    };
+    let sinks = Sinks::start(&sink_specs)?;
+    let metrics = Metrics::new();
+    let _metrics_server = config.metrics.listen.map(|addr| metrics.serve(addr)).transpose()?;
+    if let Some(server) = &_metrics_server {
+        info!(addr = %server.local_addr(), "serving Prometheus metrics on /metrics");
+    }
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
+    let pin_dir = (!s.pin_dir.as_os_str().is_empty()).then(|| s.pin_dir.clone());
+    let run_dir: PathBuf = s.run_dir.clone();
 
-    let mut sensor = Sensor::load(config.sensor)?;
-    let mut harvester = Harvester::new(sensor.take_flows()?, config.harvest, sensor::possible_cpus());
-    sensor.attach(&iface, config.mode)?;
+    let mut sensor = Sensor::load(SensorOptions { flow_capacity: s.flow_capacity, pin_dir: pin_dir.clone() })?;
+    let harvest_config = HarvestConfig {
+        idle_timeout: s.idle_timeout.0,
+        active_timeout: s.active_timeout.0,
+        ..HarvestConfig::default()
+    };
+    let mut harvester = Harvester::new(sensor.take_flows()?, harvest_config, sensor::possible_cpus());
+    let mode = sensor.attach(&iface, s.xdp_mode)?;
+
+    let allowlist = Allowlist::new(&config.block.allowlist, config.block.allowlist_host);
+    let hostname = nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default();
+    let mut engine = Engine::new(EngineConfig {
+        alert_window: config.alerts.window.0,
+        top_features: config.detection.top_features,
+        max_alerts_per_cycle: config.alerts.max_per_cycle,
+        max_sources: config.alerts.max_sources,
+        block_mode: config.block.mode,
+        consecutive: config.block.consecutive,
+        block_threshold: detector.thresholds.alert + config.block.margin,
+        ttl: config.block.ttl.0,
+        max_rules: config.block.max_rules,
+        max_new_per_minute: config.block.max_new_per_minute,
+        allowlist,
+        iface: iface.clone(),
+        hostname,
+    });
+    let thresholds = detector.thresholds;
+    let mut scorer = LiveScorer::new(detector, ContextWindow::new(config.detection.context_window.0));
     info!(
-        interval = ?config.interval,
-        idle_timeout = ?config.harvest.idle_timeout,
-        active_timeout = ?config.harvest.active_timeout,
-        flow_capacity = config.sensor.flow_capacity,
-        "harvesting flows"
+        interval = ?s.interval.0,
+        model = config.detection.model,
+        alert_threshold = thresholds.alert,
+        block_threshold = thresholds.alert + config.block.margin,
+        block_mode = ?config.block.mode,
+        sinks = sinks.stats().iter().map(|s| s.name.clone()).collect::<Vec<_>>().join(","),
+        "detecting"
     );
+    if config.block.mode != BlockMode::Off {
+        let allowed: Vec<String> =
+            engine.config().allowlist.entries().iter().map(|(n, why)| format!("{n} ({why})")).collect();
+        info!(allowlist = allowed.join(", "), "auto-block allowlist");
+    }
+
+    let mut status = AgentStatus {
+        pid: std::process::id(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        iface: iface.clone(),
+        xdp_mode: mode.to_string(),
+        pin_dir: pin_dir.clone(),
+        started: rfc3339(clock::wall_ns()),
+        model: config.detection.model.clone(),
+        block_mode: format!("{:?}", config.block.mode).to_lowercase(),
+        flow_capacity: s.flow_capacity,
+        ..AgentStatus::default()
+    };
 
     let mut emit_failed = None;
     let mut emit = |record: FlowRecord, writer: &mut Option<FlowWriter>| {
         if let Some(w) = writer.as_mut()
             && let Err(e) = w.write(&record)
         {
+            if emit_failed.is_none() {
+                warn!(error = %e, "writing flow records failed; later failures are counted at shutdown");
+            }
             emit_failed.get_or_insert(e);
         }
     };
+    let deliver = |notice: Notice, now_wall_ns: u64, metrics: &Arc<Metrics>| {
+        match notice.kind {
+            Kind::Alert => metrics.alert(notice.level.name()),
+            Kind::Block => metrics.block_event("block"),
+            Kind::Unblock => metrics.block_event("unblock"),
+            Kind::DryRun => metrics.block_event("dry_run"),
+            Kind::Refused => metrics.block_event("refused"),
+        }
+        if notice.kind != Kind::Alert {
+            info!(action = notice.kind.action(), message = notice.doc["message"].as_str().unwrap_or(""), "response");
+        }
+        sinks.send(&Event {
+            json: notice.doc.to_string(),
+            severity: severity(notice.level),
+            timestamp_ns: now_wall_ns,
+        });
+    };
 
-    let mut last_status = std::time::Instant::now();
+    let mut last_status = Instant::now();
     let mut exported = 0usize;
-
-    let mut ticker = tokio::time::interval(config.interval);
+    let mut scored = 0u64;
+    let mut since = clock::monotonic_ns();
+    let mut ticker = tokio::time::interval(s.interval.0);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticker.tick().await;
     let stop = loop {
         tokio::select! {
             _ = ticker.tick() => {
-                let report = harvester.harvest(clock::monotonic_ns(), |r| emit(r, &mut writer))?;
+                let now = clock::monotonic_ns();
+                let mut live = Vec::new();
+                let report = harvester.harvest_live(now, Some(since), |r| emit(r, &mut writer), |f| live.push(f))?;
+                since = now;
+                let ignored = &config.detection.ignore_destinations;
+                live.retain(|f| !ignored.iter().any(|n| n.contains(&f.record.dst_ip)));
                 if let Some(w) = writer.as_mut() {
                     w.flush()?;
                 }
-                debug!(tracked = report.tracked, idle = report.idle, active = report.active,
-                       elapsed_us = report.elapsed.as_micros(), "harvest");
+                let now_wall = MonoToWall::now().wall_ns(now);
+                let cycle = scorer.score(&live, now_wall)?;
+                scored += live.len() as u64;
+                let mut blocklist = Blocklist::from_ebpf(sensor.ebpf_mut())?;
+                let notices = engine.cycle(now, now_wall, &live, &cycle, &scorer.detector, Some(&mut blocklist))?;
+                for notice in notices {
+                    deliver(notice, now_wall, &metrics);
+                }
                 exported += report.idle + report.active;
+
+                let counters = sensor.counters()?;
+                metrics.observe_sensor(&counters);
+                metrics.set_flows_tracked(report.tracked as u64, u64::from(s.flow_capacity));
+                metrics.observe_harvest(report.elapsed);
+                metrics.observe_scoring(live.len(), cycle.elapsed);
+                let rules: Vec<(String, u64)> = engine.rules().map(|r| (r.prefix.to_string(), r.drops)).collect();
+                metrics.set_rules(&rules);
+                let sink_stats = sinks.stats();
+                for st in &sink_stats {
+                    metrics.sink_stats(&st.name, st.delivered, st.dropped, st.failed);
+                }
+                debug!(tracked = report.tracked, live = live.len(), harvest_us = report.elapsed.as_micros(),
+                       scoring_us = cycle.elapsed.as_micros(), "cycle");
+
+                status.updated = rfc3339(now_wall);
+                status.flows_tracked = report.tracked;
+                status.last_harvest_ms = report.elapsed.as_secs_f64() * 1e3;
+                status.last_scoring_ms = cycle.elapsed.as_secs_f64() * 1e3;
+                status.flows_scored = scored;
+                status.engine = engine.stats;
+                status.sinks = sink_stats.into_iter().map(|st| SinkStatus {
+                    name: st.name, delivered: st.delivered, dropped: st.dropped, failed: st.failed,
+                }).collect();
+                if let Err(e) = status.write(&run_dir) {
+                    debug!(error = %e, dir = %run_dir.display(), "writing the status file failed");
+                }
                 if last_status.elapsed() >= STATUS_EVERY {
-                    last_status = std::time::Instant::now();
-                    let c = sensor.counters()?;
-                    info!(packets = c.packets, bytes = c.bytes, malformed = c.malformed_total(),
-                          flows_tracked = report.tracked, records_exported = exported,
-                          blocklist_drops = c.blocklist_drops, "status");
+                    last_status = Instant::now();
+                    info!(packets = counters.packets, bytes = counters.bytes, malformed = counters.malformed_total(),
+                          flows_tracked = report.tracked, records_exported = exported, flows_scored = scored,
+                          alerts = engine.stats.alerts, blocks = engine.stats.blocks,
+                          blocklist_drops = counters.blocklist_drops, "status");
+                }
+                if sensor.pin_removed() {
+                    break "vigil detach";
                 }
             }
             _ = sigint.recv() => break "SIGINT",
@@ -113,26 +267,24 @@ pub async fn run(config: RunConfig) -> Result<(), RunError> {
         }
     };
 
-    info!(signal = stop, "stopping: detaching, then flushing remaining flows");
-    sensor.detach()?;
-    let flushed = harvester.flush(EndReason::Shutdown, |r| emit(r, &mut writer))?;
+    info!(signal = stop, "stopping");
+    let pinned = sensor.pins().is_some() && stop != "vigil detach";
+    let mut flushed = 0;
+    if pinned {
+        // The program keeps counting into the pinned table; the next run exports those flows.
+        sensor.release()?;
+    } else {
+        sensor.detach()?;
+        flushed = harvester.flush(EndReason::Shutdown, |r| emit(r, &mut writer))?;
+    }
     if let Some(w) = writer.as_mut() {
         w.flush()?;
     }
     if let Some(e) = emit_failed {
         warn!(error = %e, "writing flow records failed at least once");
     }
-    let counters = sensor.counters()?;
-    info!(
-        packets = counters.packets,
-        bytes = counters.bytes,
-        malformed = counters.malformed_total(),
-        flows_created = counters.flows_created,
-        flow_insert_failed = counters.flow_insert_failed,
-        blocklist_drops = counters.blocklist_drops,
-        flushed,
-        records = writer.as_ref().map_or(0, FlowWriter::written),
-        "stopped"
-    );
+    sinks.shutdown(Duration::from_secs(5));
+    let _ = std::fs::remove_file(run_dir.join(crate::control::STATUS_FILE));
+    info!(flushed, records = writer.as_ref().map_or(0, FlowWriter::written), alerts = engine.stats.alerts, "stopped");
     Ok(())
 }

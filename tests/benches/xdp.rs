@@ -64,7 +64,9 @@ fn main() {
         assert_eq!(h.run(&f), 2);
         repeated(&mut h, PROGRAM, &f, 2)
     };
-    h.blocklist().add("203.0.113.0/24".parse().unwrap(), Duration::from_hours(1)).expect("rule");
+    h.blocklist()
+        .add("203.0.113.0/24".parse().unwrap(), Duration::from_hours(1), vigil::block::rules::Origin::Manual)
+        .expect("rule");
     let with_rule_existing = repeated(&mut h, PROGRAM, &tcp, 2);
     let blocked_ns = repeated(&mut h, PROGRAM, &blocked, 1);
     let malformed_ns = repeated(&mut h, PROGRAM, &malformed, 2);

@@ -40,7 +40,7 @@ fn rule_drops_live_traffic_then_lapses_on_its_own() {
         sensor.attach(Link::IFACE_B, AttachMode::Native).expect("attach");
         Blocklist::from_ebpf(sensor.ebpf_mut())
             .expect("blocklist")
-            .add("10.200.0.1/32".parse().unwrap(), Duration::from_secs(2))
+            .add("10.200.0.1/32".parse().unwrap(), Duration::from_secs(2), vigil::block::rules::Origin::Manual)
             .expect("add rule");
         report_tx.send(()).expect("report");
         // Keep the sensor attached until told, then report what the kernel counted.

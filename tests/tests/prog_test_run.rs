@@ -389,8 +389,12 @@ fn garbage_is_always_passed_and_accounted() {
 #[test]
 fn blocklist_drops_before_the_flow_table() {
     let mut h = Harness::new();
-    h.blocklist().add("192.0.2.0/24".parse().unwrap(), Duration::from_mins(1)).expect("add v4 rule");
-    h.blocklist().add("2001:db8:bad::/48".parse().unwrap(), Duration::from_mins(1)).expect("add v6 rule");
+    h.blocklist()
+        .add("192.0.2.0/24".parse().unwrap(), Duration::from_mins(1), vigil::block::rules::Origin::Manual)
+        .expect("add v4 rule");
+    h.blocklist()
+        .add("2001:db8:bad::/48".parse().unwrap(), Duration::from_mins(1), vigil::block::rules::Origin::Manual)
+        .expect("add v6 rule");
     for _ in 0..3 {
         assert_eq!(h.run(&Pkt::tcp4(A, B, 1, 2, flags::SYN).build()), XDP_DROP);
     }
@@ -413,9 +417,15 @@ fn blocklist_rules_expire_in_the_kernel() {
     let mut h = Harness::new();
     // A short, more specific rule over a longer, wider one: after the short one lapses, the
     // wider one still applies; after removing it, traffic passes.
-    h.blocklist().add("192.0.2.1/32".parse().unwrap(), Duration::from_secs(1)).expect("add");
-    h.blocklist().add("192.0.2.0/24".parse().unwrap(), Duration::from_mins(2)).expect("add");
-    h.blocklist().add("198.51.100.0/24".parse().unwrap(), Duration::from_secs(1)).expect("add");
+    h.blocklist()
+        .add("192.0.2.1/32".parse().unwrap(), Duration::from_secs(1), vigil::block::rules::Origin::Manual)
+        .expect("add");
+    h.blocklist()
+        .add("192.0.2.0/24".parse().unwrap(), Duration::from_mins(2), vigil::block::rules::Origin::Manual)
+        .expect("add");
+    h.blocklist()
+        .add("198.51.100.0/24".parse().unwrap(), Duration::from_secs(1), vigil::block::rules::Origin::Manual)
+        .expect("add");
     let from_a = Pkt::tcp4(A, B, 1, 2, flags::SYN).build();
     let from_b = Pkt::tcp4(B, A, 1, 2, flags::SYN).build();
     assert_eq!(h.run(&from_a), XDP_DROP);
@@ -434,5 +444,9 @@ fn blocklist_rules_expire_in_the_kernel() {
 #[test]
 fn short_ttl_is_refused() {
     let mut h = Harness::new();
-    assert!(h.blocklist().add("192.0.2.0/24".parse().unwrap(), Duration::from_millis(10)).is_err());
+    assert!(
+        h.blocklist()
+            .add("192.0.2.0/24".parse().unwrap(), Duration::from_millis(10), vigil::block::rules::Origin::Manual)
+            .is_err()
+    );
 }

@@ -16,7 +16,17 @@ const LLVM_PACKAGES: [&str; 2] = ["llvm-22-dev", "libpolly-22-dev"];
 /// bpf-linker 0.13 is the release built and verified against LLVM 22 and this rustc.
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// What the privileged tests and benchmarks use from the system.
-const TEST_PACKAGES: [(&str, &str); 2] = [("ip", "iproute2"), ("ethtool", "ethtool")];
+const TEST_PACKAGES: [(&str, &str); 9] = [
+    ("ip", "iproute2"),
+    ("ethtool", "ethtool"),
+    ("nsenter", "util-linux"),
+    ("hping3", "hping3"),
+    ("nmap", "nmap"),
+    ("iperf3", "iperf3"),
+    ("dig", "dnsutils"),
+    ("curl", "curl"),
+    ("prometheus", "prometheus"),
+];
 /// The Python references the model cross-checks and scoring benchmark compare against
 /// (never used by the agent). Versions are the ones the checks were written against.
 const PYTHON_PACKAGES: [&str; 4] = ["scikit-learn==1.9.1", "onnxruntime==1.31.1", "onnx==1.23.2", "numpy==2.4.6"];

@@ -5,11 +5,14 @@
 
 use std::{borrow::BorrowMut, net::IpAddr, time::Duration};
 
-use agent_common::{blocklist::BlockRule, maps};
+use agent_common::{
+    blocklist::{BlockRule, ORIGIN_AUTO},
+    maps,
+};
 use aya::{
     Ebpf,
     maps::{
-        MapData, MapError,
+        Map, MapData, MapError,
         lpm_trie::{Key, LpmTrie},
     },
 };
@@ -27,6 +30,31 @@ pub enum BlockError {
     Map { name: &'static str, source: MapError },
     #[error("a rule needs a TTL of at least one second, got {0:?}")]
     BadTtl(Duration),
+    #[error("opening pinned map {path}: {source} (is the agent running or was it run with this pin directory?)")]
+    Pin { path: std::path::PathBuf, source: MapError },
+}
+
+/// Who installed a rule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Origin {
+    /// An operator, with `vigil block add`.
+    Manual,
+    /// The agent's auto-block.
+    Auto,
+}
+
+impl Origin {
+    const fn code(self) -> u32 {
+        match self {
+            Self::Manual => agent_common::blocklist::ORIGIN_MANUAL,
+            Self::Auto => ORIGIN_AUTO,
+        }
+    }
+
+    const fn from_code(code: u32) -> Self {
+        if code == ORIGIN_AUTO { Self::Auto } else { Self::Manual }
+    }
 }
 
 /// A rule as listed.
@@ -39,6 +67,15 @@ pub struct Rule {
     pub created_ns: u64,
     /// Packets it dropped.
     pub drops: u64,
+    pub origin: Origin,
+}
+
+impl Rule {
+    /// Whether the rule still applies at `now_ns` (`CLOCK_MONOTONIC`).
+    #[must_use]
+    pub const fn is_active(&self, now_ns: u64) -> bool {
+        now_ns < self.expires_ns
+    }
 }
 
 /// The two LPM tries (IPv4 and IPv6 source prefixes).
@@ -63,12 +100,33 @@ impl<'a> Blocklist<&'a mut MapData> {
     }
 }
 
+impl Blocklist<MapData> {
+    /// The blocklist maps pinned under `dir` by a running (or past) agent.
+    ///
+    /// # Errors
+    /// If a pin is missing or not an LPM trie of the right shape.
+    pub fn from_pins(dir: &std::path::Path) -> Result<Self, BlockError> {
+        let open = |name: &'static str| {
+            let path = dir.join(name);
+            MapData::from_pin(&path)
+                .and_then(Map::from_map_data)
+                .map_err(|source| BlockError::Pin { path: path.clone(), source })
+        };
+        let v4 = open(maps::BLOCK_V4)?;
+        let v6 = open(maps::BLOCK_V6)?;
+        Ok(Self {
+            v4: LpmTrie::try_from(v4).map_err(|source| BlockError::Map { name: maps::BLOCK_V4, source })?,
+            v6: LpmTrie::try_from(v6).map_err(|source| BlockError::Map { name: maps::BLOCK_V6, source })?,
+        })
+    }
+}
+
 impl<T: BorrowMut<MapData>> Blocklist<T> {
     /// Blocks `prefix` for `ttl` from now, replacing any rule for the same prefix.
     ///
     /// # Errors
     /// A TTL under a second, or the map update failing (e.g. the blocklist is full).
-    pub fn add(&mut self, prefix: IpNet, ttl: Duration) -> Result<Rule, BlockError> {
+    pub fn add(&mut self, prefix: IpNet, ttl: Duration, origin: Origin) -> Result<Rule, BlockError> {
         if ttl < Duration::from_secs(1) {
             return Err(BlockError::BadTtl(ttl));
         }
@@ -80,7 +138,7 @@ impl<T: BorrowMut<MapData>> Blocklist<T> {
             created_ns: now,
             drops: 0,
             prefix_len: u32::from(prefix.prefix_len()),
-            pad: 0,
+            origin: origin.code(),
         };
         match prefix {
             IpNet::V4(net) => {
@@ -92,7 +150,7 @@ impl<T: BorrowMut<MapData>> Blocklist<T> {
                 self.v6.insert(&key, rule, 0).map_err(|source| BlockError::Map { name: maps::BLOCK_V6, source })?;
             }
         }
-        Ok(Rule { prefix, expires_ns: rule.expires_ns, created_ns: now, drops: 0 })
+        Ok(Rule { prefix, expires_ns: rule.expires_ns, created_ns: now, drops: 0, origin })
     }
 
     /// Removes the rule for exactly `prefix`. Returns whether there was one.
@@ -111,6 +169,31 @@ impl<T: BorrowMut<MapData>> Blocklist<T> {
             Err(e) if is_not_found(&e) => Ok(false),
             Err(source) => Err(BlockError::Map { name, source }),
         }
+    }
+}
+
+impl<T: BorrowMut<MapData>> Blocklist<T> {
+    /// Removes every rule; returns the rules removed.
+    ///
+    /// # Errors
+    /// A map read or delete failing.
+    pub fn flush(&mut self) -> Result<Vec<Rule>, BlockError> {
+        let rules = self.list()?;
+        for rule in &rules {
+            self.remove(rule.prefix)?;
+        }
+        Ok(rules)
+    }
+
+    /// Removes the rules that lapsed before `now_ns` (the kernel already ignores them) and
+    /// returns them.
+    ///
+    /// # Errors
+    /// A map read or delete failing.
+    pub fn remove_expired(&mut self, now_ns: u64) -> Result<Vec<Rule>, BlockError> {
+        let mut expired: Vec<Rule> = self.list()?.into_iter().filter(|r| !r.is_active(now_ns)).collect();
+        expired.retain(|r| self.remove(r.prefix).unwrap_or(false));
+        Ok(expired)
     }
 }
 
@@ -138,7 +221,13 @@ impl<T: std::borrow::Borrow<MapData>> Blocklist<T> {
 
 fn to_rule(addr: IpAddr, prefix_len: u32, rule: &BlockRule) -> Rule {
     let prefix = IpNet::new(addr, u8::try_from(prefix_len).unwrap_or(u8::MAX)).unwrap_or_else(|_| IpNet::from(addr));
-    Rule { prefix, expires_ns: rule.expires_ns, created_ns: rule.created_ns, drops: rule.drops }
+    Rule {
+        prefix,
+        expires_ns: rule.expires_ns,
+        created_ns: rule.created_ns,
+        drops: rule.drops,
+        origin: Origin::from_code(rule.origin),
+    }
 }
 
 /// Whether a map error means "no such key" (aya reports deletes of missing keys as a raw

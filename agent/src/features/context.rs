@@ -166,8 +166,32 @@ impl ContextWindow {
         {
             self.apply(old, false);
         }
-        let src = &self.hosts[&r.src_ip];
-        let dst = &self.hosts[&r.dst_ip];
+        self.stats_of(r)
+    }
+
+    /// Moves the window's end to `now_ns` (same clock as the records), expiring older flows.
+    pub fn advance(&mut self, now_ns: u64) {
+        self.latest_ns = self.latest_ns.max(now_ns);
+        self.expire();
+    }
+
+    /// The context of a flow observed earlier, without adding it again (live scoring re-scores
+    /// flows still open). If its events already left the window it counts as a lone flow.
+    #[must_use]
+    pub fn peek(&self, r: &FlowRecord) -> ContextStats {
+        let mut ctx = self.stats_of(r);
+        ctx.src_flows = ctx.src_flows.max(1);
+        ctx.src_dst_hosts = ctx.src_dst_hosts.max(1);
+        ctx.src_dst_ports = ctx.src_dst_ports.max(1);
+        ctx.dst_flows = ctx.dst_flows.max(1);
+        ctx.dst_src_hosts = ctx.dst_src_hosts.max(1);
+        ctx
+    }
+
+    fn stats_of(&self, r: &FlowRecord) -> ContextStats {
+        let empty = HostState::default();
+        let src = self.hosts.get(&r.src_ip).unwrap_or(&empty);
+        let dst = self.hosts.get(&r.dst_ip).unwrap_or(&empty);
         ContextStats {
             src_flows: src.flows_out,
             src_dst_hosts: src.dst_hosts.len(),

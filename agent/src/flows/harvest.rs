@@ -94,6 +94,17 @@ struct Shard {
     table: FlowTable,
     reader: PerCpuBatchReader<FlowKey, FlowStats>,
     leaving: Vec<(FlowKey, FlowStats, EndReason)>,
+    /// Flows that stay but saw packets since the last live harvest.
+    updated: Vec<(FlowKey, FlowStats)>,
+}
+
+/// A flow as it stands now, for live scoring: a snapshot of a flow still in the table, or the
+/// final record of one that left, whenever it saw packets since the previous harvest.
+#[derive(Clone, Debug)]
+pub struct LiveFlow {
+    pub record: FlowRecord,
+    /// Its first packet came after the previous harvest: the first time it is seen.
+    pub new: bool,
 }
 
 /// Reads the flow table and turns leaving flows into records. The table's shards are scanned
@@ -110,7 +121,12 @@ impl Harvester {
     pub fn new(tables: Vec<FlowTable>, config: HarvestConfig, cpus: usize) -> Self {
         let shards = tables
             .into_iter()
-            .map(|table| Shard { table, reader: PerCpuBatchReader::new(config.chunk, cpus), leaving: Vec::new() })
+            .map(|table| Shard {
+                table,
+                reader: PerCpuBatchReader::new(config.chunk, cpus),
+                leaving: Vec::new(),
+                updated: Vec::new(),
+            })
             .collect();
         Self { shards, config, scratch: vec![FlowStats::default(); cpus] }
     }
@@ -121,8 +137,13 @@ impl Harvester {
     }
 
     /// Scans every shard in parallel; `pick` decides from each flow's time span (over all
-    /// CPUs) whether it leaves and why. Returns the number of flows scanned.
-    fn scan(&mut self, pick: impl Fn(&FlowKey, TimeSpan) -> Option<EndReason> + Sync) -> io::Result<usize> {
+    /// CPUs) whether it leaves and why. Flows that stay and saw a packet after `since_ns` are
+    /// collected as updates. Returns the number of flows scanned.
+    fn scan(
+        &mut self,
+        since_ns: Option<u64>,
+        pick: impl Fn(&FlowKey, TimeSpan) -> Option<EndReason> + Sync,
+    ) -> io::Result<usize> {
         let pick = &pick;
         std::thread::scope(|scope| {
             let workers: Vec<_> = self
@@ -130,16 +151,21 @@ impl Harvester {
                 .iter_mut()
                 .map(|shard| {
                     scope.spawn(move || {
-                        let Shard { table, reader, leaving } = shard;
+                        let Shard { table, reader, leaving, updated } = shard;
                         leaving.clear();
+                        updated.clear();
                         reader.for_each(table.map().fd().as_fd(), |key, per_cpu| {
                             // Only the flow's time span is needed to decide; the full merge is
                             // done for leaving flows alone.
                             let Some(span) = time_span(per_cpu) else { return };
-                            if let Some(reason) = pick(key, span)
+                            if let Some(reason) = pick(key, span) {
+                                if let Some(stats) = merge_per_cpu(per_cpu) {
+                                    leaving.push((*key, stats, reason));
+                                }
+                            } else if since_ns.is_some_and(|since| span.last_ns > since)
                                 && let Some(stats) = merge_per_cpu(per_cpu)
                             {
-                                leaving.push((*key, stats, reason));
+                                updated.push((*key, stats));
                             }
                         })
                     })
@@ -157,10 +183,31 @@ impl Harvester {
     ///
     /// # Panics
     /// If a scan thread panics.
-    pub fn harvest(&mut self, now_mono_ns: u64, mut emit: impl FnMut(FlowRecord)) -> io::Result<HarvestReport> {
+    pub fn harvest(&mut self, now_mono_ns: u64, emit: impl FnMut(FlowRecord)) -> io::Result<HarvestReport> {
+        self.harvest_live(now_mono_ns, None, emit, |_| {})
+    }
+
+    /// [`Harvester::harvest`] that also passes to `live` every flow with packets after
+    /// `since_mono_ns` (the previous harvest's `now`): snapshots of flows that stay, and copies
+    /// of the records of flows that leave. With `since_mono_ns = None` nothing is live.
+    ///
+    /// # Errors
+    /// A failing map syscall.
+    ///
+    /// # Panics
+    /// If a scan thread panics.
+    pub fn harvest_live(
+        &mut self,
+        now_mono_ns: u64,
+        since_mono_ns: Option<u64>,
+        mut emit: impl FnMut(FlowRecord),
+        mut live: impl FnMut(LiveFlow),
+    ) -> io::Result<HarvestReport> {
         let started = Instant::now();
         let config = self.config;
-        let tracked = self.scan(|_, span| config.end_reason(span.first_ns, span.last_ns, now_mono_ns))?;
+        let tracked =
+            self.scan(since_mono_ns, |_, span| config.end_reason(span.first_ns, span.last_ns, now_mono_ns))?;
+        let is_new = |stats: &FlowStats| since_mono_ns.is_some_and(|since| stats.first_seen_ns > since);
 
         let clock = MonoToWall::now();
         let mut report = HarvestReport { tracked, ..HarvestReport::default() };
@@ -178,7 +225,14 @@ impl Harvester {
                     EndReason::Idle => report.idle += 1,
                     _ => report.active += 1,
                 }
-                emit(FlowRecord::new(&key, &stats, reason, clock));
+                let record = FlowRecord::new(&key, &stats, reason, clock);
+                if since_mono_ns.is_some_and(|since| stats.last_seen_ns > since) {
+                    live(LiveFlow { record: record.clone(), new: is_new(&stats) });
+                }
+                emit(record);
+            }
+            for (key, stats) in shard.updated.drain(..) {
+                live(LiveFlow { record: FlowRecord::new(&key, &stats, EndReason::Open, clock), new: is_new(&stats) });
             }
         }
         report.elapsed = started.elapsed();
@@ -239,7 +293,7 @@ impl Harvester {
     /// # Errors
     /// A failing map syscall.
     pub fn scan_batched(&mut self) -> io::Result<usize> {
-        self.scan(|_, _| None)
+        self.scan(None, |_, _| None)
     }
 }
 

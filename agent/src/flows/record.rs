@@ -21,6 +21,8 @@ pub enum EndReason {
     Shutdown,
     /// The end of a capture file (pcap path).
     EndOfCapture,
+    /// Not ended: a snapshot of a flow still in the table, taken for live scoring.
+    Open,
 }
 
 /// Per-flag TCP packet counts.

@@ -1,14 +1,19 @@
 //! Loading the XDP sensor into the kernel and attaching it to an interface.
 
 pub mod batch;
+pub mod pin;
 
-use std::fmt;
+use std::{fmt, path::PathBuf};
 
 use agent_common::{counters::Counters, maps};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{PerCpuArray, PerCpuHashMap},
-    programs::{ProgramError, Xdp, XdpMode},
+    programs::{
+        ProgramError, Xdp, XdpMode,
+        links::{FdLink, LinkError, PinnedLink},
+        xdp::XdpLink,
+    },
 };
 use tracing::{info, warn};
 
@@ -65,26 +70,50 @@ pub enum SensorError {
     BadCapacity(u32),
     #[error("reading map `{name}`: {source}")]
     MapRead { name: &'static str, source: aya::maps::MapError },
+    #[error(transparent)]
+    Pin(#[from] pin::PinError),
+    #[error("pinning the XDP link at {path}: {reason}")]
+    PinLink { path: PathBuf, reason: String },
+    #[error("taking over the pinned XDP link at {path}: {reason}")]
+    Takeover { path: PathBuf, reason: String },
 }
 
 /// Load-time settings.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct SensorOptions {
     /// Flow table capacity (entries).
     pub flow_capacity: u32,
+    /// Pin the maps and the XDP link here (see [`pin`]) so they outlive the process; `None`
+    /// keeps everything owned by the process (detached when it exits).
+    pub pin_dir: Option<PathBuf>,
 }
 
 impl Default for SensorOptions {
     fn default() -> Self {
-        Self { flow_capacity: maps::DEFAULT_FLOW_CAPACITY }
+        Self { flow_capacity: maps::DEFAULT_FLOW_CAPACITY, pin_dir: None }
     }
 }
 
-/// The loaded sensor: the eBPF object with its programs verified and maps created.
-/// Dropping it detaches the program and frees everything it holds.
+/// How the attachment is held.
+enum Attachment {
+    /// Owned by the program object: detached when the sensor is dropped.
+    Owned,
+    /// Pinned: stays attached after the process exits, until `vigil detach`. Holds the link
+    /// it pinned (none when it took over an earlier run's link, which the program then holds).
+    Pinned(#[expect(dead_code, reason = "held only to keep the fd open while running")] Option<PinnedLink>),
+}
+
+/// The loaded sensor: the eBPF object with its programs verified and maps created (or, when
+/// pinned, reopened from the pins of an earlier run). Dropping it detaches an unpinned program
+/// and frees everything not pinned.
 pub struct Sensor {
     ebpf: Ebpf,
-    attached: Option<(String, AttachMode)>,
+    pins: Option<pin::Pins>,
+    attached: Option<(String, AttachMode, Attachment)>,
+    /// The pins held maps of an earlier run when this sensor loaded.
+    reused: bool,
+    /// Exclusive lock on the pin directory: one agent per pinned sensor.
+    _lock: Option<nix::fcntl::Flock<std::fs::File>>,
 }
 
 impl Sensor {
@@ -103,6 +132,18 @@ impl Sensor {
         for name in maps::FLOWS {
             loader.map_max_entries(name, per_shard);
         }
+        let pins = options.pin_dir.as_ref().map(pin::Pins::new);
+        let mut reused = false;
+        let mut lock = None;
+        if let Some(pins) = &pins {
+            pin::ensure_bpffs(pins.dir())?;
+            lock = Some(pin::lock(pins.dir())?);
+            for name in pin::PINNED_MAPS {
+                let path = pins.dir().join(name);
+                reused |= path.exists();
+                loader.map_pin_path(name, path);
+            }
+        }
         let mut ebpf = loader.load(EBPF_OBJECT)?;
         for name in [maps::PROGRAM, maps::PROGRAM_EMPTY] {
             let program: &mut Xdp = ebpf
@@ -112,7 +153,23 @@ impl Sensor {
                 .map_err(|source| SensorError::ProgramType { name, source })?;
             program.load().map_err(|source| SensorError::Verifier { name, source })?;
         }
-        Ok(Self { ebpf, attached: None })
+        if reused {
+            info!(pin_dir = %options.pin_dir.as_deref().unwrap_or_else(|| "".as_ref()).display(),
+                  "reusing the pinned maps of an earlier run (flows, counters and rules carry over)");
+        }
+        Ok(Self { ebpf, pins, attached: None, reused, _lock: lock })
+    }
+
+    /// Whether the maps were reopened from an earlier run's pins.
+    #[must_use]
+    pub const fn reused_pins(&self) -> bool {
+        self.reused
+    }
+
+    /// The pinned objects, when pinning.
+    #[must_use]
+    pub const fn pins(&self) -> Option<&pin::Pins> {
+        self.pins.as_ref()
     }
 
     /// Attaches the sensor program to `iface`. In [`AttachMode::Auto`], native mode is tried
@@ -125,36 +182,62 @@ impl Sensor {
         if nix::net::if_::if_nametoindex(iface).is_err() {
             return Err(SensorError::NoSuchInterface { iface: iface.to_owned() });
         }
+        if let Some(link_path) = self.pins.as_ref().map(pin::Pins::link).filter(|p| p.exists()) {
+            return self.take_over(iface, mode, link_path);
+        }
+        let pinned = self.pins.as_ref().map(pin::Pins::link);
         let program = self.program_mut(maps::PROGRAM)?;
         let attach = |program: &mut Xdp, mode: AttachMode| {
             let flags = if mode == AttachMode::Skb { XdpMode::Skb } else { XdpMode::Driver };
             program.attach(iface, flags).map_err(|source| SensorError::Attach { iface: iface.to_owned(), mode, source })
         };
-        let effective = match mode {
+        let (link_id, effective) = match mode {
             AttachMode::Auto => match attach(program, AttachMode::Native) {
-                Ok(_) => AttachMode::Native,
+                Ok(id) => (id, AttachMode::Native),
                 Err(e) => {
                     warn!(error = %e, "native XDP unavailable on {iface}, falling back to SKB mode");
-                    attach(program, AttachMode::Skb)?;
-                    AttachMode::Skb
+                    (attach(program, AttachMode::Skb)?, AttachMode::Skb)
                 }
             },
-            mode => {
-                attach(program, mode)?;
-                mode
-            }
+            mode => (attach(program, mode)?, mode),
         };
-        info!(iface, mode = %effective, "XDP sensor attached");
-        self.attached = Some((iface.to_owned(), effective));
+        let attachment = if let Some(path) = pinned {
+            let fail = |reason: String| SensorError::PinLink { path: path.clone(), reason };
+            let link = program.take_link(link_id).map_err(|e| fail(e.to_string()))?;
+            // A netlink attachment (kernels before 5.9) cannot be pinned: give up cleanly.
+            let fd_link = FdLink::try_from(link).map_err(|e| fail(e.to_string()))?;
+            let pinned = fd_link.pin(&path).map_err(|e| fail(e.to_string()))?;
+            Attachment::Pinned(Some(pinned))
+        } else {
+            Attachment::Owned
+        };
+        info!(iface, mode = %effective, pinned = matches!(attachment, Attachment::Pinned(_)), "XDP sensor attached");
+        self.attached = Some((iface.to_owned(), effective, attachment));
         Ok(effective)
     }
 
-    /// Detaches the sensor program (the maps stay readable). Does nothing if not attached.
+    /// Swaps this sensor's freshly loaded program into the link an earlier run pinned
+    /// (`BPF_LINK_UPDATE`, atomic: no packet goes unseen).
+    fn take_over(&mut self, iface: &str, mode: AttachMode, path: PathBuf) -> Result<AttachMode, SensorError> {
+        let fail = |reason: String| SensorError::Takeover { path: path.clone(), reason };
+        let pinned = PinnedLink::from_pin(&path).map_err(|e: LinkError| fail(e.to_string()))?;
+        let link = XdpLink::try_from(FdLink::from(pinned)).map_err(|e| fail(e.to_string()))?;
+        self.program_mut(maps::PROGRAM)?.attach_to_link(link).map_err(|e| fail(e.to_string()))?;
+        info!(iface, link = %path.display(), "XDP sensor attached: took over the pinned link of an earlier run");
+        self.attached = Some((iface.to_owned(), mode, Attachment::Pinned(None)));
+        Ok(mode)
+    }
+
+    /// Detaches the sensor program (the maps stay readable), pinned link included. Does
+    /// nothing if not attached.
     ///
     /// # Errors
     /// If the kernel refuses to detach.
     pub fn detach(&mut self) -> Result<(), SensorError> {
-        if let Some((iface, _)) = self.attached.take() {
+        if let Some((iface, _, attachment)) = self.attached.take() {
+            if let (Attachment::Pinned(_), Some(pins)) = (attachment, &self.pins) {
+                pins.detach_link()?;
+            }
             let name = maps::PROGRAM;
             self.program_mut(name)?.unload().map_err(|source| SensorError::Detach { iface: iface.clone(), source })?;
             info!(iface, "XDP sensor detached");
@@ -162,10 +245,33 @@ impl Sensor {
         Ok(())
     }
 
+    /// Lets go of the sensor without detaching it: a pinned attachment stays in the kernel
+    /// (with its maps) for the next run or `vigil detach`. An unpinned one is detached.
+    ///
+    /// # Errors
+    /// If detaching an unpinned program fails.
+    pub fn release(mut self) -> Result<(), SensorError> {
+        match self.attached.as_ref() {
+            Some((iface, _, Attachment::Pinned(_))) => {
+                let dir = self.pins.as_ref().map(|p| p.dir().display().to_string()).unwrap_or_default();
+                info!(iface, pin_dir = dir, "leaving the XDP sensor attached and pinned; `vigil detach` removes it");
+                Ok(())
+            }
+            _ => self.detach(),
+        }
+    }
+
+    /// Whether an earlier run's pinned link is gone (`vigil detach` ran meanwhile).
+    #[must_use]
+    pub fn pin_removed(&self) -> bool {
+        matches!(self.attached, Some((_, _, Attachment::Pinned(_))))
+            && self.pins.as_ref().is_some_and(|p| !p.is_attached())
+    }
+
     /// The interface and mode the sensor is attached with, if any.
     #[must_use]
     pub fn attached(&self) -> Option<(&str, AttachMode)> {
-        self.attached.as_ref().map(|(iface, mode)| (iface.as_str(), *mode))
+        self.attached.as_ref().map(|(iface, mode, _)| (iface.as_str(), *mode))
     }
 
     /// One of the object's XDP programs ([`maps::PROGRAM`] or [`maps::PROGRAM_EMPTY`]), e.g.

@@ -1,0 +1,339 @@
+//! The agent's configuration file (TOML, default `/etc/vigil/vigil.toml`).
+//!
+//! Every field has a default (documented in `docs/config.md`, printed by
+//! `vigil config show`); command-line flags override the file. Unknown keys and bad values
+//! are errors that name the field, and `vigil run` exits with status 2 on them before anything
+//! is loaded or attached.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use ipnet::IpNet;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::{alert::sink::SinkSpec, detect::BlockMode, sensor::AttachMode};
+
+/// Where `vigil run` looks for its configuration when `--config` is not given.
+pub const DEFAULT_PATH: &str = "/etc/vigil/vigil.toml";
+
+/// A duration written the human way in TOML: `"1s"`, `"500ms"`, `"10m"`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Dur(pub Duration);
+
+impl Serialize for Dur {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(self.0).to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text).map(Dur).map_err(|e| {
+            serde::de::Error::custom(format!("invalid duration {text:?} ({e}); write e.g. \"1s\", \"10m\""))
+        })
+    }
+}
+
+/// The sensor: where it attaches and how flows leave the table.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SensorSection {
+    /// Interface to attach to; empty = the default route's.
+    pub iface: String,
+    pub xdp_mode: AttachMode,
+    pub flow_capacity: u32,
+    /// Time between harvests; also the scoring window of auto-block.
+    pub interval: Dur,
+    pub idle_timeout: Dur,
+    pub active_timeout: Dur,
+    /// Keep the program, maps and rules pinned here across agent restarts; empty = do not pin
+    /// (everything is detached when the agent exits).
+    pub pin_dir: PathBuf,
+    /// `vigil status` reads the running agent's state from here.
+    pub run_dir: PathBuf,
+}
+
+impl Default for SensorSection {
+    fn default() -> Self {
+        Self {
+            iface: String::new(),
+            xdp_mode: AttachMode::Auto,
+            flow_capacity: agent_common::maps::DEFAULT_FLOW_CAPACITY,
+            interval: Dur(Duration::from_secs(1)),
+            idle_timeout: Dur(Duration::from_secs(15)),
+            active_timeout: Dur(Duration::from_mins(1)),
+            pin_dir: PathBuf::from(crate::sensor::pin::DEFAULT_PIN_DIR),
+            run_dir: PathBuf::from(crate::control::DEFAULT_RUN_DIR),
+        }
+    }
+}
+
+/// Scoring.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DetectionSection {
+    /// `"default"` (the built-in bundle) or a bundle directory from `vigil train`.
+    pub model: String,
+    /// Per-source/destination context window (use the one the model was trained with).
+    pub context_window: Dur,
+    /// Features listed in an alert's explanation.
+    pub top_features: usize,
+    /// Flows to these destinations are tracked but not scored: link-local control traffic
+    /// (neighbour discovery, mDNS, IGMP) that no model of unicast traffic describes.
+    pub ignore_destinations: Vec<IpNet>,
+}
+
+impl Default for DetectionSection {
+    fn default() -> Self {
+        Self {
+            model: "default".to_owned(),
+            context_window: Dur(crate::features::context::DEFAULT_WINDOW),
+            top_features: 5,
+            ignore_destinations: ["224.0.0.0/4", "255.255.255.255/32", "ff00::/8"]
+                .iter()
+                .map(|n| n.parse().expect("literal prefix"))
+                .collect(),
+        }
+    }
+}
+
+/// Alerts and where they go.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlertsSection {
+    /// At most one alert per source per window; anomalies in between are counted in the next.
+    pub window: Dur,
+    /// Alerts raised per harvest cycle at most (the rest wait a cycle).
+    pub max_per_cycle: usize,
+    /// Sources with alert/block state at most.
+    pub max_sources: usize,
+    /// Sinks; none = standard output.
+    pub sinks: Vec<SinkSpec>,
+}
+
+impl Default for AlertsSection {
+    fn default() -> Self {
+        Self { window: Dur(Duration::from_secs(10)), max_per_cycle: 100, max_sources: 100_000, sinks: Vec::new() }
+    }
+}
+
+/// Auto-block and its rails.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BlockSection {
+    pub mode: BlockMode,
+    /// Consecutive harvest cycles at or above the block threshold before blocking.
+    pub consecutive: u32,
+    /// The block threshold is the model's alert threshold plus this (combined-score units,
+    /// robust z): a source must stand out this much more than an alert, for `consecutive`
+    /// cycles in a row.
+    pub margin: f32,
+    /// How long a rule lasts; the kernel lets traffic through again after it.
+    pub ttl: Dur,
+    /// Active rules at most.
+    pub max_rules: usize,
+    /// New auto-block rules per minute at most.
+    pub max_new_per_minute: usize,
+    /// Prefixes never blocked.
+    pub allowlist: Vec<IpNet>,
+    /// Also never block the host's own addresses, its default gateways and loopback.
+    pub allowlist_host: bool,
+}
+
+impl Default for BlockSection {
+    fn default() -> Self {
+        Self {
+            mode: BlockMode::Off,
+            consecutive: 2,
+            margin: 0.5,
+            ttl: Dur(Duration::from_mins(10)),
+            max_rules: 1024,
+            max_new_per_minute: 60,
+            allowlist: Vec::new(),
+            allowlist_host: true,
+        }
+    }
+}
+
+/// Prometheus endpoint.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSection {
+    /// `ADDR:PORT` to serve `/metrics` on; absent = no endpoint.
+    pub listen: Option<SocketAddr>,
+}
+
+/// Flow records.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FlowsSection {
+    /// Append finished flow records as JSON lines here (`-` = standard output).
+    pub out: Option<PathBuf>,
+}
+
+/// The whole file.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub sensor: SensorSection,
+    pub detection: DetectionSection,
+    pub alerts: AlertsSection,
+    pub block: BlockSection,
+    pub metrics: MetricsSection,
+    pub flows: FlowsSection,
+}
+
+/// A configuration that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading config {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config: `{field}` {message}")]
+    Invalid { field: &'static str, message: String },
+}
+
+impl Config {
+    /// Reads `path`, or [`DEFAULT_PATH`] if it exists, or takes the defaults.
+    ///
+    /// # Errors
+    /// A missing explicit file, a parse error (naming the key and line), or an invalid value.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let (path, explicit) = match path {
+            Some(p) => (p.to_owned(), true),
+            None => (PathBuf::from(DEFAULT_PATH), false),
+        };
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if !explicit && e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
+            Err(source) => return Err(ConfigError::Read { path, source }),
+        };
+        let config = Self::parse(&text).map_err(|message| ConfigError::Parse { path, message })?;
+        Ok(config)
+    }
+
+    /// Parses TOML text (no validation).
+    ///
+    /// # Errors
+    /// The parser's message, which names the offending key and its line.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        toml::from_str(text).map_err(|e| e.to_string().trim_end().to_owned())
+    }
+
+    /// The configuration as TOML, every field included.
+    ///
+    /// # Panics
+    /// Never: every field serialises.
+    #[must_use]
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("config serialises")
+    }
+
+    /// Checks values that parse but cannot work.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] naming the first bad field.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |field: &'static str, message: &str| Err(ConfigError::Invalid { field, message: message.to_owned() });
+        let s = &self.sensor;
+        if s.flow_capacity == 0 {
+            return bad("sensor.flow_capacity", "must be at least 1");
+        }
+        if s.interval.0.is_zero() {
+            return bad("sensor.interval", "must be greater than zero");
+        }
+        if s.idle_timeout.0 < s.interval.0 {
+            return bad("sensor.idle_timeout", "must be at least sensor.interval");
+        }
+        if s.active_timeout.0 < s.interval.0 {
+            return bad("sensor.active_timeout", "must be at least sensor.interval");
+        }
+        if s.run_dir.as_os_str().is_empty() {
+            return bad("sensor.run_dir", "must not be empty");
+        }
+        if self.detection.model.is_empty() {
+            return bad("detection.model", "must be \"default\" or a bundle directory");
+        }
+        if self.detection.context_window.0.is_zero() {
+            return bad("detection.context_window", "must be greater than zero");
+        }
+        if self.alerts.window.0.is_zero() {
+            return bad("alerts.window", "must be greater than zero");
+        }
+        if self.alerts.max_per_cycle == 0 || self.alerts.max_sources == 0 {
+            return bad("alerts.max_per_cycle", "and alerts.max_sources must be at least 1");
+        }
+        for spec in &self.alerts.sinks {
+            if let Err(message) = spec.validate() {
+                return Err(ConfigError::Invalid { field: "alerts.sinks", message });
+            }
+        }
+        let b = &self.block;
+        if b.consecutive == 0 {
+            return bad("block.consecutive", "must be at least 1");
+        }
+        if !(b.margin.is_finite() && b.margin >= 0.0) {
+            return bad("block.margin", "must be a number ≥ 0");
+        }
+        if b.ttl.0 < Duration::from_secs(1) {
+            return bad("block.ttl", "must be at least 1s");
+        }
+        let cap = agent_common::maps::BLOCKLIST_CAPACITY as usize;
+        if b.max_rules == 0 || b.max_rules > cap {
+            return Err(ConfigError::Invalid { field: "block.max_rules", message: format!("must be in 1..={cap}") });
+        }
+        if b.max_new_per_minute == 0 {
+            return bad("block.max_new_per_minute", "must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_round_trip_and_validate() {
+        let c = Config::default();
+        c.validate().expect("defaults are valid");
+        let text = c.to_toml();
+        let back = Config::parse(&text).expect("own output parses");
+        assert_eq!(back.to_toml(), text);
+        assert_eq!(back.block.mode, BlockMode::Off);
+        assert_eq!(back.block.ttl, Dur(Duration::from_mins(10)));
+    }
+
+    #[test]
+    fn partial_file_keeps_other_defaults() {
+        let c = Config::parse("[block]\nmode = \"enforce\"\nttl = \"30s\"\nallowlist = [\"10.0.0.0/8\"]\n").unwrap();
+        assert_eq!(c.block.mode, BlockMode::Enforce);
+        assert_eq!(c.block.ttl.0, Duration::from_secs(30));
+        assert_eq!(c.block.consecutive, 2);
+        assert_eq!(c.sensor.interval.0, Duration::from_secs(1));
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let e = Config::parse("[block]\nmdoe = \"enforce\"\n").unwrap_err();
+        assert!(e.contains("mdoe"), "{e}");
+        let e = Config::parse("[block]\nttl = 5\n").unwrap_err();
+        assert!(e.contains("ttl"), "{e}");
+        let e = Config::parse("[block]\nmode = \"sometimes\"\n").unwrap_err();
+        assert!(e.contains("mode") && e.contains("sometimes"), "{e}");
+        let e = Config::parse("[block]\nallowlist = [\"10.0.0.300/8\"]\n").unwrap_err();
+        assert!(e.contains("allowlist"), "{e}");
+        let mut c = Config::default();
+        c.block.consecutive = 0;
+        assert!(c.validate().unwrap_err().to_string().contains("block.consecutive"));
+        let mut c = Config::default();
+        c.sensor.interval = Dur(Duration::ZERO);
+        assert!(c.validate().unwrap_err().to_string().contains("sensor.interval"));
+    }
+}

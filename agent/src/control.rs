@@ -1,0 +1,298 @@
+//! Controlling a running (or departed) agent: `vigil status`, `vigil block`, `vigil detach`.
+//!
+//! Everything goes through the objects the agent pinned (see [`crate::sensor::pin`]) and the
+//! status file it rewrites every cycle under the run directory, so these commands need no
+//! connection to the agent and work after it died.
+
+use std::{
+    io,
+    net::IpAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use agent_common::counters::{Counters, Malformed};
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    block::{Blocklist, Rule, rules::Origin},
+    clock,
+    detect::allowlist::Allowlist,
+    sensor::pin::Pins,
+};
+
+/// Where the agent keeps its status file unless configured otherwise.
+pub const DEFAULT_RUN_DIR: &str = "/run/vigil";
+/// The status file's name.
+pub const STATUS_FILE: &str = "status.json";
+
+/// What a running agent publishes about itself every cycle.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct AgentStatus {
+    pub pid: u32,
+    pub version: String,
+    pub iface: String,
+    pub xdp_mode: String,
+    pub pin_dir: Option<PathBuf>,
+    pub started: String,
+    pub updated: String,
+    pub model: String,
+    pub block_mode: String,
+    pub flows_tracked: usize,
+    pub flow_capacity: u32,
+    pub last_harvest_ms: f64,
+    pub last_scoring_ms: f64,
+    pub flows_scored: u64,
+    pub engine: crate::detect::engine::EngineStats,
+    pub sinks: Vec<SinkStatus>,
+}
+
+/// One sink's delivery counts.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct SinkStatus {
+    pub name: String,
+    pub delivered: u64,
+    pub dropped: u64,
+    pub failed: u64,
+}
+
+impl AgentStatus {
+    /// Writes the status atomically (temporary file, then rename) into `run_dir`.
+    ///
+    /// # Errors
+    /// If the directory or file cannot be written.
+    pub fn write(&self, run_dir: &Path) -> io::Result<()> {
+        std::fs::create_dir_all(run_dir)?;
+        let tmp = run_dir.join(format!(".{STATUS_FILE}.{}", std::process::id()));
+        std::fs::write(&tmp, serde_json::to_vec_pretty(self).map_err(io::Error::other)?)?;
+        std::fs::rename(&tmp, run_dir.join(STATUS_FILE))
+    }
+
+    /// The last status written into `run_dir`, if any.
+    #[must_use]
+    pub fn read(run_dir: &Path) -> Option<Self> {
+        let text = std::fs::read(run_dir.join(STATUS_FILE)).ok()?;
+        serde_json::from_slice(&text).ok()
+    }
+
+    /// Whether the process that wrote it is still alive.
+    #[must_use]
+    pub fn is_running(&self) -> bool {
+        let Ok(pid) = i32::try_from(self.pid) else { return false };
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
+            && std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "vigil")
+    }
+}
+
+/// Errors of the control commands.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error(transparent)]
+    Pin(#[from] crate::sensor::pin::PinError),
+    #[error(transparent)]
+    Block(#[from] crate::block::BlockError),
+    #[error("refusing to block {prefix}: it covers {covered} ({why}); pass --force if you mean it")]
+    Allowlisted { prefix: IpNet, covered: IpNet, why: String },
+}
+
+/// A rule as `vigil block list` shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct RuleView {
+    pub prefix: IpNet,
+    pub origin: Origin,
+    pub drops: u64,
+    /// Seconds until it lapses (0 when lapsed).
+    pub expires_in_s: u64,
+    pub age_s: u64,
+    pub active: bool,
+}
+
+impl RuleView {
+    #[must_use]
+    pub fn new(rule: &Rule, now_mono_ns: u64) -> Self {
+        Self {
+            prefix: rule.prefix,
+            origin: rule.origin,
+            drops: rule.drops,
+            expires_in_s: rule.expires_ns.saturating_sub(now_mono_ns) / 1_000_000_000,
+            age_s: now_mono_ns.saturating_sub(rule.created_ns) / 1_000_000_000,
+            active: rule.is_active(now_mono_ns),
+        }
+    }
+}
+
+/// The rules pinned under `pins`, as shown to an operator.
+///
+/// # Errors
+/// If the pinned maps cannot be opened or read.
+pub fn list_rules(pins: &Pins) -> Result<Vec<RuleView>, ControlError> {
+    let blocklist = Blocklist::from_pins(pins.dir())?;
+    let now = clock::monotonic_ns();
+    let mut rules: Vec<RuleView> = blocklist.list()?.iter().map(|r| RuleView::new(r, now)).collect();
+    rules.sort_by_key(|r| r.prefix);
+    Ok(rules)
+}
+
+/// Adds a manual rule. Prefixes covering the host's own addresses, gateways or loopback are
+/// refused unless `force`.
+///
+/// # Errors
+/// If the prefix is allowlisted (without `force`) or the maps cannot be updated.
+pub fn add_rule(pins: &Pins, prefix: IpNet, ttl: Duration, force: bool) -> Result<Rule, ControlError> {
+    if !force {
+        let allow = Allowlist::new(&[], true);
+        for (net, why) in allow.entries() {
+            if prefix.contains(&net.addr()) || net.contains(&prefix.addr()) {
+                return Err(ControlError::Allowlisted { prefix, covered: *net, why: why.clone() });
+            }
+        }
+    }
+    let mut blocklist = Blocklist::from_pins(pins.dir())?;
+    Ok(blocklist.add(prefix, ttl, Origin::Manual)?)
+}
+
+/// Removes the rule for exactly `prefix`; whether there was one.
+///
+/// # Errors
+/// If the maps cannot be updated.
+pub fn del_rule(pins: &Pins, prefix: IpNet) -> Result<bool, ControlError> {
+    Ok(Blocklist::from_pins(pins.dir())?.remove(prefix)?)
+}
+
+/// Removes every rule; how many there were.
+///
+/// # Errors
+/// If the maps cannot be updated.
+pub fn flush_rules(pins: &Pins) -> Result<usize, ControlError> {
+    Ok(Blocklist::from_pins(pins.dir())?.flush()?.len())
+}
+
+/// Parses `ADDR` or `ADDR/LEN` into a prefix.
+///
+/// # Errors
+/// A message naming the bad text.
+pub fn parse_prefix(text: &str) -> Result<IpNet, String> {
+    text.parse::<IpNet>()
+        .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
+        .map(|n| n.trunc())
+        .map_err(|_| format!("`{text}` is not an IP address or CIDR prefix"))
+}
+
+/// Everything `vigil status` shows.
+#[derive(Clone, Debug, Serialize)]
+pub struct StatusReport {
+    pub pin_dir: PathBuf,
+    pub attached: bool,
+    pub agent_running: bool,
+    pub agent: Option<AgentStatus>,
+    pub counters: Option<CountersView>,
+    pub rules: Vec<RuleView>,
+}
+
+/// The kernel counters by name.
+#[derive(Clone, Debug, Serialize)]
+pub struct CountersView {
+    pub packets: u64,
+    pub bytes: u64,
+    pub malformed: std::collections::BTreeMap<&'static str, u64>,
+    pub flows_created: u64,
+    pub flow_insert_failed: u64,
+    pub blocklist_drops: u64,
+}
+
+impl From<&Counters> for CountersView {
+    fn from(c: &Counters) -> Self {
+        Self {
+            packets: c.packets,
+            bytes: c.bytes,
+            malformed: Malformed::ALL
+                .iter()
+                .map(|m| (m.name(), c.malformed[*m as usize]))
+                .filter(|(_, n)| *n > 0)
+                .collect(),
+            flows_created: c.flows_created,
+            flow_insert_failed: c.flow_insert_failed,
+            blocklist_drops: c.blocklist_drops,
+        }
+    }
+}
+
+/// Gathers the status of the sensor pinned under `pins` and the agent writing to `run_dir`.
+#[must_use]
+pub fn status(pins: &Pins, run_dir: &Path) -> StatusReport {
+    let agent = AgentStatus::read(run_dir);
+    StatusReport {
+        pin_dir: pins.dir().to_owned(),
+        attached: pins.is_attached(),
+        agent_running: agent.as_ref().is_some_and(AgentStatus::is_running),
+        agent,
+        counters: pins.counters().ok().as_ref().map(CountersView::from),
+        rules: list_rules(pins).unwrap_or_default(),
+    }
+}
+
+impl std::fmt::Display for StatusReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let attached = if self.attached { "attached" } else { "not attached" };
+        writeln!(f, "sensor:   {attached} (pins under {})", self.pin_dir.display())?;
+        match (&self.agent, self.agent_running) {
+            (Some(a), true) => writeln!(
+                f,
+                "agent:    running, pid {} on {} ({} XDP), since {}; model {}, block mode {}",
+                a.pid, a.iface, a.xdp_mode, a.started, a.model, a.block_mode
+            )?,
+            (Some(a), false) => writeln!(f, "agent:    not running (last status from pid {} at {})", a.pid, a.updated)?,
+            (None, _) => writeln!(f, "agent:    not running (no status file)")?,
+        }
+        if let Some(a) = self.agent.as_ref().filter(|_| self.agent_running) {
+            writeln!(
+                f,
+                "flows:    {} tracked of {}; last harvest {:.1} ms, scoring {:.1} ms; {} scored",
+                a.flows_tracked, a.flow_capacity, a.last_harvest_ms, a.last_scoring_ms, a.flows_scored
+            )?;
+            let e = &a.engine;
+            writeln!(
+                f,
+                "response: {} alerts, {} blocks, {} unblocks, {} dry-run, {} refused",
+                e.alerts, e.blocks, e.unblocks, e.dry_runs, e.refused
+            )?;
+            for s in &a.sinks {
+                writeln!(
+                    f,
+                    "sink:     {} delivered {}, dropped {}, failed {}",
+                    s.name, s.delivered, s.dropped, s.failed
+                )?;
+            }
+        }
+        if let Some(c) = &self.counters {
+            let malformed: u64 = c.malformed.values().sum();
+            writeln!(
+                f,
+                "kernel:   {} packets, {} bytes, {} malformed, {} flows created, {} dropped by rules",
+                c.packets, c.bytes, malformed, c.flows_created, c.blocklist_drops
+            )?;
+        }
+        let active = self.rules.iter().filter(|r| r.active).count();
+        writeln!(f, "rules:    {active} active")?;
+        for r in &self.rules {
+            writeln!(f, "          {}", format_rule(r))?;
+        }
+        Ok(())
+    }
+}
+
+/// One line of `vigil block list`.
+#[must_use]
+pub fn format_rule(r: &RuleView) -> String {
+    let state = if r.active {
+        format!("expires in {}", humantime::format_duration(Duration::from_secs(r.expires_in_s)))
+    } else {
+        "lapsed".to_owned()
+    };
+    let origin = match r.origin {
+        Origin::Manual => "manual",
+        Origin::Auto => "auto",
+    };
+    format!("{:<43} {origin:<6} {:>10} drops  {state}", r.prefix.to_string(), r.drops)
+}

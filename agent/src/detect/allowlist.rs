@@ -1,0 +1,84 @@
+//! Prefixes auto-block never touches: configured CIDRs plus, by default, the host's own
+//! addresses, its default gateways and loopback.
+
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+
+/// A set of prefixes, each with why it is there (shown in refusals and `vigil status`).
+#[derive(Clone, Debug, Default)]
+pub struct Allowlist {
+    entries: Vec<(IpNet, String)>,
+}
+
+impl Allowlist {
+    /// `configured` CIDRs, plus the host's own addresses, default gateways and loopback when
+    /// `host` is set.
+    #[must_use]
+    pub fn new(configured: &[IpNet], host: bool) -> Self {
+        let mut list = Self::default();
+        for net in configured {
+            list.push(*net, "configured");
+        }
+        if host {
+            for net in ["127.0.0.0/8", "::1/128"] {
+                list.push(net.parse().expect("literal prefix"), "loopback");
+            }
+            for addr in host_addresses() {
+                list.push(IpNet::from(addr), "host address");
+            }
+            for gw in crate::net::route::default_gateways() {
+                list.push(IpNet::from(gw), "default gateway");
+            }
+        }
+        list
+    }
+
+    fn push(&mut self, net: IpNet, why: &str) {
+        let net = net.trunc();
+        if !self.entries.iter().any(|(n, _)| *n == net) {
+            self.entries.push((net, why.to_owned()));
+        }
+    }
+
+    /// Why `addr` is allowlisted, if it is.
+    #[must_use]
+    pub fn reason(&self, addr: IpAddr) -> Option<(IpNet, &str)> {
+        self.entries.iter().find(|(n, _)| n.contains(&addr)).map(|(n, why)| (*n, why.as_str()))
+    }
+
+    #[must_use]
+    pub fn entries(&self) -> &[(IpNet, String)] {
+        &self.entries
+    }
+}
+
+/// Every address configured on the host's interfaces (in this network namespace).
+#[must_use]
+pub fn host_addresses() -> Vec<IpAddr> {
+    let Ok(addrs) = nix::ifaddrs::getifaddrs() else { return Vec::new() };
+    addrs
+        .filter_map(|a| a.address)
+        .filter_map(|a| {
+            a.as_sockaddr_in().map(|s| IpAddr::V4(s.ip())).or_else(|| a.as_sockaddr_in6().map(|s| IpAddr::V6(s.ip())))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_entries_cover_loopback_and_own_addresses() {
+        let list = Allowlist::new(&["192.0.2.0/24".parse().unwrap()], true);
+        assert_eq!(list.reason("192.0.2.77".parse().unwrap()).map(|(_, w)| w), Some("configured"));
+        assert_eq!(list.reason("127.0.0.53".parse().unwrap()).map(|(_, w)| w), Some("loopback"));
+        for addr in host_addresses().into_iter().filter(|a| !a.is_loopback()) {
+            assert!(list.reason(addr).is_some(), "{addr} is the host's own");
+        }
+        assert!(list.reason("198.51.100.1".parse().unwrap()).is_none());
+        let bare = Allowlist::new(&[], false);
+        assert!(bare.reason("127.0.0.1".parse().unwrap()).is_none());
+    }
+}

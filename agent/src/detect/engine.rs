@@ -1,0 +1,636 @@
+//! From scored flows to alerts and blocks.
+//!
+//! Each harvest cycle is one scoring window. Per source address the cycle's flows are
+//! aggregated; a source with flows at or above the alert threshold gets an alert, at most one
+//! per alert window: anomalies in between are accumulated and reported (with counts) by the
+//! next alert, so a flood of thousands of flows is one alert per window, not thousands.
+//! Auto-block counts, per source, consecutive cycles whose highest score reaches the block
+//! threshold; after `consecutive` of them the source is blocked (or, in dry-run, reported)
+//! unless a rail stops it: the allowlist, the cap on active rules, or the limit on new rules
+//! per minute. Rules lapse in the kernel at their TTL; the engine removes lapsed rules and
+//! reports every block and unblock as an event.
+
+use std::{
+    collections::{HashMap, HashSet, VecDeque},
+    net::IpAddr,
+    time::Duration,
+};
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use super::{allowlist::Allowlist, live::CycleScores};
+use crate::{
+    block::{
+        Blocklist, Rule,
+        rules::{BlockError, Origin},
+    },
+    flows::{FlowRecord, harvest::LiveFlow},
+    model::Detector,
+};
+
+/// What auto-block does.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum BlockMode {
+    /// Never block.
+    #[default]
+    Off,
+    /// Report what would be blocked, block nothing.
+    DryRun,
+    /// Install drop rules.
+    Enforce,
+}
+
+/// Alert and block settings.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// At most one alert per source per this long.
+    pub alert_window: Duration,
+    /// Features in an alert's explanation.
+    pub top_features: usize,
+    /// Alerts raised per cycle at most; the rest wait for the next cycle (a spoofed flood).
+    pub max_alerts_per_cycle: usize,
+    /// Sources with state at most (alert windows, consecutive counts); new ones are ignored
+    /// beyond it and counted.
+    pub max_sources: usize,
+    pub block_mode: BlockMode,
+    /// Consecutive cycles at or above `block_threshold` before a block.
+    pub consecutive: u32,
+    /// Combined score a source's top flow must reach in a cycle to count towards a block.
+    pub block_threshold: f32,
+    pub ttl: Duration,
+    /// Active rules at most (all origins).
+    pub max_rules: usize,
+    /// New auto-block rules per minute at most.
+    pub max_new_per_minute: usize,
+    pub allowlist: Allowlist,
+    /// Interface the sensor watches (for `observer.ingress.interface.name`).
+    pub iface: String,
+    pub hostname: String,
+}
+
+/// Severity of an event, in ECS (numeric) and syslog terms.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Level {
+    /// Block and unblock events.
+    Info,
+    /// Above the alert threshold.
+    Medium,
+    /// Above the block threshold.
+    High,
+}
+
+impl Level {
+    /// `event.severity` (Elastic's scale: low 21, medium 47, high 73).
+    #[must_use]
+    pub const fn ecs(self) -> u8 {
+        match self {
+            Self::Info => 21,
+            Self::Medium => 47,
+            Self::High => 73,
+        }
+    }
+
+    #[must_use]
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Info => "info",
+            Self::Medium => "medium",
+            Self::High => "high",
+        }
+    }
+}
+
+/// What kind of event: an alert or a block action.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Alert,
+    Block,
+    Unblock,
+    DryRun,
+    Refused,
+}
+
+impl Kind {
+    /// `event.action`.
+    #[must_use]
+    pub const fn action(self) -> &'static str {
+        match self {
+            Self::Alert => "anomalous-flows",
+            Self::Block => "block",
+            Self::Unblock => "unblock",
+            Self::DryRun => "block-dry-run",
+            Self::Refused => "block-refused",
+        }
+    }
+}
+
+/// One event for the sinks.
+#[derive(Clone, Debug)]
+pub struct Notice {
+    pub kind: Kind,
+    pub level: Level,
+    /// The ECS document.
+    pub doc: Value,
+}
+
+/// Counters of what the engine did (for metrics and `vigil status`).
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
+pub struct EngineStats {
+    pub alerts: u64,
+    pub blocks: u64,
+    pub unblocks: u64,
+    pub dry_runs: u64,
+    pub refused: u64,
+    /// Sources not tracked because `max_sources` was reached.
+    pub sources_ignored: u64,
+    /// Rule installs the kernel refused (map full, ...).
+    pub block_errors: u64,
+}
+
+/// Anomalies of one source since its last alert.
+#[derive(Clone, Debug, Default)]
+struct Pending {
+    flows: u64,
+    anomalous: u64,
+    packets: u64,
+    bytes: u64,
+    destinations: HashSet<IpAddr>,
+    ports: HashSet<u16>,
+    first_ns: u64,
+    last_ns: u64,
+    /// The highest-scoring flow: its record, scores and explanation.
+    top: Option<(FlowRecord, crate::model::detector::Score, Value)>,
+}
+
+/// Distinct destinations/ports kept per pending alert at most (memory under a scan).
+const DISTINCT_CAP: usize = 65_536;
+
+#[derive(Debug, Default)]
+struct SourceState {
+    last_alert_ns: Option<u64>,
+    pending: Pending,
+    consecutive: u32,
+    /// Until when (mono ns) a dry-run or refusal was already reported.
+    reported_until_ns: u64,
+}
+
+/// The alert and auto-block state machine.
+pub struct Engine {
+    config: EngineConfig,
+    sources: HashMap<IpAddr, SourceState>,
+    /// Mono ns of the auto-block rules installed in the last minute.
+    recent_blocks: VecDeque<u64>,
+    /// Rules seen in the kernel at the previous cycle.
+    known_rules: HashMap<IpNet, Rule>,
+    pub stats: EngineStats,
+}
+
+/// Per-cycle aggregate of one source.
+#[derive(Default)]
+struct CycleAgg {
+    max_score: f32,
+    flows: Vec<usize>,
+}
+
+impl Engine {
+    #[must_use]
+    pub fn new(config: EngineConfig) -> Self {
+        Self {
+            config,
+            sources: HashMap::new(),
+            recent_blocks: VecDeque::new(),
+            known_rules: HashMap::new(),
+            stats: EngineStats::default(),
+        }
+    }
+
+    /// The rules in the kernel as of the last cycle.
+    pub fn rules(&self) -> impl Iterator<Item = &Rule> {
+        self.known_rules.values()
+    }
+
+    #[must_use]
+    pub const fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    /// Runs one cycle: alerts from `scores`, then auto-block decisions and rule upkeep on
+    /// `blocklist` (if the sensor has one), at `now_mono_ns`/`now_wall_ns`.
+    ///
+    /// # Errors
+    /// Reading the blocklist failing.
+    pub fn cycle<T: std::borrow::BorrowMut<aya::maps::MapData>>(
+        &mut self,
+        now_mono_ns: u64,
+        now_wall_ns: u64,
+        flows: &[LiveFlow],
+        scores: &CycleScores,
+        detector: &Detector,
+        blocklist: Option<&mut Blocklist<T>>,
+    ) -> Result<Vec<Notice>, BlockError> {
+        let thresholds = detector.thresholds;
+        let mut by_source: HashMap<IpAddr, CycleAgg> = HashMap::new();
+        for (i, (flow, score)) in flows.iter().zip(&scores.scores).enumerate() {
+            let agg = by_source.entry(flow.record.src_ip).or_default();
+            agg.max_score = agg.max_score.max(score.combined);
+            agg.flows.push(i);
+        }
+        let mut notices = Vec::new();
+
+        // Accumulate anomalies and update consecutive counts.
+        for (src, agg) in &by_source {
+            let anomalous = agg.max_score >= thresholds.alert;
+            if !anomalous && !self.sources.contains_key(src) {
+                continue;
+            }
+            if !self.sources.contains_key(src) && self.sources.len() >= self.config.max_sources {
+                self.stats.sources_ignored += 1;
+                continue;
+            }
+            let state = self.sources.entry(*src).or_default();
+            state.consecutive = if agg.max_score >= self.config.block_threshold { state.consecutive + 1 } else { 0 };
+            if anomalous {
+                let p = &mut state.pending;
+                for &i in &agg.flows {
+                    let (r, s) = (&flows[i].record, scores.scores[i]);
+                    p.flows += 1;
+                    if s.combined < thresholds.alert {
+                        continue;
+                    }
+                    p.anomalous += 1;
+                    p.packets += r.packets;
+                    p.bytes += r.bytes;
+                    if p.destinations.len() < DISTINCT_CAP {
+                        p.destinations.insert(r.dst_ip);
+                    }
+                    if p.ports.len() < DISTINCT_CAP {
+                        p.ports.insert(r.dst_port);
+                    }
+                    p.first_ns = if p.first_ns == 0 { r.first_seen_ns } else { p.first_ns.min(r.first_seen_ns) };
+                    p.last_ns = p.last_ns.max(r.last_seen_ns);
+                    if p.top.as_ref().is_none_or(|(_, t, _)| s.combined > t.combined) {
+                        let why = scores.explain(detector, i, self.config.top_features);
+                        p.top = Some((r.clone(), s, serde_json::to_value(why).unwrap_or(Value::Null)));
+                    }
+                }
+            }
+        }
+        // Sources absent this cycle lose their streak.
+        for (src, state) in &mut self.sources {
+            if !by_source.contains_key(src) {
+                state.consecutive = 0;
+            }
+        }
+
+        self.raise_alerts(now_wall_ns, detector, &mut notices);
+        if let Some(blocklist) = blocklist {
+            self.upkeep(now_mono_ns, now_wall_ns, blocklist, &mut notices)?;
+            self.auto_block(now_mono_ns, now_wall_ns, detector, blocklist, &mut notices)?;
+        }
+        // Forget quiet sources.
+        let window = ns(self.config.alert_window);
+        self.sources.retain(|_, s| {
+            s.consecutive > 0
+                || s.pending.anomalous > 0
+                || s.last_alert_ns.is_some_and(|t| now_wall_ns.saturating_sub(t) < window)
+        });
+        Ok(notices)
+    }
+
+    fn raise_alerts(&mut self, now_wall_ns: u64, detector: &Detector, notices: &mut Vec<Notice>) {
+        let window = ns(self.config.alert_window);
+        let mut due: Vec<(IpAddr, f32)> = self
+            .sources
+            .iter()
+            .filter(|(_, s)| {
+                s.pending.anomalous > 0 && s.last_alert_ns.is_none_or(|t| now_wall_ns.saturating_sub(t) >= window)
+            })
+            .map(|(ip, s)| (*ip, s.pending.top.as_ref().map_or(0.0, |(_, t, _)| t.combined)))
+            .collect();
+        // The worst first when the per-cycle cap bites.
+        due.sort_by(|a, b| b.1.total_cmp(&a.1));
+        for (src, _) in due.into_iter().take(self.config.max_alerts_per_cycle) {
+            let state = self.sources.get_mut(&src).expect("due source");
+            let pending = std::mem::take(&mut state.pending);
+            state.last_alert_ns = Some(now_wall_ns);
+            if let Some(notice) = alert_doc(&self.config, detector, now_wall_ns, src, pending) {
+                self.stats.alerts += 1;
+                notices.push(notice);
+            }
+        }
+    }
+
+    /// Removes lapsed rules and reports rules that appeared or vanished without the engine.
+    fn upkeep<T: std::borrow::BorrowMut<aya::maps::MapData>>(
+        &mut self,
+        now_mono_ns: u64,
+        now_wall_ns: u64,
+        blocklist: &mut Blocklist<T>,
+        notices: &mut Vec<Notice>,
+    ) -> Result<(), BlockError> {
+        for rule in blocklist.remove_expired(now_mono_ns)? {
+            self.known_rules.remove(&rule.prefix);
+            self.stats.unblocks += 1;
+            notices.push(rule_doc(&self.config, Kind::Unblock, now_wall_ns, &rule, now_mono_ns, "ttl"));
+        }
+        let current: HashMap<IpNet, Rule> = blocklist.list()?.into_iter().map(|r| (r.prefix, r)).collect();
+        for (prefix, rule) in &self.known_rules {
+            if !current.contains_key(prefix) {
+                self.stats.unblocks += 1;
+                let reason = if rule.is_active(now_mono_ns) { "removed" } else { "ttl" };
+                notices.push(rule_doc(&self.config, Kind::Unblock, now_wall_ns, rule, now_mono_ns, reason));
+            }
+        }
+        for (prefix, rule) in &current {
+            if !self.known_rules.contains_key(prefix) && rule.origin == Origin::Manual {
+                notices.push(rule_doc(&self.config, Kind::Block, now_wall_ns, rule, now_mono_ns, "manual"));
+            }
+        }
+        self.known_rules = current;
+        Ok(())
+    }
+
+    fn auto_block<B: RuleSink>(
+        &mut self,
+        now_mono_ns: u64,
+        now_wall_ns: u64,
+        detector: &Detector,
+        blocklist: &mut B,
+        notices: &mut Vec<Notice>,
+    ) -> Result<(), BlockError> {
+        if self.config.block_mode == BlockMode::Off {
+            return Ok(());
+        }
+        let minute_ago = now_mono_ns.saturating_sub(60_000_000_000);
+        while self.recent_blocks.front().is_some_and(|&t| t < minute_ago) {
+            self.recent_blocks.pop_front();
+        }
+        let ttl_ns = ns(self.config.ttl);
+        let mut ready: Vec<IpAddr> = self
+            .sources
+            .iter()
+            .filter(|(_, s)| s.consecutive >= self.config.consecutive && s.reported_until_ns <= now_mono_ns)
+            .map(|(ip, _)| *ip)
+            .collect();
+        ready.sort();
+        for src in ready {
+            let prefix = IpNet::from(src);
+            if self.known_rules.get(&prefix).is_some_and(|r| r.is_active(now_mono_ns)) {
+                continue;
+            }
+            let refusal = if let Some((net, why)) = self.config.allowlist.reason(src) {
+                Some(format!("allowlisted ({why}: {net})"))
+            } else if self.known_rules.len() >= self.config.max_rules {
+                Some(format!("rule cap reached ({} active rules)", self.config.max_rules))
+            } else if self.recent_blocks.len() >= self.config.max_new_per_minute {
+                Some(format!("rate limit reached ({} new rules in the last minute)", self.config.max_new_per_minute))
+            } else {
+                None
+            };
+            let state = self.sources.get_mut(&src).expect("ready source");
+            let consecutive = state.consecutive;
+            if let Some(reason) = refusal {
+                // Reported once per TTL, not every cycle.
+                state.reported_until_ns = now_mono_ns.saturating_add(ttl_ns);
+                self.stats.refused += 1;
+                notices.push(decision_doc(
+                    &self.config,
+                    detector,
+                    Kind::Refused,
+                    now_wall_ns,
+                    src,
+                    consecutive,
+                    &reason,
+                ));
+                continue;
+            }
+            if self.config.block_mode == BlockMode::DryRun {
+                state.reported_until_ns = now_mono_ns.saturating_add(ttl_ns);
+                self.stats.dry_runs += 1;
+                notices.push(decision_doc(
+                    &self.config,
+                    detector,
+                    Kind::DryRun,
+                    now_wall_ns,
+                    src,
+                    consecutive,
+                    "dry run: would block",
+                ));
+                continue;
+            }
+            match blocklist.add_rule(prefix, self.config.ttl) {
+                Ok(rule) => {
+                    self.recent_blocks.push_back(now_mono_ns);
+                    self.stats.blocks += 1;
+                    let reason = format!("score above the block threshold for {consecutive} consecutive windows");
+                    notices.push(rule_doc(&self.config, Kind::Block, now_wall_ns, &rule, now_mono_ns, &reason));
+                    self.known_rules.insert(prefix, rule);
+                }
+                Err(e) => {
+                    state.reported_until_ns = now_mono_ns.saturating_add(ns(Duration::from_secs(10)));
+                    self.stats.block_errors += 1;
+                    let reason = format!("installing the rule failed: {e}");
+                    notices.push(decision_doc(
+                        &self.config,
+                        detector,
+                        Kind::Refused,
+                        now_wall_ns,
+                        src,
+                        consecutive,
+                        &reason,
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Where auto-block installs rules: the kernel blocklist, or nothing (dry run without maps).
+trait RuleSink {
+    fn add_rule(&mut self, prefix: IpNet, ttl: Duration) -> Result<Rule, BlockError>;
+}
+
+impl<T: std::borrow::BorrowMut<aya::maps::MapData>> RuleSink for Blocklist<T> {
+    fn add_rule(&mut self, prefix: IpNet, ttl: Duration) -> Result<Rule, BlockError> {
+        self.add(prefix, ttl, Origin::Auto)
+    }
+}
+
+fn ns(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// RFC 3339 UTC with milliseconds, as ECS `@timestamp` wants.
+#[must_use]
+pub fn rfc3339(wall_ns: u64) -> String {
+    let t = std::time::UNIX_EPOCH + Duration::from_nanos(wall_ns);
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+fn transport(protocol: u8) -> &'static str {
+    match protocol {
+        6 => "tcp",
+        17 => "udp",
+        1 => "icmp",
+        58 => "ipv6-icmp",
+        _ => "other",
+    }
+}
+
+/// The common ECS envelope.
+fn envelope(config: &EngineConfig, kind: Kind, level: Level, now_wall_ns: u64, message: String) -> Value {
+    let (event_kind, category, types): (&str, Vec<&str>, Vec<&str>) = match kind {
+        Kind::Alert => ("alert", vec!["network", "intrusion_detection"], vec!["info"]),
+        Kind::Block => ("event", vec!["network", "intrusion_detection"], vec!["denied", "start"]),
+        Kind::Unblock => ("event", vec!["network", "intrusion_detection"], vec!["allowed", "end"]),
+        Kind::DryRun | Kind::Refused => ("event", vec!["network", "intrusion_detection"], vec!["info"]),
+    };
+    json!({
+        "@timestamp": rfc3339(now_wall_ns),
+        "ecs": { "version": "8.11.0" },
+        "message": message,
+        "event": {
+            "kind": event_kind,
+            "category": category,
+            "type": types,
+            "action": kind.action(),
+            "severity": level.ecs(),
+            "module": "vigil",
+            "dataset": "vigil.detection",
+        },
+        "observer": {
+            "type": "ids",
+            "vendor": "vigil",
+            "hostname": config.hostname,
+            "ingress": { "interface": { "name": config.iface } },
+        },
+    })
+}
+
+fn merge(into: &mut Value, from: Value) {
+    if let (Value::Object(a), Value::Object(b)) = (into, from) {
+        for (k, v) in b {
+            match a.get_mut(&k) {
+                Some(existing) if existing.is_object() && v.is_object() => merge(existing, v),
+                _ => {
+                    a.insert(k, v);
+                }
+            }
+        }
+    }
+}
+
+fn alert_doc(config: &EngineConfig, detector: &Detector, now_wall_ns: u64, src: IpAddr, p: Pending) -> Option<Notice> {
+    let (top, score, explanation) = p.top?;
+    let t = detector.thresholds;
+    let level = if score.combined >= config.block_threshold { Level::High } else { Level::Medium };
+    let lead = explanation.get(0).and_then(|c| c.get("feature")).and_then(Value::as_str).unwrap_or("?").to_owned();
+    let message = format!(
+        "{src}: {} anomalous flows to {} hosts / {} ports (score {:.1}, alert at {:.1}); top feature {lead}",
+        p.anomalous,
+        p.destinations.len(),
+        p.ports.len(),
+        score.combined,
+        t.alert
+    );
+    let mut doc = envelope(config, Kind::Alert, level, now_wall_ns, message);
+    merge(
+        &mut doc,
+        json!({
+            "event": { "start": rfc3339(p.first_ns), "end": rfc3339(p.last_ns) },
+            "source": { "ip": src, "port": top.src_port, "packets": p.packets, "bytes": p.bytes },
+            "destination": { "ip": top.dst_ip, "port": top.dst_port },
+            "network": {
+                "transport": transport(top.protocol),
+                "iana_number": top.protocol.to_string(),
+                "type": if top.ip_version == 4 { "ipv4" } else { "ipv6" },
+            },
+            "rule": { "name": "vigil-anomaly", "ruleset": detector.schema.id },
+            "vigil": {
+                "severity": level.name(),
+                "score": {
+                    "combined": score.combined,
+                    "iforest": score.iforest,
+                    "autoencoder": score.autoencoder,
+                    "alert_threshold": t.alert,
+                    "block_threshold": config.block_threshold,
+                },
+                "counts": {
+                    "flows": p.flows,
+                    "anomalous_flows": p.anomalous,
+                    "destinations": p.destinations.len(),
+                    "destination_ports": p.ports.len(),
+                    "packets": p.packets,
+                    "bytes": p.bytes,
+                },
+                "explanation": explanation,
+                "top_flow": top,
+            },
+        }),
+    );
+    Some(Notice { kind: Kind::Alert, level, doc })
+}
+
+fn rule_doc(
+    config: &EngineConfig,
+    kind: Kind,
+    now_wall_ns: u64,
+    rule: &Rule,
+    now_mono_ns: u64,
+    reason: &str,
+) -> Notice {
+    let verb = if kind == Kind::Unblock { "unblocked" } else { "blocked" };
+    let remaining = rule.expires_ns.saturating_sub(now_mono_ns);
+    let message = format!("{} {verb} ({reason})", rule.prefix);
+    let mut doc = envelope(config, kind, Level::Info, now_wall_ns, message);
+    let ttl = humantime::format_duration(Duration::from_secs(remaining / 1_000_000_000)).to_string();
+    merge(
+        &mut doc,
+        json!({
+            "event": { "reason": reason },
+            "source": { "ip": rule.prefix.addr(), "address": rule.prefix.to_string() },
+            "vigil": {
+                "rule": {
+                    "prefix": rule.prefix.to_string(),
+                    "origin": rule.origin,
+                    "drops": rule.drops,
+                    "expires_in": if kind == Kind::Unblock { "0s".to_owned() } else { ttl },
+                },
+                "block_mode": config.block_mode,
+            },
+        }),
+    );
+    Notice { kind, level: Level::Info, doc }
+}
+
+fn decision_doc(
+    config: &EngineConfig,
+    detector: &Detector,
+    kind: Kind,
+    now_wall_ns: u64,
+    src: IpAddr,
+    consecutive: u32,
+    reason: &str,
+) -> Notice {
+    let message = format!("{src}: {reason}");
+    let mut doc = envelope(config, kind, Level::Info, now_wall_ns, message);
+    merge(
+        &mut doc,
+        json!({
+            "event": { "reason": reason },
+            "source": { "ip": src },
+            "vigil": {
+                "consecutive_windows": consecutive,
+                "block_threshold": config.block_threshold,
+                "block_mode": config.block_mode,
+                "rule": { "prefix": IpNet::from(src).to_string(), "ttl": humantime::format_duration(config.ttl).to_string() },
+            },
+        }),
+    );
+    Notice { kind, level: Level::Info, doc }
+}

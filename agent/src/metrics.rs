@@ -1,0 +1,386 @@
+//! The agent's Prometheus endpoint: sensor counters, harvest and scoring timings, alerts,
+//! blocklist and sink activity, served as `OpenMetrics` text on `GET /metrics`.
+//!
+//! Kernel counters, per-rule drops and sink statistics arrive as running totals; they become
+//! counter increments here (the last seen value is kept, and a value lower than before is taken
+//! as a restart from zero, as when a map is recreated).
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{Arc, Mutex, PoisonError},
+    thread::JoinHandle,
+    time::Duration,
+};
+
+use agent_common::counters::{Counters, Malformed};
+use prometheus_client::{
+    encoding::text::encode,
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::{Registry, Unit},
+};
+
+/// What the endpoint answers with: the content type of prometheus-client's text encoder.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+const HARVEST_BUCKETS: [f64; 11] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0];
+const SCORING_BUCKETS: [f64; 13] =
+    [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0];
+
+type Label = [(&'static str, String); 1];
+type Labels2 = [(&'static str, String); 2];
+
+fn label(key: &'static str, value: &str) -> Label {
+    [(key, value.to_owned())]
+}
+
+/// Errors of [`Metrics::serve`].
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsError {
+    #[error("serving metrics on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: Box<dyn std::error::Error + Send + Sync> },
+    #[error("starting the metrics server thread: {0}")]
+    Thread(#[from] std::io::Error),
+}
+
+/// Running totals last seen, to turn them into counter increments.
+#[derive(Default)]
+struct Seen {
+    sensor: Counters,
+    rules: HashMap<String, u64>,
+    /// Per sink: delivered, dropped, failed.
+    sinks: HashMap<String, [u64; 3]>,
+}
+
+/// How much `now` adds to the total last seen as `last`; a lower value is a restart from zero.
+fn delta(last: &mut u64, now: u64) -> u64 {
+    let added = now.checked_sub(*last).unwrap_or(now);
+    *last = now;
+    added
+}
+
+/// The agent's metrics. Cheap to update from any thread (atomics; running totals behind a mutex).
+pub struct Metrics {
+    registry: Registry,
+    packets: Counter,
+    bytes: Counter,
+    malformed: Family<Label, Counter>,
+    flows_created: Counter,
+    flow_insert_failures: Counter,
+    blocklist_drops: Counter,
+    blocklist_expired: Counter,
+    flows_tracked: Gauge,
+    flow_table_fill: Gauge<f64, std::sync::atomic::AtomicU64>,
+    harvest_duration: Histogram,
+    scoring_duration: Histogram,
+    flows_scored: Counter,
+    alerts: Family<Label, Counter>,
+    rules_active: Gauge,
+    rule_drops: Family<Label, Counter>,
+    block_actions: Family<Label, Counter>,
+    sink_events: Family<Labels2, Counter>,
+    seen: Mutex<Seen>,
+}
+
+impl Metrics {
+    /// Every series registered, label sets of known values created at zero.
+    #[must_use]
+    pub fn new() -> Arc<Self> {
+        let mut m = Self {
+            registry: Registry::with_prefix("vigil"),
+            packets: Counter::default(),
+            bytes: Counter::default(),
+            malformed: Family::default(),
+            flows_created: Counter::default(),
+            flow_insert_failures: Counter::default(),
+            blocklist_drops: Counter::default(),
+            blocklist_expired: Counter::default(),
+            flows_tracked: Gauge::default(),
+            flow_table_fill: Gauge::default(),
+            harvest_duration: Histogram::new(HARVEST_BUCKETS),
+            scoring_duration: Histogram::new(SCORING_BUCKETS),
+            flows_scored: Counter::default(),
+            alerts: Family::default(),
+            rules_active: Gauge::default(),
+            rule_drops: Family::default(),
+            block_actions: Family::default(),
+            sink_events: Family::default(),
+            seen: Mutex::default(),
+        };
+        // Known label values start at zero, so their series exist before the first event.
+        for reason in Malformed::ALL {
+            let _ = m.malformed.get_or_create(&label("reason", reason.name()));
+        }
+        for severity in ["low", "medium", "high"] {
+            let _ = m.alerts.get_or_create(&label("severity", severity));
+        }
+        for action in ["block", "unblock", "dry_run", "refused"] {
+            let _ = m.block_actions.get_or_create(&label("action", action));
+        }
+        let r = &mut m.registry;
+        r.register("packets", "Packets seen by the XDP sensor", m.packets.clone());
+        r.register("bytes", "Bytes (frame length) of packets seen by the XDP sensor", m.bytes.clone());
+        r.register("malformed_packets", "Malformed packets, passed on, by reason", m.malformed.clone());
+        r.register("flows_created", "Flows created in the kernel flow table", m.flows_created.clone());
+        r.register("flow_insert_failures", "Flow inserts the kernel refused", m.flow_insert_failures.clone());
+        r.register("blocklist_drops", "Packets dropped by blocklist rules", m.blocklist_drops.clone());
+        r.register("blocklist_expired", "Expired blocklist rules removed by the kernel", m.blocklist_expired.clone());
+        r.register("flows_tracked", "Flows in the kernel flow table at the last harvest", m.flows_tracked.clone());
+        r.register("flow_table_fill_ratio", "Flow table entries over capacity (0..1)", m.flow_table_fill.clone());
+        let (harvest, scoring) = (m.harvest_duration.clone(), m.scoring_duration.clone());
+        r.register_with_unit("harvest_duration", "Time to harvest the flow table", Unit::Seconds, harvest);
+        r.register_with_unit("scoring_duration", "Time to score one batch of flows", Unit::Seconds, scoring);
+        r.register("flows_scored", "Flows scored by the anomaly detector", m.flows_scored.clone());
+        r.register("alerts", "Alerts raised, by severity", m.alerts.clone());
+        r.register("block_rules_active", "Blocklist rules installed in the kernel", m.rules_active.clone());
+        r.register("block_rule_drops", "Packets dropped per blocklist rule", m.rule_drops.clone());
+        r.register("block_actions", "Blocklist actions, by outcome", m.block_actions.clone());
+        r.register("sink_events", "Events handed to output sinks, by sink and outcome", m.sink_events.clone());
+        Arc::new(m)
+    }
+
+    fn seen(&self) -> std::sync::MutexGuard<'_, Seen> {
+        // The state is a set of plain numbers, valid whatever a panicking holder did.
+        self.seen.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Kernel counters summed over CPUs, read at each harvest.
+    pub fn observe_sensor(&self, counters: &Counters) {
+        let mut seen = self.seen();
+        let last = &mut seen.sensor;
+        self.packets.inc_by(delta(&mut last.packets, counters.packets));
+        self.bytes.inc_by(delta(&mut last.bytes, counters.bytes));
+        for ((reason, last), now) in Malformed::ALL.into_iter().zip(&mut last.malformed).zip(counters.malformed) {
+            self.malformed.get_or_create(&label("reason", reason.name())).inc_by(delta(last, now));
+        }
+        self.flows_created.inc_by(delta(&mut last.flows_created, counters.flows_created));
+        self.flow_insert_failures.inc_by(delta(&mut last.flow_insert_failed, counters.flow_insert_failed));
+        self.blocklist_drops.inc_by(delta(&mut last.blocklist_drops, counters.blocklist_drops));
+        self.blocklist_expired.inc_by(delta(&mut last.blocklist_expired, counters.blocklist_expired));
+    }
+
+    /// Flows in the table now, and how full it is.
+    #[expect(clippy::cast_precision_loss, reason = "a ratio; flow counts are far below 2^52")]
+    pub fn set_flows_tracked(&self, flows: u64, capacity: u64) {
+        self.flows_tracked.set(i64::try_from(flows).unwrap_or(i64::MAX));
+        let ratio = if capacity == 0 { 0.0 } else { (flows as f64 / capacity as f64).min(1.0) };
+        self.flow_table_fill.set(ratio);
+    }
+
+    /// One harvest of the flow table took `elapsed`.
+    pub fn observe_harvest(&self, elapsed: Duration) {
+        self.harvest_duration.observe(elapsed.as_secs_f64());
+    }
+
+    /// One batch of `flows` flows was scored in `elapsed`.
+    pub fn observe_scoring(&self, flows: usize, elapsed: Duration) {
+        self.scoring_duration.observe(elapsed.as_secs_f64());
+        self.flows_scored.inc_by(u64::try_from(flows).unwrap_or(u64::MAX));
+    }
+
+    /// An alert of `severity` (`low`, `medium`, `high`) was raised.
+    pub fn alert(&self, severity: &str) {
+        self.alerts.get_or_create(&label("severity", severity)).inc();
+    }
+
+    /// The installed blocklist rules, each with its prefix and the packets it dropped so far.
+    /// Rules absent from `rules` lose their series.
+    pub fn set_rules(&self, rules: &[(String, u64)]) {
+        self.rules_active.set(i64::try_from(rules.len()).unwrap_or(i64::MAX));
+        let mut seen = self.seen();
+        let mut current = HashMap::with_capacity(rules.len());
+        for (prefix, drops) in rules {
+            let mut last = seen.rules.remove(prefix).unwrap_or(0);
+            self.rule_drops.get_or_create(&label("prefix", prefix)).inc_by(delta(&mut last, *drops));
+            current.insert(prefix.clone(), last);
+        }
+        for gone in seen.rules.keys() {
+            self.rule_drops.remove(&label("prefix", gone));
+        }
+        seen.rules = current;
+    }
+
+    /// A blocklist action: `block`, `unblock`, `dry_run` or `refused`.
+    pub fn block_event(&self, action: &str) {
+        self.block_actions.get_or_create(&label("action", action)).inc();
+    }
+
+    /// Running totals of sink `name`: events delivered, dropped (queue full) and failed.
+    pub fn sink_stats(&self, name: &str, delivered: u64, dropped: u64, failed: u64) {
+        let mut seen = self.seen();
+        let last = seen.sinks.entry(name.to_owned()).or_default();
+        for ((outcome, last), now) in
+            ["delivered", "dropped", "failed"].into_iter().zip(last).zip([delivered, dropped, failed])
+        {
+            let labels = [("sink", name.to_owned()), ("outcome", outcome.to_owned())];
+            self.sink_events.get_or_create(&labels).inc_by(delta(last, now));
+        }
+    }
+
+    /// The metrics as `OpenMetrics` text (see [`CONTENT_TYPE`]).
+    #[must_use]
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        // Writing into a String cannot fail, and the encoder has no error of its own.
+        let _ = encode(&mut text, &self.registry);
+        text
+    }
+
+    /// Binds `addr` now, so a bad address fails before anything is attached, and serves
+    /// `GET /metrics` on a background thread until the returned handle is dropped.
+    ///
+    /// # Errors
+    /// If the address cannot be bound or the thread not started.
+    pub fn serve(self: &Arc<Self>, addr: SocketAddr) -> Result<MetricsServer, MetricsError> {
+        let server = Arc::new(tiny_http::Server::http(addr).map_err(|source| MetricsError::Bind { addr, source })?);
+        let local_addr = server.server_addr().to_ip().unwrap_or(addr);
+        let (metrics, srv) = (Arc::clone(self), Arc::clone(&server));
+        let thread = std::thread::Builder::new().name("vigil-metrics".into()).spawn(move || {
+            for request in srv.incoming_requests() {
+                metrics.respond(request);
+            }
+        })?;
+        Ok(MetricsServer { local_addr, server, thread: Some(thread) })
+    }
+
+    fn respond(&self, request: tiny_http::Request) {
+        let path = request.url().split('?').next().unwrap_or_default();
+        let response = match (request.method(), path) {
+            (tiny_http::Method::Get, "/metrics") => tiny_http::Response::from_string(self.encode())
+                .with_header(tiny_http::Header::from_bytes("Content-Type", CONTENT_TYPE).expect("a valid header")),
+            (_, "/metrics") => tiny_http::Response::from_string("method not allowed\n").with_status_code(405),
+            _ => tiny_http::Response::from_string("not found; metrics are at /metrics\n").with_status_code(404),
+        };
+        if let Err(e) = request.respond(response) {
+            tracing::debug!("answering a metrics request: {e}");
+        }
+    }
+}
+
+/// The running metrics endpoint; dropping it stops the server and frees the address.
+pub struct MetricsServer {
+    local_addr: SocketAddr,
+    server: Arc<tiny_http::Server>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl MetricsServer {
+    /// The address actually bound (the port chosen when asked for port 0).
+    #[must_use]
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+}
+
+impl Drop for MetricsServer {
+    fn drop(&mut self) {
+        self.server.unblock();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read as _, Write as _};
+
+    use super::*;
+
+    /// `GET path` over HTTP/1.0: status code, head, body.
+    fn get(addr: SocketAddr, path: &str) -> (u16, String, String) {
+        let mut stream = std::net::TcpStream::connect(addr).unwrap();
+        write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        let (head, body) = response.split_once("\r\n\r\n").unwrap();
+        let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+        (status, head.to_owned(), body.to_owned())
+    }
+
+    #[test]
+    fn encodes_observed_values() {
+        let m = Metrics::new();
+        let mut c = Counters { packets: 10, bytes: 1500, flows_created: 3, blocklist_drops: 2, ..Counters::default() };
+        c.count_malformed(Malformed::TcpBadOffset);
+        m.observe_sensor(&c);
+        m.set_flows_tracked(25, 100);
+        m.observe_harvest(Duration::from_millis(3));
+        m.observe_scoring(40, Duration::from_micros(300));
+        m.alert("high");
+        m.block_event("dry_run");
+        m.sink_stats("webhook", 7, 1, 2);
+        let text = m.encode();
+        for line in [
+            "vigil_packets_total 10",
+            "vigil_bytes_total 1500",
+            "vigil_malformed_packets_total{reason=\"tcp_bad_offset\"} 1",
+            "vigil_malformed_packets_total{reason=\"eth_truncated\"} 0",
+            "vigil_flows_created_total 3",
+            "vigil_flow_insert_failures_total 0",
+            "vigil_blocklist_drops_total 2",
+            "vigil_flows_tracked 25",
+            "vigil_flow_table_fill_ratio 0.25",
+            "vigil_harvest_duration_seconds_bucket{le=\"0.005\"} 1",
+            "vigil_harvest_duration_seconds_count 1",
+            "vigil_scoring_duration_seconds_bucket{le=\"0.00025\"} 0",
+            "vigil_scoring_duration_seconds_bucket{le=\"0.0005\"} 1",
+            "vigil_flows_scored_total 40",
+            "vigil_alerts_total{severity=\"high\"} 1",
+            "vigil_alerts_total{severity=\"low\"} 0",
+            "vigil_block_actions_total{action=\"dry_run\"} 1",
+            "vigil_sink_events_total{sink=\"webhook\",outcome=\"delivered\"} 7",
+            "vigil_sink_events_total{sink=\"webhook\",outcome=\"failed\"} 2",
+            "# EOF",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing `{line}` in\n{text}");
+        }
+        assert_eq!(text.matches("vigil_malformed_packets_total{").count(), Malformed::COUNT);
+    }
+
+    #[test]
+    fn running_totals_become_increments_and_restarts_count_from_zero() {
+        let m = Metrics::new();
+        for packets in [10, 25, 5] {
+            m.observe_sensor(&Counters { packets, ..Counters::default() });
+        }
+        assert!(m.encode().contains("vigil_packets_total 30\n"));
+        for delivered in [4, 9, 9, 2] {
+            m.sink_stats("file", delivered, 0, 0);
+        }
+        assert!(m.encode().contains("vigil_sink_events_total{sink=\"file\",outcome=\"delivered\"} 11\n"));
+    }
+
+    #[test]
+    fn removed_rules_disappear() {
+        let m = Metrics::new();
+        m.set_rules(&[("10.0.0.0/8".into(), 5), ("192.0.2.1/32".into(), 1)]);
+        m.set_rules(&[("10.0.0.0/8".into(), 12)]);
+        let text = m.encode();
+        assert!(text.contains("vigil_block_rule_drops_total{prefix=\"10.0.0.0/8\"} 12\n"), "{text}");
+        assert!(!text.contains("192.0.2.1/32"), "{text}");
+        assert!(text.contains("vigil_block_rules_active 1\n"), "{text}");
+    }
+
+    #[test]
+    fn serves_metrics_and_404_elsewhere() {
+        let m = Metrics::new();
+        m.observe_sensor(&Counters { packets: 1234, ..Counters::default() });
+        let server = m.serve("127.0.0.1:0".parse().unwrap()).unwrap();
+        let (status, head, body) = get(server.local_addr(), "/metrics");
+        assert_eq!(status, 200, "{head}");
+        assert!(head.to_ascii_lowercase().contains(&format!("content-type: {CONTENT_TYPE}")), "{head}");
+        assert!(body.contains("vigil_packets_total 1234\n"), "{body}");
+        assert_eq!(get(server.local_addr(), "/other").0, 404);
+        assert_eq!(get(server.local_addr(), "/metrics?x=1").0, 200);
+    }
+
+    #[test]
+    fn address_in_use_is_an_error_naming_it() {
+        let m = Metrics::new();
+        let first = m.serve("127.0.0.1:0".parse().unwrap()).unwrap();
+        let err = m.serve(first.local_addr()).err().expect("second bind fails");
+        assert!(err.to_string().contains(&first.local_addr().to_string()), "{err}");
+        drop(first);
+    }
+}
