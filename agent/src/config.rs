@@ -109,6 +109,13 @@ pub struct AlertsSection {
     pub window: Dur,
     /// Alerts raised per harvest cycle at most (the rest wait a cycle).
     pub max_per_cycle: usize,
+    /// Anomalous flows one source needs in a window for a medium alert; fewer (and none
+    /// above the block threshold) make a low one. The per-flow threshold is calibrated on
+    /// benign flows, so a lone anomalous flow is expected now and then; several from one
+    /// source are not.
+    pub min_flows: u64,
+    /// Alerts below this level (`low`, `medium`, `high`) are counted in metrics, not sent.
+    pub min_severity: crate::detect::Level,
     /// Sources with alert/block state at most.
     pub max_sources: usize,
     /// Sinks; none = standard output.
@@ -117,7 +124,14 @@ pub struct AlertsSection {
 
 impl Default for AlertsSection {
     fn default() -> Self {
-        Self { window: Dur(Duration::from_secs(10)), max_per_cycle: 100, max_sources: 100_000, sinks: Vec::new() }
+        Self {
+            window: Dur(Duration::from_secs(10)),
+            max_per_cycle: 100,
+            min_flows: 3,
+            min_severity: crate::detect::Level::Medium,
+            max_sources: 100_000,
+            sinks: Vec::new(),
+        }
     }
 }
 
@@ -264,6 +278,12 @@ impl Config {
         }
         if self.alerts.window.0.is_zero() {
             return bad("alerts.window", "must be greater than zero");
+        }
+        if self.alerts.min_flows == 0 {
+            return bad("alerts.min_flows", "must be at least 1");
+        }
+        if self.alerts.min_severity == crate::detect::Level::Info {
+            return bad("alerts.min_severity", "must be low, medium or high");
         }
         if self.alerts.max_per_cycle == 0 || self.alerts.max_sources == 0 {
             return bad("alerts.max_per_cycle", "and alerts.max_sources must be at least 1");

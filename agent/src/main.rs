@@ -51,13 +51,13 @@ enum Command {
 #[derive(Debug, Args)]
 struct ControlArgs {
     /// Configuration file whose sensor.pin_dir/sensor.run_dir to use [default: /etc/vigil/vigil.toml if present].
-    #[arg(long, short = 'c', value_name = "FILE")]
+    #[arg(long, short = 'c', value_name = "FILE", global = true)]
     config: Option<PathBuf>,
     /// The sensor's pin directory (overrides the configuration).
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", global = true)]
     pin_dir: Option<PathBuf>,
     /// The agent's run directory, where its status file is (overrides the configuration).
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", global = true)]
     run_dir: Option<PathBuf>,
 }
 

@@ -72,6 +72,7 @@ const fn severity(level: Level) -> Severity {
     match level {
         Level::High => Severity::Error,
         Level::Medium => Severity::Warning,
+        Level::Low => Severity::Notice,
         Level::Info => Severity::Notice,
     }
 }
@@ -126,6 +127,8 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         alert_window: config.alerts.window.0,
         top_features: config.detection.top_features,
         max_alerts_per_cycle: config.alerts.max_per_cycle,
+        min_flows: config.alerts.min_flows,
+        min_level: config.alerts.min_severity,
         max_sources: config.alerts.max_sources,
         block_mode: config.block.mode,
         consecutive: config.block.consecutive,

@@ -51,8 +51,21 @@ impl Agent {
     /// If it exits or does not attach within 20 s.
     #[must_use]
     pub fn start(ns: &Netns, args: &[&str]) -> Self {
-        let mut child = ns
-            .command(vigil_bin().to_str().expect("utf-8 path"))
+        Self::spawn(ns.command(vigil_bin().to_str().expect("utf-8 path")), args)
+    }
+
+    /// Starts `vigil ARGS` in `ns`'s network namespace only (`nsenter --net`): it keeps the
+    /// host's mounts, so what it pins under `/sys/fs/bpf` outlives it, as on a real host.
+    ///
+    /// # Panics
+    /// If it exits or does not attach within 20 s.
+    #[must_use]
+    pub fn start_net_only(ns: &Netns, args: &[&str]) -> Self {
+        Self::spawn(ns.command_net_only(vigil_bin().to_str().expect("utf-8 path")), args)
+    }
+
+    fn spawn(mut command: Command, args: &[&str]) -> Self {
+        let mut child = command
             .args(args)
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
@@ -99,6 +112,29 @@ impl Agent {
     #[must_use]
     pub fn log(&self) -> String {
         self.log.lock().expect("log").join("\n")
+    }
+
+    /// The process id.
+    #[must_use]
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits for the process to exit by itself.
+    ///
+    /// # Panics
+    /// If it is still running after `timeout`.
+    #[must_use]
+    pub fn wait_exit(mut self, timeout: Duration) -> (ExitStatus, String) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                std::thread::sleep(Duration::from_millis(100));
+                return (status, self.log());
+            }
+            assert!(Instant::now() < deadline, "vigil did not exit; log:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// Sends SIGINT and waits for it to exit.

@@ -8,6 +8,7 @@ pub mod agent;
 pub mod bench;
 pub mod capture;
 pub mod data;
+pub mod lab;
 pub mod netns;
 pub mod packets;
 

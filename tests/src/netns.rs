@@ -58,6 +58,15 @@ impl Netns {
         cmd
     }
 
+    /// A command run in the namespace's network only (`nsenter --net`), keeping the host's
+    /// mounts (`ip netns exec` remounts `/sys`, hiding the host's BPF filesystem).
+    #[must_use]
+    pub fn command_net_only(&self, program: &str) -> Command {
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net=/var/run/netns/{}", self.name)).arg(program);
+        cmd
+    }
+
     /// Runs `ip ARGS` inside the namespace.
     ///
     /// # Panics

@@ -52,11 +52,17 @@ pub struct EngineConfig {
     pub top_features: usize,
     /// Alerts raised per cycle at most; the rest wait for the next cycle (a spoofed flood).
     pub max_alerts_per_cycle: usize,
+    /// Anomalous flows from one source in a window for a medium alert (fewer, and none above
+    /// the block threshold, is low).
+    pub min_flows: u64,
+    /// Alerts below this level are counted, not sent.
+    pub min_level: Level,
     /// Sources with state at most (alert windows, consecutive counts); new ones are ignored
     /// beyond it and counted.
     pub max_sources: usize,
     pub block_mode: BlockMode,
-    /// Consecutive cycles at or above `block_threshold` before a block.
+    /// Consecutive cycles, each with at least `min_flows` flows at or above
+    /// `block_threshold`, before a block.
     pub consecutive: u32,
     /// Combined score a source's top flow must reach in a cycle to count towards a block.
     pub block_threshold: f32,
@@ -72,14 +78,16 @@ pub struct EngineConfig {
 }
 
 /// Severity of an event, in ECS (numeric) and syslog terms.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Level {
     /// Block and unblock events.
     Info,
-    /// Above the alert threshold.
+    /// A few anomalous flows, none above the block threshold.
+    Low,
+    /// Several anomalous flows from one source in a window.
     Medium,
-    /// Above the block threshold.
+    /// A flow above the block threshold.
     High,
 }
 
@@ -88,7 +96,8 @@ impl Level {
     #[must_use]
     pub const fn ecs(self) -> u8 {
         match self {
-            Self::Info => 21,
+            Self::Info => 0,
+            Self::Low => 21,
             Self::Medium => 47,
             Self::High => 73,
         }
@@ -98,6 +107,7 @@ impl Level {
     pub const fn name(self) -> &'static str {
         match self {
             Self::Info => "info",
+            Self::Low => "low",
             Self::Medium => "medium",
             Self::High => "high",
         }
@@ -141,6 +151,8 @@ pub struct Notice {
 #[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
 pub struct EngineStats {
     pub alerts: u64,
+    /// Alerts below the configured minimum level, counted and not sent.
+    pub alerts_suppressed: u64,
     pub blocks: u64,
     pub unblocks: u64,
     pub dry_runs: u64,
@@ -151,17 +163,25 @@ pub struct EngineStats {
     pub block_errors: u64,
 }
 
+/// A flow within one source's anomalies: source port, destination, destination port,
+/// protocol. Open flows are re-scored every cycle; they count once.
+type FlowId = (u16, IpAddr, u16, u8);
+
 /// Anomalies of one source since its last alert.
 #[derive(Clone, Debug, Default)]
 struct Pending {
+    /// Flow snapshots scored (an open flow counts once per cycle).
     flows: u64,
+    /// Distinct anomalous flows.
     anomalous: u64,
-    packets: u64,
-    bytes: u64,
+    /// Latest packets and bytes of each anomalous flow (capped; beyond it sums are lower bounds).
+    counters: HashMap<FlowId, (u64, u64)>,
     destinations: HashSet<IpAddr>,
     ports: HashSet<u16>,
     first_ns: u64,
     last_ns: u64,
+    /// When (wall ns) the first of these anomalies was seen by the engine.
+    opened_ns: u64,
     /// The highest-scoring flow: its record, scores and explanation.
     top: Option<(FlowRecord, crate::model::detector::Score, Value)>,
 }
@@ -193,6 +213,8 @@ pub struct Engine {
 #[derive(Default)]
 struct CycleAgg {
     max_score: f32,
+    /// Flows at or above the block threshold.
+    above_block: u64,
     flows: Vec<usize>,
 }
 
@@ -237,6 +259,7 @@ impl Engine {
         for (i, (flow, score)) in flows.iter().zip(&scores.scores).enumerate() {
             let agg = by_source.entry(flow.record.src_ip).or_default();
             agg.max_score = agg.max_score.max(score.combined);
+            agg.above_block += u64::from(score.combined >= self.config.block_threshold);
             agg.flows.push(i);
         }
         let mut notices = Vec::new();
@@ -252,18 +275,26 @@ impl Engine {
                 continue;
             }
             let state = self.sources.entry(*src).or_default();
-            state.consecutive = if agg.max_score >= self.config.block_threshold { state.consecutive + 1 } else { 0 };
+            state.consecutive = if agg.above_block >= self.config.min_flows { state.consecutive + 1 } else { 0 };
             if anomalous {
                 let p = &mut state.pending;
+                if p.opened_ns == 0 {
+                    p.opened_ns = now_wall_ns;
+                }
                 for &i in &agg.flows {
                     let (r, s) = (&flows[i].record, scores.scores[i]);
                     p.flows += 1;
                     if s.combined < thresholds.alert {
                         continue;
                     }
-                    p.anomalous += 1;
-                    p.packets += r.packets;
-                    p.bytes += r.bytes;
+                    let id = (r.src_port, r.dst_ip, r.dst_port, r.protocol);
+                    let known = p.counters.contains_key(&id);
+                    if !known {
+                        p.anomalous += 1;
+                    }
+                    if known || p.counters.len() < DISTINCT_CAP {
+                        p.counters.insert(id, (r.packets, r.bytes));
+                    }
                     if p.destinations.len() < DISTINCT_CAP {
                         p.destinations.insert(r.dst_ip);
                     }
@@ -301,13 +332,41 @@ impl Engine {
         Ok(notices)
     }
 
+    /// The level a source's pending anomalies deserve.
+    fn level(&self, p: &Pending) -> Level {
+        let top = p.top.as_ref().map_or(f32::MIN, |(_, s, _)| s.combined);
+        if top >= self.config.block_threshold {
+            Level::High
+        } else if p.anomalous >= self.config.min_flows {
+            Level::Medium
+        } else {
+            Level::Low
+        }
+    }
+
     fn raise_alerts(&mut self, now_wall_ns: u64, detector: &Detector, notices: &mut Vec<Notice>) {
         let window = ns(self.config.alert_window);
+        // Anomalies too weak to report that stayed so for a whole window are let go (counted).
+        let min_level = self.config.min_level;
+        let mut suppressed = 0;
+        let levels: HashMap<IpAddr, Level> = self.sources.iter().map(|(ip, s)| (*ip, self.level(&s.pending))).collect();
+        for (ip, state) in &mut self.sources {
+            if state.pending.anomalous > 0
+                && levels[ip] < min_level
+                && now_wall_ns.saturating_sub(state.pending.opened_ns) >= window
+            {
+                state.pending = Pending::default();
+                suppressed += 1;
+            }
+        }
+        self.stats.alerts_suppressed += suppressed;
         let mut due: Vec<(IpAddr, f32)> = self
             .sources
             .iter()
-            .filter(|(_, s)| {
-                s.pending.anomalous > 0 && s.last_alert_ns.is_none_or(|t| now_wall_ns.saturating_sub(t) >= window)
+            .filter(|(ip, s)| {
+                s.pending.anomalous > 0
+                    && levels[*ip] >= min_level
+                    && s.last_alert_ns.is_none_or(|t| now_wall_ns.saturating_sub(t) >= window)
             })
             .map(|(ip, s)| (*ip, s.pending.top.as_ref().map_or(0.0, |(_, t, _)| t.combined)))
             .collect();
@@ -317,7 +376,8 @@ impl Engine {
             let state = self.sources.get_mut(&src).expect("due source");
             let pending = std::mem::take(&mut state.pending);
             state.last_alert_ns = Some(now_wall_ns);
-            if let Some(notice) = alert_doc(&self.config, detector, now_wall_ns, src, pending) {
+            let level = self.level(&pending);
+            if let Some(notice) = alert_doc(&self.config, detector, now_wall_ns, src, pending, level) {
                 self.stats.alerts += 1;
                 notices.push(notice);
             }
@@ -525,10 +585,17 @@ fn merge(into: &mut Value, from: Value) {
     }
 }
 
-fn alert_doc(config: &EngineConfig, detector: &Detector, now_wall_ns: u64, src: IpAddr, p: Pending) -> Option<Notice> {
+fn alert_doc(
+    config: &EngineConfig,
+    detector: &Detector,
+    now_wall_ns: u64,
+    src: IpAddr,
+    p: Pending,
+    level: Level,
+) -> Option<Notice> {
     let (top, score, explanation) = p.top?;
     let t = detector.thresholds;
-    let level = if score.combined >= config.block_threshold { Level::High } else { Level::Medium };
+    let (packets, bytes) = p.counters.values().fold((0, 0), |(a, b), (pk, by)| (a + pk, b + by));
     let lead = explanation.get(0).and_then(|c| c.get("feature")).and_then(Value::as_str).unwrap_or("?").to_owned();
     let message = format!(
         "{src}: {} anomalous flows to {} hosts / {} ports (score {:.1}, alert at {:.1}); top feature {lead}",
@@ -543,7 +610,7 @@ fn alert_doc(config: &EngineConfig, detector: &Detector, now_wall_ns: u64, src: 
         &mut doc,
         json!({
             "event": { "start": rfc3339(p.first_ns), "end": rfc3339(p.last_ns) },
-            "source": { "ip": src, "port": top.src_port, "packets": p.packets, "bytes": p.bytes },
+            "source": { "ip": src, "port": top.src_port, "packets": packets, "bytes": bytes },
             "destination": { "ip": top.dst_ip, "port": top.dst_port },
             "network": {
                 "transport": transport(top.protocol),
@@ -565,8 +632,8 @@ fn alert_doc(config: &EngineConfig, detector: &Detector, now_wall_ns: u64, src: 
                     "anomalous_flows": p.anomalous,
                     "destinations": p.destinations.len(),
                     "destination_ports": p.ports.len(),
-                    "packets": p.packets,
-                    "bytes": p.bytes,
+                    "packets": packets,
+                    "bytes": bytes,
                 },
                 "explanation": explanation,
                 "top_flow": top,

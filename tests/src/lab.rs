@@ -1,0 +1,319 @@
+//! A small LAN in namespaces for the live detection and response tests: an attacker, a victim
+//! running Vigil, and a bystander, joined by a bridge in a fourth namespace.
+
+use std::{
+    collections::HashMap,
+    net::{IpAddr, Ipv4Addr, UdpSocket},
+    path::PathBuf,
+    process::{Child, Command, Output, Stdio},
+    sync::{Arc, Mutex, mpsc},
+    thread,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+use crate::{
+    agent::{Agent, TempDir, vigil_bin},
+    netns::{Netns, sh},
+};
+
+/// The victim's address (Vigil runs there, on `eth0`).
+pub const VICTIM: &str = "10.77.0.2";
+pub const ATTACKER: &str = "10.77.0.66";
+pub const BYSTANDER: &str = "10.77.0.20";
+/// The interface name inside each host namespace.
+pub const IFACE: &str = "eth0";
+
+/// The three hosts, the switch, and a scratch directory with the agent's config, alerts and
+/// pins (a private pin directory under `/sys/fs/bpf`, removed on drop).
+pub struct Lab {
+    pub victim: Netns,
+    pub attacker: Netns,
+    pub bystander: Netns,
+    _switch: Netns,
+    pub dir: TempDir,
+    pub pin_dir: PathBuf,
+    servers: Vec<Child>,
+}
+
+impl Lab {
+    /// Builds the LAN, addressed and up.
+    ///
+    /// # Panics
+    /// If any step fails.
+    #[must_use]
+    pub fn new(tag: &str) -> Self {
+        let switch = Netns::new(&format!("{tag}sw"));
+        switch.ip(&["link", "add", "br0", "type", "bridge"]);
+        switch.ip(&["link", "set", "br0", "up"]);
+        let host = |name: &str, addr: &str| {
+            let ns = Netns::new(&format!("{tag}{name}"));
+            let port = format!("sw-{name}");
+            switch.ip(&["link", "add", &port, "type", "veth", "peer", "name", IFACE, "netns", ns.name()]);
+            switch.ip(&["link", "set", &port, "master", "br0"]);
+            switch.ip(&["link", "set", &port, "up"]);
+            sh(ns.command("sysctl").args(["-qw", "net.ipv6.conf.all.disable_ipv6=1"]));
+            ns.ip(&["addr", "add", &format!("{addr}/24"), "dev", IFACE]);
+            ns.ip(&["link", "set", IFACE, "up"]);
+            // No offloads: frames on the wire are what the sensor counts.
+            let _ = ns.command("ethtool").args(["-K", IFACE, "tso", "off", "gso", "off", "gro", "off"]).output();
+            ns
+        };
+        let victim = host("v", VICTIM);
+        let attacker = host("a", ATTACKER);
+        let bystander = host("b", BYSTANDER);
+        let dir = TempDir::new(&format!("lab-{tag}"));
+        let pin_dir = PathBuf::from(format!("/sys/fs/bpf/vigil-test-{tag}-{}-{}", std::process::id(), crate::unique()));
+        Self { victim, attacker, bystander, _switch: switch, dir, pin_dir, servers: Vec::new() }
+    }
+
+    /// Path of the alert file the agent writes.
+    #[must_use]
+    pub fn alerts_path(&self) -> PathBuf {
+        self.dir.path().join("alerts.jsonl")
+    }
+
+    #[must_use]
+    pub fn run_dir(&self) -> PathBuf {
+        self.dir.path().join("run")
+    }
+
+    /// Writes the agent's configuration: the lab's interface, pins, run directory and alert
+    /// file, then `extra` TOML (sections other than `[sensor]`).
+    ///
+    /// # Panics
+    /// If the file cannot be written.
+    #[must_use]
+    pub fn config(&self, extra: &str) -> PathBuf {
+        let path = self.dir.path().join("vigil.toml");
+        let text = format!(
+            "[sensor]\niface = \"{IFACE}\"\npin_dir = \"{}\"\nrun_dir = \"{}\"\n\n[[alerts.sinks]]\ntype = \"file\"\npath = \"{}\"\n\n{extra}\n",
+            self.pin_dir.display(),
+            self.run_dir().display(),
+            self.alerts_path().display()
+        );
+        std::fs::write(&path, text).expect("writing the config");
+        path
+    }
+
+    /// Starts the agent on the victim with `extra` configuration.
+    ///
+    /// # Panics
+    /// If it does not attach.
+    #[must_use]
+    pub fn agent(&self, extra: &str) -> Agent {
+        let config = self.config(extra);
+        Agent::start_net_only(&self.victim, &["run", "--config", config.to_str().expect("utf-8")])
+    }
+
+    /// Runs a `vigil` control command against the lab's pins, from the victim's network
+    /// namespace (so "the host's own addresses" are the victim's).
+    ///
+    /// # Panics
+    /// If it cannot start.
+    #[must_use]
+    pub fn vigil(&self, args: &[&str]) -> Output {
+        let pin = self.pin_dir.to_str().expect("utf-8");
+        let run = self.run_dir();
+        let mut cmd = self.victim.command_net_only(vigil_bin().to_str().expect("utf-8"));
+        // Global control flags go after the subcommand path.
+        cmd.args(args).args(["--pin-dir", pin, "--run-dir", run.to_str().expect("utf-8")]);
+        cmd.output().expect("running vigil")
+    }
+
+    /// Every event written to the alert file so far.
+    #[must_use]
+    pub fn events(&self) -> Vec<Value> {
+        std::fs::read_to_string(self.alerts_path())
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad event {l}: {e}")))
+            .collect()
+    }
+
+    /// Waits for an event matching `pred`.
+    ///
+    /// # Panics
+    /// If none arrives within `timeout`.
+    pub fn wait_event(&self, what: &str, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(e) = self.events().into_iter().find(|e| pred(e)) {
+                return e;
+            }
+            assert!(Instant::now() < deadline, "no {what} within {timeout:?}; events:\n{:#?}", self.events());
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Starts a long-running server process in `ns`, killed on drop.
+    ///
+    /// # Panics
+    /// If it cannot start.
+    pub fn serve(&mut self, ns_pick: fn(&Self) -> &Netns, program: &str, args: &[&str]) {
+        let child = ns_pick(self)
+            .command(program)
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {program}: {e}"));
+        self.servers.push(child);
+    }
+
+    /// Starts the victim's services: HTTP on :80, iperf3 on :5201, DNS on :53 (a minimal
+    /// responder), and waits until they answer.
+    ///
+    /// # Panics
+    /// If they do not come up.
+    pub fn start_victim_services(&mut self) {
+        self.serve(|l| &l.victim, "python3", &["-m", "http.server", "80", "--bind", VICTIM]);
+        self.serve(|l| &l.victim, "iperf3", &["-s", "-B", VICTIM]);
+        dns_responder(&self.victim);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.bystander.command("curl").args(["-sf", "-o", "/dev/null", "--max-time", "1", &format!("http://{VICTIM}/")]).status().is_ok_and(|s| s.success()) {
+            assert!(Instant::now() < deadline, "HTTP server on the victim did not come up");
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Ordinary traffic from the bystander: an iperf3 run, HTTP fetches and DNS lookups.
+    ///
+    /// # Panics
+    /// If a client fails.
+    pub fn bystander_traffic(&self) {
+        sh(self.bystander.command("iperf3").args(["-c", VICTIM, "-t", "3", "-b", "200M"]));
+        for i in 0..20 {
+            sh(self.bystander.command("curl").args(["-sf", "-o", "/dev/null", "--max-time", "2", &format!("http://{VICTIM}/?{i}")]));
+        }
+        for i in 0..20 {
+            sh(self.bystander.command("dig").args([
+                &format!("@{VICTIM}"),
+                &format!("host{i}.lab.test"),
+                "+tries=1",
+                "+noedns",
+                "+time=1",
+            ]));
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// A bounded hping3 SYN flood from the attacker to the victim's port 80: `count` packets,
+    /// one every `interval_us`. Returns the running process (ends by itself).
+    ///
+    /// # Panics
+    /// If hping3 cannot start.
+    #[must_use]
+    pub fn syn_flood(&self, count: u32, interval_us: u32, source: Option<&str>) -> Child {
+        let mut cmd = self.attacker.command("timeout");
+        cmd.args(["30", "hping3", "-S", "-p", "80", "-c", &count.to_string(), "-i", &format!("u{interval_us}")]);
+        if let Some(src) = source {
+            cmd.args(["-a", src]);
+        }
+        cmd.arg(VICTIM).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("starting hping3")
+    }
+
+    /// Sends `n` UDP datagrams from `from` (a namespace and its address) to the victim's
+    /// `port`.
+    pub fn send_udp(from: &Netns, addr: &'static str, port: u16, n: usize) {
+        from.run(move || {
+            let s = UdpSocket::bind((addr, 0)).expect("bind sender");
+            for _ in 0..n {
+                s.send_to(b"lab", (VICTIM, port)).expect("send");
+                thread::sleep(Duration::from_millis(2));
+            }
+        });
+    }
+
+    /// A UDP listener on the victim counting datagrams per source address until dropped.
+    #[must_use]
+    pub fn udp_counter(&self, port: u16) -> UdpCounter {
+        let counts = Arc::new(Mutex::new(HashMap::new()));
+        let c2 = Arc::clone(&counts);
+        let (ready_tx, ready) = mpsc::channel();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop2 = Arc::clone(&stop);
+        self.victim.spawn(move || {
+            let s = UdpSocket::bind((VICTIM, port)).expect("bind counter");
+            s.set_read_timeout(Some(Duration::from_millis(100))).expect("timeout");
+            ready_tx.send(()).expect("ready");
+            let mut buf = [0u8; 2048];
+            while !stop2.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Ok((_, from)) = s.recv_from(&mut buf) {
+                    *c2.lock().expect("counts").entry(from.ip()).or_insert(0usize) += 1;
+                }
+            }
+        });
+        ready.recv().expect("counter thread");
+        UdpCounter { counts, stop }
+    }
+
+    /// Whether an XDP program is attached to the victim's interface.
+    #[must_use]
+    pub fn xdp_attached(&self) -> bool {
+        let out = self.victim.ip_output(&["link", "show", "dev", IFACE]);
+        String::from_utf8_lossy(&out.stdout).contains("prog/xdp")
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for child in &mut self.servers {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if self.pin_dir.exists() {
+            let _ = Command::new(vigil_bin()).args(["detach", "--pin-dir"]).arg(&self.pin_dir).output();
+        }
+    }
+}
+
+/// Datagrams received per source.
+pub struct UdpCounter {
+    counts: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl UdpCounter {
+    /// Datagrams from `addr` so far.
+    ///
+    /// # Panics
+    /// If the lock is poisoned.
+    #[must_use]
+    pub fn from(&self, addr: &str) -> usize {
+        let ip: IpAddr = addr.parse().expect("address");
+        self.counts.lock().expect("counts").get(&ip).copied().unwrap_or(0)
+    }
+}
+
+impl Drop for UdpCounter {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// A minimal DNS responder on the victim's port 53: answers every query with one A record.
+fn dns_responder(ns: &Netns) {
+    let (ready_tx, ready) = mpsc::channel();
+    ns.spawn(move || {
+        let s = UdpSocket::bind((VICTIM, 53)).expect("bind dns");
+        ready_tx.send(()).expect("ready");
+        let mut buf = [0u8; 512];
+        while let Ok((n, from)) = s.recv_from(&mut buf) {
+            if n < 12 {
+                continue;
+            }
+            let mut reply = buf[..n].to_vec();
+            reply[2] = 0x81; // response, recursion desired
+            reply[3] = 0x80; // recursion available, no error
+            reply[6..8].copy_from_slice(&1u16.to_be_bytes()); // one answer
+            reply[8..12].fill(0);
+            // Answer: pointer to the question name, A, IN, TTL 60, 4 bytes.
+            reply.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4]);
+            reply.extend_from_slice(&Ipv4Addr::new(10, 77, 0, 99).octets());
+            let _ = s.send_to(&reply, from);
+        }
+    });
+    ready.recv().expect("dns thread");
+}
