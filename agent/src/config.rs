@@ -109,10 +109,11 @@ pub struct AlertsSection {
     pub window: Dur,
     /// Alerts raised per harvest cycle at most (the rest wait a cycle).
     pub max_per_cycle: usize,
-    /// Anomalous flows one source needs in a window for a medium alert; fewer (and none
-    /// above the block threshold) make a low one. The per-flow threshold is calibrated on
+    /// Distinct anomalous flows one source needs in a window for a medium or high alert
+    /// (fewer make a low one), and flows above the block threshold it needs in a harvest
+    /// cycle for the cycle to count towards a block. The per-flow threshold is calibrated on
     /// benign flows, so a lone anomalous flow is expected now and then; several from one
-    /// source are not.
+    /// source are evidence.
     pub min_flows: u64,
     /// Alerts below this level (`low`, `medium`, `high`) are counted in metrics, not sent.
     pub min_severity: crate::detect::Level,

@@ -202,6 +202,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     let mut last_status = Instant::now();
     let mut exported = 0usize;
     let mut scored = 0u64;
+    let mut suppressed = 0u64;
     let mut since = clock::monotonic_ns();
     let mut ticker = tokio::time::interval(s.interval.0);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -226,6 +227,10 @@ pub async fn run(config: Config) -> Result<(), RunError> {
                 for notice in notices {
                     deliver(notice, now_wall, &metrics);
                 }
+                for _ in suppressed..engine.stats.alerts_suppressed {
+                    metrics.alert("low");
+                }
+                suppressed = engine.stats.alerts_suppressed;
                 exported += report.idle + report.active;
 
                 let counters = sensor.counters()?;

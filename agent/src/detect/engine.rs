@@ -52,8 +52,9 @@ pub struct EngineConfig {
     pub top_features: usize,
     /// Alerts raised per cycle at most; the rest wait for the next cycle (a spoofed flood).
     pub max_alerts_per_cycle: usize,
-    /// Anomalous flows from one source in a window for a medium alert (fewer, and none above
-    /// the block threshold, is low).
+    /// Distinct anomalous flows one source needs in a window for a medium or high alert
+    /// (fewer is low), and flows above the block threshold it needs in a cycle for that cycle
+    /// to count towards a block.
     pub min_flows: u64,
     /// Alerts below this level are counted, not sent.
     pub min_level: Level,
@@ -83,11 +84,11 @@ pub struct EngineConfig {
 pub enum Level {
     /// Block and unblock events.
     Info,
-    /// A few anomalous flows, none above the block threshold.
+    /// Fewer than `min_flows` anomalous flows from the source in the window.
     Low,
-    /// Several anomalous flows from one source in a window.
+    /// At least `min_flows` anomalous flows from one source in a window.
     Medium,
-    /// A flow above the block threshold.
+    /// As medium, and the top flow is above the block threshold.
     High,
 }
 
@@ -335,12 +336,12 @@ impl Engine {
     /// The level a source's pending anomalies deserve.
     fn level(&self, p: &Pending) -> Level {
         let top = p.top.as_ref().map_or(f32::MIN, |(_, s, _)| s.combined);
-        if top >= self.config.block_threshold {
-            Level::High
-        } else if p.anomalous >= self.config.min_flows {
-            Level::Medium
-        } else {
+        if p.anomalous < self.config.min_flows {
             Level::Low
+        } else if top >= self.config.block_threshold {
+            Level::High
+        } else {
+            Level::Medium
         }
     }
 
