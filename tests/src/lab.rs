@@ -103,8 +103,19 @@ impl Lab {
     /// If it does not attach.
     #[must_use]
     pub fn agent(&self, extra: &str) -> Agent {
+        self.agent_with(extra, &[])
+    }
+
+    /// [`Lab::agent`] with extra `vigil run` flags.
+    ///
+    /// # Panics
+    /// If it does not attach.
+    #[must_use]
+    pub fn agent_with(&self, extra: &str, flags: &[&str]) -> Agent {
         let config = self.config(extra);
-        Agent::start_net_only(&self.victim, &["run", "--config", config.to_str().expect("utf-8")])
+        let mut args = vec!["run", "--config", config.to_str().expect("utf-8")];
+        args.extend_from_slice(flags);
+        Agent::start_net_only(&self.victim, &args)
     }
 
     /// Runs a `vigil` control command against the lab's pins, from the victim's network
