@@ -50,7 +50,7 @@ enum Command {
 /// Where the control commands find the sensor.
 #[derive(Debug, Args)]
 struct ControlArgs {
-    /// Configuration file whose sensor.pin_dir/sensor.run_dir to use [default: /etc/vigil/vigil.toml if present].
+    /// Configuration file whose `sensor.pin_dir`/`sensor.run_dir` to use [default: /etc/vigil/vigil.toml if present].
     #[arg(long, short = 'c', value_name = "FILE", global = true)]
     config: Option<PathBuf>,
     /// The sensor's pin directory (overrides the configuration).
@@ -431,7 +431,7 @@ fn main() -> ExitCode {
         Command::Status(args) => status_command(&args),
         Command::Block(args) => block_command(args),
         Command::Detach(args) => detach_command(&args),
-        Command::Config(args) => return config_command(args),
+        Command::Config(args) => return config_command(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -482,7 +482,7 @@ fn run_command(args: RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn config_command(args: ConfigArgs) -> ExitCode {
+fn config_command(args: &ConfigArgs) -> ExitCode {
     let (ConfigAction::Show { config } | ConfigAction::Check { config }) = &args.action;
     let loaded = match load_config(config.as_deref(), None) {
         Ok(c) => c,

@@ -72,8 +72,7 @@ const fn severity(level: Level) -> Severity {
     match level {
         Level::High => Severity::Error,
         Level::Medium => Severity::Warning,
-        Level::Low => Severity::Notice,
-        Level::Info => Severity::Notice,
+        Level::Low | Level::Info => Severity::Notice,
     }
 }
 
@@ -103,8 +102,8 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     };
     let sinks = Sinks::start(&sink_specs)?;
     let metrics = Metrics::new();
-    let _metrics_server = config.metrics.listen.map(|addr| metrics.serve(addr)).transpose()?;
-    if let Some(server) = &_metrics_server {
+    let metrics_server = config.metrics.listen.map(|addr| metrics.serve(addr)).transpose()?;
+    if let Some(server) = &metrics_server {
         info!(addr = %server.local_addr(), "serving Prometheus metrics on /metrics");
     }
     let mut sigint = signal(SignalKind::interrupt())?;
@@ -112,7 +111,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     let pin_dir = (!s.pin_dir.as_os_str().is_empty()).then(|| s.pin_dir.clone());
     let run_dir: PathBuf = s.run_dir.clone();
 
-    let mut sensor = Sensor::load(SensorOptions { flow_capacity: s.flow_capacity, pin_dir: pin_dir.clone() })?;
+    let mut sensor = Sensor::load(&SensorOptions { flow_capacity: s.flow_capacity, pin_dir: pin_dir.clone() })?;
     let harvest_config = HarvestConfig {
         idle_timeout: s.idle_timeout.0,
         active_timeout: s.active_timeout.0,
@@ -165,7 +164,10 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         pin_dir: pin_dir.clone(),
         started: rfc3339(clock::wall_ns()),
         model: config.detection.model.clone(),
-        block_mode: format!("{:?}", config.block.mode).to_lowercase(),
+        block_mode: serde_json::to_value(config.block.mode)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default(),
         flow_capacity: s.flow_capacity,
         ..AgentStatus::default()
     };
@@ -201,7 +203,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
 
     let mut last_status = Instant::now();
     let mut exported = 0usize;
-    let mut scored = 0u64;
+    let mut flows_scored = 0u64;
     let mut suppressed = 0u64;
     let mut since = clock::monotonic_ns();
     let mut ticker = tokio::time::interval(s.interval.0);
@@ -221,7 +223,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
                 }
                 let now_wall = MonoToWall::now().wall_ns(now);
                 let cycle = scorer.score(&live, now_wall)?;
-                scored += live.len() as u64;
+                flows_scored += live.len() as u64;
                 let mut blocklist = Blocklist::from_ebpf(sensor.ebpf_mut())?;
                 let notices = engine.cycle(now, now_wall, &live, &cycle, &scorer.detector, Some(&mut blocklist))?;
                 for notice in notices {
@@ -251,7 +253,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
                 status.flows_tracked = report.tracked;
                 status.last_harvest_ms = report.elapsed.as_secs_f64() * 1e3;
                 status.last_scoring_ms = cycle.elapsed.as_secs_f64() * 1e3;
-                status.flows_scored = scored;
+                status.flows_scored = flows_scored;
                 status.engine = engine.stats;
                 status.sinks = sink_stats.into_iter().map(|st| SinkStatus {
                     name: st.name, delivered: st.delivered, dropped: st.dropped, failed: st.failed,
@@ -262,7 +264,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
                 if last_status.elapsed() >= STATUS_EVERY {
                     last_status = Instant::now();
                     info!(packets = counters.packets, bytes = counters.bytes, malformed = counters.malformed_total(),
-                          flows_tracked = report.tracked, records_exported = exported, flows_scored = scored,
+                          flows_tracked = report.tracked, records_exported = exported, flows_scored,
                           alerts = engine.stats.alerts, blocks = engine.stats.blocks,
                           blocklist_drops = counters.blocklist_drops, "status");
                 }

@@ -55,7 +55,7 @@ fn main() {
     let mut one_m_batched = Duration::ZERO;
     for n in [10_000u32, 100_000, 1_000_000] {
         // Headroom over n: the LRU may evict before it is completely full.
-        let mut s = Sensor::load(SensorOptions { flow_capacity: n + n / 4, pin_dir: None }).expect("load");
+        let mut s = Sensor::load(&SensorOptions { flow_capacity: n + n / 4, pin_dir: None }).expect("load");
         let mut harvester = Harvester::new(s.take_flows().expect("flows"), HarvestConfig::default(), cpus);
         fill(&harvester, n, cpus);
         let present = harvester.scan_batched().expect("scan");

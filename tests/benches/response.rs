@@ -102,7 +102,8 @@ fn at_100k_flows(lab: &Lab) -> (f64, u64, u64, u64, Duration) {
     let status: Value = serde_json::from_slice(&status.stdout).expect("status json");
     let tracked = status["agent"]["flows_tracked"].as_u64().unwrap_or(0);
     #[expect(clippy::cast_precision_loss, reason = "reporting")]
-    let cpu = (t1 - t0) as f64 / nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok().flatten().unwrap_or(100) as f64
+    let cpu = (t1 - t0) as f64
+        / nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok().flatten().unwrap_or(100) as f64
         / elapsed.as_secs_f64()
         * 100.0;
     drop(agent);

@@ -134,6 +134,9 @@ impl Lab {
     }
 
     /// Every event written to the alert file so far.
+    ///
+    /// # Panics
+    /// If a line is not JSON.
     #[must_use]
     pub fn events(&self) -> Vec<Value> {
         std::fs::read_to_string(self.alerts_path())
@@ -183,7 +186,13 @@ impl Lab {
         self.serve(|l| &l.victim, "iperf3", &["-s", "-B", VICTIM]);
         dns_responder(&self.victim);
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !self.bystander.command("curl").args(["-sf", "-o", "/dev/null", "--max-time", "1", &format!("http://{VICTIM}/")]).status().is_ok_and(|s| s.success()) {
+        while !self
+            .bystander
+            .command("curl")
+            .args(["-sf", "-o", "/dev/null", "--max-time", "1", &format!("http://{VICTIM}/")])
+            .status()
+            .is_ok_and(|s| s.success())
+        {
             assert!(Instant::now() < deadline, "HTTP server on the victim did not come up");
             thread::sleep(Duration::from_millis(100));
         }
@@ -196,7 +205,14 @@ impl Lab {
     pub fn bystander_traffic(&self) {
         sh(self.bystander.command("iperf3").args(["-c", VICTIM, "-t", "3", "-b", "200M"]));
         for i in 0..20 {
-            sh(self.bystander.command("curl").args(["-sf", "-o", "/dev/null", "--max-time", "2", &format!("http://{VICTIM}/?{i}")]));
+            sh(self.bystander.command("curl").args([
+                "-sf",
+                "-o",
+                "/dev/null",
+                "--max-time",
+                "2",
+                &format!("http://{VICTIM}/?{i}"),
+            ]));
         }
         for i in 0..20 {
             sh(self.bystander.command("dig").args([
@@ -227,6 +243,9 @@ impl Lab {
 
     /// Sends `n` UDP datagrams from `from` (a namespace and its address) to the victim's
     /// `port`.
+    ///
+    /// # Panics
+    /// If the socket cannot be bound or a send fails.
     pub fn send_udp(from: &Netns, addr: &'static str, port: u16, n: usize) {
         from.run(move || {
             let s = UdpSocket::bind((addr, 0)).expect("bind sender");
@@ -238,6 +257,9 @@ impl Lab {
     }
 
     /// A UDP listener on the victim counting datagrams per source address until dropped.
+    ///
+    /// # Panics
+    /// If the listener cannot be bound.
     #[must_use]
     pub fn udp_counter(&self, port: u16) -> UdpCounter {
         let counts = Arc::new(Mutex::new(HashMap::new()));

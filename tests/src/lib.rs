@@ -65,7 +65,7 @@ impl Harness {
     #[must_use]
     pub fn with_capacity(flow_capacity: u32) -> Self {
         require_root();
-        let sensor = Sensor::load(SensorOptions { flow_capacity, pin_dir: None }).expect("loading the sensor");
+        let sensor = Sensor::load(&SensorOptions { flow_capacity, pin_dir: None }).expect("loading the sensor");
         Self { sensor }
     }
 

@@ -36,7 +36,7 @@ fn rule_drops_live_traffic_then_lapses_on_its_own() {
     let (tx, rx) = mpsc::channel::<()>();
     let (report_tx, report) = mpsc::channel();
     let holder = link.b.spawn(move || {
-        let mut sensor = Sensor::load(SensorOptions::default()).expect("load");
+        let mut sensor = Sensor::load(&SensorOptions::default()).expect("load");
         sensor.attach(Link::IFACE_B, AttachMode::Native).expect("attach");
         Blocklist::from_ebpf(sensor.ebpf_mut())
             .expect("blocklist")

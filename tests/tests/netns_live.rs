@@ -293,7 +293,8 @@ fn sigterm_detaches_and_flushes() {
     let dir = TempDir::new("term");
     let out = dir.path().join("flows.jsonl");
     let sink = udp_sink(&link, 3);
-    let agent = Agent::start(&link.b, &["run", "--no-pin", "--iface", Link::IFACE_B, "--flows-out", out.to_str().unwrap()]);
+    let agent =
+        Agent::start(&link.b, &["run", "--no-pin", "--iface", Link::IFACE_B, "--flows-out", out.to_str().unwrap()]);
     assert!(xdp_attached(&link));
     link.a.run(|| {
         let s = UdpSocket::bind(("10.200.0.1", 42000)).expect("bind");

@@ -62,9 +62,8 @@ fn syn_flood_alerts_within_2s_and_bystander_traffic_raises_none() {
 
     let start = now_ms();
     let mut flood = lab.syn_flood(3000, 1000, None);
-    let alert = lab.wait_event("alert naming the attacker", Duration::from_secs(10), |e| {
-        is_alert(e) && source_is(e, ATTACKER)
-    });
+    let alert =
+        lab.wait_event("alert naming the attacker", Duration::from_secs(10), |e| is_alert(e) && source_is(e, ATTACKER));
     let latency = timestamp_ms(&alert) - start;
     assert!(latency <= 2000, "alert {latency} ms after the flood started");
     assert_eq!(alert["destination"]["ip"], VICTIM);
@@ -94,9 +93,8 @@ fn nmap_scan_alerts_within_2s() {
         .stdout(std::process::Stdio::null())
         .spawn()
         .expect("nmap");
-    let alert = lab.wait_event("alert naming the scanner", Duration::from_secs(10), |e| {
-        is_alert(e) && source_is(e, ATTACKER)
-    });
+    let alert =
+        lab.wait_event("alert naming the scanner", Duration::from_secs(10), |e| is_alert(e) && source_is(e, ATTACKER));
     let latency = timestamp_ms(&alert) - start;
     assert!(latency <= 2000, "alert {latency} ms after the scan started: {alert:#}");
     assert!(alert["vigil"]["counts"]["destination_ports"].as_u64().unwrap() >= 20, "{alert:#}");
@@ -148,9 +146,8 @@ fn allowlisted_attacker_is_never_blocked() {
     let lab = Lab::new("allow");
     let _agent = lab.agent(&format!("[block]\nmode = \"enforce\"\nallowlist = [\"{ATTACKER}/32\"]\n"));
     let mut flood = lab.syn_flood(4000, 1000, None);
-    let refused = lab.wait_event("refusal", Duration::from_secs(10), |e| {
-        action_is(e, "block-refused") && source_is(e, ATTACKER)
-    });
+    let refused =
+        lab.wait_event("refusal", Duration::from_secs(10), |e| action_is(e, "block-refused") && source_is(e, ATTACKER));
     assert!(refused["event"]["reason"].as_str().unwrap().contains("allowlisted"), "{refused:#}");
     flood.wait().expect("hping3");
     std::thread::sleep(Duration::from_secs(2));

@@ -14,6 +14,9 @@ pub struct Allowlist {
 impl Allowlist {
     /// `configured` CIDRs, plus the host's own addresses, default gateways and loopback when
     /// `host` is set.
+    ///
+    /// # Panics
+    /// Never: the loopback prefixes are literals.
     #[must_use]
     pub fn new(configured: &[IpNet], host: bool) -> Self {
         let mut list = Self::default();

@@ -321,7 +321,7 @@ impl Engine {
         self.raise_alerts(now_wall_ns, detector, &mut notices);
         if let Some(blocklist) = blocklist {
             self.upkeep(now_mono_ns, now_wall_ns, blocklist, &mut notices)?;
-            self.auto_block(now_mono_ns, now_wall_ns, detector, blocklist, &mut notices)?;
+            self.auto_block(now_mono_ns, now_wall_ns, blocklist, &mut notices);
         }
         // Forget quiet sources.
         let window = ns(self.config.alert_window);
@@ -419,12 +419,11 @@ impl Engine {
         &mut self,
         now_mono_ns: u64,
         now_wall_ns: u64,
-        detector: &Detector,
         blocklist: &mut B,
         notices: &mut Vec<Notice>,
-    ) -> Result<(), BlockError> {
+    ) {
         if self.config.block_mode == BlockMode::Off {
-            return Ok(());
+            return;
         }
         let minute_ago = now_mono_ns.saturating_sub(60_000_000_000);
         while self.recent_blocks.front().is_some_and(|&t| t < minute_ago) {
@@ -458,15 +457,7 @@ impl Engine {
                 // Reported once per TTL, not every cycle.
                 state.reported_until_ns = now_mono_ns.saturating_add(ttl_ns);
                 self.stats.refused += 1;
-                notices.push(decision_doc(
-                    &self.config,
-                    detector,
-                    Kind::Refused,
-                    now_wall_ns,
-                    src,
-                    consecutive,
-                    &reason,
-                ));
+                notices.push(decision_doc(&self.config, Kind::Refused, now_wall_ns, src, consecutive, &reason));
                 continue;
             }
             if self.config.block_mode == BlockMode::DryRun {
@@ -474,7 +465,6 @@ impl Engine {
                 self.stats.dry_runs += 1;
                 notices.push(decision_doc(
                     &self.config,
-                    detector,
                     Kind::DryRun,
                     now_wall_ns,
                     src,
@@ -495,19 +485,10 @@ impl Engine {
                     state.reported_until_ns = now_mono_ns.saturating_add(ns(Duration::from_secs(10)));
                     self.stats.block_errors += 1;
                     let reason = format!("installing the rule failed: {e}");
-                    notices.push(decision_doc(
-                        &self.config,
-                        detector,
-                        Kind::Refused,
-                        now_wall_ns,
-                        src,
-                        consecutive,
-                        &reason,
-                    ));
+                    notices.push(decision_doc(&self.config, Kind::Refused, now_wall_ns, src, consecutive, &reason));
                 }
             }
         }
-        Ok(())
     }
 }
 
@@ -544,7 +525,7 @@ fn transport(protocol: u8) -> &'static str {
 }
 
 /// The common ECS envelope.
-fn envelope(config: &EngineConfig, kind: Kind, level: Level, now_wall_ns: u64, message: String) -> Value {
+fn envelope(config: &EngineConfig, kind: Kind, level: Level, now_wall_ns: u64, message: &str) -> Value {
     let (event_kind, category, types): (&str, Vec<&str>, Vec<&str>) = match kind {
         Kind::Alert => ("alert", vec!["network", "intrusion_detection"], vec!["info"]),
         Kind::Block => ("event", vec!["network", "intrusion_detection"], vec!["denied", "start"]),
@@ -606,7 +587,7 @@ fn alert_doc(
         score.combined,
         t.alert
     );
-    let mut doc = envelope(config, Kind::Alert, level, now_wall_ns, message);
+    let mut doc = envelope(config, Kind::Alert, level, now_wall_ns, &message);
     merge(
         &mut doc,
         json!({
@@ -655,7 +636,7 @@ fn rule_doc(
     let verb = if kind == Kind::Unblock { "unblocked" } else { "blocked" };
     let remaining = rule.expires_ns.saturating_sub(now_mono_ns);
     let message = format!("{} {verb} ({reason})", rule.prefix);
-    let mut doc = envelope(config, kind, Level::Info, now_wall_ns, message);
+    let mut doc = envelope(config, kind, Level::Info, now_wall_ns, &message);
     let ttl = humantime::format_duration(Duration::from_secs(remaining / 1_000_000_000)).to_string();
     merge(
         &mut doc,
@@ -678,7 +659,6 @@ fn rule_doc(
 
 fn decision_doc(
     config: &EngineConfig,
-    detector: &Detector,
     kind: Kind,
     now_wall_ns: u64,
     src: IpAddr,
@@ -686,7 +666,7 @@ fn decision_doc(
     reason: &str,
 ) -> Notice {
     let message = format!("{src}: {reason}");
-    let mut doc = envelope(config, kind, Level::Info, now_wall_ns, message);
+    let mut doc = envelope(config, kind, Level::Info, now_wall_ns, &message);
     merge(
         &mut doc,
         json!({

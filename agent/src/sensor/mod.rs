@@ -122,7 +122,7 @@ impl Sensor {
     ///
     /// # Errors
     /// [`SensorError`] if the object does not load or a program is rejected.
-    pub fn load(options: SensorOptions) -> Result<Self, SensorError> {
+    pub fn load(options: &SensorOptions) -> Result<Self, SensorError> {
         if options.flow_capacity == 0 {
             return Err(SensorError::BadCapacity(0));
         }
@@ -183,7 +183,7 @@ impl Sensor {
             return Err(SensorError::NoSuchInterface { iface: iface.to_owned() });
         }
         if let Some(link_path) = self.pins.as_ref().map(pin::Pins::link).filter(|p| p.exists()) {
-            return self.take_over(iface, mode, link_path);
+            return self.take_over(iface, mode, &link_path);
         }
         let pinned = self.pins.as_ref().map(pin::Pins::link);
         let program = self.program_mut(maps::PROGRAM)?;
@@ -218,9 +218,9 @@ impl Sensor {
 
     /// Swaps this sensor's freshly loaded program into the link an earlier run pinned
     /// (`BPF_LINK_UPDATE`, atomic: no packet goes unseen).
-    fn take_over(&mut self, iface: &str, mode: AttachMode, path: PathBuf) -> Result<AttachMode, SensorError> {
-        let fail = |reason: String| SensorError::Takeover { path: path.clone(), reason };
-        let pinned = PinnedLink::from_pin(&path).map_err(|e: LinkError| fail(e.to_string()))?;
+    fn take_over(&mut self, iface: &str, mode: AttachMode, path: &std::path::Path) -> Result<AttachMode, SensorError> {
+        let fail = |reason: String| SensorError::Takeover { path: path.to_owned(), reason };
+        let pinned = PinnedLink::from_pin(path).map_err(|e: LinkError| fail(e.to_string()))?;
         let link = XdpLink::try_from(FdLink::from(pinned)).map_err(|e| fail(e.to_string()))?;
         self.program_mut(maps::PROGRAM)?.attach_to_link(link).map_err(|e| fail(e.to_string()))?;
         info!(iface, link = %path.display(), "XDP sensor attached: took over the pinned link of an earlier run");

@@ -48,7 +48,7 @@ pub enum PinError {
 }
 
 fn is_bpffs(path: &Path) -> bool {
-    nix::sys::statfs::statfs(path).is_ok_and(|s| i64::from(s.filesystem_type().0) == BPF_FS_MAGIC)
+    nix::sys::statfs::statfs(path).is_ok_and(|s| s.filesystem_type().0 == BPF_FS_MAGIC)
 }
 
 /// Makes sure `dir` exists on a BPF filesystem. If it lies under `/sys/fs/bpf` and nothing is
