@@ -49,3 +49,15 @@ impl MonoToWall {
         u64::try_from((i128::from(mono_ns) + self.offset).max(0)).unwrap_or(u64::MAX)
     }
 }
+
+/// Unix-epoch nanoseconds as RFC 3339 UTC with milliseconds (ECS `@timestamp`).
+#[must_use]
+pub fn rfc3339_millis(wall_ns: u64) -> String {
+    humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + std::time::Duration::from_nanos(wall_ns)).to_string()
+}
+
+/// Unix-epoch nanoseconds as RFC 3339 UTC with microseconds (syslog headers).
+#[must_use]
+pub fn rfc3339_micros(wall_ns: u64) -> String {
+    humantime::format_rfc3339_micros(std::time::UNIX_EPOCH + std::time::Duration::from_nanos(wall_ns)).to_string()
+}

@@ -601,17 +601,12 @@ fn train_command(args: TrainArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A bundle from a directory, or the built-in one for `default`.
-fn load_bundle(path: &std::path::Path) -> anyhow::Result<Bundle> {
-    Ok(if path.as_os_str() == "default" { Bundle::embedded()? } else { Bundle::read_dir(path)? })
-}
-
 fn eval_command(args: EvalArgs) -> anyhow::Result<()> {
     match args.mode {
         EvalMode::Captures { labels, model, common, timing, no_progress } => {
             let detector = model
                 .as_deref()
-                .map(|m| load_bundle(m)?.detector(&Schema::flow()).map_err(anyhow::Error::from))
+                .map(|m| Bundle::load(m)?.detector(&Schema::flow()).map_err(anyhow::Error::from))
                 .transpose()?;
             let config = eval::captures::CaptureEval {
                 labels: &labels,

@@ -22,7 +22,7 @@ use crate::{
     clock::{self, MonoToWall},
     config::Config,
     control::{AgentStatus, SinkStatus},
-    detect::{BlockMode, Engine, EngineConfig, Kind, Level, LiveScorer, Notice, allowlist::Allowlist, engine::rfc3339},
+    detect::{BlockMode, Engine, EngineConfig, Kind, Level, LiveScorer, Notice, allowlist::Allowlist},
     features::{Schema, context::ContextWindow},
     flows::{EndReason, FlowRecord, HarvestConfig, Harvester, output::FlowWriter},
     metrics::{Metrics, MetricsError},
@@ -62,9 +62,7 @@ pub enum RunError {
 /// [`RunError::Model`] naming the bundle and what is wrong with it.
 pub fn load_detector(model: &str) -> Result<crate::model::Detector, RunError> {
     let err = |source| RunError::Model { source_name: model.to_owned(), source };
-    let bundle =
-        if model == "default" { Bundle::embedded() } else { Bundle::read_dir(Path::new(model)) }.map_err(err)?;
-    bundle.detector(&Schema::flow()).map_err(err)
+    Bundle::load(Path::new(model)).and_then(|b| b.detector(&Schema::flow())).map_err(err)
 }
 
 /// The syslog severity of an engine event.
@@ -162,7 +160,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         iface: iface.clone(),
         xdp_mode: mode.to_string(),
         pin_dir: pin_dir.clone(),
-        started: rfc3339(clock::wall_ns()),
+        started: clock::rfc3339_millis(clock::wall_ns()),
         model: config.detection.model.clone(),
         block_mode: serde_json::to_value(config.block.mode)
             .ok()
@@ -249,7 +247,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
                 debug!(tracked = report.tracked, live = live.len(), harvest_us = report.elapsed.as_micros(),
                        scoring_us = cycle.elapsed.as_micros(), "cycle");
 
-                status.updated = rfc3339(now_wall);
+                status.updated = clock::rfc3339_millis(now_wall);
                 status.flows_tracked = report.tracked;
                 status.last_harvest_ms = report.elapsed.as_secs_f64() * 1e3;
                 status.last_scoring_ms = cycle.elapsed.as_secs_f64() * 1e3;

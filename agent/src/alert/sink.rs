@@ -553,7 +553,7 @@ impl SyslogOutput {
         let pri = self.facility as u16 * 8 + event.severity as u16;
         let mut message = format!(
             "<{pri}>1 {} {} {} {} alert - \u{feff}{}",
-            rfc3339_micros(event.timestamp_ns),
+            crate::clock::rfc3339_micros(event.timestamp_ns),
             self.hostname,
             self.app_name,
             self.pid,
@@ -589,29 +589,6 @@ fn system_hostname() -> String {
     let name = nix::sys::utsname::uname().map(|u| u.nodename().to_string_lossy().into_owned()).unwrap_or_default();
     let name: String = name.chars().map(|c| if c.is_ascii_graphic() { c } else { '_' }).take(255).collect();
     if name.is_empty() { "-".to_owned() } else { name }
-}
-
-/// RFC 3339 UTC timestamp with microseconds, e.g. `2026-11-21T10:00:00.123456Z`.
-fn rfc3339_micros(epoch_ns: u64) -> String {
-    let secs = epoch_ns / 1_000_000_000;
-    let micros = epoch_ns % 1_000_000_000 / 1_000;
-    let (year, month, day) = civil_from_days(secs / 86_400);
-    let sod = secs % 86_400;
-    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{micros:06}Z", sod / 3600, sod / 60 % 60, sod % 60)
-}
-
-/// Days since 1970-01-01 to (year, month, day): Howard Hinnant's `civil_from_days`, unsigned
-/// because the epoch here never precedes 1970.
-fn civil_from_days(days: u64) -> (u64, u64, u64) {
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    (yoe + era * 400 + u64::from(month <= 2), month, day)
 }
 
 struct WebhookOutput {
@@ -776,9 +753,9 @@ mod tests {
 
     #[test]
     fn timestamps() {
-        assert_eq!(rfc3339_micros(0), "1970-01-01T00:00:00.000000Z");
-        assert_eq!(rfc3339_micros(1_709_251_199_999_999_999), "2024-02-29T23:59:59.999999Z");
-        assert_eq!(rfc3339_micros(1_795_255_200_123_456_789), "2026-11-21T10:00:00.123456Z");
+        assert_eq!(crate::clock::rfc3339_micros(0), "1970-01-01T00:00:00.000000Z");
+        assert_eq!(crate::clock::rfc3339_micros(1_709_251_199_999_999_999), "2024-02-29T23:59:59.999999Z");
+        assert_eq!(crate::clock::rfc3339_micros(1_795_255_200_123_456_789), "2026-11-21T10:00:00.123456Z");
     }
 
     /// Serves one HTTP request per entry of `statuses` (in order; 0 means never answer), returning

@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::{allowlist::Allowlist, live::CycleScores};
+use crate::clock::rfc3339_millis;
 use crate::{
     block::{
         Blocklist, Rule,
@@ -507,13 +508,6 @@ fn ns(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
-/// RFC 3339 UTC with milliseconds, as ECS `@timestamp` wants.
-#[must_use]
-pub fn rfc3339(wall_ns: u64) -> String {
-    let t = std::time::UNIX_EPOCH + Duration::from_nanos(wall_ns);
-    humantime::format_rfc3339_millis(t).to_string()
-}
-
 fn transport(protocol: u8) -> &'static str {
     match protocol {
         6 => "tcp",
@@ -533,7 +527,7 @@ fn envelope(config: &EngineConfig, kind: Kind, level: Level, now_wall_ns: u64, m
         Kind::DryRun | Kind::Refused => ("event", vec!["network", "intrusion_detection"], vec!["info"]),
     };
     json!({
-        "@timestamp": rfc3339(now_wall_ns),
+        "@timestamp": rfc3339_millis(now_wall_ns),
         "ecs": { "version": "8.11.0" },
         "message": message,
         "event": {
@@ -591,7 +585,7 @@ fn alert_doc(
     merge(
         &mut doc,
         json!({
-            "event": { "start": rfc3339(p.first_ns), "end": rfc3339(p.last_ns) },
+            "event": { "start": rfc3339_millis(p.first_ns), "end": rfc3339_millis(p.last_ns) },
             "source": { "ip": src, "port": top.src_port, "packets": packets, "bytes": bytes },
             "destination": { "ip": top.dst_ip, "port": top.dst_port },
             "network": {

@@ -168,6 +168,15 @@ impl Bundle {
         Self::from_bytes(embedded::MANIFEST, embedded::IFOREST.to_vec(), embedded::AUTOENCODER.to_vec())
     }
 
+    /// The bundle a command line or configuration names: `default` for the built-in one,
+    /// otherwise a directory.
+    ///
+    /// # Errors
+    /// As [`Bundle::embedded`] or [`Bundle::read_dir`].
+    pub fn load(name: &Path) -> Result<Self, BundleError> {
+        if name.as_os_str() == "default" { Self::embedded() } else { Self::read_dir(name) }
+    }
+
     /// Writes the bundle into `dir` (created if needed).
     ///
     /// # Errors
