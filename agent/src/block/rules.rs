@@ -170,9 +170,7 @@ impl<T: BorrowMut<MapData>> Blocklist<T> {
             Err(source) => Err(BlockError::Map { name, source }),
         }
     }
-}
 
-impl<T: BorrowMut<MapData>> Blocklist<T> {
     /// Removes every rule; returns the rules removed.
     ///
     /// # Errors
@@ -183,17 +181,6 @@ impl<T: BorrowMut<MapData>> Blocklist<T> {
             self.remove(rule.prefix)?;
         }
         Ok(rules)
-    }
-
-    /// Removes the rules that lapsed before `now_ns` (the kernel already ignores them) and
-    /// returns them.
-    ///
-    /// # Errors
-    /// A map read or delete failing.
-    pub fn remove_expired(&mut self, now_ns: u64) -> Result<Vec<Rule>, BlockError> {
-        let mut expired: Vec<Rule> = self.list()?.into_iter().filter(|r| !r.is_active(now_ns)).collect();
-        expired.retain(|r| self.remove(r.prefix).unwrap_or(false));
-        Ok(expired)
     }
 }
 

@@ -394,12 +394,25 @@ impl Engine {
         blocklist: &mut Blocklist<T>,
         notices: &mut Vec<Notice>,
     ) -> Result<(), BlockError> {
-        for rule in blocklist.remove_expired(now_mono_ns)? {
-            self.known_rules.remove(&rule.prefix);
-            self.stats.unblocks += 1;
-            notices.push(rule_doc(&self.config, Kind::Unblock, now_wall_ns, &rule, now_mono_ns, "ttl"));
+        // One read of the kernel's rules: lapsed ones are deleted (the kernel already ignores
+        // them), the rest are what is active now. A rule gone meanwhile is caught by the diff.
+        let mut current = HashMap::new();
+        for rule in blocklist.list()? {
+            if !rule.is_active(now_mono_ns) {
+                match blocklist.remove(rule.prefix) {
+                    Ok(true) => {
+                        self.known_rules.remove(&rule.prefix);
+                        self.stats.unblocks += 1;
+                        notices.push(rule_doc(&self.config, Kind::Unblock, now_wall_ns, &rule, now_mono_ns, "ttl"));
+                        continue;
+                    }
+                    Ok(false) => continue,
+                    // Still there: kept as current and retried next cycle.
+                    Err(_) => {}
+                }
+            }
+            current.insert(rule.prefix, rule);
         }
-        let current: HashMap<IpNet, Rule> = blocklist.list()?.into_iter().map(|r| (r.prefix, r)).collect();
         for (prefix, rule) in &self.known_rules {
             if !current.contains_key(prefix) {
                 self.stats.unblocks += 1;

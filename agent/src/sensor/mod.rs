@@ -310,12 +310,7 @@ impl Sensor {
         let map = self.ebpf.map(name).ok_or(SensorError::MissingMap { name })?;
         let array: PerCpuArray<_, Counters> =
             PerCpuArray::try_from(map).map_err(|source| SensorError::MapType { name, source })?;
-        let per_cpu = array.get(&0, 0).map_err(|source| SensorError::MapRead { name, source })?;
-        let mut total = Counters::default();
-        for c in per_cpu.iter() {
-            total.add(c);
-        }
-        Ok(total)
+        sum_counters(&array).map_err(|source| SensorError::MapRead { name, source })
     }
 
     /// Access to the object's maps by name (blocklist, counters).
@@ -328,6 +323,21 @@ impl Sensor {
     pub fn ebpf_mut(&mut self) -> &mut Ebpf {
         &mut self.ebpf
     }
+}
+
+/// The counters map's single entry summed over CPUs.
+///
+/// # Errors
+/// If the entry cannot be read.
+pub fn sum_counters<T: std::borrow::Borrow<aya::maps::MapData>>(
+    array: &PerCpuArray<T, Counters>,
+) -> Result<Counters, aya::maps::MapError> {
+    let per_cpu = array.get(&0, 0)?;
+    let mut total = Counters::default();
+    for c in per_cpu.iter() {
+        total.add(c);
+    }
+    Ok(total)
 }
 
 /// Lifts `RLIMIT_MEMLOCK` for kernels that still charge BPF maps against it (before 5.11);

@@ -119,12 +119,7 @@ impl Pins {
         let err = |source| PinError::Map { path: path.clone(), source };
         let map = MapData::from_pin(&path).and_then(Map::from_map_data).map_err(err)?;
         let array: PerCpuArray<MapData, Counters> = PerCpuArray::try_from(map).map_err(err)?;
-        let per_cpu = array.get(&0, 0).map_err(err)?;
-        let mut total = Counters::default();
-        for c in per_cpu.iter() {
-            total.add(c);
-        }
-        Ok(total)
+        super::sum_counters(&array).map_err(err)
     }
 
     /// Detaches the pinned XDP link right away (`BPF_LINK_DETACH`, which works even while a
