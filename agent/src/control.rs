@@ -45,16 +45,7 @@ pub struct AgentStatus {
     pub last_scoring_ms: f64,
     pub flows_scored: u64,
     pub engine: crate::detect::engine::EngineStats,
-    pub sinks: Vec<SinkStatus>,
-}
-
-/// One sink's delivery counts.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct SinkStatus {
-    pub name: String,
-    pub delivered: u64,
-    pub dropped: u64,
-    pub failed: u64,
+    pub sinks: Vec<crate::alert::sink::SinkStats>,
 }
 
 impl AgentStatus {

@@ -21,7 +21,7 @@ use crate::{
     block::{BlockError, Blocklist},
     clock::{self, MonoToWall},
     config::Config,
-    control::{AgentStatus, SinkStatus},
+    control::AgentStatus,
     detect::{BlockMode, Engine, EngineConfig, Kind, Level, LiveScorer, Notice, allowlist::Allowlist},
     features::{Schema, context::ContextWindow},
     flows::{EndReason, FlowRecord, HarvestConfig, Harvester, output::FlowWriter},
@@ -253,9 +253,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
                 status.last_scoring_ms = cycle.elapsed.as_secs_f64() * 1e3;
                 status.flows_scored = flows_scored;
                 status.engine = engine.stats;
-                status.sinks = sink_stats.into_iter().map(|st| SinkStatus {
-                    name: st.name, delivered: st.delivered, dropped: st.dropped, failed: st.failed,
-                }).collect();
+                status.sinks = sink_stats;
                 if let Err(e) = status.write(&run_dir) {
                     debug!(error = %e, dir = %run_dir.display(), "writing the status file failed");
                 }

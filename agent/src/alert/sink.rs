@@ -152,7 +152,7 @@ pub struct Event {
 }
 
 /// Per-sink counters, as returned by [`Sinks::stats`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SinkStats {
     /// `stdout`, `file:PATH`, `syslog:ADDRESS` or `webhook:URL` (credentials hidden).
     pub name: String,
