@@ -2,25 +2,16 @@
 //! from distinct sources in the namespace LAN), and the agent's CPU and memory while it tracks
 //! 100k flows.
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use vigil_tests::{
     bench::{machine, report},
-    lab::{Lab, VICTIM},
+    lab::{Lab, VICTIM, now_ms, timestamp_ms},
     require_root,
 };
 
 const RUNS: u32 = 10;
-
-fn now_ms() -> i64 {
-    i64::try_from(SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_millis()).expect("ms")
-}
-
-fn timestamp_ms(e: &Value) -> i64 {
-    let t = humantime::parse_rfc3339(e["@timestamp"].as_str().expect("@timestamp")).expect("rfc3339");
-    i64::try_from(t.duration_since(UNIX_EPOCH).expect("epoch").as_millis()).expect("ms")
-}
 
 fn percentile(sorted: &[i64], p: f64) -> i64 {
     #[expect(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_precision_loss, reason = "index")]

@@ -350,3 +350,24 @@ fn dns_responder(ns: &Netns) {
     });
     ready.recv().expect("dns thread");
 }
+
+/// Wall-clock now in Unix milliseconds, to compare with events' `@timestamp`.
+///
+/// # Panics
+/// If the clock is before 1970.
+#[must_use]
+pub fn now_ms() -> i64 {
+    i64::try_from(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis())
+        .expect("ms")
+}
+
+/// An event's `@timestamp` in Unix milliseconds.
+///
+/// # Panics
+/// If it is missing or not RFC 3339.
+#[must_use]
+pub fn timestamp_ms(e: &Value) -> i64 {
+    let text = e["@timestamp"].as_str().expect("@timestamp");
+    let t = humantime::parse_rfc3339(text).unwrap_or_else(|err| panic!("{text}: {err}"));
+    i64::try_from(t.duration_since(std::time::UNIX_EPOCH).expect("after epoch").as_millis()).expect("ms")
+}

@@ -2,15 +2,12 @@
 //! real attack tools (hping3, nmap) from an attacker, ordinary traffic (iperf3, HTTP, DNS)
 //! from a bystander; alerts, auto-block, TTLs, restart takeover and the control commands.
 
-use std::{
-    process::Command,
-    time::{Duration, SystemTime, UNIX_EPOCH},
-};
+use std::{process::Command, time::Duration};
 
 use serde_json::Value;
 use vigil_tests::{
     agent::vigil_bin,
-    lab::{ATTACKER, BYSTANDER, IFACE, Lab, VICTIM},
+    lab::{ATTACKER, BYSTANDER, IFACE, Lab, VICTIM, now_ms, timestamp_ms},
     require_root,
 };
 
@@ -24,17 +21,6 @@ fn action_is(e: &Value, action: &str) -> bool {
 
 fn is_alert(e: &Value) -> bool {
     e["event"]["kind"].as_str() == Some("alert")
-}
-
-fn now_ms() -> i64 {
-    i64::try_from(SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_millis()).expect("ms")
-}
-
-/// `@timestamp` in Unix milliseconds.
-fn timestamp_ms(e: &Value) -> i64 {
-    let text = e["@timestamp"].as_str().expect("@timestamp");
-    let t = humantime::parse_rfc3339(text).unwrap_or_else(|err| panic!("{text}: {err}"));
-    i64::try_from(t.duration_since(UNIX_EPOCH).expect("after epoch").as_millis()).expect("ms")
 }
 
 fn ok(out: &std::process::Output) -> String {
