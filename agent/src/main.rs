@@ -455,7 +455,8 @@ fn replay_command(args: ReplayArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Loads and validates a configuration; an unusable one ends the process with status 2.
+/// Loads and validates a configuration; an unusable one is reported and answered with the
+/// exit status for a bad configuration (2).
 fn load_config(path: Option<&std::path::Path>, flags: Option<RunArgs>) -> Result<Config, ExitCode> {
     let checked = Config::load(path)
         .map(|c| match flags {
@@ -475,7 +476,8 @@ fn load_config(path: Option<&std::path::Path>, flags: Option<RunArgs>) -> Result
 fn run_command(args: RunArgs) -> anyhow::Result<()> {
     let config = match load_config(args.config.clone().as_deref(), Some(args)) {
         Ok(c) => c,
-        Err(code) => std::process::exit(if code == ExitCode::from(EXIT_CONFIG) { i32::from(EXIT_CONFIG) } else { 1 }),
+        // Nothing is loaded or attached yet: exiting here leaves nothing behind.
+        Err(_) => std::process::exit(i32::from(EXIT_CONFIG)),
     };
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(run::run(config))?;
