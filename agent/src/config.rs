@@ -115,6 +115,10 @@ pub struct AlertsSection {
     /// benign flows, so a lone anomalous flow is expected now and then; several from one
     /// source are evidence.
     pub min_flows: u64,
+    /// Distinct sources with anomalous flows to one destination in a window for a
+    /// destination alert: a flood from spoofed or many sources, where each source alone sends
+    /// too little for an alert of its own. Such alerts never block. 0 turns them off.
+    pub min_sources: usize,
     /// Alerts below this level (`low`, `medium`, `high`) are counted in metrics, not sent.
     pub min_severity: crate::detect::Level,
     /// Sources with alert/block state at most.
@@ -129,6 +133,7 @@ impl Default for AlertsSection {
             window: Dur(Duration::from_secs(10)),
             max_per_cycle: 100,
             min_flows: 3,
+            min_sources: 20,
             min_severity: crate::detect::Level::Medium,
             max_sources: 100_000,
             sinks: Vec::new(),

@@ -125,6 +125,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         top_features: config.detection.top_features,
         max_alerts_per_cycle: config.alerts.max_per_cycle,
         min_flows: config.alerts.min_flows,
+        min_sources: config.alerts.min_sources,
         min_level: config.alerts.min_severity,
         max_sources: config.alerts.max_sources,
         block_mode: config.block.mode,
@@ -183,13 +184,13 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     };
     let deliver = |notice: Notice, now_wall_ns: u64, metrics: &Arc<Metrics>| {
         match notice.kind {
-            Kind::Alert => metrics.alert(notice.level.name()),
+            Kind::Alert | Kind::DestinationAlert => metrics.alert(notice.level.name()),
             Kind::Block => metrics.block_event("block"),
             Kind::Unblock => metrics.block_event("unblock"),
             Kind::DryRun => metrics.block_event("dry_run"),
             Kind::Refused => metrics.block_event("refused"),
         }
-        if notice.kind != Kind::Alert {
+        if !matches!(notice.kind, Kind::Alert | Kind::DestinationAlert) {
             info!(action = notice.kind.action(), message = notice.doc["message"].as_str().unwrap_or(""), "response");
         }
         sinks.send(&Event {

@@ -65,6 +65,9 @@ impl Agent {
     }
 
     fn spawn(mut command: Command, args: &[&str]) -> Self {
+        // Its own process group: a Ctrl-C in the terminal reaches the lab tools, which stop
+        // the agent in order.
+        crate::interrupt::own_group(&mut command);
         let mut child = command
             .args(args)
             .env("RUST_LOG", "info")

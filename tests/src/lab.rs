@@ -31,7 +31,7 @@ pub struct Lab {
     pub victim: Netns,
     pub attacker: Netns,
     pub bystander: Netns,
-    _switch: Netns,
+    switch: Netns,
     pub dir: TempDir,
     pub pin_dir: PathBuf,
     servers: Vec<Child>,
@@ -44,6 +44,17 @@ impl Lab {
     /// If any step fails.
     #[must_use]
     pub fn new(tag: &str) -> Self {
+        Self::with_mtu(tag, 1500)
+    }
+
+    /// [`Lab::new`] with links of the given MTU (jumbo frames for replayed captures; native
+    /// XDP on veth takes frames up to about 3.5 kB, beyond that the agent runs in SKB mode).
+    ///
+    /// # Panics
+    /// If any step fails.
+    #[must_use]
+    pub fn with_mtu(tag: &str, mtu: u32) -> Self {
+        let mtu = mtu.to_string();
         let switch = Netns::new(&format!("{tag}sw"));
         switch.ip(&["link", "add", "br0", "type", "bridge"]);
         switch.ip(&["link", "set", "br0", "up"]);
@@ -51,8 +62,9 @@ impl Lab {
             let ns = Netns::new(&format!("{tag}{name}"));
             let port = format!("sw-{name}");
             switch.ip(&["link", "add", &port, "type", "veth", "peer", "name", IFACE, "netns", ns.name()]);
-            switch.ip(&["link", "set", &port, "master", "br0"]);
+            switch.ip(&["link", "set", &port, "mtu", &mtu, "master", "br0"]);
             switch.ip(&["link", "set", &port, "up"]);
+            ns.ip(&["link", "set", IFACE, "mtu", &mtu]);
             sh(ns.command("sysctl").args(["-qw", "net.ipv6.conf.all.disable_ipv6=1"]));
             ns.ip(&["addr", "add", &format!("{addr}/24"), "dev", IFACE]);
             ns.ip(&["link", "set", IFACE, "up"]);
@@ -65,7 +77,16 @@ impl Lab {
         let bystander = host("b", BYSTANDER);
         let dir = TempDir::new(&format!("lab-{tag}"));
         let pin_dir = PathBuf::from(format!("/sys/fs/bpf/vigil-test-{tag}-{}-{}", std::process::id(), crate::unique()));
-        Self { victim, attacker, bystander, _switch: switch, dir, pin_dir, servers: Vec::new() }
+        Self { victim, attacker, bystander, switch, dir, pin_dir, servers: Vec::new() }
+    }
+
+    /// Makes the switch forward every frame from the attacker's port to all other ports: it
+    /// stops learning addresses there. Replayed captures hold both directions of their
+    /// conversations; a switch that learned a replayed host's MAC on the attacker's port would
+    /// drop the frames sent to that host, so half of each conversation would never reach the
+    /// victim.
+    pub fn flood_from_attacker(&self) {
+        sh(Command::new("bridge").args(["-n", self.switch.name(), "link", "set", "dev", "sw-a", "learning", "off"]));
     }
 
     /// Path of the alert file the agent writes.
@@ -166,8 +187,9 @@ impl Lab {
     /// # Panics
     /// If it cannot start.
     pub fn serve(&mut self, ns_pick: fn(&Self) -> &Netns, program: &str, args: &[&str]) {
-        let child = ns_pick(self)
-            .command(program)
+        let mut cmd = ns_pick(self).command(program);
+        crate::interrupt::own_group(&mut cmd);
+        let child = cmd
             .args(args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -370,4 +392,69 @@ pub fn timestamp_ms(e: &Value) -> i64 {
     let text = e["@timestamp"].as_str().expect("@timestamp");
     let t = humantime::parse_rfc3339(text).unwrap_or_else(|err| panic!("{text}: {err}"));
     i64::try_from(t.duration_since(std::time::UNIX_EPOCH).expect("after epoch").as_millis()).expect("ms")
+}
+
+/// One line for a person watching: time, action, severity and the event's message.
+#[must_use]
+pub fn describe(e: &Value) -> String {
+    let time = e["@timestamp"].as_str().and_then(|t| t.get(11..23)).unwrap_or("?");
+    let action = e["event"]["action"].as_str().unwrap_or("?");
+    let severity = e["vigil"]["severity"].as_str().or_else(|| e["log"]["level"].as_str()).unwrap_or("");
+    let message = e["message"].as_str().unwrap_or("");
+    format!("{time}  {action:<17} {severity:<6} {message}")
+}
+
+/// Prints every new event of an alert file as it is written, until dropped.
+pub struct Watch {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl Watch {
+    /// Starts following `path` (which may not exist yet) from its current end, printing each
+    /// event with `prefix`.
+    #[must_use]
+    pub fn start(path: PathBuf, prefix: &'static str) -> Self {
+        use std::io::{BufRead as _, Seek as _};
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop2 = Arc::clone(&stop);
+        let mut offset = std::fs::metadata(&path).map_or(0, |m| m.len());
+        let thread = thread::spawn(move || {
+            let mut partial = String::new();
+            loop {
+                let done = stop2.load(std::sync::atomic::Ordering::Relaxed);
+                if let Ok(mut f) = std::fs::File::open(&path)
+                    && f.seek(std::io::SeekFrom::Start(offset)).is_ok()
+                {
+                    let mut reader = std::io::BufReader::new(f);
+                    let mut line = String::new();
+                    while reader.read_line(&mut line).is_ok_and(|n| n > 0) {
+                        offset += line.len() as u64;
+                        partial.push_str(&line);
+                        line.clear();
+                        if partial.ends_with('\n') {
+                            if let Ok(e) = serde_json::from_str::<Value>(&partial) {
+                                println!("{prefix}{}", describe(&e));
+                            }
+                            partial.clear();
+                        }
+                    }
+                }
+                if done {
+                    return;
+                }
+                thread::sleep(Duration::from_millis(100));
+            }
+        });
+        Self { stop, thread: Some(thread) }
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }

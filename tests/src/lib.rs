@@ -6,11 +6,15 @@
 
 pub mod agent;
 pub mod bench;
+pub mod blast;
 pub mod capture;
 pub mod data;
+pub mod eval_live;
+pub mod interrupt;
 pub mod lab;
 pub mod netns;
 pub mod packets;
+pub mod pcapreplay;
 
 use std::collections::BTreeMap;
 

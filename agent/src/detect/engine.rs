@@ -57,6 +57,10 @@ pub struct EngineConfig {
     /// (fewer is low), and flows above the block threshold it needs in a cycle for that cycle
     /// to count towards a block.
     pub min_flows: u64,
+    /// Distinct sources with anomalous flows to one destination in a window for a
+    /// destination alert (a flood from spoofed or many sources, which no single source's
+    /// alert shows); 0 turns destination alerts off.
+    pub min_sources: usize,
     /// Alerts below this level are counted, not sent.
     pub min_level: Level,
     /// Sources with state at most (alert windows, consecutive counts); new ones are ignored
@@ -120,6 +124,8 @@ impl Level {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
     Alert,
+    /// Many sources, one destination.
+    DestinationAlert,
     Block,
     Unblock,
     DryRun,
@@ -132,6 +138,7 @@ impl Kind {
     pub const fn action(self) -> &'static str {
         match self {
             Self::Alert => "anomalous-flows",
+            Self::DestinationAlert => "anomalous-flows-to-destination",
             Self::Block => "block",
             Self::Unblock => "unblock",
             Self::DryRun => "block-dry-run",
@@ -200,10 +207,37 @@ struct SourceState {
     reported_until_ns: u64,
 }
 
+/// Anomalies towards one destination since its last destination alert.
+#[derive(Debug, Default)]
+struct DestPending {
+    /// Distinct sources with an anomalous flow to it (capped).
+    sources: HashSet<IpAddr>,
+    /// Anomalous flows that started in the cycles since (open flows re-scored later are not
+    /// counted again).
+    new_flows: u64,
+    packets: u64,
+    bytes: u64,
+    ports: HashSet<u16>,
+    first_ns: u64,
+    last_ns: u64,
+    opened_ns: u64,
+    top: Option<(FlowRecord, crate::model::detector::Score, Value)>,
+}
+
+#[derive(Debug, Default)]
+struct DestState {
+    last_alert_ns: Option<u64>,
+    pending: DestPending,
+}
+
+/// Destinations with state at most (a scan of many destinations by many sources).
+const MAX_DESTINATIONS: usize = 4096;
+
 /// The alert and auto-block state machine.
 pub struct Engine {
     config: EngineConfig,
     sources: HashMap<IpAddr, SourceState>,
+    destinations: HashMap<IpAddr, DestState>,
     /// Mono ns of the auto-block rules installed in the last minute.
     recent_blocks: VecDeque<u64>,
     /// Rules seen in the kernel at the previous cycle.
@@ -226,6 +260,7 @@ impl Engine {
         Self {
             config,
             sources: HashMap::new(),
+            destinations: HashMap::new(),
             recent_blocks: VecDeque::new(),
             known_rules: HashMap::new(),
             stats: EngineStats::default(),
@@ -320,6 +355,10 @@ impl Engine {
         }
 
         self.raise_alerts(now_wall_ns, detector, &mut notices);
+        if self.config.min_sources > 0 {
+            self.track_destinations(now_wall_ns, flows, scores, detector);
+            self.raise_destination_alerts(now_wall_ns, detector, &mut notices);
+        }
         if let Some(blocklist) = blocklist {
             self.upkeep(now_mono_ns, now_wall_ns, blocklist, &mut notices)?;
             self.auto_block(now_mono_ns, now_wall_ns, blocklist, &mut notices);
@@ -384,6 +423,71 @@ impl Engine {
                 notices.push(notice);
             }
         }
+    }
+
+    /// Adds this cycle's anomalous flows to their destinations' pending state.
+    fn track_destinations(&mut self, now_wall_ns: u64, flows: &[LiveFlow], scores: &CycleScores, detector: &Detector) {
+        let alert = detector.thresholds.alert;
+        for (i, (flow, score)) in flows.iter().zip(&scores.scores).enumerate() {
+            if score.combined < alert {
+                continue;
+            }
+            let r = &flow.record;
+            if !self.destinations.contains_key(&r.dst_ip) && self.destinations.len() >= MAX_DESTINATIONS {
+                continue;
+            }
+            let p = &mut self.destinations.entry(r.dst_ip).or_default().pending;
+            if p.opened_ns == 0 {
+                p.opened_ns = now_wall_ns;
+            }
+            if p.sources.len() < DISTINCT_CAP {
+                p.sources.insert(r.src_ip);
+            }
+            if p.ports.len() < DISTINCT_CAP {
+                p.ports.insert(r.dst_port);
+            }
+            if flow.new {
+                p.new_flows += 1;
+                p.packets += r.packets;
+                p.bytes += r.bytes;
+            }
+            p.first_ns = if p.first_ns == 0 { r.first_seen_ns } else { p.first_ns.min(r.first_seen_ns) };
+            p.last_ns = p.last_ns.max(r.last_seen_ns);
+            if p.top.as_ref().is_none_or(|(_, t, _)| score.combined > t.combined) {
+                let why = scores.explain(detector, i, self.config.top_features);
+                p.top = Some((r.clone(), *score, serde_json::to_value(why).unwrap_or(Value::Null)));
+            }
+        }
+    }
+
+    /// One alert per destination and window once enough distinct sources sent it anomalous
+    /// flows; pending state that stays below that for a whole window is let go.
+    fn raise_destination_alerts(&mut self, now_wall_ns: u64, detector: &Detector, notices: &mut Vec<Notice>) {
+        let window = ns(self.config.alert_window);
+        let min_sources = self.config.min_sources;
+        for (dst, state) in &mut self.destinations {
+            let p = &state.pending;
+            if p.sources.len() >= min_sources
+                && state.last_alert_ns.is_none_or(|t| now_wall_ns.saturating_sub(t) >= window)
+            {
+                let pending = std::mem::take(&mut state.pending);
+                state.last_alert_ns = Some(now_wall_ns);
+                let top = pending.top.as_ref().map_or(f32::MIN, |(_, s, _)| s.combined);
+                let level = if top >= self.config.block_threshold { Level::High } else { Level::Medium };
+                if let Some(notice) = destination_doc(&self.config, detector, now_wall_ns, *dst, pending, level) {
+                    self.stats.alerts += 1;
+                    notices.push(notice);
+                }
+            } else if p.sources.len() < min_sources
+                && p.opened_ns > 0
+                && now_wall_ns.saturating_sub(p.opened_ns) >= window
+            {
+                state.pending = DestPending::default();
+            }
+        }
+        self.destinations.retain(|_, s| {
+            s.pending.opened_ns > 0 || s.last_alert_ns.is_some_and(|t| now_wall_ns.saturating_sub(t) < window)
+        });
     }
 
     /// Removes lapsed rules and reports rules that appeared or vanished without the engine.
@@ -534,7 +638,7 @@ fn transport(protocol: u8) -> &'static str {
 /// The common ECS envelope.
 fn envelope(config: &EngineConfig, kind: Kind, level: Level, now_wall_ns: u64, message: &str) -> Value {
     let (event_kind, category, types): (&str, Vec<&str>, Vec<&str>) = match kind {
-        Kind::Alert => ("alert", vec!["network", "intrusion_detection"], vec!["info"]),
+        Kind::Alert | Kind::DestinationAlert => ("alert", vec!["network", "intrusion_detection"], vec!["info"]),
         Kind::Block => ("event", vec!["network", "intrusion_detection"], vec!["denied", "start"]),
         Kind::Unblock => ("event", vec!["network", "intrusion_detection"], vec!["allowed", "end"]),
         Kind::DryRun | Kind::Refused => ("event", vec!["network", "intrusion_detection"], vec!["info"]),
@@ -630,6 +734,61 @@ fn alert_doc(
         }),
     );
     Some(Notice { kind: Kind::Alert, level, doc })
+}
+
+fn destination_doc(
+    config: &EngineConfig,
+    detector: &Detector,
+    now_wall_ns: u64,
+    dst: IpAddr,
+    p: DestPending,
+    level: Level,
+) -> Option<Notice> {
+    let (top, score, explanation) = p.top?;
+    let t = detector.thresholds;
+    let lead = explanation.get(0).and_then(|c| c.get("feature")).and_then(Value::as_str).unwrap_or("?").to_owned();
+    let message = format!(
+        "{dst}: anomalous flows from {} sources ({} new flows, {} ports; score {:.1}, alert at {:.1}); spoofed or distributed, not blocked; top feature {lead}",
+        p.sources.len(),
+        p.new_flows,
+        p.ports.len(),
+        score.combined,
+        t.alert
+    );
+    let mut doc = envelope(config, Kind::DestinationAlert, level, now_wall_ns, &message);
+    merge(
+        &mut doc,
+        json!({
+            "event": { "start": rfc3339_millis(p.first_ns), "end": rfc3339_millis(p.last_ns) },
+            "destination": { "ip": dst, "port": top.dst_port, "packets": p.packets, "bytes": p.bytes },
+            "network": {
+                "transport": transport(top.protocol),
+                "iana_number": top.protocol.to_string(),
+                "type": if top.ip_version == 4 { "ipv4" } else { "ipv6" },
+            },
+            "rule": { "name": "vigil-anomaly-destination", "ruleset": detector.schema.id },
+            "vigil": {
+                "severity": level.name(),
+                "score": {
+                    "combined": score.combined,
+                    "iforest": score.iforest,
+                    "autoencoder": score.autoencoder,
+                    "alert_threshold": t.alert,
+                    "block_threshold": config.block_threshold,
+                },
+                "counts": {
+                    "sources": p.sources.len(),
+                    "new_anomalous_flows": p.new_flows,
+                    "destination_ports": p.ports.len(),
+                    "packets": p.packets,
+                    "bytes": p.bytes,
+                },
+                "explanation": explanation,
+                "top_flow": top,
+            },
+        }),
+    );
+    Some(Notice { kind: Kind::DestinationAlert, level, doc })
 }
 
 fn rule_doc(
