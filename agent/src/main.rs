@@ -474,10 +474,9 @@ fn load_config(path: Option<&std::path::Path>, flags: Option<RunArgs>) -> Result
 }
 
 fn run_command(args: RunArgs) -> anyhow::Result<()> {
-    let config = match load_config(args.config.clone().as_deref(), Some(args)) {
-        Ok(c) => c,
-        // Nothing is loaded or attached yet: exiting here leaves nothing behind.
-        Err(_) => std::process::exit(i32::from(EXIT_CONFIG)),
+    // Nothing is loaded or attached yet: exiting here leaves nothing behind.
+    let Ok(config) = load_config(args.config.clone().as_deref(), Some(args)) else {
+        std::process::exit(i32::from(EXIT_CONFIG))
     };
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(run::run(config))?;

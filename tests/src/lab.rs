@@ -86,7 +86,16 @@ impl Lab {
     /// drop the frames sent to that host, so half of each conversation would never reach the
     /// victim.
     pub fn flood_from_attacker(&self) {
-        sh(Command::new("bridge").args(["-n", self.switch.name(), "link", "set", "dev", "sw-a", "learning", "off"]));
+        self.unlearned("sw-a");
+    }
+
+    /// As [`Lab::flood_from_attacker`], for the bystander's (client's) port.
+    pub fn flood_from_bystander(&self) {
+        self.unlearned("sw-b");
+    }
+
+    fn unlearned(&self, port: &str) {
+        sh(Command::new("bridge").args(["-n", self.switch.name(), "link", "set", "dev", port, "learning", "off"]));
     }
 
     /// Path of the alert file the agent writes.

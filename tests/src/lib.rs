@@ -15,6 +15,7 @@ pub mod lab;
 pub mod netns;
 pub mod packets;
 pub mod pcapreplay;
+pub mod scenario;
 
 use std::collections::BTreeMap;
 

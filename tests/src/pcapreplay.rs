@@ -53,6 +53,9 @@ pub fn inspect(path: &Path, max_gap: Duration) -> Result<CaptureInfo, String> {
 ///
 /// # Errors
 /// tcprewrite's own message.
+///
+/// # Panics
+/// Never in practice (formatting into a string).
 pub fn rewrite(input: &Path, output: &Path, pairs: &[(IpAddr, IpAddr)], mtu: Option<u32>) -> Result<(), String> {
     let mut pnat = String::new();
     for (from, to) in pairs {
@@ -96,6 +99,9 @@ pub struct Replayed {
 ///
 /// # Errors
 /// [`Interrupted`] on Ctrl-C; a message if tcpreplay fails or runs past `limit`.
+///
+/// # Panics
+/// If waiting for tcpreplay fails.
 pub fn replay(
     ns: &Netns,
     iface: &str,

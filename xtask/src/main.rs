@@ -38,6 +38,21 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Build a lab in network namespaces, run Vigil on its server and play a scenario of
+    /// benign traffic and attacks; ends with a summary table (root). `-- --list` shows the
+    /// scenarios, `-- --help` the options.
+    Lab {
+        /// Arguments for `vigil-lab lab` (e.g. `--scenario quick`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Replay every labelled capture (../shared/data/pcaps by default) into the running agent
+    /// and report per capture: attacker alerted, time to alert, false alerts (root).
+    EvalLive {
+        /// Arguments for `vigil-lab eval-live` (e.g. `--data DIR`, `--out DIR`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Set up and run the benchmarks (root); prints a markdown report.
     Bench {
         /// Also write the report into BENCHMARKS.md between its generated-results markers.
@@ -77,6 +92,8 @@ fn main() -> Result<()> {
             privileged.extend(args.iter().map(String::as_str));
             cargo(&root, &privileged)
         }
+        Task::Lab { args } => vigil_lab(&root, "lab", &args),
+        Task::EvalLive { args } => vigil_lab(&root, "eval-live", &args),
         Task::Bench { write } => {
             setup::ensure()?;
             require_root("the benchmarks (BPF_PROG_TEST_RUN, XDP maps)")?;
@@ -94,6 +111,21 @@ fn main() -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// Builds `vigil` and `vigil-lab` (the test profile, sharing the tests' build) and becomes
+/// `vigil-lab SUBCOMMAND ARGS`: Ctrl-C then reaches the lab alone, which removes what it built.
+fn vigil_lab(root: &Path, subcommand: &str, args: &[String]) -> Result<()> {
+    use std::os::unix::process::CommandExt as _;
+    setup::ensure()?;
+    require_root("the lab (network namespaces, XDP)")?;
+    cargo(root, &["build", "--package", "vigil", "--bin", "vigil"])?;
+    cargo(root, &["build", "--package", "vigil-tests", "--bin", "vigil-lab"])?;
+    let bin = target_dir(root).join("debug/vigil-lab");
+    let mut cmd = Command::new(&bin);
+    cmd.current_dir(root).arg(subcommand).args(args);
+    eprintln!("xtask: {cmd:?}");
+    Err(cmd.exec()).with_context(|| format!("starting {}", bin.display()))
 }
 
 fn workspace_root() -> PathBuf {

@@ -16,7 +16,7 @@ const LLVM_PACKAGES: [&str; 2] = ["llvm-22-dev", "libpolly-22-dev"];
 /// bpf-linker 0.13 is the release built and verified against LLVM 22 and this rustc.
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// What the privileged tests and benchmarks use from the system.
-const TEST_PACKAGES: [(&str, &str); 9] = [
+const TEST_PACKAGES: [(&str, &str); 10] = [
     ("ip", "iproute2"),
     ("ethtool", "ethtool"),
     ("nsenter", "util-linux"),
@@ -26,6 +26,7 @@ const TEST_PACKAGES: [(&str, &str); 9] = [
     ("dig", "dnsutils"),
     ("curl", "curl"),
     ("prometheus", "prometheus"),
+    ("tcpreplay", "tcpreplay"),
 ];
 /// The Python references the model cross-checks and scoring benchmark compare against
 /// (never used by the agent). Versions are the ones the checks were written against.

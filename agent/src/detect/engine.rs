@@ -20,7 +20,10 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::{allowlist::Allowlist, live::CycleScores};
+use super::{
+    allowlist::Allowlist,
+    live::{CycleScores, Evidence},
+};
 use crate::clock::rfc3339_millis;
 use crate::{
     block::{
@@ -191,8 +194,9 @@ struct Pending {
     last_ns: u64,
     /// When (wall ns) the first of these anomalies was seen by the engine.
     opened_ns: u64,
-    /// The highest-scoring flow: its record, scores and explanation.
-    top: Option<(FlowRecord, crate::model::detector::Score, Value)>,
+    /// The highest-scoring flow: its record, scores and what explains them (explained only if
+    /// an alert reports it).
+    top: Option<(FlowRecord, crate::model::detector::Score, Evidence)>,
 }
 
 /// Distinct destinations/ports kept per pending alert at most (memory under a scan).
@@ -221,7 +225,7 @@ struct DestPending {
     first_ns: u64,
     last_ns: u64,
     opened_ns: u64,
-    top: Option<(FlowRecord, crate::model::detector::Score, Value)>,
+    top: Option<(FlowRecord, crate::model::detector::Score, Evidence)>,
 }
 
 #[derive(Debug, Default)]
@@ -341,8 +345,7 @@ impl Engine {
                     p.first_ns = if p.first_ns == 0 { r.first_seen_ns } else { p.first_ns.min(r.first_seen_ns) };
                     p.last_ns = p.last_ns.max(r.last_seen_ns);
                     if p.top.as_ref().is_none_or(|(_, t, _)| s.combined > t.combined) {
-                        let why = scores.explain(detector, i, self.config.top_features);
-                        p.top = Some((r.clone(), s, serde_json::to_value(why).unwrap_or(Value::Null)));
+                        p.top = Some((r.clone(), s, scores.evidence(i)));
                     }
                 }
             }
@@ -454,8 +457,7 @@ impl Engine {
             p.first_ns = if p.first_ns == 0 { r.first_seen_ns } else { p.first_ns.min(r.first_seen_ns) };
             p.last_ns = p.last_ns.max(r.last_seen_ns);
             if p.top.as_ref().is_none_or(|(_, t, _)| score.combined > t.combined) {
-                let why = scores.explain(detector, i, self.config.top_features);
-                p.top = Some((r.clone(), *score, serde_json::to_value(why).unwrap_or(Value::Null)));
+                p.top = Some((r.clone(), *score, scores.evidence(i)));
             }
         }
     }
@@ -686,7 +688,8 @@ fn alert_doc(
     p: Pending,
     level: Level,
 ) -> Option<Notice> {
-    let (top, score, explanation) = p.top?;
+    let (top, score, evidence) = p.top?;
+    let explanation = serde_json::to_value(evidence.explain(detector, config.top_features)).unwrap_or(Value::Null);
     let t = detector.thresholds;
     let (packets, bytes) = p.counters.values().fold((0, 0), |(a, b), (pk, by)| (a + pk, b + by));
     let lead = explanation.get(0).and_then(|c| c.get("feature")).and_then(Value::as_str).unwrap_or("?").to_owned();
@@ -744,7 +747,8 @@ fn destination_doc(
     p: DestPending,
     level: Level,
 ) -> Option<Notice> {
-    let (top, score, explanation) = p.top?;
+    let (top, score, evidence) = p.top?;
+    let explanation = serde_json::to_value(evidence.explain(detector, config.top_features)).unwrap_or(Value::Null);
     let t = detector.thresholds;
     let lead = explanation.get(0).and_then(|c| c.get("feature")).and_then(Value::as_str).unwrap_or("?").to_owned();
     let message = format!(

@@ -37,7 +37,16 @@ impl CycleScores {
     /// The `top` features behind flow `i`'s score.
     #[must_use]
     pub fn explain(&self, detector: &Detector, i: usize, top: usize) -> Vec<Contribution> {
-        detector.explain(self.raw.row(i), self.prepared.row(i), self.recon.row(i), top)
+        self.evidence(i).explain(detector, top)
+    }
+
+    /// What explaining flow `i` later needs: its raw, prepared and reconstructed rows.
+    /// Explaining costs a walk of every tree; the engine keeps this instead and explains only
+    /// the flows an alert reports (a spoofed flood brings tens of thousands of sources).
+    #[must_use]
+    pub fn evidence(&self, i: usize) -> Evidence {
+        let rows = [self.raw.row(i), self.prepared.row(i), self.recon.row(i)];
+        Evidence(rows.iter().flat_map(|r| r.iter().copied()).collect())
     }
 
     #[must_use]
@@ -48,6 +57,20 @@ impl CycleScores {
     #[must_use]
     pub fn is_empty(&self) -> bool {
         self.scores.is_empty()
+    }
+}
+
+/// One flow's rows, kept to explain its score later.
+#[derive(Clone, Debug)]
+pub struct Evidence(Box<[f32]>);
+
+impl Evidence {
+    /// The `top` features behind the score.
+    #[must_use]
+    pub fn explain(&self, detector: &Detector, top: usize) -> Vec<Contribution> {
+        let n = self.0.len() / 3;
+        let row = |k: usize| ndarray::ArrayView1::from(&self.0[k * n..(k + 1) * n]);
+        detector.explain(row(0), row(1), row(2), top)
     }
 }
 
