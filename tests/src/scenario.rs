@@ -37,7 +37,7 @@ enum Action {
     /// An attack capture replayed from the attacker, its attacker mapped to the step's address
     /// and its victim to the server.
     AttackCapture(&'static str),
-    /// nmap SYN scan of ports 1-2000.
+    /// nmap SYN scan of ports 1-5000 at 1500 probes per second at most (about 3 s).
     NmapScan,
     /// hping3 SYN flood, 3000 packets at 1000 per second.
     SynFlood,
@@ -314,7 +314,7 @@ fn run_step(
         }
         Action::NmapScan => tool(
             &lab.attacker,
-            &["nmap", "-sS", "-T4", "-Pn", "-n", "-e", IFACE, "-S", &src, "-p", "1-2000", VICTIM],
+            &["nmap", "-sS", "-T4", "-Pn", "-n", "--max-rate", "1500", "-e", IFACE, "-S", &src, "-p", "1-5000", VICTIM],
             limit,
         ),
         Action::SynFlood => tool(
