@@ -266,3 +266,38 @@ fn bad_config_exits_2_naming_the_field_before_attaching() {
     assert_eq!(missing.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&missing.stderr).contains("/nonexistent/vigil.toml"));
 }
+
+#[test]
+fn spoofed_flood_raises_a_destination_alert_and_blocks_nothing() {
+    require_root();
+    let lab = Lab::new("spoof");
+    let agent = lab.agent("[block]\nmode = \"enforce\"\n");
+    let start = now_ms();
+    // One SYN per random source: no source alone has enough for an alert of its own.
+    let mut flood = lab
+        .attacker
+        .command("timeout")
+        .args(["30", "hping3", "-q", "-S", "-p", "80", "-c", "3000", "-i", "u1000", "--rand-source", VICTIM])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("hping3");
+    let alert = lab
+        .wait_event("destination alert", Duration::from_secs(10), |e| action_is(e, "anomalous-flows-to-destination"));
+    flood.wait().expect("hping3");
+    let latency = timestamp_ms(&alert) - start;
+    assert!(latency <= 2000, "destination alert {latency} ms after the flood started");
+    assert_eq!(alert["destination"]["ip"], VICTIM, "{alert:#}");
+    assert!(alert["source"].is_null(), "a destination alert names no source: {alert:#}");
+    assert!(alert["vigil"]["counts"]["sources"].as_u64().unwrap() >= 20, "{alert:#}");
+    assert!(!alert["vigil"]["explanation"].as_array().unwrap().is_empty(), "{alert:#}");
+    std::thread::sleep(Duration::from_secs(2));
+    let events = lab.events();
+    assert!(events.iter().all(|e| !action_is(e, "block")), "spoofed sources are never blocked: {events:#?}");
+    assert!(
+        events.iter().filter(|e| action_is(e, "anomalous-flows")).count() == 0,
+        "no per-source alert for one-packet sources: {events:#?}"
+    );
+    let (status, log) = agent.stop();
+    assert!(status.success(), "{log}");
+}
