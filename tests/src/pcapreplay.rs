@@ -16,6 +16,9 @@ use crate::{
     netns::Netns,
 };
 
+/// The source MAC of every replayed frame (locally administered, unicast).
+pub const REPLAY_MAC: &str = "02:00:00:77:00:01";
+
 /// What a capture holds, and how long replaying it takes.
 #[derive(Clone, Debug)]
 pub struct CaptureInfo {
@@ -49,7 +52,8 @@ pub fn inspect(path: &Path, max_gap: Duration) -> Result<CaptureInfo, String> {
 
 /// Writes `input` to `output` with each `(from, to)` address rewritten in both directions
 /// (tcprewrite's pseudo-NAT; checksums are fixed). Addresses must be of one family per pair.
-/// With `mtu`, larger packets are cut to it (the lab's links carry no more).
+/// With `mtu`, larger packets are cut to it (the lab's links carry no more). Then every
+/// multicast source MAC becomes [`REPLAY_MAC`] ([`fix_source_macs`]).
 ///
 /// # Errors
 /// tcprewrite's own message.
@@ -79,10 +83,37 @@ pub fn rewrite(input: &Path, output: &Path, pairs: &[(IpAddr, IpAddr)], mtu: Opt
     }
     let out = cmd.output().map_err(|e| format!("starting tcprewrite: {e} (cargo xtask setup installs it)"))?;
     if out.status.success() {
-        Ok(())
+        fix_source_macs(output)
     } else {
         Err(format!("tcprewrite failed on {}: {}", input.display(), String::from_utf8_lossy(&out.stderr).trim()))
     }
+}
+
+/// Rewrites, in place, every Ethernet source MAC that is a multicast address to
+/// [`REPLAY_MAC`]. Some captures carry synthesised Ethernet headers (nDPI's reddit.pcap has
+/// 33:33:.. on both sides, IPv6 multicast MACs); a Linux bridge drops frames with a multicast
+/// source as invalid, so they would never reach the agent. The sensor does not look at MACs.
+/// tcprewrite's `--enet-smac` left these frames unchanged here, hence this.
+///
+/// # Errors
+/// The file cannot be read or written as pcap.
+pub fn fix_source_macs(path: &Path) -> Result<(), String> {
+    use pcap_file::pcap::{PcapReader, PcapWriter};
+    let err = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
+    let data = std::fs::read(path).map_err(|e| err(&e))?;
+    let mut reader = PcapReader::new(&data[..]).map_err(|e| err(&e))?;
+    let mut out = Vec::with_capacity(data.len());
+    let mut writer = PcapWriter::with_header(&mut out, reader.header()).map_err(|e| err(&e))?;
+    let mac: Vec<u8> = REPLAY_MAC.split(':').map(|b| u8::from_str_radix(b, 16).expect("hex MAC")).collect();
+    while let Some(packet) = reader.next_packet() {
+        let mut packet = packet.map_err(|e| err(&e))?;
+        if packet.data.len() >= 12 && packet.data[6] & 1 == 1 {
+            packet.data.to_mut()[6..12].copy_from_slice(&mac);
+        }
+        writer.write_packet(&packet).map_err(|e| err(&e))?;
+    }
+    drop(writer);
+    std::fs::write(path, out).map_err(|e| err(&e))
 }
 
 /// One replay's outcome.
