@@ -97,6 +97,9 @@ pub fn rewrite(input: &Path, output: &Path, pairs: &[(IpAddr, IpAddr)], mtu: Opt
 ///
 /// # Errors
 /// The file cannot be read or written as pcap.
+///
+/// # Panics
+/// Never in practice ([`REPLAY_MAC`] is a valid MAC).
 pub fn fix_source_macs(path: &Path) -> Result<(), String> {
     use pcap_file::pcap::{PcapReader, PcapWriter};
     let err = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
@@ -112,7 +115,6 @@ pub fn fix_source_macs(path: &Path) -> Result<(), String> {
         }
         writer.write_packet(&packet).map_err(|e| err(&e))?;
     }
-    drop(writer);
     std::fs::write(path, out).map_err(|e| err(&e))
 }
 
