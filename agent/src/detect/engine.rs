@@ -680,6 +680,46 @@ fn merge(into: &mut Value, from: Value) {
     }
 }
 
+/// The worst flow of an alert, explained: its explanation, the name of its leading feature
+/// (for the message), and the fields every alert carries about it (network, scores against
+/// both thresholds, explanation, the flow itself).
+struct Worst {
+    lead: String,
+    fields: Value,
+}
+
+fn worst_flow(
+    config: &EngineConfig,
+    detector: &Detector,
+    level: Level,
+    top: &FlowRecord,
+    score: &crate::model::detector::Score,
+    evidence: &Evidence,
+) -> Worst {
+    let explanation = serde_json::to_value(evidence.explain(detector, config.top_features)).unwrap_or(Value::Null);
+    let lead = explanation.get(0).and_then(|c| c.get("feature")).and_then(Value::as_str).unwrap_or("?").to_owned();
+    let fields = json!({
+        "network": {
+            "transport": transport(top.protocol),
+            "iana_number": top.protocol.to_string(),
+            "type": if top.ip_version == 4 { "ipv4" } else { "ipv6" },
+        },
+        "vigil": {
+            "severity": level.name(),
+            "score": {
+                "combined": score.combined,
+                "iforest": score.iforest,
+                "autoencoder": score.autoencoder,
+                "alert_threshold": detector.thresholds.alert,
+                "block_threshold": config.block_threshold,
+            },
+            "explanation": explanation,
+            "top_flow": top,
+        },
+    });
+    Worst { lead, fields }
+}
+
 fn alert_doc(
     config: &EngineConfig,
     detector: &Detector,
@@ -689,40 +729,27 @@ fn alert_doc(
     level: Level,
 ) -> Option<Notice> {
     let (top, score, evidence) = p.top?;
-    let explanation = serde_json::to_value(evidence.explain(detector, config.top_features)).unwrap_or(Value::Null);
-    let t = detector.thresholds;
+    let worst = worst_flow(config, detector, level, &top, &score, &evidence);
     let (packets, bytes) = p.counters.values().fold((0, 0), |(a, b), (pk, by)| (a + pk, b + by));
-    let lead = explanation.get(0).and_then(|c| c.get("feature")).and_then(Value::as_str).unwrap_or("?").to_owned();
     let message = format!(
-        "{src}: {} anomalous flows to {} hosts / {} ports (score {:.1}, alert at {:.1}); top feature {lead}",
+        "{src}: {} anomalous flows to {} hosts / {} ports (score {:.1}, alert at {:.1}); top feature {}",
         p.anomalous,
         p.destinations.len(),
         p.ports.len(),
         score.combined,
-        t.alert
+        detector.thresholds.alert,
+        worst.lead
     );
     let mut doc = envelope(config, Kind::Alert, level, now_wall_ns, &message);
+    merge(&mut doc, worst.fields);
     merge(
         &mut doc,
         json!({
             "event": { "start": rfc3339_millis(p.first_ns), "end": rfc3339_millis(p.last_ns) },
             "source": { "ip": src, "port": top.src_port, "packets": packets, "bytes": bytes },
             "destination": { "ip": top.dst_ip, "port": top.dst_port },
-            "network": {
-                "transport": transport(top.protocol),
-                "iana_number": top.protocol.to_string(),
-                "type": if top.ip_version == 4 { "ipv4" } else { "ipv6" },
-            },
             "rule": { "name": "vigil-anomaly", "ruleset": detector.schema.id },
             "vigil": {
-                "severity": level.name(),
-                "score": {
-                    "combined": score.combined,
-                    "iforest": score.iforest,
-                    "autoencoder": score.autoencoder,
-                    "alert_threshold": t.alert,
-                    "block_threshold": config.block_threshold,
-                },
                 "counts": {
                     "flows": p.flows,
                     "anomalous_flows": p.anomalous,
@@ -731,8 +758,6 @@ fn alert_doc(
                     "packets": packets,
                     "bytes": bytes,
                 },
-                "explanation": explanation,
-                "top_flow": top,
             },
         }),
     );
@@ -748,38 +773,25 @@ fn destination_doc(
     level: Level,
 ) -> Option<Notice> {
     let (top, score, evidence) = p.top?;
-    let explanation = serde_json::to_value(evidence.explain(detector, config.top_features)).unwrap_or(Value::Null);
-    let t = detector.thresholds;
-    let lead = explanation.get(0).and_then(|c| c.get("feature")).and_then(Value::as_str).unwrap_or("?").to_owned();
+    let worst = worst_flow(config, detector, level, &top, &score, &evidence);
     let message = format!(
-        "{dst}: anomalous flows from {} sources ({} new flows, {} ports; score {:.1}, alert at {:.1}); spoofed or distributed, not blocked; top feature {lead}",
+        "{dst}: anomalous flows from {} sources ({} new flows, {} ports; score {:.1}, alert at {:.1}); spoofed or distributed, not blocked; top feature {}",
         p.sources.len(),
         p.new_flows,
         p.ports.len(),
         score.combined,
-        t.alert
+        detector.thresholds.alert,
+        worst.lead
     );
     let mut doc = envelope(config, Kind::DestinationAlert, level, now_wall_ns, &message);
+    merge(&mut doc, worst.fields);
     merge(
         &mut doc,
         json!({
             "event": { "start": rfc3339_millis(p.first_ns), "end": rfc3339_millis(p.last_ns) },
             "destination": { "ip": dst, "port": top.dst_port, "packets": p.packets, "bytes": p.bytes },
-            "network": {
-                "transport": transport(top.protocol),
-                "iana_number": top.protocol.to_string(),
-                "type": if top.ip_version == 4 { "ipv4" } else { "ipv6" },
-            },
             "rule": { "name": "vigil-anomaly-destination", "ruleset": detector.schema.id },
             "vigil": {
-                "severity": level.name(),
-                "score": {
-                    "combined": score.combined,
-                    "iforest": score.iforest,
-                    "autoencoder": score.autoencoder,
-                    "alert_threshold": t.alert,
-                    "block_threshold": config.block_threshold,
-                },
                 "counts": {
                     "sources": p.sources.len(),
                     "new_anomalous_flows": p.new_flows,
@@ -787,8 +799,6 @@ fn destination_doc(
                     "packets": p.packets,
                     "bytes": p.bytes,
                 },
-                "explanation": explanation,
-                "top_flow": top,
             },
         }),
     );
