@@ -33,7 +33,7 @@ use serde_json::Value;
 use vigil::sensor::{Sensor, SensorOptions};
 use vigil_tests::{
     agent::{Agent, TempDir, vigil_bin},
-    bench::{machine, report},
+    bench::{machine, report, usage},
     blast::{Blaster, LinkStats, Sent, link_mac, link_stats, pin_thread, renice_thread},
     netns::{Link, sh},
     packets::{Pkt, checksum},
@@ -350,23 +350,6 @@ fn metric(m: &[(String, f64)], name: &str) -> f64 {
     m.iter().find(|(k, _)| k == name).map_or_else(|| panic!("no metric {name}"), |(_, v)| *v)
 }
 
-/// `VmRSS` and `VmHWM` of `pid` in KiB, and its CPU time in clock ticks.
-fn usage(pid: u32) -> (u64, u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-    let kib = |key: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(key))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
-    let fields: Vec<&str> = stat[stat.rfind(')').expect("comm") + 2..].split_whitespace().collect();
-    let ticks = fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime");
-    (kib("VmRSS:"), kib("VmHWM:"), ticks)
-}
-
 /// One harvest cycle as the status file tells it: when it started, how long harvest and
 /// scoring took, flows tracked.
 struct Cycle {
@@ -417,7 +400,7 @@ impl Sampler<'_> {
         {
             self.cycles.push(c);
         }
-        self.rss_max = self.rss_max.max(usage(self.pid).0);
+        self.rss_max = self.rss_max.max(usage(self.pid).rss_kib);
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -463,7 +446,8 @@ fn flood() -> String {
         assert!(Instant::now() < deadline, "no status file after 5 s; log:\n{}", agent.log());
         s.sample();
     }
-    let (rss0, _, ticks0) = usage(pid);
+    let u0 = usage(pid);
+    let (rss0, ticks0) = (u0.rss_kib, u0.cpu_ticks);
     let m0 = scrape(&link);
     let b0 = link_stats(&link.b, Link::IFACE_B);
 
@@ -479,7 +463,7 @@ fn flood() -> String {
     }
     let sent = sender.join().expect("flood sender");
     let flood_end = SystemTime::now();
-    let (_, _, ticks1) = usage(pid);
+    let ticks1 = usage(pid).cpu_ticks;
     let m1 = scrape(&link);
     // The counters and the flow count are published at each harvest: wait for one that
     // started after the flood, so they include all of it.
@@ -490,7 +474,8 @@ fn flood() -> String {
     let recovered = s.cycles.last().is_some_and(|c| c.started >= flood_end);
     let m2 = scrape(&link);
     let b1 = link_stats(&link.b, Link::IFACE_B);
-    let (rss_end, hwm, _) = usage(pid);
+    let u_end = usage(pid);
+    let (rss_end, hwm) = (u_end.rss_kib, u_end.hwm_kib);
     let (exit, log) = agent.stop_with(Signal::SIGTERM);
     assert!(exit.success(), "vigil exited with {exit}; log:\n{log}");
 

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use vigil_tests::{
-    bench::{machine, report},
+    bench::{machine, report, usage},
     lab::{Lab, VICTIM, now_ms, timestamp_ms},
     require_root,
 };
@@ -17,23 +17,6 @@ fn percentile(sorted: &[i64], p: f64) -> i64 {
     #[expect(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_precision_loss, reason = "index")]
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i]
-}
-
-/// (utime + stime) in clock ticks, and resident/peak resident memory in KiB, of `pid`.
-fn usage(pid: u32) -> (u64, u64, u64) {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
-    let fields: Vec<&str> = stat[stat.rfind(')').expect("comm") + 2..].split_whitespace().collect();
-    let ticks = fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime");
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-    let kib = |key: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(key))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
-    (ticks, kib("VmRSS:"), kib("VmHWM:"))
 }
 
 fn latencies(lab: &Lab) -> (Vec<i64>, Vec<i64>) {
@@ -71,7 +54,7 @@ fn at_100k_flows(lab: &Lab) -> (f64, u64, u64, u64, Duration) {
     let agent = lab.agent_with("", &["--idle-timeout", "60s"]);
     let pid = agent.pid();
     std::thread::sleep(Duration::from_secs(2));
-    let (t0, _, _) = usage(pid);
+    let t0 = usage(pid).cpu_ticks;
     let started = Instant::now();
     for src in ["10.77.0.201", "10.77.0.202"] {
         lab.attacker.ip(&["addr", "add", &format!("{src}/24"), "dev", "eth0"]);
@@ -87,7 +70,8 @@ fn at_100k_flows(lab: &Lab) -> (f64, u64, u64, u64, Duration) {
     }
     let send_time = started.elapsed();
     std::thread::sleep(Duration::from_secs(20).saturating_sub(send_time));
-    let (t1, rss, hwm) = usage(pid);
+    let u1 = usage(pid);
+    let (t1, rss, hwm) = (u1.cpu_ticks, u1.rss_kib, u1.hwm_kib);
     let elapsed = started.elapsed();
     let status = lab.vigil(&["status", "--json"]);
     let status: Value = serde_json::from_slice(&status.stdout).expect("status json");

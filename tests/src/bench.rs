@@ -36,3 +36,35 @@ pub fn machine() -> String {
     let kernel = nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_default();
     format!("{} CPUs ({cpu}), Linux {kernel}", std::thread::available_parallelism().map_or(0, std::num::NonZero::get))
 }
+
+/// What a process has used so far, from `/proc`.
+#[derive(Clone, Copy, Debug)]
+pub struct Usage {
+    /// User plus system CPU time, in clock ticks.
+    pub cpu_ticks: u64,
+    /// Resident memory now (`VmRSS`), KiB.
+    pub rss_kib: u64,
+    /// Peak resident memory (`VmHWM`), KiB.
+    pub hwm_kib: u64,
+}
+
+/// CPU time and memory of `pid`.
+///
+/// # Panics
+/// If the process is gone.
+#[must_use]
+pub fn usage(pid: u32) -> Usage {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    let fields: Vec<&str> = stat[stat.rfind(')').expect("comm") + 2..].split_whitespace().collect();
+    let cpu_ticks = fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime");
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    let kib = |key: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(key))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    Usage { cpu_ticks, rss_kib: kib("VmRSS:"), hwm_kib: kib("VmHWM:") }
+}
