@@ -14,7 +14,6 @@
 //! alerts) and the benign flows.
 
 use std::{
-    collections::BTreeSet,
     fmt::Write as _,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
@@ -31,7 +30,7 @@ use vigil::{
 use crate::{
     agent::read_records,
     interrupt::{self, Interrupted},
-    lab::{IFACE, Lab, VICTIM, Watch, timestamp_ms},
+    lab::{IFACE, Lab, VICTIM, Watch, event_ip, is_alert, timestamp_ms},
     pcapreplay,
 };
 
@@ -261,14 +260,6 @@ fn replay_all(
     Ok(())
 }
 
-fn is_alert(e: &Value) -> bool {
-    e["event"]["kind"] == "alert" && e["event"]["action"] != "block" && e["event"]["action"] != "unblock"
-}
-
-fn event_ip(e: &Value, side: &str) -> Option<IpAddr> {
-    e[side]["ip"].as_str()?.parse().ok()
-}
-
 fn score(options: &Options, labels: &Path, segments: &[Segment], records: &[FlowRecord], events: &[Value]) -> Report {
     let mut results = Vec::new();
     for (i, seg) in segments.iter().enumerate() {
@@ -417,12 +408,5 @@ impl Report {
     pub fn targets_met(&self) -> bool {
         self.attacks_alerted_within_target == self.attacks
             && self.false_alerts_per_1000_benign_flows <= TARGET_FALSE_PER_1000
-    }
-
-    /// Sources named by alerts in benign captures (for a reader chasing false alerts).
-    #[must_use]
-    pub fn summary_line(&self) -> String {
-        let kinds: BTreeSet<&str> = self.captures.iter().map(|c| c.kind.as_str()).collect();
-        format!("{} captures ({} kinds), {} attacks", self.captures.len(), kinds.len(), self.attacks)
     }
 }

@@ -403,6 +403,19 @@ pub fn timestamp_ms(e: &Value) -> i64 {
     i64::try_from(t.duration_since(std::time::UNIX_EPOCH).expect("after epoch").as_millis()).expect("ms")
 }
 
+/// Whether an event is an alert (per source or per destination); block, unblock and other
+/// response events have `event.kind` `event`.
+#[must_use]
+pub fn is_alert(e: &Value) -> bool {
+    e["event"]["kind"] == "alert"
+}
+
+/// The address an event names on `side` (`source` or `destination`).
+#[must_use]
+pub fn event_ip(e: &Value, side: &str) -> Option<IpAddr> {
+    e[side]["ip"].as_str()?.parse().ok()
+}
+
 /// One line for a person watching: time, action, severity and the event's message.
 #[must_use]
 pub fn describe(e: &Value) -> String {

@@ -22,7 +22,7 @@ use vigil::eval::labels::Labels;
 use crate::{
     agent::Agent,
     interrupt::{self, Interrupted},
-    lab::{BYSTANDER, IFACE, Lab, VICTIM, Watch, now_ms, timestamp_ms},
+    lab::{BYSTANDER, IFACE, Lab, VICTIM, Watch, event_ip, is_alert, now_ms, timestamp_ms},
     netns::{Netns, sh},
     pcapreplay,
 };
@@ -372,13 +372,9 @@ fn replay(lab: &Lab, from: &Netns, path: &Path, pairs: &[(IpAddr, IpAddr)]) -> R
         .map(|_| ()))
 }
 
-fn is_alert(e: &Value) -> bool {
-    e["event"]["kind"] == "alert"
-}
-
+/// Whether `e` names `ip`: as its source, or for a spoofed flood as its destination.
 fn names(e: &Value, ip: IpAddr, spoofed: bool) -> bool {
-    let side = if spoofed { "destination" } else { "source" };
-    e[side]["ip"].as_str().and_then(|s| s.parse::<IpAddr>().ok()) == Some(ip)
+    event_ip(e, if spoofed { "destination" } else { "source" }) == Some(ip)
 }
 
 fn summarise(played: &[Played], events: &[Value]) -> Vec<StepResult> {

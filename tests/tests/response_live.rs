@@ -7,7 +7,7 @@ use std::{process::Command, time::Duration};
 use serde_json::Value;
 use vigil_tests::{
     agent::vigil_bin,
-    lab::{ATTACKER, BYSTANDER, IFACE, Lab, VICTIM, now_ms, timestamp_ms},
+    lab::{ATTACKER, BYSTANDER, IFACE, Lab, VICTIM, is_alert, now_ms, timestamp_ms},
     require_root,
 };
 
@@ -17,10 +17,6 @@ fn source_is(e: &Value, ip: &str) -> bool {
 
 fn action_is(e: &Value, action: &str) -> bool {
     e["event"]["action"].as_str() == Some(action)
-}
-
-fn is_alert(e: &Value) -> bool {
-    e["event"]["kind"].as_str() == Some("alert")
 }
 
 fn ok(out: &std::process::Output) -> String {
