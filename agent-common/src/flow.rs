@@ -168,16 +168,18 @@ impl FlowStats {
         let iat = now_ns.saturating_sub(self.last_seen_ns);
         let iat_us = iat / 1000;
         self.packets += 1;
-        self.bytes += len;
+        // A capture's length field is up to u32::MAX: sums of lengths and of their squares
+        // saturate rather than wrap (each square alone fits in 64 bits).
+        self.bytes = self.bytes.saturating_add(len);
         self.last_seen_ns = now_ns;
-        self.len_sq_sum += len * len;
+        self.len_sq_sum = self.len_sq_sum.saturating_add(len * len);
         if iat < self.iat_min_ns {
             self.iat_min_ns = iat;
         }
         if iat > self.iat_max_ns {
             self.iat_max_ns = iat;
         }
-        self.iat_sum_ns += iat;
+        self.iat_sum_ns = self.iat_sum_ns.saturating_add(iat);
         // Squares below 2^64 only; `saturating_mul` would need a 128-bit multiply the BPF
         // backend does not have.
         let iat_sq = if iat_us >> 32 == 0 { iat_us * iat_us } else { u64::MAX };
@@ -230,26 +232,27 @@ impl FlowStats {
             *self = *other;
             return;
         }
-        self.packets += other.packets;
-        self.bytes += other.bytes;
+        // Every sum saturates: per-CPU values are each bounded, their sum need not be.
+        self.packets = self.packets.saturating_add(other.packets);
+        self.bytes = self.bytes.saturating_add(other.bytes);
         self.first_seen_ns = self.first_seen_ns.min(other.first_seen_ns);
         self.last_seen_ns = self.last_seen_ns.max(other.last_seen_ns);
-        self.len_sq_sum += other.len_sq_sum;
+        self.len_sq_sum = self.len_sq_sum.saturating_add(other.len_sq_sum);
         self.iat_min_ns = self.iat_min_ns.min(other.iat_min_ns);
         self.iat_max_ns = self.iat_max_ns.max(other.iat_max_ns);
-        self.iat_sum_ns += other.iat_sum_ns;
+        self.iat_sum_ns = self.iat_sum_ns.saturating_add(other.iat_sum_ns);
         self.iat_sq_sum_us2 = self.iat_sq_sum_us2.saturating_add(other.iat_sq_sum_us2);
         self.len_min = self.len_min.min(other.len_min);
         self.len_max = self.len_max.max(other.len_max);
-        self.syn += other.syn;
-        self.syn_ack += other.syn_ack;
-        self.fin += other.fin;
-        self.rst += other.rst;
-        self.psh += other.psh;
-        self.ack += other.ack;
-        self.urg += other.urg;
-        self.ece += other.ece;
-        self.cwr += other.cwr;
+        self.syn = self.syn.saturating_add(other.syn);
+        self.syn_ack = self.syn_ack.saturating_add(other.syn_ack);
+        self.fin = self.fin.saturating_add(other.fin);
+        self.rst = self.rst.saturating_add(other.rst);
+        self.psh = self.psh.saturating_add(other.psh);
+        self.ack = self.ack.saturating_add(other.ack);
+        self.urg = self.urg.saturating_add(other.urg);
+        self.ece = self.ece.saturating_add(other.ece);
+        self.cwr = self.cwr.saturating_add(other.cwr);
         self.ttl_min = self.ttl_min.min(other.ttl_min);
         self.ttl_max = self.ttl_max.max(other.ttl_max);
         self.flags |= other.flags;
@@ -300,6 +303,22 @@ mod tests {
         s.update(&meta(60, 0, 1), u64::MAX / 2);
         s.update(&meta(60, 0, 1), u64::MAX);
         assert_eq!(s.iat_sq_sum_us2, u64::MAX);
+    }
+
+    #[test]
+    fn lengths_near_u32_max_saturate_instead_of_overflowing() {
+        // A capture may claim `orig_len` = u32::MAX: the squares' sum of two such packets
+        // overflowed (a panic in debug builds, a wrapped value in release).
+        let mut s = FlowStats::first(&meta(u32::MAX, 0, 1), 0);
+        s.update(&meta(u32::MAX, 0, 1), 1);
+        s.update(&meta(u32::MAX, 0, 1), 2);
+        assert_eq!(s.len_sq_sum, u64::MAX);
+        assert_eq!(s.bytes, 3 * u64::from(u32::MAX));
+        let mut m = s;
+        m.merge(&FlowStats { bytes: u64::MAX, syn: u32::MAX, ..s });
+        assert_eq!((m.bytes, m.len_sq_sum, m.packets), (u64::MAX, u64::MAX, 6));
+        m.merge(&FlowStats { syn: u32::MAX, ..s });
+        assert_eq!(m.syn, u32::MAX);
     }
 
     #[test]

@@ -19,7 +19,28 @@ use crate::{alert::sink::SinkSpec, detect::BlockMode, sensor::AttachMode};
 /// Where `vigil run` looks for its configuration when `--config` is not given.
 pub const DEFAULT_PATH: &str = "/etc/vigil/vigil.toml";
 
-/// A duration written the human way in TOML: `"1s"`, `"500ms"`, `"10m"`.
+/// The longest interval, timeout or window a flag or the file may set: 7 days. Time
+/// arithmetic on capture and kernel clocks stays far from overflow below it, and nothing
+/// sensible needs more.
+pub const MAX_INTERVAL: Duration = Duration::from_hours(7 * 24);
+/// The longest any duration in the file may be (a year): beyond that is a typo.
+pub const MAX_DURATION: Duration = Duration::from_hours(366 * 24);
+
+/// Parses a duration flag (`--interval 1s`) up to [`MAX_INTERVAL`]; clap's error names the
+/// flag.
+///
+/// # Errors
+/// Not a duration, or longer than [`MAX_INTERVAL`].
+pub fn parse_interval_flag(text: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(text).map_err(|e| format!("{e}; write e.g. 1s, 500ms, 10m"))?;
+    if d > MAX_INTERVAL {
+        return Err(format!("at most {}", humantime::format_duration(MAX_INTERVAL)));
+    }
+    Ok(d)
+}
+
+/// A duration written the human way in TOML: `"1s"`, `"500ms"`, `"10m"`; at most
+/// [`MAX_DURATION`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Dur(pub Duration);
 
@@ -32,9 +53,16 @@ impl Serialize for Dur {
 impl<'de> Deserialize<'de> for Dur {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let text = String::deserialize(d)?;
-        humantime::parse_duration(&text).map(Dur).map_err(|e| {
+        let d = humantime::parse_duration(&text).map_err(|e| {
             serde::de::Error::custom(format!("invalid duration {text:?} ({e}); write e.g. \"1s\", \"10m\""))
-        })
+        })?;
+        if d > MAX_DURATION {
+            return Err(serde::de::Error::custom(format!(
+                "duration {text:?} is longer than {}",
+                humantime::format_duration(MAX_DURATION)
+            )));
+        }
+        Ok(Dur(d))
     }
 }
 
@@ -273,6 +301,18 @@ impl Config {
         if s.active_timeout.0 < s.interval.0 {
             return bad("sensor.active_timeout", "must be at least sensor.interval");
         }
+        for (field, d) in [
+            ("sensor.interval", s.interval),
+            ("sensor.idle_timeout", s.idle_timeout),
+            ("sensor.active_timeout", s.active_timeout),
+            ("detection.context_window", self.detection.context_window),
+            ("alerts.window", self.alerts.window),
+        ] {
+            if d.0 > MAX_INTERVAL {
+                let message = format!("must be at most {}", humantime::format_duration(MAX_INTERVAL));
+                return Err(ConfigError::Invalid { field, message });
+            }
+        }
         if s.run_dir.as_os_str().is_empty() {
             return bad("sensor.run_dir", "must not be empty");
         }
@@ -343,6 +383,21 @@ mod tests {
         assert_eq!(c.block.consecutive, 2);
         assert_eq!(c.sensor.interval.0, Duration::from_secs(1));
         c.validate().unwrap();
+    }
+
+    #[test]
+    fn durations_are_bounded() {
+        // `600years` overflowed the replay's and the harvest's clock arithmetic.
+        let e = Config::parse("[sensor]\ninterval = \"600years\"\n").unwrap_err();
+        assert!(e.contains("interval") && e.contains("600years"), "{e}");
+        let c = Config::parse("[sensor]\nactive_timeout = \"30days\"\n").expect("under a year parses");
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("sensor.active_timeout") && e.contains("7days"), "{e}");
+        let c = Config::parse("[alerts]\nwindow = \"8days\"\n").expect("parses");
+        assert!(c.validate().unwrap_err().to_string().contains("alerts.window"));
+        assert_eq!(parse_interval_flag("7days"), Ok(MAX_INTERVAL));
+        assert!(parse_interval_flag("600years").unwrap_err().contains("at most 7days"));
+        assert!(parse_interval_flag("soon").is_err());
     }
 
     #[test]

@@ -188,7 +188,7 @@ struct ModelArgs {
     #[arg(long, default_value_t = 1)]
     seed: u64,
     /// Length of the per-source context window.
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = vigil::config::parse_interval_flag)]
     window: Duration,
 }
 
@@ -283,13 +283,13 @@ struct ReplayArgs {
 #[derive(Debug, Args)]
 struct TimingArgs {
     /// Time between harvests of the flow table (timeout checks).
-    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "1s", value_parser = vigil::config::parse_interval_flag)]
     interval: Duration,
     /// A flow with no packet for this long is exported and removed.
-    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "15s", value_parser = vigil::config::parse_interval_flag)]
     idle_timeout: Duration,
     /// A flow older than this is exported and restarted, as `NetFlow`'s active timeout.
-    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "60s", value_parser = vigil::config::parse_interval_flag)]
     active_timeout: Duration,
 }
 
@@ -318,13 +318,13 @@ struct RunArgs {
     #[arg(long, value_enum)]
     xdp_mode: Option<AttachMode>,
     /// Time between harvests; each harvest scores the flows that moved.
-    #[arg(long, value_parser = humantime::parse_duration)]
+    #[arg(long, value_parser = vigil::config::parse_interval_flag)]
     interval: Option<Duration>,
     /// A flow with no packet for this long is exported and removed.
-    #[arg(long, value_parser = humantime::parse_duration)]
+    #[arg(long, value_parser = vigil::config::parse_interval_flag)]
     idle_timeout: Option<Duration>,
     /// A flow older than this is exported and restarted, as `NetFlow`'s active timeout.
-    #[arg(long, value_parser = humantime::parse_duration)]
+    #[arg(long, value_parser = vigil::config::parse_interval_flag)]
     active_timeout: Option<Duration>,
     /// Flow table capacity in flows (LRU: the least recently used flow is evicted when full).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]

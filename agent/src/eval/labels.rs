@@ -68,8 +68,20 @@ pub enum LabelError {
 /// A parsed `labels.json` and the directory its paths are relative to.
 #[derive(Clone, Debug)]
 pub struct Labels {
+    /// The labels file, as given.
+    pub path: PathBuf,
+    /// Its directory (`.` for a bare file name).
     pub root: PathBuf,
     pub entries: BTreeMap<String, CaptureLabel>,
+}
+
+/// The directory a file lives in. The parent of a bare file name is the empty path, which
+/// names no directory (reading it fails with a message that names nothing): it is `.`.
+fn directory_of(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
 }
 
 /// `*` wildcard match over the whole string.
@@ -96,8 +108,7 @@ impl Labels {
     pub fn read(path: &Path) -> Result<Self, LabelError> {
         let text = std::fs::read(path).map_err(|source| LabelError::Io { path: path.into(), source })?;
         let entries = serde_json::from_slice(&text).map_err(|source| LabelError::Json { path: path.into(), source })?;
-        let root = path.parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf);
-        Ok(Self { root, entries })
+        Ok(Self { path: path.to_owned(), root: directory_of(path), entries })
     }
 
     /// The label of a capture path relative to the root: an exact key wins over patterns.
@@ -132,7 +143,7 @@ impl Labels {
             }
         }
         if out.is_empty() {
-            return Err(LabelError::NoCaptures { path: self.root.join("labels.json") });
+            return Err(LabelError::NoCaptures { path: self.path.clone() });
         }
         out.sort_by(|a, b| a.1.cmp(&b.1));
         Ok(out)
@@ -142,6 +153,34 @@ impl Labels {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_bare_file_name_lives_in_the_current_directory() {
+        // `Path::new("labels.json").parent()` is `Some("")`: reading "" failed with
+        // ": No such file or directory".
+        assert_eq!(directory_of(Path::new("labels.json")), PathBuf::from("."));
+        assert_eq!(directory_of(Path::new("./labels.json")), PathBuf::from("."));
+        assert_eq!(directory_of(Path::new("data/labels.json")), PathBuf::from("data"));
+        assert_eq!(directory_of(Path::new("/labels.json")), PathBuf::from("/"));
+    }
+
+    #[test]
+    fn captures_are_found_under_the_labels_directory_and_errors_name_the_file() {
+        let dir = std::env::temp_dir().join(format!("vigil-labels-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("benign")).expect("temp dir");
+        let labels_path = dir.join("labels.json");
+        std::fs::write(&labels_path, r#"{"benign/*": {"kind": "benign"}}"#).expect("write");
+        let labels = Labels::read(&labels_path).expect("reads");
+        let err = labels.captures().expect_err("no capture yet");
+        assert_eq!(err.to_string(), format!("{}: no capture matches any label", labels_path.display()));
+        std::fs::write(dir.join("benign/a.pcap"), b"").expect("write");
+        std::fs::write(dir.join("benign/notes.txt"), b"").expect("write");
+        let found = labels.captures().expect("one capture");
+        assert_eq!(found.iter().map(|c| c.1.as_str()).collect::<Vec<_>>(), ["benign/a.pcap"]);
+        let err = Labels::read(&dir.join("missing.json")).expect_err("missing");
+        assert!(err.to_string().starts_with(&dir.join("missing.json").display().to_string()), "{err}");
+        std::fs::remove_dir_all(&dir).expect("clean up");
+    }
 
     #[test]
     fn wildcards() {
@@ -158,7 +197,8 @@ mod tests {
         let json = r#"{"attack/scan.pcap": {"kind": "port-scan", "attacker": "10.0.0.1", "victim": "10.0.0.2"},
                        "attack/flood.pcap": {"kind": "syn-flood", "attacker": null, "victim": "10.0.0.9"},
                        "benign/*": {"kind": "benign"}}"#;
-        let labels = Labels { root: ".".into(), entries: serde_json::from_str(json).expect("parses") };
+        let labels =
+            Labels { path: "labels.json".into(), root: ".".into(), entries: serde_json::from_str(json).expect("parses") };
         let mut r = crate::features::flow::tests::record(1, 2, 80, 0);
         let scan = labels.label("attack/scan.pcap").expect("exact");
         assert!(scan.is_attack_flow(&r));

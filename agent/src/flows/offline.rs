@@ -53,10 +53,12 @@ impl OfflineTable {
         }
         let now = frame.ts_ns.max(self.clock_ns);
         self.clock_ns = now;
-        let next = *self.next_check_ns.get_or_insert(now + self.check_ns);
+        // Timestamps come from the file: near u64::MAX, the next check saturates (every later
+        // packet checks) instead of overflowing.
+        let next = *self.next_check_ns.get_or_insert(now.saturating_add(self.check_ns));
         if now >= next {
             self.expire(now, &mut emit);
-            self.next_check_ns = Some(now + self.check_ns);
+            self.next_check_ns = Some(now.saturating_add(self.check_ns));
         }
         let packet = SlicePacket::captured(&frame.data, frame.wire_len);
         let Step::Flow(meta) = pipeline::ingest(&packet, &mut self.counters, |_, _| false) else {
@@ -104,4 +106,52 @@ pub struct OfflineSummary {
     pub counters: Counters,
     /// Packets whose timestamp was earlier than one before them.
     pub out_of_order: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    /// Ethernet + IPv4 + UDP from 10.0.0.1:1000 to 10.0.0.2:53.
+    fn udp_frame(ts_ns: u64, wire_len: u32) -> Frame {
+        let mut data = vec![2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1, 0x08, 0x00];
+        data.extend_from_slice(&[0x45, 0, 0, 28, 0, 0, 0, 0, 64, 17, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2]);
+        data.extend_from_slice(&[0x03, 0xe8, 0, 53, 0, 8, 0, 0]);
+        Frame { ts_ns, data, wire_len }
+    }
+
+    fn replay(frames: &[Frame], interval: Duration) -> (Vec<FlowRecord>, OfflineSummary) {
+        let mut table = OfflineTable::new(HarvestConfig::default(), interval);
+        let mut out = Vec::new();
+        for f in frames {
+            table.packet(f, |r| out.push(r));
+        }
+        let summary = table.finish(|r| out.push(r));
+        (out, summary)
+    }
+
+    #[test]
+    fn timestamps_and_intervals_near_the_maximum_do_not_overflow() {
+        // The next timeout check was `now + interval`: a timestamp near u64::MAX (a pcapng
+        // if_tsoffset of 2^64 - 1 s saturates to it) or a huge interval overflowed.
+        let frames = [udp_frame(u64::MAX - 5, 42), udp_frame(u64::MAX, 42), udp_frame(3, 42)];
+        let (records, summary) = replay(&frames, Duration::from_secs(1));
+        assert_eq!(summary.counters.packets, 3);
+        assert_eq!(summary.out_of_order, 1);
+        assert_eq!(records.iter().map(|r| r.packets).sum::<u64>(), 3);
+        let (records, _) = replay(&[udp_frame(10, 42), udp_frame(20, 42)], Duration::MAX);
+        assert_eq!(records.len(), 1);
+    }
+
+    #[test]
+    fn lengths_near_u32_max_saturate() {
+        let frames: Vec<Frame> = (0..3).map(|i| udp_frame(i, u32::MAX)).collect();
+        let (records, summary) = replay(&frames, Duration::from_secs(1));
+        assert_eq!(records.len(), 1);
+        assert_eq!(records[0].len_sq_sum, u64::MAX);
+        assert_eq!(records[0].bytes, 3 * u64::from(u32::MAX));
+        assert_eq!(summary.counters.bytes, 3 * u64::from(u32::MAX));
+    }
 }
