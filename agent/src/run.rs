@@ -139,7 +139,9 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         hostname,
     });
     let thresholds = detector.thresholds;
-    let mut scorer = LiveScorer::new(detector, ContextWindow::new(config.detection.context_window.0));
+    // The context window holds at most a flow table's worth of flows (memory under a flood).
+    let context = ContextWindow::with_capacity(config.detection.context_window.0, s.flow_capacity as usize);
+    let mut scorer = LiveScorer::new(detector, context);
     info!(
         interval = ?s.interval.0,
         model = config.detection.model,
@@ -221,7 +223,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
                     w.flush()?;
                 }
                 let now_wall = MonoToWall::now().wall_ns(now);
-                let cycle = scorer.score(&live, now_wall)?;
+                let cycle = scorer.score(&live, now)?;
                 flows_scored += live.len() as u64;
                 let mut blocklist = Blocklist::from_ebpf(sensor.ebpf_mut())?;
                 let notices = engine.cycle(now, now_wall, &live, &cycle, &scorer.detector, Some(&mut blocklist))?;

@@ -78,11 +78,7 @@ fn from_record(r: &FlowRecord) -> FlowStats {
         cwr: r.tcp_flags.cwr,
         ttl_min: r.ttl_min,
         ttl_max: r.ttl_max,
-        malformed: r.malformed,
-        flags: u8::from(r.fragment_first)
-            | (u8::from(r.fragment_later) << 1)
-            | (u8::from(r.transport_truncated) << 2)
-            | (u8::from(r.network_unwalked) << 3),
+        flags: u8::from(r.fragment_first) | (u8::from(r.fragment_later) << 1),
         ..FlowStats::default()
     }
 }

@@ -1,12 +1,20 @@
 //! Per-source and per-destination context over a sliding window of recent flows.
 //!
 //! Each flow is an event at its first packet's time. The window keeps the events of the last
-//! `window` of capture or wall time and, incrementally, for every host: how many flows it
-//! started, how many distinct hosts and ports it reached, how many of its TCP attempts went
-//! unanswered or were reset, and the bytes it sent and received; for every destination: how
-//! many flows and distinct sources reached it and how many attempts to it failed. Adding and
-//! expiring an event are O(1) on average, and the event count is capped so memory is bounded
-//! under a flood.
+//! `window` of time and, incrementally, for every host: how many flows it started, how many
+//! distinct hosts and ports it reached, how many of its TCP attempts went unanswered or were
+//! reset, and the bytes it sent and received; for every destination: how many flows and
+//! distinct sources reached it and how many attempts to it failed. Adding and expiring an
+//! event are O(1) on average, and the event count is capped so memory is bounded under a flood.
+//!
+//! Offline (training, replay, evaluation) the time is the capture's own clock, the records'
+//! first-packet times. Live, it is `CLOCK_MONOTONIC` ([`ContextWindow::observe_at`]): a wall
+//! clock stepped back would stop expiry and let the window fill to its cap.
+//!
+//! Memory: an event is 56 bytes; a host as a source about 80 bytes (a 16-byte address key, its
+//! counters, and its distinct hosts and ports kept inline while there is one of each), as a
+//! destination about 64, plus a hash table's slack. A spoofed flood, where every event has a
+//! source of its own, costs about 0.2 kB per event.
 
 use std::{
     collections::{HashMap, VecDeque, hash_map::Entry},
@@ -21,8 +29,7 @@ use crate::flows::FlowRecord;
 pub const DEFAULT_WINDOW: Duration = Duration::from_secs(10);
 
 /// Default cap on events kept in the window (oldest dropped first): the default flow table's
-/// size. About 0.5 kB per event when every flow has a source of its own (a spoofed flood),
-/// so the window stays under ~150 MB; at 1 << 20 the spoofed-flood bench measured ~700 MB.
+/// size. `vigil run` caps at its flow table's size.
 pub const DEFAULT_MAX_EVENTS: usize = 1 << 18;
 
 /// Context of one flow's source and destination, including the flow itself.
@@ -39,65 +46,104 @@ pub struct ContextStats {
     pub dst_unanswered_share: f64,
 }
 
+/// An address as a 16-byte key (IPv4 as IPv4-mapped IPv6): smaller than `IpAddr` with its
+/// tag and padding, and one hash for both families.
+type Addr = [u8; 16];
+
+fn addr(ip: IpAddr) -> Addr {
+    match ip {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+        IpAddr::V6(v6) => v6.octets(),
+    }
+}
+
 #[derive(Clone, Copy, Debug)]
 struct Event {
     at_ns: u64,
-    src: IpAddr,
-    dst: IpAddr,
+    bytes: u64,
+    src: Addr,
+    dst: Addr,
     dst_port: u16,
     attempt: bool,
     unanswered: bool,
-    bytes: u64,
 }
 
-/// A multiset: value → occurrences, whose length is the distinct count.
-#[derive(Debug)]
-struct Distinct<T: Hash + Eq>(HashMap<T, u32>);
-
-impl<T: Hash + Eq> Default for Distinct<T> {
-    fn default() -> Self {
-        Self(HashMap::new())
-    }
+/// A multiset: value → occurrences, whose length is the distinct count. One value (most hosts
+/// in a window reach one host, one port) is kept inline; more go to a hash map.
+#[derive(Debug, Default)]
+enum Distinct<T: Hash + Eq + Copy> {
+    #[default]
+    Empty,
+    One(T, u32),
+    #[expect(clippy::box_collection, reason = "8 bytes inline instead of 48: most hosts never spill")]
+    Many(Box<HashMap<T, u32>>),
 }
 
-impl<T: Hash + Eq> Distinct<T> {
+impl<T: Hash + Eq + Copy> Distinct<T> {
     fn add(&mut self, v: T) {
-        *self.0.entry(v).or_insert(0) += 1;
+        match self {
+            Self::Empty => *self = Self::One(v, 1),
+            Self::One(x, n) if *x == v => *n += 1,
+            Self::One(x, n) => *self = Self::Many(Box::new(HashMap::from([(*x, *n), (v, 1)]))),
+            Self::Many(m) => *m.entry(v).or_insert(0) += 1,
+        }
     }
 
     fn remove(&mut self, v: T) {
-        if let Entry::Occupied(mut e) = self.0.entry(v) {
-            *e.get_mut() -= 1;
-            if *e.get() == 0 {
-                e.remove();
+        match self {
+            Self::Empty => {}
+            Self::One(x, n) => {
+                if *x == v {
+                    *n -= 1;
+                    if *n == 0 {
+                        *self = Self::Empty;
+                    }
+                }
+            }
+            Self::Many(m) => {
+                if let Entry::Occupied(mut e) = m.entry(v) {
+                    *e.get_mut() -= 1;
+                    if *e.get() == 0 {
+                        e.remove();
+                    }
+                }
+                // Back inline (and the map freed) once one value is left.
+                if m.len() <= 1 {
+                    *self = m.iter().next().map_or(Self::Empty, |(&x, &n)| Self::One(x, n));
+                }
             }
         }
     }
 
     #[expect(clippy::cast_possible_truncation, reason = "bounded by the event cap")]
     fn len(&self) -> u32 {
-        self.0.len() as u32
+        match self {
+            Self::Empty => 0,
+            Self::One(..) => 1,
+            Self::Many(m) => m.len() as u32,
+        }
     }
 }
 
-/// What the window knows about one host.
+/// What the window knows about a host as a source; removed when its last flow leaves.
 #[derive(Debug, Default)]
-struct HostState {
-    /// Events that mention this host (as source or destination); removed at zero.
-    refs: u32,
-    // As a source.
-    flows_out: u32,
-    attempts_out: u32,
-    unanswered_out: u32,
-    bytes_out: u64,
-    dst_hosts: Distinct<IpAddr>,
+struct SourceState {
+    flows: u32,
+    attempts: u32,
+    unanswered: u32,
+    bytes: u64,
+    dst_hosts: Distinct<Addr>,
     dst_ports: Distinct<u16>,
-    // As a destination.
-    flows_in: u32,
-    attempts_in: u32,
-    unanswered_in: u32,
-    bytes_in: u64,
-    src_hosts: Distinct<IpAddr>,
+}
+
+/// What the window knows about a host as a destination; removed when its last flow leaves.
+#[derive(Debug, Default)]
+struct DestState {
+    flows: u32,
+    attempts: u32,
+    unanswered: u32,
+    bytes: u64,
+    src_hosts: Distinct<Addr>,
 }
 
 /// The sliding window. Feed records in order of their first packet (small disorder is
@@ -108,11 +154,19 @@ pub struct ContextWindow {
     max_events: usize,
     latest_ns: u64,
     events: VecDeque<Event>,
-    hosts: HashMap<IpAddr, HostState>,
+    sources: HashMap<Addr, SourceState>,
+    destinations: HashMap<Addr, DestState>,
 }
 
 fn share(part: u32, whole: u32) -> f64 {
     if whole == 0 { 0.0 } else { f64::from(part) / f64::from(whole) }
+}
+
+/// Adds one to `v` (`add`) or takes one away, if `on`.
+fn step(v: &mut u32, on: bool, add: bool) {
+    if on {
+        *v = if add { *v + 1 } else { v.saturating_sub(1) };
+    }
 }
 
 impl ContextWindow {
@@ -130,7 +184,8 @@ impl ContextWindow {
             max_events: max_events.max(1),
             latest_ns: 0,
             events: VecDeque::new(),
-            hosts: HashMap::new(),
+            sources: HashMap::new(),
+            destinations: HashMap::new(),
         }
     }
 
@@ -146,32 +201,47 @@ impl ContextWindow {
         self.events.is_empty()
     }
 
-    /// Adds the flow and returns the context of its source and destination, this flow included.
+    /// Hosts the window holds state for (as a source, as a destination).
+    #[must_use]
+    pub fn hosts(&self) -> (usize, usize) {
+        (self.sources.len(), self.destinations.len())
+    }
+
+    /// Adds the flow at its first packet's time and returns the context of its source and
+    /// destination, this flow included.
     pub fn observe(&mut self, r: &FlowRecord) -> ContextStats {
-        self.latest_ns = self.latest_ns.max(r.first_seen_ns);
+        self.observe_at(r, r.first_seen_ns)
+    }
+
+    /// Adds the flow as an event at `at_ns` (the clock [`ContextWindow::advance`] is given;
+    /// live, `CLOCK_MONOTONIC`) and returns the context of its source and destination.
+    pub fn observe_at(&mut self, r: &FlowRecord, at_ns: u64) -> ContextStats {
+        self.latest_ns = self.latest_ns.max(at_ns);
         self.expire();
         let tcp_attempt = r.protocol == 6 && r.tcp_flags.syn > 0;
         let event = Event {
-            at_ns: r.first_seen_ns,
-            src: r.src_ip,
-            dst: r.dst_ip,
+            at_ns,
+            src: addr(r.src_ip),
+            dst: addr(r.dst_ip),
             dst_port: r.dst_port,
             attempt: tcp_attempt,
             // Never acknowledged a SYN+ACK (no ACK beyond the SYN+ACKs), or reset.
             unanswered: tcp_attempt && (r.tcp_flags.ack <= r.tcp_flags.syn_ack || r.tcp_flags.rst > 0),
             bytes: r.bytes,
         };
-        self.apply(event, true);
-        self.events.push_back(event);
-        if self.events.len() > self.max_events
+        // The oldest leaves before the new one comes, so the queue never outgrows the cap
+        // (a push past a full power-of-two buffer would double it).
+        while self.events.len() >= self.max_events
             && let Some(old) = self.events.pop_front()
         {
             self.apply(old, false);
         }
+        self.apply(event, true);
+        self.events.push_back(event);
         self.stats_of(r)
     }
 
-    /// Moves the window's end to `now_ns` (same clock as the records), expiring older flows.
+    /// Moves the window's end to `now_ns` (same clock as the events), expiring older flows.
     pub fn advance(&mut self, now_ns: u64) {
         self.latest_ns = self.latest_ns.max(now_ns);
         self.expire();
@@ -191,19 +261,20 @@ impl ContextWindow {
     }
 
     fn stats_of(&self, r: &FlowRecord) -> ContextStats {
-        let empty = HostState::default();
-        let src = self.hosts.get(&r.src_ip).unwrap_or(&empty);
-        let dst = self.hosts.get(&r.dst_ip).unwrap_or(&empty);
+        let (src, dst) = (addr(r.src_ip), addr(r.dst_ip));
+        let (empty_src, empty_dst) = (SourceState::default(), DestState::default());
+        let out = self.sources.get(&src).unwrap_or(&empty_src);
+        let into = self.destinations.get(&dst).unwrap_or(&empty_dst);
         ContextStats {
-            src_flows: src.flows_out,
-            src_dst_hosts: src.dst_hosts.len(),
-            src_dst_ports: src.dst_ports.len(),
-            src_unanswered_share: share(src.unanswered_out, src.attempts_out),
-            src_bytes_out: src.bytes_out,
-            src_bytes_in: src.bytes_in,
-            dst_flows: dst.flows_in,
-            dst_src_hosts: dst.src_hosts.len(),
-            dst_unanswered_share: share(dst.unanswered_in, dst.attempts_in),
+            src_flows: out.flows,
+            src_dst_hosts: out.dst_hosts.len(),
+            src_dst_ports: out.dst_ports.len(),
+            src_unanswered_share: share(out.unanswered, out.attempts),
+            src_bytes_out: out.bytes,
+            src_bytes_in: self.destinations.get(&src).map_or(0, |d| d.bytes),
+            dst_flows: into.flows,
+            dst_src_hosts: into.src_hosts.len(),
+            dst_unanswered_share: share(into.unanswered, into.attempts),
         }
     }
 
@@ -220,42 +291,34 @@ impl ContextWindow {
 
     /// Adds (`add`) or removes an event's contribution.
     fn apply(&mut self, e: Event, add: bool) {
-        let step = |v: &mut u32, on: bool| {
-            if on {
-                *v = if add { *v + 1 } else { v.saturating_sub(1) };
-            }
-        };
-        let src = self.hosts.entry(e.src).or_default();
-        step(&mut src.refs, true);
-        step(&mut src.flows_out, true);
-        step(&mut src.attempts_out, e.attempt);
-        step(&mut src.unanswered_out, e.unanswered);
+        let src = self.sources.entry(e.src).or_default();
+        step(&mut src.flows, true, add);
+        step(&mut src.attempts, e.attempt, add);
+        step(&mut src.unanswered, e.unanswered, add);
         if add {
-            src.bytes_out += e.bytes;
+            src.bytes += e.bytes;
             src.dst_hosts.add(e.dst);
             src.dst_ports.add(e.dst_port);
         } else {
-            src.bytes_out = src.bytes_out.saturating_sub(e.bytes);
+            src.bytes = src.bytes.saturating_sub(e.bytes);
             src.dst_hosts.remove(e.dst);
             src.dst_ports.remove(e.dst_port);
+            if src.flows == 0 {
+                self.sources.remove(&e.src);
+            }
         }
-        let dst = self.hosts.entry(e.dst).or_default();
-        step(&mut dst.refs, true);
-        step(&mut dst.flows_in, true);
-        step(&mut dst.attempts_in, e.attempt);
-        step(&mut dst.unanswered_in, e.unanswered);
+        let dst = self.destinations.entry(e.dst).or_default();
+        step(&mut dst.flows, true, add);
+        step(&mut dst.attempts, e.attempt, add);
+        step(&mut dst.unanswered, e.unanswered, add);
         if add {
-            dst.bytes_in += e.bytes;
+            dst.bytes += e.bytes;
             dst.src_hosts.add(e.src);
         } else {
-            dst.bytes_in = dst.bytes_in.saturating_sub(e.bytes);
+            dst.bytes = dst.bytes.saturating_sub(e.bytes);
             dst.src_hosts.remove(e.src);
-        }
-        if !add {
-            for host in [e.src, e.dst] {
-                if self.hosts.get(&host).is_some_and(|h| h.refs == 0) {
-                    self.hosts.remove(&host);
-                }
+            if dst.flows == 0 {
+                self.destinations.remove(&e.dst);
             }
         }
     }
@@ -305,7 +368,7 @@ mod tests {
         let ctx = w.observe(&record(1, 3, 80, 5000));
         assert_eq!((ctx.src_flows, ctx.src_dst_hosts, ctx.src_dst_ports), (1, 1, 1));
         assert_eq!(w.len(), 1);
-        assert_eq!(w.hosts.len(), 2, "host 10.0.0.2 is gone");
+        assert_eq!(w.hosts(), (1, 1), "host 10.0.0.2 is gone");
     }
 
     #[test]
@@ -315,6 +378,49 @@ mod tests {
             w.observe(&record((i % 250) as u8, 2, i, u64::from(i)));
         }
         assert_eq!(w.len(), 100);
-        assert!(w.hosts.len() <= 101);
+        assert!(w.sources.len() <= 100 && w.destinations.len() == 1);
+        // Popped before pushed: the queue never held more than the cap.
+        assert!(w.events.capacity() < 200, "capacity {}", w.events.capacity());
+    }
+
+    #[test]
+    fn distinct_sets_stay_exact_inline_and_spilled() {
+        let mut d = Distinct::default();
+        for v in [7u16, 7, 8, 9, 8] {
+            d.add(v);
+        }
+        assert_eq!(d.len(), 3);
+        for v in [9, 8, 8] {
+            d.remove(v);
+        }
+        assert!(matches!(d, Distinct::One(7, 2)), "back inline: {d:?}");
+        d.remove(7);
+        d.remove(7);
+        assert!(matches!(d, Distinct::Empty));
+        d.remove(7);
+        assert_eq!(d.len(), 0);
+    }
+
+    #[test]
+    fn ipv4_and_ipv6_hosts_are_distinct_keys() {
+        let mut w = ContextWindow::new(Duration::from_secs(10));
+        let mut v6 = record(1, 2, 80, 0);
+        v6.src_ip = "2001:db8::1".parse().expect("ip");
+        w.observe(&v6);
+        let ctx = w.observe(&record(1, 2, 80, 1));
+        assert_eq!((ctx.src_flows, ctx.dst_flows, ctx.dst_src_hosts), (1, 2, 2));
+    }
+
+    #[test]
+    fn observe_at_uses_the_given_clock_not_the_records() {
+        // Live: records carry wall times that may jump; the window runs on the given clock.
+        let mut w = ContextWindow::new(Duration::from_secs(10));
+        let s = 1_000_000_000;
+        for i in 0..100u16 {
+            // Wall time goes back an hour halfway; the event clock keeps going.
+            let wall_ms = if i < 50 { 3_600_000 + u64::from(i) * 1000 } else { u64::from(i) * 1000 };
+            w.observe_at(&record(1, 2, i, wall_ms), u64::from(i) * s);
+        }
+        assert_eq!(w.len(), 11, "the last 10 s of the event clock, whatever the records say");
     }
 }

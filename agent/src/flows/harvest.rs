@@ -98,6 +98,72 @@ struct Shard {
     updated: Vec<(FlowKey, FlowStats)>,
 }
 
+/// A job for [`run_parallel`].
+type Job<'a, T> = Box<dyn FnOnce() -> T + Send + 'a>;
+
+/// Runs every job, each on a thread of its own when one can be started (from `builder`), on
+/// the calling thread otherwise: a thread that cannot be spawned (`RLIMIT_NPROC`, memory) must
+/// not stop the harvest. Results come in the jobs' order.
+fn run_parallel<'a, T: Send + 'a>(jobs: Vec<Job<'a, T>>, builder: fn() -> std::thread::Builder) -> Vec<T> {
+    use std::sync::{Arc, Mutex, PoisonError};
+    std::thread::scope(|scope| {
+        let mut started = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            // `spawn_scoped` consumes its closure even when it fails; the job waits in a slot
+            // the thread takes it from, so a failed spawn leaves it there to run here.
+            let slot = Arc::new(Mutex::new(Some(job)));
+            let theirs = Arc::clone(&slot);
+            let take = |s: &Mutex<Option<Job<'a, T>>>| s.lock().unwrap_or_else(PoisonError::into_inner).take();
+            match builder().spawn_scoped(scope, move || take(&theirs).map(|job| job())) {
+                Ok(handle) => started.push(Ok(handle)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot start a harvest thread; scanning on the agent's own");
+                    started.push(Err(take(&slot)));
+                }
+            }
+        }
+        started
+            .into_iter()
+            .map(|s| match s {
+                Ok(handle) => handle.join().expect("harvest thread panicked"),
+                Err(job) => job.map(|job| job()),
+            })
+            .map(|r| r.expect("every job runs once"))
+            .collect()
+    })
+}
+
+/// Scan threads: named, so they show in `top -H`.
+fn scan_thread() -> std::thread::Builder {
+    std::thread::Builder::new().name("vigil-harvest".into())
+}
+
+/// Scans one shard: `pick` decides from each flow's time span whether it leaves; flows that
+/// stay and saw a packet after `since_ns` are collected as updates.
+fn scan_shard(
+    shard: &mut Shard,
+    since_ns: Option<u64>,
+    pick: &(impl Fn(&FlowKey, TimeSpan) -> Option<EndReason> + Sync),
+) -> io::Result<usize> {
+    let Shard { table, reader, leaving, updated } = shard;
+    leaving.clear();
+    updated.clear();
+    reader.for_each(table.map().fd().as_fd(), |key, per_cpu| {
+        // Only the flow's time span is needed to decide; the full merge is done for leaving
+        // flows alone.
+        let Some(span) = time_span(per_cpu) else { return };
+        if let Some(reason) = pick(key, span) {
+            if let Some(stats) = merge_per_cpu(per_cpu) {
+                leaving.push((*key, stats, reason));
+            }
+        } else if since_ns.is_some_and(|since| span.last_ns > since)
+            && let Some(stats) = merge_per_cpu(per_cpu)
+        {
+            updated.push((*key, stats));
+        }
+    })
+}
+
 /// A flow as it stands now, for live scoring: a snapshot of a flow still in the table, or the
 /// final record of one that left, whenever it saw packets since the previous harvest.
 #[derive(Clone, Debug)]
@@ -105,6 +171,9 @@ pub struct LiveFlow {
     pub record: FlowRecord,
     /// Its first packet came after the previous harvest: the first time it is seen.
     pub new: bool,
+    /// Its first packet's `CLOCK_MONOTONIC` time, the clock live windows run on (the record's
+    /// times are wall-clock, for output).
+    pub first_mono_ns: u64,
 }
 
 /// Reads the flow table and turns leaving flows into records. The table's shards are scanned
@@ -113,6 +182,8 @@ pub struct Harvester {
     shards: Vec<Shard>,
     config: HarvestConfig,
     scratch: Vec<FlowStats>,
+    /// Where scan threads come from (a test makes them fail).
+    builder: fn() -> std::thread::Builder,
 }
 
 impl Harvester {
@@ -128,7 +199,7 @@ impl Harvester {
                 updated: Vec::new(),
             })
             .collect();
-        Self { shards, config, scratch: vec![FlowStats::default(); cpus] }
+        Self { shards, config, scratch: vec![FlowStats::default(); cpus], builder: scan_thread }
     }
 
     /// The shards this harvester reads.
@@ -145,34 +216,12 @@ impl Harvester {
         pick: impl Fn(&FlowKey, TimeSpan) -> Option<EndReason> + Sync,
     ) -> io::Result<usize> {
         let pick = &pick;
-        std::thread::scope(|scope| {
-            let workers: Vec<_> = self
-                .shards
-                .iter_mut()
-                .map(|shard| {
-                    scope.spawn(move || {
-                        let Shard { table, reader, leaving, updated } = shard;
-                        leaving.clear();
-                        updated.clear();
-                        reader.for_each(table.map().fd().as_fd(), |key, per_cpu| {
-                            // Only the flow's time span is needed to decide; the full merge is
-                            // done for leaving flows alone.
-                            let Some(span) = time_span(per_cpu) else { return };
-                            if let Some(reason) = pick(key, span) {
-                                if let Some(stats) = merge_per_cpu(per_cpu) {
-                                    leaving.push((*key, stats, reason));
-                                }
-                            } else if since_ns.is_some_and(|since| span.last_ns > since)
-                                && let Some(stats) = merge_per_cpu(per_cpu)
-                            {
-                                updated.push((*key, stats));
-                            }
-                        })
-                    })
-                })
-                .collect();
-            workers.into_iter().map(|w| w.join().expect("harvest thread panicked")).sum()
-        })
+        let jobs: Vec<Job<'_, io::Result<usize>>> = self
+            .shards
+            .iter_mut()
+            .map(|shard| -> Job<'_, io::Result<usize>> { Box::new(move || scan_shard(shard, since_ns, pick)) })
+            .collect();
+        run_parallel(jobs, self.builder).into_iter().sum()
     }
 
     /// Scans the table at `now_mono_ns` (`CLOCK_MONOTONIC`) and passes every flow that leaves
@@ -227,12 +276,16 @@ impl Harvester {
                 }
                 let record = FlowRecord::new(&key, &stats, reason, clock);
                 if since_mono_ns.is_some_and(|since| stats.last_seen_ns > since) {
-                    live(LiveFlow { record: record.clone(), new: is_new(&stats) });
+                    live(LiveFlow { record: record.clone(), new: is_new(&stats), first_mono_ns: stats.first_seen_ns });
                 }
                 emit(record);
             }
             for (key, stats) in shard.updated.drain(..) {
-                live(LiveFlow { record: FlowRecord::new(&key, &stats, EndReason::Open, clock), new: is_new(&stats) });
+                live(LiveFlow {
+                    record: FlowRecord::new(&key, &stats, EndReason::Open, clock),
+                    new: is_new(&stats),
+                    first_mono_ns: stats.first_seen_ns,
+                });
             }
         }
         report.elapsed = started.elapsed();
@@ -312,5 +365,25 @@ mod tests {
         assert_eq!(c.end_reason(0, 0, 90 * s), Some(EndReason::Idle), "idle is checked first");
         let never = HarvestConfig { idle_timeout: Duration::MAX, active_timeout: Duration::MAX, chunk: 1 };
         assert_eq!(never.end_reason(0, 0, u64::MAX - 1), None);
+    }
+
+    #[test]
+    fn jobs_run_on_threads_or_here_when_no_thread_starts() {
+        let jobs = || -> Vec<Job<'static, usize>> {
+            (0..3).map(|i| -> Job<'static, usize> { Box::new(move || i * 10) }).collect()
+        };
+        assert_eq!(run_parallel(jobs(), scan_thread), [0, 10, 20]);
+        // A stack no address space can hold: `spawn_scoped` fails (as with RLIMIT_NPROC),
+        // and the jobs run on this thread instead of panicking.
+        let unspawnable = || std::thread::Builder::new().stack_size(1 << 60);
+        assert!(std::thread::scope(|s| unspawnable().spawn_scoped(s, || ()).is_err()), "spawning must fail here");
+        let here = std::thread::current().id();
+        let on = run_parallel(
+            (0..3)
+                .map(|_| -> Job<'static, std::thread::ThreadId> { Box::new(|| std::thread::current().id()) })
+                .collect(),
+            unspawnable,
+        );
+        assert_eq!(on, [here; 3]);
     }
 }

@@ -56,6 +56,20 @@ fn addr<T>(p: *const T) -> u64 {
     p as u64
 }
 
+/// Bytes of per-CPU values one [`PerCpuBatchReader`] buffers at most. A chunk holds one value
+/// per possible CPU for each key, so the keys per call shrink as CPUs grow: 8192 keys of a
+/// 128-byte value on a 64-CPU host would need 64 MiB (per reader; the harvest has one per
+/// shard); 4 MiB is 512 keys there, and the full 8192 up to 4 CPUs.
+pub const VALUE_BUFFER_BYTES: usize = 4 << 20;
+
+/// Keys per `BPF_MAP_LOOKUP_BATCH` call for `cpus` values of `value_size` bytes each: at most
+/// `chunk`, and at most what fits in [`VALUE_BUFFER_BYTES`] (at least one).
+#[must_use]
+pub fn keys_per_call(chunk: u32, cpus: usize, value_size: usize) -> u32 {
+    let fit = VALUE_BUFFER_BYTES / (cpus.max(1) * value_size.max(1));
+    chunk.min(u32::try_from(fit).unwrap_or(u32::MAX)).max(1)
+}
+
 /// Reads a per-CPU hash map in chunks with `BPF_MAP_LOOKUP_BATCH`, reusing its buffers.
 pub struct PerCpuBatchReader<K, V> {
     keys: Vec<K>,
@@ -66,14 +80,15 @@ pub struct PerCpuBatchReader<K, V> {
 }
 
 impl<K: Pod + Default, V: Pod + Default> PerCpuBatchReader<K, V> {
-    /// A reader returning up to `chunk` keys per call, for a system with `cpus` possible CPUs.
+    /// A reader returning up to `chunk` keys per call (fewer on a host with many CPUs, see
+    /// [`keys_per_call`]), for a system with `cpus` possible CPUs.
     ///
     /// # Panics
     /// If `V` is not a multiple of 8 bytes (the kernel would pad it and the layout would differ).
     #[must_use]
     pub fn new(chunk: u32, cpus: usize) -> Self {
         assert_eq!(size_of::<V>() % 8, 0, "per-CPU values must be a multiple of 8 bytes");
-        let chunk = chunk.max(1);
+        let chunk = keys_per_call(chunk, cpus, size_of::<V>());
         let n = chunk as usize;
         Self { keys: vec![K::default(); n], values: vec![V::default(); n * cpus], chunk, cpus, _kv: PhantomData }
     }
@@ -169,5 +184,26 @@ pub fn lookup_and_delete<K: Pod, V: Pod>(map: BorrowedFd<'_>, key: &K, values: &
         Ok(()) => Ok(true),
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
         Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use agent_common::flow::{FlowKey, FlowStats};
+
+    use super::*;
+
+    #[test]
+    fn value_buffers_do_not_grow_with_the_cpu_count() {
+        let flow_value = size_of::<FlowStats>();
+        assert_eq!(keys_per_call(8192, 2, flow_value), 8192);
+        assert_eq!(keys_per_call(8192, 64, flow_value), 512);
+        assert_eq!(keys_per_call(8192, 4096, 1 << 20), 1, "always at least one key");
+        for cpus in [1, 2, 8, 64, 256, 1024] {
+            let reader = PerCpuBatchReader::<FlowKey, FlowStats>::new(8192, cpus);
+            let bytes = reader.values.len() * size_of::<FlowStats>();
+            assert!(bytes <= VALUE_BUFFER_BYTES, "{cpus} CPUs: {bytes} bytes");
+            assert_eq!(reader.keys.len(), reader.chunk as usize);
+        }
     }
 }
