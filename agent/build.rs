@@ -2,18 +2,24 @@
 //! toolchain, and leaves the object in `OUT_DIR` for `include_bytes_aligned!`.
 //! `AYA_BUILD_SKIP=1` skips it (for `cargo check` on machines without bpf-linker).
 //!
-//! Also stages the default model bundle (`models/default`) in `OUT_DIR` for embedding. When it
-//! is missing (bootstrapping the first bundle) empty files are staged and the binary reports
-//! that it has no default model.
+//! Also stages the default model bundle (`models/default`, with its signature) and the models
+//! key it is signed with (`models/vigil-models.pub`) in `OUT_DIR` for embedding. When the
+//! bundle is missing (bootstrapping the first one) empty files are staged and the binary
+//! reports that it has no default model; a missing signature or key is staged empty too, and
+//! the agent then reports the built-in bundle as not verified (it is trusted as part of the
+//! binary either way).
 
 use std::{fs, path::Path};
 
 use anyhow::Context as _;
 
 const MODEL_FILES: [&str; 3] = ["manifest.json", "iforest.json", "autoencoder.onnx"];
+const SIGNATURE: &str = "manifest.sig";
+const MODELS_KEY: &str = "vigil-models.pub";
 
 fn stage_default_model() -> anyhow::Result<()> {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/default");
+    let models = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models");
+    let src = models.join("default");
     let dst = Path::new(&std::env::var("OUT_DIR").context("OUT_DIR is set by cargo")?).join("default-model");
     fs::create_dir_all(&dst)?;
     println!("cargo:rerun-if-changed={}", src.display());
@@ -26,11 +32,22 @@ fn stage_default_model() -> anyhow::Result<()> {
             fs::write(dst.join(f), b"")?;
         }
     }
+    for (from, to) in [(src.join(SIGNATURE), dst.join(SIGNATURE)), (models.join(MODELS_KEY), dst.join(MODELS_KEY))] {
+        println!("cargo:rerun-if-changed={}", from.display());
+        if complete && from.is_file() {
+            fs::copy(&from, &to).with_context(|| format!("staging {}", from.display()))?;
+        } else {
+            fs::write(&to, b"")?;
+        }
+    }
     Ok(())
 }
 
 fn main() -> anyhow::Result<()> {
     stage_default_model()?;
+    // aya-build watches the eBPF crate's own directory only; the parser and flow update it
+    // compiles live in agent-common, so a change there must rebuild the object too.
+    println!("cargo:rerun-if-changed={}", Path::new(env!("CARGO_MANIFEST_DIR")).join("../agent-common").display());
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../agent-ebpf");
     let root = root.to_str().context("non-UTF-8 path to agent-ebpf")?;
     aya_build::build_ebpf(

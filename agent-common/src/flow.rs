@@ -58,6 +58,16 @@ pub mod flags {
     pub const FRAGMENT_FIRST: u8 = 1;
     /// A later fragment (offset > 0) was counted on this flow's 3-tuple.
     pub const FRAGMENT_LATER: u8 = 2;
+    /// A transport header was cut short or inconsistent (a tiny first fragment as `nmap -f`
+    /// sends, a truncated frame, a bad TCP data offset): the ports are those that could be read
+    /// (0 when not even they were there) and the packet's TCP flags are not counted.
+    pub const TRANSPORT_TRUNCATED: u8 = 4;
+    /// The headers between the addresses and the transport header (IPv4 options, IPv6
+    /// extension headers) could not be walked: too many, too long or truncated. The packet is
+    /// counted on its addresses with the last header type reached as the protocol, no ports.
+    pub const NETWORK_UNWALKED: u8 = 8;
+    /// Bits that make a packet count in [`super::FlowStats::malformed`].
+    pub const MALFORMED: u8 = TRANSPORT_TRUNCATED | NETWORK_UNWALKED;
 }
 
 /// What the parser extracts from one packet for the flow update.
@@ -122,13 +132,18 @@ pub struct FlowStats {
     pub urg: u32,
     pub ece: u32,
     pub cwr: u32,
+    /// Packets whose headers were cut short or inconsistent ([`flags::MALFORMED`] bits): the
+    /// sensor still counts them on the addresses, so evasion by malformation stays visible
+    /// per source.
+    pub malformed: u32,
     pub ttl_min: u8,
     pub ttl_max: u8,
     /// [`flags`] bits seen on this flow.
     pub flags: u8,
-    pub pad: u8,
+    /// Always zero.
+    pub pad: [u8; 5],
 }
-crate::assert_size!(FlowStats, 120);
+crate::assert_size!(FlowStats, 128);
 
 impl FlowStats {
     /// The statistics of a flow whose first packet is `meta`, seen at `now_ns`.
@@ -148,6 +163,7 @@ impl FlowStats {
             ttl_min: meta.ttl,
             ttl_max: meta.ttl,
             flags: meta.flags,
+            malformed: u32::from(meta.flags & flags::MALFORMED != 0),
             ..Self::default()
         };
         stats.count_tcp_flags(meta.tcp_flags);
@@ -197,6 +213,7 @@ impl FlowStats {
             self.ttl_max = meta.ttl;
         }
         self.flags |= meta.flags;
+        self.malformed = self.malformed.saturating_add(u32::from(meta.flags & flags::MALFORMED != 0));
         self.count_tcp_flags(meta.tcp_flags);
     }
 
@@ -256,6 +273,7 @@ impl FlowStats {
         self.ttl_min = self.ttl_min.min(other.ttl_min);
         self.ttl_max = self.ttl_max.max(other.ttl_max);
         self.flags |= other.flags;
+        self.malformed = self.malformed.saturating_add(other.malformed);
     }
 }
 

@@ -100,8 +100,13 @@ pub struct L3 {
     pub l4_offset: usize,
     /// IPv4 TTL or IPv6 hop limit.
     pub ttl: u8,
-    /// [`flags`] bits (fragments).
+    /// [`flags`] bits (fragments, headers that could not be walked).
     pub flags: u8,
+    /// Why the headers between the addresses and the transport header (IPv4 options, IPv6
+    /// extension headers) could not be walked. The addresses are still good: the blocklist
+    /// applies, and the packet is counted on its 3-tuple with [`flags::NETWORK_UNWALKED`];
+    /// `key.protocol` is then the last header type reached.
+    pub malformed: Option<Malformed>,
 }
 
 impl L3 {
@@ -120,8 +125,15 @@ const fn be16(b: [u8; 2]) -> u16 {
 
 /// Parses the link and network layers. `Ok(None)` is a well-formed frame that is not IP.
 ///
+/// Errors are only the cases where no source address can be read. Once the fixed IP header is
+/// there, an inconsistent header length or an extension header chain that cannot be walked
+/// gives an [`L3`] with [`L3::malformed`] set, so that the caller still consults the blocklist
+/// and counts the packet on its addresses: a blocked source must not get through by adding
+/// headers the sensor does not walk.
+///
 /// # Errors
-/// The [`Malformed`] reason when a header is truncated or inconsistent.
+/// The [`Malformed`] reason when the headers before the addresses are truncated or
+/// inconsistent.
 #[inline(always)]
 pub fn parse_l3<P: Packet>(p: &P) -> Result<Option<L3>, Malformed> {
     let Some(eth) = p.bytes::<ETH_HLEN>(0) else {
@@ -156,23 +168,6 @@ fn parse_ipv4<P: Packet>(p: &P, offset: usize) -> Result<L3, Malformed> {
     if h[0] >> 4 != 4 {
         return Err(Malformed::Ipv4BadVersion);
     }
-    let header_len = usize::from(h[0] & 0x0f) * 4;
-    let total_len = usize::from(be16([h[2], h[3]]));
-    // A total length of 0 is what a capture on a host with segmentation offload records for
-    // the large frames it hands the NIC; it is not a corrupt header.
-    if header_len < 20 || (total_len != 0 && total_len < header_len) || offset + header_len > p.available() {
-        return Err(Malformed::Ipv4BadHeaderLen);
-    }
-    let frag = be16([h[6], h[7]]);
-    let more_fragments = frag & 0x2000 != 0;
-    let frag_offset = frag & 0x1fff;
-    let flags = if frag_offset != 0 {
-        flags::FRAGMENT_LATER
-    } else if more_fragments {
-        flags::FRAGMENT_FIRST
-    } else {
-        0
-    };
     let key = FlowKey {
         src_addr: FlowKey::v4_mapped([h[12], h[13], h[14], h[15]]),
         dst_addr: FlowKey::v4_mapped([h[16], h[17], h[18], h[19]]),
@@ -180,7 +175,28 @@ fn parse_ipv4<P: Packet>(p: &P, offset: usize) -> Result<L3, Malformed> {
         ip_version: IP_V4,
         ..FlowKey::default()
     };
-    Ok(L3 { key, l4_offset: offset + header_len, ttl: h[8], flags })
+    let frag = be16([h[6], h[7]]);
+    let more_fragments = frag & 0x2000 != 0;
+    let frag_offset = frag & 0x1fff;
+    let mut flags = if frag_offset != 0 {
+        flags::FRAGMENT_LATER
+    } else if more_fragments {
+        flags::FRAGMENT_FIRST
+    } else {
+        0
+    };
+    let header_len = usize::from(h[0] & 0x0f) * 4;
+    let total_len = usize::from(be16([h[2], h[3]]));
+    // A total length of 0 is what a capture on a host with segmentation offload records for
+    // the large frames it hands the NIC; it is not a corrupt header.
+    let malformed = if header_len < 20 || (total_len != 0 && total_len < header_len) || offset + header_len > p.available()
+    {
+        flags |= flags::NETWORK_UNWALKED;
+        Some(Malformed::Ipv4BadHeaderLen)
+    } else {
+        None
+    };
+    Ok(L3 { key, l4_offset: offset + header_len, ttl: h[8], flags, malformed })
 }
 
 #[inline(always)]
@@ -191,13 +207,23 @@ fn parse_ipv6<P: Packet>(p: &P, offset: usize) -> Result<L3, Malformed> {
     if h[0] >> 4 != 6 {
         return Err(Malformed::Ipv6BadVersion);
     }
-    let mut src_addr = [0u8; 16];
-    let mut dst_addr = [0u8; 16];
-    src_addr.copy_from_slice(&h[8..24]);
-    dst_addr.copy_from_slice(&h[24..40]);
-    let mut next = h[6];
-    let mut offset = offset + 40;
-    let mut flags = 0;
+    let mut key = FlowKey { protocol: h[6], ip_version: IP_V6, ..FlowKey::default() };
+    key.src_addr.copy_from_slice(&h[8..24]);
+    key.dst_addr.copy_from_slice(&h[24..40]);
+    let mut l3 = L3 { key, l4_offset: offset + 40, ttl: h[7], flags: 0, malformed: None };
+    if let Err(reason) = walk_ipv6_extensions(p, &mut l3) {
+        l3.flags |= flags::NETWORK_UNWALKED;
+        l3.malformed = Some(reason);
+    }
+    Ok(l3)
+}
+
+/// Walks the extension headers after the fixed IPv6 header, moving `l3.key.protocol` and
+/// `l3.l4_offset` along as it goes: on an error they stay at the last header reached.
+#[inline(always)]
+fn walk_ipv6_extensions<P: Packet>(p: &P, l3: &mut L3) -> Result<(), Malformed> {
+    let mut next = l3.key.protocol;
+    let mut offset = l3.l4_offset;
     let mut walked = 0;
     loop {
         let len = match next {
@@ -223,31 +249,37 @@ fn parse_ipv6<P: Packet>(p: &P, offset: usize) -> Result<L3, Malformed> {
                 let frag = be16([e[2], e[3]]);
                 if frag >> 3 != 0 {
                     // A later fragment: no transport header follows.
-                    flags |= flags::FRAGMENT_LATER;
+                    l3.flags |= flags::FRAGMENT_LATER;
                     offset += 8;
+                    l3.key.protocol = next;
+                    l3.l4_offset = offset;
                     break;
                 }
                 if frag & 1 != 0 {
-                    flags |= flags::FRAGMENT_FIRST;
+                    l3.flags |= flags::FRAGMENT_FIRST;
                 }
                 8
             }
             _ => break,
         };
-        offset += len;
-        walked += 1;
-        if offset > MAX_OFFSET || (walked == MAX_IPV6_EXT_HEADERS && is_ipv6_ext(next)) {
+        if offset + len > MAX_OFFSET {
             return Err(Malformed::Ipv6ExtTooMany);
         }
+        offset += len;
+        walked += 1;
+        l3.key.protocol = next;
+        l3.l4_offset = offset;
         if walked == MAX_IPV6_EXT_HEADERS {
+            if is_ipv6_ext(next) {
+                return Err(Malformed::Ipv6ExtTooMany);
+            }
             break;
         }
     }
     if offset > p.available() {
         return Err(Malformed::Ipv6ExtTruncated);
     }
-    let key = FlowKey { src_addr, dst_addr, protocol: next, ip_version: IP_V6, ..FlowKey::default() };
-    Ok(L3 { key, l4_offset: offset, ttl: h[7], flags })
+    Ok(())
 }
 
 #[inline(always)]
@@ -258,47 +290,57 @@ const fn is_ipv6_ext(next: u8) -> bool {
 /// Parses the transport header and completes the flow key. Later fragments and protocols
 /// without ports keep ports 0.
 ///
-/// # Errors
-/// The [`Malformed`] reason when the transport header is truncated or inconsistent.
+/// Never fails outright: a packet whose network headers could not be walked is keyed on its
+/// 3-tuple with [`flags::NETWORK_UNWALKED`], and a transport header cut short (a tiny first
+/// fragment as `nmap -f` sends, a truncated frame) or inconsistent keeps the ports when they are
+/// there, with [`flags::TRANSPORT_TRUNCATED`] and no TCP flags. Either way the reason comes
+/// back beside the metadata so the caller counts it.
 #[inline(always)]
-pub fn parse_l4<P: Packet>(p: &P, l3: &L3) -> Result<PacketMeta, Malformed> {
+pub fn parse_l4<P: Packet>(p: &P, l3: &L3) -> (PacketMeta, Option<Malformed>) {
     let mut meta = PacketMeta { key: l3.key, len: p.wire_len(), tcp_flags: 0, ttl: l3.ttl, flags: l3.flags };
+    if l3.malformed.is_some() {
+        return (meta, l3.malformed);
+    }
     if l3.is_later_fragment() {
-        return Ok(meta);
+        return (meta, None);
     }
     let offset = l3.l4_offset;
-    match l3.key.protocol {
-        IPPROTO_TCP => {
-            let Some(t) = p.bytes::<20>(offset) else {
-                return Err(Malformed::TcpTruncated);
-            };
-            let data_offset = usize::from(t[12] >> 4) * 4;
-            if data_offset < 20 {
-                return Err(Malformed::TcpBadOffset);
-            }
-            if offset + data_offset > p.available() {
-                return Err(Malformed::TcpTruncated);
-            }
-            meta.key.src_port = be16([t[0], t[1]]);
-            meta.key.dst_port = be16([t[2], t[3]]);
-            meta.tcp_flags = t[13];
-        }
-        IPPROTO_UDP => {
-            let Some(u) = p.bytes::<8>(offset) else {
-                return Err(Malformed::UdpTruncated);
-            };
-            meta.key.src_port = be16([u[0], u[1]]);
-            meta.key.dst_port = be16([u[2], u[3]]);
-        }
-        IPPROTO_ICMP | IPPROTO_ICMPV6 => {
-            let Some(i) = p.bytes::<4>(offset) else {
-                return Err(Malformed::IcmpTruncated);
-            };
+    let protocol = l3.key.protocol;
+    let is_icmp = protocol == IPPROTO_ICMP || protocol == IPPROTO_ICMPV6;
+    // Ports (or ICMP type and code) from as much of the header as is there.
+    if is_icmp {
+        if let Some(i) = p.bytes::<2>(offset) {
             meta.key.dst_port = be16([i[0], i[1]]);
         }
-        _ => {}
+    } else if protocol == IPPROTO_TCP || protocol == IPPROTO_UDP {
+        if let Some(ports) = p.bytes::<4>(offset) {
+            meta.key.src_port = be16([ports[0], ports[1]]);
+            meta.key.dst_port = be16([ports[2], ports[3]]);
+        }
     }
-    Ok(meta)
+    let problem = match protocol {
+        IPPROTO_TCP => match p.bytes::<20>(offset) {
+            None => Some(Malformed::TcpTruncated),
+            Some(t) => {
+                let data_offset = usize::from(t[12] >> 4) * 4;
+                if data_offset < 20 {
+                    Some(Malformed::TcpBadOffset)
+                } else if offset + data_offset > p.available() {
+                    Some(Malformed::TcpTruncated)
+                } else {
+                    meta.tcp_flags = t[13];
+                    None
+                }
+            }
+        },
+        IPPROTO_UDP => p.bytes::<8>(offset).is_none().then_some(Malformed::UdpTruncated),
+        _ if is_icmp => p.bytes::<4>(offset).is_none().then_some(Malformed::IcmpTruncated),
+        _ => None,
+    };
+    if problem.is_some() {
+        meta.flags |= flags::TRANSPORT_TRUNCATED;
+    }
+    (meta, problem)
 }
 
 #[cfg(test)]
@@ -312,12 +354,21 @@ mod tests {
         0x03, 0xe8, 0, 80, 0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x02, 0xff, 0xff, 0, 0, 0, 0, // tcp
     ];
 
+    /// The flow metadata of a frame, or the first reason it is malformed.
     fn parse(frame: &[u8]) -> Result<Option<PacketMeta>, Malformed> {
+        parse_flagged(frame).map(|m| m.map(|(meta, _)| meta)).and_then(|m| match m {
+            Some(meta) if meta.flags & flags::MALFORMED != 0 => {
+                let (_, reason) = parse_flagged(frame)?.expect("ip");
+                Err(reason.expect("a malformed packet has its reason"))
+            }
+            other => Ok(other),
+        })
+    }
+
+    /// Metadata and reason, as the pipeline sees them.
+    fn parse_flagged(frame: &[u8]) -> Result<Option<(PacketMeta, Option<Malformed>)>, Malformed> {
         let p = SlicePacket::new(frame);
-        match parse_l3(&p)? {
-            Some(l3) => parse_l4(&p, &l3).map(Some),
-            None => Ok(None),
-        }
+        Ok(parse_l3(&p)?.map(|l3| parse_l4(&p, &l3)))
     }
 
     #[test]
@@ -345,7 +396,7 @@ mod tests {
     fn captured_length_short_of_wire_length() {
         let p = SlicePacket::captured(&TCP4, 1514);
         let l3 = parse_l3(&p).unwrap().unwrap();
-        assert_eq!(parse_l4(&p, &l3).unwrap().len, 1514, "bytes count the wire length");
+        assert_eq!(parse_l4(&p, &l3).0.len, 1514, "bytes count the wire length");
     }
 
     #[test]
@@ -370,5 +421,109 @@ mod tests {
         let p = SlicePacket::new(&big);
         assert!(p.bytes::<4>(MAX_OFFSET).is_some());
         assert!(p.bytes::<4>(MAX_OFFSET + 1).is_none());
+    }
+
+    /// Ethernet + IPv6 from 2001:db8::66 to 2001:db8::2 with `exts` Destination Options
+    /// headers of `units` 8-byte units after the first 8 each, then a TCP SYN to port 80.
+    fn tcp6_with_dest_opts(exts: usize, units: u8) -> ([u8; 16], alloc_free::Frame) {
+        let mut f = alloc_free::Frame::new();
+        f.push(&[2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1, 0x86, 0xdd]);
+        let mut src = [0u8; 16];
+        src[..4].copy_from_slice(&[0x20, 0x01, 0x0d, 0xb8]);
+        src[15] = 0x66;
+        let mut dst = src;
+        dst[15] = 2;
+        let ext_len = exts * (usize::from(units) + 1) * 8;
+        let payload = u16::try_from(ext_len + 20).unwrap();
+        let first = if exts == 0 { IPPROTO_TCP } else { IPPROTO_DSTOPTS };
+        f.push(&[0x60, 0, 0, 0]);
+        f.push(&payload.to_be_bytes());
+        f.push(&[first, 64]);
+        f.push(&src);
+        f.push(&dst);
+        for i in 0..exts {
+            let next = if i + 1 == exts { IPPROTO_TCP } else { IPPROTO_DSTOPTS };
+            f.push(&[next, units]);
+            // Pad1 options filling the rest of the header.
+            for _ in 0..(usize::from(units) + 1) * 8 - 2 {
+                f.push(&[0]);
+            }
+        }
+        f.push(&[0x9c, 0x40, 0, 80, 0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x02, 0xff, 0xff, 0, 0, 0, 0]);
+        (src, f)
+    }
+
+    /// A fixed-capacity frame builder (the crate is `no_std` without `alloc`).
+    mod alloc_free {
+        pub struct Frame {
+            pub buf: [u8; 2048],
+            pub len: usize,
+        }
+
+        impl Frame {
+            pub const fn new() -> Self {
+                Self { buf: [0; 2048], len: 0 }
+            }
+
+            pub fn push(&mut self, bytes: &[u8]) {
+                self.buf[self.len..self.len + bytes.len()].copy_from_slice(bytes);
+                self.len += bytes.len();
+            }
+
+            pub fn bytes(&self) -> &[u8] {
+                &self.buf[..self.len]
+            }
+        }
+    }
+
+    #[test]
+    fn ipv6_extension_chains_the_walk_cannot_finish_keep_their_addresses() {
+        let (_, ok) = tcp6_with_dest_opts(MAX_IPV6_EXT_HEADERS - 1, 0);
+        let m = parse(ok.bytes()).unwrap().unwrap();
+        assert_eq!((m.key.protocol, m.key.dst_port), (IPPROTO_TCP, 80), "within the walk limit");
+        // Seven headers (one more than the walk) and one 1040-byte header: the kernel's own
+        // stack accepts both; the sensor must still see whose packet it is.
+        for (exts, units) in [(MAX_IPV6_EXT_HEADERS + 1, 0), (1, 129)] {
+            let (src, frame) = tcp6_with_dest_opts(exts, units);
+            let p = SlicePacket::new(frame.bytes());
+            let l3 = parse_l3(&p).unwrap().unwrap();
+            assert_eq!(l3.key.src_addr, src, "{exts} x {units}");
+            assert_eq!(l3.malformed, Some(Malformed::Ipv6ExtTooMany), "{exts} x {units}");
+            let (meta, reason) = parse_l4(&p, &l3);
+            assert_eq!(reason, Some(Malformed::Ipv6ExtTooMany));
+            assert_eq!((meta.key.src_port, meta.key.dst_port, meta.key.protocol), (0, 0, IPPROTO_DSTOPTS));
+            assert_eq!(meta.flags, flags::NETWORK_UNWALKED);
+        }
+    }
+
+    #[test]
+    fn tiny_first_fragments_keep_their_ports() {
+        // nmap -f: the first fragment carries 8 bytes of TCP header (ports and sequence).
+        let mut frag = [0u8; 42];
+        frag.copy_from_slice(&TCP4[..42]);
+        frag[16..18].copy_from_slice(&28u16.to_be_bytes());
+        frag[20..22].copy_from_slice(&0x2000u16.to_be_bytes());
+        let (meta, reason) = parse_flagged(&frag).unwrap().unwrap();
+        assert_eq!(reason, Some(Malformed::TcpTruncated));
+        assert_eq!((meta.key.src_port, meta.key.dst_port, meta.tcp_flags), (1000, 80, 0));
+        assert_eq!(meta.flags, flags::FRAGMENT_FIRST | flags::TRANSPORT_TRUNCATED);
+        // Three bytes of transport: not even the ports.
+        let (meta, reason) = parse_flagged(&frag[..37]).unwrap().unwrap();
+        assert_eq!(reason, Some(Malformed::TcpTruncated));
+        assert_eq!((meta.key.src_port, meta.key.dst_port), (0, 0));
+        // A later fragment is not malformed: it has no transport header by design.
+        frag[20..22].copy_from_slice(&0x0001u16.to_be_bytes());
+        let (meta, reason) = parse_flagged(&frag).unwrap().unwrap();
+        assert_eq!((reason, meta.flags, meta.key.dst_port), (None, flags::FRAGMENT_LATER, 0));
+    }
+
+    #[test]
+    fn ipv4_with_a_bad_header_length_keeps_its_addresses() {
+        let mut bad = TCP4;
+        bad[14] = 0x44;
+        let (meta, reason) = parse_flagged(&bad).unwrap().unwrap();
+        assert_eq!(reason, Some(Malformed::Ipv4BadHeaderLen));
+        assert_eq!(meta.key.src_addr, FlowKey::v4_mapped([10, 0, 0, 1]));
+        assert_eq!((meta.key.dst_port, meta.flags), (0, flags::NETWORK_UNWALKED));
     }
 }

@@ -4,7 +4,7 @@
 
 use crate::{
     counters::{Counters, ProtoClass},
-    flow::{IP_V4, PacketMeta},
+    flow::{IP_V4, PacketMeta, flags},
     parse::{self, L3, Packet},
 };
 
@@ -13,14 +13,16 @@ use crate::{
 pub enum Step {
     /// Update the flow table with this packet, then pass it.
     Flow(PacketMeta),
-    /// Pass it without touching the flow table (malformed or not IP).
+    /// Pass it without touching the flow table (not IP, or too short to hold addresses).
     Pass,
     /// Drop it (an active blocklist rule covers its source).
     Drop,
 }
 
 /// Counts `packet` in `counters`, parses it, and asks `blocked` about its source as soon as
-/// the network layer is known.
+/// the source address is known, before anything after it is looked at: a blocked source is
+/// dropped however malformed the rest of its packet is. Packets with addresses but malformed
+/// headers after them still make (flagged) flows, counted by reason.
 #[inline(always)]
 pub fn ingest<P: Packet>(
     packet: &P,
@@ -50,17 +52,17 @@ pub fn ingest<P: Packet>(
         counters.blocklist_drops += 1;
         return Step::Drop;
     }
-    let meta = match parse::parse_l4(packet, &l3) {
-        Ok(meta) => meta,
-        Err(reason) => {
-            counters.count_malformed(reason);
-            return Step::Pass;
-        }
-    };
-    if l3.flags != 0 {
+    let (meta, malformed) = parse::parse_l4(packet, &l3);
+    if l3.flags & (flags::FRAGMENT_FIRST | flags::FRAGMENT_LATER) != 0 {
         counters.fragments += 1;
     }
-    let class = if l3.is_later_fragment() { ProtoClass::Other } else { ProtoClass::of(meta.key.protocol) };
-    counters.count_proto(class, u64::from(len));
+    if let Some(reason) = malformed {
+        // Counted by reason (every packet lands in one bucket: malformed, non-IP or a
+        // protocol class) and still kept on its flow, flagged.
+        counters.count_malformed(reason);
+    } else {
+        let class = if l3.is_later_fragment() { ProtoClass::Other } else { ProtoClass::of(meta.key.protocol) };
+        counters.count_proto(class, u64::from(len));
+    }
     Step::Flow(meta)
 }

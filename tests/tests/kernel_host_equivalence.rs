@@ -78,7 +78,11 @@ fn from_record(r: &FlowRecord) -> FlowStats {
         cwr: r.tcp_flags.cwr,
         ttl_min: r.ttl_min,
         ttl_max: r.ttl_max,
-        flags: u8::from(r.fragment_first) | (u8::from(r.fragment_later) << 1),
+        malformed: r.malformed,
+        flags: u8::from(r.fragment_first)
+            | (u8::from(r.fragment_later) << 1)
+            | (u8::from(r.transport_truncated) << 2)
+            | (u8::from(r.network_unwalked) << 3),
         ..FlowStats::default()
     }
 }

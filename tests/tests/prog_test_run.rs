@@ -262,6 +262,11 @@ fn expected_reason(layout: &vigil_tests::packets::Layout, cut: usize, v6: bool, 
     }
 }
 
+/// Cuts (from `ETH_HLEN` on) too short to hold the source address: they make no flow.
+fn before_addresses(layout: &vigil_tests::packets::Layout) -> u32 {
+    u32::try_from(layout.ip_fixed_end - ETH_HLEN).expect("small")
+}
+
 #[test]
 fn truncated_at_every_byte_is_counted_by_reason_and_passed() {
     let mut tcp6 = Pkt::v6(
@@ -302,7 +307,17 @@ fn truncated_at_every_byte_is_counted_by_reason_and_passed() {
                 "cut at {cut}: expected {want:?}, counters {c:?}"
             );
             assert_eq!(c.malformed_total(), before.malformed_total() + 1, "cut at {cut}: one reason only");
-            assert!(h.flows().is_empty(), "cut at {cut} made a flow");
+            // Once the source address is there the packet is kept on a flagged flow.
+            let flows = h.flows();
+            if cut < layout.ip_fixed_end {
+                assert!(flows.is_empty(), "cut at {cut} made a flow before the addresses");
+            } else {
+                let want = if cut < layout.ip_end { fflags::NETWORK_UNWALKED } else { fflags::TRANSPORT_TRUNCATED };
+                let flagged: u32 = flows.values().filter(|f| f.flags & want != 0).map(|f| f.malformed).sum();
+                let total: u32 = flows.values().map(|f| f.malformed).sum();
+                assert_eq!(total, c.malformed_total() as u32 - before_addresses(&layout), "cut at {cut}: {flows:?}");
+                assert!(flagged > 0, "cut at {cut}: no flow flagged {want:#x}: {flows:?}");
+            }
         }
         assert_eq!(h.counters().malformed_total(), (l4_needed - ETH_HLEN) as u64);
         let mut h = Harness::new();
@@ -348,7 +363,86 @@ fn inconsistent_headers_have_their_own_reasons() {
         assert_eq!(h.counters().malformed[*reason as usize], before + 1, "{reason:?}");
     }
     assert_eq!(h.counters().malformed_total(), cases.len() as u64);
+    // Every case but the two bad versions has readable addresses: kept on flagged flows.
+    let flows = h.flows();
+    assert_eq!(flows.values().map(|f| f.malformed).sum::<u32>(), 5, "{flows:?}");
+    let unwalked = flows[&key4(A, B, 0, 0, 6)];
+    assert_eq!((unwalked.malformed, unwalked.flags), (2, fflags::NETWORK_UNWALKED), "bad IHL, short total length");
+    let doff = flows[&key4(A, B, 1, 2, 6)];
+    assert_eq!((doff.malformed, doff.flags, doff.syn), (2, fflags::TRANSPORT_TRUNCATED, 0), "flags not trusted");
+    let v6 = flows[&key6(v6("::1"), v6("::2"), 0, 0, 60)];
+    assert_eq!((v6.malformed, v6.flags), (1, fflags::NETWORK_UNWALKED), "the last header reached is the protocol");
+}
+
+/// A SYN from `src` to port 80 with `exts` Destination Options headers of `units` each.
+fn syn6_with_dest_opts(src: Ipv6Addr, exts: usize, units: u8) -> Vec<u8> {
+    let mut pkt = Pkt::v6(
+        src,
+        v6("2001:db8::2"),
+        Transport::Tcp { sport: 40_000, dport: 80, flags: flags::SYN, options: Vec::new() },
+    );
+    if let Net::V6 { exts: e, .. } = &mut pkt.net {
+        *e = vec![Ext::DestOpts { units }; exts];
+    }
+    pkt.build()
+}
+
+#[test]
+fn blocked_ipv6_sources_are_dropped_whatever_headers_follow() {
+    let mut h = Harness::new();
+    let bad = v6("2001:db8:bad::9");
+    h.blocklist()
+        .add("2001:db8:bad::/48".parse().unwrap(), Duration::from_mins(1), vigil::block::rules::Origin::Manual)
+        .expect("add v6 rule");
+    // The two shapes the review found getting a SYN-ACK from a blocked source: seven
+    // Destination Options headers (one more than the walk), and one 1040-byte header.
+    let cases = [(0, 0), (7, 0), (1, 129), (40, 0)];
+    for (exts, units) in cases {
+        assert_eq!(h.run(&syn6_with_dest_opts(bad, exts, units)), XDP_DROP, "{exts} x {units} units");
+    }
+    let c = h.counters();
+    assert_eq!((c.blocklist_drops, c.malformed_total()), (cases.len() as u64, 0), "dropped before the rest is parsed");
     assert!(h.flows().is_empty());
+    // The same chains from an unblocked source are passed and kept on a flagged flow.
+    let good = v6("2001:db8::77");
+    for (exts, units) in [(7, 0), (1, 129)] {
+        assert_eq!(h.run(&syn6_with_dest_opts(good, exts, units)), XDP_PASS);
+    }
+    let flows = h.flows();
+    let f = flows[&key6(good, v6("2001:db8::2"), 0, 0, 60)];
+    assert_eq!((f.packets, f.malformed, f.flags), (2, 2, fflags::NETWORK_UNWALKED));
+    assert_eq!(h.counters().malformed[Malformed::Ipv6ExtTooMany as usize], 2);
+}
+
+#[test]
+fn tiny_fragment_scans_make_one_flow_per_port() {
+    // `nmap -f`: each probe is a first fragment with 8 bytes of TCP header, then a later
+    // fragment with the rest. 50 ports must be 50 flows (and the evasion counted), not one.
+    let mut h = Harness::new();
+    for port in 1000..1050u16 {
+        let full = Pkt::tcp4(A, B, 50_000, port, flags::SYN).build();
+        let ip = 14;
+        let mut first = full[..ip + 20 + 8].to_vec();
+        first[ip + 2..ip + 4].copy_from_slice(&28u16.to_be_bytes());
+        first[ip + 6..ip + 8].copy_from_slice(&0x2000u16.to_be_bytes());
+        let mut later = full[..ip + 20].to_vec();
+        later.extend_from_slice(&full[ip + 20 + 8..]);
+        later[ip + 2..ip + 4].copy_from_slice(&32u16.to_be_bytes());
+        later[ip + 6..ip + 8].copy_from_slice(&1u16.to_be_bytes());
+        assert_eq!(h.run(&first), XDP_PASS);
+        assert_eq!(h.run(&later), XDP_PASS);
+    }
+    let flows = h.flows();
+    assert_eq!(flows.len(), 51, "one per probed port plus the later fragments' 3-tuple");
+    for port in 1000..1050u16 {
+        let f = flows[&key4(A, B, 50_000, port, 6)];
+        assert_eq!((f.packets, f.malformed, f.syn), (1, 1, 0));
+        assert_eq!(f.flags, fflags::FRAGMENT_FIRST | fflags::TRANSPORT_TRUNCATED);
+    }
+    let later = flows[&key4(A, B, 0, 0, 6)];
+    assert_eq!((later.packets, later.malformed, later.flags), (50, 0, fflags::FRAGMENT_LATER));
+    let c = h.counters();
+    assert_eq!((c.fragments, c.malformed[Malformed::TcpTruncated as usize]), (100, 50));
 }
 
 #[test]

@@ -183,6 +183,9 @@ pub(crate) mod tests {
             ttl_max: 64,
             fragment_first: false,
             fragment_later: false,
+            malformed: 0,
+            transport_truncated: false,
+            network_unwalked: false,
             end_reason: EndReason::Idle,
         }
     }

@@ -73,6 +73,18 @@ pub struct FlowRecord {
     pub fragment_first: bool,
     /// Later fragments were counted on this flow's 3-tuple.
     pub fragment_later: bool,
+    /// Packets whose headers were cut short or inconsistent (counted on the addresses and
+    /// whatever ports could be read).
+    #[serde(default)]
+    pub malformed: u32,
+    /// A transport header was incomplete (tiny first fragment, truncated frame): ports may be
+    /// 0 and TCP flags of those packets are not counted.
+    #[serde(default)]
+    pub transport_truncated: bool,
+    /// IPv4 options or IPv6 extension headers could not be walked: `protocol` is the last
+    /// header type reached and there are no ports.
+    #[serde(default)]
+    pub network_unwalked: bool,
     pub end_reason: EndReason,
 }
 
@@ -125,6 +137,9 @@ impl FlowRecord {
             ttl_max: stats.ttl_max,
             fragment_first: stats.flags & flags::FRAGMENT_FIRST != 0,
             fragment_later: stats.flags & flags::FRAGMENT_LATER != 0,
+            malformed: stats.malformed,
+            transport_truncated: stats.flags & flags::TRANSPORT_TRUNCATED != 0,
+            network_unwalked: stats.flags & flags::NETWORK_UNWALKED != 0,
             end_reason,
         }
     }
