@@ -41,9 +41,6 @@ pub struct AgentStatus {
     pub block_mode: String,
     pub flows_tracked: usize,
     pub flow_capacity: u32,
-    /// Flows the kernel's LRU evicted before a harvest exported them, since the agent started.
-    #[serde(default)]
-    pub flow_evictions: u64,
     pub last_harvest_ms: f64,
     pub last_scoring_ms: f64,
     pub flows_scored: u64,
@@ -242,13 +239,8 @@ impl std::fmt::Display for StatusReport {
         if let Some(a) = self.agent.as_ref().filter(|_| self.agent_running) {
             writeln!(
                 f,
-                "flows:    {} tracked of {}, {} evicted; last harvest {:.1} ms, scoring {:.1} ms; {} scored",
-                a.flows_tracked,
-                a.flow_capacity,
-                a.flow_evictions,
-                a.last_harvest_ms,
-                a.last_scoring_ms,
-                a.flows_scored
+                "flows:    {} tracked of {}; last harvest {:.1} ms, scoring {:.1} ms; {} scored",
+                a.flows_tracked, a.flow_capacity, a.last_harvest_ms, a.last_scoring_ms, a.flows_scored
             )?;
             let e = &a.engine;
             writeln!(

@@ -67,7 +67,6 @@ pub struct Metrics {
     malformed: Family<Label, Counter>,
     flows_created: Counter,
     flow_insert_failures: Counter,
-    flow_evictions: Counter,
     blocklist_drops: Counter,
     blocklist_expired: Counter,
     flows_tracked: Gauge,
@@ -94,7 +93,6 @@ impl Metrics {
             malformed: Family::default(),
             flows_created: Counter::default(),
             flow_insert_failures: Counter::default(),
-            flow_evictions: Counter::default(),
             blocklist_drops: Counter::default(),
             blocklist_expired: Counter::default(),
             flows_tracked: Gauge::default(),
@@ -125,11 +123,6 @@ impl Metrics {
         r.register("malformed_packets", "Malformed packets, passed on, by reason", m.malformed.clone());
         r.register("flows_created", "Flows created in the kernel flow table", m.flows_created.clone());
         r.register("flow_insert_failures", "Flow inserts the kernel refused", m.flow_insert_failures.clone());
-        r.register(
-            "flow_evictions",
-            "Flows the kernel's LRU evicted from the flow table before a harvest exported them (derived per harvest)",
-            m.flow_evictions.clone(),
-        );
         r.register("blocklist_drops", "Packets dropped by blocklist rules", m.blocklist_drops.clone());
         r.register("blocklist_expired", "Expired blocklist rules removed by the kernel", m.blocklist_expired.clone());
         r.register("flows_tracked", "Flows in the kernel flow table at the last harvest", m.flows_tracked.clone());
@@ -164,11 +157,6 @@ impl Metrics {
         self.flow_insert_failures.inc_by(delta(&mut last.flow_insert_failed, counters.flow_insert_failed));
         self.blocklist_drops.inc_by(delta(&mut last.blocklist_drops, counters.blocklist_drops));
         self.blocklist_expired.inc_by(delta(&mut last.blocklist_expired, counters.blocklist_expired));
-    }
-
-    /// Flows the LRU evicted since the previous harvest (`flows::harvest::Evictions`).
-    pub fn add_flow_evictions(&self, n: u64) {
-        self.flow_evictions.inc_by(n);
     }
 
     /// Flows in the table now, and how full it is.
@@ -317,7 +305,6 @@ mod tests {
         c.count_malformed(Malformed::TcpBadOffset);
         m.observe_sensor(&c);
         m.set_flows_tracked(25, 100);
-        m.add_flow_evictions(4);
         m.observe_harvest(Duration::from_millis(3));
         m.observe_scoring(40, Duration::from_micros(300));
         m.alert("high");
@@ -331,7 +318,6 @@ mod tests {
             "vigil_malformed_packets_total{reason=\"eth_truncated\"} 0",
             "vigil_flows_created_total 3",
             "vigil_flow_insert_failures_total 0",
-            "vigil_flow_evictions_total 4",
             "vigil_blocklist_drops_total 2",
             "vigil_flows_tracked 25",
             "vigil_flow_table_fill_ratio 0.25",

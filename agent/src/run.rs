@@ -205,7 +205,6 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     let mut last_status = Instant::now();
     let mut exported = 0usize;
     let mut flows_scored = 0u64;
-    let mut evictions = crate::flows::harvest::Evictions::default();
     let mut suppressed = 0u64;
     let mut since = clock::monotonic_ns();
     let mut ticker = tokio::time::interval(s.interval.0);
@@ -239,7 +238,6 @@ pub async fn run(config: Config) -> Result<(), RunError> {
 
                 let counters = sensor.counters()?;
                 metrics.observe_sensor(&counters);
-                metrics.add_flow_evictions(evictions.update(&report, counters.flows_created));
                 metrics.set_flows_tracked(report.tracked as u64, u64::from(s.flow_capacity));
                 metrics.observe_harvest(report.elapsed);
                 metrics.observe_scoring(live.len(), cycle.elapsed);
@@ -254,7 +252,6 @@ pub async fn run(config: Config) -> Result<(), RunError> {
 
                 status.updated = clock::rfc3339_millis(now_wall);
                 status.flows_tracked = report.tracked;
-                status.flow_evictions = evictions.total;
                 status.last_harvest_ms = report.elapsed.as_secs_f64() * 1e3;
                 status.last_scoring_ms = cycle.elapsed.as_secs_f64() * 1e3;
                 status.flows_scored = flows_scored;

@@ -78,3 +78,112 @@ fn bad_files_fail_before_anything_is_written() {
     let (status, _) = replay(&[]);
     assert_eq!(status.code(), Some(2), "a file is required");
 }
+
+/// Ethernet + IPv4 + UDP from 10.0.0.1:`sport` to 10.0.0.2:53, 42 bytes.
+fn udp_frame(sport: u16) -> Vec<u8> {
+    let mut f = vec![2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1, 0x08, 0x00];
+    f.extend_from_slice(&[0x45, 0, 0, 28, 0, 0, 0, 0, 64, 17, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2]);
+    f.extend_from_slice(&sport.to_be_bytes());
+    f.extend_from_slice(&[0, 53, 0, 8, 0, 0]);
+    f
+}
+
+/// Writes a pcap with `snaplen` in its header and one packet per `(sport, captured bytes,
+/// orig_len)`, one second apart.
+fn write_pcap(path: &std::path::Path, snaplen: u32, packets: &[(u16, usize, u32)]) {
+    use pcap_file::pcap::{PcapHeader, PcapPacket, PcapWriter};
+    let header = PcapHeader { snaplen, ..PcapHeader::default() };
+    let mut w = PcapWriter::with_header(std::fs::File::create(path).unwrap(), header).unwrap();
+    for (i, (sport, caplen, orig_len)) in packets.iter().enumerate() {
+        let data = udp_frame(*sport);
+        let ts = std::time::Duration::from_secs(1_700_000_000 + i as u64);
+        w.write_packet(&PcapPacket::new(ts, *orig_len, &data[..*caplen])).unwrap();
+    }
+}
+
+#[test]
+fn snaplen_captures_replay_with_wire_lengths() {
+    // What `tcpdump -s 38` writes: snaplen 38, each packet cut to 38 bytes with its full
+    // original length. It was refused ("orig_len > snap_len").
+    let dir = TempDir::new("replay");
+    let cap = dir.path().join("snap.pcap");
+    write_pcap(&cap, 38, &[(1000, 38, 1514), (1000, 38, 1514), (1001, 38, 60)]);
+    let out = dir.path().join("flows.jsonl");
+    let (status, log) = replay(&[cap.to_str().unwrap(), "--flows-out", out.to_str().unwrap(), "--no-progress"]);
+    assert!(status.success(), "{log}");
+    let mut records = read_records(&out);
+    records.sort_by_key(|r| r.src_port);
+    assert_eq!(
+        records.iter().map(|r| (r.src_port, r.packets, r.bytes)).collect::<Vec<_>>(),
+        [(1000, 2, 3028), (1001, 1, 60)]
+    );
+}
+
+#[test]
+fn hostile_lengths_and_flags_do_not_panic() {
+    // orig_len near u32::MAX overflowed the sum of squared lengths: exit 101.
+    let dir = TempDir::new("replay");
+    let cap = dir.path().join("huge.pcap");
+    write_pcap(&cap, u32::MAX, &[(1, 42, u32::MAX), (1, 42, u32::MAX), (1, 42, u32::MAX - 1)]);
+    let out = dir.path().join("flows.jsonl");
+    let (status, log) = replay(&[cap.to_str().unwrap(), "--flows-out", out.to_str().unwrap(), "--no-progress"]);
+    assert!(status.success(), "{log}");
+    let records = read_records(&out);
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].len_sq_sum, u64::MAX, "saturates");
+    // `--interval 600years` overflowed the capture clock; every duration flag is bounded and
+    // the error names it (usage error: exit 2).
+    for flag in ["--interval", "--idle-timeout", "--active-timeout"] {
+        let (status, log) = replay(&[cap.to_str().unwrap(), flag, "600years", "--flows-out", "-"]);
+        assert_eq!(status.code(), Some(2), "{log}");
+        assert!(log.contains(flag) && log.contains("at most 7days"), "{log}");
+    }
+}
+
+#[test]
+fn a_replay_failing_midway_leaves_no_output() {
+    let dir = TempDir::new("replay");
+    let good = dir.path().join("good.pcap");
+    write_pcap(&good, 65_535, &[(1, 42, 42)]);
+    let cut = dir.path().join("cut.pcap");
+    write_pcap(&cut, 65_535, &[(1, 42, 42), (2, 42, 42)]);
+    let bytes = std::fs::read(&cut).unwrap();
+    std::fs::write(&cut, &bytes[..bytes.len() - 5]).unwrap();
+    let out = dir.path().join("flows.jsonl");
+    let (status, log) =
+        replay(&[good.to_str().unwrap(), cut.to_str().unwrap(), "--flows-out", out.to_str().unwrap(), "--no-progress"]);
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(log.contains("cut.pcap"), "the error names the file: {log}");
+    assert!(!out.exists(), "good.pcap's records were written before cut.pcap failed");
+    let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(left.len(), 2, "no temporary file left behind: {left:?}");
+}
+
+#[test]
+fn eval_finds_a_bare_labels_file_in_the_current_directory() {
+    // `--labels labels.json` took "" (the parent of a bare name) as the directory and failed
+    // with ": No such file or directory".
+    let dir = TempDir::new("eval-labels");
+    let labels = r#"{"benign/*": {"kind": "benign"}, "attack/scan.pcap": {"kind": "port-scan", "attacker": "10.0.0.1"}}"#;
+    std::fs::write(dir.path().join("labels.json"), labels).unwrap();
+    let eval = |args: &[&str]| {
+        let out = Command::new(vigil_bin())
+            .args(["eval", "captures", "--labels", "labels.json", "--model", "default", "--no-progress"])
+            .args(args)
+            .current_dir(dir.path())
+            .output()
+            .expect("vigil eval");
+        (out.status, String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (status, log) = eval(&[]);
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(log.contains("labels.json: no capture matches any label"), "{log}");
+    std::fs::create_dir(dir.path().join("benign")).unwrap();
+    let packets: Vec<(u16, usize, u32)> = (0..40).map(|i| (1000 + i, 42, 42)).collect();
+    write_pcap(&dir.path().join("benign/udp.pcap"), 65_535, &packets);
+    std::fs::create_dir(dir.path().join("attack")).unwrap();
+    write_pcap(&dir.path().join("attack/scan.pcap"), 65_535, &packets[..10]);
+    let (status, log) = eval(&["--out", "report"]);
+    assert!(status.success(), "{log}");
+    assert!(dir.path().join("report").is_dir(), "{log}");
+}

@@ -180,81 +180,23 @@ pub struct EngineStats {
 type FlowId = (u16, IpAddr, u16, u8);
 
 /// Anomalies of one source since its last alert.
-///
-/// A source starts as a candidate: counts and the few flows it has, about 100 bytes (a spoofed
-/// flood makes one per packet, none of which can reach `min_flows`). Only once it has
-/// `min_flows` distinct anomalous flows (one when low alerts are sent) does it get the rest, in
-/// [`Promoted`]: the distinct sets and the top flow with the rows that explain it.
 #[derive(Clone, Debug, Default)]
 struct Pending {
     /// Flow snapshots scored (an open flow counts once per cycle).
     flows: u64,
     /// Distinct anomalous flows.
     anomalous: u64,
-    first_ns: u64,
-    last_ns: u64,
-    /// When (mono ns) the first of these anomalies was seen by the engine.
-    opened_ns: u64,
-    /// A candidate's anomalous flows with their latest packets and bytes.
-    seen: Vec<(FlowId, u64, u64)>,
-    /// Set at promotion.
-    promoted: Option<Box<Promoted>>,
-}
-
-/// What a source's alert reports beyond the counts.
-#[derive(Clone, Debug, Default)]
-struct Promoted {
     /// Latest packets and bytes of each anomalous flow (capped; beyond it sums are lower bounds).
     counters: HashMap<FlowId, (u64, u64)>,
     destinations: HashSet<IpAddr>,
     ports: HashSet<u16>,
-    /// The highest-scoring flow since promotion (the cycle it happened in included): its
-    /// record, scores and what explains them (explained only if an alert reports it).
+    first_ns: u64,
+    last_ns: u64,
+    /// When (wall ns) the first of these anomalies was seen by the engine.
+    opened_ns: u64,
+    /// The highest-scoring flow: its record, scores and what explains them (explained only if
+    /// an alert reports it).
     top: Option<(FlowRecord, crate::model::detector::Score, Evidence)>,
-}
-
-impl Promoted {
-    fn note(&mut self, id: FlowId, packets: u64, bytes: u64) {
-        let Self { counters, destinations, ports, .. } = self;
-        if counters.contains_key(&id) || counters.len() < DISTINCT_CAP {
-            counters.insert(id, (packets, bytes));
-        }
-        if destinations.len() < DISTINCT_CAP {
-            destinations.insert(id.1);
-        }
-        if ports.len() < DISTINCT_CAP {
-            ports.insert(id.2);
-        }
-    }
-}
-
-impl Pending {
-    /// Counts one anomalous flow; promotes the source when it has `promote_at` of them.
-    fn note(&mut self, r: &FlowRecord, promote_at: u64) {
-        let id = (r.src_port, r.dst_ip, r.dst_port, r.protocol);
-        if let Some(full) = &mut self.promoted {
-            self.anomalous += u64::from(!full.counters.contains_key(&id));
-            full.note(id, r.packets, r.bytes);
-        } else if let Some(known) = self.seen.iter_mut().find(|(k, ..)| *k == id) {
-            (known.1, known.2) = (r.packets, r.bytes);
-        } else {
-            self.anomalous += 1;
-            self.seen.push((id, r.packets, r.bytes));
-            if self.anomalous >= promote_at {
-                let mut full = Promoted::default();
-                for (id, packets, bytes) in std::mem::take(&mut self.seen) {
-                    full.note(id, packets, bytes);
-                }
-                self.promoted = Some(Box::new(full));
-            }
-        }
-        self.first_ns = if self.first_ns == 0 { r.first_seen_ns } else { self.first_ns.min(r.first_seen_ns) };
-        self.last_ns = self.last_ns.max(r.last_seen_ns);
-    }
-
-    fn top_score(&self) -> Option<f32> {
-        self.promoted.as_ref()?.top.as_ref().map(|(_, s, _)| s.combined)
-    }
 }
 
 /// Distinct destinations/ports kept per pending alert at most (memory under a scan).
@@ -354,9 +296,6 @@ impl Engine {
         blocklist: Option<&mut Blocklist<T>>,
     ) -> Result<Vec<Notice>, BlockError> {
         let thresholds = detector.thresholds;
-        // Low alerts need the top flow of a source's first anomaly; otherwise no alert is sent
-        // before `min_flows`, and a candidate stays small until then.
-        let promote_at = if self.config.min_level <= Level::Low { 1 } else { self.config.min_flows.max(1) };
         let mut by_source: HashMap<IpAddr, CycleAgg> = HashMap::new();
         for (i, (flow, score)) in flows.iter().zip(&scores.scores).enumerate() {
             let agg = by_source.entry(flow.record.src_ip).or_default();
@@ -381,25 +320,33 @@ impl Engine {
             if anomalous {
                 let p = &mut state.pending;
                 if p.opened_ns == 0 {
-                    p.opened_ns = now_mono_ns;
+                    p.opened_ns = now_wall_ns;
                 }
-                p.flows += agg.flows.len() as u64;
-                let mut top: Option<usize> = None;
                 for &i in &agg.flows {
-                    let s = scores.scores[i].combined;
-                    if s >= thresholds.alert {
-                        p.note(&flows[i].record, promote_at);
-                        if top.is_none_or(|t| s > scores.scores[t].combined) {
-                            top = Some(i);
-                        }
+                    let (r, s) = (&flows[i].record, scores.scores[i]);
+                    p.flows += 1;
+                    if s.combined < thresholds.alert {
+                        continue;
                     }
-                }
-                // The cycle's top flow (once promoted, even if promotion came with a later
-                // flow of this cycle), its rows copied once.
-                if let (Some(full), Some(i)) = (&mut p.promoted, top)
-                    && full.top.as_ref().is_none_or(|(_, t, _)| scores.scores[i].combined > t.combined)
-                {
-                    full.top = Some((flows[i].record.clone(), scores.scores[i], scores.evidence(i)));
+                    let id = (r.src_port, r.dst_ip, r.dst_port, r.protocol);
+                    let known = p.counters.contains_key(&id);
+                    if !known {
+                        p.anomalous += 1;
+                    }
+                    if known || p.counters.len() < DISTINCT_CAP {
+                        p.counters.insert(id, (r.packets, r.bytes));
+                    }
+                    if p.destinations.len() < DISTINCT_CAP {
+                        p.destinations.insert(r.dst_ip);
+                    }
+                    if p.ports.len() < DISTINCT_CAP {
+                        p.ports.insert(r.dst_port);
+                    }
+                    p.first_ns = if p.first_ns == 0 { r.first_seen_ns } else { p.first_ns.min(r.first_seen_ns) };
+                    p.last_ns = p.last_ns.max(r.last_seen_ns);
+                    if p.top.as_ref().is_none_or(|(_, t, _)| s.combined > t.combined) {
+                        p.top = Some((r.clone(), s, scores.evidence(i)));
+                    }
                 }
             }
         }
@@ -410,10 +357,10 @@ impl Engine {
             }
         }
 
-        self.raise_alerts(now_mono_ns, now_wall_ns, detector, &mut notices);
+        self.raise_alerts(now_wall_ns, detector, &mut notices);
         if self.config.min_sources > 0 {
-            self.track_destinations(now_mono_ns, flows, scores, detector);
-            self.raise_destination_alerts(now_mono_ns, now_wall_ns, detector, &mut notices);
+            self.track_destinations(now_wall_ns, flows, scores, detector);
+            self.raise_destination_alerts(now_wall_ns, detector, &mut notices);
         }
         if let Some(blocklist) = blocklist {
             self.upkeep(now_mono_ns, now_wall_ns, blocklist, &mut notices)?;
@@ -424,14 +371,14 @@ impl Engine {
         self.sources.retain(|_, s| {
             s.consecutive > 0
                 || s.pending.anomalous > 0
-                || s.last_alert_ns.is_some_and(|t| now_mono_ns.saturating_sub(t) < window)
+                || s.last_alert_ns.is_some_and(|t| now_wall_ns.saturating_sub(t) < window)
         });
         Ok(notices)
     }
 
     /// The level a source's pending anomalies deserve.
     fn level(&self, p: &Pending) -> Level {
-        let top = p.top_score().unwrap_or(f32::MIN);
+        let top = p.top.as_ref().map_or(f32::MIN, |(_, s, _)| s.combined);
         if p.anomalous < self.config.min_flows {
             Level::Low
         } else if top >= self.config.block_threshold {
@@ -441,8 +388,7 @@ impl Engine {
         }
     }
 
-    /// Windows run on `now_mono_ns`; `now_wall_ns` is only written in the alerts.
-    fn raise_alerts(&mut self, now_mono_ns: u64, now_wall_ns: u64, detector: &Detector, notices: &mut Vec<Notice>) {
+    fn raise_alerts(&mut self, now_wall_ns: u64, detector: &Detector, notices: &mut Vec<Notice>) {
         let window = ns(self.config.alert_window);
         // Anomalies too weak to report that stayed so for a whole window are let go (counted).
         let min_level = self.config.min_level;
@@ -451,7 +397,7 @@ impl Engine {
         for (ip, state) in &mut self.sources {
             if state.pending.anomalous > 0
                 && levels[ip] < min_level
-                && now_mono_ns.saturating_sub(state.pending.opened_ns) >= window
+                && now_wall_ns.saturating_sub(state.pending.opened_ns) >= window
             {
                 state.pending = Pending::default();
                 suppressed += 1;
@@ -464,16 +410,16 @@ impl Engine {
             .filter(|(ip, s)| {
                 s.pending.anomalous > 0
                     && levels[*ip] >= min_level
-                    && s.last_alert_ns.is_none_or(|t| now_mono_ns.saturating_sub(t) >= window)
+                    && s.last_alert_ns.is_none_or(|t| now_wall_ns.saturating_sub(t) >= window)
             })
-            .map(|(ip, s)| (*ip, s.pending.top_score().unwrap_or(0.0)))
+            .map(|(ip, s)| (*ip, s.pending.top.as_ref().map_or(0.0, |(_, t, _)| t.combined)))
             .collect();
         // The worst first when the per-cycle cap bites.
         due.sort_by(|a, b| b.1.total_cmp(&a.1));
         for (src, _) in due.into_iter().take(self.config.max_alerts_per_cycle) {
             let state = self.sources.get_mut(&src).expect("due source");
             let pending = std::mem::take(&mut state.pending);
-            state.last_alert_ns = Some(now_mono_ns);
+            state.last_alert_ns = Some(now_wall_ns);
             let level = self.level(&pending);
             if let Some(notice) = alert_doc(&self.config, detector, now_wall_ns, src, pending, level) {
                 self.stats.alerts += 1;
@@ -483,7 +429,7 @@ impl Engine {
     }
 
     /// Adds this cycle's anomalous flows to their destinations' pending state.
-    fn track_destinations(&mut self, now_mono_ns: u64, flows: &[LiveFlow], scores: &CycleScores, detector: &Detector) {
+    fn track_destinations(&mut self, now_wall_ns: u64, flows: &[LiveFlow], scores: &CycleScores, detector: &Detector) {
         let alert = detector.thresholds.alert;
         for (i, (flow, score)) in flows.iter().zip(&scores.scores).enumerate() {
             if score.combined < alert {
@@ -495,7 +441,7 @@ impl Engine {
             }
             let p = &mut self.destinations.entry(r.dst_ip).or_default().pending;
             if p.opened_ns == 0 {
-                p.opened_ns = now_mono_ns;
+                p.opened_ns = now_wall_ns;
             }
             if p.sources.len() < DISTINCT_CAP {
                 p.sources.insert(r.src_ip);
@@ -518,22 +464,16 @@ impl Engine {
 
     /// One alert per destination and window once enough distinct sources sent it anomalous
     /// flows; pending state that stays below that for a whole window is let go.
-    fn raise_destination_alerts(
-        &mut self,
-        now_mono_ns: u64,
-        now_wall_ns: u64,
-        detector: &Detector,
-        notices: &mut Vec<Notice>,
-    ) {
+    fn raise_destination_alerts(&mut self, now_wall_ns: u64, detector: &Detector, notices: &mut Vec<Notice>) {
         let window = ns(self.config.alert_window);
         let min_sources = self.config.min_sources;
         for (dst, state) in &mut self.destinations {
             let p = &state.pending;
             if p.sources.len() >= min_sources
-                && state.last_alert_ns.is_none_or(|t| now_mono_ns.saturating_sub(t) >= window)
+                && state.last_alert_ns.is_none_or(|t| now_wall_ns.saturating_sub(t) >= window)
             {
                 let pending = std::mem::take(&mut state.pending);
-                state.last_alert_ns = Some(now_mono_ns);
+                state.last_alert_ns = Some(now_wall_ns);
                 let top = pending.top.as_ref().map_or(f32::MIN, |(_, s, _)| s.combined);
                 let level = if top >= self.config.block_threshold { Level::High } else { Level::Medium };
                 if let Some(notice) = destination_doc(&self.config, detector, now_wall_ns, *dst, pending, level) {
@@ -542,13 +482,13 @@ impl Engine {
                 }
             } else if p.sources.len() < min_sources
                 && p.opened_ns > 0
-                && now_mono_ns.saturating_sub(p.opened_ns) >= window
+                && now_wall_ns.saturating_sub(p.opened_ns) >= window
             {
                 state.pending = DestPending::default();
             }
         }
         self.destinations.retain(|_, s| {
-            s.pending.opened_ns > 0 || s.last_alert_ns.is_some_and(|t| now_mono_ns.saturating_sub(t) < window)
+            s.pending.opened_ns > 0 || s.last_alert_ns.is_some_and(|t| now_wall_ns.saturating_sub(t) < window)
         });
     }
 
@@ -788,15 +728,14 @@ fn alert_doc(
     p: Pending,
     level: Level,
 ) -> Option<Notice> {
-    let full = p.promoted?;
-    let (top, score, evidence) = full.top?;
+    let (top, score, evidence) = p.top?;
     let worst = worst_flow(config, detector, level, &top, &score, &evidence);
-    let (packets, bytes) = full.counters.values().fold((0, 0), |(a, b), (pk, by)| (a + pk, b + by));
+    let (packets, bytes) = p.counters.values().fold((0, 0), |(a, b), (pk, by)| (a + pk, b + by));
     let message = format!(
         "{src}: {} anomalous flows to {} hosts / {} ports (score {:.1}, alert at {:.1}); top feature {}",
         p.anomalous,
-        full.destinations.len(),
-        full.ports.len(),
+        p.destinations.len(),
+        p.ports.len(),
         score.combined,
         detector.thresholds.alert,
         worst.lead
@@ -814,8 +753,8 @@ fn alert_doc(
                 "counts": {
                     "flows": p.flows,
                     "anomalous_flows": p.anomalous,
-                    "destinations": full.destinations.len(),
-                    "destination_ports": full.ports.len(),
+                    "destinations": p.destinations.len(),
+                    "destination_ports": p.ports.len(),
                     "packets": packets,
                     "bytes": bytes,
                 },
@@ -922,150 +861,4 @@ fn decision_doc(
         }),
     );
     Notice { kind, level: Level::Info, doc }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::net::Ipv4Addr;
-
-    use super::*;
-    use crate::{detect::live::tests::detector, features::flow::tests::record, model::detector::Score};
-
-    const S: u64 = 1_000_000_000;
-
-    fn config(alert: f32) -> EngineConfig {
-        EngineConfig {
-            alert_window: Duration::from_secs(10),
-            top_features: 3,
-            max_alerts_per_cycle: 100,
-            min_flows: 3,
-            min_sources: 20,
-            min_level: Level::Medium,
-            max_sources: 100_000,
-            block_mode: BlockMode::Off,
-            consecutive: 3,
-            block_threshold: alert + 0.5,
-            ttl: Duration::from_mins(1),
-            max_rules: 100,
-            max_new_per_minute: 10,
-            allowlist: Allowlist::new(&[], false),
-            iface: "test0".into(),
-            hostname: "test".into(),
-        }
-    }
-
-    /// One cycle's flows: a scanner (10.9.9.9, three new ports) and 25 spoofed sources with one
-    /// flow each to 10.0.0.2, all anomalous; records stamped with `wall_ns`.
-    fn cycle_flows(cycle: u32, wall_ns: u64, mono_ns: u64) -> Vec<LiveFlow> {
-        let mut flows = Vec::new();
-        for k in 0..3 {
-            let mut r = record(1, 2, u16::try_from(cycle * 3 + k).expect("port"), 0);
-            r.src_ip = Ipv4Addr::new(10, 9, 9, 9).into();
-            flows.push(r);
-        }
-        for k in 0..25 {
-            let mut r = record(1, 2, 80, 0);
-            r.src_ip = Ipv4Addr::from(0x0a01_0000 | (cycle << 8) | k).into();
-            flows.push(r);
-        }
-        flows
-            .into_iter()
-            .map(|mut r| {
-                (r.first_seen_ns, r.last_seen_ns) = (wall_ns, wall_ns);
-                LiveFlow { record: r, new: true, first_mono_ns: mono_ns }
-            })
-            .collect()
-    }
-
-    /// Runs 25 one-second cycles with the wall clock stepped by `step_s` after cycle 3; answers
-    /// the cycles with a per-source alert and those with a destination alert.
-    fn alert_cycles(step_s: i64) -> (Vec<u32>, Vec<u32>) {
-        let detector = detector();
-        let alert = detector.thresholds.alert;
-        let mut engine = Engine::new(config(alert));
-        let (mono0, wall0) = (5000 * S, 1_700_000_000 * S);
-        let (mut by_source, mut by_destination) = (Vec::new(), Vec::new());
-        for cycle in 0..25u32 {
-            let mono = mono0 + u64::from(cycle) * S;
-            let step = if cycle > 3 { step_s * 1_000_000_000 } else { 0 };
-            let wall = (wall0 + u64::from(cycle) * S).saturating_add_signed(step);
-            let flows = cycle_flows(cycle, wall - S / 2, mono - S / 2);
-            let score = Score { iforest: 0.9, autoencoder: 1.0, combined: alert + 0.1 };
-            let scores = CycleScores::fixed(vec![score; flows.len()]);
-            let notices = engine
-                .cycle(mono, wall, &flows, &scores, &detector, None::<&mut Blocklist<aya::maps::MapData>>)
-                .expect("cycle");
-            for n in &notices {
-                // Output carries the wall clock, whatever it says.
-                assert_eq!(n.doc["@timestamp"], rfc3339_millis(wall));
-                match n.kind {
-                    Kind::Alert => {
-                        assert_eq!(n.doc["source"]["ip"], "10.9.9.9", "{:#}", n.doc);
-                        by_source.push(cycle);
-                    }
-                    Kind::DestinationAlert => by_destination.push(cycle),
-                    _ => panic!("unexpected {:?}", n.kind),
-                }
-            }
-            // Spoofed sources stay small candidates; only the scanner is promoted.
-            let promoted = engine.sources.values().filter(|s| s.pending.promoted.is_some()).count();
-            assert!(promoted <= 1, "{promoted} promoted");
-        }
-        (by_source, by_destination)
-    }
-
-    #[test]
-    fn alert_windows_run_on_the_monotonic_clock() {
-        let expected = (vec![0, 10, 20], vec![0, 10, 20]);
-        assert_eq!(alert_cycles(0), expected, "steady clock");
-        // Wall time an hour back: the windows still close every 10 s.
-        assert_eq!(alert_cycles(-3600), expected, "wall clock stepped back");
-        // Wall time an hour forward: no window closes early.
-        assert_eq!(alert_cycles(3600), expected, "wall clock stepped forward");
-    }
-
-    #[test]
-    fn alert_counts_survive_promotion() {
-        let detector = detector();
-        let alert = detector.thresholds.alert;
-        let mut engine = Engine::new(config(alert));
-        let low = Score { iforest: 0.9, autoencoder: 1.0, combined: alert + 0.1 };
-        let high = Score { combined: alert + 2.0, ..low };
-        let mut notices = Vec::new();
-        // Two anomalous flows in one cycle (a candidate), a third and its repeat in the next.
-        for (cycle, ports, scores) in [(0u64, vec![21u16, 22], vec![low, low]), (1, vec![22, 23], vec![low, high])] {
-            let flows: Vec<LiveFlow> = ports
-                .iter()
-                .map(|&p| {
-                    let mut r = record(9, 2, p, 0);
-                    r.packets = 2;
-                    LiveFlow { record: r, new: cycle == 0 || p == 23, first_mono_ns: cycle * S }
-                })
-                .collect();
-            notices = engine
-                .cycle(
-                    (cycle + 1) * S,
-                    (cycle + 1) * S,
-                    &flows,
-                    &CycleScores::fixed(scores),
-                    &detector,
-                    None::<&mut Blocklist<aya::maps::MapData>>,
-                )
-                .expect("cycle");
-            if cycle == 0 {
-                assert!(notices.is_empty(), "below min_flows: no medium alert yet");
-                assert!(engine.sources.values().all(|s| s.pending.promoted.is_none()));
-            }
-        }
-        assert_eq!(notices.len(), 1, "{notices:#?}");
-        let doc = &notices[0].doc;
-        assert_eq!(notices[0].level, Level::High);
-        let counts = &doc["vigil"]["counts"];
-        assert_eq!(counts["flows"], 4);
-        assert_eq!(counts["anomalous_flows"], 3);
-        assert_eq!(counts["destination_ports"], 3);
-        assert_eq!(counts["packets"], 6);
-        assert_eq!(doc["destination"]["port"], 23, "the top flow: {doc:#}");
-        assert_eq!(doc["vigil"]["explanation"].as_array().map(Vec::len), Some(3));
-    }
 }
