@@ -182,6 +182,9 @@ pub struct BlockSection {
     pub margin: f32,
     /// How long a rule lasts; the kernel lets traffic through again after it.
     pub ttl: Dur,
+    /// Longest TTL any rule may have, `vigil block add --ttl` included (`--force` does not
+    /// lift it); `ttl` must not exceed it.
+    pub max_ttl: Dur,
     /// Active rules at most.
     pub max_rules: usize,
     /// New auto-block rules per minute at most.
@@ -199,6 +202,7 @@ impl Default for BlockSection {
             consecutive: 2,
             margin: 0.5,
             ttl: Dur(Duration::from_mins(10)),
+            max_ttl: Dur(crate::block::manual::DEFAULT_MAX_TTL),
             max_rules: 1024,
             max_new_per_minute: 60,
             allowlist: Vec::new(),
@@ -349,6 +353,12 @@ impl Config {
         if b.ttl.0 < Duration::from_secs(1) {
             return bad("block.ttl", "must be at least 1s");
         }
+        if b.max_ttl.0 < Duration::from_secs(1) {
+            return bad("block.max_ttl", "must be at least 1s");
+        }
+        if b.ttl.0 > b.max_ttl.0 {
+            return bad("block.ttl", "must not exceed block.max_ttl");
+        }
         let cap = agent_common::maps::BLOCKLIST_CAPACITY as usize;
         if b.max_rules == 0 || b.max_rules > cap {
             return Err(ConfigError::Invalid { field: "block.max_rules", message: format!("must be in 1..={cap}") });
@@ -373,6 +383,7 @@ mod tests {
         assert_eq!(back.to_toml(), text);
         assert_eq!(back.block.mode, BlockMode::Off);
         assert_eq!(back.block.ttl, Dur(Duration::from_mins(10)));
+        assert_eq!(back.block.max_ttl, Dur(Duration::from_hours(7 * 24)), "documented default");
     }
 
     #[test]
@@ -413,6 +424,17 @@ mod tests {
         let mut c = Config::default();
         c.block.consecutive = 0;
         assert!(c.validate().unwrap_err().to_string().contains("block.consecutive"));
+        let mut c = Config::default();
+        c.block.ttl = Dur(Duration::from_hours(24 * 8));
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("block.ttl") && e.contains("block.max_ttl"), "{e}");
+        c.block.max_ttl = Dur(Duration::from_hours(24 * 8));
+        c.validate().unwrap();
+        let c = Config::parse("[block]\nmax_ttl = \"1h\"\n").unwrap();
+        assert_eq!(c.block.max_ttl.0, Duration::from_hours(1));
+        c.validate().unwrap();
+        let c = Config::parse("[block]\nmax_ttl = \"5m\"\n").unwrap();
+        assert!(c.validate().unwrap_err().to_string().contains("block.ttl"), "default ttl 10m over 5m");
         let mut c = Config::default();
         c.sensor.interval = Dur(Duration::ZERO);
         assert!(c.validate().unwrap_err().to_string().contains("sensor.interval"));

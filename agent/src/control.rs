@@ -16,7 +16,11 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    block::{Blocklist, Rule, rules::Origin},
+    block::{
+        Blocklist, Rule,
+        manual::{self, Rails},
+        rules::Origin,
+    },
     clock,
     detect::allowlist::Allowlist,
     sensor::pin::Pins,
@@ -83,8 +87,8 @@ pub enum ControlError {
     Pin(#[from] crate::sensor::pin::PinError),
     #[error(transparent)]
     Block(#[from] crate::block::BlockError),
-    #[error("refusing to block {prefix}: it covers {covered} ({why}); pass --force if you mean it")]
-    Allowlisted { prefix: IpNet, covered: IpNet, why: String },
+    #[error(transparent)]
+    Refused(#[from] crate::block::manual::Refusal),
 }
 
 /// A rule as `vigil block list` shows it.
@@ -125,20 +129,25 @@ pub fn list_rules(pins: &Pins) -> Result<Vec<RuleView>, ControlError> {
     Ok(rules)
 }
 
-/// Adds a manual rule. Prefixes covering the host's own addresses, gateways or loopback are
-/// refused unless `force`.
+/// The rails for `vigil block add` under `config`: its allowlist plus the host's own
+/// addresses, gateways and loopback (always, whatever `block.allowlist_host`), the SSH
+/// sessions this command runs in, and `block.max_ttl`.
+#[must_use]
+pub fn manual_rails(config: &crate::config::BlockSection) -> Rails {
+    Rails {
+        allowlist: Allowlist::new(&config.allowlist, true),
+        ssh_peers: manual::ssh_peers(),
+        max_ttl: config.max_ttl.0,
+    }
+}
+
+/// Adds a manual rule once it passes `rails` ([`manual::check`]): the TTL cap always, the
+/// allowlist and the operator's SSH session unless `force`.
 ///
 /// # Errors
-/// If the prefix is allowlisted (without `force`) or the maps cannot be updated.
-pub fn add_rule(pins: &Pins, prefix: IpNet, ttl: Duration, force: bool) -> Result<Rule, ControlError> {
-    if !force {
-        let allow = Allowlist::new(&[], true);
-        for (net, why) in allow.entries() {
-            if prefix.contains(&net.addr()) || net.contains(&prefix.addr()) {
-                return Err(ControlError::Allowlisted { prefix, covered: *net, why: why.clone() });
-            }
-        }
-    }
+/// A refusal naming the rail, or the maps cannot be updated.
+pub fn add_rule(pins: &Pins, rails: &Rails, prefix: IpNet, ttl: Duration, force: bool) -> Result<Rule, ControlError> {
+    let prefix = manual::check(rails, prefix, ttl, force)?;
     let mut blocklist = Blocklist::from_pins(pins.dir())?;
     Ok(blocklist.add(prefix, ttl, Origin::Manual)?)
 }

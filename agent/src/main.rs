@@ -63,10 +63,16 @@ struct ControlArgs {
 
 impl ControlArgs {
     fn resolve(&self) -> anyhow::Result<(Pins, PathBuf)> {
+        self.resolve_with_config().map(|(pins, run_dir, _)| (pins, run_dir))
+    }
+
+    /// As `resolve`, with the configuration it read (`vigil block add` takes its rails from it).
+    fn resolve_with_config(&self) -> anyhow::Result<(Pins, PathBuf, Config)> {
         let config = Config::load(self.config.as_deref())?;
-        let pin_dir = self.pin_dir.clone().unwrap_or(config.sensor.pin_dir);
+        let pin_dir = self.pin_dir.clone().unwrap_or_else(|| config.sensor.pin_dir.clone());
         anyhow::ensure!(!pin_dir.as_os_str().is_empty(), "no pin directory: the configuration disables pinning");
-        Ok((Pins::new(pin_dir), self.run_dir.clone().unwrap_or(config.sensor.run_dir)))
+        let run_dir = self.run_dir.clone().unwrap_or_else(|| config.sensor.run_dir.clone());
+        Ok((Pins::new(pin_dir), run_dir, config))
     }
 }
 
@@ -102,7 +108,9 @@ enum BlockAction {
         /// How long the rule lasts; the kernel lets traffic through again after it.
         #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
         ttl: Duration,
-        /// Allow a prefix that covers this host's own addresses, gateways or loopback.
+        /// Allow a prefix that covers an allowlisted prefix (`block.allowlist`, this host's own
+        /// addresses, gateways, loopback) or the client of your own SSH session. The TTL cap
+        /// (`block.max_ttl`) still holds.
         #[arg(long)]
         force: bool,
     },
@@ -508,7 +516,7 @@ fn status_command(args: &StatusArgs) -> anyhow::Result<()> {
 }
 
 fn block_command(args: BlockArgs) -> anyhow::Result<()> {
-    let (pins, _) = args.control.resolve()?;
+    let (pins, _, config) = args.control.resolve_with_config()?;
     match args.action {
         BlockAction::List { json } => {
             let rules = control::list_rules(&pins)?;
@@ -524,7 +532,7 @@ fn block_command(args: BlockArgs) -> anyhow::Result<()> {
         }
         BlockAction::Add { prefix, ttl, force } => {
             let prefix = control::parse_prefix(&prefix).map_err(anyhow::Error::msg)?;
-            let rule = control::add_rule(&pins, prefix, ttl, force)?;
+            let rule = control::add_rule(&pins, &control::manual_rails(&config.block), prefix, ttl, force)?;
             println!("blocked {} for {}", rule.prefix, humantime::format_duration(ttl));
         }
         BlockAction::Del { prefix } => {

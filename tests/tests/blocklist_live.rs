@@ -8,7 +8,10 @@ use std::{
 };
 
 use vigil::{
-    block::Blocklist,
+    block::{
+        Blocklist,
+        rules::{Lapse, Origin},
+    },
     sensor::{AttachMode, Sensor, SensorOptions},
 };
 use vigil_tests::{netns::Link, require_root};
@@ -64,4 +67,74 @@ fn rule_drops_live_traffic_then_lapses_on_its_own() {
     assert_eq!(counters.blocklist_expired, 1, "the kernel removed the lapsed rule itself");
     assert!(rules.is_empty(), "{rules:?}");
     assert!(counters.proto_packets.iter().sum::<u64>() >= 20, "passed traffic went to the flow table");
+}
+
+#[test]
+fn ipv4_mapped_rule_drops_the_ipv4_traffic_it_names() {
+    require_root();
+    let link = Link::new("blkmap");
+    let (tx, rx) = mpsc::channel::<()>();
+    let (report_tx, report) = mpsc::channel();
+    let holder = link.b.spawn(move || {
+        let mut sensor = Sensor::load(&SensorOptions::default()).expect("load");
+        sensor.attach(Link::IFACE_B, AttachMode::Native).expect("attach");
+        let mut blocklist = Blocklist::from_ebpf(sensor.ebpf_mut()).expect("blocklist");
+        let rule = blocklist
+            .add("::ffff:10.200.0.1/128".parse().unwrap(), Duration::from_mins(1), Origin::Manual)
+            .expect("add");
+        let listed = blocklist.list().expect("list");
+        report_tx.send((rule.clone(), listed)).expect("report");
+        rx.recv().expect("remove");
+        // The mapped form names the same rule for removal.
+        let removed = Blocklist::from_ebpf(sensor.ebpf_mut())
+            .expect("blocklist")
+            .remove("::ffff:10.200.0.1/128".parse().unwrap())
+            .expect("remove");
+        report_tx.send((rule, Vec::new())).expect("report");
+        rx.recv().expect("stop");
+        (removed, sensor.counters().expect("counters"))
+    });
+    let (rule, listed) = report.recv().expect("sensor ready");
+    assert_eq!(rule.prefix, "10.200.0.1/32".parse().unwrap(), "stored as the IPv4 prefix it names");
+    assert_eq!(listed.iter().map(|r| r.prefix).collect::<Vec<_>>(), vec![rule.prefix], "listed as IPv4");
+    assert_eq!(send_and_count(&link, 20), 0, "IPv4 traffic from the mapped address is dropped");
+    tx.send(()).expect("remove");
+    report.recv().expect("removed");
+    assert_eq!(send_and_count(&link, 20), 20, "removed by its mapped form, the traffic passes");
+    tx.send(()).expect("stop");
+    let (removed, counters) = holder.join().expect("sensor thread");
+    assert!(removed);
+    assert_eq!(counters.blocklist_drops, 20, "{counters:?}");
+}
+
+#[test]
+fn lapsed_rule_removal_keeps_a_rule_re_added_meanwhile() {
+    require_root();
+    // Not attached: the maps are the sensor's own, private to this test.
+    let mut sensor = Sensor::load(&SensorOptions::default()).expect("load");
+    let mut blocklist = Blocklist::from_ebpf(sensor.ebpf_mut()).expect("blocklist");
+    let prefix = "192.0.2.0/24".parse().unwrap();
+    let other = "198.51.100.7/32".parse().unwrap();
+    for p in [prefix, other] {
+        blocklist.add(p, Duration::from_secs(1), Origin::Auto).expect("add");
+    }
+    std::thread::sleep(Duration::from_millis(1100));
+    let now = vigil::clock::monotonic_ns();
+    let mut lapsed = blocklist.list().expect("list");
+    lapsed.sort_by_key(|r| r.prefix);
+    assert!(lapsed.iter().all(|r| !r.is_active(now)), "{lapsed:?}");
+    assert_eq!(lapsed.iter().map(|r| r.prefix).collect::<Vec<_>>(), vec![prefix, other]);
+    // Between the read and the delete an operator blocks the /24 again.
+    let fresh = blocklist.add(prefix, Duration::from_mins(1), Origin::Manual).expect("re-add");
+    assert_eq!(blocklist.remove_if_lapsed(&lapsed[0]).expect("/24"), Lapse::Replaced(fresh.clone()), "kept");
+    assert_eq!(blocklist.remove_if_lapsed(&lapsed[1]).expect("/32"), Lapse::Removed);
+    assert_eq!(blocklist.remove_if_lapsed(&lapsed[1]).expect("/32 again"), Lapse::Gone);
+    let rules: Vec<_> = blocklist.list().expect("list").into_iter().map(|r| (r.prefix, r.expires_ns)).collect();
+    assert_eq!(rules, vec![(prefix, fresh.expires_ns)]);
+
+    // The map's lookup answers the longest matching prefix: a rule for a /16 is not the /24's.
+    let wide = blocklist.add("10.0.0.0/16".parse().unwrap(), Duration::from_mins(1), Origin::Manual).expect("/16");
+    let narrow = vigil::block::Rule { prefix: "10.0.3.0/24".parse().unwrap(), ..wide.clone() };
+    assert_eq!(blocklist.remove_if_lapsed(&narrow).expect("/24 under a /16"), Lapse::Gone);
+    assert_eq!(blocklist.list().expect("list").len(), 2, "the /16 stays");
 }

@@ -1,6 +1,7 @@
 //! The kernel blocklist: source prefixes whose packets the XDP program drops until the rule
-//! expires.
+//! expires, and the rails a manual rule passes first.
 
+pub mod manual;
 pub mod rules;
 
 pub use rules::{BlockError, Blocklist, Rule};

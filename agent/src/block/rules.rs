@@ -3,7 +3,11 @@
 //! A rule always carries an expiry; the kernel enforces it on its own (see
 //! `agent_common::blocklist::BlockRule`), so nothing stays blocked if the agent goes away.
 
-use std::{borrow::BorrowMut, net::IpAddr, time::Duration};
+use std::{
+    borrow::BorrowMut,
+    net::{IpAddr, Ipv6Addr},
+    time::Duration,
+};
 
 use agent_common::{
     blocklist::{BlockRule, ORIGIN_AUTO},
@@ -32,6 +36,59 @@ pub enum BlockError {
     BadTtl(Duration),
     #[error("opening pinned map {path}: {source} (is the agent running or was it run with this pin directory?)")]
     Pin { path: std::path::PathBuf, source: MapError },
+    #[error(
+        "{0} covers part of the IPv4-mapped range ::ffff:0:0/96 and more: IPv4 packets are matched \
+         against IPv4 rules, so block the IPv4 part as an IPv4 prefix and the rest separately"
+    )]
+    StraddlesMapped(IpNet),
+}
+
+/// The IPv4-mapped IPv6 range (`::ffff:0:0/96`, RFC 4291 section 2.5.5.2).
+const MAPPED_LEN: u8 = 96;
+const MAPPED: ipnet::Ipv6Net = ipnet::Ipv6Net::new_assert(Ipv6Addr::new(0, 0, 0, 0, 0, 0xffff, 0, 0), MAPPED_LEN);
+
+/// The prefix as the kernel stores it: host bits cleared, and an IPv4-mapped IPv6 prefix
+/// (`::ffff:a.b.c.d/96+n`) as the IPv4 prefix `a.b.c.d/n`. The XDP program looks IPv4
+/// packets up in the IPv4 trie, so a rule for a mapped prefix left in the IPv6 trie would be
+/// listed as blocking while the IPv4 traffic it names passes.
+///
+/// # Errors
+/// [`BlockError::StraddlesMapped`] for an IPv6 prefix shorter than /96 that contains the
+/// mapped range: it cannot be one rule.
+pub fn normalize(prefix: IpNet) -> Result<IpNet, BlockError> {
+    let prefix = prefix.trunc();
+    let IpNet::V6(net) = prefix else { return Ok(prefix) };
+    if net.prefix_len() >= MAPPED_LEN && MAPPED.contains(&net.addr()) {
+        let [.., a, b, c, d] = net.addr().octets();
+        let v4 = ipnet::Ipv4Net::new_assert([a, b, c, d].into(), net.prefix_len() - MAPPED_LEN);
+        return Ok(IpNet::V4(v4));
+    }
+    if net.contains(&MAPPED) {
+        return Err(BlockError::StraddlesMapped(prefix));
+    }
+    Ok(prefix)
+}
+
+/// What [`Blocklist::remove_if_lapsed`] found and did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Lapse {
+    /// The lapsed rule was still there and is now deleted.
+    Removed,
+    /// No rule for the prefix any more (the kernel or someone else deleted it).
+    Gone,
+    /// The prefix holds another rule now (re-added since it was read): left in place.
+    Replaced(Rule),
+}
+
+/// Whether to delete the lapsed rule `read` earlier, given what the map holds for its prefix
+/// now (`current`, already matched to the exact prefix length).
+#[must_use]
+pub fn lapse_action(read: &Rule, current: Option<&BlockRule>) -> Lapse {
+    match current {
+        None => Lapse::Gone,
+        Some(now) if now.expires_ns == read.expires_ns && now.created_ns == read.created_ns => Lapse::Removed,
+        Some(now) => Lapse::Replaced(to_rule(read.prefix.addr(), now.prefix_len, now)),
+    }
 }
 
 /// Who installed a rule.
@@ -130,9 +187,9 @@ impl<T: BorrowMut<MapData>> Blocklist<T> {
         if ttl < Duration::from_secs(1) {
             return Err(BlockError::BadTtl(ttl));
         }
+        let prefix = normalize(prefix)?;
         let now = clock::monotonic_ns();
         let ttl_ns = u64::try_from(ttl.as_nanos()).unwrap_or(u64::MAX);
-        let prefix = prefix.trunc();
         let rule = BlockRule {
             expires_ns: now.saturating_add(ttl_ns),
             created_ns: now,
@@ -153,12 +210,13 @@ impl<T: BorrowMut<MapData>> Blocklist<T> {
         Ok(Rule { prefix, expires_ns: rule.expires_ns, created_ns: now, drops: 0, origin })
     }
 
-    /// Removes the rule for exactly `prefix`. Returns whether there was one.
+    /// Removes the rule for exactly `prefix` (IPv4-mapped prefixes name their IPv4 rule).
+    /// Returns whether there was one.
     ///
     /// # Errors
     /// The map update failing for another reason than a missing key.
     pub fn remove(&mut self, prefix: IpNet) -> Result<bool, BlockError> {
-        let prefix = prefix.trunc();
+        let prefix = normalize(prefix)?;
         let len = u32::from(prefix.prefix_len());
         let (result, name) = match prefix {
             IpNet::V4(net) => (self.v4.remove(&Key::new(len, net.addr().octets())), maps::BLOCK_V4),
@@ -169,6 +227,23 @@ impl<T: BorrowMut<MapData>> Blocklist<T> {
             Err(e) if is_not_found(&e) => Ok(false),
             Err(source) => Err(BlockError::Map { name, source }),
         }
+    }
+
+    /// Deletes `rule`, read earlier and found lapsed, only if the map still holds that same
+    /// rule (same creation and expiry) for its prefix: a rule re-added since the read stays.
+    /// (A delete is by prefix only, so a re-add between this check and the delete, a few
+    /// microseconds, can still be lost; the read-then-delete of a whole listing left the
+    /// whole cycle for it.)
+    ///
+    /// # Errors
+    /// A map read or delete failing for another reason than a missing key.
+    pub fn remove_if_lapsed(&mut self, rule: &Rule) -> Result<Lapse, BlockError> {
+        let current = self.get_exact(rule.prefix)?;
+        let action = lapse_action(rule, current.as_ref());
+        if action == Lapse::Removed && !self.remove(rule.prefix)? {
+            return Ok(Lapse::Gone);
+        }
+        Ok(action)
     }
 
     /// Removes every rule; returns the rules removed.
@@ -185,6 +260,22 @@ impl<T: BorrowMut<MapData>> Blocklist<T> {
 }
 
 impl<T: std::borrow::Borrow<MapData>> Blocklist<T> {
+    /// The rule stored for exactly `prefix`, if any. (An LPM lookup answers the longest
+    /// matching prefix; one of another length is not this prefix's rule.)
+    fn get_exact(&self, prefix: IpNet) -> Result<Option<BlockRule>, BlockError> {
+        let len = u32::from(prefix.prefix_len());
+        let (result, name) = match prefix {
+            IpNet::V4(net) => (self.v4.get(&Key::new(len, net.addr().octets()), 0), maps::BLOCK_V4),
+            IpNet::V6(net) => (self.v6.get(&Key::new(len, net.addr().octets()), 0), maps::BLOCK_V6),
+        };
+        match result {
+            Ok(rule) if rule.prefix_len == len => Ok(Some(rule)),
+            Ok(_) => Ok(None),
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(source) => Err(BlockError::Map { name, source }),
+        }
+    }
+
     /// Every rule in the kernel, expired ones included until the kernel or the agent removes
     /// them.
     ///
@@ -224,5 +315,56 @@ fn is_not_found(e: &MapError) -> bool {
         MapError::KeyNotFound => true,
         MapError::SyscallError(e) => e.io_error.raw_os_error() == Some(libc::ENOENT),
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn net(text: &str) -> IpNet {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn mapped_prefixes_become_ipv4() {
+        assert_eq!(normalize(net("::ffff:10.0.0.1/128")).unwrap(), net("10.0.0.1/32"));
+        assert_eq!(normalize(net("::ffff:10.1.2.3/104")).unwrap(), net("10.0.0.0/8"));
+        assert_eq!(normalize(net("::ffff:0:0/96")).unwrap(), net("0.0.0.0/0"));
+        // Untouched: IPv4, ordinary IPv6, IPv4-compatible (::a.b.c.d, deprecated, not mapped).
+        assert_eq!(normalize(net("10.0.0.7/24")).unwrap(), net("10.0.0.0/24"));
+        assert_eq!(normalize(net("2001:db8::1/64")).unwrap(), net("2001:db8::/64"));
+        assert_eq!(normalize(net("::10.0.0.1/128")).unwrap(), net("::10.0.0.1/128"));
+        assert_eq!(normalize(net("::/95")).unwrap(), net("::/95"), "::/95 ends before ::ffff:0:0");
+    }
+
+    #[test]
+    fn prefixes_straddling_the_mapped_range_are_refused() {
+        for text in ["::ffff:0:0/95", "::/80", "::/0"] {
+            let err = normalize(net(text)).unwrap_err();
+            assert!(matches!(err, BlockError::StraddlesMapped(_)), "{text}: {err}");
+            assert!(err.to_string().contains("::ffff:0:0/96"), "{err}");
+        }
+    }
+
+    fn rule(expires_ns: u64, created_ns: u64) -> Rule {
+        Rule { prefix: net("192.0.2.0/24"), expires_ns, created_ns, drops: 3, origin: Origin::Auto }
+    }
+
+    fn stored(expires_ns: u64, created_ns: u64) -> BlockRule {
+        BlockRule { expires_ns, created_ns, drops: 9, prefix_len: 24, origin: ORIGIN_AUTO }
+    }
+
+    #[test]
+    fn a_lapsed_rule_is_deleted_only_if_it_is_still_the_one_read() {
+        let read = rule(2_000, 1_000);
+        assert_eq!(lapse_action(&read, Some(&stored(2_000, 1_000))), Lapse::Removed, "drops may have moved");
+        assert_eq!(lapse_action(&read, None), Lapse::Gone);
+        // Re-added after the read: a new expiry (and creation) is a new rule, kept.
+        let Lapse::Replaced(newer) = lapse_action(&read, Some(&stored(9_000, 3_000))) else {
+            panic!("a re-added rule must not be deleted");
+        };
+        assert_eq!((newer.prefix, newer.expires_ns, newer.created_ns), (net("192.0.2.0/24"), 9_000, 3_000));
+        assert!(matches!(lapse_action(&read, Some(&stored(2_000, 1_500))), Lapse::Replaced(_)));
     }
 }

@@ -38,7 +38,9 @@ impl Allowlist {
     }
 
     fn push(&mut self, net: IpNet, why: &str) {
-        let net = net.trunc();
+        // An IPv4-mapped entry protects the IPv4 prefix it names, which is what the kernel
+        // matches IPv4 packets against; one straddling the mapped range stays as written.
+        let net = crate::block::rules::normalize(net).unwrap_or(net.trunc());
         if !self.entries.iter().any(|(n, _)| *n == net) {
             self.entries.push((net, why.to_owned()));
         }
@@ -47,7 +49,18 @@ impl Allowlist {
     /// Why `addr` is allowlisted, if it is.
     #[must_use]
     pub fn reason(&self, addr: IpAddr) -> Option<(IpNet, &str)> {
+        let addr = addr.to_canonical();
         self.entries.iter().find(|(n, _)| n.contains(&addr)).map(|(n, why)| (*n, why.as_str()))
+    }
+
+    /// The first entry that `prefix` overlaps (covers it, or lies inside it), and why it is
+    /// there. Compare prefixes as the kernel stores them ([`crate::block::rules::normalize`]).
+    #[must_use]
+    pub fn overlap(&self, prefix: IpNet) -> Option<(IpNet, &str)> {
+        self.entries
+            .iter()
+            .find(|(n, _)| prefix.contains(&n.network()) || n.contains(&prefix.network()))
+            .map(|(n, why)| (*n, why.as_str()))
     }
 
     #[must_use]
@@ -83,5 +96,18 @@ mod tests {
         assert!(list.reason("198.51.100.1".parse().unwrap()).is_none());
         let bare = Allowlist::new(&[], false);
         assert!(bare.reason("127.0.0.1".parse().unwrap()).is_none());
+    }
+
+    #[test]
+    fn overlap_both_ways_and_mapped_entries() {
+        let net = |t: &str| t.parse::<IpNet>().unwrap();
+        let list = Allowlist::new(&[net("10.1.0.0/16"), net("::ffff:192.0.2.0/120"), net("2001:db8::/32")], false);
+        assert_eq!(list.overlap(net("10.1.2.3/32")).map(|(n, _)| n), Some(net("10.1.0.0/16")), "inside");
+        assert_eq!(list.overlap(net("10.0.0.0/8")).map(|(n, _)| n), Some(net("10.1.0.0/16")), "covers");
+        assert!(list.overlap(net("10.2.0.0/16")).is_none());
+        assert_eq!(list.overlap(net("192.0.2.9/32")), Some((net("192.0.2.0/24"), "configured")));
+        assert!(list.overlap(net("2001:db8:1::/48")).is_some());
+        assert!(list.overlap(net("0.0.0.0/0")).is_some());
+        assert_eq!(list.reason("::ffff:192.0.2.5".parse().unwrap()).map(|(n, _)| n), Some(net("192.0.2.0/24")));
     }
 }

@@ -28,7 +28,7 @@ use crate::clock::rfc3339_millis;
 use crate::{
     block::{
         Blocklist, Rule,
-        rules::{BlockError, Origin},
+        rules::{BlockError, Lapse, Origin},
     },
     flows::{FlowRecord, harvest::LiveFlow},
     model::Detector,
@@ -505,14 +505,19 @@ impl Engine {
         let mut current = HashMap::new();
         for rule in blocklist.list()? {
             if !rule.is_active(now_mono_ns) {
-                match blocklist.remove(rule.prefix) {
-                    Ok(true) => {
+                // Deleted only if still the rule read: one re-added meanwhile stays.
+                match blocklist.remove_if_lapsed(&rule) {
+                    Ok(Lapse::Replaced(newer)) => {
+                        current.insert(newer.prefix, newer);
+                        continue;
+                    }
+                    Ok(Lapse::Removed) => {
                         self.known_rules.remove(&rule.prefix);
                         self.stats.unblocks += 1;
                         notices.push(rule_doc(&self.config, Kind::Unblock, now_wall_ns, &rule, now_mono_ns, "ttl"));
                         continue;
                     }
-                    Ok(false) => continue,
+                    Ok(Lapse::Gone) => continue,
                     // Still there: kept as current and retried next cycle.
                     Err(_) => {}
                 }
