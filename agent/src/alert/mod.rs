@@ -1,1 +1,4 @@
+//! Alert delivery: serialised alert events fanned out to sinks, each on its own thread.
+
 pub mod sink;
+pub mod webhook;

@@ -24,6 +24,8 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
 
+use super::webhook::{self, WebhookOutput, WebhookSettings};
+
 /// Default bound of each sink's queue.
 pub const DEFAULT_QUEUE: usize = 10_000;
 /// Largest accepted queue bound: `sync_channel` allocates its slots up front.
@@ -32,6 +34,8 @@ pub const MAX_QUEUE: usize = 1_000_000;
 pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// Largest syslog message: the biggest UDP payload over IPv4 (64 KiB less the headers).
 pub const MAX_SYSLOG_MESSAGE: usize = 65_507;
+/// A failing sink logs at most one failure line per this long, with the count since the last.
+pub const FAILURE_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// One `[[alerts.sinks]]` entry: the sink and the bound of its queue.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -65,7 +69,7 @@ pub enum SinkConfig {
     },
     /// HTTP POST of each event (`Content-Type: application/json`), retried with backoff.
     Webhook {
-        /// `http://` only: ureq is built without TLS.
+        /// `https://` (certificates verified), or `http://` with `allow_http = true`.
         url: String,
         #[serde(default = "default_timeout", with = "humantime_str")]
         timeout: Duration,
@@ -74,6 +78,12 @@ pub enum SinkConfig {
         /// First retry delay, doubled on each retry and capped at [`MAX_BACKOFF`].
         #[serde(default = "default_backoff", with = "humantime_str")]
         backoff: Duration,
+        /// PEM file of the CA certificates to trust instead of the built-in (Mozilla) roots.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ca_file: Option<PathBuf>,
+        /// Allow a plain `http://` url: alerts then cross the network unencrypted.
+        #[serde(default)]
+        allow_http: bool,
     },
 }
 
@@ -215,13 +225,7 @@ impl SinkConfig {
                 }
                 Ok(())
             }
-            SinkConfig::Webhook { url, timeout, .. } => {
-                parse_http_url(url)?;
-                if timeout.is_zero() {
-                    return Err("webhook timeout must be more than zero".into());
-                }
-                Ok(())
-            }
+            SinkConfig::Webhook { .. } => self.webhook_settings().map_or(Ok(()), |s| webhook::validate(&s)),
         }
     }
 
@@ -232,38 +236,28 @@ impl SinkConfig {
             SinkConfig::Stdout => "stdout".into(),
             SinkConfig::File { path } => format!("file:{}", path.display()),
             SinkConfig::Syslog { address, .. } => format!("syslog:{address}"),
-            SinkConfig::Webhook { url, .. } => format!("webhook:{}", redact_userinfo(url)),
+            SinkConfig::Webhook { url, .. } => format!("webhook:{}", webhook::redact_userinfo(url)),
         }
+    }
+
+    fn webhook_settings(&self) -> Option<WebhookSettings<'_>> {
+        let SinkConfig::Webhook { url, timeout, max_retries, backoff, ca_file, allow_http } = self else {
+            return None;
+        };
+        Some(WebhookSettings {
+            url,
+            timeout: *timeout,
+            max_retries: *max_retries,
+            backoff: *backoff,
+            ca_file: ca_file.as_deref(),
+            allow_http: *allow_http,
+        })
     }
 }
 
 /// RFC 5424 header fields are PRINTUSASCII (no spaces) of bounded length.
 fn is_header_field(s: &str, max: usize) -> bool {
     !s.is_empty() && s.len() <= max && s.bytes().all(|b| b.is_ascii_graphic())
-}
-
-fn parse_http_url(url: &str) -> Result<ureq::http::Uri, String> {
-    if url.starts_with("https://") {
-        return Err(format!("webhook url must start with http:// (https is not compiled in), got {url:?}"));
-    }
-    if !url.starts_with("http://") {
-        return Err(format!("webhook url must start with http://, got {url:?}"));
-    }
-    match url.parse::<ureq::http::Uri>() {
-        Ok(uri) if uri.host().is_some_and(|h| !h.is_empty()) => Ok(uri),
-        Ok(_) => Err(format!("webhook url has no host: {url:?}")),
-        Err(e) => Err(format!("webhook url {url:?} is invalid: {e}")),
-    }
-}
-
-/// Hides `user:password@` in a URL so it does not reach logs or metrics.
-fn redact_userinfo(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    match rest[..authority_end].rfind('@') {
-        Some(at) => format!("{scheme}://***@{}", &rest[at + 1..]),
-        None => url.to_owned(),
-    }
 }
 
 enum SyslogAddress {
@@ -316,6 +310,12 @@ impl Sinks {
     /// # Errors
     /// An invalid setting, a file or socket that cannot be opened, or a thread that cannot start.
     pub fn start(specs: &[SinkSpec]) -> Result<Sinks, SinkError> {
+        Self::start_with(specs, None)
+    }
+
+    /// [`Sinks::start`] with the threads' stack size (`None`: the default), so a test can make
+    /// the spawn fail.
+    fn start_with(specs: &[SinkSpec], stack_size: Option<usize>) -> Result<Sinks, SinkError> {
         let outputs = specs
             .iter()
             .enumerate()
@@ -333,8 +333,12 @@ impl Sinks {
             let (tx, rx) = mpsc::sync_channel(queue);
             let counters = Arc::new(Counters::default());
             let (worker_name, worker_counters, abort) = (name.clone(), counters.clone(), sinks.abort.clone());
-            let thread = thread::Builder::new()
-                .name(format!("alert-sink-{index}"))
+            let mut builder = thread::Builder::new().name(format!("alert-sink-{index}"));
+            if let Some(size) = stack_size {
+                builder = builder.stack_size(size);
+            }
+            // On an error `sinks` drops: the threads started so far see their queues close and end.
+            let thread = builder
                 .spawn(move || run_worker(&worker_name, output, &rx, &worker_counters, &abort))
                 .map_err(|source| SinkError::Spawn { name: name.clone(), source })?;
             info!(sink = %name, queue, "alert sink started");
@@ -400,7 +404,7 @@ impl Sinks {
 }
 
 fn run_worker(name: &str, mut output: Output, rx: &Receiver<Arc<Event>>, counters: &Counters, abort: &AtomicBool) {
-    let mut failing = false;
+    let mut log = FailureLog::new(FAILURE_LOG_INTERVAL);
     for event in rx {
         if abort.load(Ordering::Relaxed) {
             counters.failed.fetch_add(1, Ordering::Relaxed);
@@ -409,21 +413,63 @@ fn run_worker(name: &str, mut output: Output, rx: &Receiver<Arc<Event>>, counter
         match output.deliver(&event, abort) {
             Ok(()) => {
                 counters.delivered.fetch_add(1, Ordering::Relaxed);
-                if failing {
-                    info!(sink = name, "alert sink recovered");
-                    failing = false;
+                if let Some(unreported) = log.success() {
+                    info!(sink = name, failed_since_last_report = unreported, "alert sink recovered");
                 }
             }
             Err(error) => {
                 counters.failed.fetch_add(1, Ordering::Relaxed);
-                if !failing {
-                    warn!(sink = name, %error, "alert delivery failed; further failures are counted, not logged");
-                    failing = true;
+                if let Some(failed) = log.failure(Instant::now()) {
+                    warn!(
+                        sink = name,
+                        %error,
+                        failed_since_last_report = failed,
+                        "alert delivery failed; next report in {}s at the earliest",
+                        FAILURE_LOG_INTERVAL.as_secs()
+                    );
                 }
             }
         }
     }
     debug!(sink = name, "alert sink stopped");
+}
+
+/// When a sink's failures are logged: the first at once, then at most one line per
+/// `interval` carrying how many failed since the previous line, and one line on recovery.
+#[derive(Debug)]
+struct FailureLog {
+    interval: Duration,
+    last_line: Option<Instant>,
+    /// Failures not yet in a line.
+    unreported: u64,
+    /// A failure line went out and no recovery line since.
+    failing: bool,
+}
+
+impl FailureLog {
+    const fn new(interval: Duration) -> Self {
+        Self { interval, last_line: None, unreported: 0, failing: false }
+    }
+
+    /// Records a failure at `now`; `Some(failures the line reports)` when one is due.
+    fn failure(&mut self, now: Instant) -> Option<u64> {
+        self.unreported += 1;
+        if self.last_line.is_some_and(|t| now.saturating_duration_since(t) < self.interval) {
+            return None;
+        }
+        self.last_line = Some(now);
+        self.failing = true;
+        Some(std::mem::take(&mut self.unreported))
+    }
+
+    /// Records a success; `Some(failures since the last line)` when it ends a reported failure.
+    fn success(&mut self) -> Option<u64> {
+        if !self.failing {
+            return None;
+        }
+        self.failing = false;
+        Some(std::mem::take(&mut self.unreported))
+    }
 }
 
 enum Output {
@@ -441,20 +487,10 @@ impl Output {
             SinkConfig::Syslog { address, facility, hostname, app_name } => {
                 Output::Syslog(SyslogOutput::open(address, *facility, hostname.as_deref(), app_name)?)
             }
-            SinkConfig::Webhook { url, timeout, max_retries, backoff } => {
-                parse_http_url(url).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-                let config = ureq::Agent::config_builder()
-                    .timeout_global(Some(*timeout))
-                    .http_status_as_error(false)
-                    .user_agent(concat!("vigil/", env!("CARGO_PKG_VERSION")))
-                    .build();
-                Output::Webhook(WebhookOutput {
-                    agent: ureq::Agent::new_with_config(config),
-                    url: url.clone(),
-                    max_retries: *max_retries,
-                    backoff: (*backoff).min(MAX_BACKOFF),
-                })
-            }
+            SinkConfig::Webhook { .. } => match config.webhook_settings() {
+                Some(settings) => Output::Webhook(WebhookOutput::open(&settings)?),
+                None => unreachable!("a webhook has webhook settings"),
+            },
         })
     }
 
@@ -480,17 +516,20 @@ struct FileOutput {
     path: PathBuf,
     /// The open file and its (device, inode); `None` after a write error, reopened next event.
     file: Option<(File, (u64, u64))>,
+    /// Times the file was opened (start, renames, failures).
+    opens: u64,
 }
 
 impl FileOutput {
     fn open(path: &Path) -> io::Result<FileOutput> {
-        let mut output = FileOutput { path: path.to_owned(), file: None };
+        let mut output = FileOutput { path: path.to_owned(), file: None, opens: 0 };
         output.reopen()?;
         Ok(output)
     }
 
     fn reopen(&mut self) -> io::Result<()> {
         self.file = None;
+        self.opens += 1;
         let file = OpenOptions::new().append(true).create(true).open(&self.path)?;
         let meta = file.metadata()?;
         self.file = Some((file, (meta.dev(), meta.ino())));
@@ -591,44 +630,9 @@ fn system_hostname() -> String {
     if name.is_empty() { "-".to_owned() } else { name }
 }
 
-struct WebhookOutput {
-    agent: ureq::Agent,
-    url: String,
-    max_retries: u32,
-    backoff: Duration,
-}
-
-impl WebhookOutput {
-    fn post(&self, event: &Event, abort: &AtomicBool) -> Result<(), String> {
-        let mut delay = self.backoff;
-        let mut attempt = 0;
-        loop {
-            let result =
-                self.agent.post(&self.url).header("content-type", "application/json").send(event.json.as_bytes());
-            let error = match result {
-                Ok(response) if response.status().is_success() => return Ok(()),
-                Ok(response) => format!("HTTP status {}", response.status()),
-                Err(e) => e.to_string(),
-            };
-            if attempt >= self.max_retries || abort.load(Ordering::Relaxed) {
-                return Err(format!("{error} (gave up after {} attempts)", attempt + 1));
-            }
-            debug!(url = %redact_userinfo(&self.url), %error, ?delay, "webhook delivery failed; retrying");
-            let wake = Instant::now() + delay;
-            while Instant::now() < wake && !abort.load(Ordering::Relaxed) {
-                thread::sleep((wake - Instant::now()).min(Duration::from_millis(50)));
-            }
-            delay = delay.saturating_mul(2).min(MAX_BACKOFF);
-            attempt += 1;
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::{BufRead, BufReader, Read};
-    use std::net::TcpListener;
 
     fn event(n: usize) -> Event {
         Event {
@@ -758,81 +762,83 @@ mod tests {
         assert_eq!(crate::clock::rfc3339_micros(1_795_255_200_123_456_789), "2026-11-21T10:00:00.123456Z");
     }
 
-    /// Serves one HTTP request per entry of `statuses` (in order; 0 means never answer), returning
-    /// the request bodies it read.
-    fn http_server(statuses: Vec<u16>) -> (String, JoinHandle<Vec<String>>) {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!("http://{}/alerts", listener.local_addr().unwrap());
-        let server = thread::spawn(move || {
-            let mut bodies = Vec::new();
-            for status in statuses {
-                let (stream, _) = listener.accept().unwrap();
-                let mut reader = BufReader::new(stream);
-                let mut length = 0;
-                loop {
-                    let mut line = String::new();
-                    reader.read_line(&mut line).unwrap();
-                    if let Some((key, value)) = line.split_once(':')
-                        && key.eq_ignore_ascii_case("content-length")
-                    {
-                        length = value.trim().parse().unwrap();
-                    }
-                    if line.trim().is_empty() {
-                        break;
-                    }
-                }
-                let mut body = vec![0; length];
-                reader.read_exact(&mut body).unwrap();
-                bodies.push(String::from_utf8(body).unwrap());
-                if status == 0 {
-                    thread::sleep(Duration::from_secs(3));
-                    continue;
-                }
-                let response = format!("HTTP/1.1 {status} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
-                reader.get_mut().write_all(response.as_bytes()).unwrap();
-            }
-            bodies
-        });
-        (url, server)
-    }
-
-    fn webhook(url: String, max_retries: u32) -> SinkConfig {
-        SinkConfig::Webhook { url, timeout: Duration::from_secs(1), max_retries, backoff: Duration::from_millis(10) }
-    }
-
     #[test]
-    fn webhook_retries_after_server_error() {
-        let (url, server) = http_server(vec![500, 200]);
-        let sinks = Sinks::start(&[spec(webhook(url.clone(), 3), 10)]).unwrap();
-        assert_eq!(sinks.stats()[0].name, format!("webhook:{url}"));
-        sinks.send(&event(1));
-        let stats = wait_for(&sinks, |s| s.delivered + s.failed > 0);
-        assert_eq!((stats.delivered, stats.failed, stats.dropped), (1, 0, 0));
-        sinks.shutdown(Duration::from_secs(5));
-        assert_eq!(server.join().unwrap(), vec![event(1).json, event(1).json]);
-    }
-
-    #[test]
-    fn webhook_gives_up_on_dead_receiver() {
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let sinks = Sinks::start(&[spec(webhook(format!("http://127.0.0.1:{port}/"), 1), 10)]).unwrap();
-        sinks.send(&event(1));
-        let stats = wait_for(&sinks, |s| s.delivered + s.failed > 0);
-        assert_eq!((stats.delivered, stats.failed), (0, 1));
+    fn file_sink_on_a_full_disk_counts_failures_and_keeps_going() {
+        let sinks = Sinks::start(&[spec(SinkConfig::File { path: "/dev/full".into() }, 100)]).unwrap();
+        (0..5).for_each(|n| sinks.send(&event(n)));
+        let stats = wait_for(&sinks, |s| s.failed == 5);
+        assert_eq!((stats.delivered, stats.dropped), (0, 0));
         sinks.shutdown(Duration::from_secs(5));
     }
 
     #[test]
-    fn slow_webhook_drops_instead_of_blocking() {
-        let (url, _server) = http_server(vec![0]);
-        let sinks = Sinks::start(&[spec(webhook(url, 0), 2)]).unwrap();
-        (0..50).for_each(|n| sinks.send(&event(n)));
-        let stats = sinks.stats().remove(0);
-        assert!(stats.dropped >= 40, "{stats:?}");
+    fn file_output_reopens_on_the_event_after_a_failure() {
+        let mut out = FileOutput::open(Path::new("/dev/full")).unwrap();
+        assert_eq!(out.opens, 1);
+        for n in 1..=3 {
+            let err = out.write_line("{}").unwrap_err();
+            assert_eq!(err.raw_os_error(), Some(libc::ENOSPC));
+            assert!(out.file.is_none(), "a failed handle is dropped");
+            assert_eq!(out.opens, n, "opened again only when the next event comes");
+        }
+    }
+
+    #[test]
+    fn syslog_socket_gone_then_back() {
+        let dir = temp_dir("unix-gone");
+        let path = dir.join("log.sock");
+        let receiver = UnixDatagram::bind(&path).unwrap();
+        let config = SinkConfig::Syslog {
+            address: format!("unix://{}", path.display()),
+            facility: Facility::default(),
+            hostname: None,
+            app_name: default_app_name(),
+        };
+        let sinks = Sinks::start(&[spec(config, 10)]).unwrap();
+        drop(receiver);
+        fs::remove_file(&path).unwrap();
+        sinks.send(&event(1));
+        sinks.send(&event(2));
+        let stats = wait_for(&sinks, |s| s.failed == 2);
         assert_eq!(stats.delivered, 0);
-        let started = Instant::now();
-        sinks.shutdown(Duration::from_millis(100));
-        assert!(started.elapsed() < Duration::from_secs(1), "shutdown waits at most its timeout");
+        // The daemon comes back: the next event reconnects.
+        let receiver = UnixDatagram::bind(&path).unwrap();
+        receiver.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        sinks.send(&event(3));
+        let mut buf = vec![0; 70_000];
+        let n = receiver.recv(&mut buf).unwrap();
+        check_syslog(&buf[..n], &event(3));
+        assert_eq!(wait_for(&sinks, |s| s.delivered == 1).failed, 2);
+        sinks.shutdown(Duration::from_secs(5));
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn failures_are_logged_once_per_interval_with_the_count() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut log = FailureLog::new(Duration::from_secs(10));
+        assert_eq!(log.success(), None, "nothing to recover from");
+        assert_eq!(log.failure(at(0)), Some(1), "the first failure is logged at once");
+        for ms in [1, 500, 9_999] {
+            assert_eq!(log.failure(at(ms)), None, "quiet inside the interval");
+        }
+        assert_eq!(log.failure(at(10_000)), Some(4), "then one line with the failures since the last");
+        assert_eq!(log.failure(at(10_001)), None);
+        assert_eq!(log.success(), Some(1), "recovery reports the failures not yet logged");
+        assert_eq!(log.success(), None);
+        assert_eq!(log.failure(at(12_000)), None, "a flapping sink still logs once per interval");
+        assert_eq!(log.failure(at(20_000)), Some(2));
+    }
+
+    #[test]
+    fn a_thread_that_cannot_start_is_an_error() {
+        let sinks = [spec(SinkConfig::Stdout, 1)];
+        let Err(error) = Sinks::start_with(&sinks, Some(1 << 60)) else {
+            panic!("a 1 EiB stack cannot be allocated");
+        };
+        assert!(matches!(error, SinkError::Spawn { .. }), "{error}");
+        assert!(error.to_string().starts_with("starting thread for alert sink stdout"), "{error}");
     }
 
     #[test]
@@ -849,8 +855,9 @@ mod tests {
         }
         assert!(spec(syslog("udp://[::1]:514"), 1).validate().is_ok());
         assert!(spec(syslog("unix:///dev/log"), 1).validate().is_ok());
-        let https = err(spec(webhook("https://example.com/x".into(), 1), 1));
-        assert!(https.starts_with("webhook url") && https.contains("https is not compiled in"), "{https}");
+        let http = err(spec(webhook("http://example.com/x", false), 1));
+        assert!(http.starts_with("webhook url") && http.contains("allow_http = true"), "{http}");
+        assert!(spec(webhook("https://example.com/x", false), 1).validate().is_ok());
         assert!(err(spec(SinkConfig::Stdout, 0)).starts_with("queue must be"));
         let mut app = syslog("udp://h:514");
         if let SinkConfig::Syslog { app_name, .. } = &mut app {
@@ -863,6 +870,17 @@ mod tests {
             panic!("start must reject the second sink");
         };
         assert!(reason.contains("queue"));
+    }
+
+    fn webhook(url: &str, allow_http: bool) -> SinkConfig {
+        SinkConfig::Webhook {
+            url: url.into(),
+            timeout: Duration::from_secs(1),
+            max_retries: 1,
+            backoff: Duration::from_millis(10),
+            ca_file: None,
+            allow_http,
+        }
     }
 
     #[derive(Debug, PartialEq, Deserialize, Serialize)]
@@ -891,6 +909,12 @@ mod tests {
             url = "http://user:pw@siem.local:8080/hook"
             timeout = "2s"
             max_retries = 3
+            allow_http = true
+
+            [[sinks]]
+            type = "webhook"
+            url = "https://siem.example/hook"
+            ca_file = "/etc/vigil/siem-ca.pem"
         "#;
         let config: Config = toml::from_str(text).unwrap();
         let expected = vec![
@@ -911,6 +935,19 @@ mod tests {
                     timeout: Duration::from_secs(2),
                     max_retries: 3,
                     backoff: Duration::from_millis(500),
+                    ca_file: None,
+                    allow_http: true,
+                },
+                DEFAULT_QUEUE,
+            ),
+            spec(
+                SinkConfig::Webhook {
+                    url: "https://siem.example/hook".into(),
+                    timeout: Duration::from_secs(5),
+                    max_retries: 5,
+                    backoff: Duration::from_millis(500),
+                    ca_file: Some("/etc/vigil/siem-ca.pem".into()),
+                    allow_http: false,
                 },
                 DEFAULT_QUEUE,
             ),
