@@ -113,6 +113,11 @@ pub struct DetectionSection {
     /// Flows to these destinations are tracked but not scored: link-local control traffic
     /// (neighbour discovery, mDNS, IGMP) that no model of unicast traffic describes.
     pub ignore_destinations: Vec<IpNet>,
+    /// Public keys a bundle directory must be signed with: 64 hex digits, or the path of a
+    /// key file from `vigil model keygen`.
+    pub trusted_keys: Vec<String>,
+    /// Load bundle directories not signed by a trusted key (with a warning).
+    pub allow_unsigned: bool,
 }
 
 impl Default for DetectionSection {
@@ -125,6 +130,8 @@ impl Default for DetectionSection {
                 .iter()
                 .map(|n| n.parse().expect("literal prefix"))
                 .collect(),
+            trusted_keys: Vec::new(),
+            allow_unsigned: false,
         }
     }
 }
@@ -323,6 +330,16 @@ impl Config {
         if self.detection.model.is_empty() {
             return bad("detection.model", "must be \"default\" or a bundle directory");
         }
+        for key in &self.detection.trusted_keys {
+            if key.is_empty() {
+                return bad("detection.trusted_keys", "entries must be 64 hex digits or a key file path");
+            }
+            if crate::model::sign::is_hex_key(key)
+                && let Err(e) = crate::model::sign::PublicKey::parse(key, key)
+            {
+                return Err(ConfigError::Invalid { field: "detection.trusted_keys", message: e.to_string() });
+            }
+        }
         if self.detection.context_window.0.is_zero() {
             return bad("detection.context_window", "must be greater than zero");
         }
@@ -409,6 +426,20 @@ mod tests {
         assert_eq!(parse_interval_flag("7days"), Ok(MAX_INTERVAL));
         assert!(parse_interval_flag("600years").unwrap_err().contains("at most 7days"));
         assert!(parse_interval_flag("soon").is_err());
+    }
+
+    #[test]
+    fn trusted_keys_are_keys_or_paths_and_bad_keys_are_named() {
+        assert!(!Config::default().detection.allow_unsigned, "unsigned bundles are refused by default");
+        let weak = format!("01{}", "00".repeat(31));
+        let mut c = Config::parse(&format!("[detection]\ntrusted_keys = [\"{weak}\"]\nallow_unsigned = true\n")).unwrap();
+        assert!(c.detection.allow_unsigned);
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.starts_with("config: `detection.trusted_keys` 0100") && e.contains("weak key"), "{e}");
+        c.detection.trusted_keys = vec![String::new()];
+        assert!(c.validate().unwrap_err().to_string().contains("detection.trusted_keys"));
+        c.detection.trusted_keys = vec!["/etc/vigil/k.pub".into()];
+        c.validate().expect("key files are read when the model loads");
     }
 
     #[test]

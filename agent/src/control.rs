@@ -42,6 +42,9 @@ pub struct AgentStatus {
     pub started: String,
     pub updated: String,
     pub model: String,
+    /// sha256 of the running bundle's `manifest.json`.
+    #[serde(default)]
+    pub model_sha256: String,
     pub block_mode: String,
     pub flows_tracked: usize,
     pub flow_capacity: u32,
@@ -239,8 +242,8 @@ impl std::fmt::Display for StatusReport {
         match (&self.agent, self.agent_running) {
             (Some(a), true) => writeln!(
                 f,
-                "agent:    running, pid {} on {} ({} XDP), since {}; model {}, block mode {}",
-                a.pid, a.iface, a.xdp_mode, a.started, a.model, a.block_mode
+                "agent:    running, pid {} on {} ({} XDP), since {}; model {} (sha256 {}), block mode {}",
+                a.pid, a.iface, a.xdp_mode, a.started, a.model, a.model_sha256, a.block_mode
             )?,
             (Some(a), false) => writeln!(f, "agent:    not running (last status from pid {} at {})", a.pid, a.updated)?,
             (None, _) => writeln!(f, "agent:    not running (no status file)")?,

@@ -45,6 +45,41 @@ enum Command {
     Detach(ControlArgs),
     /// Print or check the configuration.
     Config(ConfigArgs),
+    /// Make signing keys, sign model bundles and verify their signatures.
+    Model(ModelCommandArgs),
+}
+
+#[derive(Debug, Args)]
+struct ModelCommandArgs {
+    #[command(subcommand)]
+    action: ModelAction,
+}
+
+#[derive(Debug, Subcommand)]
+enum ModelAction {
+    /// Write a new key pair: DIR/vigil-model.key (mode 0600; keep it secret) and DIR/vigil-model.pub.
+    Keygen {
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
+    /// Check that a bundle loads and sign it: writes `BUNDLE_DIR/manifest.sig`.
+    Sign {
+        /// The private key file (from `vigil model keygen`).
+        #[arg(long, value_name = "KEY")]
+        key: PathBuf,
+        #[arg(value_name = "BUNDLE_DIR")]
+        bundle: PathBuf,
+    },
+    /// Check a bundle (checksums, values, probes) and its signature; exit 0 only if it loads
+    /// and is signed by one of the keys.
+    Verify {
+        /// A public key: a key file, or 64 hex digits. Repeat for several.
+        #[arg(long = "key", value_name = "PUB", required = true)]
+        keys: Vec<String>,
+        /// A bundle directory, or `default` for the built-in one.
+        #[arg(value_name = "BUNDLE_DIR")]
+        bundle: PathBuf,
+    },
 }
 
 /// Where the control commands find the sensor.
@@ -343,6 +378,9 @@ struct RunArgs {
     /// Model bundle directory, or `default` for the built-in one.
     #[arg(long, value_name = "DIR")]
     model: Option<String>,
+    /// Load a model bundle not signed by a trusted key (`detection.allow_unsigned`).
+    #[arg(long)]
+    allow_unsigned_model: bool,
     /// Auto-block: off, dry-run (report only) or enforce.
     #[arg(long, value_enum)]
     block_mode: Option<BlockMode>,
@@ -400,6 +438,7 @@ impl RunArgs {
         if let Some(v) = self.model {
             c.detection.model = v;
         }
+        c.detection.allow_unsigned |= self.allow_unsigned_model;
         if let Some(v) = self.block_mode {
             c.block.mode = v;
         }
@@ -440,6 +479,7 @@ fn main() -> ExitCode {
         Command::Block(args) => block_command(args),
         Command::Detach(args) => detach_command(&args),
         Command::Config(args) => return config_command(&args),
+        Command::Model(args) => model_command(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -488,6 +528,35 @@ fn run_command(args: RunArgs) -> anyhow::Result<()> {
     };
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(run::run(config))?;
+    Ok(())
+}
+
+fn model_command(args: ModelCommandArgs) -> anyhow::Result<()> {
+    use vigil::model::sign::{PublicKey, SecretKey, keygen};
+    match args.action {
+        ModelAction::Keygen { out } => {
+            let (secret, public, key) = keygen(&out)?;
+            println!("private key: {} (mode 0600; keep it secret)", secret.display());
+            println!("public key:  {} ({key})", public.display());
+            println!("trust it with: [detection] trusted_keys = [\"{key}\"]");
+        }
+        ModelAction::Sign { key, bundle } => {
+            let key = SecretKey::read(&key)?;
+            let sig = Bundle::sign_dir(&bundle, &key)?;
+            let hash = Bundle::read_dir(&bundle)?.sha256();
+            println!("signed {} with {}: {}; manifest sha256 {hash}", bundle.display(), key.public(), sig.display());
+        }
+        ModelAction::Verify { keys, bundle } => {
+            let keys = keys
+                .iter()
+                .map(|k| PublicKey::from_entry(k, vigil::model::files::Access::Any))
+                .collect::<Result<Vec<_>, _>>()?;
+            let loaded = Bundle::load(&bundle)?;
+            loaded.detector(&Schema::flow())?;
+            let key = loaded.verify(&keys).with_context(|| bundle.display().to_string())?;
+            println!("{}: valid, signed by {key}; manifest sha256 {}", bundle.display(), loaded.sha256());
+        }
+    }
     Ok(())
 }
 

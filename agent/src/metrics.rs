@@ -79,6 +79,7 @@ pub struct Metrics {
     rule_drops: Family<Label, Counter>,
     block_actions: Family<Label, Counter>,
     sink_events: Family<Labels2, Counter>,
+    model_info: Family<Labels2, Gauge>,
     seen: Mutex<Seen>,
 }
 
@@ -105,6 +106,7 @@ impl Metrics {
             rule_drops: Family::default(),
             block_actions: Family::default(),
             sink_events: Family::default(),
+            model_info: Family::default(),
             seen: Mutex::default(),
         };
         // Known label values start at zero, so their series exist before the first event.
@@ -136,6 +138,11 @@ impl Metrics {
         r.register("block_rule_drops", "Packets dropped per blocklist rule", m.rule_drops.clone());
         r.register("block_actions", "Blocklist actions, by outcome", m.block_actions.clone());
         r.register("sink_events", "Events handed to output sinks, by sink and outcome", m.sink_events.clone());
+        r.register(
+            "model_info",
+            "The model bundle scoring flows: name and sha256 of its manifest.json (always 1)",
+            m.model_info.clone(),
+        );
         Arc::new(m)
     }
 
@@ -215,6 +222,11 @@ impl Metrics {
             let labels = [("sink", name.to_owned()), ("outcome", outcome.to_owned())];
             self.sink_events.get_or_create(&labels).inc_by(delta(last, now));
         }
+    }
+
+    /// The model bundle in use: `vigil_model_info{model, sha256} 1`.
+    pub fn set_model(&self, model: &str, sha256: &str) {
+        self.model_info.get_or_create(&[("model", model.to_owned()), ("sha256", sha256.to_owned())]).set(1);
     }
 
     /// The metrics as `OpenMetrics` text (see [`CONTENT_TYPE`]).
@@ -360,6 +372,14 @@ mod tests {
         assert!(text.contains("vigil_block_rule_drops_total{prefix=\"10.0.0.0/8\"} 12\n"), "{text}");
         assert!(!text.contains("192.0.2.1/32"), "{text}");
         assert!(text.contains("vigil_block_rules_active 1\n"), "{text}");
+    }
+
+    #[test]
+    fn model_info_names_the_bundle_and_its_hash() {
+        let m = Metrics::new();
+        m.set_model("default", "9d2b");
+        let text = m.encode();
+        assert!(text.contains("vigil_model_info{model=\"default\",sha256=\"9d2b\"} 1\n"), "{text}");
     }
 
     #[test]

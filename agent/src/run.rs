@@ -56,13 +56,28 @@ pub enum RunError {
     Scoring(#[from] OnnxError),
 }
 
-/// Loads the model a configuration names: `default` (built in) or a bundle directory.
+/// Loads the model a configuration names: `default` (built in) or a bundle directory that
+/// only root or the agent's user can write, signed by a trusted key unless
+/// `detection.allow_unsigned`. Answers the detector and the sha256 of its `manifest.json`.
 ///
 /// # Errors
 /// [`RunError::Model`] naming the bundle and what is wrong with it.
-pub fn load_detector(model: &str) -> Result<crate::model::Detector, RunError> {
-    let err = |source| RunError::Model { source_name: model.to_owned(), source };
-    Bundle::load(Path::new(model)).and_then(|b| b.detector(&Schema::flow())).map_err(err)
+pub fn load_detector(
+    detection: &crate::config::DetectionSection,
+) -> Result<(crate::model::Detector, String), RunError> {
+    let err = |source| RunError::Model { source_name: detection.model.clone(), source };
+    let trust = crate::model::Trust::from_config(&detection.trusted_keys, detection.allow_unsigned)
+        .map_err(|e| err(e.into()))?;
+    let (bundle, provenance) = Bundle::load_trusted(Path::new(&detection.model), &trust).map_err(err)?;
+    let detector = bundle.detector(&Schema::flow()).map_err(err)?;
+    let (model, sha256) = (&detection.model, bundle.sha256());
+    match provenance {
+        crate::model::Provenance::BuiltIn { signed: false } | crate::model::Provenance::Unverified { .. } => {
+            warn!(model, sha256, "model bundle {provenance}");
+        }
+        _ => info!(model, sha256, "model bundle {provenance}"),
+    }
+    Ok((detector, sha256))
 }
 
 /// The syslog severity of an engine event.
@@ -91,7 +106,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     if nix::net::if_::if_nametoindex(iface.as_str()).is_err() {
         return Err(SensorError::NoSuchInterface { iface }.into());
     }
-    let detector = load_detector(&config.detection.model)?;
+    let (detector, model_sha256) = load_detector(&config.detection)?;
     let mut writer = config.flows.out.as_deref().map(FlowWriter::open).transpose()?;
     let sink_specs = if config.alerts.sinks.is_empty() {
         vec![crate::alert::sink::SinkSpec { kind: crate::alert::sink::SinkConfig::Stdout, queue: 10_000 }]
@@ -141,6 +156,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     let thresholds = detector.thresholds;
     // The context window holds at most a flow table's worth of flows (memory under a flood).
     let context = ContextWindow::with_capacity(config.detection.context_window.0, s.flow_capacity as usize);
+    metrics.set_model(&config.detection.model, &model_sha256);
     let mut scorer = LiveScorer::new(detector, context);
     info!(
         interval = ?s.interval.0,
@@ -180,6 +196,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         {
             if emit_failed.is_none() {
                 warn!(error = %e, "writing flow records failed; later failures are counted at shutdown");
+        model_sha256: model_sha256.clone(),
             }
             emit_failed.get_or_insert(e);
         }
@@ -208,6 +225,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     let mut suppressed = 0u64;
     let mut since = clock::monotonic_ns();
     let mut ticker = tokio::time::interval(s.interval.0);
+        model_sha256: model_sha256.clone(),
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticker.tick().await;
     let stop = loop {

@@ -84,6 +84,8 @@ pub struct EngineConfig {
     /// Interface the sensor watches (for `observer.ingress.interface.name`).
     pub iface: String,
     pub hostname: String,
+    /// sha256 of the model bundle's `manifest.json`, in every event as `vigil.model.sha256`.
+    pub model_sha256: String,
 }
 
 /// Severity of an event, in ECS (numeric) and syslog terms.
@@ -727,6 +729,7 @@ fn worst_flow(
 
 fn alert_doc(
     config: &EngineConfig,
+        "vigil": { "model": { "sha256": config.model_sha256 } },
     detector: &Detector,
     now_wall_ns: u64,
     src: IpAddr,

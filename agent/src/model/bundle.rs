@@ -1,10 +1,15 @@
-//! Model bundles: a directory with `manifest.json`, `iforest.json` and `autoencoder.onnx`.
+//! Model bundles: a directory with `manifest.json`, `iforest.json`, `autoencoder.onnx` and,
+//! when signed, `manifest.sig`.
 //!
 //! The manifest carries the format version, the feature schema, the scaler, the baseline, how
-//! scores combine, the thresholds, a summary of the training data and the sha256 of the other
-//! two files. Loading checks all of it before anything is used: a bundle of another schema, a
-//! file that does not match its checksum, a forest with an index out of range or an ONNX model
-//! of the wrong width is refused with a message that names the problem.
+//! scores combine, the thresholds, a summary of the training data and the sha256 and size of
+//! the other two files. Loading checks all of it before anything is used: sizes are capped
+//! before a file is read, a bundle of another schema, a file that does not match its checksum
+//! or size, a forest with an index out of range or of a shape training never makes, an ONNX
+//! model of the wrong width, a value outside its range or a model that does not react to
+//! off-baseline probe rows is refused with a message that names the problem. `vigil run` also
+//! refuses files other users own or can write, and bundles not signed by a trusted key
+//! ([`super::sign`]).
 
 use std::{
     collections::BTreeMap,
@@ -17,8 +22,10 @@ use sha2::{Digest, Sha256};
 
 use super::{
     detector::{Combine, Detector, DetectorError, Scaler, Thresholds},
+    files::{self, Access, FileError},
     iforest::{ForestError, IsolationForest},
     onnx::OnnxScorer,
+    sign::{self, Provenance, PublicKey, SIGNATURE, SecretKey, SignError, Trust},
 };
 use crate::features::Schema;
 
@@ -27,6 +34,18 @@ pub const FORMAT_VERSION: u32 = 1;
 pub const MANIFEST: &str = "manifest.json";
 pub const IFOREST: &str = "iforest.json";
 pub const AUTOENCODER: &str = "autoencoder.onnx";
+/// Largest `manifest.json` read (the shipped one is under 10 KiB).
+pub const MANIFEST_MAX_BYTES: u64 = 4 << 20;
+/// Largest `iforest.json` read (the shipped one is about 0.5 MiB; see also
+/// [`super::iforest::MAX_NODES`]).
+pub const IFOREST_MAX_BYTES: u64 = 256 << 20;
+/// Largest `autoencoder.onnx` read (the shipped one is about 40 KiB).
+pub const AUTOENCODER_MAX_BYTES: u64 = 64 << 20;
+/// Largest `manifest.sig` read (one line of 128 hex digits).
+const SIGNATURE_MAX_BYTES: u64 = 4096;
+
+/// The model files the manifest lists, with the most each may be.
+const MODEL_FILES: [(&str, u64); 2] = [(IFOREST, IFOREST_MAX_BYTES), (AUTOENCODER, AUTOENCODER_MAX_BYTES)];
 
 /// A checksummed file of the bundle.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -57,6 +76,8 @@ pub struct Manifest {
 pub enum BundleError {
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    File(#[from] FileError),
     #[error("{file}: not valid JSON for this format: {source}")]
     Json { file: String, source: serde_json::Error },
     #[error("{MANIFEST}: format version {found}, this build reads {FORMAT_VERSION}")]
@@ -65,6 +86,12 @@ pub enum BundleError {
     Schema(String),
     #[error("{MANIFEST}: no entry for {0}")]
     MissingEntry(&'static str),
+    #[error("{MANIFEST}: files lists {0}, which is not part of a bundle")]
+    ExtraEntry(String),
+    #[error("{MANIFEST}: files.\"{file}\".bytes is {claimed}; it must be at most {limit}")]
+    SizeClaim { file: &'static str, claimed: u64, limit: u64 },
+    #[error("{file}: {found} bytes where the manifest says {claimed}")]
+    Size { file: &'static str, claimed: u64, found: u64 },
     #[error("{file}: sha256 {found} does not match the manifest's {expected}")]
     Checksum { file: &'static str, expected: String, found: String },
     #[error("{IFOREST}: {0}")]
@@ -73,26 +100,29 @@ pub enum BundleError {
     Onnx(#[from] super::onnx::OnnxError),
     #[error("{0}")]
     Detector(#[from] DetectorError),
+    #[error("{0}")]
+    Sign(#[from] SignError),
     #[error("this build of vigil has no default model (models/default was missing when it was compiled)")]
     NoDefault,
 }
 
-/// The three files of a bundle, in memory.
+/// The files of a bundle, in memory.
 #[derive(Clone, Debug)]
 pub struct Bundle {
     pub manifest: Manifest,
     pub iforest: Vec<u8>,
     pub autoencoder: Vec<u8>,
+    /// `manifest.json` as read (or as [`Bundle::write_dir`] writes it): what the bundle's
+    /// hash and signature cover.
+    manifest_json: Vec<u8>,
+    /// `manifest.sig`, if the bundle has one.
+    signature: Option<Vec<u8>>,
 }
 
 /// Hex sha256 of bytes.
 #[must_use]
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    Sha256::digest(bytes).iter().fold(String::with_capacity(64), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
+    sign::to_hex(&Sha256::digest(bytes))
 }
 
 fn entry(bytes: &[u8]) -> FileEntry {
@@ -104,57 +134,109 @@ mod embedded {
     pub const MANIFEST: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/default-model/manifest.json"));
     pub const IFOREST: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/default-model/iforest.json"));
     pub const AUTOENCODER: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/default-model/autoencoder.onnx"));
+    pub const SIGNATURE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/default-model/manifest.sig"));
 }
 
 impl Bundle {
     /// Builds a bundle from trained parts, filling in the file checksums.
     ///
     /// # Panics
-    /// Never: a forest always serialises.
+    /// Never: a forest and a manifest always serialise.
     #[must_use]
     pub fn new(mut manifest: Manifest, forest: &IsolationForest, autoencoder: Vec<u8>) -> Self {
         let iforest = serde_json::to_vec(forest).expect("a forest serialises");
         manifest.files =
             BTreeMap::from([(IFOREST.to_owned(), entry(&iforest)), (AUTOENCODER.to_owned(), entry(&autoencoder))]);
-        Self { manifest, iforest, autoencoder }
+        let mut manifest_json = serde_json::to_vec_pretty(&manifest).expect("a manifest serialises");
+        manifest_json.push(b'\n');
+        Self { manifest, iforest, autoencoder, manifest_json, signature: None }
     }
 
-    /// Parses the three files; checks version and checksums (not yet the schema).
-    ///
-    /// # Errors
-    /// [`BundleError`] naming the file and the problem.
-    pub fn from_bytes(manifest: &[u8], iforest: Vec<u8>, autoencoder: Vec<u8>) -> Result<Self, BundleError> {
-        // Read the version first so an old or new format gets a version error, not a parse error.
+    /// Parses the manifest: version first (so an old or new format gets a version error, not
+    /// a parse error), then the whole of it, then the size each model file claims.
+    fn parse_manifest(bytes: &[u8]) -> Result<Manifest, BundleError> {
         #[derive(Deserialize)]
         struct Version {
             format_version: u32,
         }
         let json = |source| BundleError::Json { file: MANIFEST.into(), source };
-        let version: Version = serde_json::from_slice(manifest).map_err(json)?;
+        let version: Version = serde_json::from_slice(bytes).map_err(json)?;
         if version.format_version != FORMAT_VERSION {
             return Err(BundleError::Version { found: version.format_version });
         }
-        let manifest: Manifest = serde_json::from_slice(manifest).map_err(json)?;
-        for (name, bytes) in [(IFOREST, &iforest), (AUTOENCODER, &autoencoder)] {
-            let expected = &manifest.files.get(name).ok_or(BundleError::MissingEntry(name))?.sha256;
-            let found = sha256_hex(bytes);
-            if &found != expected {
-                return Err(BundleError::Checksum { file: name, expected: expected.clone(), found });
+        let manifest: Manifest = serde_json::from_slice(bytes).map_err(json)?;
+        if let Some(extra) = manifest.files.keys().find(|k| !MODEL_FILES.iter().any(|(f, _)| f == k)) {
+            return Err(BundleError::ExtraEntry(extra.clone()));
+        }
+        for (file, limit) in MODEL_FILES {
+            let claimed = manifest.files.get(file).ok_or(BundleError::MissingEntry(file))?.bytes;
+            if claimed > limit {
+                return Err(BundleError::SizeClaim { file, claimed, limit });
             }
         }
-        Ok(Self { manifest, iforest, autoencoder })
+        Ok(manifest)
     }
 
-    /// Reads a bundle directory.
+    /// Checks a model file's checksum and size against the manifest.
+    fn check_file(manifest: &Manifest, file: &'static str, bytes: &[u8]) -> Result<(), BundleError> {
+        let expected = manifest.files.get(file).ok_or(BundleError::MissingEntry(file))?;
+        let found = sha256_hex(bytes);
+        if found != expected.sha256 {
+            return Err(BundleError::Checksum { file, expected: expected.sha256.clone(), found });
+        }
+        let found = bytes.len() as u64;
+        if found != expected.bytes {
+            return Err(BundleError::Size { file, claimed: expected.bytes, found });
+        }
+        Ok(())
+    }
+
+    /// Parses the three files; checks version, sizes and checksums (not yet the schema).
+    ///
+    /// # Errors
+    /// [`BundleError`] naming the file and the problem.
+    pub fn from_bytes(manifest: &[u8], iforest: Vec<u8>, autoencoder: Vec<u8>) -> Result<Self, BundleError> {
+        let parsed = Self::parse_manifest(manifest)?;
+        Self::check_file(&parsed, IFOREST, &iforest)?;
+        Self::check_file(&parsed, AUTOENCODER, &autoencoder)?;
+        Ok(Self { manifest: parsed, iforest, autoencoder, manifest_json: manifest.to_vec(), signature: None })
+    }
+
+    /// Reads a bundle directory as an offline command does (any owner, any mode).
     ///
     /// # Errors
     /// [`BundleError`] naming the file and the problem.
     pub fn read_dir(dir: &Path) -> Result<Self, BundleError> {
-        let read = |name: &str| {
-            let path = dir.join(name);
-            fs::read(&path).map_err(|source| BundleError::Io { path, source })
+        Self::read_dir_with(dir, Access::Any)
+    }
+
+    /// Reads a bundle directory. Every file is capped in size before it is read (a model
+    /// file at the size its manifest claims, itself capped); with [`Access::Private`] the
+    /// directory and every file must belong to root or the agent's user and be writable by
+    /// nobody else.
+    ///
+    /// # Errors
+    /// [`BundleError`] naming the file and the problem.
+    pub fn read_dir_with(dir: &Path, access: Access) -> Result<Self, BundleError> {
+        files::check_dir(dir, access)?;
+        let manifest_json = files::read_capped(&dir.join(MANIFEST), MANIFEST_MAX_BYTES, access)?;
+        let manifest = Self::parse_manifest(&manifest_json)?;
+        let read = |file: &'static str| -> Result<Vec<u8>, BundleError> {
+            let claimed = manifest.files.get(file).ok_or(BundleError::MissingEntry(file))?.bytes;
+            let bytes = files::read_capped(&dir.join(file), claimed, access).map_err(|e| match e {
+                FileError::TooLarge { size, .. } => BundleError::Size { file, claimed, found: size },
+                e => e.into(),
+            })?;
+            Self::check_file(&manifest, file, &bytes)?;
+            Ok(bytes)
         };
-        Self::from_bytes(&read(MANIFEST)?, read(IFOREST)?, read(AUTOENCODER)?)
+        let (iforest, autoencoder) = (read(IFOREST)?, read(AUTOENCODER)?);
+        let signature = match files::read_capped(&dir.join(SIGNATURE), SIGNATURE_MAX_BYTES, access) {
+            Ok(bytes) => Some(bytes),
+            Err(FileError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(e.into()),
+        };
+        Ok(Self { manifest, iforest, autoencoder, manifest_json, signature })
     }
 
     /// The bundle shipped in the binary.
@@ -165,11 +247,14 @@ impl Bundle {
         if embedded::MANIFEST.is_empty() {
             return Err(BundleError::NoDefault);
         }
-        Self::from_bytes(embedded::MANIFEST, embedded::IFOREST.to_vec(), embedded::AUTOENCODER.to_vec())
+        let mut bundle =
+            Self::from_bytes(embedded::MANIFEST, embedded::IFOREST.to_vec(), embedded::AUTOENCODER.to_vec())?;
+        bundle.signature = (!embedded::SIGNATURE.is_empty()).then(|| embedded::SIGNATURE.to_vec());
+        Ok(bundle)
     }
 
     /// The bundle a command line or configuration names: `default` for the built-in one,
-    /// otherwise a directory.
+    /// otherwise a directory (read as an offline command does).
     ///
     /// # Errors
     /// As [`Bundle::embedded`] or [`Bundle::read_dir`].
@@ -177,18 +262,74 @@ impl Bundle {
         if name.as_os_str() == "default" { Self::embedded() } else { Self::read_dir(name) }
     }
 
-    /// Writes the bundle into `dir` (created if needed).
+    /// The bundle `vigil run` scores with: `default` (trusted as the binary is; its signature
+    /// is checked against the compiled-in models key and reported), or a directory that only
+    /// root or the agent's user can write, signed by one of `trust.keys` unless
+    /// `trust.allow_unsigned`.
+    ///
+    /// # Errors
+    /// As [`Bundle::read_dir_with`], or [`BundleError::Sign`] for a bundle not signed by a
+    /// trusted key.
+    pub fn load_trusted(name: &Path, trust: &Trust) -> Result<(Self, Provenance), BundleError> {
+        if name.as_os_str() == "default" {
+            let bundle = Self::embedded()?;
+            let signed = PublicKey::models_key().is_some_and(|key| bundle.verify(&[key]).is_ok());
+            return Ok((bundle, Provenance::BuiltIn { signed }));
+        }
+        let bundle = Self::read_dir_with(name, Access::Private)?;
+        match bundle.verify(&trust.keys) {
+            Ok(key) => Ok((bundle, Provenance::Signed { key })),
+            Err(e) if trust.allow_unsigned => Ok((bundle, Provenance::Unverified { why: e.to_string() })),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The hex sha256 of `manifest.json`, which names the bundle: the manifest holds the
+    /// checksums of the model files, so it changes whenever any file does.
+    #[must_use]
+    pub fn sha256(&self) -> String {
+        sha256_hex(&self.manifest_json)
+    }
+
+    /// `manifest.sig`, if the bundle has one.
+    #[must_use]
+    pub fn signature(&self) -> Option<&[u8]> {
+        self.signature.as_deref()
+    }
+
+    /// Checks the bundle's signature against `keys`; answers the key that made it.
+    ///
+    /// # Errors
+    /// [`SignError::Unsigned`] without a signature, otherwise as [`sign::verify`].
+    pub fn verify(&self, keys: &[PublicKey]) -> Result<PublicKey, SignError> {
+        let signature = self.signature.as_deref().ok_or(SignError::Unsigned)?;
+        sign::verify(keys, &self.manifest_json, signature)
+    }
+
+    /// Signs the bundle in `dir` with `key`: checks that it loads (checksums, ranges, probes),
+    /// then writes `manifest.sig` (replacing it atomically). Answers the signature's path.
+    ///
+    /// # Errors
+    /// [`BundleError`] for a bundle that does not load or a file that cannot be written.
+    pub fn sign_dir(dir: &Path, key: &SecretKey) -> Result<PathBuf, BundleError> {
+        let bundle = Self::read_dir(dir)?;
+        bundle.detector(&Schema::flow())?;
+        let path = dir.join(SIGNATURE);
+        let tmp = dir.join(format!(".{SIGNATURE}.{}", std::process::id()));
+        let io = |source| BundleError::Io { path: path.clone(), source };
+        fs::write(&tmp, key.sign(&bundle.manifest_json)).map_err(io)?;
+        fs::rename(&tmp, &path).map_err(io)?;
+        Ok(path)
+    }
+
+    /// Writes the bundle into `dir` (created if needed), with its signature if it has one.
     ///
     /// # Errors
     /// [`BundleError::Io`] naming the file.
-    ///
-    /// # Panics
-    /// Never: a manifest always serialises.
     pub fn write_dir(&self, dir: &Path) -> Result<(), BundleError> {
         fs::create_dir_all(dir).map_err(|source| BundleError::Io { path: dir.into(), source })?;
-        let mut manifest = serde_json::to_vec_pretty(&self.manifest).expect("a manifest serialises");
-        manifest.push(b'\n');
-        for (name, bytes) in [(MANIFEST, &manifest), (IFOREST, &self.iforest), (AUTOENCODER, &self.autoencoder)] {
+        let files = [(MANIFEST, &self.manifest_json), (IFOREST, &self.iforest), (AUTOENCODER, &self.autoencoder)];
+        for (name, bytes) in files.into_iter().chain(self.signature.as_ref().map(|s| (SIGNATURE, s))) {
             let path = dir.join(name);
             fs::write(&path, bytes).map_err(|source| BundleError::Io { path, source })?;
         }
@@ -198,7 +339,8 @@ impl Bundle {
     /// Checks the bundle against the schema the caller computes and builds its detector.
     ///
     /// # Errors
-    /// [`BundleError::Schema`] if the features differ; other variants for bad model files.
+    /// [`BundleError::Schema`] if the features differ; other variants for bad model files or
+    /// values out of range.
     pub fn detector(&self, expected: &Schema) -> Result<Detector, BundleError> {
         if let Some(why) = expected.mismatch(&self.manifest.schema) {
             return Err(BundleError::Schema(why));

@@ -150,6 +150,59 @@ pub enum DetectorError {
     Width { what: &'static str, expected: usize, found: usize },
     #[error(transparent)]
     Onnx(#[from] OnnxError),
+    #[error("{field} is {value}; it must be {allowed}")]
+    Range { field: String, value: String, allowed: String },
+    #[error(
+        "the autoencoder reconstructs off-baseline probe rows {how} (relative error {relative:.2e}, at least {MIN_PROBE_RELATIVE_ERROR} expected): it would score every flow alike"
+    )]
+    Identity { how: &'static str, relative: f32 },
+    #[error(
+        "the autoencoder's calibrated score of off-baseline probe rows is {z:.2} (median), at least {MIN_PROBE_Z} expected: with this calibration it would call them normal"
+    )]
+    Insensitive { z: f32 },
+}
+
+/// Smallest share of the probe rows' squared size the autoencoder must fail to reconstruct.
+pub const MIN_PROBE_RELATIVE_ERROR: f32 = 0.01;
+/// Smallest median calibrated score (units of benign spread) the autoencoder must give the
+/// probes.
+pub const MIN_PROBE_Z: f32 = 1.0;
+/// How far off the training mean a probe row's chosen features are (scaled units).
+pub const PROBE_OFFSET: f32 = 8.0;
+/// Number of probe rows.
+pub const PROBES: usize = 64;
+/// Bounds of scaler means and spreads: transformed features of this schema stay within
+/// ±256 (counts and rates as ln(1 + x) ≤ 89, TTL ≤ 255, ratios and flags in [0, 1]).
+pub const FEATURE_RANGE: f32 = 256.0;
+/// Smallest spread (scaler std, score spreads) a fit keeps (`Scaler::fit`, `Norm::fit`).
+pub const MIN_SPREAD: f32 = 1e-6;
+/// A reconstruction error the alert threshold must be reachable with: 10⁶ (per feature,
+/// in squared benign standard deviations) is far beyond any flow seen in testing.
+pub const REACHABLE_MSE: f32 = 1e6;
+/// Room above the alert threshold for the bundle's block threshold.
+pub const MAX_BLOCK_MARGIN: f32 = 100.0;
+
+/// A number as an error message shows it: 1e30 rather than thirty-one digits.
+fn number<T: Into<f64> + std::fmt::Display + std::fmt::LowerExp + Copy>(x: T) -> String {
+    let v: f64 = x.into();
+    if v != 0.0 && v.is_finite() && !(1e-4..1e6).contains(&v.abs()) { format!("{x:e}") } else { format!("{x}") }
+}
+
+/// The synthetic off-baseline rows (already scaled) every model must react to: in each row
+/// about a quarter of the features, drawn by a fixed generator, sit [`PROBE_OFFSET`] benign
+/// standard deviations above or below the training mean, the rest at the mean.
+#[must_use]
+pub fn probe_rows(width: usize) -> Array2<f32> {
+    // A linear congruential generator with a fixed seed: the same rows on every machine.
+    let mut state: u64 = 0x7669_6769_6c00_0001;
+    Array2::from_shape_fn((PROBES, width), |_| {
+        state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+        match state >> 61 {
+            0 => PROBE_OFFSET,
+            1 => -PROBE_OFFSET,
+            _ => 0.0,
+        }
+    })
 }
 
 /// Everything needed to score rows of one schema.
@@ -167,8 +220,13 @@ pub struct Detector {
 impl Detector {
     /// Checks that every part agrees with the schema's width.
     ///
+    /// Then every value is range-checked and both models are tried on [`probe_rows`]: a
+    /// bundle that loads is one that can raise an alert. The forest must already be validated
+    /// ([`IsolationForest::validate`]).
+    ///
     /// # Errors
-    /// [`DetectorError::Width`] naming the part that disagrees.
+    /// [`DetectorError::Width`] naming the part that disagrees, [`DetectorError::Range`] naming
+    /// the field and its allowed range, or a probe failure.
     pub fn check(&self) -> Result<(), DetectorError> {
         let expected = self.schema.len();
         let parts = [
@@ -182,6 +240,85 @@ impl Detector {
             if found != expected {
                 return Err(DetectorError::Width { what, expected, found });
             }
+        }
+        self.check_ranges()?;
+        self.check_probes()
+    }
+
+    /// The highest combined score a flow can reach: the forest's highest score, or a
+    /// reconstruction error of [`REACHABLE_MSE`].
+    #[must_use]
+    pub fn reachable_score(&self) -> f32 {
+        let c = self.combine;
+        c.iforest.z(self.forest.max_score()).max(c.autoencoder.z(ae_value(REACHABLE_MSE)))
+    }
+
+    fn check_ranges(&self) -> Result<(), DetectorError> {
+        let range = |field: String, value: f32, lo: f32, hi: f32, why: &str| {
+            if value.is_finite() && (lo..=hi).contains(&value) {
+                Ok(())
+            } else {
+                Err(DetectorError::Range {
+                    field,
+                    value: number(value),
+                    allowed: format!("a finite number in [{lo}, {hi}] ({why})"),
+                })
+            }
+        };
+        let named = |what: &str, i: usize| format!("{what}[{i}] ({})", self.schema.features[i].name);
+        for (i, (&mean, &std)) in self.scaler.mean.iter().zip(&self.scaler.std).enumerate() {
+            let why = "the range of transformed features";
+            range(named("scaler.mean", i), mean, -FEATURE_RANGE, FEATURE_RANGE, why)?;
+            range(named("scaler.std", i), std, MIN_SPREAD, FEATURE_RANGE, why)?;
+        }
+        for (i, &b) in self.baseline.iter().enumerate() {
+            range(named("baseline", i), b, f32::MIN, f32::MAX, "a raw feature value")?;
+        }
+        let c = self.combine;
+        range("combine.iforest.median".into(), c.iforest.median, 0.0, 1.0, "forest scores are in (0, 1)")?;
+        range("combine.iforest.spread".into(), c.iforest.spread, MIN_SPREAD, 1.0, "forest scores are in (0, 1)")?;
+        let (lo, hi) = (ae_value(0.0), ae_value(f32::MAX));
+        let why = "ln of a reconstruction error";
+        range("combine.autoencoder.median".into(), c.autoencoder.median, lo, hi, why)?;
+        range("combine.autoencoder.spread".into(), c.autoencoder.spread, MIN_SPREAD, hi - lo, why)?;
+        let t = self.thresholds;
+        if !(t.target_fpr > 0.0 && t.target_fpr < 0.5) {
+            return Err(DetectorError::Range {
+                field: "thresholds.target_fpr".into(),
+                value: number(t.target_fpr),
+                allowed: "in (0, 0.5)".into(),
+            });
+        }
+        let reach = self.reachable_score();
+        let why = "0 is the benign median; above the upper bound no flow can score";
+        range("thresholds.alert".into(), t.alert, 0.0, reach, why)?;
+        range(
+            "thresholds.block".into(),
+            t.block,
+            t.alert,
+            t.alert + MAX_BLOCK_MARGIN,
+            "at or above the alert threshold",
+        )
+    }
+
+    fn check_probes(&self) -> Result<(), DetectorError> {
+        let probes = probe_rows(self.schema.len());
+        let recon = self.autoencoder.reconstruct(probes.view())?;
+        let energy: f32 = probes.iter().map(|x| x * x).sum();
+        let missed: f32 = probes.iter().zip(&recon).map(|(x, y)| (x - y) * (x - y)).sum();
+        let relative = missed / energy;
+        if !relative.is_finite() {
+            return Err(DetectorError::Identity { how: "as non-finite numbers", relative });
+        }
+        if relative < MIN_PROBE_RELATIVE_ERROR {
+            return Err(DetectorError::Identity { how: "almost perfectly", relative });
+        }
+        let c = self.combine;
+        let ae: Vec<f32> =
+            row_errors(probes.view(), recon.view()).iter().map(|&e| c.autoencoder.z(ae_value(e))).collect();
+        let z = quantile(&ae, 0.5);
+        if z.is_nan() || z < MIN_PROBE_Z {
+            return Err(DetectorError::Insensitive { z });
         }
         Ok(())
     }

@@ -151,7 +151,7 @@ impl Plan {
 }
 
 /// Why a forest file is unusable.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, thiserror::Error, PartialEq)]
 pub enum ForestError {
     #[error("the forest has no trees")]
     Empty,
@@ -163,6 +163,29 @@ pub enum ForestError {
     BadChild { node: usize, right: u32 },
     #[error("node {node} has a non-finite value")]
     NotFinite { node: usize },
+    #[error("{what} is {found}, must be in {min}..={max}")]
+    Limit { what: &'static str, found: usize, min: usize, max: usize },
+    #[error("node {node} is reached twice (trees must not share nodes)")]
+    Shared { node: usize },
+    #[error("tree {tree} is {depth} deep, deeper than the ⌈log₂ ψ⌉ = {limit} a forest of ψ = {subsample} grows")]
+    TooDeep { tree: usize, depth: usize, limit: usize, subsample: usize },
+    #[error("leaf {node} at depth {depth} has path length {value}, outside [{depth}, {max}] (depth + c(rows ≤ ψ))")]
+    LeafValue { node: usize, depth: usize, value: f32, max: f32 },
+    #[error("node {node} claims {size} training rows, more than ψ = {subsample}")]
+    NodeSize { node: usize, size: u32, subsample: usize },
+}
+
+/// Most trees a loaded forest may have (as `vigil train --trees`).
+pub const MAX_TREES: usize = 10_000;
+/// Largest subsample ψ a loaded forest may have (as `vigil train --subsample`).
+pub const MAX_SUBSAMPLE: usize = 1_000_000;
+/// Most nodes a loaded forest may have (about 64 MiB of memory for the nodes and the plan).
+pub const MAX_NODES: usize = 1 << 22;
+
+/// ⌈log₂ ψ⌉, the height limit of a tree grown on ψ rows.
+#[must_use]
+pub const fn height_limit(psi: usize) -> usize {
+    (usize::BITS - psi.saturating_sub(1).leading_zeros()) as usize
 }
 
 impl IsolationForest {
@@ -174,19 +197,20 @@ impl IsolationForest {
     pub fn train(rows: ArrayView2<'_, f32>, params: ForestParams) -> Self {
         assert!(rows.nrows() > 0, "cannot train an isolation forest on no rows");
         let psi = params.subsample.clamp(1, rows.nrows());
-        let height_limit = usize::BITS - (psi - 1).leading_zeros(); // ⌈log₂ ψ⌉
         let mut rng = StdRng::seed_from_u64(params.seed);
         let mut nodes = Vec::new();
         let mut roots = Vec::with_capacity(params.trees);
         for _ in 0..params.trees {
             roots.push(u32::try_from(nodes.len()).expect("forest fits in u32 nodes"));
             let mut idx: Vec<usize> = sample(&mut rng, rows.nrows(), psi).into_vec();
-            grow(rows, &mut idx, 0, height_limit as usize, &mut rng, &mut nodes);
+            grow(rows, &mut idx, 0, height_limit(psi), &mut rng, &mut nodes);
         }
         Self { features: rows.ncols(), subsample: psi, roots, nodes, plan: std::sync::OnceLock::new() }
     }
 
-    /// Checks a forest read from a file: every index in range, every value finite.
+    /// Checks a forest read from a file: sizes within the limits, every index in range, every
+    /// value finite, each tree a tree (no shared nodes) no deeper than training grows one, and
+    /// leaf path lengths that agree with their depth.
     ///
     /// # Errors
     /// The first problem found.
@@ -194,6 +218,12 @@ impl IsolationForest {
         if self.roots.is_empty() {
             return Err(ForestError::Empty);
         }
+        let limit = |what, found, min, max| {
+            if (min..=max).contains(&found) { Ok(()) } else { Err(ForestError::Limit { what, found, min, max }) }
+        };
+        limit("the number of trees", self.roots.len(), 1, MAX_TREES)?;
+        limit("the subsample ψ", self.subsample, 2, MAX_SUBSAMPLE)?;
+        limit("the number of nodes", self.nodes.len(), 1, MAX_NODES)?;
         let len = self.nodes.len();
         for (tree, &root) in self.roots.iter().enumerate() {
             if root as usize >= len {
@@ -213,8 +243,67 @@ impl IsolationForest {
                     return Err(ForestError::BadChild { node: i, right: n.right });
                 }
             }
+            if n.size as usize > self.subsample {
+                return Err(ForestError::NodeSize { node: i, size: n.size, subsample: self.subsample });
+            }
+        }
+        self.validate_shape()
+    }
+
+    /// Each tree a tree within the height limit, leaves with consistent path lengths. Walks
+    /// every node at most once, so a forged file of shared subtrees cannot make it (or the
+    /// scoring plan) blow up.
+    fn validate_shape(&self) -> Result<(), ForestError> {
+        let limit = height_limit(self.subsample);
+        #[expect(clippy::cast_possible_truncation, reason = "path lengths are small")]
+        let c_psi = c(self.subsample) as f32;
+        let mut seen = vec![false; self.nodes.len()];
+        let mut stack = Vec::new();
+        for (tree, &root) in self.roots.iter().enumerate() {
+            stack.push((root as usize, 0usize));
+            while let Some((i, depth)) = stack.pop() {
+                if std::mem::replace(&mut seen[i], true) {
+                    return Err(ForestError::Shared { node: i });
+                }
+                if depth > limit {
+                    return Err(ForestError::TooDeep { tree, depth, limit, subsample: self.subsample });
+                }
+                let n = self.nodes[i];
+                if n.feature == LEAF {
+                    #[expect(clippy::cast_precision_loss, reason = "depth is at most 20")]
+                    let (lo, hi) = (depth as f32, depth as f32 + c_psi);
+                    // Rounding of depth + c(n) in f32: allow a hair above c(ψ).
+                    if !(lo..=hi * (1.0 + 1e-6)).contains(&n.value) {
+                        return Err(ForestError::LeafValue { node: i, depth, value: n.value, max: hi });
+                    }
+                } else {
+                    stack.push((i + 1, depth + 1));
+                    stack.push((n.right as usize, depth + 1));
+                }
+            }
         }
         Ok(())
+    }
+
+    /// The highest score any row can get: every tree's shortest path taken at once (an upper
+    /// bound; no row need reach all of them).
+    #[must_use]
+    #[expect(clippy::cast_possible_truncation, clippy::cast_precision_loss, reason = "scores are f32")]
+    pub fn max_score(&self) -> f32 {
+        let mut shortest = vec![f32::INFINITY; self.roots.len()];
+        for (tree, &root) in self.roots.iter().enumerate() {
+            let mut stack = vec![root as usize];
+            while let Some(i) = stack.pop() {
+                let n = self.nodes[i];
+                if n.feature == LEAF {
+                    shortest[tree] = shortest[tree].min(n.value);
+                } else {
+                    stack.extend([i + 1, n.right as usize]);
+                }
+            }
+        }
+        let mean = f64::from(shortest.iter().sum::<f32>()) / self.roots.len() as f64;
+        (-mean / c(self.subsample)).exp2() as f32
     }
 
     /// Number of trees.

@@ -9,10 +9,15 @@
 pub mod autoencoder;
 pub mod bundle;
 pub mod detector;
+pub mod files;
 pub mod iforest;
 pub mod onnx;
+#[cfg(test)]
+mod refusals;
+pub mod sign;
 pub mod train;
 
 pub use bundle::{Bundle, BundleError};
 pub use detector::{Contribution, Detector, Score};
+pub use sign::{Provenance, Trust};
 pub use train::{TrainConfig, train};
