@@ -139,6 +139,25 @@ impl std::fmt::Debug for OnnxScorer {
     }
 }
 
+/// The first output of `graph` or of a graph nested in its nodes' attributes that no node,
+/// input or initializer of its own graph produces.
+fn unproduced_output(graph: &GraphProto) -> Option<&str> {
+    let produced = |name: &str| {
+        graph.input.iter().any(|i| i.name == name)
+            || graph.initializer.iter().any(|t| t.name == name)
+            || graph.node.iter().any(|n| n.output.iter().any(|o| o == name))
+    };
+    if let Some(output) = graph.output.iter().find(|o| !produced(&o.name)) {
+        return Some(&output.name);
+    }
+    graph
+        .node
+        .iter()
+        .flat_map(|n| &n.attribute)
+        .flat_map(|a| a.g.iter().chain(&a.graphs))
+        .find_map(unproduced_output)
+}
+
 impl OnnxScorer {
     /// Loads and optimises an ONNX autoencoder whose input must be `width` features wide.
     ///
@@ -146,7 +165,15 @@ impl OnnxScorer {
     /// [`OnnxError`] if the bytes are not an ONNX model tract can run or the widths differ.
     pub fn load(bytes: &[u8], width: usize) -> Result<Self, OnnxError> {
         let load = |e: TractError| OnnxError::Load(format!("{e:#}"));
-        let mut model = tract_onnx::onnx().model_for_read(&mut std::io::Cursor::new(bytes)).map_err(load)?;
+        let onnx = tract_onnx::onnx();
+        let proto = onnx.proto_model_for_read(&mut std::io::Cursor::new(bytes)).map_err(load)?;
+        if let Some(graph) = &proto.graph
+            && let Some(name) = unproduced_output(graph)
+        {
+            // tract 0.23 panics on a graph output that nothing produces.
+            return Err(OnnxError::Load(format!("graph output {name:?} is produced by no node, input or initializer")));
+        }
+        let mut model = onnx.model_for_proto_model(&proto).map_err(load)?;
         if model.input_outlets().map_err(load)?.len() != 1 || model.output_outlets().map_err(load)?.len() != 1 {
             return Err(OnnxError::Load("expected exactly one input and one output".into()));
         }
@@ -245,5 +272,16 @@ mod tests {
         assert!(matches!(OnnxScorer::load(&bytes, 6), Err(OnnxError::Width { expected: 6, .. })));
         assert!(matches!(OnnxScorer::load(b"not a model", 5), Err(OnnxError::Load(_))));
         let _ = AutoencoderParams::default();
+    }
+
+    #[test]
+    fn an_output_nothing_produces_is_refused_not_a_panic() {
+        // Found by the `bundle` fuzz target: tract 0.23 indexes its name map with the output's
+        // name and panics ("no entry found for key").
+        let mut proto = ModelProto::decode(export(&random_ae(5), "test").as_slice()).expect("decodes");
+        let graph = proto.graph.as_mut().expect("graph");
+        graph.output[0].name = "nowhere".into();
+        let err = OnnxScorer::load(&proto.encode_to_vec(), 5).expect_err("refused");
+        assert!(err.to_string().contains("\"nowhere\" is produced by no node"), "{err}");
     }
 }
