@@ -152,6 +152,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         allowlist,
         iface: iface.clone(),
         hostname,
+        model_sha256: model_sha256.clone(),
     });
     let thresholds = detector.thresholds;
     // The context window holds at most a flow table's worth of flows (memory under a flood).
@@ -181,6 +182,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         pin_dir: pin_dir.clone(),
         started: clock::rfc3339_millis(clock::wall_ns()),
         model: config.detection.model.clone(),
+        model_sha256: model_sha256.clone(),
         block_mode: serde_json::to_value(config.block.mode)
             .ok()
             .and_then(|v| v.as_str().map(str::to_owned))
@@ -196,7 +198,6 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         {
             if emit_failed.is_none() {
                 warn!(error = %e, "writing flow records failed; later failures are counted at shutdown");
-        model_sha256: model_sha256.clone(),
             }
             emit_failed.get_or_insert(e);
         }
@@ -225,7 +226,6 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     let mut suppressed = 0u64;
     let mut since = clock::monotonic_ns();
     let mut ticker = tokio::time::interval(s.interval.0);
-        model_sha256: model_sha256.clone(),
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticker.tick().await;
     let stop = loop {

@@ -671,6 +671,7 @@ fn envelope(config: &EngineConfig, kind: Kind, level: Level, now_wall_ns: u64, m
             "hostname": config.hostname,
             "ingress": { "interface": { "name": config.iface } },
         },
+        "vigil": { "model": { "sha256": config.model_sha256 } },
     })
 }
 
@@ -729,7 +730,6 @@ fn worst_flow(
 
 fn alert_doc(
     config: &EngineConfig,
-        "vigil": { "model": { "sha256": config.model_sha256 } },
     detector: &Detector,
     now_wall_ns: u64,
     src: IpAddr,
