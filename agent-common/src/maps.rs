@@ -16,6 +16,16 @@ pub const BLOCK_V4: &str = "VIGIL_BLOCK_V4";
 /// LPM trie of IPv6 source prefixes to [`crate::blocklist::BlockRule`].
 pub const BLOCK_V6: &str = "VIGIL_BLOCK_V6";
 
+/// Array with one `u32`: the [`LAYOUT_VERSION`] of the build that created the pinned maps.
+/// The program never reads it; it exists so a restarted agent, or one of another build,
+/// can tell whether pinned maps hold what it expects before reusing them.
+pub const LAYOUT: &str = "VIGIL_LAYOUT";
+/// Version of the layout of everything shared with the kernel: map keys and values
+/// ([`crate::flow::FlowKey`], [`crate::flow::FlowStats`], [`crate::counters::Counters`],
+/// [`crate::blocklist::BlockRule`]), map types and sizes, and what their fields mean. Bump
+/// it with any change to them: an agent refuses pinned maps of another version.
+pub const LAYOUT_VERSION: u32 = 2;
+
 /// Name of the sensor program in the object file.
 pub const PROGRAM: &str = "vigil";
 /// Name of the empty `XDP_PASS` program shipped beside it, the floor for benchmarks.

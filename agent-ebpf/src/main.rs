@@ -24,7 +24,7 @@ use aya_ebpf::{
     bindings::{BPF_NOEXIST, xdp_action},
     helpers::{bpf_ktime_get_ns, generated::bpf_ktime_get_coarse_ns},
     macros::{map, xdp},
-    maps::{LpmTrie, LruPerCpuHashMap, PerCpuArray, lpm_trie::Key},
+    maps::{Array, LpmTrie, LruPerCpuHashMap, PerCpuArray, lpm_trie::Key},
     programs::XdpContext,
 };
 
@@ -45,6 +45,11 @@ static VIGIL_BLOCK_V4: LpmTrie<[u8; 4], BlockRule> = LpmTrie::with_max_entries(B
 
 #[map]
 static VIGIL_BLOCK_V6: LpmTrie<[u8; 16], BlockRule> = LpmTrie::with_max_entries(BLOCKLIST_CAPACITY, 0);
+
+/// The layout version of the build that created the pinned maps (`agent_common::maps::LAYOUT`),
+/// written and checked by the agent; no program reads it.
+#[map]
+static VIGIL_LAYOUT: Array<u32> = Array::with_max_entries(1, 0);
 
 /// The packet between `data` and `data_end`, read with checks the verifier can follow.
 struct XdpPacket {

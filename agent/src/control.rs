@@ -48,6 +48,9 @@ pub struct AgentStatus {
     pub block_mode: String,
     pub flows_tracked: usize,
     pub flow_capacity: u32,
+    /// Flows the kernel's LRU evicted before a harvest exported them, since the agent started.
+    #[serde(default)]
+    pub flow_evictions: u64,
     pub last_harvest_ms: f64,
     pub last_scoring_ms: f64,
     pub flows_scored: u64,
@@ -56,15 +59,14 @@ pub struct AgentStatus {
 }
 
 impl AgentStatus {
-    /// Writes the status atomically (temporary file, then rename) into `run_dir`.
+    /// Writes the status atomically (temporary file, then rename) into `run_dir`, which
+    /// [`crate::private_dir::ensure`] made the agent's own at start, never through a symlink.
     ///
     /// # Errors
     /// If the directory or file cannot be written.
     pub fn write(&self, run_dir: &Path) -> io::Result<()> {
-        std::fs::create_dir_all(run_dir)?;
-        let tmp = run_dir.join(format!(".{STATUS_FILE}.{}", std::process::id()));
-        std::fs::write(&tmp, serde_json::to_vec_pretty(self).map_err(io::Error::other)?)?;
-        std::fs::rename(&tmp, run_dir.join(STATUS_FILE))
+        let json = serde_json::to_vec_pretty(self).map_err(io::Error::other)?;
+        crate::private_dir::write_file(run_dir, STATUS_FILE, &json)
     }
 
     /// The last status written into `run_dir`, if any.
@@ -120,12 +122,18 @@ impl RuleView {
     }
 }
 
+/// The pinned blocklist, once the pins are known to be of this build's layout.
+fn pinned_blocklist(pins: &Pins) -> Result<Blocklist<aya::maps::MapData>, ControlError> {
+    pins.check_layout()?;
+    Ok(Blocklist::from_pins(pins.dir())?)
+}
+
 /// The rules pinned under `pins`, as shown to an operator.
 ///
 /// # Errors
 /// If the pinned maps cannot be opened or read.
 pub fn list_rules(pins: &Pins) -> Result<Vec<RuleView>, ControlError> {
-    let blocklist = Blocklist::from_pins(pins.dir())?;
+    let blocklist = pinned_blocklist(pins)?;
     let now = clock::monotonic_ns();
     let mut rules: Vec<RuleView> = blocklist.list()?.iter().map(|r| RuleView::new(r, now)).collect();
     rules.sort_by_key(|r| r.prefix);
@@ -151,7 +159,7 @@ pub fn manual_rails(config: &crate::config::BlockSection) -> Rails {
 /// A refusal naming the rail, or the maps cannot be updated.
 pub fn add_rule(pins: &Pins, rails: &Rails, prefix: IpNet, ttl: Duration, force: bool) -> Result<Rule, ControlError> {
     let prefix = manual::check(rails, prefix, ttl, force)?;
-    let mut blocklist = Blocklist::from_pins(pins.dir())?;
+    let mut blocklist = pinned_blocklist(pins)?;
     Ok(blocklist.add(prefix, ttl, Origin::Manual)?)
 }
 
@@ -160,7 +168,7 @@ pub fn add_rule(pins: &Pins, rails: &Rails, prefix: IpNet, ttl: Duration, force:
 /// # Errors
 /// If the maps cannot be updated.
 pub fn del_rule(pins: &Pins, prefix: IpNet) -> Result<bool, ControlError> {
-    Ok(Blocklist::from_pins(pins.dir())?.remove(prefix)?)
+    Ok(pinned_blocklist(pins)?.remove(prefix)?)
 }
 
 /// Removes every rule; how many there were.
@@ -168,7 +176,7 @@ pub fn del_rule(pins: &Pins, prefix: IpNet) -> Result<bool, ControlError> {
 /// # Errors
 /// If the maps cannot be updated.
 pub fn flush_rules(pins: &Pins) -> Result<usize, ControlError> {
-    Ok(Blocklist::from_pins(pins.dir())?.flush()?.len())
+    Ok(pinned_blocklist(pins)?.flush()?.len())
 }
 
 /// Parses `ADDR` or `ADDR/LEN` into a prefix.
@@ -191,6 +199,9 @@ pub struct StatusReport {
     pub agent: Option<AgentStatus>,
     pub counters: Option<CountersView>,
     pub rules: Vec<RuleView>,
+    /// Why the pinned maps cannot be read, when they are of another build's layout.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pins_problem: Option<String>,
 }
 
 /// The kernel counters by name.
@@ -232,6 +243,7 @@ pub fn status(pins: &Pins, run_dir: &Path) -> StatusReport {
         agent,
         counters: pins.counters().ok().as_ref().map(CountersView::from),
         rules: list_rules(pins).unwrap_or_default(),
+        pins_problem: pins.check_layout().err().map(|e| e.to_string()),
     }
 }
 
@@ -239,6 +251,9 @@ impl std::fmt::Display for StatusReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let attached = if self.attached { "attached" } else { "not attached" };
         writeln!(f, "sensor:   {attached} (pins under {})", self.pin_dir.display())?;
+        if let Some(problem) = &self.pins_problem {
+            writeln!(f, "pins:     {problem}")?;
+        }
         match (&self.agent, self.agent_running) {
             (Some(a), true) => writeln!(
                 f,
@@ -251,8 +266,13 @@ impl std::fmt::Display for StatusReport {
         if let Some(a) = self.agent.as_ref().filter(|_| self.agent_running) {
             writeln!(
                 f,
-                "flows:    {} tracked of {}; last harvest {:.1} ms, scoring {:.1} ms; {} scored",
-                a.flows_tracked, a.flow_capacity, a.last_harvest_ms, a.last_scoring_ms, a.flows_scored
+                "flows:    {} tracked of {}, {} evicted; last harvest {:.1} ms, scoring {:.1} ms; {} scored",
+                a.flows_tracked,
+                a.flow_capacity,
+                a.flow_evictions,
+                a.last_harvest_ms,
+                a.last_scoring_ms,
+                a.flows_scored
             )?;
             let e = &a.engine;
             writeln!(

@@ -17,6 +17,7 @@ pub mod flows;
 pub mod metrics;
 pub mod model;
 pub mod net;
+pub mod private_dir;
 pub mod replay;
 pub mod run;
 pub mod sensor;

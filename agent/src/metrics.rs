@@ -7,8 +7,12 @@
 
 use std::{
     collections::HashMap,
-    net::SocketAddr,
-    sync::{Arc, Mutex, PoisonError},
+    io::{Read as _, Write as _},
+    net::{SocketAddr, TcpListener, TcpStream},
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
     thread::JoinHandle,
     time::Duration,
 };
@@ -67,6 +71,7 @@ pub struct Metrics {
     malformed: Family<Label, Counter>,
     flows_created: Counter,
     flow_insert_failures: Counter,
+    flow_evictions: Counter,
     blocklist_drops: Counter,
     blocklist_expired: Counter,
     flows_tracked: Gauge,
@@ -80,6 +85,7 @@ pub struct Metrics {
     block_actions: Family<Label, Counter>,
     sink_events: Family<Labels2, Counter>,
     model_info: Family<Labels2, Gauge>,
+    output_failures: Family<Label, Counter>,
     seen: Mutex<Seen>,
 }
 
@@ -94,6 +100,7 @@ impl Metrics {
             malformed: Family::default(),
             flows_created: Counter::default(),
             flow_insert_failures: Counter::default(),
+            flow_evictions: Counter::default(),
             blocklist_drops: Counter::default(),
             blocklist_expired: Counter::default(),
             flows_tracked: Gauge::default(),
@@ -107,6 +114,7 @@ impl Metrics {
             block_actions: Family::default(),
             sink_events: Family::default(),
             model_info: Family::default(),
+            output_failures: Family::default(),
             seen: Mutex::default(),
         };
         // Known label values start at zero, so their series exist before the first event.
@@ -125,6 +133,11 @@ impl Metrics {
         r.register("malformed_packets", "Malformed packets, passed on, by reason", m.malformed.clone());
         r.register("flows_created", "Flows created in the kernel flow table", m.flows_created.clone());
         r.register("flow_insert_failures", "Flow inserts the kernel refused", m.flow_insert_failures.clone());
+        r.register(
+            "flow_evictions",
+            "Flows the kernel's LRU evicted from the flow table before a harvest exported them (derived per harvest)",
+            m.flow_evictions.clone(),
+        );
         r.register("blocklist_drops", "Packets dropped by blocklist rules", m.blocklist_drops.clone());
         r.register("blocklist_expired", "Expired blocklist rules removed by the kernel", m.blocklist_expired.clone());
         r.register("flows_tracked", "Flows in the kernel flow table at the last harvest", m.flows_tracked.clone());
@@ -138,6 +151,12 @@ impl Metrics {
         r.register("block_rule_drops", "Packets dropped per blocklist rule", m.rule_drops.clone());
         r.register("block_actions", "Blocklist actions, by outcome", m.block_actions.clone());
         r.register("sink_events", "Events handed to output sinks, by sink and outcome", m.sink_events.clone());
+        r.register(
+            "output_failures",
+            "Writes to a local output that failed and were given up (flow records lost, status file not updated); \
+             detection goes on",
+            m.output_failures.clone(),
+        );
         r.register(
             "model_info",
             "The model bundle scoring flows: name and sha256 of its manifest.json (always 1)",
@@ -164,6 +183,11 @@ impl Metrics {
         self.flow_insert_failures.inc_by(delta(&mut last.flow_insert_failed, counters.flow_insert_failed));
         self.blocklist_drops.inc_by(delta(&mut last.blocklist_drops, counters.blocklist_drops));
         self.blocklist_expired.inc_by(delta(&mut last.blocklist_expired, counters.blocklist_expired));
+    }
+
+    /// Flows the LRU evicted since the previous harvest (`flows::harvest::Evictions`).
+    pub fn add_flow_evictions(&self, n: u64) {
+        self.flow_evictions.inc_by(n);
     }
 
     /// Flows in the table now, and how full it is.
@@ -224,6 +248,11 @@ impl Metrics {
         }
     }
 
+    /// `n` more failures of local output `output` (`flows`, `status`).
+    pub fn output_failed(&self, output: &str, n: u64) {
+        self.output_failures.get_or_create(&label("output", output)).inc_by(n);
+    }
+
     /// The model bundle in use: `vigil_model_info{model, sha256} 1`.
     pub fn set_model(&self, model: &str, sha256: &str) {
         self.model_info.get_or_create(&[("model", model.to_owned()), ("sha256", sha256.to_owned())]).set(1);
@@ -239,44 +268,167 @@ impl Metrics {
     }
 
     /// Binds `addr` now, so a bad address fails before anything is attached, and serves
-    /// `GET /metrics` on a background thread until the returned handle is dropped.
+    /// `GET /metrics` on a background thread until the returned handle is dropped, with the
+    /// default [`Limits`]. Warns when the address is not loopback: the endpoint has no
+    /// authentication, and what it shows (rules, sources' drop counts) is for operators.
     ///
     /// # Errors
     /// If the address cannot be bound or the thread not started.
     pub fn serve(self: &Arc<Self>, addr: SocketAddr) -> Result<MetricsServer, MetricsError> {
-        let server = Arc::new(tiny_http::Server::http(addr).map_err(|source| MetricsError::Bind { addr, source })?);
-        let local_addr = server.server_addr().to_ip().unwrap_or(addr);
-        let (metrics, srv) = (Arc::clone(self), Arc::clone(&server));
-        let thread = std::thread::Builder::new().name("vigil-metrics".into()).spawn(move || {
-            for request in srv.incoming_requests() {
-                metrics.respond(request);
-            }
-        })?;
-        Ok(MetricsServer { local_addr, server, thread: Some(thread) })
+        self.serve_with(addr, Limits::default())
     }
 
-    fn respond(&self, request: tiny_http::Request) {
-        let path = request.url().split('?').next().unwrap_or_default();
-        let response = match (request.method(), path) {
-            (tiny_http::Method::Get, "/metrics") => tiny_http::Response::from_string(self.encode())
-                .with_header(tiny_http::Header::from_bytes("Content-Type", CONTENT_TYPE).expect("a valid header")),
-            (_, "/metrics") => tiny_http::Response::from_string("method not allowed\n").with_status_code(405),
-            _ => tiny_http::Response::from_string("not found; metrics are at /metrics\n").with_status_code(404),
-        };
-        if let Err(e) = request.respond(response) {
-            tracing::debug!("answering a metrics request: {e}");
+    /// [`Metrics::serve`] with explicit limits.
+    ///
+    /// # Errors
+    /// If the address cannot be bound or the thread not started.
+    pub fn serve_with(self: &Arc<Self>, addr: SocketAddr, limits: Limits) -> Result<MetricsServer, MetricsError> {
+        let bind = |source: std::io::Error| MetricsError::Bind { addr, source: Box::new(source) };
+        let listener = TcpListener::bind(addr).map_err(bind)?;
+        listener.set_nonblocking(true).map_err(bind)?;
+        let local_addr = listener.local_addr().map_err(bind)?;
+        if !local_addr.ip().is_loopback() {
+            tracing::warn!(%local_addr, "the metrics endpoint listens beyond loopback; it has no authentication: \
+                                        restrict it with a firewall or bind 127.0.0.1");
         }
+        let stop = Arc::new(AtomicBool::new(false));
+        let active = Arc::new(AtomicUsize::new(0));
+        let (metrics, stop2, active2) = (Arc::clone(self), Arc::clone(&stop), Arc::clone(&active));
+        let thread = std::thread::Builder::new()
+            .name("vigil-metrics".into())
+            .spawn(move || accept_loop(&listener, &metrics, &stop2, &active2, limits))?;
+        Ok(MetricsServer { local_addr, stop, active, thread: Some(thread) })
+    }
+
+    /// The answer to one request line's method and path: status, content type, body.
+    fn answer(&self, method: &str, path: &str) -> (u16, &'static str, String) {
+        let path = path.split('?').next().unwrap_or_default();
+        match (method, path) {
+            ("GET", "/metrics") => (200, CONTENT_TYPE, self.encode()),
+            (_, "/metrics") => (405, "text/plain", "method not allowed\n".to_owned()),
+            _ => (404, "text/plain", "not found; metrics are at /metrics\n".to_owned()),
+        }
+    }
+}
+
+/// Bounds on the metrics endpoint, so idle or slow clients cannot pile up threads.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Connections served at once; more are answered `503` and closed at once.
+    pub max_connections: usize,
+    /// Time a connection has to send its request and read the answer.
+    pub timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self { max_connections: 16, timeout: Duration::from_secs(5) }
+    }
+}
+
+/// Longest request head read (request line and headers); a scrape needs a few hundred bytes.
+const MAX_REQUEST_HEAD: usize = 8192;
+/// How often the accept loop looks for a stop request when idle.
+const ACCEPT_POLL: Duration = Duration::from_millis(50);
+
+/// Accepts until `stop`, one thread per connection while fewer than the limit are `active`.
+fn accept_loop(
+    listener: &TcpListener,
+    metrics: &Arc<Metrics>,
+    stop: &AtomicBool,
+    active: &Arc<AtomicUsize>,
+    limits: Limits,
+) {
+    while !stop.load(Ordering::Relaxed) {
+        let stream = match listener.accept() {
+            Ok((stream, _)) => stream,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(ACCEPT_POLL);
+                continue;
+            }
+            Err(e) => {
+                tracing::debug!("accepting a metrics connection: {e}");
+                std::thread::sleep(ACCEPT_POLL);
+                continue;
+            }
+        };
+        let _ = stream.set_nonblocking(false);
+        let _ = stream.set_read_timeout(Some(limits.timeout));
+        let _ = stream.set_write_timeout(Some(limits.timeout));
+        if active.load(Ordering::Relaxed) >= limits.max_connections {
+            // Answered here, without reading: the accept loop never waits on a client for long.
+            let _ = stream.set_write_timeout(Some(Duration::from_millis(100)));
+            respond(stream, 503, "text/plain", "busy\n");
+            continue;
+        }
+        active.fetch_add(1, Ordering::Relaxed);
+        let (metrics, active2) = (Arc::clone(metrics), Arc::clone(active));
+        let spawned = std::thread::Builder::new().name("vigil-metrics-c".into()).spawn(move || {
+            serve_connection(stream, &metrics, limits.timeout);
+            active2.fetch_sub(1, Ordering::Relaxed);
+        });
+        if let Err(e) = spawned {
+            // The connection is dropped with the closure; the agent goes on.
+            active.fetch_sub(1, Ordering::Relaxed);
+            tracing::warn!("no thread for a metrics connection: {e}");
+        }
+    }
+}
+
+/// Reads one request head (within `timeout` in all) and answers it.
+fn serve_connection(mut stream: TcpStream, metrics: &Metrics, timeout: Duration) {
+    let deadline = std::time::Instant::now() + timeout;
+    let mut head = Vec::with_capacity(512);
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") && !head.windows(2).any(|w| w == b"\n\n") {
+        if head.len() > MAX_REQUEST_HEAD || std::time::Instant::now() > deadline {
+            return respond(stream, 431, "text/plain", "request head too large or too slow\n");
+        }
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    let line = head.split(|&b| b == b'\n').next().map(String::from_utf8_lossy).unwrap_or_default();
+    let mut parts = line.split_whitespace();
+    let (method, path) = (parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
+    let (status, content_type, body) = metrics.answer(method, path);
+    respond(stream, status, content_type, &body);
+}
+
+fn respond(mut stream: TcpStream, status: u16, content_type: &str, body: &str) {
+    let reason = match status {
+        200 => "OK",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        431 => "Request Header Fields Too Large",
+        _ => "Service Unavailable",
+    };
+    let head = format!(
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    if let Err(e) = stream.write_all(head.as_bytes()).and_then(|()| stream.write_all(body.as_bytes())) {
+        tracing::debug!("answering a metrics request: {e}");
     }
 }
 
 /// The running metrics endpoint; dropping it stops the server and frees the address.
 pub struct MetricsServer {
     local_addr: SocketAddr,
-    server: Arc<tiny_http::Server>,
+    stop: Arc<AtomicBool>,
+    /// Connections being served (one thread each).
+    active: Arc<AtomicUsize>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl MetricsServer {
+    /// Connections being served now, each on its own thread.
+    #[must_use]
+    pub fn active_connections(&self) -> usize {
+        self.active.load(Ordering::Relaxed)
+    }
+
     /// The address actually bound (the port chosen when asked for port 0).
     #[must_use]
     pub fn local_addr(&self) -> SocketAddr {
@@ -286,7 +438,7 @@ impl MetricsServer {
 
 impl Drop for MetricsServer {
     fn drop(&mut self) {
-        self.server.unblock();
+        self.stop.store(true, Ordering::Relaxed);
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
@@ -317,6 +469,7 @@ mod tests {
         c.count_malformed(Malformed::TcpBadOffset);
         m.observe_sensor(&c);
         m.set_flows_tracked(25, 100);
+        m.add_flow_evictions(4);
         m.observe_harvest(Duration::from_millis(3));
         m.observe_scoring(40, Duration::from_micros(300));
         m.alert("high");
@@ -330,6 +483,7 @@ mod tests {
             "vigil_malformed_packets_total{reason=\"eth_truncated\"} 0",
             "vigil_flows_created_total 3",
             "vigil_flow_insert_failures_total 0",
+            "vigil_flow_evictions_total 4",
             "vigil_blocklist_drops_total 2",
             "vigil_flows_tracked 25",
             "vigil_flow_table_fill_ratio 0.25",
@@ -402,5 +556,65 @@ mod tests {
         let err = m.serve(first.local_addr()).err().expect("second bind fails");
         assert!(err.to_string().contains(&first.local_addr().to_string()), "{err}");
         drop(first);
+    }
+
+    #[test]
+    fn idle_connections_are_bounded_and_time_out() {
+        let m = Metrics::new();
+        let limits = Limits { max_connections: 4, timeout: Duration::from_millis(700) };
+        let server = m.serve_with("127.0.0.1:0".parse().unwrap(), limits).unwrap();
+        let addr = server.local_addr();
+        // 40 clients that connect and say nothing (the review's 300 made 300 threads).
+        let idle: Vec<_> = (0..40).map(|_| std::net::TcpStream::connect(addr).unwrap()).collect();
+        std::thread::sleep(Duration::from_millis(200));
+        assert_eq!(server.active_connections(), 4, "connection threads are capped");
+        // Over the limit: answered busy at once without reading the request, so the client
+        // may see the 503 or, when its request was still unread at close, a reset.
+        let mut over = std::net::TcpStream::connect(addr).unwrap();
+        let _ = write!(over, "GET /metrics HTTP/1.0\r\n\r\n");
+        let mut answer = String::new();
+        let _ = over.read_to_string(&mut answer);
+        assert!(answer.is_empty() || answer.starts_with("HTTP/1.1 503"), "{answer}");
+        assert_eq!(server.active_connections(), 4, "no thread for it");
+        // The idle ones run out of time; scrapes are served again.
+        std::thread::sleep(Duration::from_millis(900));
+        assert_eq!(get(addr, "/metrics").0, 200);
+        drop(idle);
+        drop(server);
+        assert!(std::net::TcpStream::connect(addr).is_err(), "dropping the server frees the address");
+    }
+
+    #[test]
+    fn a_slow_request_is_cut_off() {
+        let m = Metrics::new();
+        let limits = Limits { max_connections: 4, timeout: Duration::from_millis(500) };
+        let server = m.serve_with("127.0.0.1:0".parse().unwrap(), limits).unwrap();
+        let mut stream = std::net::TcpStream::connect(server.local_addr()).unwrap();
+        let started = std::time::Instant::now();
+        // One byte at a time, slower than the deadline allows for the whole head.
+        for b in b"GET /metrics HTTP/1.0\r\n" {
+            if stream.write_all(&[*b]).is_err() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(60));
+            if started.elapsed() > Duration::from_secs(3) {
+                break;
+            }
+        }
+        let mut answer = String::new();
+        let _ = stream.read_to_string(&mut answer);
+        assert!(!answer.contains("200 OK"), "{answer}");
+        assert!(started.elapsed() < Duration::from_secs(3), "cut off near its deadline");
+    }
+
+    #[test]
+    fn output_failures_are_counted_per_output() {
+        let m = Metrics::new();
+        m.output_failed("flows", 10);
+        m.output_failed("flows", 5);
+        m.output_failed("status", 1);
+        let text = m.encode();
+        assert!(text.contains("vigil_output_failures_total{output=\"flows\"} 15"), "{text}");
+        assert!(text.contains("vigil_output_failures_total{output=\"status\"} 1"), "{text}");
     }
 }

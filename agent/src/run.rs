@@ -28,7 +28,7 @@ use crate::{
     metrics::{Metrics, MetricsError},
     model::{Bundle, BundleError, onnx::OnnxError},
     net::route,
-    sensor::{self, Sensor, SensorError, SensorOptions},
+    sensor::{self, PinState, Sensor, SensorError, SensorOptions},
 };
 
 /// How often `vigil run` logs a status line, so an operator sees the sensor working even
@@ -54,6 +54,47 @@ pub enum RunError {
     Block(#[from] BlockError),
     #[error("scoring: {0}")]
     Scoring(#[from] OnnxError),
+    #[error(
+        "the pinned XDP link {path} was removed while still attached, not by `vigil detach`: stopping so that a \
+         supervisor restarts the sensor (check who can write the pin directory)"
+    )]
+    LinkUnpinned { path: PathBuf },
+    #[error("{0}")]
+    PrivateDir(#[from] crate::private_dir::PrivateDirError),
+}
+
+/// A local output (flow records, the status file) that must never stop detection: failures
+/// are counted in `vigil_output_failures_total{output}` and logged at most once per
+/// [`STATUS_EVERY`], with how many failed since the last log line.
+struct OutputHealth {
+    name: &'static str,
+    since_log: u64,
+    last_log: Option<Instant>,
+}
+
+impl OutputHealth {
+    const fn new(name: &'static str) -> Self {
+        Self { name, since_log: 0, last_log: None }
+    }
+
+    /// `n` more failures (0: none this cycle), the last with `error`.
+    fn failed(&mut self, n: u64, error: Option<String>, metrics: &Metrics) {
+        if n == 0 && error.is_none() {
+            return;
+        }
+        metrics.output_failed(self.name, n);
+        self.since_log += n;
+        if self.last_log.is_none_or(|t| t.elapsed() >= STATUS_EVERY) {
+            warn!(
+                output = self.name,
+                failed = self.since_log,
+                error = error.unwrap_or_default(),
+                "output failing; detection goes on (counted in vigil_output_failures_total)"
+            );
+            self.last_log = Some(Instant::now());
+            self.since_log = 0;
+        }
+    }
 }
 
 /// Loads the model a configuration names: `default` (built in) or a bundle directory that
@@ -115,6 +156,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     };
     let sinks = Sinks::start(&sink_specs)?;
     let metrics = Metrics::new();
+    metrics.set_model(&config.detection.model, &model_sha256);
     let metrics_server = config.metrics.listen.map(|addr| metrics.serve(addr)).transpose()?;
     if let Some(server) = &metrics_server {
         info!(addr = %server.local_addr(), "serving Prometheus metrics on /metrics");
@@ -123,6 +165,8 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     let mut sigterm = signal(SignalKind::terminate())?;
     let pin_dir = (!s.pin_dir.as_os_str().is_empty()).then(|| s.pin_dir.clone());
     let run_dir: PathBuf = s.run_dir.clone();
+    // The control commands trust the status file there: only the agent's user may write it.
+    crate::private_dir::ensure(&run_dir)?;
 
     let mut sensor = Sensor::load(&SensorOptions { flow_capacity: s.flow_capacity, pin_dir: pin_dir.clone() })?;
     let harvest_config = HarvestConfig {
@@ -157,7 +201,6 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     let thresholds = detector.thresholds;
     // The context window holds at most a flow table's worth of flows (memory under a flood).
     let context = ContextWindow::with_capacity(config.detection.context_window.0, s.flow_capacity as usize);
-    metrics.set_model(&config.detection.model, &model_sha256);
     let mut scorer = LiveScorer::new(detector, context);
     info!(
         interval = ?s.interval.0,
@@ -191,17 +234,13 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         ..AgentStatus::default()
     };
 
-    let mut emit_failed = None;
-    let mut emit = |record: FlowRecord, writer: &mut Option<FlowWriter>| {
-        if let Some(w) = writer.as_mut()
-            && let Err(e) = w.write(&record)
-        {
-            if emit_failed.is_none() {
-                warn!(error = %e, "writing flow records failed; later failures are counted at shutdown");
-            }
-            emit_failed.get_or_insert(e);
+    let emit = |record: FlowRecord, writer: &mut Option<FlowWriter>| {
+        if let Some(w) = writer.as_mut() {
+            w.emit(&record);
         }
     };
+    let mut flows_output = OutputHealth::new("flows");
+    let mut status_output = OutputHealth::new("status");
     let deliver = |notice: Notice, now_wall_ns: u64, metrics: &Arc<Metrics>| {
         match notice.kind {
             Kind::Alert | Kind::DestinationAlert => metrics.alert(notice.level.name()),
@@ -223,6 +262,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     let mut last_status = Instant::now();
     let mut exported = 0usize;
     let mut flows_scored = 0u64;
+    let mut evictions = crate::flows::harvest::Evictions::default();
     let mut suppressed = 0u64;
     let mut since = clock::monotonic_ns();
     let mut ticker = tokio::time::interval(s.interval.0);
@@ -238,7 +278,9 @@ pub async fn run(config: Config) -> Result<(), RunError> {
                 let ignored = &config.detection.ignore_destinations;
                 live.retain(|f| !ignored.iter().any(|n| n.contains(&f.record.dst_ip)));
                 if let Some(w) = writer.as_mut() {
-                    w.flush()?;
+                    w.end_batch();
+                    let failures = w.take_failures();
+                    flows_output.failed(failures.records, failures.last_error.map(|e| e.to_string()), &metrics);
                 }
                 let now_wall = MonoToWall::now().wall_ns(now);
                 let cycle = scorer.score(&live, now)?;
@@ -256,6 +298,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
 
                 let counters = sensor.counters()?;
                 metrics.observe_sensor(&counters);
+                metrics.add_flow_evictions(evictions.update(&report, counters.flows_created));
                 metrics.set_flows_tracked(report.tracked as u64, u64::from(s.flow_capacity));
                 metrics.observe_harvest(report.elapsed);
                 metrics.observe_scoring(live.len(), cycle.elapsed);
@@ -270,14 +313,14 @@ pub async fn run(config: Config) -> Result<(), RunError> {
 
                 status.updated = clock::rfc3339_millis(now_wall);
                 status.flows_tracked = report.tracked;
+                status.flow_evictions = evictions.total;
                 status.last_harvest_ms = report.elapsed.as_secs_f64() * 1e3;
                 status.last_scoring_ms = cycle.elapsed.as_secs_f64() * 1e3;
                 status.flows_scored = flows_scored;
                 status.engine = engine.stats;
                 status.sinks = sink_stats;
-                if let Err(e) = status.write(&run_dir) {
-                    debug!(error = %e, dir = %run_dir.display(), "writing the status file failed");
-                }
+                let written = status.write(&run_dir);
+                status_output.failed(u64::from(written.is_err()), written.err().map(|e| e.to_string()), &metrics);
                 if last_status.elapsed() >= STATUS_EVERY {
                     last_status = Instant::now();
                     info!(packets = counters.packets, bytes = counters.bytes, malformed = counters.malformed_total(),
@@ -285,8 +328,13 @@ pub async fn run(config: Config) -> Result<(), RunError> {
                           alerts = engine.stats.alerts, blocks = engine.stats.blocks,
                           blocklist_drops = counters.blocklist_drops, "status");
                 }
-                if sensor.pin_removed() {
-                    break "vigil detach";
+                match sensor.pin_state() {
+                    PinState::Intact => {}
+                    PinState::Detached => break "vigil detach",
+                    PinState::Unpinned => {
+                        let path = pin_dir.as_deref().map(|d| d.join(sensor::pin::LINK)).unwrap_or_default();
+                        return Err(RunError::LinkUnpinned { path });
+                    }
                 }
             }
             _ = sigint.recv() => break "SIGINT",
@@ -305,10 +353,10 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         flushed = harvester.flush(EndReason::Shutdown, |r| emit(r, &mut writer))?;
     }
     if let Some(w) = writer.as_mut() {
-        w.flush()?;
-    }
-    if let Some(e) = emit_failed {
-        warn!(error = %e, "writing flow records failed at least once");
+        w.end_batch();
+        if w.failed() > 0 {
+            warn!(lost = w.failed(), "flow records lost to output failures while running");
+        }
     }
     sinks.shutdown(Duration::from_secs(5));
     let _ = std::fs::remove_file(run_dir.join(crate::control::STATUS_FILE));

@@ -1,6 +1,7 @@
 //! Loading the XDP sensor into the kernel and attaching it to an interface.
 
 pub mod batch;
+pub mod layout;
 pub mod pin;
 
 use std::{fmt, path::PathBuf};
@@ -114,6 +115,20 @@ pub struct Sensor {
     reused: bool,
     /// Exclusive lock on the pin directory: one agent per pinned sensor.
     _lock: Option<nix::fcntl::Flock<std::fs::File>>,
+    /// Our own reference to the pinned link, to tell `vigil detach` from a removed pin.
+    watch: Option<pin::LinkWatch>,
+}
+
+/// What became of the pinned link ([`Sensor::pin_state`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PinState {
+    /// Not pinned, or pinned and in place.
+    Intact,
+    /// Detached and unpinned: `vigil detach` ran.
+    Detached,
+    /// The pin is gone but the link is still attached: someone removed it without
+    /// `vigil detach`.
+    Unpinned,
 }
 
 impl Sensor {
@@ -138,6 +153,9 @@ impl Sensor {
         if let Some(pins) = &pins {
             pin::ensure_bpffs(pins.dir())?;
             lock = Some(pin::lock(pins.dir())?);
+            // aya would reuse any map pinned under these names, whatever its shape.
+            layout::check(pins.dir(), &pin::PINNED_MAPS, pin::LINK, Some(options.flow_capacity))
+                .map_err(pin::PinError::from)?;
             for name in pin::PINNED_MAPS {
                 let path = pins.dir().join(name);
                 reused |= path.exists();
@@ -145,6 +163,9 @@ impl Sensor {
             }
         }
         let mut ebpf = loader.load(EBPF_OBJECT)?;
+        if !reused {
+            layout::write_version(&mut ebpf).map_err(|source| SensorError::MapRead { name: maps::LAYOUT, source })?;
+        }
         for name in [maps::PROGRAM, maps::PROGRAM_EMPTY] {
             let program: &mut Xdp = ebpf
                 .program_mut(name)
@@ -157,7 +178,7 @@ impl Sensor {
             info!(pin_dir = %options.pin_dir.as_deref().unwrap_or_else(|| "".as_ref()).display(),
                   "reusing the pinned maps of an earlier run (flows, counters and rules carry over)");
         }
-        Ok(Self { ebpf, pins, attached: None, reused, _lock: lock })
+        Ok(Self { ebpf, pins, attached: None, reused, _lock: lock, watch: None })
     }
 
     /// Whether the maps were reopened from an earlier run's pins.
@@ -207,6 +228,7 @@ impl Sensor {
             // A netlink attachment (kernels before 5.9) cannot be pinned: give up cleanly.
             let fd_link = FdLink::try_from(link).map_err(|e| fail(e.to_string()))?;
             let pinned = fd_link.pin(&path).map_err(|e| fail(e.to_string()))?;
+            self.watch = Some(pin::LinkWatch::open(&path)?);
             Attachment::Pinned(Some(pinned))
         } else {
             Attachment::Owned
@@ -220,11 +242,13 @@ impl Sensor {
     /// (`BPF_LINK_UPDATE`, atomic: no packet goes unseen).
     fn take_over(&mut self, iface: &str, mode: AttachMode, path: &std::path::Path) -> Result<AttachMode, SensorError> {
         let fail = |reason: String| SensorError::Takeover { path: path.to_owned(), reason };
+        let watch = pin::LinkWatch::open(path)?;
         let pinned = PinnedLink::from_pin(path).map_err(|e: LinkError| fail(e.to_string()))?;
         let link = XdpLink::try_from(FdLink::from(pinned)).map_err(|e| fail(e.to_string()))?;
         self.program_mut(maps::PROGRAM)?.attach_to_link(link).map_err(|e| fail(e.to_string()))?;
         info!(iface, link = %path.display(), "XDP sensor attached: took over the pinned link of an earlier run");
         self.attached = Some((iface.to_owned(), mode, Attachment::Pinned(None)));
+        self.watch = Some(watch);
         Ok(mode)
     }
 
@@ -261,11 +285,19 @@ impl Sensor {
         }
     }
 
-    /// Whether an earlier run's pinned link is gone (`vigil detach` ran meanwhile).
+    /// Whether the pinned link is still in place, was detached by `vigil detach`, or was
+    /// unpinned while still attached (which the agent treats as an error).
     #[must_use]
-    pub fn pin_removed(&self) -> bool {
-        matches!(self.attached, Some((_, _, Attachment::Pinned(_))))
-            && self.pins.as_ref().is_some_and(|p| !p.is_attached())
+    pub fn pin_state(&self) -> PinState {
+        let pinned = matches!(self.attached, Some((_, _, Attachment::Pinned(_))));
+        if !pinned || self.pins.as_ref().is_none_or(pin::Pins::is_attached) {
+            return PinState::Intact;
+        }
+        if self.watch.as_ref().is_some_and(pin::LinkWatch::is_attached) {
+            PinState::Unpinned
+        } else {
+            PinState::Detached
+        }
     }
 
     /// The interface and mode the sensor is attached with, if any.

@@ -22,12 +22,14 @@ pub const BPFFS_ROOT: &str = "/sys/fs/bpf";
 /// File name of the pinned XDP link.
 pub const LINK: &str = "link";
 /// Every map the sensor pins, by name.
-pub const PINNED_MAPS: [&str; 5] = [maps::FLOWS[0], maps::FLOWS[1], maps::COUNTERS, maps::BLOCK_V4, maps::BLOCK_V6];
+pub const PINNED_MAPS: [&str; 6] =
+    [maps::FLOWS[0], maps::FLOWS[1], maps::COUNTERS, maps::BLOCK_V4, maps::BLOCK_V6, maps::LAYOUT];
 
 /// `BPF_FS_MAGIC` from `linux/magic.h`.
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
-/// `BPF_OBJ_GET` and `BPF_LINK_DETACH` from `linux/bpf.h`.
+/// `BPF_OBJ_GET`, `BPF_OBJ_GET_INFO_BY_FD` and `BPF_LINK_DETACH` from `linux/bpf.h`.
 const BPF_OBJ_GET: libc::c_long = 7;
+const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 const BPF_LINK_DETACH: libc::c_long = 34;
 
 /// Errors with the pin directory.
@@ -45,6 +47,10 @@ pub enum PinError {
     Busy { path: PathBuf },
     #[error("pinned map {path}: {source}")]
     Map { path: PathBuf, source: aya::maps::MapError },
+    #[error(transparent)]
+    Layout(#[from] super::layout::LayoutError),
+    #[error(transparent)]
+    Private(#[from] crate::private_dir::PrivateDirError),
 }
 
 fn is_bpffs(path: &Path) -> bool {
@@ -59,11 +65,13 @@ fn is_bpffs(path: &Path) -> bool {
 pub fn ensure_bpffs(dir: &Path) -> Result<(), PinError> {
     let root = Path::new(BPFFS_ROOT);
     if dir.starts_with(root) && !is_bpffs(root) {
-        nix::mount::mount(Some("bpf"), root, Some("bpf"), nix::mount::MsFlags::empty(), None::<&str>)
+        // Mode 0700: only root may pin (or unpin) anything there.
+        nix::mount::mount(Some("bpf"), root, Some("bpf"), nix::mount::MsFlags::empty(), Some("mode=0700"))
             .map_err(PinError::Mount)?;
-        tracing::info!(path = BPFFS_ROOT, "mounted the BPF filesystem");
+        tracing::info!(path = BPFFS_ROOT, "mounted the BPF filesystem (mode 0700)");
     }
-    std::fs::create_dir_all(dir).map_err(|source| PinError::Io { path: dir.to_owned(), source })?;
+    // Whoever can write the pin directory can unlink `link` and detach the sensor.
+    crate::private_dir::ensure(dir)?;
     if !is_bpffs(dir) {
         return Err(PinError::NotBpffs { path: dir.to_owned() });
     }
@@ -110,11 +118,21 @@ impl Pins {
         self.link().exists()
     }
 
+    /// Checks that the maps pinned here are of this build's layout (any flow capacity), before
+    /// a control command reads or writes them.
+    ///
+    /// # Errors
+    /// [`PinError::Layout`] naming the first map that differs.
+    pub fn check_layout(&self) -> Result<(), PinError> {
+        Ok(super::layout::check(&self.dir, &PINNED_MAPS, LINK, None)?)
+    }
+
     /// The sensor counters summed over CPUs, read from the pinned map.
     ///
     /// # Errors
-    /// If the map is not pinned here or cannot be read.
+    /// If the map is not pinned here, is of another layout, or cannot be read.
     pub fn counters(&self) -> Result<Counters, PinError> {
+        self.check_layout()?;
         let path = self.dir.join(maps::COUNTERS);
         let err = |source| PinError::Map { path: path.clone(), source };
         let map = MapData::from_pin(&path).and_then(Map::from_map_data).map_err(err)?;
@@ -186,6 +204,40 @@ fn obj_get(path: &Path) -> io::Result<OwnedFd> {
     let fd = i32::try_from(fd).map_err(|_| io::Error::from(io::ErrorKind::InvalidData))?;
     // SAFETY: the kernel just returned this fd to us; nothing else owns it.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// A reference of our own to the pinned XDP link, kept while the agent runs, to tell
+/// `vigil detach` (which detaches the link, then unpins it) from a pin merely removed (the
+/// link still attached): the first is a normal stop, the second an attack or a mistake.
+#[derive(Debug)]
+pub struct LinkWatch {
+    fd: OwnedFd,
+}
+
+impl LinkWatch {
+    /// Opens the link pinned at `path`.
+    ///
+    /// # Errors
+    /// If there is no link there.
+    pub fn open(path: &Path) -> Result<Self, PinError> {
+        obj_get(path).map(|fd| Self { fd }).map_err(|source| PinError::Io { path: path.to_owned(), source })
+    }
+
+    /// Whether the link still drives an interface: `BPF_OBJ_GET_INFO_BY_FD` on an XDP link
+    /// reports interface index 0 once it was detached (`BPF_LINK_DETACH` or the interface gone).
+    #[must_use]
+    pub fn is_attached(&self) -> bool {
+        // `struct bpf_link_info`: type, id, prog_id (u32 each), then at offset 16 the union
+        // whose `xdp` member starts with `ifindex`.
+        let mut info = [0u32; 8];
+        let Ok(fd) = u32::try_from(self.fd.as_raw_fd()) else { return false };
+        let ptr = info.as_mut_ptr() as u64;
+        let len = u32::try_from(std::mem::size_of_val(&info)).unwrap_or(0);
+        // `{ __u32 bpf_fd; __u32 info_len; __aligned_u64 info; }`
+        #[expect(clippy::cast_possible_truncation, reason = "splitting a u64 into its halves")]
+        let mut attr = [fd, len, ptr as u32, (ptr >> 32) as u32];
+        bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr).is_ok() && info[4] != 0
+    }
 }
 
 /// `BPF_LINK_DETACH`: the attachment goes away for every holder of the link.
