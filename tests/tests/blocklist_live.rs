@@ -14,7 +14,11 @@ use vigil::{
     },
     sensor::{AttachMode, Sensor, SensorOptions},
 };
-use vigil_tests::{netns::Link, require_root};
+use vigil_tests::{
+    agent::{TempDir, vigil_bin},
+    netns::Link,
+    require_root,
+};
 
 const PORT: u16 = 9998;
 
@@ -137,4 +141,66 @@ fn lapsed_rule_removal_keeps_a_rule_re_added_meanwhile() {
     let narrow = vigil::block::Rule { prefix: "10.0.3.0/24".parse().unwrap(), ..wide.clone() };
     assert_eq!(blocklist.remove_if_lapsed(&narrow).expect("/24 under a /16"), Lapse::Gone);
     assert_eq!(blocklist.list().expect("list").len(), 2, "the /16 stays");
+}
+
+/// `vigil block ARGS` against `pin_dir` with `config`, `SSH_CONNECTION` set to `ssh` (or
+/// unset), run to completion: (success, stdout, stderr).
+fn block_cli(pin_dir: &str, config: &std::path::Path, ssh: Option<&str>, args: &[&str]) -> (bool, String, String) {
+    let mut command = std::process::Command::new(vigil_bin());
+    command.args(["block", "--pin-dir", pin_dir, "--config", config.to_str().expect("utf-8")]).args(args);
+    command.env_remove("SSH_CONNECTION").env_remove("SSH_CLIENT");
+    if let Some(value) = ssh {
+        command.env("SSH_CONNECTION", value);
+    }
+    let out = command.output().expect("vigil runs");
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+}
+
+#[test]
+fn block_add_cli_applies_the_configured_rails() {
+    require_root();
+    let dir = TempDir::new("block-cli");
+    let config = dir.path().join("vigil.toml");
+    std::fs::write(&config, "[block]\nallowlist = [\"198.51.100.0/24\"]\nmax_ttl = \"1h\"\n").expect("config");
+    let pin_dir = format!("/sys/fs/bpf/vigil-test-blockcli-{}", std::process::id());
+    let sensor = Sensor::load(&SensorOptions { pin_dir: Some(pin_dir.clone().into()), ..SensorOptions::default() })
+        .expect("load pinned");
+    let ssh = Some("203.0.113.77 52144 10.0.0.2 22");
+
+    let (ok, _, err) = block_cli(&pin_dir, &config, ssh, &["add", "198.51.100.9"]);
+    assert!(!ok && err.contains("198.51.100.0/24 (configured)") && err.contains("--force"), "{err}");
+    let (ok, _, err) = block_cli(&pin_dir, &config, ssh, &["add", "203.0.113.0/24"]);
+    assert!(!ok && err.contains("203.0.113.77") && err.contains("SSH session"), "{err}");
+    // As under sudo: the command's own environment lacks SSH_CONNECTION, its parent's has it.
+    let bin = vigil_bin().to_str().expect("utf-8");
+    let script = format!(
+        "env -u SSH_CONNECTION {bin} block --pin-dir {pin_dir} --config {} add 203.0.113.77; exit $?",
+        config.display()
+    );
+    let out = std::process::Command::new("sh")
+        .args(["-c", &script])
+        .env("SSH_CONNECTION", ssh.expect("set"))
+        .output()
+        .expect("sh runs");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("SSH session"), "{err}");
+    let (ok, _, err) = block_cli(&pin_dir, &config, ssh, &["add", "192.0.2.1", "--ttl", "100000years", "--force"]);
+    assert!(!ok && err.contains("block.max_ttl (1h)"), "{err}");
+    let (ok, _, err) = block_cli(&pin_dir, &config, ssh, &["add", "::/0", "--force"]);
+    assert!(!ok && err.contains("::ffff:0:0/96"), "{err}");
+
+    let (ok, out, err) = block_cli(&pin_dir, &config, ssh, &["add", "::ffff:192.0.2.7", "--ttl", "10m"]);
+    assert!(ok && out.contains("blocked 192.0.2.7/32"), "{out}{err}");
+    let (ok, out, err) = block_cli(&pin_dir, &config, ssh, &["add", "203.0.113.0/24", "--force"]);
+    assert!(ok && out.contains("blocked 203.0.113.0/24"), "{out}{err}");
+    let (ok, out, err) = block_cli(&pin_dir, &config, None, &["list", "--json"]);
+    assert!(ok, "{err}");
+    let rules: serde_json::Value = serde_json::from_str(&out).expect("json");
+    let prefixes: Vec<&str> = rules.as_array().expect("array").iter().filter_map(|r| r["prefix"].as_str()).collect();
+    assert_eq!(prefixes, ["192.0.2.7/32", "203.0.113.0/24"]);
+
+    drop(sensor);
+    let out = std::process::Command::new(vigil_bin()).args(["detach", "--pin-dir", &pin_dir]).output().expect("detach");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let _ = std::fs::remove_dir(&pin_dir);
 }
