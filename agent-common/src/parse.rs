@@ -189,13 +189,13 @@ fn parse_ipv4<P: Packet>(p: &P, offset: usize) -> Result<L3, Malformed> {
     let total_len = usize::from(be16([h[2], h[3]]));
     // A total length of 0 is what a capture on a host with segmentation offload records for
     // the large frames it hands the NIC; it is not a corrupt header.
-    let malformed = if header_len < 20 || (total_len != 0 && total_len < header_len) || offset + header_len > p.available()
-    {
-        flags |= flags::NETWORK_UNWALKED;
-        Some(Malformed::Ipv4BadHeaderLen)
-    } else {
-        None
-    };
+    let malformed =
+        if header_len < 20 || (total_len != 0 && total_len < header_len) || offset + header_len > p.available() {
+            flags |= flags::NETWORK_UNWALKED;
+            Some(Malformed::Ipv4BadHeaderLen)
+        } else {
+            None
+        };
     Ok(L3 { key, l4_offset: offset + header_len, ttl: h[8], flags, malformed })
 }
 
@@ -312,11 +312,11 @@ pub fn parse_l4<P: Packet>(p: &P, l3: &L3) -> (PacketMeta, Option<Malformed>) {
         if let Some(i) = p.bytes::<2>(offset) {
             meta.key.dst_port = be16([i[0], i[1]]);
         }
-    } else if protocol == IPPROTO_TCP || protocol == IPPROTO_UDP {
-        if let Some(ports) = p.bytes::<4>(offset) {
-            meta.key.src_port = be16([ports[0], ports[1]]);
-            meta.key.dst_port = be16([ports[2], ports[3]]);
-        }
+    } else if (protocol == IPPROTO_TCP || protocol == IPPROTO_UDP)
+        && let Some(ports) = p.bytes::<4>(offset)
+    {
+        meta.key.src_port = be16([ports[0], ports[1]]);
+        meta.key.dst_port = be16([ports[2], ports[3]]);
     }
     let problem = match protocol {
         IPPROTO_TCP => match p.bytes::<20>(offset) {
@@ -423,7 +423,7 @@ mod tests {
         assert!(p.bytes::<4>(MAX_OFFSET + 1).is_none());
     }
 
-    /// Ethernet + IPv6 from 2001:db8::66 to 2001:db8::2 with `exts` Destination Options
+    /// Ethernet + IPv6 from `2001:db8::66` to `2001:db8::2` with `exts` Destination Options
     /// headers of `units` 8-byte units after the first 8 each, then a TCP SYN to port 80.
     fn tcp6_with_dest_opts(exts: usize, units: u8) -> ([u8; 16], alloc_free::Frame) {
         let mut f = alloc_free::Frame::new();

@@ -35,13 +35,13 @@ fn long_dest_opts() -> Vec<u8> {
 
 /// A TCP connect from `[fd00:200::1]` to `[fd00:200::2]:PORT`, its SYN carrying `dest_opts`;
 /// whether the handshake completed within `timeout` (run inside A's namespace).
-fn connect_with(dest_opts: Option<Vec<u8>>, timeout: Duration) -> bool {
+fn connect_with(dest_opts: Option<&[u8]>, timeout: Duration) -> bool {
     // SAFETY: plain socket calls on a descriptor this function owns and closes; every pointer
     // passed lives for the call and its length is passed with it.
     unsafe {
         let fd = libc::socket(libc::AF_INET6, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
         assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
-        if let Some(opts) = &dest_opts {
+        if let Some(opts) = dest_opts {
             let ret = libc::setsockopt(
                 fd,
                 libc::IPPROTO_IPV6,
@@ -71,11 +71,8 @@ fn connect_with(dest_opts: Option<Vec<u8>>, timeout: Duration) -> bool {
             sin6_addr: libc::in6_addr { s6_addr: dst.ip().octets() },
             sin6_scope_id: 0,
         };
-        let ret = libc::connect(
-            fd,
-            (&raw const sa).cast(),
-            libc::socklen_t::try_from(std::mem::size_of_val(&sa)).unwrap(),
-        );
+        let ret =
+            libc::connect(fd, (&raw const sa).cast(), libc::socklen_t::try_from(std::mem::size_of_val(&sa)).unwrap());
         libc::close(fd);
         ret == 0
     }
@@ -101,7 +98,7 @@ fn a_blocked_ipv6_source_behind_a_long_destination_options_header_gets_no_syn_ac
     });
     std::thread::sleep(Duration::from_millis(200));
     // The kernel's own stack accepts such SYNs: without a rule the handshake completes.
-    assert!(link.a.run(|| connect_with(Some(long_dest_opts()), Duration::from_secs(2))), "baseline handshake");
+    assert!(link.a.run(|| connect_with(Some(&long_dest_opts()), Duration::from_secs(2))), "baseline handshake");
 
     let (tx, rx) = mpsc::channel::<()>();
     let (ready_tx, ready) = mpsc::channel();
@@ -117,7 +114,7 @@ fn a_blocked_ipv6_source_behind_a_long_destination_options_header_gets_no_syn_ac
         sensor.counters().expect("counters")
     });
     ready.recv().expect("sensor ready");
-    let with_header = link.a.run(|| connect_with(Some(long_dest_opts()), Duration::from_secs(2)));
+    let with_header = link.a.run(|| connect_with(Some(&long_dest_opts()), Duration::from_secs(2)));
     let plain = link.a.run(|| connect_with(None, Duration::from_secs(1)));
     tx.send(()).expect("stop");
     let counters = holder.join().expect("sensor thread");

@@ -25,7 +25,8 @@ struct PinDir(PathBuf);
 
 impl PinDir {
     fn new(tag: &str) -> Self {
-        let dir = PathBuf::from(format!("/sys/fs/bpf/vigil-test-{tag}-{}-{}", std::process::id(), vigil_tests::unique()));
+        let dir =
+            PathBuf::from(format!("/sys/fs/bpf/vigil-test-{tag}-{}-{}", std::process::id(), vigil_tests::unique()));
         Self(dir)
     }
 
@@ -61,7 +62,7 @@ fn xdp_attached(link: &Link) -> bool {
 }
 
 /// `bpf(BPF_MAP_CREATE)` + `bpf(BPF_OBJ_PIN)`: a map of the given shape pinned at `path`, as
-/// another build (or anyone with CAP_BPF) could leave it.
+/// another build (or anyone with `CAP_BPF`) could leave it.
 fn pin_raw_map(path: &Path, map_type: u32, key_size: u32, value_size: u32, max_entries: u32) {
     use std::os::unix::ffi::OsStrExt as _;
     let mut attr = [0u32; 18];
@@ -71,13 +72,14 @@ fn pin_raw_map(path: &Path, map_type: u32, key_size: u32, value_size: u32, max_e
     assert!(fd >= 0, "BPF_MAP_CREATE: {}", std::io::Error::last_os_error());
     let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).expect("path");
     let ptr = c_path.as_ptr() as u64;
-    #[expect(clippy::cast_possible_truncation, reason = "splitting a u64 and an fd into u32 fields")]
-    let mut pin = [ptr as u32, (ptr >> 32) as u32, fd as u32, 0];
+    let fd = u32::try_from(fd).expect("a small fd");
+    #[expect(clippy::cast_possible_truncation, reason = "splitting a u64 into its halves")]
+    let mut pin = [ptr as u32, (ptr >> 32) as u32, fd, 0];
     // SAFETY: as above; `c_path` outlives the call.
     let ret = unsafe { libc::syscall(libc::SYS_bpf, 6, pin.as_mut_ptr(), std::mem::size_of_val(&pin)) };
     assert_eq!(ret, 0, "BPF_OBJ_PIN {}: {}", path.display(), std::io::Error::last_os_error());
     // SAFETY: the fd came from the kernel above and is not used after this.
-    unsafe { libc::close(i32::try_from(fd).expect("fd")) };
+    unsafe { libc::close(i32::try_from(fd).expect("a small fd")) };
 }
 
 /// One error line naming `needles`, exit status 1.
@@ -108,8 +110,10 @@ fn pinned_maps_of_another_layout_are_refused_and_left_alone() {
     assert!(!xdp_attached(&link), "nothing attached");
     let info = MapInfo::from_pin(&counters).expect("the foreign map is still pinned");
     assert_eq!(info.value_size(), bigger, "and untouched");
-    let names: Vec<String> =
-        std::fs::read_dir(pins.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    let names: Vec<String> = std::fs::read_dir(pins.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
     assert_eq!(names, [maps::COUNTERS], "nothing else pinned beside it");
     std::fs::remove_file(&counters).unwrap();
 

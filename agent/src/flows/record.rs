@@ -43,6 +43,7 @@ pub struct TcpFlagCounts {
 
 /// One flow record. Times are Unix-epoch nanoseconds; lengths are frame bytes.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[expect(clippy::struct_excessive_bools, reason = "one JSON boolean per flag bit, as in docs/flow-records.md")]
 pub struct FlowRecord {
     pub src_ip: IpAddr,
     pub dst_ip: IpAddr,

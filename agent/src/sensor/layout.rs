@@ -142,6 +142,9 @@ pub fn anything_pinned(dir: &Path, names: &[&str], link: &str) -> bool {
 /// # Errors
 /// [`LayoutError`] for the first map that is missing, of another shape, or of another
 /// layout version.
+///
+/// # Panics
+/// If `names` holds a name [`expected`] does not know (a programming error).
 pub fn check(dir: &Path, names: &[&str], link: &str, flow_capacity: Option<u32>) -> Result<(), LayoutError> {
     if !anything_pinned(dir, names, link) {
         return Ok(());
