@@ -3,6 +3,7 @@
 //! Building is cargo's job (`agent/build.rs` builds the XDP program); this tool only makes sure
 //! what that build needs is installed, then drives cargo.
 
+mod fuzz;
 mod setup;
 
 use setup::run;
@@ -32,7 +33,8 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Set up and run every test: host unit tests, then the privileged suite (root).
+    /// Set up and run every test: host unit tests, the privileged suite (root), then 20 s of
+    /// each fuzz target (when no filter is given).
     Test {
         /// Extra arguments for the test binaries (e.g. a name filter).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -52,6 +54,15 @@ enum Task {
         /// Arguments for `vigil-lab eval-live` (e.g. `--data DIR`, `--out DIR`).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
+    },
+    /// Build the fuzz targets (cargo-fuzz, nightly) and run each for a bounded time, starting
+    /// from the corpus in tests/fuzz/corpus (see docs/fuzzing.md).
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = fuzz::DEFAULT_SECONDS)]
+        time: u64,
+        /// One target (packet, capture, bundle, config); all of them by default.
+        target: Option<String>,
     },
     /// Set up and run the benchmarks (root); prints a markdown report.
     Bench {
@@ -90,7 +101,13 @@ fn main() -> Result<()> {
             // a time.
             let mut privileged = vec!["test", "--package", "vigil-tests", "--", "--test-threads=1"];
             privileged.extend(args.iter().map(String::as_str));
-            cargo(&root, &privileged)
+            cargo(&root, &privileged)?;
+            // Then every fuzz target for a short, bounded time on the corpus in the repo.
+            if args.is_empty() { fuzz::run_targets(&root, fuzz::DEFAULT_SECONDS, None) } else { Ok(()) }
+        }
+        Task::Fuzz { time, target } => {
+            setup::ensure_cargo_fuzz()?;
+            fuzz::run_targets(&root, time, target.as_deref())
         }
         Task::Lab { args } => vigil_lab(&root, "lab", &args),
         Task::EvalLive { args } => vigil_lab(&root, "eval-live", &args),

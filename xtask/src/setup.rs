@@ -15,6 +15,9 @@ const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 const LLVM_PACKAGES: [&str; 2] = ["llvm-22-dev", "libpolly-22-dev"];
 /// bpf-linker 0.13 is the release built and verified against LLVM 22 and this rustc.
 const BPF_LINKER_VERSION: &str = "0.13.0";
+/// cargo-fuzz drives the fuzz targets (`cargo xtask fuzz`, and the end of `cargo xtask test`);
+/// 0.13.2 builds with the installed stable toolchain and runs with nightly.
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
 /// What the privileged tests and benchmarks use from the system.
 const TEST_PACKAGES: [(&str, &str); 10] = [
     ("ip", "iproute2"),
@@ -41,7 +44,8 @@ pub fn ensure() -> Result<()> {
     ensure_bpf_linker()?;
     ensure_test_tools()?;
     ensure_python_references()?;
-    eprintln!("xtask: setup complete (nightly rust-src, bpf-linker, test tools, Python references)");
+    ensure_cargo_fuzz()?;
+    eprintln!("xtask: setup complete (nightly rust-src, bpf-linker, test tools, Python references, cargo-fuzz)");
     Ok(())
 }
 
@@ -108,6 +112,33 @@ fn ensure_bpf_linker() -> Result<()> {
     })?;
     if !bpf_linker_ok() {
         bail!("bpf-linker was installed but is not on PATH; add ~/.cargo/bin to PATH");
+    }
+    Ok(())
+}
+
+fn cargo_fuzz_ok() -> bool {
+    Command::new("cargo")
+        .args(["fuzz", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains(CARGO_FUZZ_VERSION))
+}
+
+/// Installs cargo-fuzz unless this version is on PATH.
+///
+/// # Errors
+/// The install fails.
+pub fn ensure_cargo_fuzz() -> Result<()> {
+    if cargo_fuzz_ok() {
+        return Ok(());
+    }
+    eprintln!("xtask: setup: cargo-fuzz {CARGO_FUZZ_VERSION} not found; installing it");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    run(Command::new(cargo).args(["install", "cargo-fuzz", "--locked", "--version", CARGO_FUZZ_VERSION]))
+        .with_context(|| {
+            format!("installing cargo-fuzz; try: cargo install cargo-fuzz --locked --version {CARGO_FUZZ_VERSION}")
+        })?;
+    if !cargo_fuzz_ok() {
+        bail!("cargo-fuzz was installed but is not on PATH; add ~/.cargo/bin to PATH");
     }
     Ok(())
 }

@@ -197,8 +197,11 @@ mod tests {
         let json = r#"{"attack/scan.pcap": {"kind": "port-scan", "attacker": "10.0.0.1", "victim": "10.0.0.2"},
                        "attack/flood.pcap": {"kind": "syn-flood", "attacker": null, "victim": "10.0.0.9"},
                        "benign/*": {"kind": "benign"}}"#;
-        let labels =
-            Labels { path: "labels.json".into(), root: ".".into(), entries: serde_json::from_str(json).expect("parses") };
+        let labels = Labels {
+            path: "labels.json".into(),
+            root: ".".into(),
+            entries: serde_json::from_str(json).expect("parses"),
+        };
         let mut r = crate::features::flow::tests::record(1, 2, 80, 0);
         let scan = labels.label("attack/scan.pcap").expect("exact");
         assert!(scan.is_attack_flow(&r));
