@@ -13,7 +13,8 @@
 //! ns per packet in place, caches as the stack leaves them.
 //!
 //! The flood runs `vigil run` with a small flow table (far fewer entries than sources sent) and
-//! reports what the LRU table, the harvest cycle and the agent's memory did meanwhile.
+//! reports what the LRU table, the harvest cycle and the agent's memory did meanwhile;
+//! `cargo bench -p vigil-tests --bench linerate -- flood` runs it alone.
 #![expect(clippy::cast_precision_loss, reason = "packet counts and rates printed as floats")]
 
 use std::{
@@ -492,6 +493,7 @@ fn flood() -> String {
         assert!(created >= 0.9 * packets, "{created} flows created for {packets} packets of distinct sources");
     }
     let failures = d(&m2, "vigil_flow_insert_failures_total");
+    let evicted = d(&m2, "vigil_flow_evictions_total");
     let tracked = metric(&m2, "vigil_flows_tracked");
     let fill = metric(&m2, "vigil_flow_table_fill_ratio");
     let harvests = d(&m1, "vigil_harvest_duration_seconds_count");
@@ -544,6 +546,7 @@ fn flood() -> String {
             format!("{created:.0} / {FLOOD_CAPACITY} ({:.0}x)", created / f64::from(FLOOD_CAPACITY)),
         ),
         row("flow insert failures", format!("{failures:.0}")),
+        row("LRU evictions derived by the agent (`vigil_flow_evictions_total`)", format!("{evicted:.0}")),
         row("flows tracked: max at a harvest / at the end", format!("{tracked_max} / {tracked:.0} (fill {fill:.2})")),
         row(
             "harvests started during the flood (expected ~1 per interval)",
@@ -587,8 +590,12 @@ fn flood() -> String {
 
 fn main() {
     vigil_tests::require_root();
+    // `cargo bench -p vigil-tests --bench linerate -- flood` runs the flood alone.
+    let flood_only = std::env::args().skip(1).any(|a| a == "flood");
     // Build the agent before anything is timed.
     let _ = vigil_bin();
-    report(&rates());
+    if !flood_only {
+        report(&rates());
+    }
     report(&flood());
 }

@@ -68,8 +68,39 @@ pub struct HarvestReport {
     pub idle: usize,
     /// Records exported on the active timeout.
     pub active: usize,
+    /// Entries this harvest deleted (leaving flows the LRU had not evicted meanwhile).
+    pub removed: usize,
     /// Wall time of the harvest.
     pub elapsed: Duration,
+}
+
+/// Flows the kernel's LRU evicted from the table (lost telemetry: their packets never reach a
+/// record). The XDP program cannot see an eviction; between two harvests it is
+/// `tracked before - removed by the harvest + created since - tracked now`, with `created` the
+/// kernel's `flows_created` counter. Per interval the count is off by the flows created between
+/// a scan and the counter's reading (they move to the next interval), and a negative result
+/// (the counter read late) counts as 0; over many intervals the sum is exact but for those
+/// clamps. Entries deleted by anyone else (`vigil detach`, a flush) count as evictions.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Evictions {
+    /// Entries left after the previous harvest, and `flows_created` then.
+    previous: Option<(u64, u64)>,
+    /// Evictions counted so far.
+    pub total: u64,
+}
+
+impl Evictions {
+    /// Counts the evictions since the previous harvest from this one's report and the kernel's
+    /// `flows_created` read right after it; answers them (0 at the first harvest).
+    pub fn update(&mut self, report: &HarvestReport, flows_created: u64) -> u64 {
+        let tracked = report.tracked as u64;
+        let evicted = self
+            .previous
+            .map_or(0, |(left, created)| (left + flows_created.saturating_sub(created)).saturating_sub(tracked));
+        self.previous = Some((tracked.saturating_sub(report.removed as u64), flows_created));
+        self.total += evicted;
+        evicted
+    }
 }
 
 /// First and last packet time of a flow over all CPUs.
@@ -262,10 +293,13 @@ impl Harvester {
         let mut report = HarvestReport { tracked, ..HarvestReport::default() };
         for shard in &mut self.shards {
             let fd = shard.table.map().fd().as_fd();
-            for (key, scanned, reason) in shard.leaving.drain(..) {
+            // Taken, not drained: the buffers (a flow table's worth under a flood) are freed
+            // before scoring, not kept between harvests.
+            for (key, scanned, reason) in std::mem::take(&mut shard.leaving) {
                 // The value at deletion includes packets that arrived after the scan. If the
                 // entry is gone (LRU eviction in between), the scanned value is the best there is.
                 let stats = if batch::lookup_and_delete(fd, &key, &mut self.scratch)? {
+                    report.removed += 1;
                     merge_per_cpu(&self.scratch).unwrap_or(scanned)
                 } else {
                     scanned
@@ -280,7 +314,7 @@ impl Harvester {
                 }
                 emit(record);
             }
-            for (key, stats) in shard.updated.drain(..) {
+            for (key, stats) in std::mem::take(&mut shard.updated) {
                 live(LiveFlow {
                     record: FlowRecord::new(&key, &stats, EndReason::Open, clock),
                     new: is_new(&stats),
@@ -365,6 +399,20 @@ mod tests {
         assert_eq!(c.end_reason(0, 0, 90 * s), Some(EndReason::Idle), "idle is checked first");
         let never = HarvestConfig { idle_timeout: Duration::MAX, active_timeout: Duration::MAX, chunk: 1 };
         assert_eq!(never.end_reason(0, 0, u64::MAX - 1), None);
+    }
+
+    #[test]
+    fn evictions_follow_from_tracked_created_and_removed() {
+        let mut e = Evictions::default();
+        let report = |tracked, removed| HarvestReport { tracked, removed, ..HarvestReport::default() };
+        assert_eq!(e.update(&report(100, 10), 500), 0, "nothing to compare with yet");
+        // 90 left, 50 created, 100 seen: 40 evicted.
+        assert_eq!(e.update(&report(100, 0), 550), 40);
+        // A full table under a flood: 1000 created, still 100 tracked.
+        assert_eq!(e.update(&report(100, 0), 1550), 1000);
+        // The counter read late last time: fewer than nothing is none.
+        assert_eq!(e.update(&report(100, 0), 1550), 0);
+        assert_eq!(e.total, 1040);
     }
 
     #[test]
