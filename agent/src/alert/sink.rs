@@ -1,7 +1,10 @@
 //! Alert delivery: fans serialised alert events out to stdout, files, syslog and webhooks.
 //!
 //! Every sink owns a thread fed by a bounded queue. [`Sinks::send`] only ever `try_send`s, so
-//! a slow or dead sink costs dropped alerts (counted per sink), never detection latency.
+//! a slow or dead sink costs dropped alerts (counted per sink), never detection latency. An
+//! event a sink cannot deliver counts as failed, never stops anything: the sink tries again
+//! with the next event (the file is reopened, the syslog socket reconnected) and logs at most
+//! one line per [`FAILURE_LOG_INTERVAL`] with the failures since the last.
 //!
 //! Config shape (`[[alerts.sinks]]`): `type` picks the sink, `queue` (default 10 000) bounds its
 //! queue, the other keys belong to the type. [`SinkSpec`] flattens [`SinkConfig`] beside
