@@ -98,9 +98,9 @@ pub enum BundleError {
     Forest(#[from] ForestError),
     #[error("{AUTOENCODER}: {0}")]
     Onnx(#[from] super::onnx::OnnxError),
-    #[error("{0}")]
+    #[error(transparent)]
     Detector(#[from] DetectorError),
-    #[error("{0}")]
+    #[error(transparent)]
     Sign(#[from] SignError),
     #[error("this build of vigil has no default model (models/default was missing when it was compiled)")]
     NoDefault,

@@ -1,0 +1,203 @@
+//! `vigil model keygen|sign|verify` as an operator runs them, and `vigil run` refusing bundle
+//! directories that are unsigned, wrongly signed, out of range or writable by others.
+//!
+//! The `vigil run` cases run in a network namespace of their own (`unshare -n`, only `lo`)
+//! under `timeout`, so a run that wrongly got past the model check stays bounded and touches
+//! nothing outside.
+
+use std::{
+    os::unix::fs::{MetadataExt as _, PermissionsExt as _},
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use vigil_tests::{
+    agent::{TempDir, vigil_bin},
+    data::arg as s,
+};
+
+fn vigil(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(vigil_bin()).args(args).env("NO_COLOR", "1").output().expect("vigil runs");
+    let code = out.status.code().expect("exited");
+    (code, String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// Starts `vigil run ARGS` on `lo` of a fresh network namespace, stopped with SIGTERM after
+/// `seconds` at the latest.
+fn spawn_isolated(seconds: u32, args: &[&str]) -> std::process::Child {
+    Command::new("unshare")
+        .args(["-n", "timeout", "--preserve-status", "-s", "TERM", &seconds.to_string()])
+        .arg(vigil_bin())
+        .args(["run", "--iface", "lo", "--no-pin"])
+        .args(args)
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("unshare runs")
+}
+
+fn finish(child: std::process::Child) -> (i32, String) {
+    let out = child.wait_with_output().expect("waits");
+    (out.status.code().expect("exited"), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// `vigil run ARGS` isolated, for at most `seconds`.
+fn run_isolated(seconds: u32, args: &[&str]) -> (i32, String) {
+    finish(spawn_isolated(seconds, args))
+}
+
+/// A copy of the shipped bundle (without its signature), owned by root, mode 0644 in a 0755
+/// directory.
+fn bundle_copy(dir: &Path) -> PathBuf {
+    let bundle = dir.join("bundle");
+    std::fs::create_dir_all(&bundle).expect("dir");
+    std::fs::set_permissions(&bundle, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/default");
+    for f in ["manifest.json", "iforest.json", "autoencoder.onnx"] {
+        std::fs::copy(shipped.join(f), bundle.join(f)).expect("copy");
+        std::fs::set_permissions(bundle.join(f), std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    }
+    bundle
+}
+
+fn public_key_hex(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).expect("public key");
+    text.lines().find(|l| !l.starts_with('#')).expect("a key line").trim().to_owned()
+}
+
+#[test]
+fn keygen_sign_verify_round_trip_and_tampering() {
+    let dir = TempDir::new("model-cli");
+    let keys = dir.path().join("keys");
+    let (code, stdout, stderr) = vigil(&["model", "keygen", "--out", s(&keys)]);
+    assert_eq!(code, 0, "{stderr}");
+    let secret = keys.join("vigil-model.key");
+    let public = keys.join("vigil-model.pub");
+    assert_eq!(std::fs::metadata(&secret).expect("private key").mode() & 0o777, 0o600, "private key mode");
+    let hex = public_key_hex(&public);
+    assert!(stdout.contains(&hex), "keygen prints the public key: {stdout}");
+    let (code, _, stderr) = vigil(&["model", "keygen", "--out", s(&keys)]);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("vigil-model.key exists; refusing to overwrite"), "{stderr}");
+
+    let bundle = bundle_copy(dir.path());
+    let (code, _, stderr) = vigil(&["model", "verify", "--key", s(&public), s(&bundle)]);
+    assert_ne!(code, 0, "an unsigned bundle does not verify");
+    assert!(stderr.contains("no manifest.sig"), "{stderr}");
+
+    let (code, stdout, stderr) = vigil(&["model", "sign", "--key", s(&secret), s(&bundle)]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(bundle.join("manifest.sig").is_file(), "{stdout}");
+    let manifest_sha = "9d2bbd8da828b6b8fff7d89965dc6f9587df6b0a2e23827167d268072b15d4f7";
+    for key in [s(&public), hex.as_str()] {
+        let (code, stdout, stderr) = vigil(&["model", "verify", "--key", key, s(&bundle)]);
+        assert_eq!(code, 0, "{stderr}");
+        assert!(stdout.contains(&format!("valid, signed by {hex}; manifest sha256 {manifest_sha}")), "{stdout}");
+    }
+
+    // Another key: refused.
+    let (code, _, stderr) = vigil(&["model", "keygen", "--out", s(&dir.path().join("other"))]);
+    assert_eq!(code, 0, "{stderr}");
+    let other = dir.path().join("other/vigil-model.pub");
+    let (code, _, stderr) = vigil(&["model", "verify", "--key", s(&other), s(&bundle)]);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("does not verify with 1 trusted key(s)"), "{stderr}");
+    // Either of two keys: accepted.
+    let (code, _, stderr) = vigil(&["model", "verify", "--key", s(&other), "--key", s(&public), s(&bundle)]);
+    assert_eq!(code, 0, "{stderr}");
+
+    // The manifest changed after signing, checksums intact: a raised threshold.
+    let manifest = bundle.join("manifest.json");
+    let text = std::fs::read_to_string(&manifest).expect("manifest");
+    std::fs::write(&manifest, text.replacen("\"alert\": 3.0342329", "\"alert\": 4.5", 1)).expect("tamper");
+    let (code, _, stderr) = vigil(&["model", "verify", "--key", s(&public), s(&bundle)]);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("manifest.sig does not verify"), "{stderr}");
+    // A threshold out of range is named before the signature is even looked at.
+    std::fs::write(&manifest, text.replacen("\"alert\": 3.0342329", "\"alert\": 1e30", 1)).expect("tamper");
+    let (code, _, stderr) = vigil(&["model", "verify", "--key", s(&public), s(&bundle)]);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("thresholds.alert is 1e30"), "{stderr}");
+
+    // A private key others can read is not used.
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let (code, _, stderr) = vigil(&["model", "sign", "--key", s(&secret), s(&bundle)]);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("a private key others can read (mode 0644)"), "{stderr}");
+}
+
+#[test]
+fn the_shipped_bundle_verifies_with_the_models_key() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let key = root.join("models/vigil-models.pub");
+    for bundle in [root.join("models/default"), PathBuf::from("default")] {
+        let (code, stdout, stderr) = vigil(&["model", "verify", "--key", s(&key), s(&bundle)]);
+        assert_eq!(code, 0, "{}: {stderr}", bundle.display());
+        assert!(stdout.contains("valid, signed by"), "{stdout}");
+    }
+}
+
+#[test]
+fn vigil_run_refuses_unsigned_untrusted_and_writable_bundles() {
+    let dir = TempDir::new("model-run");
+    let bundle = bundle_copy(dir.path());
+    let keys = dir.path().join("keys");
+    assert_eq!(vigil(&["model", "keygen", "--out", s(&keys)]).0, 0);
+    let hex = public_key_hex(&keys.join("vigil-model.pub"));
+    let config = dir.path().join("vigil.toml");
+    std::fs::write(&config, format!("[detection]\ntrusted_keys = [\"{hex}\"]\n")).expect("config");
+    let run_dir = dir.path().join("run");
+    let common = ["--config", s(&config), "--run-dir", s(&run_dir), "--model", s(&bundle)];
+
+    let (code, stderr) = run_isolated(20, &common);
+    assert_eq!(code, 1, "an unsigned bundle stops vigil run: {stderr}");
+    assert!(stderr.contains("no manifest.sig: the bundle is not signed"), "{stderr}");
+    assert!(stderr.contains(s(&bundle)), "the error names the bundle: {stderr}");
+
+    let (code, _, other_err) = vigil(&["model", "keygen", "--out", s(&dir.path().join("other"))]);
+    assert_eq!(code, 0, "{other_err}");
+    let other = dir.path().join("other/vigil-model.key");
+    assert_eq!(vigil(&["model", "sign", "--key", s(&other), s(&bundle)]).0, 0);
+    let (code, stderr) = run_isolated(20, &common);
+    assert_eq!(code, 1, "a bundle signed by an untrusted key: {stderr}");
+    assert!(stderr.contains("does not verify with 1 trusted key(s)"), "{stderr}");
+
+    assert_eq!(vigil(&["model", "sign", "--key", s(&keys.join("vigil-model.key")), s(&bundle)]).0, 0);
+    std::fs::set_permissions(bundle.join("iforest.json"), std::fs::Permissions::from_mode(0o666)).expect("chmod");
+    let (code, stderr) = run_isolated(20, &common);
+    assert_eq!(code, 1, "a file anyone can write: {stderr}");
+    assert!(stderr.contains("iforest.json: writable by group or others (mode 0666)"), "{stderr}");
+    std::fs::set_permissions(bundle.join("iforest.json"), std::fs::Permissions::from_mode(0o644)).expect("chmod");
+
+    // Signed by the trusted key and private: it runs, and says which bundle it runs, in its
+    // log and in the status file `vigil status` reads.
+    let child = spawn_isolated(20, &common);
+    let status_file = run_dir.join("status.json");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    let status = loop {
+        if let Some(status) =
+            std::fs::read(&status_file).ok().and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        {
+            break status;
+        }
+        assert!(std::time::Instant::now() < deadline, "no status file within 15 s");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    let sha = "9d2bbd8da828b6b8fff7d89965dc6f9587df6b0a2e23827167d268072b15d4f7";
+    assert_eq!(status["model_sha256"], sha, "{status:#}");
+    let report = vigil(&["status", "--pin-dir", s(&dir.path().join("no-pins")), "--run-dir", s(&run_dir)]).1;
+    assert!(report.contains(&format!("model {} (sha256 {sha})", bundle.display())), "{report}");
+    assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("kill").success());
+    let (code, stderr) = finish(child);
+    assert_eq!(code, 0, "SIGTERM is a clean stop: {stderr}");
+    assert!(stderr.contains(&format!("model bundle signed by {hex}")) && stderr.contains(sha), "{stderr}");
+
+    // allow_unsigned loads an unsigned bundle, saying so.
+    std::fs::remove_file(bundle.join("manifest.sig")).expect("unsign");
+    let mut args = common.to_vec();
+    args.push("--allow-unsigned-model");
+    let (code, stderr) = run_isolated(4, &args);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("not verified (allow_unsigned): no manifest.sig"), "{stderr}");
+}
