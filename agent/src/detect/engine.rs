@@ -1122,16 +1122,17 @@ mod flood_memory {
                 })
                 .collect();
             let before = status_kib("VmRSS");
-            let scores = scorer.score(&flows, mono).expect("scored");
-            let scored = status_kib("VmRSS");
-            let anomalous = scores.scores.iter().filter(|s| s.combined >= scorer.detector.thresholds.alert).count();
+            let cycle_scores = scorer.score(&flows, mono).expect("scored");
+            let after_scoring = status_kib("VmRSS");
+            let alert = scorer.detector.thresholds.alert;
+            let anomalous = cycle_scores.scores.iter().filter(|s| s.combined >= alert).count();
             let notices = engine
-                .cycle(mono, mono, &flows, &scores, &scorer.detector, None::<&mut Blocklist<aya::maps::MapData>>)
+                .cycle(mono, mono, &flows, &cycle_scores, &scorer.detector, None::<&mut Blocklist<aya::maps::MapData>>)
                 .expect("cycle");
-            drop(scores);
+            drop(cycle_scores);
             drop(flows);
             eprintln!(
-                "cycle {cycle}: rss {before} -> scored {scored} -> engine {} kB (hwm {}); anomalous {anomalous}, notices {}, sources {}, context {}",
+                "cycle {cycle}: rss {before} -> scored {after_scoring} -> engine {} kB (hwm {}); anomalous {anomalous}, notices {}, sources {}, context {}",
                 status_kib("VmRSS"),
                 status_kib("VmHWM"),
                 notices.len(),
