@@ -274,10 +274,15 @@ struct SourceState {
     reported_until_ns: u64,
 }
 
+/// Distinct sources and ports kept per destination at most: enough to pass
+/// `alerts.min_sources` and to show the scale, while 4096 destinations of a flood spread over
+/// a whole prefix stay within a few hundred MB (65,536 each would be tens of GB).
+const DEST_DISTINCT_CAP: usize = 1024;
+
 /// Anomalies towards one destination since its last destination alert.
 #[derive(Debug, Default)]
 struct DestPending {
-    /// Distinct sources with an anomalous flow to it (capped).
+    /// Distinct sources with an anomalous flow to it (at most [`DEST_DISTINCT_CAP`]).
     sources: HashSet<IpAddr>,
     /// Anomalous flows that started in the cycles since (open flows re-scored later are not
     /// counted again).
@@ -500,10 +505,10 @@ impl Engine {
             if p.opened_ns == 0 {
                 p.opened_ns = now_mono_ns;
             }
-            if p.sources.len() < DISTINCT_CAP {
+            if p.sources.len() < DEST_DISTINCT_CAP {
                 p.sources.insert(r.src_ip);
             }
-            if p.ports.len() < DISTINCT_CAP {
+            if p.ports.len() < DEST_DISTINCT_CAP {
                 p.ports.insert(r.dst_port);
             }
             if flow.new {
@@ -844,8 +849,10 @@ fn destination_doc(
 ) -> Option<Notice> {
     let (top, score, evidence) = p.top?;
     let worst = worst_flow(config, detector, level, &top, &score, &evidence);
+    let capped = p.sources.len() >= DEST_DISTINCT_CAP;
     let message = format!(
-        "{dst}: anomalous flows from {} sources ({} new flows, {} ports; score {:.1}, alert at {:.1}); spoofed or distributed, not blocked; top feature {}",
+        "{dst}: anomalous flows from {}{} sources ({} new flows, {} ports; score {:.1}, alert at {:.1}); spoofed or distributed, not blocked; top feature {}",
+        if capped { "at least " } else { "" },
         p.sources.len(),
         p.new_flows,
         p.ports.len(),
@@ -864,6 +871,7 @@ fn destination_doc(
             "vigil": {
                 "counts": {
                     "sources": p.sources.len(),
+                    "sources_capped": capped,
                     "new_anomalous_flows": p.new_flows,
                     "destination_ports": p.ports.len(),
                     "packets": p.packets,
@@ -1032,6 +1040,46 @@ mod tests {
         assert_eq!(alert_cycles(-3600), expected, "wall clock stepped back");
         // Wall time an hour forward: no window closes early.
         assert_eq!(alert_cycles(3600), expected, "wall clock stepped forward");
+    }
+
+    #[test]
+    fn destination_state_is_bounded_under_a_spread_flood() {
+        // A spoofed flood over many destinations: 64 destinations, 5,000 sources each.
+        let detector = detector();
+        let alert = detector.thresholds.alert;
+        let mut engine = Engine::new(config(alert));
+        let mut flows = Vec::new();
+        for d in 0..64u32 {
+            for k in 0..5_000u32 {
+                let mut r = record(1, 2, u16::try_from(k % 60_000).unwrap(), 0);
+                r.src_ip = Ipv4Addr::from(0x0b00_0000 | k).into();
+                r.dst_ip = Ipv4Addr::from(0x0a00_0000 | d).into();
+                flows.push(LiveFlow { record: r, new: true, first_mono_ns: S });
+            }
+        }
+        let score = Score { iforest: 0.9, autoencoder: 1.0, combined: alert + 0.1 };
+        let notices = engine
+            .cycle(
+                2 * S,
+                2 * S,
+                &flows,
+                &CycleScores::fixed(vec![score; flows.len()]),
+                &detector,
+                None::<&mut Blocklist<aya::maps::MapData>>,
+            )
+            .expect("cycle");
+        let dest_alerts: Vec<_> = notices.iter().filter(|n| n.kind == Kind::DestinationAlert).collect();
+        assert!(!dest_alerts.is_empty(), "the flood is still reported");
+        for n in dest_alerts {
+            let counts = &n.doc["vigil"]["counts"];
+            assert_eq!(counts["sources"], DEST_DISTINCT_CAP, "{:#}", n.doc);
+            assert_eq!(counts["sources_capped"], true);
+            assert_eq!(counts["new_anomalous_flows"], 5_000, "flows are still all counted");
+            assert!(n.doc["message"].as_str().unwrap().contains("at least 1024 sources"));
+        }
+        for state in engine.destinations.values() {
+            assert!(state.pending.sources.len() <= DEST_DISTINCT_CAP && state.pending.ports.len() <= DEST_DISTINCT_CAP);
+        }
     }
 
     #[test]
