@@ -201,3 +201,69 @@ fn vigil_run_refuses_unsigned_untrusted_and_writable_bundles() {
     assert_eq!(code, 0, "{stderr}");
     assert!(stderr.contains("not verified (allow_unsigned): no manifest.sig"), "{stderr}");
 }
+
+/// A pinned agent in its own network namespace: stopped and detached on drop, whatever the
+/// test did.
+struct PinnedAgent {
+    child: Option<std::process::Child>,
+    pin_dir: String,
+}
+
+impl PinnedAgent {
+    fn stop(&mut self) -> (i32, String) {
+        let child = self.child.take().expect("running");
+        let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+        finish(child)
+    }
+}
+
+impl Drop for PinnedAgent {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            let _ = self.stop();
+        }
+        let _ = vigil(&["detach", "--pin-dir", &self.pin_dir]);
+    }
+}
+
+#[test]
+fn every_event_names_the_model_bundle() {
+    let dir = TempDir::new("model-event");
+    let alerts = dir.path().join("alerts.jsonl");
+    let pin_dir = format!("/sys/fs/bpf/vigil-test-model-{}", std::process::id());
+    let run_dir = dir.path().join("run");
+    let child = Command::new("unshare")
+        .args(["-n", "timeout", "--preserve-status", "-s", "TERM", "30"])
+        .arg(vigil_bin())
+        .args(["run", "--iface", "lo", "--pin-dir", &pin_dir, "--run-dir", s(&run_dir), "--alerts-file", s(&alerts)])
+        .args(["--config", "/dev/null"])
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("unshare runs");
+    let mut agent = PinnedAgent { child: Some(child), pin_dir: pin_dir.clone() };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while !run_dir.join("status.json").exists() {
+        assert!(std::time::Instant::now() < deadline, "the agent did not start within 15 s");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    // A manual rule (a documentation address): the agent reports it as a `block` event within
+    // one interval, through the same envelope as alerts.
+    let blocked = "198.51.100.77";
+    let (code, _, stderr) = vigil(&["block", "add", blocked, "--ttl", "1m", "--pin-dir", &pin_dir]);
+    assert_eq!(code, 0, "{stderr}");
+    let event = loop {
+        let text = std::fs::read_to_string(&alerts).unwrap_or_default();
+        if let Some(line) = text.lines().find(|l| l.contains(blocked)) {
+            break serde_json::from_str::<serde_json::Value>(line).expect("JSON");
+        }
+        assert!(std::time::Instant::now() < deadline + std::time::Duration::from_secs(5), "no event: {text}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    let (code, stderr) = agent.stop();
+    assert_eq!(code, 0, "{stderr}");
+    let sha = "9d2bbd8da828b6b8fff7d89965dc6f9587df6b0a2e23827167d268072b15d4f7";
+    assert_eq!(event["event"]["action"], "block", "{event:#}");
+    assert_eq!(event["vigil"]["model"]["sha256"], sha, "{event:#}");
+}

@@ -218,7 +218,9 @@ impl Bundle {
     /// # Errors
     /// [`BundleError`] naming the file and the problem.
     pub fn read_dir_with(dir: &Path, access: Access) -> Result<Self, BundleError> {
-        files::check_dir(dir, access)?;
+        if access == Access::Private {
+            files::check_dir(dir, access)?;
+        }
         let manifest_json = files::read_capped(&dir.join(MANIFEST), MANIFEST_MAX_BYTES, access)?;
         let manifest = Self::parse_manifest(&manifest_json)?;
         let read = |file: &'static str| -> Result<Vec<u8>, BundleError> {
@@ -233,7 +235,7 @@ impl Bundle {
         let (iforest, autoencoder) = (read(IFOREST)?, read(AUTOENCODER)?);
         let signature = match files::read_capped(&dir.join(SIGNATURE), SIGNATURE_MAX_BYTES, access) {
             Ok(bytes) => Some(bytes),
-            Err(FileError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => None,
+            Err(FileError::Io { error, .. }) if error.kind() == std::io::ErrorKind::NotFound => None,
             Err(e) => return Err(e.into()),
         };
         Ok(Self { manifest, iforest, autoencoder, manifest_json, signature })

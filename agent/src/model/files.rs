@@ -15,8 +15,8 @@ use std::{
 /// Why a file is not read.
 #[derive(Debug, thiserror::Error)]
 pub enum FileError {
-    #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {error}")]
+    Io { path: PathBuf, error: std::io::Error },
     #[error("{path}: not a regular file")]
     NotRegular { path: PathBuf },
     #[error("{path}: not a directory")]
@@ -66,7 +66,7 @@ fn private(path: &Path, uid: u32, mode: u32, agent: u32) -> Result<(), FileError
 /// # Errors
 /// [`FileError`] naming the directory.
 pub fn check_dir(path: &Path, access: Access) -> Result<(), FileError> {
-    let meta = std::fs::metadata(path).map_err(|source| FileError::Io { path: path.to_owned(), source })?;
+    let meta = std::fs::metadata(path).map_err(|source| FileError::Io { path: path.to_owned(), error: source })?;
     if !meta.is_dir() {
         return Err(FileError::NotDirectory { path: path.to_owned() });
     }
@@ -79,7 +79,7 @@ pub fn check_dir(path: &Path, access: Access) -> Result<(), FileError> {
 /// [`FileError`] naming the file: missing, not a regular file, too large, or (with
 /// [`Access::Private`]) owned or writable by someone else.
 pub fn read_capped(path: &Path, limit: u64, access: Access) -> Result<Vec<u8>, FileError> {
-    let io = |source| FileError::Io { path: path.to_owned(), source };
+    let io = |error| FileError::Io { path: path.to_owned(), error };
     // O_NONBLOCK: opening a FIFO planted in place of a file must not hang the agent.
     let file = File::options().read(true).custom_flags(libc::O_NONBLOCK).open(path).map_err(io)?;
     let meta = file.metadata().map_err(io)?;

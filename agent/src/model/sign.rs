@@ -42,8 +42,8 @@ const MODELS_KEY: &str = include_str!(concat!(env!("OUT_DIR"), "/default-model/v
 pub enum SignError {
     #[error(transparent)]
     File(#[from] FileError),
-    #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {error}")]
+    Io { path: PathBuf, error: std::io::Error },
     #[error("{path} exists; refusing to overwrite a key (move it away first)")]
     Exists { path: PathBuf },
     #[error("{name}: not an Ed25519 {kind} key: {why}")]
@@ -187,7 +187,7 @@ impl SecretKey {
     /// # Errors
     /// [`SignError`] naming the file.
     pub fn read(path: &Path) -> Result<Self, SignError> {
-        let meta = std::fs::metadata(path).map_err(|source| SignError::Io { path: path.to_owned(), source })?;
+        let meta = std::fs::metadata(path).map_err(|error| SignError::Io { path: path.to_owned(), error })?;
         if meta.mode() & 0o077 != 0 {
             return Err(SignError::KeyExposed { path: path.to_owned(), mode: meta.mode() & 0o7777 });
         }
@@ -233,7 +233,7 @@ pub fn verify(keys: &[PublicKey], manifest: &[u8], signature: &[u8]) -> Result<P
 /// # Errors
 /// [`SignError::Exists`] or an I/O error naming the file.
 pub fn keygen(dir: &Path) -> Result<(PathBuf, PathBuf, PublicKey), SignError> {
-    let io = |path: &Path, source| SignError::Io { path: path.to_owned(), source };
+    let io = |path: &Path, error| SignError::Io { path: path.to_owned(), error };
     std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
     let (secret_path, public_path) = (dir.join(SECRET_KEY_FILE), dir.join(PUBLIC_KEY_FILE));
     for path in [&secret_path, &public_path] {
@@ -247,7 +247,7 @@ pub fn keygen(dir: &Path) -> Result<(PathBuf, PathBuf, PublicKey), SignError> {
         let mut file = std::fs::File::options().write(true).create_new(true).mode(mode).open(path).map_err(
             |source| match source.kind() {
                 std::io::ErrorKind::AlreadyExists => SignError::Exists { path: path.to_owned() },
-                _ => SignError::Io { path: path.to_owned(), source },
+                _ => SignError::Io { path: path.to_owned(), error: source },
             },
         )?;
         file.write_all(text.as_bytes()).and_then(|()| file.sync_all()).map_err(|e| io(path, e))
