@@ -44,8 +44,8 @@ pub enum RunError {
     Sensor(#[from] SensorError),
     #[error("{0}")]
     Io(#[from] std::io::Error),
-    #[error("model {source_name}: {source}")]
-    Model { source_name: String, source: BundleError },
+    #[error("model {name}: {error}")]
+    Model { name: String, error: BundleError },
     #[error("alert sinks: {0}")]
     Sinks(#[from] SinkError),
     #[error("metrics endpoint: {0}")]
@@ -106,7 +106,7 @@ impl OutputHealth {
 pub fn load_detector(
     detection: &crate::config::DetectionSection,
 ) -> Result<(crate::model::Detector, String), RunError> {
-    let err = |source| RunError::Model { source_name: detection.model.clone(), source };
+    let err = |error| RunError::Model { name: detection.model.clone(), error };
     let trust = crate::model::Trust::from_config(&detection.trusted_keys, detection.allow_unsigned)
         .map_err(|e| err(e.into()))?;
     let (bundle, provenance) = Bundle::load_trusted(Path::new(&detection.model), &trust).map_err(err)?;

@@ -154,6 +154,7 @@ fn vigil_run_refuses_unsigned_untrusted_and_writable_bundles() {
     assert_eq!(code, 1, "an unsigned bundle stops vigil run: {stderr}");
     assert!(stderr.contains("no manifest.sig: the bundle is not signed"), "{stderr}");
     assert!(stderr.contains(s(&bundle)), "the error names the bundle: {stderr}");
+    assert_eq!(stderr.matches("no manifest.sig").count(), 1, "said once: {stderr}");
 
     let (code, _, other_err) = vigil(&["model", "keygen", "--out", s(&dir.path().join("other"))]);
     assert_eq!(code, 0, "{other_err}");
