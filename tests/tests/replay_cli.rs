@@ -164,7 +164,8 @@ fn eval_finds_a_bare_labels_file_in_the_current_directory() {
     // `--labels labels.json` took "" (the parent of a bare name) as the directory and failed
     // with ": No such file or directory".
     let dir = TempDir::new("eval-labels");
-    let labels = r#"{"benign/*": {"kind": "benign"}, "attack/scan.pcap": {"kind": "port-scan", "attacker": "10.0.0.1"}}"#;
+    let labels =
+        r#"{"benign/*": {"kind": "benign"}, "attack/scan.pcap": {"kind": "port-scan", "attacker": "10.0.0.1"}}"#;
     std::fs::write(dir.path().join("labels.json"), labels).unwrap();
     let eval = |args: &[&str]| {
         let out = Command::new(vigil_bin())

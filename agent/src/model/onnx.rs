@@ -150,12 +150,7 @@ fn unproduced_output(graph: &GraphProto) -> Option<&str> {
     if let Some(output) = graph.output.iter().find(|o| !produced(&o.name)) {
         return Some(&output.name);
     }
-    graph
-        .node
-        .iter()
-        .flat_map(|n| &n.attribute)
-        .flat_map(|a| a.g.iter().chain(&a.graphs))
-        .find_map(unproduced_output)
+    graph.node.iter().flat_map(|n| &n.attribute).flat_map(|a| a.g.iter().chain(&a.graphs)).find_map(unproduced_output)
 }
 
 impl OnnxScorer {
