@@ -432,7 +432,8 @@ mod tests {
     fn trusted_keys_are_keys_or_paths_and_bad_keys_are_named() {
         assert!(!Config::default().detection.allow_unsigned, "unsigned bundles are refused by default");
         let weak = format!("01{}", "00".repeat(31));
-        let mut c = Config::parse(&format!("[detection]\ntrusted_keys = [\"{weak}\"]\nallow_unsigned = true\n")).unwrap();
+        let mut c =
+            Config::parse(&format!("[detection]\ntrusted_keys = [\"{weak}\"]\nallow_unsigned = true\n")).unwrap();
         assert!(c.detection.allow_unsigned);
         let e = c.validate().unwrap_err().to_string();
         assert!(e.starts_with("config: `detection.trusted_keys` 0100") && e.contains("weak key"), "{e}");

@@ -4,7 +4,7 @@
 //! Built without a sanitizer (`-s none`) but with debug assertions (`-a`, which also turns on
 //! overflow checks): Vigil is safe Rust, so the bugs to find are panics and overflows, and
 //! skipping `AddressSanitizer` keeps the build of tract and the agent cheap (docs/fuzzing.md).
-//! New inputs go to `target/fuzz/corpus/TARGET`; the seeds in `tests/fuzz/corpus/TARGET` are
+//! New inputs go to `fuzz/corpus/TARGET` under the build directory; the seeds in `tests/fuzz/corpus/TARGET` are
 //! read, never written. Crashes land in `tests/fuzz/artifacts/TARGET` (ignored by git).
 
 use std::{path::Path, process::Command};
@@ -18,13 +18,19 @@ pub const TARGETS: [&str; 4] = ["packet", "capture", "bundle", "config"];
 /// Seconds per target unless `--time` says otherwise (also what `cargo xtask test` runs).
 pub const DEFAULT_SECONDS: u64 = 20;
 
+/// Where the fuzz builds and the grown corpus live: `fuzz/` under the build directory
+/// (`CARGO_TARGET_DIR`, as CI sets it to reuse builds across runs, or `target/`).
+fn fuzz_dir(root: &Path) -> std::path::PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), std::path::PathBuf::from).join("fuzz")
+}
+
 /// `cargo fuzz` on the nightly toolchain, with the flags every call shares.
 fn cargo_fuzz(root: &Path, subcommand: &str) -> Command {
     let mut cmd = Command::new("rustup");
     cmd.current_dir(root)
         .args(["run", "nightly", "cargo", "fuzz", subcommand, "--fuzz-dir", "tests/fuzz"])
         .args(["--sanitizer", "none", "--debug-assertions", "--target-dir"])
-        .arg(root.join("target/fuzz"))
+        .arg(fuzz_dir(root))
         // Set by the cargo running xtask for the stable toolchain; the nightly one must choose.
         .env_remove("RUSTUP_TOOLCHAIN")
         .env_remove("CARGO")
@@ -44,7 +50,7 @@ pub fn run_targets(root: &Path, seconds: u64, only: Option<&str>) -> Result<()> 
     };
     run(&mut cargo_fuzz(root, "build"))?;
     for target in targets {
-        let scratch = root.join("target/fuzz/corpus").join(target);
+        let scratch = fuzz_dir(root).join("corpus").join(target);
         std::fs::create_dir_all(&scratch)?;
         let seeds = root.join("tests/fuzz/corpus").join(target);
         let mut cmd = cargo_fuzz(root, "run");
