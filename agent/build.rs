@@ -9,7 +9,10 @@
 //! the agent then reports the built-in bundle as not verified (it is trusted as part of the
 //! binary either way).
 
-use std::{fs, path::Path};
+use std::{
+    fs,
+    path::{Path, PathBuf},
+};
 
 use anyhow::Context as _;
 
@@ -17,8 +20,15 @@ const MODEL_FILES: [&str; 3] = ["manifest.json", "iforest.json", "autoencoder.on
 const SIGNATURE: &str = "manifest.sig";
 const MODELS_KEY: &str = "vigil-models.pub";
 
+/// This crate's directory, read when the script runs (not `env!`, which bakes in wherever the
+/// script was compiled: a build directory shared by two checkouts would stage the other's
+/// files, or none).
+fn manifest_dir() -> anyhow::Result<PathBuf> {
+    Ok(PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").context("CARGO_MANIFEST_DIR is set by cargo")?))
+}
+
 fn stage_default_model() -> anyhow::Result<()> {
-    let models = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models");
+    let models = manifest_dir()?.join("../models");
     let src = models.join("default");
     let dst = Path::new(&std::env::var("OUT_DIR").context("OUT_DIR is set by cargo")?).join("default-model");
     fs::create_dir_all(&dst)?;
@@ -47,8 +57,8 @@ fn main() -> anyhow::Result<()> {
     stage_default_model()?;
     // aya-build watches the eBPF crate's own directory only; the parser and flow update it
     // compiles live in agent-common, so a change there must rebuild the object too.
-    println!("cargo:rerun-if-changed={}", Path::new(env!("CARGO_MANIFEST_DIR")).join("../agent-common").display());
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../agent-ebpf");
+    println!("cargo:rerun-if-changed={}", manifest_dir()?.join("../agent-common").display());
+    let root = manifest_dir()?.join("../agent-ebpf");
     let root = root.to_str().context("non-UTF-8 path to agent-ebpf")?;
     aya_build::build_ebpf(
         [aya_build::Package { name: "agent-ebpf", root_dir: root, ..Default::default() }],

@@ -148,6 +148,13 @@ pub struct Link {
 }
 
 impl Link {
+    /// Whether an XDP program is attached to B's interface (`ip link show`).
+    #[must_use]
+    pub fn xdp_attached(&self) -> bool {
+        let out = self.b.ip_output(&["link", "show", "dev", Self::IFACE_B]);
+        String::from_utf8_lossy(&out.stdout).contains("xdp")
+    }
+
     pub const A_V4: [u8; 4] = [10, 200, 0, 1];
     pub const B_V4: [u8; 4] = [10, 200, 0, 2];
     pub const IFACE_A: &'static str = "veth-a";

@@ -256,10 +256,6 @@ fn idle_and_active_timeouts_export_while_running() {
     }
 }
 
-fn xdp_attached(link: &Link) -> bool {
-    let out = link.b.ip_output(&["link", "show", "dev", Link::IFACE_B]);
-    String::from_utf8_lossy(&out.stdout).contains("xdp")
-}
 
 #[test]
 fn bad_input_fails_cleanly_with_nothing_attached() {
@@ -277,13 +273,13 @@ fn bad_input_fails_cleanly_with_nothing_attached() {
     let (status, stderr) = run(&["run", "--iface", Link::IFACE_B, "--flows-out", "/nonexistent/dir/f.jsonl"]);
     assert_eq!(status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("/nonexistent/dir/f.jsonl"), "{stderr}");
-    assert!(!xdp_attached(&link), "nothing left attached");
+    assert!(!link.xdp_attached(), "nothing left attached");
 
     let (status, stderr) = run(&["run", "--iface", Link::IFACE_B, "--flow-capacity", "0"]);
     assert_eq!(status.code(), Some(2), "clap rejects it: {stderr}");
     let (status, stderr) = run(&["run", "--iface", Link::IFACE_B, "--interval", "soon"]);
     assert_eq!(status.code(), Some(2), "{stderr}");
-    assert!(!xdp_attached(&link));
+    assert!(!link.xdp_attached());
 }
 
 #[test]
@@ -295,7 +291,7 @@ fn sigterm_detaches_and_flushes() {
     let sink = udp_sink(&link, 3);
     let agent =
         Agent::start(&link.b, &["run", "--no-pin", "--iface", Link::IFACE_B, "--flows-out", out.to_str().unwrap()]);
-    assert!(xdp_attached(&link));
+    assert!(link.xdp_attached());
     link.a.run(|| {
         let s = UdpSocket::bind(("10.200.0.1", 42000)).expect("bind");
         for _ in 0..3 {
@@ -307,7 +303,7 @@ fn sigterm_detaches_and_flushes() {
     assert!(status.success(), "{log}");
     assert!(log.contains("signal=\"SIGTERM\""), "{log}");
     assert!(log.contains("XDP sensor detached"), "{log}");
-    assert!(!xdp_attached(&link), "detached on exit");
+    assert!(!link.xdp_attached(), "detached on exit");
     let records = read_records(&out);
     let r = records.iter().find(|r| r.src_port == 42000).expect("flushed record");
     assert_eq!((r.packets, r.end_reason), (3, EndReason::Shutdown));

@@ -56,10 +56,6 @@ fn vigil(link: &Link, args: &[&str]) -> Output {
     link.b.command_net_only(vigil_bin().to_str().expect("utf-8")).args(args).output().expect("vigil runs")
 }
 
-fn xdp_attached(link: &Link) -> bool {
-    let out = link.b.ip_output(&["link", "show", "dev", Link::IFACE_B]);
-    String::from_utf8_lossy(&out.stdout).contains("xdp")
-}
 
 /// `bpf(BPF_MAP_CREATE)` + `bpf(BPF_OBJ_PIN)`: a map of the given shape pinned at `path`, as
 /// another build (or anyone with `CAP_BPF`) could leave it.
@@ -107,7 +103,7 @@ fn pinned_maps_of_another_layout_are_refused_and_left_alone() {
     let args = ["run", "--iface", Link::IFACE_B, "--pin-dir", pins.arg(), "--run-dir", run.path().to_str().unwrap()];
     let out = vigil(&link, &args);
     assert_refused(&out, &["VIGIL_COUNTERS", "value size", "vigil detach"]);
-    assert!(!xdp_attached(&link), "nothing attached");
+    assert!(!link.xdp_attached(), "nothing attached");
     let info = MapInfo::from_pin(&counters).expect("the foreign map is still pinned");
     assert_eq!(info.value_size(), bigger, "and untouched");
     let names: Vec<String> = std::fs::read_dir(pins.path())
@@ -123,7 +119,7 @@ fn pinned_maps_of_another_layout_are_refused_and_left_alone() {
     let agent = Agent::start_net_only(&link.b, &with_capacity);
     let (status, log) = agent.stop_with(nix::sys::signal::Signal::SIGTERM);
     assert!(status.success(), "{log}");
-    assert!(xdp_attached(&link), "left attached and pinned");
+    assert!(link.xdp_attached(), "left attached and pinned");
     // ...is not taken over by an agent asking for another capacity (aya would reuse the
     // smaller maps silently),
     let mut other = args.to_vec();
@@ -141,11 +137,11 @@ fn pinned_maps_of_another_layout_are_refused_and_left_alone() {
     let status = vigil(&link, &["status", "--pin-dir", pins.arg(), "--run-dir", run.path().to_str().unwrap()]);
     let text = String::from_utf8_lossy(&status.stdout).into_owned() + &String::from_utf8_lossy(&status.stderr);
     assert!(text.contains("layout version"), "status reports the mismatch instead of misreading: {text}");
-    assert!(xdp_attached(&link), "the refused agents touched nothing");
+    assert!(link.xdp_attached(), "the refused agents touched nothing");
     // `vigil detach` works on pins of any layout.
     let out = vigil(&link, &["detach", "--pin-dir", pins.arg()]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(!xdp_attached(&link));
+    assert!(!link.xdp_attached());
 }
 
 #[test]
@@ -163,7 +159,7 @@ fn pin_directories_others_could_change_are_refused() {
     std::os::unix::fs::chown(pins.path(), Some(0), Some(0)).expect("chown");
     std::fs::set_permissions(pins.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
     assert_refused(&vigil(&link, &args), &[pins.arg(), "writable by group or others"]);
-    assert!(!xdp_attached(&link));
+    assert!(!link.xdp_attached());
     // A run directory of someone else's is refused the same way.
     std::fs::set_permissions(pins.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     std::os::unix::fs::chown(run.path(), Some(65_534), Some(65_534)).expect("chown");
@@ -198,7 +194,7 @@ fn a_link_unpinned_behind_the_agents_back_is_an_error_and_detach_is_not() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let (status, log) = agent.wait_exit(Duration::from_secs(10));
     assert!(status.success(), "{log}");
-    assert!(!xdp_attached(&link));
+    assert!(!link.xdp_attached());
 }
 
 /// `GET /metrics` on `addr` from inside the namespace.

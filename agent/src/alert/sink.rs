@@ -634,7 +634,7 @@ fn system_hostname() -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     fn event(n: usize) -> Event {
@@ -657,7 +657,7 @@ mod tests {
     }
 
     /// Polls until `done` holds for the first sink's stats, panicking after 10 s.
-    fn wait_for(sinks: &Sinks, done: impl Fn(&SinkStats) -> bool) -> SinkStats {
+    pub(in crate::alert) fn wait_for(sinks: &Sinks, done: impl Fn(&SinkStats) -> bool) -> SinkStats {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let stats = sinks.stats().remove(0);

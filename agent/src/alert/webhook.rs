@@ -152,7 +152,7 @@ mod tests {
     use std::sync::Arc;
     use std::thread::JoinHandle;
 
-    use super::super::sink::{Severity, SinkConfig, SinkSpec, SinkStats, Sinks};
+    use super::super::sink::{Severity, SinkConfig, SinkSpec, SinkStats, Sinks, tests::wait_for};
     use super::*;
 
     fn event(n: usize) -> Event {
@@ -171,19 +171,6 @@ mod tests {
             backoff: Duration::from_millis(10),
             ca_file: None,
             allow_http: true,
-        }
-    }
-
-    /// Polls until `done` holds for the first sink's stats, panicking after 10 s.
-    fn wait_for(sinks: &Sinks, done: impl Fn(&SinkStats) -> bool) -> SinkStats {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let stats = sinks.stats().remove(0);
-            if done(&stats) {
-                return stats;
-            }
-            assert!(Instant::now() < deadline, "timed out waiting; stats {stats:?}");
-            thread::sleep(Duration::from_millis(5));
         }
     }
 

@@ -159,40 +159,10 @@ impl FlowWriter {
 
 #[cfg(test)]
 mod tests {
-    use std::net::{IpAddr, Ipv4Addr};
-
     use super::*;
-    use crate::flows::{EndReason, record::TcpFlagCounts};
 
     fn record() -> FlowRecord {
-        FlowRecord {
-            src_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
-            dst_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
-            src_port: 1,
-            dst_port: 2,
-            protocol: 17,
-            ip_version: 4,
-            first_seen_ns: 1,
-            last_seen_ns: 2,
-            packets: 1,
-            bytes: 60,
-            len_min: 60,
-            len_max: 60,
-            len_sq_sum: 3600,
-            iat_min_ns: None,
-            iat_max_ns: None,
-            iat_sum_ns: 0,
-            iat_sq_sum_us2: 0,
-            tcp_flags: TcpFlagCounts::default(),
-            ttl_min: 64,
-            ttl_max: 64,
-            fragment_first: false,
-            fragment_later: false,
-            malformed: 0,
-            transport_truncated: false,
-            network_unwalked: false,
-            end_reason: EndReason::Idle,
-        }
+        crate::features::flow::tests::record(1, 2, 80, 0)
     }
 
     #[test]
