@@ -145,8 +145,13 @@ fn vigil_lab(root: &Path, subcommand: &str, args: &[String]) -> Result<()> {
     Err(cmd.exec()).with_context(|| format!("starting {}", bin.display()))
 }
 
+/// The workspace this xtask runs for. `cargo run` sets `CARGO_MANIFEST_DIR` for the process;
+/// the value compiled in is only a fallback, since a build directory shared by two checkouts
+/// (CI reusing one for every fresh clone) can hand one checkout the other's binary.
 fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
+    let manifest =
+        std::env::var_os("CARGO_MANIFEST_DIR").map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from);
+    manifest.parent().expect("xtask lives in the workspace").to_path_buf()
 }
 
 fn target_dir(root: &Path) -> PathBuf {
