@@ -9,6 +9,12 @@ fn now_ns(clock: ClockId) -> u64 {
     u64::try_from(ts.tv_sec()).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec()).unwrap_or(0)
 }
 
+/// A duration in nanoseconds, saturating at `u64::MAX` (585 years).
+#[must_use]
+pub fn duration_ns(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
 /// `CLOCK_MONOTONIC` now, in nanoseconds: the kernel program's clock.
 #[must_use]
 pub fn monotonic_ns() -> u64 {

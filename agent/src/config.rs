@@ -155,7 +155,7 @@ pub struct AlertsSection {
     /// too little for an alert of its own. Such alerts never block. 0 turns them off.
     pub min_sources: usize,
     /// Alerts below this level (`low`, `medium`, `high`) are counted in metrics, not sent.
-    pub min_severity: crate::detect::Level,
+    pub min_severity: crate::detect::Severity,
     /// Sources with alert/block state at most.
     pub max_sources: usize,
     /// Sinks; none = standard output.
@@ -169,7 +169,7 @@ impl Default for AlertsSection {
             max_per_cycle: 100,
             min_flows: 3,
             min_sources: 20,
-            min_severity: crate::detect::Level::Medium,
+            min_severity: crate::detect::Severity::Medium,
             max_sources: 100_000,
             sinks: Vec::new(),
         }
@@ -349,7 +349,7 @@ impl Config {
         if self.alerts.min_flows == 0 {
             return bad("alerts.min_flows", "must be at least 1");
         }
-        if self.alerts.min_severity == crate::detect::Level::Info {
+        if self.alerts.min_severity == crate::detect::Severity::Info {
             return bad("alerts.min_severity", "must be low, medium or high");
         }
         if self.alerts.max_per_cycle == 0 || self.alerts.max_sources == 0 {

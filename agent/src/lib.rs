@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod model;
 pub mod net;
 pub mod private_dir;
+pub mod live;
 pub mod replay;
 pub mod run;
 pub mod sensor;

@@ -7,33 +7,29 @@
 //! when the agent stops or dies, and the next run takes them over; without one the
 //! attachment belongs to the process and goes away with it.
 
-use std::{
-    path::{Path, PathBuf},
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::path::{Path, PathBuf};
 
 use tokio::signal::unix::{SignalKind, signal};
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use crate::{
-    alert::sink::{Event, Severity, SinkError, Sinks},
+    alert::{
+        ecs::Observer,
+        sink::{SinkError, Sinks},
+    },
     block::{BlockError, Blocklist},
-    clock::{self, MonoToWall},
+    clock,
     config::Config,
     control::AgentStatus,
-    detect::{BlockMode, Engine, EngineConfig, Kind, Level, LiveScorer, Notice, allowlist::Allowlist},
+    detect::{BlockMode, Engine, EngineConfig, Scorer, allowlist::Allowlist},
     features::{Schema, context::ContextWindow},
-    flows::{EndReason, FlowRecord, HarvestConfig, Harvester, output::FlowWriter},
+    flows::{HarvestConfig, Harvester, output::FlowWriter},
+    live::{Agent, CycleError, Kernel, Next, Outputs},
     metrics::{Metrics, MetricsError},
     model::{Bundle, BundleError, onnx::OnnxError},
     net::route,
-    sensor::{self, PinState, Sensor, SensorError, SensorOptions},
+    sensor::{self, Sensor, SensorError, SensorOptions},
 };
-
-/// How often `vigil run` logs a status line, so an operator sees the sensor working even
-/// without alerts.
-const STATUS_EVERY: Duration = Duration::from_secs(10);
 
 /// Why `vigil run` stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -63,36 +59,13 @@ pub enum RunError {
     PrivateDir(#[from] crate::private_dir::PrivateDirError),
 }
 
-/// A local output (flow records, the status file) that must never stop detection: failures
-/// are counted in `vigil_output_failures_total{output}` and logged at most once per
-/// [`STATUS_EVERY`], with how many failed since the last log line.
-struct OutputHealth {
-    name: &'static str,
-    since_log: u64,
-    last_log: Option<Instant>,
-}
-
-impl OutputHealth {
-    const fn new(name: &'static str) -> Self {
-        Self { name, since_log: 0, last_log: None }
-    }
-
-    /// `n` more failures (0: none this cycle), the last with `error`.
-    fn failed(&mut self, n: u64, error: Option<String>, metrics: &Metrics) {
-        if n == 0 && error.is_none() {
-            return;
-        }
-        metrics.output_failed(self.name, n);
-        self.since_log += n;
-        if self.last_log.is_none_or(|t| t.elapsed() >= STATUS_EVERY) {
-            warn!(
-                output = self.name,
-                failed = self.since_log,
-                error = error.unwrap_or_default(),
-                "output failing; detection goes on (counted in vigil_output_failures_total)"
-            );
-            self.last_log = Some(Instant::now());
-            self.since_log = 0;
+impl From<CycleError> for RunError {
+    fn from(e: CycleError) -> Self {
+        match e {
+            CycleError::Harvest(e) => Self::Io(e),
+            CycleError::Scoring(e) => Self::Scoring(e),
+            CycleError::Rules(e) => Self::Block(e),
+            CycleError::Sensor(e) => Self::Sensor(e),
         }
     }
 }
@@ -121,20 +94,12 @@ pub fn load_detector(
     Ok((detector, sha256))
 }
 
-/// The syslog severity of an engine event.
-const fn severity(level: Level) -> Severity {
-    match level {
-        Level::High => Severity::Error,
-        Level::Medium => Severity::Warning,
-        Level::Low | Level::Info => Severity::Notice,
-    }
-}
-
-/// Runs the agent until SIGINT or SIGTERM (or `vigil detach`).
+/// Runs the agent until SIGINT or SIGTERM (or `vigil detach`): checks everything that can be
+/// wrong before attaching, then hands the live path to an [`Agent`], one cycle per interval.
 ///
 /// # Errors
 /// [`RunError`] for bad settings, a failed load or attach, or a failing map syscall.
-#[expect(clippy::too_many_lines, reason = "the agent's main loop reads best in one piece")]
+#[expect(clippy::too_many_lines, reason = "the wiring of the agent's parts, checked before anything is attached")]
 pub async fn run(config: Config) -> Result<(), RunError> {
     let s = &config.sensor;
     let iface = if s.iface.is_empty() {
@@ -148,7 +113,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         return Err(SensorError::NoSuchInterface { iface }.into());
     }
     let (detector, model_sha256) = load_detector(&config.detection)?;
-    let mut writer = config.flows.out.as_deref().map(FlowWriter::open).transpose()?;
+    let flows_out = config.flows.out.as_deref().map(FlowWriter::open).transpose()?;
     let sink_specs = if config.alerts.sinks.is_empty() {
         vec![crate::alert::sink::SinkSpec { kind: crate::alert::sink::SinkConfig::Stdout, queue: 10_000 }]
     } else {
@@ -174,39 +139,48 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         active_timeout: s.active_timeout.0,
         ..HarvestConfig::default()
     };
-    let mut harvester = Harvester::new(sensor.take_flows()?, harvest_config, sensor::possible_cpus());
+    let harvester = Harvester::new(sensor.take_flows()?, harvest_config, sensor::possible_cpus());
+    let rules = Blocklist::take_from(sensor.ebpf_mut())?;
     let mode = sensor.attach(&iface, s.xdp_mode)?;
 
     let allowlist = Allowlist::new(&config.block.allowlist, config.block.allowlist_host);
     let hostname = nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default();
-    let mut engine = Engine::new(EngineConfig {
+    let thresholds = detector.thresholds;
+    let block_threshold = thresholds.alert + config.block.margin;
+    let engine = Engine::new(EngineConfig {
         alert_window: config.alerts.window.0,
         top_features: config.detection.top_features,
         max_alerts_per_cycle: config.alerts.max_per_cycle,
         min_flows: config.alerts.min_flows,
         min_sources: config.alerts.min_sources,
-        min_level: config.alerts.min_severity,
+        min_severity: config.alerts.min_severity,
         max_sources: config.alerts.max_sources,
         block_mode: config.block.mode,
         consecutive: config.block.consecutive,
-        block_threshold: detector.thresholds.alert + config.block.margin,
+        alert_threshold: thresholds.alert,
+        block_threshold,
         ttl: config.block.ttl.0,
         max_rules: config.block.max_rules,
         max_new_per_minute: config.block.max_new_per_minute,
         allowlist,
-        iface: iface.clone(),
-        hostname,
-        model_sha256: model_sha256.clone(),
     });
-    let thresholds = detector.thresholds;
+    let observer = Observer {
+        hostname,
+        iface: iface.clone(),
+        model_sha256: model_sha256.clone(),
+        ruleset: detector.schema.id.clone(),
+        block_mode: config.block.mode,
+        block_threshold,
+        ttl: config.block.ttl.0,
+    };
     // The context window holds at most a flow table's worth of flows (memory under a flood).
     let context = ContextWindow::with_capacity(config.detection.context_window.0, s.flow_capacity as usize);
-    let mut scorer = LiveScorer::new(detector, context);
+    let scorer = Scorer::new(detector, context);
     info!(
         interval = ?s.interval.0,
         model = config.detection.model,
         alert_threshold = thresholds.alert,
-        block_threshold = thresholds.alert + config.block.margin,
+        block_threshold,
         block_mode = ?config.block.mode,
         sinks = sinks.stats().iter().map(|s| s.name.clone()).collect::<Vec<_>>().join(","),
         "detecting"
@@ -217,7 +191,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         info!(allowlist = allowed.join(", "), "auto-block allowlist");
     }
 
-    let mut status = AgentStatus {
+    let status = AgentStatus {
         pid: std::process::id(),
         version: env!("CARGO_PKG_VERSION").to_owned(),
         iface: iface.clone(),
@@ -225,7 +199,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         pin_dir: pin_dir.clone(),
         started: clock::rfc3339_millis(clock::wall_ns()),
         model: config.detection.model.clone(),
-        model_sha256: model_sha256.clone(),
+        model_sha256,
         block_mode: serde_json::to_value(config.block.mode)
             .ok()
             .and_then(|v| v.as_str().map(str::to_owned))
@@ -233,105 +207,21 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         flow_capacity: s.flow_capacity,
         ..AgentStatus::default()
     };
+    let kernel = Kernel { flows: harvester, sensor, rules: Some(Box::new(rules)) };
+    let outputs = Outputs { sinks, observer, flows: flows_out, metrics, run_dir, status };
+    let ignored = config.detection.ignore_destinations.clone();
+    let mut agent = Agent::new(kernel, scorer, engine, outputs, ignored, clock::monotonic_ns());
 
-    let emit = |record: FlowRecord, writer: &mut Option<FlowWriter>| {
-        if let Some(w) = writer.as_mut() {
-            w.emit(&record);
-        }
-    };
-    let mut flows_output = OutputHealth::new("flows");
-    let mut status_output = OutputHealth::new("status");
-    let deliver = |notice: Notice, now_wall_ns: u64, metrics: &Arc<Metrics>| {
-        match notice.kind {
-            Kind::Alert | Kind::DestinationAlert => metrics.alert(notice.level.name()),
-            Kind::Block => metrics.block_event("block"),
-            Kind::Unblock => metrics.block_event("unblock"),
-            Kind::DryRun => metrics.block_event("dry_run"),
-            Kind::Refused => metrics.block_event("refused"),
-        }
-        if !matches!(notice.kind, Kind::Alert | Kind::DestinationAlert) {
-            info!(action = notice.kind.action(), message = notice.doc["message"].as_str().unwrap_or(""), "response");
-        }
-        sinks.send(&Event {
-            json: notice.doc.to_string(),
-            severity: severity(notice.level),
-            timestamp_ns: now_wall_ns,
-        });
-    };
-
-    let mut last_status = Instant::now();
-    let mut exported = 0usize;
-    let mut flows_scored = 0u64;
-    let mut evictions = crate::flows::harvest::Evictions::default();
-    let mut suppressed = 0u64;
-    let mut since = clock::monotonic_ns();
     let mut ticker = tokio::time::interval(s.interval.0);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticker.tick().await;
     let stop = loop {
         tokio::select! {
             _ = ticker.tick() => {
-                let now = clock::monotonic_ns();
-                let mut live = Vec::new();
-                let report = harvester.harvest_live(now, Some(since), |r| emit(r, &mut writer), |f| live.push(f))?;
-                since = now;
-                let ignored = &config.detection.ignore_destinations;
-                live.retain(|f| !ignored.iter().any(|n| n.contains(&f.record.dst_ip)));
-                if let Some(w) = writer.as_mut() {
-                    w.end_batch();
-                    let failures = w.take_failures();
-                    flows_output.failed(failures.records, failures.last_error.map(|e| e.to_string()), &metrics);
-                }
-                let now_wall = MonoToWall::now().wall_ns(now);
-                let cycle = scorer.score(&live, now)?;
-                flows_scored += live.len() as u64;
-                let mut blocklist = Blocklist::from_ebpf(sensor.ebpf_mut())?;
-                let notices = engine.cycle(now, now_wall, &live, &cycle, &scorer.detector, Some(&mut blocklist))?;
-                for notice in notices {
-                    deliver(notice, now_wall, &metrics);
-                }
-                for _ in suppressed..engine.stats.alerts_suppressed {
-                    metrics.alert("low");
-                }
-                suppressed = engine.stats.alerts_suppressed;
-                exported += report.idle + report.active;
-
-                let counters = sensor.counters()?;
-                metrics.observe_sensor(&counters);
-                metrics.add_flow_evictions(evictions.update(&report, counters.flows_created));
-                metrics.set_flows_tracked(report.tracked as u64, u64::from(s.flow_capacity));
-                metrics.observe_harvest(report.elapsed);
-                metrics.observe_scoring(live.len(), cycle.elapsed);
-                let rules: Vec<(String, u64)> = engine.rules().map(|r| (r.prefix.to_string(), r.drops)).collect();
-                metrics.set_rules(&rules);
-                let sink_stats = sinks.stats();
-                for st in &sink_stats {
-                    metrics.sink_stats(&st.name, st.delivered, st.dropped, st.failed);
-                }
-                debug!(tracked = report.tracked, live = live.len(), harvest_us = report.elapsed.as_micros(),
-                       scoring_us = cycle.elapsed.as_micros(), "cycle");
-
-                status.updated = clock::rfc3339_millis(now_wall);
-                status.flows_tracked = report.tracked;
-                status.flow_evictions = evictions.total;
-                status.last_harvest_ms = report.elapsed.as_secs_f64() * 1e3;
-                status.last_scoring_ms = cycle.elapsed.as_secs_f64() * 1e3;
-                status.flows_scored = flows_scored;
-                status.engine = engine.stats;
-                status.sinks = sink_stats;
-                let written = status.write(&run_dir);
-                status_output.failed(u64::from(written.is_err()), written.err().map(|e| e.to_string()), &metrics);
-                if last_status.elapsed() >= STATUS_EVERY {
-                    last_status = Instant::now();
-                    info!(packets = counters.packets, bytes = counters.bytes, malformed = counters.malformed_total(),
-                          flows_tracked = report.tracked, records_exported = exported, flows_scored,
-                          alerts = engine.stats.alerts, blocks = engine.stats.blocks,
-                          blocklist_drops = counters.blocklist_drops, "status");
-                }
-                match sensor.pin_state() {
-                    PinState::Intact => {}
-                    PinState::Detached => break "vigil detach",
-                    PinState::Unpinned => {
+                match agent.cycle(clock::monotonic_ns())?.next {
+                    Next::Continue => {}
+                    Next::Detached => break "vigil detach",
+                    Next::Unpinned => {
                         let path = pin_dir.as_deref().map(|d| d.join(sensor::pin::LINK)).unwrap_or_default();
                         return Err(RunError::LinkUnpinned { path });
                     }
@@ -343,23 +233,17 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     };
 
     info!(signal = stop, "stopping");
-    let pinned = sensor.pins().is_some() && stop != "vigil detach";
-    let mut flushed = 0;
-    if pinned {
-        // The program keeps counting into the pinned table; the next run exports those flows.
-        sensor.release()?;
-    } else {
-        sensor.detach()?;
-        flushed = harvester.flush(EndReason::Shutdown, |r| emit(r, &mut writer))?;
-    }
-    if let Some(w) = writer.as_mut() {
-        w.end_batch();
-        if w.failed() > 0 {
-            warn!(lost = w.failed(), "flow records lost to output failures while running");
+    let detached = stop == "vigil detach";
+    agent.stop(|mut sensor| {
+        if sensor.pins().is_some() && !detached {
+            // The program keeps counting into the pinned table; the next run exports those flows.
+            sensor.release()?;
+            Ok(false)
+        } else {
+            sensor.detach()?;
+            Ok(true)
         }
-    }
-    sinks.shutdown(Duration::from_secs(5));
-    let _ = std::fs::remove_file(run_dir.join(crate::control::STATUS_FILE));
-    info!(flushed, records = writer.as_ref().map_or(0, FlowWriter::written), alerts = engine.stats.alerts, "stopped");
+    })?;
+    drop(metrics_server);
     Ok(())
 }

@@ -3,5 +3,7 @@
 
 pub mod manual;
 pub mod rules;
+pub mod store;
 
 pub use rules::{BlockError, Blocklist, Rule};
+pub use store::{MemoryRules, RuleStore};

@@ -158,6 +158,20 @@ impl<'a> Blocklist<&'a mut MapData> {
 }
 
 impl Blocklist<MapData> {
+    /// Takes the blocklist maps out of a loaded sensor object: the agent's rule store for the
+    /// rest of the run. (The program keeps its own references to them.)
+    ///
+    /// # Errors
+    /// If a map is missing, already taken, or of the wrong type.
+    pub fn take_from(ebpf: &mut Ebpf) -> Result<Self, BlockError> {
+        let mut take = |name: &'static str| ebpf.take_map(name).ok_or(BlockError::MissingMap { name });
+        let (v4, v6) = (take(maps::BLOCK_V4)?, take(maps::BLOCK_V6)?);
+        Ok(Self {
+            v4: LpmTrie::try_from(v4).map_err(|source| BlockError::Map { name: maps::BLOCK_V4, source })?,
+            v6: LpmTrie::try_from(v6).map_err(|source| BlockError::Map { name: maps::BLOCK_V6, source })?,
+        })
+    }
+
     /// The blocklist maps pinned under `dir` by a running (or past) agent.
     ///
     /// # Errors

@@ -1,9 +1,12 @@
-//! Live detection and response: scoring each harvest cycle's flows, grouping anomalies into
-//! alerts, and auto-blocking sources behind safety rails.
+//! Live detection and response: the Score stage (each harvest cycle's flows scored against the
+//! model, with their evidence) and the Decide stage (anomalies grouped into alerts, auto-block
+//! behind safety rails), whose typed output is a [`Decision`].
 
 pub mod allowlist;
+pub mod decision;
 pub mod engine;
-pub mod live;
+pub mod score;
 
-pub use engine::{BlockMode, Engine, EngineConfig, Kind, Level, Notice};
-pub use live::{CycleScores, LiveScorer};
+pub use decision::{Decision, Severity};
+pub use engine::{BlockMode, Engine, EngineConfig};
+pub use score::{Explain, ScoredCycle, ScoredFlow, Scorer};

@@ -1,13 +1,15 @@
-//! Scoring the flows of one harvest cycle.
+//! The Score stage: one harvest cycle's flows in, [`ScoredFlow`]s out.
 //!
 //! Every cycle brings the flows that saw packets since the previous one (snapshots of open
 //! flows and the final records of flows that left). New flows enter the context window once,
 //! at their first packet, as in training; flows seen before are re-scored against the
-//! window's current context without being counted again.
+//! window's current context without being counted again. Each scored flow carries its record,
+//! its score and its [`Evidence`] (the feature row and its reconstruction), so explaining it
+//! later needs no second pass through the models.
 
 use std::time::{Duration, Instant};
 
-use ndarray::{Array2, ArrayView2, s};
+use ndarray::{Array2, ArrayView1, ArrayView2, s};
 
 use crate::{
     features::{
@@ -27,70 +29,63 @@ use crate::{
 /// flow table's worth of new flows every cycle).
 pub const SCORE_CHUNK: usize = 4096;
 
-/// The scores of one cycle's flows, with what is needed to explain any of them.
-#[derive(Debug)]
-pub struct CycleScores {
-    pub scores: Vec<Score>,
-    /// Raw feature rows (128 bytes a flow): explaining recomputes the rest from them.
-    raw: Array2<f32>,
+/// What explains a score: the raw feature row and the autoencoder's reconstruction of the
+/// prepared row (256 bytes a flow). Attribution from these is cheap; the engine explains only
+/// the flows an alert reports (a spoofed flood brings tens of thousands of sources).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Evidence {
+    pub raw: [f32; FLOW_FEATURE_COUNT],
+    pub reconstruction: [f32; FLOW_FEATURE_COUNT],
+}
+
+impl Default for Evidence {
+    fn default() -> Self {
+        Self { raw: [0.0; FLOW_FEATURE_COUNT], reconstruction: [0.0; FLOW_FEATURE_COUNT] }
+    }
+}
+
+/// A flow with its score and what explains it: the Score stage's output.
+#[derive(Clone, Debug)]
+pub struct ScoredFlow {
+    pub flow: LiveFlow,
+    pub score: Score,
+    pub evidence: Evidence,
+}
+
+/// One cycle's scored flows.
+#[derive(Debug, Default)]
+pub struct ScoredCycle {
+    /// In the order the flows came in.
+    pub flows: Vec<ScoredFlow>,
     /// Wall time spent scoring (features, models).
     pub elapsed: Duration,
 }
 
-impl CycleScores {
-    /// The `top` features behind flow `i`'s score.
-    #[must_use]
-    pub fn explain(&self, detector: &Detector, i: usize, top: usize) -> Vec<Contribution> {
-        self.evidence(i).explain(detector, top)
-    }
-
-    /// What explaining flow `i` later needs: its raw feature row. Explaining costs a walk of
-    /// every tree and a pass of the autoencoder; the engine keeps this instead and explains only
-    /// the flows an alert reports (a spoofed flood brings tens of thousands of sources).
-    #[must_use]
-    pub fn evidence(&self, i: usize) -> Evidence {
-        Evidence(self.raw.row(i).iter().copied().collect())
-    }
-
-    #[must_use]
-    pub fn len(&self) -> usize {
-        self.scores.len()
-    }
-
-    #[must_use]
-    pub fn is_empty(&self) -> bool {
-        self.scores.is_empty()
-    }
+/// Turns evidence into the features behind a score. The detector does it for real; engine
+/// tests pass a fake that needs no model.
+pub trait Explain {
+    /// The `top` features behind the score, largest share first.
+    fn explain(&self, evidence: &Evidence, top: usize) -> Vec<Contribution>;
 }
 
-/// One flow's raw feature row, kept to explain its score later.
-#[derive(Clone, Debug)]
-pub struct Evidence(Box<[f32]>);
-
-impl Evidence {
-    /// The `top` features behind the score: the row is prepared and reconstructed again (the
-    /// same computation as when it was scored), then attributed. Empty if the autoencoder fails.
-    #[must_use]
-    pub fn explain(&self, detector: &Detector, top: usize) -> Vec<Contribution> {
-        let Ok(raw) = ArrayView2::from_shape((1, self.0.len()), &self.0) else { return Vec::new() };
-        let prepared = detector.prepare(raw);
-        match detector.score_prepared(prepared.view()) {
-            Ok((_, recon)) => detector.explain(raw.row(0), prepared.row(0), recon.row(0), top),
-            Err(e) => {
-                tracing::warn!(error = %e, "explaining a score failed");
-                Vec::new()
-            }
+impl Explain for Detector {
+    fn explain(&self, evidence: &Evidence, top: usize) -> Vec<Contribution> {
+        let Ok(raw) = ArrayView2::from_shape((1, FLOW_FEATURE_COUNT), &evidence.raw) else { return Vec::new() };
+        if raw.ncols() != self.schema.features.len() {
+            return Vec::new();
         }
+        let prepared = self.prepare(raw);
+        Detector::explain(self, raw.row(0), prepared.row(0), ArrayView1::from(&evidence.reconstruction), top)
     }
 }
 
 /// The detector and the context window it scores against.
-pub struct LiveScorer {
+pub struct Scorer {
     pub detector: Detector,
     context: ContextWindow,
 }
 
-impl LiveScorer {
+impl Scorer {
     #[must_use]
     pub fn new(detector: Detector, context: ContextWindow) -> Self {
         Self { detector, context }
@@ -98,11 +93,11 @@ impl LiveScorer {
 
     /// Scores one cycle's flows at `now_mono_ns` (`CLOCK_MONOTONIC`, the clock the context
     /// window runs on, with each flow's [`LiveFlow::first_mono_ns`]); it moves the window along
-    /// even when no new flow arrives. Row `i` of the result belongs to `flows[i]`.
+    /// even when no new flow arrives.
     ///
     /// # Errors
     /// If tract fails.
-    pub fn score(&mut self, flows: &[LiveFlow], now_mono_ns: u64) -> Result<CycleScores, OnnxError> {
+    pub fn score(&mut self, flows: Vec<LiveFlow>, now_mono_ns: u64) -> Result<ScoredCycle, OnnxError> {
         let started = Instant::now();
         self.context.advance(now_mono_ns.saturating_sub(1));
         let mut raw = Array2::zeros((flows.len(), FLOW_FEATURE_COUNT));
@@ -117,28 +112,30 @@ impl LiveScorer {
             let ctx = self.context.peek(&flow.record);
             raw.row_mut(i).assign(&ndarray::ArrayView1::from(&raw_row(&flow.record, &ctx)[..]));
         }
-        let mut scores = Vec::with_capacity(flows.len());
-        for start in (0..flows.len()).step_by(SCORE_CHUNK) {
-            let chunk = raw.slice(s![start..(start + SCORE_CHUNK).min(flows.len()), ..]);
+        let mut scored = Vec::with_capacity(flows.len());
+        let mut flows = flows.into_iter();
+        for start in (0..raw.nrows()).step_by(SCORE_CHUNK) {
+            let chunk = raw.slice(s![start..(start + SCORE_CHUNK).min(raw.nrows()), ..]);
             let prepared = self.detector.prepare(chunk);
-            scores.extend(self.detector.score_prepared(prepared.view())?.0);
+            let (chunk_scores, recon) = self.detector.score_prepared(prepared.view())?;
+            for (k, (score, flow)) in chunk_scores.into_iter().zip(flows.by_ref()).enumerate() {
+                let mut evidence = Evidence::default();
+                for (to, from) in evidence.raw.iter_mut().zip(chunk.row(k)) {
+                    *to = *from;
+                }
+                for (to, from) in evidence.reconstruction.iter_mut().zip(recon.row(k)) {
+                    *to = *from;
+                }
+                scored.push(ScoredFlow { flow, score, evidence });
+            }
         }
-        Ok(CycleScores { scores, raw, elapsed: started.elapsed() })
+        Ok(ScoredCycle { flows: scored, elapsed: started.elapsed() })
     }
 
     /// Flows in the context window.
     #[must_use]
     pub fn context_len(&self) -> usize {
         self.context.len()
-    }
-}
-
-#[cfg(test)]
-impl CycleScores {
-    /// Given scores for `n` flows with all-zero feature rows.
-    pub(crate) fn fixed(scores: Vec<Score>) -> Self {
-        let raw = Array2::zeros((scores.len(), FLOW_FEATURE_COUNT));
-        Self { scores, raw, elapsed: Duration::ZERO }
     }
 }
 
@@ -176,7 +173,7 @@ pub(crate) mod tests {
     #[test]
     fn context_follows_the_monotonic_clock_when_the_wall_clock_jumps() {
         for jump in [-1i64, 1] {
-            let mut scorer = LiveScorer::new(detector(), ContextWindow::new(Duration::from_secs(10)));
+            let mut scorer = Scorer::new(detector(), ContextWindow::new(Duration::from_secs(10)));
             let (mono0, wall0) = (1000 * S, 1_700_000_000 * S);
             let mut sizes = Vec::new();
             for cycle in 0..40u32 {
@@ -188,8 +185,8 @@ pub(crate) mod tests {
                     0
                 });
                 let flows = new_flows(100, cycle, mono - S / 2, wall - S / 2);
-                let cycle_scores = scorer.score(&flows, mono).expect("scored");
-                assert_eq!(cycle_scores.len(), 100);
+                let cycle_scores = scorer.score(flows, mono).expect("scored");
+                assert_eq!(cycle_scores.flows.len(), 100);
                 sizes.push(scorer.context_len());
             }
             // 10 s of flows at 100 a second, whatever the wall clock did: expiry went on after
@@ -200,22 +197,29 @@ pub(crate) mod tests {
 
     #[test]
     fn scores_in_chunks_match_one_batch_and_explanations_replay() {
-        let mut scorer = LiveScorer::new(detector(), ContextWindow::new(Duration::from_secs(10)));
+        let mut scorer = Scorer::new(detector(), ContextWindow::new(Duration::from_secs(10)));
         let n = u32::try_from(SCORE_CHUNK).expect("small") + 100;
         let flows: Vec<LiveFlow> =
             (0..n).map(|i| new_flows(1, i % 7, S * u64::from(i), S * u64::from(i)).remove(0)).collect();
-        let cycle = scorer.score(&flows, S * u64::from(n)).expect("scored");
-        let whole = scorer.detector.score(cycle.raw.view()).expect("one batch");
-        assert_eq!(cycle.len(), flows.len());
-        for (a, b) in cycle.scores.iter().zip(&whole) {
+        let sources: Vec<_> = flows.iter().map(|f| f.record.src_ip).collect();
+        let cycle = scorer.score(flows, S * u64::from(n)).expect("scored");
+        assert_eq!(cycle.flows.len(), sources.len());
+        // Flows keep their order: each scored flow is the flow that came in at its place.
+        assert!(cycle.flows.iter().zip(&sources).all(|(f, s)| f.flow.record.src_ip == *s));
+        let mut raw = Array2::zeros((cycle.flows.len(), FLOW_FEATURE_COUNT));
+        for (mut row, f) in raw.rows_mut().into_iter().zip(&cycle.flows) {
+            row.assign(&ArrayView1::from(&f.evidence.raw));
+        }
+        let whole = scorer.detector.score(raw.view()).expect("one batch");
+        for (a, b) in cycle.flows.iter().map(|f| f.score).zip(&whole) {
             assert!((a.combined - b.combined).abs() < 1e-4, "{a:?} / {b:?}");
         }
-        // An explanation from the kept row is the one from the full matrices.
+        // An explanation from the kept evidence is the one from the full matrices.
         let i = SCORE_CHUNK + 7;
-        let prepared = scorer.detector.prepare(cycle.raw.view());
+        let prepared = scorer.detector.prepare(raw.view());
         let (_, recon) = scorer.detector.score_prepared(prepared.view()).expect("scored");
-        let direct = scorer.detector.explain(cycle.raw.row(i), prepared.row(i), recon.row(i), 3);
-        let kept = cycle.explain(&scorer.detector, i, 3);
+        let direct = scorer.detector.explain(raw.row(i), prepared.row(i), recon.row(i), 3);
+        let kept = Explain::explain(&scorer.detector, &cycle.flows[i].evidence, 3);
         assert_eq!(kept.len(), 3);
         for (a, b) in kept.iter().zip(&direct) {
             assert_eq!(a.feature, b.feature);

@@ -1,0 +1,368 @@
+//! The live path as stages. Every interval the [`Agent`] runs one cycle:
+//!
+//! 1. **Harvest** ([`FlowSource`]): flows that leave the table become records for
+//!    `--flows-out`; flows with packets since the last cycle are the cycle's live flows.
+//! 2. **Score** ([`Scorer`]): each live flow gets a score and its evidence ([`ScoredFlow`]).
+//! 3. **Decide** ([`Engine`]): scored flows become [`Decision`]s (alerts, blocks, unblocks,
+//!    dry runs, refusals); rules go to the [`RuleStore`].
+//! 4. **Deliver**: each decision is rendered once ([`Observer`], ECS) and sent to the sinks,
+//!    counted in the metrics and, for block actions, logged.
+//!
+//! Then [`Agent::observe`] updates metrics, the status file and the periodic log line, each
+//! in that one place. The kernel sits behind three seams ([`FlowSource`], [`SensorProbe`],
+//! [`RuleStore`]) with in-memory fakes in [`fake`], so a whole cycle runs in unit tests.
+
+pub mod fake;
+pub mod seams;
+
+use std::{
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use agent_common::counters::Counters;
+use ipnet::IpNet;
+use tracing::{debug, info, warn};
+
+pub use self::seams::{FlowSource, SensorProbe};
+use crate::{
+    alert::{ecs::Observer, sink::Sinks},
+    block::{BlockError, RuleStore},
+    clock::{self, MonoToWall},
+    control::AgentStatus,
+    detect::{Decision, Engine, ScoredCycle, ScoredFlow, Scorer},
+    flows::{EndReason, FlowRecord, HarvestReport, harvest::Evictions, harvest::LiveFlow, output::FlowWriter},
+    metrics::Metrics,
+    model::onnx::OnnxError,
+    sensor::{PinState, SensorError},
+};
+
+/// How often the agent logs a status line, so an operator sees the sensor working even
+/// without alerts; also the most often a failing output is logged.
+pub const STATUS_EVERY: Duration = Duration::from_secs(10);
+
+/// Why a cycle failed: a seam that cannot be read, or the model failing.
+#[derive(Debug, thiserror::Error)]
+pub enum CycleError {
+    #[error("harvesting flows: {0}")]
+    Harvest(#[from] std::io::Error),
+    #[error("scoring: {0}")]
+    Scoring(#[from] OnnxError),
+    #[error("blocklist: {0}")]
+    Rules(#[from] BlockError),
+    #[error(transparent)]
+    Sensor(#[from] SensorError),
+}
+
+/// How a cycle ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Next {
+    Continue,
+    /// `vigil detach` removed the program: stop.
+    Detached,
+    /// The pinned link was removed while attached, not by `vigil detach`.
+    Unpinned,
+}
+
+/// What one cycle did, for its caller and for tests.
+#[derive(Debug)]
+pub struct CycleReport {
+    pub harvest: HarvestReport,
+    /// Live flows scored.
+    pub scored: usize,
+    pub decisions: Vec<Decision>,
+    pub next: Next,
+}
+
+/// A local output (flow records, the status file) that must never stop detection: failures
+/// are counted in `vigil_output_failures_total{output}` and logged at most once per
+/// [`STATUS_EVERY`], with how many failed since the last log line.
+struct OutputHealth {
+    name: &'static str,
+    since_log: u64,
+    last_log: Option<Instant>,
+}
+
+impl OutputHealth {
+    const fn new(name: &'static str) -> Self {
+        Self { name, since_log: 0, last_log: None }
+    }
+
+    /// `n` more failures (0: none this cycle), the last with `error`.
+    fn failed(&mut self, n: u64, error: Option<String>, metrics: &Metrics) {
+        if n == 0 && error.is_none() {
+            return;
+        }
+        metrics.output_failed(self.name, n);
+        self.since_log += n;
+        if self.last_log.is_none_or(|t| t.elapsed() >= STATUS_EVERY) {
+            warn!(
+                output = self.name,
+                failed = self.since_log,
+                error = error.unwrap_or_default(),
+                "output failing; detection goes on (counted in vigil_output_failures_total)"
+            );
+            self.last_log = Some(Instant::now());
+            self.since_log = 0;
+        }
+    }
+}
+
+/// The kernel side of an agent: where flows come from, what the sensor reports, where rules
+/// go (none without a blocklist).
+pub struct Kernel<F, K> {
+    pub flows: F,
+    pub sensor: K,
+    pub rules: Option<Box<dyn RuleStore + Send>>,
+}
+
+/// Where the agent's results go besides the sinks.
+pub struct Outputs {
+    pub sinks: Sinks,
+    /// How decisions are rendered.
+    pub observer: Observer,
+    /// `--flows-out`.
+    pub flows: Option<FlowWriter>,
+    pub metrics: Arc<Metrics>,
+    /// Where the status file goes (the agent's private run directory).
+    pub run_dir: PathBuf,
+    /// The status as of start; cycles fill in the rest.
+    pub status: AgentStatus,
+}
+
+/// Running totals, for the status file and the log line.
+#[derive(Debug, Default)]
+struct Totals {
+    records_exported: usize,
+    flows_scored: u64,
+    alerts_suppressed: u64,
+    evictions: Evictions,
+}
+
+/// The live agent: the stages and what they keep between cycles.
+pub struct Agent<F, K> {
+    kernel: Kernel<F, K>,
+    scorer: Scorer,
+    engine: Engine,
+    outputs: Outputs,
+    /// Destinations whose flows are never scored (`detection.ignore_destinations`).
+    ignored: Vec<IpNet>,
+    flow_capacity: u32,
+    /// The previous harvest (mono ns): flows with packets after it are live.
+    since_ns: u64,
+    totals: Totals,
+    flows_health: OutputHealth,
+    status_health: OutputHealth,
+    last_log: Instant,
+}
+
+impl<F: FlowSource, K: SensorProbe> Agent<F, K> {
+    /// An agent whose first cycle sees the flows with packets after `start_mono_ns`.
+    #[must_use]
+    pub fn new(
+        kernel: Kernel<F, K>,
+        scorer: Scorer,
+        engine: Engine,
+        outputs: Outputs,
+        ignored: Vec<IpNet>,
+        start_mono_ns: u64,
+    ) -> Self {
+        let flow_capacity = outputs.status.flow_capacity;
+        Self {
+            kernel,
+            scorer,
+            engine,
+            outputs,
+            ignored,
+            flow_capacity,
+            since_ns: start_mono_ns,
+            totals: Totals::default(),
+            flows_health: OutputHealth::new("flows"),
+            status_health: OutputHealth::new("status"),
+            last_log: Instant::now(),
+        }
+    }
+
+    #[must_use]
+    pub const fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// One cycle at `now_mono_ns`: harvest, score, decide, deliver, observe.
+    ///
+    /// # Errors
+    /// [`CycleError`] if a seam cannot be read or the model fails.
+    pub fn cycle(&mut self, now_mono_ns: u64) -> Result<CycleReport, CycleError> {
+        let (harvest, live) = self.harvest(now_mono_ns)?;
+        let scored = self.scorer.score(live, now_mono_ns)?;
+        let decisions = self.decide(now_mono_ns, &scored.flows)?;
+        let now_wall_ns = MonoToWall::now().wall_ns(now_mono_ns);
+        self.deliver(&decisions, now_wall_ns);
+        let counters = self.kernel.sensor.counters()?;
+        self.observe(&harvest, &scored, &counters, now_wall_ns);
+        let next = match self.kernel.sensor.pin_state() {
+            PinState::Intact => Next::Continue,
+            PinState::Detached => Next::Detached,
+            PinState::Unpinned => Next::Unpinned,
+        };
+        Ok(CycleReport { harvest, scored: scored.flows.len(), decisions, next })
+    }
+
+    /// Harvest: leaving flows to `--flows-out`, live flows (minus ignored destinations) out.
+    fn harvest(&mut self, now_mono_ns: u64) -> Result<(HarvestReport, Vec<LiveFlow>), CycleError> {
+        let mut live = Vec::new();
+        let writer = &mut self.outputs.flows;
+        let report = self.kernel.flows.harvest(
+            now_mono_ns,
+            Some(self.since_ns),
+            &mut |record| {
+                if let Some(w) = writer.as_mut() {
+                    w.emit(&record);
+                }
+            },
+            &mut |flow| live.push(flow),
+        )?;
+        self.since_ns = now_mono_ns;
+        live.retain(|f| !self.ignored.iter().any(|n| n.contains(&f.record.dst_ip)));
+        if let Some(w) = self.outputs.flows.as_mut() {
+            w.end_batch();
+            let failures = w.take_failures();
+            let error = failures.last_error.map(|e| e.to_string());
+            self.flows_health.failed(failures.records, error, &self.outputs.metrics);
+        }
+        self.totals.records_exported += report.idle + report.active;
+        Ok((report, live))
+    }
+
+    /// Decide: the engine's decisions on the scored flows; rules go to the rule store.
+    fn decide(&mut self, now_mono_ns: u64, flows: &[ScoredFlow]) -> Result<Vec<Decision>, BlockError> {
+        let rules = self.kernel.rules.as_deref_mut().map(|r| r as &mut dyn RuleStore);
+        self.engine.decide(now_mono_ns, flows, &self.scorer.detector, rules)
+    }
+
+    /// Deliver: each decision rendered once, sent to the sinks, counted; block actions
+    /// logged.
+    fn deliver(&self, decisions: &[Decision], now_wall_ns: u64) {
+        let metrics = &self.outputs.metrics;
+        for decision in decisions {
+            match decision {
+                Decision::SourceAlert(_) | Decision::DestinationAlert(_) => {
+                    metrics.alert(decision.severity().name());
+                }
+                Decision::Blocked { .. } => metrics.block_event("block"),
+                Decision::Unblocked { .. } => metrics.block_event("unblock"),
+                Decision::WouldBlock { .. } => metrics.block_event("dry_run"),
+                Decision::Refused { .. } => metrics.block_event("refused"),
+            }
+            if !decision.is_alert() {
+                info!(action = decision.action(), message = decision.message(), "response");
+            }
+            self.outputs.sinks.send(&self.outputs.observer.event(decision, now_wall_ns));
+        }
+    }
+
+    /// Metrics, the status file and the periodic log line, each updated here and only here.
+    fn observe(&mut self, harvest: &HarvestReport, scored: &ScoredCycle, counters: &Counters, now_wall_ns: u64) {
+        let metrics = &self.outputs.metrics;
+        let stats = self.engine.stats;
+        // Alerts below `alerts.min_severity` are counted as low alerts, not sent.
+        for _ in self.totals.alerts_suppressed..stats.alerts_suppressed {
+            metrics.alert("low");
+        }
+        self.totals.alerts_suppressed = stats.alerts_suppressed;
+        self.totals.flows_scored += scored.flows.len() as u64;
+        metrics.observe_sensor(counters);
+        metrics.add_flow_evictions(self.totals.evictions.update(harvest, counters.flows_created));
+        metrics.set_flows_tracked(harvest.tracked as u64, u64::from(self.flow_capacity));
+        metrics.observe_harvest(harvest.elapsed);
+        metrics.observe_scoring(scored.flows.len(), scored.elapsed);
+        let rules: Vec<(String, u64)> = self.engine.rules().map(|r| (r.prefix.to_string(), r.drops)).collect();
+        metrics.set_rules(&rules);
+        let sink_stats = self.outputs.sinks.stats();
+        for st in &sink_stats {
+            metrics.sink_stats(&st.name, st.delivered, st.dropped, st.failed);
+        }
+        debug!(
+            tracked = harvest.tracked,
+            live = scored.flows.len(),
+            harvest_us = harvest.elapsed.as_micros(),
+            scoring_us = scored.elapsed.as_micros(),
+            "cycle"
+        );
+
+        let st = &mut self.outputs.status;
+        st.updated = clock::rfc3339_millis(now_wall_ns);
+        st.flows_tracked = harvest.tracked;
+        st.flow_evictions = self.totals.evictions.total;
+        st.last_harvest_ms = harvest.elapsed.as_secs_f64() * 1e3;
+        st.last_scoring_ms = scored.elapsed.as_secs_f64() * 1e3;
+        st.flows_scored = self.totals.flows_scored;
+        st.engine = stats;
+        st.sinks = sink_stats;
+        let written = st.write(&self.outputs.run_dir);
+        self.status_health.failed(u64::from(written.is_err()), written.err().map(|e| e.to_string()), metrics);
+
+        if self.last_log.elapsed() >= STATUS_EVERY {
+            self.last_log = Instant::now();
+            info!(
+                packets = counters.packets,
+                bytes = counters.bytes,
+                malformed = counters.malformed_total(),
+                flows_tracked = harvest.tracked,
+                records_exported = self.totals.records_exported,
+                flows_scored = self.totals.flows_scored,
+                alerts = stats.alerts,
+                blocks = stats.blocks,
+                blocklist_drops = counters.blocklist_drops,
+                "status"
+            );
+        }
+    }
+
+    /// Stops. `release` lets the sensor go (detached, or left pinned for the next run) and
+    /// answers whether the flows left in the table must be flushed now (nothing will count
+    /// them any more); then outputs are closed and the status file removed. Answers the
+    /// records flushed.
+    ///
+    /// # Errors
+    /// `release` failing, or the flow source not being readable for the flush.
+    pub fn stop(self, release: impl FnOnce(K) -> Result<bool, SensorError>) -> Result<usize, CycleError> {
+        let Self { kernel, mut outputs, engine, .. } = self;
+        let Kernel { flows: mut source, sensor, rules } = kernel;
+        drop(rules);
+        let flush = release(sensor)?;
+        let mut flushed = 0;
+        if flush {
+            let writer = &mut outputs.flows;
+            flushed = source.flush(EndReason::Shutdown, &mut |record: FlowRecord| {
+                if let Some(w) = writer.as_mut() {
+                    w.emit(&record);
+                }
+            })?;
+        }
+        if let Some(w) = outputs.flows.as_mut() {
+            w.end_batch();
+            if w.failed() > 0 {
+                warn!(lost = w.failed(), "flow records lost to output failures while running");
+            }
+        }
+        outputs.sinks.shutdown(Duration::from_secs(5));
+        let _ = std::fs::remove_file(outputs.run_dir.join(crate::control::STATUS_FILE));
+        info!(
+            flushed,
+            records = outputs.flows.as_ref().map_or(0, FlowWriter::written),
+            alerts = engine.stats.alerts,
+            "stopped"
+        );
+        Ok(flushed)
+    }
+}
+
+#[cfg(test)]
+fn actions_of(decisions: &[Decision]) -> Vec<&'static str> {
+    decisions.iter().map(Decision::action).collect()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,198 @@
+//! A whole cycle of the live path on the fakes: flows in, records out, decisions rendered and
+//! delivered, metrics and status updated, stop and flush. No root, no kernel.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use super::{
+    fake::{FakeFlows, FakeSensor, Harvest},
+    *,
+};
+use crate::{
+    alert::sink::SinkSpec,
+    block::{MemoryRules, Rule, rules::Origin},
+    detect::{BlockMode, EngineConfig, Severity, allowlist::Allowlist, score::tests::detector},
+    features::{context::ContextWindow, flow::tests::record},
+};
+
+const S: u64 = 1_000_000_000;
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("vigil-live-{}-{name}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    crate::private_dir::ensure(&dir).expect("private dir");
+    dir
+}
+
+fn lines(path: &Path) -> Vec<String> {
+    fs::read_to_string(path).unwrap_or_default().lines().map(str::to_owned).collect()
+}
+
+/// Waits (bounded) until `path` has `n` lines: sinks deliver on their own threads.
+fn wait_lines(path: &Path, n: usize) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while lines(path).len() < n && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    lines(path)
+}
+
+struct Rig {
+    agent: Agent<FakeFlows, FakeSensor>,
+    dir: PathBuf,
+}
+
+impl Rig {
+    fn new(name: &str, flows: FakeFlows, sensor: FakeSensor, rules: MemoryRules, ignored: Vec<IpNet>) -> Self {
+        let dir = temp_dir(name);
+        let detector = detector();
+        let alert = detector.thresholds.alert;
+        let spec: SinkSpec =
+            toml::from_str(&format!("type = \"file\"\npath = \"{}\"", dir.join("alerts.json").display())).expect("spec");
+        let sinks = Sinks::start(&[spec]).expect("sinks");
+        let engine = Engine::new(EngineConfig {
+            alert_window: Duration::from_secs(10),
+            top_features: 3,
+            max_alerts_per_cycle: 100,
+            min_flows: 3,
+            min_sources: 20,
+            min_severity: Severity::Medium,
+            max_sources: 1000,
+            block_mode: BlockMode::Enforce,
+            consecutive: 3,
+            alert_threshold: alert,
+            block_threshold: alert + 1.0,
+            ttl: Duration::from_mins(1),
+            max_rules: 10,
+            max_new_per_minute: 10,
+            allowlist: Allowlist::new(&[], false),
+        });
+        let observer = Observer {
+            hostname: "rig".into(),
+            iface: "fake0".into(),
+            model_sha256: "abc".into(),
+            ruleset: detector.schema.id.clone(),
+            block_mode: BlockMode::Enforce,
+            block_threshold: alert + 1.0,
+            ttl: Duration::from_mins(1),
+        };
+        let outputs = Outputs {
+            sinks,
+            observer,
+            flows: Some(FlowWriter::open(&dir.join("flows.jsonl")).expect("flows out")),
+            metrics: Metrics::new(),
+            run_dir: dir.clone(),
+            status: AgentStatus { flow_capacity: 100, ..AgentStatus::default() },
+        };
+        let scorer = Scorer::new(detector, ContextWindow::new(Duration::from_secs(10)));
+        let kernel = Kernel { flows, sensor, rules: Some(Box::new(rules)) };
+        Self { agent: Agent::new(kernel, scorer, engine, outputs, ignored, 100 * S), dir }
+    }
+}
+
+fn live(dst_port: u16, dst: u8) -> LiveFlow {
+    let mut r = record(7, dst, dst_port, 0);
+    r.end_reason = EndReason::Open;
+    LiveFlow { record: r, new: true, first_mono_ns: 100 * S + 1 }
+}
+
+#[test]
+fn a_cycle_runs_every_stage_on_the_fakes() {
+    let mut flows = FakeFlows::default();
+    let mut leaving = record(7, 3, 443, 0);
+    leaving.end_reason = EndReason::Idle;
+    flows.push(Harvest { live: vec![live(80, 2), live(81, 2)], leaving: vec![leaving], tracked: 25 });
+    let mut rules = MemoryRules::new(100 * S);
+    // An operator's rule: the engine reports it, the agent delivers the report.
+    rules.insert(Rule {
+        prefix: "198.51.100.0/24".parse().unwrap(),
+        expires_ns: 700 * S,
+        created_ns: 100 * S,
+        drops: 0,
+        origin: Origin::Manual,
+    });
+    let sensor = FakeSensor { counters: Counters { packets: 1234, ..Counters::default() }, ..FakeSensor::default() };
+    let mut rig = Rig::new("cycle", flows, sensor, rules, Vec::new());
+
+    let report = rig.agent.cycle(101 * S).expect("cycle");
+    assert_eq!((report.harvest.tracked, report.harvest.idle, report.scored), (25, 1, 2));
+    assert_eq!(report.next, Next::Continue);
+    assert_eq!(super::actions_of(&report.decisions), ["block"]);
+
+    // Deliver: the decision rendered once, into the sink.
+    let alerts = wait_lines(&rig.dir.join("alerts.json"), 1);
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    let doc: serde_json::Value = serde_json::from_str(&alerts[0]).expect("ECS JSON");
+    assert_eq!(doc["message"], "198.51.100.0/24 blocked (manual)");
+    assert_eq!(doc["observer"]["ingress"]["interface"]["name"], "fake0");
+    assert_eq!(doc["vigil"]["model"]["sha256"], "abc");
+
+    // Harvest: the leaving flow's record written out.
+    let records = lines(&rig.dir.join("flows.jsonl"));
+    assert_eq!(records.len(), 1);
+    assert!(records[0].contains("\"dst_port\":443"), "{}", records[0]);
+
+    // Observe: metrics and status, in one place.
+    let text = rig.agent.outputs.metrics.encode();
+    assert!(text.contains("vigil_packets_total 1234\n"), "{text}");
+    assert!(text.contains("vigil_flows_scored_total 2\n"), "{text}");
+    assert!(text.contains("vigil_block_actions_total{action=\"block\"} 1\n"), "{text}");
+    assert!(text.contains("vigil_block_rules_active 1\n"), "{text}");
+    let status = AgentStatus::read(&rig.dir).expect("status written");
+    assert_eq!((status.flows_tracked, status.flows_scored), (25, 2));
+    assert_eq!(status.sinks.len(), 1);
+}
+
+#[test]
+fn ignored_destinations_are_harvested_but_not_scored() {
+    let mut flows = FakeFlows::default();
+    let mut multicast = live(5353, 2);
+    multicast.record.dst_ip = "224.0.0.251".parse().unwrap();
+    flows.push(Harvest { live: vec![live(80, 2), multicast], ..Harvest::default() });
+    let ignored = vec!["224.0.0.0/4".parse().unwrap()];
+    let mut rig = Rig::new("ignored", flows, FakeSensor::default(), MemoryRules::new(100 * S), ignored);
+    assert_eq!(rig.agent.cycle(101 * S).expect("cycle").scored, 1);
+}
+
+#[test]
+fn the_pin_state_ends_the_run() {
+    for (state, next) in [(PinState::Detached, Next::Detached), (PinState::Unpinned, Next::Unpinned)] {
+        let sensor = FakeSensor { pin_state: state, ..FakeSensor::default() };
+        let mut rig = Rig::new("pin", FakeFlows::default(), sensor, MemoryRules::new(100 * S), Vec::new());
+        assert_eq!(rig.agent.cycle(101 * S).expect("cycle").next, next);
+    }
+}
+
+#[test]
+fn a_failing_seam_fails_the_cycle_with_its_name() {
+    let flows = FakeFlows { fail_next: true, ..FakeFlows::default() };
+    let mut rig = Rig::new("fail", flows, FakeSensor::default(), MemoryRules::new(100 * S), Vec::new());
+    let err = rig.agent.cycle(101 * S).unwrap_err();
+    assert!(matches!(err, CycleError::Harvest(_)), "{err}");
+    // The next cycle works again.
+    rig.agent.cycle(102 * S).expect("recovered");
+
+    let mut rules = MemoryRules::new(100 * S);
+    rules.fail_list = true;
+    let mut rig = Rig::new("fail-rules", FakeFlows::default(), FakeSensor::default(), rules, Vec::new());
+    assert!(matches!(rig.agent.cycle(101 * S).unwrap_err(), CycleError::Rules(_)));
+}
+
+#[test]
+fn stop_flushes_only_when_the_sensor_is_gone_and_removes_the_status() {
+    for detach in [false, true] {
+        let flows = FakeFlows { remaining: vec![record(7, 2, 80, 0), record(7, 2, 81, 0)], ..FakeFlows::default() };
+        let mut rig = Rig::new("stop", flows, FakeSensor::default(), MemoryRules::new(100 * S), Vec::new());
+        rig.agent.cycle(101 * S).expect("cycle");
+        assert!(rig.dir.join(crate::control::STATUS_FILE).exists());
+        let flushed = rig.agent.stop(|_sensor| Ok(detach)).expect("stop");
+        assert_eq!(flushed, if detach { 2 } else { 0 });
+        let records = lines(&rig.dir.join("flows.jsonl"));
+        assert_eq!(records.len(), flushed, "{records:?}");
+        assert!(records.iter().all(|r| r.contains("\"end_reason\":\"shutdown\"")), "{records:?}");
+        assert!(!rig.dir.join(crate::control::STATUS_FILE).exists());
+    }
+}
