@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use self::metrics::{Confusion, Curves, curves, thin};
 use crate::{
     features::Schema,
-    model::{Detector, TrainConfig, detector::ae_value, train::TrainError},
+    model::{Detector, TrainConfig, detector::log_reconstruction_error, train::TrainError},
 };
 
 /// Areas under the curves of one score.
@@ -133,7 +133,7 @@ pub fn report(
     }
     let combined: Vec<f32> = scores.iter().map(|s| s.combined).collect();
     let forest: Vec<f32> = scores.iter().map(|s| s.iforest).collect();
-    let ae: Vec<f32> = scores.iter().map(|s| ae_value(s.autoencoder)).collect();
+    let ae: Vec<f32> = scores.iter().map(|s| log_reconstruction_error(s.autoencoder)).collect();
     let mut areas = BTreeMap::new();
     let mut all_curves = BTreeMap::new();
     for (model, values) in [("combined", &combined), ("iforest", &forest), ("autoencoder", &ae)] {

@@ -85,7 +85,7 @@ impl Combine {
     /// The combined score of a forest score and an autoencoder error.
     #[must_use]
     pub fn score(&self, iforest: f32, autoencoder_mse: f32) -> f32 {
-        self.iforest.z(iforest).max(self.autoencoder.z(ae_value(autoencoder_mse)))
+        self.iforest.z(iforest).max(self.autoencoder.z(log_reconstruction_error(autoencoder_mse)))
     }
 }
 
@@ -100,7 +100,7 @@ pub struct Thresholds {
 
 /// The autoencoder score as used in the combination.
 #[must_use]
-pub fn ae_value(mse: f32) -> f32 {
+pub fn log_reconstruction_error(mse: f32) -> f32 {
     (mse + 1e-6).ln()
 }
 
@@ -250,7 +250,7 @@ impl Detector {
     #[must_use]
     pub fn reachable_score(&self) -> f32 {
         let c = self.combine;
-        c.iforest.z(self.forest.max_score()).max(c.autoencoder.z(ae_value(REACHABLE_MSE)))
+        c.iforest.z(self.forest.max_score()).max(c.autoencoder.z(log_reconstruction_error(REACHABLE_MSE)))
     }
 
     fn check_ranges(&self) -> Result<(), DetectorError> {
@@ -277,7 +277,7 @@ impl Detector {
         let c = self.combine;
         range("combine.iforest.median".into(), c.iforest.median, 0.0, 1.0, "forest scores are in (0, 1)")?;
         range("combine.iforest.spread".into(), c.iforest.spread, MIN_SPREAD, 1.0, "forest scores are in (0, 1)")?;
-        let (lo, hi) = (ae_value(0.0), ae_value(f32::MAX));
+        let (lo, hi) = (log_reconstruction_error(0.0), log_reconstruction_error(f32::MAX));
         let why = "ln of a reconstruction error";
         range("combine.autoencoder.median".into(), c.autoencoder.median, lo, hi, why)?;
         range("combine.autoencoder.spread".into(), c.autoencoder.spread, MIN_SPREAD, hi - lo, why)?;
@@ -315,7 +315,7 @@ impl Detector {
         }
         let c = self.combine;
         let ae: Vec<f32> =
-            row_errors(probes.view(), recon.view()).iter().map(|&e| c.autoencoder.z(ae_value(e))).collect();
+            row_errors(probes.view(), recon.view()).iter().map(|&e| c.autoencoder.z(log_reconstruction_error(e))).collect();
         let z = quantile(&ae, 0.5);
         if z.is_nan() || z < MIN_PROBE_Z {
             return Err(DetectorError::Insensitive { z });

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use super::{
     autoencoder::{Autoencoder, AutoencoderParams, TrainReport},
     bundle::{Bundle, FORMAT_VERSION, Manifest},
-    detector::{Combine, Detector, Norm, Scaler, Thresholds, ae_value, quantile},
+    detector::{Combine, Detector, Norm, Scaler, Thresholds, log_reconstruction_error, quantile},
     iforest::{ForestParams, IsolationForest},
     onnx::{self, OnnxError, OnnxScorer},
 };
@@ -135,8 +135,8 @@ pub fn train(
     };
     let cal_scores = detector.score(cal_raw.view())?;
     let forest_values: Vec<f32> = cal_scores.iter().map(|s| s.iforest).collect();
-    let ae_values: Vec<f32> = cal_scores.iter().map(|s| ae_value(s.autoencoder)).collect();
-    detector.combine = Combine { iforest: Norm::fit(&forest_values), autoencoder: Norm::fit(&ae_values) };
+    let log_errors: Vec<f32> = cal_scores.iter().map(|s| log_reconstruction_error(s.autoencoder)).collect();
+    detector.combine = Combine { iforest: Norm::fit(&forest_values), autoencoder: Norm::fit(&log_errors) };
     let combined: Vec<f32> = cal_scores.iter().map(|s| detector.combine.score(s.iforest, s.autoencoder)).collect();
     let alert = quantile(&combined, 1.0 - config.target_fpr);
     detector.thresholds = Thresholds { target_fpr: config.target_fpr, alert, block: alert + BLOCK_MARGIN };

@@ -1,0 +1,43 @@
+//! `docs/vigil.example.toml` is what operators copy: it must parse, validate, and say what its
+//! comments say.
+
+use std::{path::Path, time::Duration};
+
+use vigil::{config::Config, detect::BlockMode};
+
+fn example() -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/vigil.example.toml");
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+#[test]
+fn the_example_configuration_parses_and_validates() {
+    let config = Config::parse(&example()).expect("docs/vigil.example.toml parses");
+    config.validate().expect("docs/vigil.example.toml validates");
+    assert_eq!(config.block.mode, BlockMode::DryRun, "the example starts in dry-run");
+    assert_eq!(config.block.ttl.0, Duration::from_mins(10));
+    assert_eq!(config.alerts.sinks.len(), 2, "file and syslog");
+    assert_eq!(config.metrics.listen.map(|a| a.ip().is_loopback()), Some(true), "metrics on loopback");
+}
+
+#[test]
+fn the_commented_webhook_sink_is_valid_once_uncommented() {
+    let text = example();
+    let mut uncommented = String::new();
+    let mut in_webhook = false;
+    for line in text.lines() {
+        if line == "# [[alerts.sinks]]" {
+            in_webhook = true;
+        }
+        if in_webhook && let Some(rest) = line.strip_prefix("# ") {
+            uncommented.push_str(rest);
+        } else {
+            in_webhook = false;
+            uncommented.push_str(line);
+        }
+        uncommented.push('\n');
+    }
+    let config = Config::parse(&uncommented).expect("parses with the webhook");
+    assert_eq!(config.alerts.sinks.len(), 3);
+    config.validate().expect("validates with the webhook");
+}
