@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Independent cross-checks of Vigil's models, driven by tests/tests/model_crosscheck.rs.
+"""Independent cross-checks of Vigil's models, driven by agent/tests/model_crosscheck.rs.
 
 Not part of the product: scikit-learn and onnxruntime serve as references only.
 Matrices travel as raw little-endian float32 files with their shape given on the command line.

@@ -1,5 +1,6 @@
-//! Shared helpers for Vigil's privileged tests and benchmarks: hand-built packets, a harness
-//! around `BPF_PROG_TEST_RUN`, and throwaway network namespaces.
+//! Shared helpers for Vigil's privileged tests and benchmarks, and the building blocks of the
+//! lab (`tests/lab`, package `vigil-lab`): hand-built packets, a harness around
+//! `BPF_PROG_TEST_RUN`, throwaway network namespaces, the three-host LAN and the agent process.
 //!
 //! Everything here needs root (`CAP_BPF`, `CAP_NET_ADMIN`, `CAP_SYS_ADMIN`). Helpers panic on
 //! failure so a broken environment fails the test loudly instead of skipping it.
@@ -9,13 +10,10 @@ pub mod bench;
 pub mod blast;
 pub mod capture;
 pub mod data;
-pub mod eval_live;
 pub mod interrupt;
 pub mod lab;
 pub mod netns;
 pub mod packets;
-pub mod pcapreplay;
-pub mod scenario;
 
 use std::collections::BTreeMap;
 

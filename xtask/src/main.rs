@@ -33,8 +33,9 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Set up and run every test: host unit tests, the privileged suite (root), then 20 s of
-    /// each fuzz target (when no filter is given).
+    /// Set up and run every test: the host tests (the default members: unit tests and the
+    /// agent's integration tests), the privileged suite and the lab's tests (root), then 20 s
+    /// of each fuzz target (when no filter is given). See tests/README.md.
     Test {
         /// Extra arguments for the test binaries (e.g. a name filter).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -94,12 +95,16 @@ fn main() -> Result<()> {
         Task::Test { args } => {
             setup::ensure()?;
             require_root("the privileged tests (XDP, network namespaces, BPF_PROG_TEST_RUN)")?;
-            let mut host = vec!["test", "--workspace", "--exclude", "vigil-tests", "--exclude", "agent-ebpf", "--"];
+            // The host tests are the workspace's default members, what a plain `cargo test` runs
+            // as an ordinary user; `vigil/offline` adds the evaluation code's tests.
+            let mut host = vec!["test", "--features", "vigil/offline", "--"];
             host.extend(args.iter().map(String::as_str));
             cargo(&root, &host)?;
-            // Privileged tests share the kernel and the network namespaces they create: one at
-            // a time.
-            let mut privileged = vec!["test", "--package", "vigil-tests", "--", "--test-threads=1"];
+            // The root-only packages: the privileged test binary (`--test root`, a module per
+            // feature) with the support library's own tests, and the lab's. They share the
+            // kernel and the network namespaces they create: one at a time.
+            let mut privileged =
+                vec!["test", "--package", "vigil-tests", "--package", "vigil-lab", "--", "--test-threads=1"];
             privileged.extend(args.iter().map(String::as_str));
             cargo(&root, &privileged)?;
             // Then every fuzz target for a short, bounded time on the corpus in the repo.
@@ -137,7 +142,7 @@ fn vigil_lab(root: &Path, subcommand: &str, args: &[String]) -> Result<()> {
     setup::ensure()?;
     require_root("the lab (network namespaces, XDP)")?;
     cargo(root, &["build", "--package", "vigil", "--bin", "vigil"])?;
-    cargo(root, &["build", "--package", "vigil-tests", "--bin", "vigil-lab"])?;
+    cargo(root, &["build", "--package", "vigil-lab", "--bin", "vigil-lab"])?;
     let bin = target_dir(root).join("debug/vigil-lab");
     let mut cmd = Command::new(&bin);
     cmd.current_dir(root).arg(subcommand).args(args);

@@ -19,13 +19,14 @@ use serde::Serialize;
 use serde_json::Value;
 use vigil::eval::labels::Labels;
 
-use crate::{
+use vigil_tests::{
     agent::Agent,
     interrupt::{self, Interrupted},
     lab::{BYSTANDER, IFACE, Lab, VICTIM, Watch, event_ip, is_alert, now_ms, timestamp_ms},
     netns::{Netns, sh},
-    pcapreplay,
 };
+
+use crate::pcapreplay;
 
 /// What a step does.
 #[derive(Clone, Debug)]
@@ -195,7 +196,7 @@ pub fn run(options: &Options) -> Result<Summary, String> {
     lab.start_victim_services();
     println!(
         "lab: server {VICTIM} (Vigil, HTTP :80, iperf3 :5201, DNS :53), client {BYSTANDER}, attacker {}",
-        crate::lab::ATTACKER
+        vigil_tests::lab::ATTACKER
     );
     let agent = lab
         .agent_with(&format!("[block]\nmode = \"{}\"\n", options.block_mode), &["--no-pin", "--model", &options.model]);

@@ -1,14 +1,13 @@
 //! `vigil train` and `vigil eval` as a user runs them, on the shared captures.
 
+mod common;
+
 use std::{
     path::{Path, PathBuf},
     process::Command,
 };
 
-use vigil_tests::{
-    agent::{TempDir, vigil_bin},
-    data::{arg as s, shared},
-};
+use common::{TempDir, arg as s, shared, vigil_bin};
 
 fn vigil(args: &[&str]) -> (std::process::ExitStatus, String, String) {
     let out = Command::new(vigil_bin()).args(args).env("NO_COLOR", "1").output().expect("vigil runs");

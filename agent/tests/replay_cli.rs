@@ -1,12 +1,11 @@
 //! `vigil replay` as a user runs it, on the public captures in `../shared/data/pcaps`.
 
+mod common;
+
 use std::{path::PathBuf, process::Command};
 
+use common::{TempDir, read_records, shared, vigil_bin};
 use vigil::flows::EndReason;
-use vigil_tests::{
-    agent::{TempDir, read_records, vigil_bin},
-    data::shared,
-};
 
 fn pcap(rel: &str) -> PathBuf {
     shared(&format!("pcaps/{rel}"))

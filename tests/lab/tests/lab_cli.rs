@@ -31,7 +31,7 @@ fn namespaces_of(pid: u32) -> Vec<String> {
 fn lab() -> Command {
     let mut cmd = Command::new(LAB);
     // The workspace root, where the default data path `../shared/data/pcaps` resolves.
-    cmd.current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
+    cmd.current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."));
     cmd
 }
 

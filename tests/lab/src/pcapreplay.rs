@@ -11,7 +11,7 @@ use std::{
 
 use vigil::capture::CaptureReader;
 
-use crate::{
+use vigil_tests::{
     interrupt::{self, Interrupted},
     netns::Netns,
 };

@@ -27,12 +27,13 @@ use vigil::{
     flows::FlowRecord,
 };
 
-use crate::{
+use vigil_tests::{
     agent::read_records,
     interrupt::{self, Interrupted},
     lab::{IFACE, Lab, VICTIM, Watch, event_ip, is_alert, timestamp_ms},
-    pcapreplay,
 };
+
+use crate::pcapreplay;
 
 /// How to run the evaluation.
 #[derive(Clone, Debug)]
@@ -220,7 +221,7 @@ fn replay_all(
             label: label.clone(),
             attacker: mapped(&pairs, label.attacker),
             victim: mapped(&pairs, label.victim),
-            start_ms: crate::lab::now_ms(),
+            start_ms: vigil_tests::lab::now_ms(),
             packets: info.packets,
             sent: None,
             replay: Duration::ZERO,
@@ -240,7 +241,7 @@ fn replay_all(
         match file {
             Err(e) => segment.error = Some(e),
             Ok(file) => {
-                segment.start_ms = crate::lab::now_ms();
+                segment.start_ms = vigil_tests::lab::now_ms();
                 let limit = info.replay * 2 + Duration::from_secs(30);
                 match pcapreplay::replay(&lab.attacker, IFACE, &file, options.max_gap, limit)? {
                     Ok(r) => {
@@ -326,7 +327,7 @@ fn score(options: &Options, labels: &Path, segments: &[Segment], records: &[Flow
     Report {
         labels: labels.display().to_string(),
         model: options.model.clone(),
-        machine: crate::bench::machine(),
+        machine: vigil_tests::bench::machine(),
         max_gap_ms: options.max_gap.as_millis(),
         settle_ms: options.settle.as_millis(),
         attacks: attacks.len(),

@@ -4,14 +4,16 @@
 //! machine type all three files come out byte-identical; the autoencoder's floating-point
 //! sums may differ in the last bits on a CPU with other SIMD kernels, hence the tolerance.)
 
+mod common;
+
 use std::{path::Path, process::Command};
 
+use common::{TempDir, vigil_bin};
 use ndarray::Array2;
 use vigil::{
     features::Schema,
     model::bundle::{Bundle, IFOREST},
 };
-use vigil_tests::agent::{TempDir, vigil_bin};
 
 #[test]
 fn default_bundle_is_reproduced_by_its_recorded_command() {

@@ -4,7 +4,8 @@
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand};
-use vigil_tests::{eval_live, interrupt, scenario};
+use vigil_lab::{eval_live, scenario};
+use vigil_tests::interrupt;
 
 #[derive(Debug, Parser)]
 #[command(name = "vigil-lab", about = "Vigil's lab: scenarios and end-to-end evaluation in network namespaces")]

@@ -7,6 +7,12 @@
 
 #![expect(clippy::cast_precision_loss, reason = "synthetic test values")]
 
+mod common;
+
+use common::{
+    TempDir, arg,
+    reference::{python, read_f32, unsw_prepared, write_f32},
+};
 use ndarray::{Array2, Axis};
 use vigil::{
     eval::metrics::curves,
@@ -16,10 +22,6 @@ use vigil::{
         iforest::{ForestParams, IsolationForest},
         onnx::{OnnxScorer, export},
     },
-};
-use vigil_tests::{
-    agent::TempDir,
-    data::{arg, python, read_f32, unsw_prepared, write_f32},
 };
 
 #[test]

@@ -1,6 +1,8 @@
 //! The metrics endpoint as a real Prometheus server sees it: the agent's `OpenMetrics` text is
 //! scraped, parsed and queryable. Needs the `prometheus` binary (`cargo xtask setup`), not root.
 
+mod common;
+
 use std::{
     io::{Read as _, Write as _},
     net::{SocketAddr, TcpListener, TcpStream},
@@ -10,8 +12,8 @@ use std::{
 };
 
 use agent_common::counters::Counters;
+use common::TempDir;
 use vigil::metrics::Metrics;
-use vigil_tests::agent::TempDir;
 
 /// The `prometheus` server binary on `PATH`.
 fn prometheus_bin() -> PathBuf {

@@ -1,0 +1,110 @@
+//! `vigil model keygen|sign|verify` as an operator runs them: keys, signatures, tampering, and
+//! the shipped bundle verifying with the models' key. No root; the `vigil run` cases, which
+//! attach to an interface, are in the privileged suite (`tests/tests/root/model_run.rs`).
+
+mod common;
+
+use std::{
+    os::unix::fs::{MetadataExt as _, PermissionsExt as _},
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use common::{TempDir, arg as s, vigil_bin};
+
+fn vigil(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(vigil_bin()).args(args).env("NO_COLOR", "1").output().expect("vigil runs");
+    let code = out.status.code().expect("exited");
+    (code, String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// A copy of the shipped bundle (without its signature), owned by whoever runs the test, mode
+/// 0644 in a 0755 directory.
+fn bundle_copy(dir: &Path) -> PathBuf {
+    let bundle = dir.join("bundle");
+    std::fs::create_dir_all(&bundle).expect("dir");
+    std::fs::set_permissions(&bundle, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/default");
+    for f in ["manifest.json", "iforest.json", "autoencoder.onnx"] {
+        std::fs::copy(shipped.join(f), bundle.join(f)).expect("copy");
+        std::fs::set_permissions(bundle.join(f), std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    }
+    bundle
+}
+
+fn public_key_hex(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).expect("public key");
+    text.lines().find(|l| !l.starts_with('#')).expect("a key line").trim().to_owned()
+}
+
+#[test]
+fn keygen_sign_verify_round_trip_and_tampering() {
+    let dir = TempDir::new("model-cli");
+    let keys = dir.path().join("keys");
+    let (code, stdout, stderr) = vigil(&["model", "keygen", "--out", s(&keys)]);
+    assert_eq!(code, 0, "{stderr}");
+    let secret = keys.join("vigil-model.key");
+    let public = keys.join("vigil-model.pub");
+    assert_eq!(std::fs::metadata(&secret).expect("private key").mode() & 0o777, 0o600, "private key mode");
+    let hex = public_key_hex(&public);
+    assert!(stdout.contains(&hex), "keygen prints the public key: {stdout}");
+    let (code, _, stderr) = vigil(&["model", "keygen", "--out", s(&keys)]);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("vigil-model.key exists; refusing to overwrite"), "{stderr}");
+
+    let bundle = bundle_copy(dir.path());
+    let (code, _, stderr) = vigil(&["model", "verify", "--key", s(&public), s(&bundle)]);
+    assert_ne!(code, 0, "an unsigned bundle does not verify");
+    assert!(stderr.contains("no manifest.sig"), "{stderr}");
+
+    let (code, stdout, stderr) = vigil(&["model", "sign", "--key", s(&secret), s(&bundle)]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(bundle.join("manifest.sig").is_file(), "{stdout}");
+    let manifest_sha = "9d2bbd8da828b6b8fff7d89965dc6f9587df6b0a2e23827167d268072b15d4f7";
+    for key in [s(&public), hex.as_str()] {
+        let (code, stdout, stderr) = vigil(&["model", "verify", "--key", key, s(&bundle)]);
+        assert_eq!(code, 0, "{stderr}");
+        assert!(stdout.contains(&format!("valid, signed by {hex}; manifest sha256 {manifest_sha}")), "{stdout}");
+    }
+
+    // Another key: refused.
+    let (code, _, stderr) = vigil(&["model", "keygen", "--out", s(&dir.path().join("other"))]);
+    assert_eq!(code, 0, "{stderr}");
+    let other = dir.path().join("other/vigil-model.pub");
+    let (code, _, stderr) = vigil(&["model", "verify", "--key", s(&other), s(&bundle)]);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("does not verify with 1 trusted key(s)"), "{stderr}");
+    // Either of two keys: accepted.
+    let (code, _, stderr) = vigil(&["model", "verify", "--key", s(&other), "--key", s(&public), s(&bundle)]);
+    assert_eq!(code, 0, "{stderr}");
+
+    // The manifest changed after signing, checksums intact: a raised threshold.
+    let manifest = bundle.join("manifest.json");
+    let text = std::fs::read_to_string(&manifest).expect("manifest");
+    std::fs::write(&manifest, text.replacen("\"alert\": 3.0342329", "\"alert\": 4.5", 1)).expect("tamper");
+    let (code, _, stderr) = vigil(&["model", "verify", "--key", s(&public), s(&bundle)]);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("manifest.sig does not verify"), "{stderr}");
+    // A threshold out of range is named before the signature is even looked at.
+    std::fs::write(&manifest, text.replacen("\"alert\": 3.0342329", "\"alert\": 1e30", 1)).expect("tamper");
+    let (code, _, stderr) = vigil(&["model", "verify", "--key", s(&public), s(&bundle)]);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("thresholds.alert is 1e30"), "{stderr}");
+
+    // A private key others can read is not used.
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let (code, _, stderr) = vigil(&["model", "sign", "--key", s(&secret), s(&bundle)]);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("a private key others can read (mode 0644)"), "{stderr}");
+}
+
+#[test]
+fn the_shipped_bundle_verifies_with_the_models_key() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let key = root.join("models/vigil-models.pub");
+    for bundle in [root.join("models/default"), PathBuf::from("default")] {
+        let (code, stdout, stderr) = vigil(&["model", "verify", "--key", s(&key), s(&bundle)]);
+        assert_eq!(code, 0, "{}: {stderr}", bundle.display());
+        assert!(stdout.contains("valid, signed by"), "{stdout}");
+    }
+}
