@@ -21,3 +21,4 @@ pub mod private_dir;
 pub mod replay;
 pub mod run;
 pub mod sensor;
+pub mod throttle;
