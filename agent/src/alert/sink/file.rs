@@ -94,7 +94,7 @@ mod tests {
     use std::time::Duration;
 
     use super::super::testing::{event, spec, temp_dir, wait_for};
-    use super::super::Sinks;
+    use super::super::{DEFAULT_QUEUE, SinkSpec, Sinks};
     use super::*;
 
     fn lines(path: &Path) -> Vec<String> {
@@ -140,6 +140,15 @@ mod tests {
             assert!(out.file.is_none(), "a failed handle is dropped");
             assert_eq!(out.opens, n, "opened again only when the next event comes");
         }
+    }
+
+    #[test]
+    fn toml_entry_round_trips() {
+        let entry: SinkSpec = toml::from_str("type = \"file\"\npath = \"/tmp/a\"\n").unwrap();
+        assert_eq!(entry, spec(FileSettings { path: "/tmp/a".into() }, DEFAULT_QUEUE));
+        assert_eq!(toml::from_str::<SinkSpec>(&toml::to_string(&entry).unwrap()).unwrap(), entry);
+        let error = toml::from_str::<SinkSpec>("type = \"file\"\npth = \"/tmp/a\"\n").unwrap_err().to_string();
+        assert!(error.contains("unknown field `pth`"), "{error}");
     }
 
     #[test]
