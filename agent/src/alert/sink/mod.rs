@@ -93,7 +93,7 @@ pub trait Sink: Send {
 ///
 /// `with_settings` lists `Variant => module::Settings`: the variant name lowercased is the
 /// `type`, `module` is the file `sink/module.rs`, `Settings` its [`SinkSettings`] struct.
-/// `without_settings` lists sinks that have no keys (`Variant => module::UNIT_STRUCT`): their
+/// `without_settings` lists sinks that have no keys (`Variant => module::UnitStruct`, a unit struct implementing [`SinkSettings`]): their
 /// variant is a unit variant, so `SinkConfig::Stdout` stays a plain value.
 macro_rules! sinks {
     (
