@@ -22,3 +22,4 @@ pub mod live;
 pub mod replay;
 pub mod run;
 pub mod sensor;
+pub mod throttle;

@@ -453,7 +453,7 @@ impl RunArgs {
                 });
             }
             c.alerts.sinks.push(vigil::alert::sink::SinkSpec {
-                kind: vigil::alert::sink::SinkConfig::File { path },
+                kind: vigil::alert::sink::file::FileSettings { path }.into(),
                 queue: vigil::alert::sink::DEFAULT_QUEUE,
             });
         }

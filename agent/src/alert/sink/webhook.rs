@@ -1,39 +1,78 @@
-//! The webhook sink: an HTTP POST of each event, over TLS with certificate verification
+//! The `webhook` sink: an HTTP POST of each event, over TLS with certificate verification
 //! (rustls; Mozilla's roots compiled in, or the CAs of `ca_file`), plain `http://` only when
 //! the configuration says `allow_http = true`. Failed posts are retried with backoff.
 
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use serde::{Deserialize, Serialize};
 use tracing::debug;
 use ureq::tls::{Certificate, PemItem, RootCerts, TlsConfig, TlsProvider};
 
-use super::sink::{Event, MAX_BACKOFF};
+use super::{Event, Sink, SinkSettings};
 
-/// The webhook keys of `[[alerts.sinks]]` that [`validate`] and [`WebhookOutput::open`] read.
-pub(super) struct WebhookSettings<'a> {
-    pub url: &'a str,
+/// Ceiling of the webhook retry backoff.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// `type = "webhook"`. Durations are humantime strings ("500ms", "5s").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookSettings {
+    /// `https://` (certificates verified), or `http://` with `allow_http = true`.
+    pub url: String,
+    #[serde(default = "default_timeout", with = "super::humantime_str")]
     pub timeout: Duration,
+    #[serde(default = "default_max_retries")]
     pub max_retries: u32,
+    /// First retry delay, doubled on each retry and capped at [`MAX_BACKOFF`].
+    #[serde(default = "default_backoff", with = "super::humantime_str")]
     pub backoff: Duration,
-    pub ca_file: Option<&'a Path>,
+    /// PEM file of the CA certificates to trust instead of the built-in (Mozilla) roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// Allow a plain `http://` url: alerts then cross the network unencrypted.
+    #[serde(default)]
     pub allow_http: bool,
 }
 
+fn default_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_max_retries() -> u32 {
+    5
+}
+fn default_backoff() -> Duration {
+    Duration::from_millis(500)
+}
+
+impl SinkSettings for WebhookSettings {
+    fn name(&self) -> String {
+        format!("webhook:{}", redact_userinfo(&self.url))
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        validate(self)
+    }
+
+    fn open(&self) -> io::Result<Box<dyn Sink>> {
+        Ok(Box::new(WebhookSink::open(self)?))
+    }
+}
+
 /// Checks the settings without touching the system; the message names the key.
-pub(super) fn validate(s: &WebhookSettings<'_>) -> Result<(), String> {
-    let tls = parse_url(s.url)?;
+fn validate(s: &WebhookSettings) -> Result<(), String> {
+    let tls = parse_url(&s.url)?;
     if !tls && !s.allow_http {
         return Err(format!(
             "webhook url {:?} is plain http://: alerts would cross the network unencrypted; use https:// \
              or set allow_http = true",
-            redact_userinfo(s.url)
+            redact_userinfo(&s.url)
         ));
     }
-    match s.ca_file {
+    match &s.ca_file {
         Some(path) if path.as_os_str().is_empty() => return Err("webhook ca_file must not be empty".into()),
         Some(_) if !tls => return Err("webhook ca_file applies to https:// urls only".into()),
         _ => {}
@@ -61,7 +100,7 @@ fn parse_url(url: &str) -> Result<bool, String> {
 }
 
 /// Hides `user:password@` in a URL so it does not reach logs or metrics.
-pub(super) fn redact_userinfo(url: &str) -> String {
+fn redact_userinfo(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
     let authority_end = rest.find('/').unwrap_or(rest.len());
     match rest[..authority_end].rfind('@') {
@@ -87,18 +126,18 @@ fn read_ca_file(path: &Path) -> io::Result<Vec<Certificate<'static>>> {
     Ok(certs)
 }
 
-pub(super) struct WebhookOutput {
+struct WebhookSink {
     agent: ureq::Agent,
     url: String,
     max_retries: u32,
     backoff: Duration,
 }
 
-impl WebhookOutput {
+impl WebhookSink {
     /// Builds the client (reading `ca_file`), so a bad setting fails before the sensor starts.
-    pub(super) fn open(s: &WebhookSettings<'_>) -> io::Result<WebhookOutput> {
+    fn open(s: &WebhookSettings) -> io::Result<WebhookSink> {
         validate(s).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-        let roots = match s.ca_file {
+        let roots = match &s.ca_file {
             Some(path) => RootCerts::new_with_certs(&read_ca_file(path)?),
             None => RootCerts::WebPki,
         };
@@ -110,16 +149,16 @@ impl WebhookOutput {
             .tls_config(tls)
             .user_agent(concat!("vigil/", env!("CARGO_PKG_VERSION")))
             .build();
-        Ok(WebhookOutput {
+        Ok(WebhookSink {
             agent: ureq::Agent::new_with_config(config),
-            url: s.url.to_owned(),
+            url: s.url.clone(),
             max_retries: s.max_retries,
             backoff: s.backoff.min(MAX_BACKOFF),
         })
     }
 
     /// Posts `event`, retrying with backoff; gives up after `max_retries` retries or on `abort`.
-    pub(super) fn post(&self, event: &Event, abort: &AtomicBool) -> Result<(), String> {
+    fn post(&self, event: &Event, abort: &AtomicBool) -> Result<(), String> {
         let mut delay = self.backoff;
         let mut attempt = 0;
         loop {
@@ -144,27 +183,29 @@ impl WebhookOutput {
     }
 }
 
+impl Sink for WebhookSink {
+    fn deliver(&mut self, event: &Event, abort: &AtomicBool) -> Result<(), String> {
+        self.post(event, abort)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::io::{BufRead, BufReader, Read, Write};
     use std::net::TcpListener;
-    use std::path::PathBuf;
     use std::sync::Arc;
     use std::thread::JoinHandle;
 
-    use super::super::sink::{Severity, SinkConfig, SinkSpec, SinkStats, Sinks, tests::wait_for};
+    use super::super::testing::{spec, wait_for};
+    use super::super::{Severity, Sinks};
     use super::*;
 
     fn event(n: usize) -> Event {
         Event { json: format!(r#"{{"n":{n}}}"#), severity: Severity::Warning, timestamp_ns: 0 }
     }
 
-    fn spec(kind: SinkConfig, queue: usize) -> SinkSpec {
-        SinkSpec { kind, queue }
-    }
-
-    fn webhook(url: String, max_retries: u32) -> SinkConfig {
-        SinkConfig::Webhook {
+    fn webhook(url: String, max_retries: u32) -> WebhookSettings {
+        WebhookSettings {
             url,
             timeout: Duration::from_secs(1),
             max_retries,
@@ -253,12 +294,12 @@ mod tests {
 
     #[test]
     fn plain_http_needs_allow_http() {
-        let settings = |url, allow_http, ca_file| WebhookSettings {
-            url,
+        let settings = |url: &str, allow_http, ca_file: Option<&Path>| WebhookSettings {
+            url: url.into(),
             timeout: Duration::from_secs(1),
             max_retries: 0,
             backoff: Duration::ZERO,
-            ca_file,
+            ca_file: ca_file.map(Path::to_path_buf),
             allow_http,
         };
         let err = validate(&settings("http://u:pw@siem.local/x", false, None)).unwrap_err();
@@ -323,8 +364,8 @@ mod tests {
         (url, server)
     }
 
-    fn https_webhook(url: String, ca_file: Option<PathBuf>) -> SinkConfig {
-        SinkConfig::Webhook {
+    fn https_webhook(url: String, ca_file: Option<PathBuf>) -> WebhookSettings {
+        WebhookSettings {
             url,
             timeout: Duration::from_secs(2),
             max_retries: 0,
