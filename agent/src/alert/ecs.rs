@@ -34,12 +34,11 @@ impl Observer {
     /// `decision` as an event for the sinks, stamped `now_wall_ns`.
     #[must_use]
     pub fn event(&self, decision: &Decision, now_wall_ns: u64) -> Event {
-        let severity = match decision.severity() {
-            Severity::High => super::sink::Severity::Error,
-            Severity::Medium => super::sink::Severity::Warning,
-            Severity::Low | Severity::Info => super::sink::Severity::Notice,
-        };
-        Event { json: self.render(decision, now_wall_ns).to_string(), severity, timestamp_ns: now_wall_ns }
+        Event {
+            json: self.render(decision, now_wall_ns).to_string(),
+            severity: decision.severity(),
+            timestamp_ns: now_wall_ns,
+        }
     }
 
     /// `decision` as an ECS document, stamped `now_wall_ns`.

@@ -36,6 +36,7 @@ use crate::{
     metrics::Metrics,
     model::onnx::OnnxError,
     sensor::{PinState, SensorError},
+    throttle::ThrottledLog,
 };
 
 /// How often the agent logs a status line, so an operator sees the sensor working even
@@ -77,34 +78,33 @@ pub struct CycleReport {
 
 /// A local output (flow records, the status file) that must never stop detection: failures
 /// are counted in `vigil_output_failures_total{output}` and logged at most once per
-/// [`STATUS_EVERY`], with how many failed since the last log line.
-struct OutputHealth {
+/// [`STATUS_EVERY`], with how many failed since the last log line, and once on recovery.
+struct LocalOutput {
     name: &'static str,
-    since_log: u64,
-    last_log: Option<Instant>,
+    log: ThrottledLog,
 }
 
-impl OutputHealth {
+impl LocalOutput {
     const fn new(name: &'static str) -> Self {
-        Self { name, since_log: 0, last_log: None }
+        Self { name, log: ThrottledLog::new(STATUS_EVERY) }
     }
 
-    /// `n` more failures (0: none this cycle), the last with `error`.
+    /// `n` more failures (0 and no error: it worked this cycle), the last with `error`.
     fn failed(&mut self, n: u64, error: Option<String>, metrics: &Metrics) {
         if n == 0 && error.is_none() {
+            if let Some(unreported) = self.log.success() {
+                info!(output = self.name, failed = unreported, "output recovered");
+            }
             return;
         }
         metrics.output_failed(self.name, n);
-        self.since_log += n;
-        if self.last_log.is_none_or(|t| t.elapsed() >= STATUS_EVERY) {
+        if let Some(failed) = self.log.failures(n.max(1), Instant::now()) {
             warn!(
                 output = self.name,
-                failed = self.since_log,
+                failed,
                 error = error.unwrap_or_default(),
                 "output failing; detection goes on (counted in vigil_output_failures_total)"
             );
-            self.last_log = Some(Instant::now());
-            self.since_log = 0;
         }
     }
 }
@@ -152,8 +152,8 @@ pub struct Agent<F, K> {
     /// The previous harvest (mono ns): flows with packets after it are live.
     since_ns: u64,
     totals: Totals,
-    flows_health: OutputHealth,
-    status_health: OutputHealth,
+    flows_output: LocalOutput,
+    status_output: LocalOutput,
     last_log: Instant,
 }
 
@@ -178,8 +178,8 @@ impl<F: FlowSource, K: SensorProbe> Agent<F, K> {
             flow_capacity,
             since_ns: start_mono_ns,
             totals: Totals::default(),
-            flows_health: OutputHealth::new("flows"),
-            status_health: OutputHealth::new("status"),
+            flows_output: LocalOutput::new("flows"),
+            status_output: LocalOutput::new("status"),
             last_log: Instant::now(),
         }
     }
@@ -229,7 +229,7 @@ impl<F: FlowSource, K: SensorProbe> Agent<F, K> {
             w.end_batch();
             let failures = w.take_failures();
             let error = failures.last_error.map(|e| e.to_string());
-            self.flows_health.failed(failures.records, error, &self.outputs.metrics);
+            self.flows_output.failed(failures.records, error, &self.outputs.metrics);
         }
         self.totals.records_exported += report.idle + report.active;
         Ok((report, live))
@@ -301,7 +301,7 @@ impl<F: FlowSource, K: SensorProbe> Agent<F, K> {
         st.engine = stats;
         st.sinks = sink_stats;
         let written = st.write(&self.outputs.run_dir);
-        self.status_health.failed(u64::from(written.is_err()), written.err().map(|e| e.to_string()), metrics);
+        self.status_output.failed(u64::from(written.is_err()), written.err().map(|e| e.to_string()), metrics);
 
         if self.last_log.elapsed() >= STATUS_EVERY {
             self.last_log = Instant::now();

@@ -176,19 +176,8 @@ pub(crate) mod humantime_str {
     }
 }
 
-/// Syslog severity (RFC 5424 section 6.2.1); the discriminant is the code.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Severity {
-    Emergency = 0,
-    Alert = 1,
-    Critical = 2,
-    Error = 3,
-    Warning = 4,
-    Notice = 5,
-    Informational = 6,
-    Debug = 7,
-}
+/// How serious an event is: one scale for the whole agent (see [`crate::detect::Severity`]).
+pub use crate::detect::Severity;
 
 /// One alert, already serialised.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -434,7 +423,7 @@ mod testing {
     pub fn event(n: usize) -> Event {
         Event {
             json: format!(r#"{{"n":{n},"msg":"ü"}}"#),
-            severity: Severity::Warning,
+            severity: Severity::Medium,
             timestamp_ns: 1_795_255_200_123_456_789,
         }
     }

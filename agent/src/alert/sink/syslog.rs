@@ -145,7 +145,7 @@ impl SyslogSink {
     }
 
     fn format(&self, event: &Event) -> String {
-        let pri = self.facility as u16 * 8 + event.severity as u16;
+        let pri = self.facility as u16 * 8 + u16::from(event.severity.syslog());
         let mut message = format!(
             "<{pri}>1 {} {} {} {} alert - \u{feff}{}",
             crate::clock::rfc3339_micros(event.timestamp_ns),
@@ -258,10 +258,11 @@ mod tests {
             app_name: "a".into(),
             pid: 1,
         };
-        let big = Event { json: "é".repeat(40_000), severity: Severity::Emergency, timestamp_ns: 0 };
+        let big = Event { json: "é".repeat(40_000), severity: Severity::High, timestamp_ns: 0 };
         let message = out.format(&big);
         assert!(message.len() <= MAX_SYSLOG_MESSAGE && message.len() > MAX_SYSLOG_MESSAGE - 2);
-        assert!(message.starts_with("<0>1 1970-01-01T00:00:00.000000Z h a 1 alert - \u{feff}é"));
+        // kern (0) * 8 + error (3, a high alert)
+        assert!(message.starts_with("<3>1 1970-01-01T00:00:00.000000Z h a 1 alert - \u{feff}é"));
     }
 
     #[test]

@@ -201,7 +201,7 @@ mod tests {
     use super::*;
 
     fn event(n: usize) -> Event {
-        Event { json: format!(r#"{{"n":{n}}}"#), severity: Severity::Warning, timestamp_ns: 0 }
+        Event { json: format!(r#"{{"n":{n}}}"#), severity: Severity::Medium, timestamp_ns: 0 }
     }
 
     fn webhook(url: String, max_retries: u32) -> WebhookSettings {
