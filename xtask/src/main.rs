@@ -94,7 +94,18 @@ fn main() -> Result<()> {
         Task::Test { args } => {
             setup::ensure()?;
             require_root("the privileged tests (XDP, network namespaces, BPF_PROG_TEST_RUN)")?;
-            let mut host = vec!["test", "--workspace", "--exclude", "vigil-tests", "--exclude", "agent-ebpf", "--"];
+            // `vigil/offline` so the evaluation code's own tests run too.
+            let mut host = vec![
+                "test",
+                "--workspace",
+                "--exclude",
+                "vigil-tests",
+                "--exclude",
+                "agent-ebpf",
+                "--features",
+                "vigil/offline",
+                "--",
+            ];
             host.extend(args.iter().map(String::as_str));
             cargo(&root, &host)?;
             // Privileged tests share the kernel and the network namespaces they create: one at
@@ -130,13 +141,13 @@ fn main() -> Result<()> {
     }
 }
 
-/// Builds `vigil` and `vigil-lab` (the test profile, sharing the tests' build) and becomes
+/// Builds `vigil` and `vigil-lab` (the test profile and features, sharing the tests' build) and becomes
 /// `vigil-lab SUBCOMMAND ARGS`: Ctrl-C then reaches the lab alone, which removes what it built.
 fn vigil_lab(root: &Path, subcommand: &str, args: &[String]) -> Result<()> {
     use std::os::unix::process::CommandExt as _;
     setup::ensure()?;
     require_root("the lab (network namespaces, XDP)")?;
-    cargo(root, &["build", "--package", "vigil", "--bin", "vigil"])?;
+    cargo(root, &["build", "--package", "vigil", "--features", "offline", "--bin", "vigil"])?;
     cargo(root, &["build", "--package", "vigil-tests", "--bin", "vigil-lab"])?;
     let bin = target_dir(root).join("debug/vigil-lab");
     let mut cmd = Command::new(&bin);
