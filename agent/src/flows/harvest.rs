@@ -15,16 +15,14 @@ use std::{
 };
 
 use agent_common::flow::{FlowKey, FlowStats};
-use aya::maps::{IterableMap as _, MapData, PerCpuHashMap};
+use aya::maps::IterableMap as _;
 
 use super::record::{EndReason, FlowRecord, merge_per_cpu};
+pub use crate::sensor::FlowTable;
 use crate::{
     clock::MonoToWall,
     sensor::batch::{self, PerCpuBatchReader},
 };
-
-/// The flow table as the agent holds it.
-pub type FlowTable = PerCpuHashMap<MapData, FlowKey, FlowStats>;
 
 /// When flows leave the table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
