@@ -1,7 +1,16 @@
 //! Clocks. The kernel stamps packets with `bpf_ktime_get_ns()`, which is `CLOCK_MONOTONIC`;
 //! flow records carry Unix-epoch nanoseconds, converted here.
 
+use std::time::Duration;
+
 use nix::time::{ClockId, clock_gettime};
+
+/// A duration in nanoseconds, as the kernel's and the flow records' clocks count; saturates at
+/// `u64::MAX` (about 584 years).
+#[must_use]
+pub fn duration_ns(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
 
 fn now_ns(clock: ClockId) -> u64 {
     // CLOCK_MONOTONIC and CLOCK_REALTIME cannot fail on Linux with a valid timespec pointer.

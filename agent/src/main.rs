@@ -6,7 +6,7 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 use vigil::{
-    config::{Config, Dur},
+    config::{Config, HumanDuration},
     control,
     detect::BlockMode,
     features::{Schema, dataset::FlowDataset},
@@ -338,7 +338,8 @@ struct ReplayArgs {
     no_progress: bool,
 }
 
-/// When flows leave the table; `replay` applies them on the capture's clock.
+/// When flows leave the table; `replay` applies them on the capture's clock. The defaults are
+/// `vigil::flows::DEFAULT_*` written as text (a test below keeps them equal).
 #[derive(Debug, Args)]
 struct TimingArgs {
     /// Time between harvests of the flow table (timeout checks).
@@ -428,13 +429,13 @@ impl RunArgs {
             s.xdp_mode = v;
         }
         if let Some(v) = self.interval {
-            s.interval = Dur(v);
+            s.interval = HumanDuration(v);
         }
         if let Some(v) = self.idle_timeout {
-            s.idle_timeout = Dur(v);
+            s.idle_timeout = HumanDuration(v);
         }
         if let Some(v) = self.active_timeout {
-            s.active_timeout = Dur(v);
+            s.active_timeout = HumanDuration(v);
         }
         if let Some(v) = self.flow_capacity {
             s.flow_capacity = v;
@@ -746,5 +747,24 @@ fn check_share(share: f64) -> anyhow::Result<f64> {
         Ok(share)
     } else {
         anyhow::bail!("--train-share must be between 0 and 1, got {share}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// clap's defaults are text; they must say what the library's constants say.
+    #[test]
+    fn flag_defaults_are_the_library_defaults() {
+        let Command::Train(train) = Cli::parse_from(["vigil", "train", "--pcap", "x.pcap", "--out", "m"]).command
+        else {
+            unreachable!("parsed as train")
+        };
+        let t = &train.timing;
+        assert_eq!(t.interval, vigil::flows::DEFAULT_INTERVAL);
+        assert_eq!(t.idle_timeout, vigil::flows::DEFAULT_IDLE_TIMEOUT);
+        assert_eq!(t.active_timeout, vigil::flows::DEFAULT_ACTIVE_TIMEOUT);
+        assert_eq!(train.model.window, vigil::features::DEFAULT_WINDOW);
     }
 }

@@ -187,7 +187,7 @@ impl ContextWindow {
     #[must_use]
     pub fn with_capacity(window: Duration, max_events: usize) -> Self {
         Self {
-            window_ns: u64::try_from(window.as_nanos()).unwrap_or(u64::MAX),
+            window_ns: crate::clock::duration_ns(window),
             max_events: max_events.max(1),
             latest_ns: 0,
             events: VecDeque::new(),
