@@ -103,15 +103,16 @@ impl ProtoClass {
     #[must_use]
     pub const fn of(protocol: u8) -> Self {
         match protocol {
-            crate::parse::IPPROTO_TCP => Self::Tcp,
-            crate::parse::IPPROTO_UDP => Self::Udp,
-            crate::parse::IPPROTO_ICMP => Self::Icmp,
-            crate::parse::IPPROTO_ICMPV6 => Self::Icmpv6,
+            crate::proto::IPPROTO_TCP => Self::Tcp,
+            crate::proto::IPPROTO_UDP => Self::Udp,
+            crate::proto::IPPROTO_ICMP => Self::Icmp,
+            crate::proto::IPPROTO_ICMPV6 => Self::Icmpv6,
             _ => Self::Other,
         }
     }
 
-    /// Stable lowercase name for logs and metrics labels.
+    /// Stable lowercase name for logs and metrics labels. These name counter classes, not
+    /// protocols: `icmpv6` is the class, [`crate::proto::name`] the IANA keyword (`ipv6-icmp`).
     #[must_use]
     pub const fn name(self) -> &'static str {
         match self {

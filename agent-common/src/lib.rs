@@ -15,6 +15,7 @@ pub mod flow;
 pub mod maps;
 pub mod parse;
 pub mod pipeline;
+pub mod proto;
 
 /// Asserts at compile time that a type shared with the kernel has exactly the expected size,
 /// so a field added without thought to padding fails the build instead of the verifier.

@@ -21,15 +21,11 @@ pub const ETH_P_8021AD: u16 = 0x88a8;
 /// Pre-standard `QinQ` outer tag, still seen in the wild.
 pub const ETH_P_QINQ_9100: u16 = 0x9100;
 
-pub const IPPROTO_HOPOPTS: u8 = 0;
-pub const IPPROTO_ICMP: u8 = 1;
-pub const IPPROTO_TCP: u8 = 6;
-pub const IPPROTO_UDP: u8 = 17;
-pub const IPPROTO_ROUTING: u8 = 43;
-pub const IPPROTO_FRAGMENT: u8 = 44;
-pub const IPPROTO_AH: u8 = 51;
-pub const IPPROTO_ICMPV6: u8 = 58;
-pub const IPPROTO_DSTOPTS: u8 = 60;
+// Defined in `proto`; re-exported where the parser's users have always found them.
+pub use crate::proto::{
+    IPPROTO_AH, IPPROTO_DSTOPTS, IPPROTO_FRAGMENT, IPPROTO_HOPOPTS, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_ROUTING,
+    IPPROTO_TCP, IPPROTO_UDP,
+};
 
 const ETH_HLEN: usize = 14;
 const VLAN_HLEN: usize = 4;
@@ -306,7 +302,7 @@ pub fn parse_l4<P: Packet>(p: &P, l3: &L3) -> (PacketMeta, Option<Malformed>) {
     }
     let offset = l3.l4_offset;
     let protocol = l3.key.protocol;
-    let is_icmp = protocol == IPPROTO_ICMP || protocol == IPPROTO_ICMPV6;
+    let is_icmp = crate::proto::is_icmp(protocol);
     // Ports (or ICMP type and code) from as much of the header as is there.
     if is_icmp {
         if let Some(i) = p.bytes::<2>(offset) {

@@ -1,18 +1,21 @@
 //! Clocks. The kernel stamps packets with `bpf_ktime_get_ns()`, which is `CLOCK_MONOTONIC`;
 //! flow records carry Unix-epoch nanoseconds, converted here.
 
+use std::time::Duration;
+
 use nix::time::{ClockId, clock_gettime};
+
+/// A duration in nanoseconds, as the kernel's and the flow records' clocks count; saturates at
+/// `u64::MAX` (about 584 years).
+#[must_use]
+pub fn duration_ns(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
 
 fn now_ns(clock: ClockId) -> u64 {
     // CLOCK_MONOTONIC and CLOCK_REALTIME cannot fail on Linux with a valid timespec pointer.
     let ts = clock_gettime(clock).expect("clock_gettime");
     u64::try_from(ts.tv_sec()).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec()).unwrap_or(0)
-}
-
-/// A duration in nanoseconds, saturating at `u64::MAX` (585 years).
-#[must_use]
-pub fn duration_ns(d: std::time::Duration) -> u64 {
-    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// `CLOCK_MONOTONIC` now, in nanoseconds: the kernel program's clock.

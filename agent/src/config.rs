@@ -12,7 +12,7 @@ use std::{
 };
 
 use ipnet::IpNet;
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::{Deserialize, Serialize};
 
 use crate::{alert::sink::SinkSpec, detect::BlockMode, sensor::AttachMode};
 
@@ -23,8 +23,7 @@ pub const DEFAULT_PATH: &str = "/etc/vigil/vigil.toml";
 /// arithmetic on capture and kernel clocks stays far from overflow below it, and nothing
 /// sensible needs more.
 pub const MAX_INTERVAL: Duration = Duration::from_hours(7 * 24);
-/// The longest any duration in the file may be (a year): beyond that is a typo.
-pub const MAX_DURATION: Duration = Duration::from_hours(366 * 24);
+pub use crate::duration_serde::MAX_DURATION;
 
 /// Parses a duration flag (`--interval 1s`) up to [`MAX_INTERVAL`]; clap's error names the
 /// flag.
@@ -40,31 +39,10 @@ pub fn parse_interval_flag(text: &str) -> Result<Duration, String> {
 }
 
 /// A duration written the human way in TOML: `"1s"`, `"500ms"`, `"10m"`; at most
-/// [`MAX_DURATION`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Dur(pub Duration);
-
-impl Serialize for Dur {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&humantime::format_duration(self.0).to_string())
-    }
-}
-
-impl<'de> Deserialize<'de> for Dur {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(d)?;
-        let d = humantime::parse_duration(&text).map_err(|e| {
-            serde::de::Error::custom(format!("invalid duration {text:?} ({e}); write e.g. \"1s\", \"10m\""))
-        })?;
-        if d > MAX_DURATION {
-            return Err(serde::de::Error::custom(format!(
-                "duration {text:?} is longer than {}",
-                humantime::format_duration(MAX_DURATION)
-            )));
-        }
-        Ok(Dur(d))
-    }
-}
+/// [`MAX_DURATION`] ([`crate::duration_serde`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct HumanDuration(#[serde(with = "crate::duration_serde")] pub Duration);
 
 /// The sensor: where it attaches and how flows leave the table.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -75,9 +53,9 @@ pub struct SensorSection {
     pub xdp_mode: AttachMode,
     pub flow_capacity: u32,
     /// Time between harvests; also the scoring window of auto-block.
-    pub interval: Dur,
-    pub idle_timeout: Dur,
-    pub active_timeout: Dur,
+    pub interval: HumanDuration,
+    pub idle_timeout: HumanDuration,
+    pub active_timeout: HumanDuration,
     /// Keep the program, maps and rules pinned here across agent restarts; empty = do not pin
     /// (everything is detached when the agent exits).
     pub pin_dir: PathBuf,
@@ -91,9 +69,9 @@ impl Default for SensorSection {
             iface: String::new(),
             xdp_mode: AttachMode::Auto,
             flow_capacity: agent_common::maps::DEFAULT_FLOW_CAPACITY,
-            interval: Dur(Duration::from_secs(1)),
-            idle_timeout: Dur(Duration::from_secs(15)),
-            active_timeout: Dur(Duration::from_mins(1)),
+            interval: HumanDuration(crate::flows::DEFAULT_INTERVAL),
+            idle_timeout: HumanDuration(crate::flows::DEFAULT_IDLE_TIMEOUT),
+            active_timeout: HumanDuration(crate::flows::DEFAULT_ACTIVE_TIMEOUT),
             pin_dir: PathBuf::from(crate::sensor::pin::DEFAULT_PIN_DIR),
             run_dir: PathBuf::from(crate::control::DEFAULT_RUN_DIR),
         }
@@ -107,7 +85,7 @@ pub struct DetectionSection {
     /// `"default"` (the built-in bundle) or a bundle directory from `vigil train`.
     pub model: String,
     /// Per-source/destination context window (use the one the model was trained with).
-    pub context_window: Dur,
+    pub context_window: HumanDuration,
     /// Features listed in an alert's explanation.
     pub top_features: usize,
     /// Flows to these destinations are tracked but not scored: link-local control traffic
@@ -124,7 +102,7 @@ impl Default for DetectionSection {
     fn default() -> Self {
         Self {
             model: "default".to_owned(),
-            context_window: Dur(crate::features::context::DEFAULT_WINDOW),
+            context_window: HumanDuration(crate::features::context::DEFAULT_WINDOW),
             top_features: 5,
             ignore_destinations: ["224.0.0.0/4", "255.255.255.255/32", "ff00::/8"]
                 .iter()
@@ -141,7 +119,7 @@ impl Default for DetectionSection {
 #[serde(deny_unknown_fields, default)]
 pub struct AlertsSection {
     /// At most one alert per source per window; anomalies in between are counted in the next.
-    pub window: Dur,
+    pub window: HumanDuration,
     /// Alerts raised per harvest cycle at most (the rest wait a cycle).
     pub max_per_cycle: usize,
     /// Distinct anomalous flows one source needs in a window for a medium or high alert
@@ -165,7 +143,7 @@ pub struct AlertsSection {
 impl Default for AlertsSection {
     fn default() -> Self {
         Self {
-            window: Dur(Duration::from_secs(10)),
+            window: HumanDuration(Duration::from_secs(10)),
             max_per_cycle: 100,
             min_flows: 3,
             min_sources: 20,
@@ -188,10 +166,10 @@ pub struct BlockSection {
     /// cycles in a row.
     pub margin: f32,
     /// How long a rule lasts; the kernel lets traffic through again after it.
-    pub ttl: Dur,
+    pub ttl: HumanDuration,
     /// Longest TTL any rule may have, `vigil block add --ttl` included (`--force` does not
     /// lift it); `ttl` must not exceed it.
-    pub max_ttl: Dur,
+    pub max_ttl: HumanDuration,
     /// Active rules at most.
     pub max_rules: usize,
     /// New auto-block rules per minute at most.
@@ -208,8 +186,8 @@ impl Default for BlockSection {
             mode: BlockMode::Off,
             consecutive: 2,
             margin: 0.5,
-            ttl: Dur(Duration::from_mins(10)),
-            max_ttl: Dur(crate::block::manual::DEFAULT_MAX_TTL),
+            ttl: HumanDuration(Duration::from_mins(10)),
+            max_ttl: HumanDuration(crate::block::manual::DEFAULT_MAX_TTL),
             max_rules: 1024,
             max_new_per_minute: 60,
             allowlist: Vec::new(),
@@ -399,8 +377,8 @@ mod tests {
         let back = Config::parse(&text).expect("own output parses");
         assert_eq!(back.to_toml(), text);
         assert_eq!(back.block.mode, BlockMode::Off);
-        assert_eq!(back.block.ttl, Dur(Duration::from_mins(10)));
-        assert_eq!(back.block.max_ttl, Dur(Duration::from_hours(7 * 24)), "documented default");
+        assert_eq!(back.block.ttl, HumanDuration(Duration::from_mins(10)));
+        assert_eq!(back.block.max_ttl, HumanDuration(Duration::from_hours(7 * 24)), "documented default");
     }
 
     #[test]
@@ -457,10 +435,10 @@ mod tests {
         c.block.consecutive = 0;
         assert!(c.validate().unwrap_err().to_string().contains("block.consecutive"));
         let mut c = Config::default();
-        c.block.ttl = Dur(Duration::from_hours(24 * 8));
+        c.block.ttl = HumanDuration(Duration::from_hours(24 * 8));
         let e = c.validate().unwrap_err().to_string();
         assert!(e.contains("block.ttl") && e.contains("block.max_ttl"), "{e}");
-        c.block.max_ttl = Dur(Duration::from_hours(24 * 8));
+        c.block.max_ttl = HumanDuration(Duration::from_hours(24 * 8));
         c.validate().unwrap();
         let c = Config::parse("[block]\nmax_ttl = \"1h\"\n").unwrap();
         assert_eq!(c.block.max_ttl.0, Duration::from_hours(1));
@@ -468,7 +446,7 @@ mod tests {
         let c = Config::parse("[block]\nmax_ttl = \"5m\"\n").unwrap();
         assert!(c.validate().unwrap_err().to_string().contains("block.ttl"), "default ttl 10m over 5m");
         let mut c = Config::default();
-        c.sensor.interval = Dur(Duration::ZERO);
+        c.sensor.interval = HumanDuration(Duration::ZERO);
         assert!(c.validate().unwrap_err().to_string().contains("sensor.interval"));
     }
 }

@@ -11,6 +11,8 @@ pub mod clock;
 pub mod config;
 pub mod control;
 pub mod detect;
+pub mod duration_serde;
+#[cfg(feature = "offline")]
 pub mod eval;
 pub mod features;
 pub mod flows;

@@ -6,10 +6,9 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 use vigil::{
-    config::{Config, Dur},
+    config::{Config, HumanDuration},
     control,
     detect::BlockMode,
-    eval,
     features::{Schema, dataset::FlowDataset},
     flows::HarvestConfig,
     model::{Bundle, TrainConfig, autoencoder::AutoencoderParams, iforest::ForestParams},
@@ -22,6 +21,7 @@ use vigil::{
 /// kernel and harvests them into flow records.
 #[derive(Debug, Parser)]
 #[command(name = "vigil", version, about, propagate_version = true)]
+#[cfg_attr(not(feature = "offline"), command(after_help = OFFLINE_HINT))]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -36,7 +36,15 @@ enum Command {
     /// Train a model bundle (isolation forest + autoencoder) on benign traffic.
     Train(TrainArgs),
     /// Measure detection on labelled captures or on the UNSW-NB15 dataset.
+    #[cfg(feature = "offline")]
     Eval(EvalArgs),
+    /// Not in this build: says how to get it instead of "unrecognized subcommand".
+    #[cfg(not(feature = "offline"))]
+    #[command(hide = true, disable_help_flag = true)]
+    Eval {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        _args: Vec<String>,
+    },
     /// Show the sensor, the running agent, kernel counters and rules.
     Status(StatusArgs),
     /// List, add, remove or flush blocklist rules of the running sensor.
@@ -258,12 +266,19 @@ impl ModelArgs {
     }
 }
 
+/// Where `vigil eval` is when the build lacks it.
+#[cfg(not(feature = "offline"))]
+const OFFLINE_HINT: &str = "`vigil eval` (offline evaluation) is not in this build; build it with \
+                            `cargo build --release -p vigil --features offline`.";
+
+#[cfg(feature = "offline")]
 #[derive(Debug, Args)]
 struct EvalArgs {
     #[command(subcommand)]
     mode: EvalMode,
 }
 
+#[cfg(feature = "offline")]
 #[derive(Debug, Subcommand)]
 enum EvalMode {
     /// Labelled captures: a labels.json (as in ../shared/data/pcaps) and the captures under it.
@@ -294,6 +309,7 @@ enum EvalMode {
 }
 
 /// What both evaluations take.
+#[cfg(feature = "offline")]
 #[derive(Debug, Args)]
 struct EvalCommon {
     /// Where the reports go: captures.{json,svg}, or unsw-no-ttl.{json,svg} and
@@ -322,7 +338,8 @@ struct ReplayArgs {
     no_progress: bool,
 }
 
-/// When flows leave the table; `replay` applies them on the capture's clock.
+/// When flows leave the table; `replay` applies them on the capture's clock. The defaults are
+/// `vigil::flows::DEFAULT_*` written as text (a test below keeps them equal).
 #[derive(Debug, Args)]
 struct TimingArgs {
     /// Time between harvests of the flow table (timeout checks).
@@ -412,13 +429,13 @@ impl RunArgs {
             s.xdp_mode = v;
         }
         if let Some(v) = self.interval {
-            s.interval = Dur(v);
+            s.interval = HumanDuration(v);
         }
         if let Some(v) = self.idle_timeout {
-            s.idle_timeout = Dur(v);
+            s.idle_timeout = HumanDuration(v);
         }
         if let Some(v) = self.active_timeout {
-            s.active_timeout = Dur(v);
+            s.active_timeout = HumanDuration(v);
         }
         if let Some(v) = self.flow_capacity {
             s.flow_capacity = v;
@@ -474,7 +491,10 @@ fn main() -> ExitCode {
         Command::Run(args) => run_command(args),
         Command::Replay(args) => replay_command(args),
         Command::Train(args) => train_command(args),
+        #[cfg(feature = "offline")]
         Command::Eval(args) => eval_command(args),
+        #[cfg(not(feature = "offline"))]
+        Command::Eval { .. } => Err(anyhow::anyhow!(OFFLINE_HINT)),
         Command::Status(args) => status_command(&args),
         Command::Block(args) => block_command(args),
         Command::Detach(args) => detach_command(&args),
@@ -679,6 +699,7 @@ fn train_command(args: TrainArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+#[cfg(feature = "offline")]
 fn eval_command(args: EvalArgs) -> anyhow::Result<()> {
     match args.mode {
         EvalMode::Captures { labels, model, common, timing, no_progress } => {
@@ -686,7 +707,7 @@ fn eval_command(args: EvalArgs) -> anyhow::Result<()> {
                 .as_deref()
                 .map(|m| Bundle::load(m)?.detector(&Schema::flow()).map_err(anyhow::Error::from))
                 .transpose()?;
-            let config = eval::captures::CaptureEval {
+            let config = vigil::eval::captures::CaptureEval {
                 labels: &labels,
                 harvest: timing.harvest_config()?,
                 interval: timing.interval,
@@ -696,13 +717,13 @@ fn eval_command(args: EvalArgs) -> anyhow::Result<()> {
                 model: detector,
                 progress: progress_bar_wanted(no_progress),
             };
-            let report = eval::captures::run(config, |m| tracing::info!("{m}"))?;
+            let report = vigil::eval::captures::run(config, |m| tracing::info!("{m}"))?;
             publish(&common.out, "captures", &report)?;
         }
         EvalMode::Unsw { csv, common } => {
             let config = common.model_args.config()?;
             let reports =
-                eval::dataset::run(&csv, &config, check_share(common.train_share)?, |m| tracing::info!("{m}"))?;
+                vigil::eval::dataset::run(&csv, &config, check_share(common.train_share)?, |m| tracing::info!("{m}"))?;
             for (report, stem) in reports.iter().zip(["unsw-no-ttl", "unsw-all"]) {
                 publish(&common.out, stem, report)?;
             }
@@ -712,17 +733,38 @@ fn eval_command(args: EvalArgs) -> anyhow::Result<()> {
 }
 
 /// Writes `<stem>.json` and `<stem>.svg` into `out` and prints the summary.
-fn publish(out: &std::path::Path, stem: &str, report: &eval::EvalReport) -> anyhow::Result<()> {
-    eval::write_report(out, stem, report)?;
+#[cfg(feature = "offline")]
+fn publish(out: &std::path::Path, stem: &str, report: &vigil::eval::EvalReport) -> anyhow::Result<()> {
+    vigil::eval::write_report(out, stem, report)?;
     print!("{}", report.summary());
     println!("report: {}", out.join(format!("{stem}.{{json,svg}}")).display());
     Ok(())
 }
 
+#[cfg(feature = "offline")]
 fn check_share(share: f64) -> anyhow::Result<f64> {
     if share > 0.0 && share < 1.0 {
         Ok(share)
     } else {
         anyhow::bail!("--train-share must be between 0 and 1, got {share}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// clap's defaults are text; they must say what the library's constants say.
+    #[test]
+    fn flag_defaults_are_the_library_defaults() {
+        let Command::Train(train) = Cli::parse_from(["vigil", "train", "--pcap", "x.pcap", "--out", "m"]).command
+        else {
+            unreachable!("parsed as train")
+        };
+        let t = &train.timing;
+        assert_eq!(t.interval, vigil::flows::DEFAULT_INTERVAL);
+        assert_eq!(t.idle_timeout, vigil::flows::DEFAULT_IDLE_TIMEOUT);
+        assert_eq!(t.active_timeout, vigil::flows::DEFAULT_ACTIVE_TIMEOUT);
+        assert_eq!(train.model.window, vigil::features::DEFAULT_WINDOW);
     }
 }

@@ -229,7 +229,7 @@ mod tests {
             files: files.iter().map(|f| dir.join(f)).collect(),
             flows_out: dir.join("flows.jsonl"),
             harvest: HarvestConfig::default(),
-            interval: Duration::from_secs(1),
+            interval: crate::flows::DEFAULT_INTERVAL,
             progress: false,
         }
     }

@@ -20,7 +20,9 @@ use vigil::flows::FlowRecord;
 use crate::netns::{Netns, sh};
 
 /// Builds the `vigil` binary once per test process (same profile as the tests) and returns
-/// its path, so the tests always run the current code.
+/// its path, so the tests always run the current code. It is built with the `offline`
+/// feature, as this crate uses the library: the tests run `vigil eval`, and the same features
+/// keep one build of the library for both.
 ///
 /// # Panics
 /// If the build fails.
@@ -29,7 +31,16 @@ pub fn vigil_bin() -> &'static Path {
     BIN.get_or_init(|| {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace").to_path_buf();
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        sh(Command::new(cargo).current_dir(&root).args(["build", "--quiet", "--package", "vigil", "--bin", "vigil"]));
+        sh(Command::new(cargo).current_dir(&root).args([
+            "build",
+            "--quiet",
+            "--package",
+            "vigil",
+            "--features",
+            "offline",
+            "--bin",
+            "vigil",
+        ]));
         let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
         let bin = target.join("debug/vigil");
         assert!(bin.exists(), "{} missing after build", bin.display());

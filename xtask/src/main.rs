@@ -135,13 +135,13 @@ fn main() -> Result<()> {
     }
 }
 
-/// Builds `vigil` and `vigil-lab` (the test profile, sharing the tests' build) and becomes
+/// Builds `vigil` and `vigil-lab` (the test profile and features, sharing the tests' build) and becomes
 /// `vigil-lab SUBCOMMAND ARGS`: Ctrl-C then reaches the lab alone, which removes what it built.
 fn vigil_lab(root: &Path, subcommand: &str, args: &[String]) -> Result<()> {
     use std::os::unix::process::CommandExt as _;
     setup::ensure()?;
     require_root("the lab (network namespaces, XDP)")?;
-    cargo(root, &["build", "--package", "vigil", "--bin", "vigil"])?;
+    cargo(root, &["build", "--package", "vigil", "--features", "offline", "--bin", "vigil"])?;
     cargo(root, &["build", "--package", "vigil-lab", "--bin", "vigil-lab"])?;
     let bin = target_dir(root).join("debug/vigil-lab");
     let mut cmd = Command::new(&bin);

@@ -153,7 +153,7 @@ impl Observer {
         let r = &top.record;
         json!({
             "network": {
-                "transport": transport(r.protocol),
+                "transport": agent_common::proto::name(r.protocol),
                 "iana_number": r.protocol.to_string(),
                 "type": if r.ip_version == 4 { "ipv4" } else { "ipv6" },
             },
@@ -200,15 +200,5 @@ fn merge(into: &mut Value, from: Value) {
                 }
             }
         }
-    }
-}
-
-fn transport(protocol: u8) -> &'static str {
-    match protocol {
-        6 => "tcp",
-        17 => "udp",
-        1 => "icmp",
-        58 => "ipv6-icmp",
-        _ => "other",
     }
 }

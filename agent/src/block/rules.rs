@@ -203,7 +203,7 @@ impl<T: BorrowMut<MapData>> Blocklist<T> {
         }
         let prefix = normalize(prefix)?;
         let now = clock::monotonic_ns();
-        let ttl_ns = u64::try_from(ttl.as_nanos()).unwrap_or(u64::MAX);
+        let ttl_ns = crate::clock::duration_ns(ttl);
         let rule = BlockRule {
             expires_ns: now.saturating_add(ttl_ns),
             created_ns: now,

@@ -213,7 +213,7 @@ impl CaptureReader {
                     Block::EnhancedPacket(p) => (
                         reader.interfaces().get(p.interface_id as usize),
                         // pcap-file stores the raw tick count as nanoseconds.
-                        u64::try_from(p.timestamp.as_nanos()).unwrap_or(u64::MAX),
+                        crate::clock::duration_ns(p.timestamp),
                         p.original_len,
                         &p.data,
                     ),

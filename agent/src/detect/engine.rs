@@ -573,7 +573,7 @@ impl Engine {
         if self.config.block_mode == BlockMode::Off {
             return;
         }
-        let minute_ago = now_mono_ns.saturating_sub(60_000_000_000);
+        let minute_ago = now_mono_ns.saturating_sub(duration_ns(Duration::from_mins(1)));
         while self.recent_blocks.front().is_some_and(|&t| t < minute_ago) {
             self.recent_blocks.pop_front();
         }

@@ -23,6 +23,7 @@ use std::{
     time::Duration,
 };
 
+use agent_common::proto::IPPROTO_TCP;
 use indexmap::IndexMap;
 
 use crate::flows::FlowRecord;
@@ -186,7 +187,7 @@ impl ContextWindow {
     #[must_use]
     pub fn with_capacity(window: Duration, max_events: usize) -> Self {
         Self {
-            window_ns: u64::try_from(window.as_nanos()).unwrap_or(u64::MAX),
+            window_ns: crate::clock::duration_ns(window),
             max_events: max_events.max(1),
             latest_ns: 0,
             events: VecDeque::new(),
@@ -224,7 +225,7 @@ impl ContextWindow {
     pub fn observe_at(&mut self, r: &FlowRecord, at_ns: u64) -> ContextStats {
         self.latest_ns = self.latest_ns.max(at_ns);
         self.expire();
-        let tcp_attempt = r.protocol == 6 && r.tcp_flags.syn > 0;
+        let tcp_attempt = r.protocol == IPPROTO_TCP && r.tcp_flags.syn > 0;
         let event = Event {
             at_ns,
             src: addr(r.src_ip),

@@ -1,5 +1,6 @@
 //! The flow schema's features, computed from a [`FlowRecord`] and its [`ContextStats`].
 
+use agent_common::proto::{self, IPPROTO_TCP, IPPROTO_UDP};
 use ndarray::Array2;
 
 use super::{
@@ -103,7 +104,8 @@ pub fn raw_row(r: &FlowRecord, ctx: &ContextStats) -> [f32; FLOW_FEATURE_COUNT] 
     let f = &r.tcp_flags;
     let ratio = |n: u32| f64::from(n) / packets;
     let flag = |b: bool| if b { 1.0 } else { 0.0 };
-    let tcp = r.protocol == 6;
+    let tcp = r.protocol == IPPROTO_TCP;
+    let icmp = proto::is_icmp(r.protocol);
     let initiated = tcp && f.syn > 0;
     // The opener's ACKs (its SYN carries none) mean it saw the SYN+ACK and went on.
     let completed = initiated && f.ack > f.syn_ack;
@@ -127,11 +129,11 @@ pub fn raw_row(r: &FlowRecord, ctx: &ContextStats) -> [f32; FLOW_FEATURE_COUNT] 
         flag(completed),
         f64::from(r.ttl_min),
         flag(tcp),
-        flag(r.protocol == 17),
-        flag(r.protocol == 1 || r.protocol == 58),
+        flag(r.protocol == IPPROTO_UDP),
+        flag(icmp),
         flag(r.fragment_first || r.fragment_later),
-        flag(r.src_port < 1024 && r.protocol != 1 && r.protocol != 58),
-        flag(r.dst_port < 1024 && r.protocol != 1 && r.protocol != 58),
+        flag(r.src_port < 1024 && !icmp),
+        flag(r.dst_port < 1024 && !icmp),
         f64::from(ctx.src_flows),
         f64::from(ctx.src_dst_hosts),
         f64::from(ctx.src_dst_ports),

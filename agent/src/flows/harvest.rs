@@ -15,16 +15,21 @@ use std::{
 };
 
 use agent_common::flow::{FlowKey, FlowStats};
-use aya::maps::{IterableMap as _, MapData, PerCpuHashMap};
+use aya::maps::IterableMap as _;
 
 use super::record::{EndReason, FlowRecord, merge_per_cpu};
+pub use crate::sensor::FlowTable;
 use crate::{
-    clock::MonoToWall,
+    clock::{MonoToWall, duration_ns},
     sensor::batch::{self, PerCpuBatchReader},
 };
 
-/// The flow table as the agent holds it.
-pub type FlowTable = PerCpuHashMap<MapData, FlowKey, FlowStats>;
+/// Default time between harvests (`sensor.interval`, `--interval`).
+pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(1);
+/// Default idle timeout (`sensor.idle_timeout`, `--idle-timeout`).
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(15);
+/// Default active timeout (`sensor.active_timeout`, `--active-timeout`), as `NetFlow`'s.
+pub const DEFAULT_ACTIVE_TIMEOUT: Duration = Duration::from_mins(1);
 
 /// When flows leave the table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -39,7 +44,7 @@ pub struct HarvestConfig {
 
 impl Default for HarvestConfig {
     fn default() -> Self {
-        Self { idle_timeout: Duration::from_secs(15), active_timeout: Duration::from_mins(1), chunk: 8192 }
+        Self { idle_timeout: DEFAULT_IDLE_TIMEOUT, active_timeout: DEFAULT_ACTIVE_TIMEOUT, chunk: 8192 }
     }
 }
 
@@ -48,10 +53,9 @@ impl HarvestConfig {
     /// why: idle first, then active. All three on the same clock.
     #[must_use]
     pub fn end_reason(&self, first_ns: u64, last_ns: u64, now_ns: u64) -> Option<EndReason> {
-        let ns = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
-        if now_ns.saturating_sub(last_ns) >= ns(self.idle_timeout) {
+        if now_ns.saturating_sub(last_ns) >= duration_ns(self.idle_timeout) {
             Some(EndReason::Idle)
-        } else if now_ns.saturating_sub(first_ns) >= ns(self.active_timeout) {
+        } else if now_ns.saturating_sub(first_ns) >= duration_ns(self.active_timeout) {
             Some(EndReason::Active)
         } else {
             None

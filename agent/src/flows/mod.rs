@@ -5,5 +5,7 @@ pub mod offline;
 pub mod output;
 pub mod record;
 
-pub use harvest::{HarvestConfig, HarvestReport, Harvester};
+pub use harvest::{
+    DEFAULT_ACTIVE_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_INTERVAL, HarvestConfig, HarvestReport, Harvester,
+};
 pub use record::{EndReason, FlowRecord};

@@ -38,7 +38,7 @@ impl OfflineTable {
             flows: HashMap::new(),
             counters: Counters::default(),
             config,
-            check_ns: u64::try_from(interval.as_nanos()).unwrap_or(u64::MAX).max(1),
+            check_ns: crate::clock::duration_ns(interval).max(1),
             next_check_ns: None,
             clock_ns: 0,
             out_of_order: 0,

@@ -6,10 +6,14 @@ pub mod pin;
 
 use std::{fmt, path::PathBuf};
 
-use agent_common::{counters::Counters, maps};
+use agent_common::{
+    counters::Counters,
+    flow::{FlowKey, FlowStats},
+    maps,
+};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{PerCpuArray, PerCpuHashMap},
+    maps::{MapData, PerCpuArray, PerCpuHashMap},
     programs::{
         ProgramError, Xdp, XdpMode,
         links::{FdLink, LinkError, PinnedLink},
@@ -18,7 +22,9 @@ use aya::{
 };
 use tracing::{info, warn};
 
-use crate::flows::harvest::FlowTable;
+/// One shard of the kernel flow table as the agent holds it. The sensor owns the map types;
+/// `flows` reads them (never the reverse).
+pub type FlowTable = PerCpuHashMap<MapData, FlowKey, FlowStats>;
 
 /// The compiled XDP object, built by `build.rs` and embedded in the binary.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/agent"));

@@ -161,21 +161,6 @@ fn default_queue() -> usize {
     DEFAULT_QUEUE
 }
 
-/// Durations as humantime strings ("500ms", "5s"): `#[serde(with = "super::humantime_str")]`
-/// on a sink's settings field.
-pub(crate) mod humantime_str {
-    use serde::{Deserialize, Deserializer, Serializer, de::Error};
-    use std::time::Duration;
-
-    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(&humantime::format_duration(*d))
-    }
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let text = String::deserialize(d)?;
-        humantime::parse_duration(&text).map_err(|e| D::Error::custom(format!("bad duration {text:?}: {e}")))
-    }
-}
-
 /// How serious an event is: one scale for the whole agent (see [`crate::detect::Severity`]).
 pub use crate::detect::Severity;
 

@@ -23,12 +23,12 @@ pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
 pub struct WebhookSettings {
     /// `https://` (certificates verified), or `http://` with `allow_http = true`.
     pub url: String,
-    #[serde(default = "default_timeout", with = "super::humantime_str")]
+    #[serde(default = "default_timeout", with = "crate::duration_serde")]
     pub timeout: Duration,
     #[serde(default = "default_max_retries")]
     pub max_retries: u32,
     /// First retry delay, doubled on each retry and capped at [`MAX_BACKOFF`].
-    #[serde(default = "default_backoff", with = "super::humantime_str")]
+    #[serde(default = "default_backoff", with = "crate::duration_serde")]
     pub backoff: Duration,
     /// PEM file of the CA certificates to trust instead of the built-in (Mozilla) roots.
     #[serde(default, skip_serializing_if = "Option::is_none")]
