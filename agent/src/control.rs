@@ -133,7 +133,13 @@ fn pinned_blocklist(pins: &Pins) -> Result<Blocklist<aya::maps::MapData>, Contro
 /// # Errors
 /// If the pinned maps cannot be opened or read.
 pub fn list_rules(pins: &Pins) -> Result<Vec<RuleView>, ControlError> {
-    let blocklist = pinned_blocklist(pins)?;
+    pins.check_layout()?;
+    rules_of_checked_layout(pins)
+}
+
+/// [`list_rules`] for a caller that has just checked the layout.
+fn rules_of_checked_layout(pins: &Pins) -> Result<Vec<RuleView>, ControlError> {
+    let blocklist = Blocklist::from_pins(pins.dir())?;
     let now = clock::monotonic_ns();
     let mut rules: Vec<RuleView> = blocklist.list()?.iter().map(|r| RuleView::new(r, now)).collect();
     rules.sort_by_key(|r| r.prefix);
@@ -236,14 +242,21 @@ impl From<&Counters> for CountersView {
 #[must_use]
 pub fn status(pins: &Pins, run_dir: &Path) -> StatusReport {
     let agent = AgentStatus::read(run_dir);
+    // One layout check for the whole report: maps of another layout are not read at all.
+    let pins_problem = pins.check_layout().err().map(|e| e.to_string());
+    let readable = pins_problem.is_none();
     StatusReport {
         pin_dir: pins.dir().to_owned(),
         attached: pins.is_attached(),
         agent_running: agent.as_ref().is_some_and(AgentStatus::is_running),
         agent,
-        counters: pins.counters().ok().as_ref().map(CountersView::from),
-        rules: list_rules(pins).unwrap_or_default(),
-        pins_problem: pins.check_layout().err().map(|e| e.to_string()),
+        counters: readable
+            .then(|| pins.counters_of_checked_layout().ok())
+            .flatten()
+            .as_ref()
+            .map(CountersView::from),
+        rules: if readable { rules_of_checked_layout(pins).unwrap_or_default() } else { Vec::new() },
+        pins_problem,
     }
 }
 

@@ -133,6 +133,11 @@ impl Pins {
     /// If the map is not pinned here, is of another layout, or cannot be read.
     pub fn counters(&self) -> Result<Counters, PinError> {
         self.check_layout()?;
+        self.counters_of_checked_layout()
+    }
+
+    /// [`Pins::counters`] for a caller that has just run [`Pins::check_layout`].
+    pub(crate) fn counters_of_checked_layout(&self) -> Result<Counters, PinError> {
         let path = self.dir.join(maps::COUNTERS);
         let err = |source| PinError::Map { path: path.clone(), source };
         let map = MapData::from_pin(&path).and_then(Map::from_map_data).map_err(err)?;
