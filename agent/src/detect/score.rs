@@ -9,7 +9,7 @@
 
 use std::time::{Duration, Instant};
 
-use ndarray::{Array2, ArrayView1, ArrayView2, s};
+use ndarray::{Array2, ArrayView1, ArrayView2};
 
 use crate::{
     features::{
@@ -100,33 +100,41 @@ impl Scorer {
     pub fn score(&mut self, flows: Vec<LiveFlow>, now_mono_ns: u64) -> Result<ScoredCycle, OnnxError> {
         let started = Instant::now();
         self.context.advance(now_mono_ns.saturating_sub(1));
-        let mut raw = Array2::zeros((flows.len(), FLOW_FEATURE_COUNT));
+        // The flows move into their scored form first (the incoming vector is freed at once),
+        // and every row is written in place: under a flood the cycle's flows exist once, with
+        // their evidence, plus one chunk of model buffers.
+        let mut scored: Vec<ScoredFlow> = flows
+            .into_iter()
+            .map(|flow| ScoredFlow {
+                flow,
+                score: Score { iforest: 0.0, autoencoder: 0.0, combined: 0.0 },
+                evidence: Evidence::default(),
+            })
+            .collect();
         // New flows join the window in order of their first packet, as in training.
-        let mut order: Vec<usize> = (0..flows.len()).filter(|&i| flows[i].new).collect();
-        order.sort_by_key(|&i| flows[i].first_mono_ns);
+        let mut order: Vec<usize> = (0..scored.len()).filter(|&i| scored[i].flow.new).collect();
+        order.sort_by_key(|&i| scored[i].flow.first_mono_ns);
         for i in order {
-            let ctx = self.context.observe_at(&flows[i].record, flows[i].first_mono_ns);
-            raw.row_mut(i).assign(&ndarray::ArrayView1::from(&raw_row(&flows[i].record, &ctx)[..]));
+            let s = &mut scored[i];
+            let ctx = self.context.observe_at(&s.flow.record, s.flow.first_mono_ns);
+            s.evidence.raw = raw_row(&s.flow.record, &ctx);
         }
-        for (i, flow) in flows.iter().enumerate().filter(|(_, f)| !f.new) {
-            let ctx = self.context.peek(&flow.record);
-            raw.row_mut(i).assign(&ndarray::ArrayView1::from(&raw_row(&flow.record, &ctx)[..]));
+        for s in scored.iter_mut().filter(|s| !s.flow.new) {
+            let ctx = self.context.peek(&s.flow.record);
+            s.evidence.raw = raw_row(&s.flow.record, &ctx);
         }
-        let mut scored = Vec::with_capacity(flows.len());
-        let mut flows = flows.into_iter();
-        for start in (0..raw.nrows()).step_by(SCORE_CHUNK) {
-            let chunk = raw.slice(s![start..(start + SCORE_CHUNK).min(raw.nrows()), ..]);
-            let prepared = self.detector.prepare(chunk);
+        for chunk in scored.chunks_mut(SCORE_CHUNK) {
+            let mut raw = Array2::zeros((chunk.len(), FLOW_FEATURE_COUNT));
+            for (mut row, s) in raw.rows_mut().into_iter().zip(chunk.iter()) {
+                row.assign(&ArrayView1::from(&s.evidence.raw));
+            }
+            let prepared = self.detector.prepare(raw.view());
             let (chunk_scores, recon) = self.detector.score_prepared(prepared.view())?;
-            for (k, (score, flow)) in chunk_scores.into_iter().zip(flows.by_ref()).enumerate() {
-                let mut evidence = Evidence::default();
-                for (to, from) in evidence.raw.iter_mut().zip(chunk.row(k)) {
+            for ((s, score), row) in chunk.iter_mut().zip(chunk_scores).zip(recon.rows()) {
+                s.score = score;
+                for (to, from) in s.evidence.reconstruction.iter_mut().zip(row) {
                     *to = *from;
                 }
-                for (to, from) in evidence.reconstruction.iter_mut().zip(recon.row(k)) {
-                    *to = *from;
-                }
-                scored.push(ScoredFlow { flow, score, evidence });
             }
         }
         Ok(ScoredCycle { flows: scored, elapsed: started.elapsed() })
