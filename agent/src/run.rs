@@ -141,6 +141,10 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     };
     let harvester = Harvester::new(sensor.take_flows()?, harvest_config, sensor::possible_cpus());
     let rules = Blocklist::take_from(sensor.ebpf_mut())?;
+    // The first cycle scores every flow with a packet after this instant: taken before the
+    // attach, so no packet the program sees is too early to be scored (a late stamp used to
+    // skip flows that began while the agent was still setting up).
+    let attaching_ns = clock::monotonic_ns();
     let mode = sensor.attach(&iface, s.xdp_mode)?;
 
     let allowlist = Allowlist::new(&config.block.allowlist, config.block.allowlist_host);
@@ -210,7 +214,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     let kernel = Kernel { flows: harvester, sensor, rules: Some(Box::new(rules)) };
     let outputs = Outputs { sinks, observer, flows: flows_out, metrics, run_dir, status };
     let ignored = config.detection.ignore_destinations.clone();
-    let mut agent = Agent::new(kernel, scorer, engine, outputs, ignored, clock::monotonic_ns());
+    let mut agent = Agent::new(kernel, scorer, engine, outputs, ignored, attaching_ns);
 
     let mut ticker = tokio::time::interval(s.interval.0);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
