@@ -10,31 +10,12 @@ use std::{
     process::Command,
 };
 
-use common::{TempDir, arg as s, vigil_bin};
+use common::{TempDir, arg as s, bundle_copy, public_key_hex, vigil_bin};
 
 fn vigil(args: &[&str]) -> (i32, String, String) {
     let out = Command::new(vigil_bin()).args(args).env("NO_COLOR", "1").output().expect("vigil runs");
     let code = out.status.code().expect("exited");
     (code, String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
-}
-
-/// A copy of the shipped bundle (without its signature), owned by whoever runs the test, mode
-/// 0644 in a 0755 directory.
-fn bundle_copy(dir: &Path) -> PathBuf {
-    let bundle = dir.join("bundle");
-    std::fs::create_dir_all(&bundle).expect("dir");
-    std::fs::set_permissions(&bundle, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/default");
-    for f in ["manifest.json", "iforest.json", "autoencoder.onnx"] {
-        std::fs::copy(shipped.join(f), bundle.join(f)).expect("copy");
-        std::fs::set_permissions(bundle.join(f), std::fs::Permissions::from_mode(0o644)).expect("chmod");
-    }
-    bundle
-}
-
-fn public_key_hex(path: &Path) -> String {
-    let text = std::fs::read_to_string(path).expect("public key");
-    text.lines().find(|l| !l.starts_with('#')).expect("a key line").trim().to_owned()
 }
 
 #[test]

@@ -15,8 +15,8 @@ use nix::{
     sys::signal::{Signal, kill},
     unistd::Pid,
 };
-use vigil::flows::FlowRecord;
 
+pub use crate::files::{TempDir, bundle_copy, public_key_hex, read_records};
 use crate::netns::{Netns, sh};
 
 /// Builds the `vigil` binary once per test process (same profile as the tests) and returns
@@ -189,37 +189,3 @@ impl Drop for Agent {
     }
 }
 
-/// Reads a JSON-lines flow file.
-///
-/// # Panics
-/// If the file is missing or a line is not a flow record.
-#[must_use]
-pub fn read_records(path: &Path) -> Vec<FlowRecord> {
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
-    text.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad record {l}: {e}"))).collect()
-}
-
-/// A fresh scratch directory under the system temp dir, removed on drop.
-pub struct TempDir(PathBuf);
-
-impl TempDir {
-    /// # Panics
-    /// If it cannot be created.
-    #[must_use]
-    pub fn new(tag: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("vigil-{tag}-{}-{}", std::process::id(), crate::unique()));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        Self(dir)
-    }
-
-    #[must_use]
-    pub fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}

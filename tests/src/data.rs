@@ -1,24 +1,7 @@
 //! The shared data beside the repository (`../shared/data`), prepared for model tests and
 //! benchmarks, and the Python reference script (`tests/python/crosscheck.py`).
 
-#![expect(
-    clippy::needless_pass_by_value,
-    reason = "ndarray views are cheap handles, passed by value as ndarray's own API does"
-)]
-
-use std::{
-    path::{Path, PathBuf},
-    process::Command,
-};
-
-use ndarray::{Array2, ArrayView2};
-use vigil::{
-    eval::{
-        split,
-        unsw::{UnswData, UnswSchema},
-    },
-    model::detector::Scaler,
-};
+use std::path::{Path, PathBuf};
 
 /// A file under `../shared/data`.
 ///
@@ -31,93 +14,18 @@ pub fn shared(rel: &str) -> PathBuf {
     p
 }
 
-/// UNSW-NB15 without the leak columns, prepared as the detector prepares rows (schema
-/// transform, then scaling fitted on the training rows): train on half the normal rows, test
-/// on the rest and on every attack, as `vigil eval unsw` does. Returns (train, test, labels).
-///
-/// # Panics
-/// If the dataset is missing or unreadable.
+/// The workspace root (the Python reference script lives under it).
 #[must_use]
-pub fn unsw_prepared() -> (Array2<f32>, Array2<f32>, Vec<bool>) {
-    let data = UnswData::read(&shared("flows/unsw-nb15/UNSW_NB15_training-set.csv.zip")).expect("UNSW-NB15 reads");
-    let normal: Vec<usize> = (0..data.len()).filter(|&i| !data.attack[i]).collect();
-    let (train_idx, mut test_idx) = split(&normal, 0.5, 1);
-    test_idx.extend((0..data.len()).filter(|&i| data.attack[i]));
-    let schema = UnswSchema::fit(&data, &train_idx, false);
-    let mut train = schema.rows(&data, &train_idx);
-    let mut test = schema.rows(&data, &test_idx);
-    schema.schema.transform(&mut train);
-    schema.schema.transform(&mut test);
-    let scaler = Scaler::fit(train.view());
-    scaler.apply(&mut train);
-    scaler.apply(&mut test);
-    let labels = test_idx.iter().map(|&i| data.attack[i]).collect();
-    (train, test, labels)
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// Runs `tests/python/crosscheck.py ARGS` and returns its standard output.
-///
-/// # Panics
-/// If Python or its packages are missing, or the script fails: the message says how to fix it.
-#[must_use]
-pub fn python(args: &[&str]) -> String {
-    run_reference(Command::new("python3"), args)
-}
+// The models' references (UNSW-NB15 prepared as the detector prepares it, the Python script,
+// raw f32 matrices): the file the agent's cross-check tests use, so the benchmark measures
+// against the same preparation.
+#[path = "../../agent/tests/common/reference.rs"]
+mod reference;
 
-/// [`python`] pinned to CPU 0 with `taskset`, for benchmarks that pin themselves there too.
-///
-/// # Panics
-/// As [`python`], or if `taskset` is missing.
-#[must_use]
-pub fn python_on_cpu0(args: &[&str]) -> String {
-    let mut cmd = Command::new("taskset");
-    cmd.args(["-c", "0", "python3"]);
-    run_reference(cmd, args)
-}
+pub use reference::{python, python_on_cpu0, read_f32, unsw_prepared, write_f32};
 
-/// Runs the reference script with `python3` started by `cmd`, single-threaded.
-fn run_reference(mut cmd: Command, args: &[&str]) -> String {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/crosscheck.py");
-    let out = cmd
-        .arg(script)
-        .args(args)
-        .env("OMP_NUM_THREADS", "1")
-        .env("OPENBLAS_NUM_THREADS", "1")
-        .output()
-        .expect("python3 runs (cargo xtask setup installs it)");
-    assert!(
-        out.status.success(),
-        "reference script failed (python3 with scikit-learn, onnxruntime and onnx is needed; `cargo xtask setup` installs them):\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).expect("utf-8")
-}
-
-/// Writes a matrix as raw little-endian f32.
-///
-/// # Panics
-/// If the file cannot be written.
-pub fn write_f32(path: &Path, rows: ArrayView2<'_, f32>) {
-    let bytes: Vec<u8> = rows.as_standard_layout().iter().flat_map(|x| x.to_le_bytes()).collect();
-    std::fs::write(path, bytes).expect("write matrix");
-}
-
-/// Reads a raw little-endian f32 matrix.
-///
-/// # Panics
-/// If the file is unreadable or of another size.
-#[must_use]
-pub fn read_f32(path: &Path, rows: usize, cols: usize) -> Array2<f32> {
-    let bytes = std::fs::read(path).expect("read matrix");
-    let v: Vec<f32> = bytes.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes"))).collect();
-    Array2::from_shape_vec((rows, cols), v).expect("shape")
-}
-
-/// A path as `&str` for command lines.
-///
-/// # Panics
-/// If the path is not UTF-8.
-#[must_use]
-pub fn arg(p: &Path) -> &str {
-    p.to_str().expect("utf-8 path")
-}
+pub use crate::files::arg;

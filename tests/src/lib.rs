@@ -14,6 +14,10 @@ pub mod interrupt;
 pub mod lab;
 pub mod netns;
 pub mod packets;
+// Scratch directories, flow-record files, bundle copies: the same helpers as the agent's own
+// integration tests, from the one file.
+#[path = "../../agent/tests/common/files.rs"]
+mod files;
 
 use std::collections::BTreeMap;
 

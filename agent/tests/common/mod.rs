@@ -7,17 +7,15 @@
 //! here, small on purpose. Each test file includes this module (`mod common;`) and uses part
 //! of it.
 
-#![allow(dead_code, reason = "each test binary uses a part of the helpers")]
+#![allow(dead_code, unused_imports, reason = "each test binary uses a part of the helpers")]
 
+mod files;
 #[cfg(feature = "offline")]
 pub mod reference;
 
-use std::{
-    path::{Path, PathBuf},
-    sync::atomic::{AtomicU32, Ordering},
-};
+use std::path::{Path, PathBuf};
 
-use vigil::flows::FlowRecord;
+pub use files::{TempDir, arg, bundle_copy, public_key_hex, read_records};
 
 /// The `vigil` binary of this package, built by cargo for the tests with the same features.
 #[must_use]
@@ -40,50 +38,4 @@ pub fn shared(rel: &str) -> PathBuf {
     let p = workspace().join("../shared/data").join(rel);
     assert!(p.exists(), "{} is missing: the shared data must sit beside the repository", p.display());
     p
-}
-
-/// A path as `&str` for command lines.
-///
-/// # Panics
-/// If the path is not UTF-8.
-#[must_use]
-pub fn arg(p: &Path) -> &str {
-    p.to_str().expect("utf-8 path")
-}
-
-/// The flow records of a JSON-lines file.
-///
-/// # Panics
-/// If the file is unreadable or a line is not a record.
-#[must_use]
-pub fn read_records(path: &Path) -> Vec<FlowRecord> {
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
-    text.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad record {l}: {e}"))).collect()
-}
-
-/// A fresh scratch directory under the system temp dir, removed on drop.
-pub struct TempDir(PathBuf);
-
-impl TempDir {
-    /// # Panics
-    /// If it cannot be created.
-    #[must_use]
-    pub fn new(tag: &str) -> Self {
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!("vigil-{tag}-{}-{n}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        Self(dir)
-    }
-
-    #[must_use]
-    pub fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }

@@ -1,6 +1,8 @@
 //! The models' independent references: UNSW-NB15 prepared as the detector prepares it, and the
 //! Python script `tests/python/crosscheck.py` (scikit-learn, onnxruntime, onnx; `cargo xtask
-//! setup` installs them). Needs the `offline` feature (`vigil::eval`).
+//! setup` installs them). Needs the `offline` feature (`vigil::eval`). The privileged
+//! test-support crate includes this file by path too (`tests/src/data.rs`, for the scoring
+//! benchmark), so the preparation both compare against is one piece of code.
 
 #![expect(
     clippy::needless_pass_by_value,
@@ -51,8 +53,24 @@ pub fn unsw_prepared() -> (Array2<f32>, Array2<f32>, Vec<bool>) {
 /// If Python or its packages are missing, or the script fails: the message says how to fix it.
 #[must_use]
 pub fn python(args: &[&str]) -> String {
+    run_reference(Command::new("python3"), args)
+}
+
+/// As [`python`], pinned to CPU 0 (benchmarks compare one core with one core).
+///
+/// # Panics
+/// As [`python`], or if `taskset` is missing.
+#[must_use]
+pub fn python_on_cpu0(args: &[&str]) -> String {
+    let mut cmd = Command::new("taskset");
+    cmd.args(["-c", "0", "python3"]);
+    run_reference(cmd, args)
+}
+
+/// Runs the reference script with `python3` started by `cmd`, single-threaded.
+fn run_reference(mut cmd: Command, args: &[&str]) -> String {
     let script = workspace().join("tests/python/crosscheck.py");
-    let out = Command::new("python3")
+    let out = cmd
         .arg(script)
         .args(args)
         .env("OMP_NUM_THREADS", "1")

@@ -6,14 +6,10 @@
 //! under `timeout`, so a run that wrongly got past the model check stays bounded and touches
 //! nothing outside.
 
-use std::{
-    os::unix::fs::PermissionsExt as _,
-    path::{Path, PathBuf},
-    process::Command,
-};
+use std::{os::unix::fs::PermissionsExt as _, process::Command};
 
 use vigil_tests::{
-    agent::{TempDir, vigil_bin},
+    agent::{TempDir, bundle_copy, public_key_hex, vigil_bin},
     data::arg as s,
 };
 
@@ -46,25 +42,6 @@ fn finish(child: std::process::Child) -> (i32, String) {
 /// `vigil run ARGS` isolated, for at most `seconds`.
 fn run_isolated(seconds: u32, args: &[&str]) -> (i32, String) {
     finish(spawn_isolated(seconds, args))
-}
-
-/// A copy of the shipped bundle (without its signature), owned by root, mode 0644 in a 0755
-/// directory.
-fn bundle_copy(dir: &Path) -> PathBuf {
-    let bundle = dir.join("bundle");
-    std::fs::create_dir_all(&bundle).expect("dir");
-    std::fs::set_permissions(&bundle, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/default");
-    for f in ["manifest.json", "iforest.json", "autoencoder.onnx"] {
-        std::fs::copy(shipped.join(f), bundle.join(f)).expect("copy");
-        std::fs::set_permissions(bundle.join(f), std::fs::Permissions::from_mode(0o644)).expect("chmod");
-    }
-    bundle
-}
-
-fn public_key_hex(path: &Path) -> String {
-    let text = std::fs::read_to_string(path).expect("public key");
-    text.lines().find(|l| !l.starts_with('#')).expect("a key line").trim().to_owned()
 }
 
 #[test]
