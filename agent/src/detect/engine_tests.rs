@@ -21,7 +21,7 @@ const S: u64 = 1_000_000_000;
 /// The alert threshold of the configurations below; the block threshold is 0.5 above.
 const ALERT: f32 = 1.0;
 
-pub(super) fn config(alert: f32) -> EngineConfig {
+pub(crate) fn config(alert: f32) -> EngineConfig {
     EngineConfig {
         alert_window: Duration::from_secs(10),
         top_features: 3,

@@ -14,7 +14,7 @@ use super::{
 use crate::{
     alert::sink::SinkSpec,
     block::{MemoryRules, Rule, rules::Origin},
-    detect::{BlockMode, EngineConfig, Severity, allowlist::Allowlist, score::tests::detector},
+    detect::{BlockMode, EngineConfig, engine::tests::config as engine_config, score::tests::detector},
     features::{context::ContextWindow, flow::tests::record},
 };
 
@@ -53,30 +53,15 @@ impl Rig {
         let spec: SinkSpec =
             toml::from_str(&format!("type = \"file\"\npath = \"{}\"", dir.join("alerts.json").display())).expect("spec");
         let sinks = Sinks::start(&[spec]).expect("sinks");
-        let engine = Engine::new(EngineConfig {
-            alert_window: Duration::from_secs(10),
-            top_features: 3,
-            max_alerts_per_cycle: 100,
-            min_flows: 3,
-            min_sources: 20,
-            min_severity: Severity::Medium,
-            max_sources: 1000,
-            block_mode: BlockMode::Enforce,
-            consecutive: 3,
-            alert_threshold: alert,
-            block_threshold: alert + 1.0,
-            ttl: Duration::from_mins(1),
-            max_rules: 10,
-            max_new_per_minute: 10,
-            allowlist: Allowlist::new(&[], false),
-        });
+        // The engine tests' settings, enforcing: the rig's manual rule is reported as a block.
+        let engine = Engine::new(EngineConfig { block_mode: BlockMode::Enforce, ..engine_config(alert) });
         let observer = Observer {
             hostname: "rig".into(),
             iface: "fake0".into(),
             model_sha256: "abc".into(),
             ruleset: detector.schema.id.clone(),
             block_mode: BlockMode::Enforce,
-            block_threshold: alert + 1.0,
+            block_threshold: alert + 0.5,
             ttl: Duration::from_mins(1),
         };
         let outputs = Outputs {
