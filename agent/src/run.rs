@@ -211,7 +211,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         flow_capacity: s.flow_capacity,
         ..AgentStatus::default()
     };
-    let kernel = Kernel { flows: harvester, sensor, rules: Some(Box::new(rules)) };
+    let kernel = Kernel { flows: harvester, sensor, rules: Box::new(rules) };
     let outputs = Outputs { sinks, observer, flows: flows_out, metrics, run_dir, status };
     let ignored = config.detection.ignore_destinations.clone();
     let mut agent = Agent::new(kernel, scorer, engine, outputs, ignored, attaching_ns);

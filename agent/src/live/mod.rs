@@ -110,11 +110,11 @@ impl LocalOutput {
 }
 
 /// The kernel side of an agent: where flows come from, what the sensor reports, where rules
-/// go (none without a blocklist).
+/// go.
 pub struct Kernel<F, K> {
     pub flows: F,
     pub sensor: K,
-    pub rules: Option<Box<dyn RuleStore + Send>>,
+    pub rules: Box<dyn RuleStore + Send>,
 }
 
 /// Where the agent's results go besides the sinks.
@@ -237,8 +237,7 @@ impl<F: FlowSource, K: SensorProbe> Agent<F, K> {
 
     /// Decide: the engine's decisions on the scored flows; rules go to the rule store.
     fn decide(&mut self, now_mono_ns: u64, flows: &[ScoredFlow]) -> Result<Vec<Decision>, BlockError> {
-        let rules = self.kernel.rules.as_deref_mut().map(|r| r as &mut dyn RuleStore);
-        self.engine.decide(now_mono_ns, flows, &self.scorer.detector, rules)
+        self.engine.decide(now_mono_ns, flows, &self.scorer.detector, Some(self.kernel.rules.as_mut()))
     }
 
     /// Deliver: each decision rendered once, sent to the sinks, counted; block actions

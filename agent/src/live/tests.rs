@@ -73,7 +73,7 @@ impl Rig {
             status: AgentStatus { flow_capacity: 100, ..AgentStatus::default() },
         };
         let scorer = Scorer::new(detector, ContextWindow::new(Duration::from_secs(10)));
-        let kernel = Kernel { flows, sensor, rules: Some(Box::new(rules)) };
+        let kernel = Kernel { flows, sensor, rules: Box::new(rules) };
         Self { agent: Agent::new(kernel, scorer, engine, outputs, ignored, 100 * S), dir }
     }
 }
