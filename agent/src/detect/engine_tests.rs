@@ -113,7 +113,7 @@ impl Bench {
     }
 }
 
-fn actions(decisions: &[Decision]) -> Vec<&'static str> {
+pub(crate) fn actions(decisions: &[Decision]) -> Vec<&'static str> {
     decisions.iter().map(Decision::action).collect()
 }
 

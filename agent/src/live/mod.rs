@@ -359,9 +359,4 @@ impl<F: FlowSource, K: SensorProbe> Agent<F, K> {
 }
 
 #[cfg(test)]
-fn actions_of(decisions: &[Decision]) -> Vec<&'static str> {
-    decisions.iter().map(Decision::action).collect()
-}
-
-#[cfg(test)]
 mod tests;

@@ -14,7 +14,7 @@ use super::{
 use crate::{
     alert::sink::SinkSpec,
     block::{MemoryRules, Rule, rules::Origin},
-    detect::{BlockMode, EngineConfig, engine::tests::config as engine_config, score::tests::detector},
+    detect::{BlockMode, EngineConfig, engine::tests::{actions, config as engine_config}, score::tests::detector},
     features::{context::ContextWindow, flow::tests::record},
 };
 
@@ -105,7 +105,7 @@ fn a_cycle_runs_every_stage_on_the_fakes() {
     let report = rig.agent.cycle(101 * S).expect("cycle");
     assert_eq!((report.harvest.tracked, report.harvest.idle, report.scored), (25, 1, 2));
     assert_eq!(report.next, Next::Continue);
-    assert_eq!(super::actions_of(&report.decisions), ["block"]);
+    assert_eq!(actions(&report.decisions), ["block"]);
 
     // Deliver: the decision rendered once, into the sink.
     let alerts = wait_lines(&rig.dir.join("alerts.json"), 1);
