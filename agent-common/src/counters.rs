@@ -1,7 +1,35 @@
-//! Sensor-wide counters, kept in a per-CPU array with a single entry.
+//! Sensor-wide counters, kept in a per-CPU array with one entry per hook ([`Direction`]).
 //!
 //! One struct rather than one array slot per counter: a packet then costs a single (inlined)
 //! per-CPU array lookup however many counters it touches.
+
+/// Which hook saw a packet: the index of its [`Counters`] entry in the counters map.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Direction {
+    /// Arriving at the interface: the XDP program.
+    Ingress = 0,
+    /// Leaving the interface: the TC egress program.
+    Egress = 1,
+}
+
+impl Direction {
+    /// Number of directions: the counters map's entries.
+    pub const ENTRIES: u32 = 2;
+    /// [`Self::ENTRIES`] as an index bound.
+    pub const COUNT: usize = Self::ENTRIES as usize;
+    /// Every direction, in index order.
+    pub const ALL: [Self; Self::COUNT] = [Self::Ingress, Self::Egress];
+
+    /// Stable lowercase name for logs, JSON and metrics labels.
+    #[must_use]
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Ingress => "ingress",
+            Self::Egress => "egress",
+        }
+    }
+}
 
 /// Why a packet was counted as malformed. The packet is always passed on.
 #[repr(u32)]
@@ -173,6 +201,27 @@ impl Counters {
         }
         if let Some(slot) = self.proto_bytes.get_mut(class as usize) {
             *slot += len;
+        }
+    }
+
+    /// Counts the wire segments a GSO super-packet becomes beyond the one [`crate::pipeline::ingest`]
+    /// counted: their packets and their repeated headers' bytes, in total and under `class`.
+    #[inline(always)]
+    pub fn count_segments(&mut self, ip_version: u8, class: ProtoClass, segments: &crate::flow::Segments) {
+        let extra = u64::from(segments.extra);
+        let bytes = segments.extra_header_bytes();
+        self.packets += extra;
+        self.bytes += bytes;
+        if ip_version == crate::flow::IP_V4 {
+            self.ipv4_packets += extra;
+        } else {
+            self.ipv6_packets += extra;
+        }
+        if let Some(slot) = self.proto_packets.get_mut(class as usize) {
+            *slot += extra;
+        }
+        if let Some(slot) = self.proto_bytes.get_mut(class as usize) {
+            *slot += bytes;
         }
     }
 

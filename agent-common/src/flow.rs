@@ -82,6 +82,64 @@ pub struct PacketMeta {
     pub ttl: u8,
     /// [`flags`] bits this packet contributes.
     pub flags: u8,
+    /// The further wire segments of a GSO super-packet (none for every packet but a TCP or UDP
+    /// send seen on egress before segmentation): `len` is then the first segment's length.
+    pub segments: Segments,
+}
+
+/// Largest `gso_size` and `gso_segs` taken at face value (the kernel's own limits are 64 kB).
+pub const MAX_GSO: u32 = 65_535;
+
+/// How a GSO super-packet splits into what goes on the wire.
+///
+/// On egress the kernel hands a TCP (TSO) or UDP (USO) send of up to 64 kB to the device as one
+/// buffer, which the device or the stack cuts into segments: all but the last carry
+/// `header_len + gso_size` bytes, each with its own copy of the headers. The sensor counts
+/// those segments, not the buffer, so a host's uploads look on its egress as they do on the
+/// wire and in a capture.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Segments {
+    /// Segments after the first (0: an ordinary packet).
+    pub extra: u32,
+    /// Link, network and transport headers, repeated on every segment.
+    pub header_len: u32,
+    /// Wire length of every segment but the last.
+    pub full_len: u32,
+    /// Wire length of the last segment.
+    pub last_len: u32,
+}
+
+impl Segments {
+    /// The segments of a `len`-byte buffer (headers included) cut into `gso_segs` segments of
+    /// `gso_size` payload bytes after `header_len` bytes of headers. `None` when it is not cut
+    /// (fewer than two segments) or the numbers do not add up, in which case the buffer is
+    /// counted as the one packet it is.
+    #[inline(always)]
+    #[must_use]
+    pub const fn of(len: u32, gso_segs: u32, gso_size: u32, header_len: u32) -> Option<Self> {
+        if gso_segs < 2 || gso_segs > MAX_GSO || gso_size == 0 || gso_size > MAX_GSO || header_len >= len {
+            return None;
+        }
+        let payload = len - header_len;
+        // Both factors are at most 65,535: the product fits in 32 bits.
+        let before_last = (gso_segs - 1) * gso_size;
+        if before_last >= payload || payload - before_last > gso_size {
+            return None;
+        }
+        Some(Self {
+            extra: gso_segs - 1,
+            header_len,
+            full_len: header_len + gso_size,
+            last_len: header_len + (payload - before_last),
+        })
+    }
+
+    /// Bytes the extra segments add to the buffer's length: their copies of the headers.
+    #[inline(always)]
+    #[must_use]
+    pub const fn extra_header_bytes(&self) -> u64 {
+        self.extra as u64 * self.header_len as u64
+    }
 }
 
 /// TCP flag bits as in the TCP header's flags byte.
@@ -167,6 +225,7 @@ impl FlowStats {
             ..Self::default()
         };
         stats.count_tcp_flags(meta.tcp_flags);
+        stats.add_segments(meta);
         stats
     }
 
@@ -215,6 +274,37 @@ impl FlowStats {
         self.flags |= meta.flags;
         self.malformed = self.malformed.saturating_add(u32::from(meta.flags & flags::MALFORMED != 0));
         self.count_tcp_flags(meta.tcp_flags);
+        self.add_segments(meta);
+    }
+
+    /// Adds the segments of a GSO super-packet after its first (already counted with `meta.len`
+    /// the full segment length), all at the same instant: as if `extra - 1` more full segments
+    /// and the last one had arrived back to back (gaps of zero). The first segment carries the
+    /// packet's TCP flags; the others count only its ACK, as the stack and TSO engines copy
+    /// it onto every segment.
+    #[inline(always)]
+    fn add_segments(&mut self, meta: &PacketMeta) {
+        let s = &meta.segments;
+        if s.extra == 0 {
+            return;
+        }
+        let extra = u64::from(s.extra);
+        let full = u64::from(s.full_len);
+        let last = u64::from(s.last_len);
+        self.packets += extra;
+        // `full` and `last` are below 2^18 and `extra` below 2^16: no product overflows.
+        self.bytes = self.bytes.saturating_add((extra - 1) * full + last);
+        self.len_sq_sum = self.len_sq_sum.saturating_add((extra - 1) * full * full + last * last);
+        self.iat_min_ns = 0;
+        if s.last_len < self.len_min {
+            self.len_min = s.last_len;
+        }
+        if s.full_len > self.len_max {
+            self.len_max = s.full_len;
+        }
+        if meta.tcp_flags & tcp::ACK != 0 {
+            self.ack = self.ack.saturating_add(s.extra);
+        }
     }
 
     #[inline(always)]
@@ -282,7 +372,54 @@ mod tests {
     use super::*;
 
     fn meta(len: u32, tcp_flags: u8, ttl: u8) -> PacketMeta {
-        PacketMeta { key: FlowKey::default(), len, tcp_flags, ttl, flags: 0 }
+        PacketMeta { key: FlowKey::default(), len, tcp_flags, ttl, flags: 0, segments: Segments::default() }
+    }
+
+    #[test]
+    fn segments_split_a_super_packet_as_the_wire_does() {
+        // 66 bytes of headers, 3 x 1448 + 100 bytes of payload.
+        let s = Segments::of(66 + 3 * 1448 + 100, 4, 1448, 66).unwrap();
+        assert_eq!((s.extra, s.full_len, s.last_len, s.extra_header_bytes()), (3, 1514, 166, 198));
+        let exact = Segments::of(66 + 2 * 1448, 2, 1448, 66).unwrap();
+        assert_eq!((exact.extra, exact.last_len), (1, 1514), "a last segment may be full");
+        for (len, segs, size, header) in [
+            (1514, 1, 1448, 66),          // one segment: an ordinary packet
+            (1514, 0, 0, 66),             // not GSO at all
+            (66 + 1448, 2, 1448, 66),     // claims two segments but holds one
+            (66 + 3 * 1448, 2, 1448, 66), // more payload than two segments carry
+            (60, 2, 1448, 60),            // no payload
+            (100_000, 70_000, 1, 60),     // beyond the kernel's limits
+        ] {
+            assert_eq!(Segments::of(len, segs, size, header), None, "{len} {segs} {size} {header}");
+        }
+    }
+
+    #[test]
+    fn a_super_packet_counts_as_its_segments_back_to_back() {
+        let s = Segments::of(66 + 3 * 1448 + 100, 4, 1448, 66).unwrap();
+        let flags = tcp::ACK | tcp::PSH;
+        let first = PacketMeta { len: s.full_len, segments: s, ..meta(0, flags, 64) };
+        for earlier in [None, Some(meta(60, tcp::SYN, 64))] {
+            // The super-packet as one update...
+            let mut got = earlier.map_or_else(|| FlowStats::first(&first, 5_000), |e| FlowStats::first(&e, 1_000));
+            if earlier.is_some() {
+                got.update(&first, 5_000);
+            }
+            // ...against its four segments one by one, flags on the first, ACK on the rest.
+            let mut want = earlier.map_or_else(
+                || FlowStats::first(&meta(1514, flags, 64), 5_000),
+                |e| {
+                    let mut w = FlowStats::first(&e, 1_000);
+                    w.update(&meta(1514, flags, 64), 5_000);
+                    w
+                },
+            );
+            want.update(&meta(1514, tcp::ACK, 64), 5_000);
+            want.update(&meta(1514, tcp::ACK, 64), 5_000);
+            want.update(&meta(166, tcp::ACK, 64), 5_000);
+            assert_eq!(got, want, "after {earlier:?}");
+            assert_eq!((got.packets, got.ack, got.psh), (4 + u64::from(earlier.is_some()), 4, 1));
+        }
     }
 
     #[test]

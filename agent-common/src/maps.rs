@@ -9,7 +9,8 @@
 pub const FLOWS: [&str; FLOW_SHARDS] = ["VIGIL_FLOWS0", "VIGIL_FLOWS1"];
 /// Number of flow-table shards.
 pub const FLOW_SHARDS: usize = 2;
-/// Per-CPU array with one [`crate::counters::Counters`] entry.
+/// Per-CPU array of [`crate::counters::Counters`], one entry per hook, indexed by
+/// [`crate::counters::Direction`].
 pub const COUNTERS: &str = "VIGIL_COUNTERS";
 /// LPM trie of IPv4 source prefixes to [`crate::blocklist::BlockRule`].
 pub const BLOCK_V4: &str = "VIGIL_BLOCK_V4";
@@ -24,12 +25,19 @@ pub const LAYOUT: &str = "VIGIL_LAYOUT";
 /// ([`crate::flow::FlowKey`], [`crate::flow::FlowStats`], [`crate::counters::Counters`],
 /// [`crate::blocklist::BlockRule`]), map types and sizes, and what their fields mean. Bump
 /// it with any change to them: an agent refuses pinned maps of another version.
-pub const LAYOUT_VERSION: u32 = 2;
+///
+/// 3: the counters map holds one entry per [`crate::counters::Direction`] (the TC egress hook).
+pub const LAYOUT_VERSION: u32 = 3;
 
-/// Name of the sensor program in the object file.
+/// Name of the sensor program in the object file (XDP, ingress).
 pub const PROGRAM: &str = "vigil";
 /// Name of the empty `XDP_PASS` program shipped beside it, the floor for benchmarks.
 pub const PROGRAM_EMPTY: &str = "vigil_pass";
+/// Name of the egress sensor program (TC classifier): the same parser and flow update, no
+/// blocklist.
+pub const PROGRAM_EGRESS: &str = "vigil_egress";
+/// Name of the empty TC program beside it (returns `TC_ACT_UNSPEC`), the floor for benchmarks.
+pub const PROGRAM_EGRESS_EMPTY: &str = "vigil_egress_pass";
 
 /// Flow table capacity compiled into the object; the agent overrides it at load time.
 pub const DEFAULT_FLOW_CAPACITY: u32 = 262_144;

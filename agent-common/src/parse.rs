@@ -46,6 +46,12 @@ pub trait Packet {
     /// The `N` bytes at `offset`, or `None` if any of them lies past the available data or
     /// `offset` exceeds [`MAX_OFFSET`].
     fn bytes<const N: usize>(&self, offset: usize) -> Option<[u8; N]>;
+    /// For a GSO super-packet (egress only), the number of wire segments it becomes and their
+    /// payload size (`gso_segs`, `gso_size`); `(1, 0)` for everything else.
+    #[inline(always)]
+    fn gso(&self) -> (u32, u32) {
+        (1, 0)
+    }
 }
 
 /// A packet held in a byte slice (host side: pcap files, tests).
@@ -293,7 +299,14 @@ const fn is_ipv6_ext(next: u8) -> bool {
 /// back beside the metadata so the caller counts it.
 #[inline(always)]
 pub fn parse_l4<P: Packet>(p: &P, l3: &L3) -> (PacketMeta, Option<Malformed>) {
-    let mut meta = PacketMeta { key: l3.key, len: p.wire_len(), tcp_flags: 0, ttl: l3.ttl, flags: l3.flags };
+    let mut meta = PacketMeta {
+        key: l3.key,
+        len: p.wire_len(),
+        tcp_flags: 0,
+        ttl: l3.ttl,
+        flags: l3.flags,
+        segments: crate::flow::Segments { extra: 0, header_len: 0, full_len: 0, last_len: 0 },
+    };
     if l3.malformed.is_some() {
         return (meta, l3.malformed);
     }
@@ -337,6 +350,18 @@ pub fn parse_l4<P: Packet>(p: &P, l3: &L3) -> (PacketMeta, Option<Malformed>) {
         meta.flags |= flags::TRANSPORT_TRUNCATED;
     }
     (meta, problem)
+}
+
+/// Where the transport header of a well-formed TCP or UDP packet ends: the headers a GSO
+/// super-packet repeats on each of its segments. `None` for other protocols.
+#[inline(always)]
+#[must_use]
+pub fn headers_end<P: Packet>(p: &P, l3: &L3) -> Option<usize> {
+    match l3.key.protocol {
+        IPPROTO_TCP => p.bytes::<1>(l3.l4_offset + 12).map(|b| l3.l4_offset + usize::from(b[0] >> 4) * 4),
+        IPPROTO_UDP => Some(l3.l4_offset + 8),
+        _ => None,
+    }
 }
 
 #[cfg(test)]

@@ -1,8 +1,12 @@
-//! Vigil's XDP sensor: blocklist first, then one flow-table update per packet.
+//! Vigil's sensor programs: XDP on ingress (blocklist first, then one flow-table update per
+//! packet) and a TC classifier on egress (the same parser and flow update, no blocklist).
 //!
-//! Every packet is counted; malformed ones are counted by reason and passed; packets from a
-//! blocked source prefix whose rule has not expired are dropped; everything else updates its
-//! flow in a per-CPU LRU hash and is passed. The program never returns `XDP_ABORTED`.
+//! Every packet is counted, per direction; malformed ones are counted by reason and passed;
+//! packets arriving from a blocked source prefix whose rule has not expired are dropped;
+//! everything else updates its flow in a per-CPU LRU hash and is passed. Both hooks feed the
+//! same flow table, keyed by the packet's own source and destination: the host's replies are
+//! the reverse key of the requests, and the agent pairs them into conversations at harvest.
+//! The XDP program never returns `XDP_ABORTED`; the TC program never stops a packet.
 #![no_std]
 #![no_main]
 // `atomic_xadd` compiles to a BPF atomic add; `AtomicU64::fetch_add` is not offered on the BPF
@@ -14,18 +18,18 @@ use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use agent_common::{
     blocklist::BlockRule,
-    counters::Counters,
+    counters::{Counters, Direction},
     flow::{FlowKey, FlowStats, IP_V4, PacketMeta},
     maps::{BLOCKLIST_CAPACITY, DEFAULT_FLOW_CAPACITY},
     parse::{L3, MAX_OFFSET, Packet},
     pipeline::{self, Step},
 };
 use aya_ebpf::{
-    bindings::{BPF_NOEXIST, xdp_action},
+    bindings::{BPF_NOEXIST, TC_ACT_UNSPEC, xdp_action},
     helpers::{bpf_ktime_get_ns, generated::bpf_ktime_get_coarse_ns},
-    macros::{map, xdp},
+    macros::{classifier, map, xdp},
     maps::{Array, LpmTrie, LruPerCpuHashMap, PerCpuArray, lpm_trie::Key},
-    programs::XdpContext,
+    programs::{TcContext, XdpContext},
 };
 
 // The flow table's shards (`agent_common::maps::FLOWS`); the agent sizes each at load time.
@@ -38,7 +42,7 @@ static VIGIL_FLOWS1: LruPerCpuHashMap<FlowKey, FlowStats> =
     LruPerCpuHashMap::with_max_entries(DEFAULT_FLOW_CAPACITY / 2, 0);
 
 #[map]
-static VIGIL_COUNTERS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(1, 0);
+static VIGIL_COUNTERS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(Direction::ENTRIES, 0);
 
 #[map]
 static VIGIL_BLOCK_V4: LpmTrie<[u8; 4], BlockRule> = LpmTrie::with_max_entries(BLOCKLIST_CAPACITY, 0);
@@ -83,6 +87,51 @@ impl Packet for XdpPacket {
     }
 }
 
+/// The packet of a TC program: the linear part of the buffer between `data` and `data_end`,
+/// with the length and GSO shape of the whole buffer.
+struct SkbPacket {
+    data: usize,
+    data_end: usize,
+    len: u32,
+    gso_segs: u32,
+    gso_size: u32,
+}
+
+impl Packet for SkbPacket {
+    #[inline(always)]
+    fn wire_len(&self) -> u32 {
+        self.len
+    }
+
+    #[inline(always)]
+    fn available(&self) -> usize {
+        self.data_end - self.data
+    }
+
+    #[inline(always)]
+    fn bytes<const N: usize>(&self, offset: usize) -> Option<[u8; N]> {
+        if offset > MAX_OFFSET {
+            return None;
+        }
+        let start = self.data + offset;
+        if start + N > self.data_end {
+            return None;
+        }
+        // SAFETY: `[start, start + N)` lies inside the linear data (checked above) and `[u8; N]`
+        // has alignment 1.
+        Some(unsafe { *(start as *const [u8; N]) })
+    }
+
+    #[inline(always)]
+    fn gso(&self) -> (u32, u32) {
+        (self.gso_segs, self.gso_size)
+    }
+}
+
+/// Headers pulled into the linear part of a buffer whose linear part is shorter: enough for
+/// VLAN tags, IPv6 with a few extension headers, and TCP with options.
+const PULL_LEN: u32 = 256;
+
 #[xdp]
 pub fn vigil(ctx: XdpContext) -> u32 {
     try_vigil(&ctx).unwrap_or(xdp_action::XDP_PASS)
@@ -94,9 +143,67 @@ pub fn vigil_pass(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
 }
 
+/// The egress sensor: counts the host's own packets into the same flow table. It never changes
+/// or stops a packet (`TC_ACT_UNSPEC`: the next program, or the default action, decides).
+///
+/// Parsing and the flow update are two BPF functions called one after the other: inlined
+/// into one, the GSO arithmetic leaves LLVM more than the 512-byte stack, and nested, their
+/// frames add up past it. Side by side only the packet's metadata is shared.
+#[classifier]
+pub fn vigil_egress(ctx: TcContext) -> i32 {
+    let mut meta = PacketMeta::default();
+    if egress_parse(&ctx, &mut meta) {
+        egress_flow(&meta);
+    }
+    TC_ACT_UNSPEC
+}
+
+/// The floor for benchmarks: a TC program that does nothing.
+#[classifier]
+pub fn vigil_egress_pass(_ctx: TcContext) -> i32 {
+    TC_ACT_UNSPEC
+}
+
+/// Counts the packet and parses it into `meta`; whether it goes to the flow table.
+#[inline(never)]
+fn egress_parse(ctx: &TcContext, meta: &mut PacketMeta) -> bool {
+    let Some(counters) = VIGIL_COUNTERS.get_ptr_mut(Direction::Egress as u32) else { return false };
+    // SAFETY: as in `try_vigil`.
+    let counters = unsafe { &mut *counters };
+    let len = ctx.len();
+    // Sends from local sockets have their headers in the linear part; anything else (a
+    // forwarded or tunnelled buffer) gets them pulled in, if the kernel can.
+    let wanted = if len < PULL_LEN { len } else { PULL_LEN };
+    if ((ctx.data_end() - ctx.data()) as u32) < wanted {
+        let _ = ctx.pull_data(wanted);
+    }
+    // SAFETY: `skb` points at the program's context for the whole run.
+    let (gso_segs, gso_size) = unsafe { ((*ctx.skb.skb).gso_segs, (*ctx.skb.skb).gso_size) };
+    let packet = SkbPacket { data: ctx.data(), data_end: ctx.data_end(), len, gso_segs, gso_size };
+    match pipeline::ingest(&packet, counters, |_, _| false) {
+        Step::Flow(m) => {
+            *meta = m;
+            true
+        }
+        Step::Pass | Step::Drop => false,
+    }
+}
+
+/// Applies an egress packet to its flow.
+#[inline(never)]
+fn egress_flow(meta: &PacketMeta) {
+    let Some(counters) = VIGIL_COUNTERS.get_ptr_mut(Direction::Egress as u32) else { return };
+    // SAFETY: as in `try_vigil`.
+    let counters = unsafe { &mut *counters };
+    // SAFETY: `bpf_ktime_get_ns` has no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let table = if meta.key.shard() == 0 { &VIGIL_FLOWS0 } else { &VIGIL_FLOWS1 };
+    update_flow(table, meta, now, counters);
+}
+
 #[inline(always)]
 fn try_vigil(ctx: &XdpContext) -> Option<u32> {
-    let counters = VIGIL_COUNTERS.get_ptr_mut(0)?;
+    let counters = VIGIL_COUNTERS.get_ptr_mut(Direction::Ingress as u32)?;
     // SAFETY: a per-CPU array value is only touched by this CPU, and no other reference exists.
     let counters = unsafe { &mut *counters };
     let packet = XdpPacket { data: ctx.data(), data_end: ctx.data_end() };

@@ -51,6 +51,9 @@ pub struct SensorSection {
     /// Interface to attach to; empty = the default route's.
     pub iface: String,
     pub xdp_mode: AttachMode,
+    /// Also count the host's own outgoing packets (a TC egress program), into the same flow
+    /// table. Off until flow records pair the two directions.
+    pub egress: bool,
     pub flow_capacity: u32,
     /// Time between harvests; also the scoring window of auto-block.
     pub interval: HumanDuration,
@@ -68,6 +71,7 @@ impl Default for SensorSection {
         Self {
             iface: String::new(),
             xdp_mode: AttachMode::Auto,
+            egress: false,
             flow_capacity: agent_common::maps::DEFAULT_FLOW_CAPACITY,
             interval: HumanDuration(crate::flows::DEFAULT_INTERVAL),
             idle_timeout: HumanDuration(crate::flows::DEFAULT_IDLE_TIMEOUT),

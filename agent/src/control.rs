@@ -38,6 +38,9 @@ pub struct AgentStatus {
     pub version: String,
     pub iface: String,
     pub xdp_mode: String,
+    /// Whether the TC egress program counts the host's own packets too.
+    #[serde(default)]
+    pub egress: bool,
     pub pin_dir: Option<PathBuf>,
     pub started: String,
     pub updated: String,
@@ -250,11 +253,7 @@ pub fn status(pins: &Pins, run_dir: &Path) -> StatusReport {
         attached: pins.is_attached(),
         agent_running: agent.as_ref().is_some_and(AgentStatus::is_running),
         agent,
-        counters: readable
-            .then(|| pins.counters_of_checked_layout().ok())
-            .flatten()
-            .as_ref()
-            .map(CountersView::from),
+        counters: readable.then(|| pins.counters_of_checked_layout().ok()).flatten().as_ref().map(CountersView::from),
         rules: if readable { rules_of_checked_layout(pins).unwrap_or_default() } else { Vec::new() },
         pins_problem,
     }
@@ -270,8 +269,15 @@ impl std::fmt::Display for StatusReport {
         match (&self.agent, self.agent_running) {
             (Some(a), true) => writeln!(
                 f,
-                "agent:    running, pid {} on {} ({} XDP), since {}; model {} (sha256 {}), block mode {}",
-                a.pid, a.iface, a.xdp_mode, a.started, a.model, a.model_sha256, a.block_mode
+                "agent:    running, pid {} on {} ({} XDP{}), since {}; model {} (sha256 {}), block mode {}",
+                a.pid,
+                a.iface,
+                a.xdp_mode,
+                if a.egress { " + TC egress" } else { "" },
+                a.started,
+                a.model,
+                a.model_sha256,
+                a.block_mode
             )?,
             (Some(a), false) => writeln!(f, "agent:    not running (last status from pid {} at {})", a.pid, a.updated)?,
             (None, _) => writeln!(f, "agent:    not running (no status file)")?,

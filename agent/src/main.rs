@@ -377,6 +377,9 @@ struct RunArgs {
     /// XDP attach mode: native (driver), skb (generic), or auto (native, else skb).
     #[arg(long, value_enum)]
     xdp_mode: Option<AttachMode>,
+    /// Also count the host's own outgoing packets with a TC egress program (`sensor.egress`).
+    #[arg(long)]
+    egress: bool,
     /// Time between harvests; each harvest scores the flows that moved.
     #[arg(long, value_parser = vigil::config::parse_interval_flag)]
     interval: Option<Duration>,
@@ -427,6 +430,9 @@ impl RunArgs {
         }
         if let Some(v) = self.xdp_mode {
             s.xdp_mode = v;
+        }
+        if self.egress {
+            s.egress = true;
         }
         if let Some(v) = self.interval {
             s.interval = HumanDuration(v);

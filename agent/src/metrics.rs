@@ -17,7 +17,7 @@ use std::{
     time::Duration,
 };
 
-use agent_common::counters::{Counters, Malformed};
+use agent_common::counters::{Counters, Direction, Malformed};
 use prometheus_client::{
     encoding::text::encode,
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
@@ -51,6 +51,8 @@ pub enum MetricsError {
 #[derive(Default)]
 struct Seen {
     sensor: Counters,
+    /// Per hook, as [`Direction`] indexes them: packets, bytes, malformed.
+    directions: [[u64; 3]; Direction::COUNT],
     rules: HashMap<String, u64>,
     /// Per sink: delivered, dropped, failed.
     sinks: HashMap<String, [u64; 3]>,
@@ -69,6 +71,9 @@ pub struct Metrics {
     packets: Counter,
     bytes: Counter,
     malformed: Family<Label, Counter>,
+    direction_packets: Family<Label, Counter>,
+    direction_bytes: Family<Label, Counter>,
+    direction_malformed: Family<Label, Counter>,
     flows_created: Counter,
     flow_insert_failures: Counter,
     flow_evictions: Counter,
@@ -98,6 +103,9 @@ impl Metrics {
             packets: Counter::default(),
             bytes: Counter::default(),
             malformed: Family::default(),
+            direction_packets: Family::default(),
+            direction_bytes: Family::default(),
+            direction_malformed: Family::default(),
             flows_created: Counter::default(),
             flow_insert_failures: Counter::default(),
             flow_evictions: Counter::default(),
@@ -121,6 +129,12 @@ impl Metrics {
         for reason in Malformed::ALL {
             let _ = m.malformed.get_or_create(&label("reason", reason.name()));
         }
+        for direction in Direction::ALL {
+            let l = label("direction", direction.name());
+            let _ = m.direction_packets.get_or_create(&l);
+            let _ = m.direction_bytes.get_or_create(&l);
+            let _ = m.direction_malformed.get_or_create(&l);
+        }
         for severity in ["low", "medium", "high"] {
             let _ = m.alerts.get_or_create(&label("severity", severity));
         }
@@ -128,9 +142,20 @@ impl Metrics {
             let _ = m.block_actions.get_or_create(&label("action", action));
         }
         let r = &mut m.registry;
-        r.register("packets", "Packets seen by the XDP sensor", m.packets.clone());
-        r.register("bytes", "Bytes (frame length) of packets seen by the XDP sensor", m.bytes.clone());
+        r.register("packets", "Packets seen by the sensor (both hooks)", m.packets.clone());
+        r.register("bytes", "Bytes (frame length) of packets seen by the sensor (both hooks)", m.bytes.clone());
         r.register("malformed_packets", "Malformed packets, passed on, by reason", m.malformed.clone());
+        r.register(
+            "direction_packets",
+            "Packets seen per hook: ingress (XDP) or egress (TC; a GSO send counts as its wire segments)",
+            m.direction_packets.clone(),
+        );
+        r.register("direction_bytes", "Bytes seen per hook (frame length)", m.direction_bytes.clone());
+        r.register(
+            "direction_malformed_packets",
+            "Malformed packets per hook, passed on",
+            m.direction_malformed.clone(),
+        );
         r.register("flows_created", "Flows created in the kernel flow table", m.flows_created.clone());
         r.register("flow_insert_failures", "Flow inserts the kernel refused", m.flow_insert_failures.clone());
         r.register(
@@ -170,7 +195,17 @@ impl Metrics {
         self.seen.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Kernel counters summed over CPUs, read at each harvest.
+    /// One hook's kernel counters summed over CPUs, read at each harvest.
+    pub fn observe_direction(&self, direction: Direction, counters: &Counters) {
+        let mut seen = self.seen();
+        let [packets, bytes, malformed] = &mut seen.directions[direction as usize];
+        let l = label("direction", direction.name());
+        self.direction_packets.get_or_create(&l).inc_by(delta(packets, counters.packets));
+        self.direction_bytes.get_or_create(&l).inc_by(delta(bytes, counters.bytes));
+        self.direction_malformed.get_or_create(&l).inc_by(delta(malformed, counters.malformed_total()));
+    }
+
+    /// Kernel counters summed over CPUs and hooks, read at each harvest.
     pub fn observe_sensor(&self, counters: &Counters) {
         let mut seen = self.seen();
         let last = &mut seen.sensor;
@@ -468,6 +503,8 @@ mod tests {
         let mut c = Counters { packets: 10, bytes: 1500, flows_created: 3, blocklist_drops: 2, ..Counters::default() };
         c.count_malformed(Malformed::TcpBadOffset);
         m.observe_sensor(&c);
+        m.observe_direction(Direction::Egress, &c);
+        m.observe_direction(Direction::Egress, &Counters { packets: 14, ..c });
         m.set_flows_tracked(25, 100);
         m.add_flow_evictions(4);
         m.observe_harvest(Duration::from_millis(3));
@@ -482,6 +519,10 @@ mod tests {
             "vigil_malformed_packets_total{reason=\"tcp_bad_offset\"} 1",
             "vigil_malformed_packets_total{reason=\"eth_truncated\"} 0",
             "vigil_flows_created_total 3",
+            "vigil_direction_packets_total{direction=\"egress\"} 14",
+            "vigil_direction_packets_total{direction=\"ingress\"} 0",
+            "vigil_direction_bytes_total{direction=\"egress\"} 1500",
+            "vigil_direction_malformed_packets_total{direction=\"egress\"} 1",
             "vigil_flow_insert_failures_total 0",
             "vigil_flow_evictions_total 4",
             "vigil_blocklist_drops_total 2",

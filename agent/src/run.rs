@@ -145,7 +145,20 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     // attach, so no packet the program sees is too early to be scored (a late stamp used to
     // skip flows that began while the agent was still setting up).
     let attaching_ns = clock::monotonic_ns();
-    let mode = sensor.attach(&iface, s.xdp_mode)?;
+    // Egress first: when it cannot attach, nothing is attached yet.
+    if s.egress {
+        sensor.attach_egress(&iface)?;
+    } else {
+        sensor.drop_pinned_egress()?;
+    }
+    let mode = match sensor.attach(&iface, s.xdp_mode) {
+        Ok(mode) => mode,
+        Err(e) => {
+            // No half sensor stays behind: the egress hook goes too.
+            sensor.detach().ok();
+            return Err(e.into());
+        }
+    };
 
     let allowlist = Allowlist::new(&config.block.allowlist, config.block.allowlist_host);
     let hostname = nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default();
@@ -200,6 +213,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         version: env!("CARGO_PKG_VERSION").to_owned(),
         iface: iface.clone(),
         xdp_mode: mode.to_string(),
+        egress: s.egress,
         pin_dir: pin_dir.clone(),
         started: clock::rfc3339_millis(clock::wall_ns()),
         model: config.detection.model.clone(),

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use agent_common::flow::{FlowKey, FlowStats, PacketMeta};
+use agent_common::flow::{FlowKey, FlowStats, PacketMeta, Segments};
 use proptest::prelude::*;
 use vigil::{
     clock::MonoToWall,
@@ -27,7 +27,10 @@ fn stats() -> impl Strategy<Value = FlowStats> {
         let mut now = start;
         for (len, tcp_flags, ttl, gap) in packets {
             now = now.saturating_add(gap);
-            s.update(&PacketMeta { key: FlowKey::default(), len, tcp_flags, ttl, flags: 0 }, now);
+            s.update(
+                &PacketMeta { key: FlowKey::default(), len, tcp_flags, ttl, flags: 0, segments: Segments::default() },
+                now,
+            );
         }
         s
     })

@@ -1,5 +1,5 @@
 //! An independent witness: an `AF_PACKET` socket that records every frame arriving on an
-//! interface, to compare the sensor's counts against.
+//! interface (and, if asked, every frame leaving it), to compare the sensor's counts against.
 
 use std::{
     sync::{
@@ -27,6 +27,20 @@ impl Capture {
     /// If the socket cannot be opened or bound.
     #[must_use]
     pub fn start(ns: &Netns, iface: &str) -> Self {
+        Self::start_with(ns, iface, false)
+    }
+
+    /// Starts capturing both directions on `iface` inside `ns`: frames received and frames the
+    /// namespace sends (as the stack hands them to the device: a GSO send is one frame).
+    ///
+    /// # Panics
+    /// If the socket cannot be opened or bound.
+    #[must_use]
+    pub fn start_both(ns: &Netns, iface: &str) -> Self {
+        Self::start_with(ns, iface, true)
+    }
+
+    fn start_with(ns: &Netns, iface: &str, outgoing: bool) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = Arc::clone(&stop);
         let iface = iface.to_owned();
@@ -50,7 +64,7 @@ impl Capture {
                         &raw mut from_len,
                     )
                 };
-                if n > 0 && from.sll_pkttype != PACKET_OUTGOING {
+                if n > 0 && (outgoing || from.sll_pkttype != PACKET_OUTGOING) {
                     frames.push(buf[..usize::try_from(n).expect("len")].to_vec());
                 }
             }

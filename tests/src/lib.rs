@@ -36,6 +36,20 @@ use vigil::{
     sensor::{Sensor, SensorOptions},
 };
 
+/// `TC_ACT_UNSPEC`: what the egress program returns for every packet (it never stops one).
+pub const TC_ACT_UNSPEC: i32 = -1;
+
+/// A `struct __sk_buff` for `BPF_PROG_TEST_RUN`'s `ctx_in`: zero but for the GSO fields, the
+/// only ones the sensor reads from its context (offsets from `linux/bpf.h`).
+fn sk_buff_ctx(gso_segs: u32, gso_size: u32) -> [u8; 192] {
+    const GSO_SEGS: usize = 164;
+    const GSO_SIZE: usize = 176;
+    let mut ctx = [0u8; 192];
+    ctx[GSO_SEGS..GSO_SEGS + 4].copy_from_slice(&gso_segs.to_ne_bytes());
+    ctx[GSO_SIZE..GSO_SIZE + 4].copy_from_slice(&gso_size.to_ne_bytes());
+    ctx
+}
+
 /// A number unique within this test process, for names of throwaway things.
 pub fn unique() -> u32 {
     static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
@@ -98,6 +112,42 @@ impl Harness {
         (result.return_value, result.duration)
     }
 
+    /// Runs the egress (TC) program once on `frame` and returns its TC action.
+    ///
+    /// # Panics
+    /// If the test run syscall fails.
+    pub fn run_egress(&mut self, frame: &[u8]) -> i32 {
+        self.run_egress_gso(frame, 0, 0)
+    }
+
+    /// Runs the egress program once on `frame` presented as a GSO super-packet of `gso_segs`
+    /// segments of `gso_size` payload bytes (0, 0: an ordinary packet), as a TSO send reaches
+    /// TC egress before the device cuts it.
+    ///
+    /// # Panics
+    /// If the test run syscall fails.
+    pub fn run_egress_gso(&mut self, frame: &[u8], gso_segs: u32, gso_size: u32) -> i32 {
+        let ctx = sk_buff_ctx(gso_segs, gso_size);
+        let prog = self.sensor.egress_program(maps::PROGRAM_EGRESS).expect("egress program");
+        let mut opts = TestRunOptions::new();
+        opts.data_in = Some(frame);
+        opts.ctx_in = Some(&ctx);
+        let result = prog.test_run(opts).expect("BPF_PROG_TEST_RUN (TC)");
+        i32::from_ne_bytes(result.return_value.to_ne_bytes())
+    }
+
+    /// Runs TC `program` `repeat` times on `frame`; returns the kernel's mean duration per run.
+    ///
+    /// # Panics
+    /// If the test run syscall fails.
+    pub fn time_egress(&mut self, program: &'static str, frame: &[u8], repeat: u32) -> std::time::Duration {
+        let prog = self.sensor.egress_program(program).expect("egress program");
+        let mut opts = TestRunOptions::new();
+        opts.data_in = Some(frame);
+        opts.repeat = repeat;
+        prog.test_run(opts).expect("BPF_PROG_TEST_RUN (TC)").duration
+    }
+
     /// The flow table, per-CPU values merged.
     ///
     /// # Panics
@@ -127,6 +177,15 @@ impl Harness {
     #[must_use]
     pub fn counters(&self) -> Counters {
         self.sensor.counters().expect("counters")
+    }
+
+    /// The sensor counters of each hook, summed over CPUs.
+    ///
+    /// # Panics
+    /// If the map cannot be read.
+    #[must_use]
+    pub fn counters_by_direction(&self) -> vigil::sensor::DirectionCounters {
+        self.sensor.counters_by_direction().expect("counters")
     }
 
     /// The blocklist of this sensor.

@@ -7,6 +7,8 @@ use std::{collections::VecDeque, io, time::Duration};
 
 use agent_common::counters::Counters;
 
+use crate::sensor::DirectionCounters;
+
 use super::seams::{FlowSource, SensorProbe};
 use crate::{
     flows::{EndReason, FlowRecord, HarvestReport, harvest::LiveFlow},
@@ -53,7 +55,8 @@ impl FlowSource for FakeFlows {
             return Err(io::Error::from_raw_os_error(libc::EPERM));
         }
         let next = self.queue.pop_front().unwrap_or_default();
-        let mut report = HarvestReport { tracked: next.tracked, elapsed: Duration::from_micros(1), ..HarvestReport::default() };
+        let mut report =
+            HarvestReport { tracked: next.tracked, elapsed: Duration::from_micros(1), ..HarvestReport::default() };
         if since_mono_ns.is_some() {
             next.live.into_iter().for_each(&mut *live);
         }
@@ -82,19 +85,22 @@ impl FlowSource for FakeFlows {
 /// A sensor whose counters and pin state the test sets.
 #[derive(Debug)]
 pub struct FakeSensor {
+    /// What the ingress hook counted.
     pub counters: Counters,
+    /// What the egress hook counted.
+    pub egress: Counters,
     pub pin_state: PinState,
 }
 
 impl Default for FakeSensor {
     fn default() -> Self {
-        Self { counters: Counters::default(), pin_state: PinState::Intact }
+        Self { counters: Counters::default(), egress: Counters::default(), pin_state: PinState::Intact }
     }
 }
 
 impl SensorProbe for FakeSensor {
-    fn counters(&self) -> Result<Counters, SensorError> {
-        Ok(self.counters)
+    fn counters(&self) -> Result<DirectionCounters, SensorError> {
+        Ok(DirectionCounters([self.counters, self.egress]))
     }
 
     fn pin_state(&self) -> PinState {

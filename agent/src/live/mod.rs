@@ -21,7 +21,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use agent_common::counters::Counters;
+use agent_common::counters::Direction;
 use ipnet::IpNet;
 use tracing::{debug, info, warn};
 
@@ -35,7 +35,7 @@ use crate::{
     flows::{EndReason, FlowRecord, HarvestReport, harvest::Evictions, harvest::LiveFlow, output::FlowWriter},
     metrics::Metrics,
     model::onnx::OnnxError,
-    sensor::{PinState, SensorError},
+    sensor::{DirectionCounters, PinState, SensorError},
     throttle::ThrottledLog,
 };
 
@@ -262,7 +262,14 @@ impl<F: FlowSource, K: SensorProbe> Agent<F, K> {
     }
 
     /// Metrics, the status file and the periodic log line, each updated here and only here.
-    fn observe(&mut self, harvest: &HarvestReport, scored: &ScoredCycle, counters: &Counters, now_wall_ns: u64) {
+    fn observe(
+        &mut self,
+        harvest: &HarvestReport,
+        scored: &ScoredCycle,
+        by_direction: &DirectionCounters,
+        now_wall_ns: u64,
+    ) {
+        let counters = &by_direction.total();
         let metrics = &self.outputs.metrics;
         let stats = self.engine.stats;
         // Alerts below `alerts.min_severity` are counted as low alerts, not sent.
@@ -272,6 +279,9 @@ impl<F: FlowSource, K: SensorProbe> Agent<F, K> {
         self.totals.alerts_suppressed = stats.alerts_suppressed;
         self.totals.flows_scored += scored.flows.len() as u64;
         metrics.observe_sensor(counters);
+        for direction in Direction::ALL {
+            metrics.observe_direction(direction, by_direction.of(direction));
+        }
         metrics.add_flow_evictions(self.totals.evictions.update(harvest, counters.flows_created));
         metrics.set_flows_tracked(harvest.tracked as u64, u64::from(self.flow_capacity));
         metrics.observe_harvest(harvest.elapsed);

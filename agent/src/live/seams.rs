@@ -4,11 +4,9 @@
 
 use std::io;
 
-use agent_common::counters::Counters;
-
 use crate::{
     flows::{EndReason, FlowRecord, HarvestReport, Harvester, harvest::LiveFlow},
-    sensor::{PinState, Sensor, SensorError},
+    sensor::{DirectionCounters, PinState, Sensor, SensorError},
 };
 
 /// Where the live path's flows come from: the kernel flow table (through the [`Harvester`]),
@@ -52,19 +50,19 @@ impl FlowSource for Harvester {
 
 /// What the sensor reports besides flows: its counters and whether its attachment is intact.
 pub trait SensorProbe {
-    /// Packet, byte, malformed and blocklist counters, summed over CPUs.
+    /// Packet, byte, malformed and blocklist counters of each hook, summed over CPUs.
     ///
     /// # Errors
     /// The counters cannot be read.
-    fn counters(&self) -> Result<Counters, SensorError>;
+    fn counters(&self) -> Result<DirectionCounters, SensorError>;
 
     /// Whether the program is still attached and pinned as the agent left it.
     fn pin_state(&self) -> PinState;
 }
 
 impl SensorProbe for Sensor {
-    fn counters(&self) -> Result<Counters, SensorError> {
-        Sensor::counters(self)
+    fn counters(&self) -> Result<DirectionCounters, SensorError> {
+        Sensor::counters_by_direction(self)
     }
 
     fn pin_state(&self) -> PinState {

@@ -11,10 +11,16 @@ use super::{
     fake::{FakeFlows, FakeSensor, Harvest},
     *,
 };
+use agent_common::counters::Counters;
+
 use crate::{
     alert::sink::SinkSpec,
     block::{MemoryRules, Rule, rules::Origin},
-    detect::{BlockMode, EngineConfig, engine::tests::{actions, config as engine_config}, score::tests::detector},
+    detect::{
+        BlockMode, EngineConfig,
+        engine::tests::{actions, config as engine_config},
+        score::tests::detector,
+    },
     features::{context::ContextWindow, flow::tests::record},
 };
 
@@ -51,7 +57,8 @@ impl Rig {
         let detector = detector();
         let alert = detector.thresholds.alert;
         let spec: SinkSpec =
-            toml::from_str(&format!("type = \"file\"\npath = \"{}\"", dir.join("alerts.json").display())).expect("spec");
+            toml::from_str(&format!("type = \"file\"\npath = \"{}\"", dir.join("alerts.json").display()))
+                .expect("spec");
         let sinks = Sinks::start(&[spec]).expect("sinks");
         // The engine tests' settings, enforcing: the rig's manual rule is reported as a block.
         let engine = Engine::new(EngineConfig { block_mode: BlockMode::Enforce, ..engine_config(alert) });
@@ -99,7 +106,11 @@ fn a_cycle_runs_every_stage_on_the_fakes() {
         drops: 0,
         origin: Origin::Manual,
     });
-    let sensor = FakeSensor { counters: Counters { packets: 1234, ..Counters::default() }, ..FakeSensor::default() };
+    let sensor = FakeSensor {
+        counters: Counters { packets: 1000, ..Counters::default() },
+        egress: Counters { packets: 234, ..Counters::default() },
+        ..FakeSensor::default()
+    };
     let mut rig = Rig::new("cycle", flows, sensor, rules, Vec::new());
 
     let report = rig.agent.cycle(101 * S).expect("cycle");
@@ -123,6 +134,7 @@ fn a_cycle_runs_every_stage_on_the_fakes() {
     // Observe: metrics and status, in one place.
     let text = rig.agent.outputs.metrics.encode();
     assert!(text.contains("vigil_packets_total 1234\n"), "{text}");
+    assert!(text.contains("vigil_direction_packets_total{direction=\"egress\"} 234\n"), "{text}");
     assert!(text.contains("vigil_flows_scored_total 2\n"), "{text}");
     assert!(text.contains("vigil_block_actions_total{action=\"block\"} 1\n"), "{text}");
     assert!(text.contains("vigil_block_rules_active 1\n"), "{text}");

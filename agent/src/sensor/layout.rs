@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use agent_common::{
     blocklist::BlockRule,
-    counters::Counters,
+    counters::{Counters, Direction},
     flow::{FlowKey, FlowStats},
     maps,
 };
@@ -72,7 +72,7 @@ pub fn expected(name: &str, flow_capacity: Option<u32>) -> Option<MapShape> {
             map_type: MapType::PerCpuArray,
             key_size: 4,
             value_size: size_of::<Counters>(),
-            max_entries: Some(1),
+            max_entries: Some(Direction::ENTRIES),
             flags: 0,
         },
         maps::BLOCK_V4 | maps::BLOCK_V6 => MapShape {
@@ -110,7 +110,8 @@ pub fn compare(path: &Path, found: &MapShape, want: &MapShape) -> Result<(), Lay
     if let (Some(f), Some(w)) = (found.max_entries, want.max_entries)
         && f != w
     {
-        return mismatch("capacity", format!("{f} entries"), format!("{w} entries (from the flow capacity setting)"));
+        let why = if found.map_type == MapType::LruPerCpuHash { " (from the flow capacity setting)" } else { "" };
+        return mismatch("capacity", format!("{f} entries"), format!("{w} entries{why}"));
     }
     if found.flags != want.flags {
         return mismatch("flags", format!("{:#x}", found.flags), format!("{:#x}", want.flags));

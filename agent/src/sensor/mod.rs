@@ -1,4 +1,5 @@
-//! Loading the XDP sensor into the kernel and attaching it to an interface.
+//! Loading the sensor into the kernel and attaching it to an interface: the XDP program on
+//! ingress, and optionally the TC classifier on egress (a tcx link; Linux 6.6+ when pinned).
 
 pub mod batch;
 pub mod layout;
@@ -7,7 +8,7 @@ pub mod pin;
 use std::{fmt, path::PathBuf};
 
 use agent_common::{
-    counters::Counters,
+    counters::{Counters, Direction},
     flow::{FlowKey, FlowStats},
     maps,
 };
@@ -15,10 +16,12 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{MapData, PerCpuArray, PerCpuHashMap},
     programs::{
-        ProgramError, Xdp, XdpMode,
+        LinkOrder, ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode,
         links::{FdLink, LinkError, PinnedLink},
+        tc::{SchedClassifierLink, TcAttachOptions},
         xdp::XdpLink,
     },
+    util::KernelVersion,
 };
 use tracing::{info, warn};
 
@@ -65,8 +68,17 @@ pub enum SensorError {
     MapType { name: &'static str, source: aya::maps::MapError },
     #[error("loading program `{name}` (verifier): {source}")]
     Verifier { name: &'static str, source: ProgramError },
-    #[error("program `{name}` is not an XDP program: {source}")]
+    #[error("program `{name}` is not of the expected type: {source}")]
     ProgramType { name: &'static str, source: ProgramError },
+    #[error("attaching the TC egress program to `{iface}`: {source}")]
+    AttachEgress { iface: String, source: ProgramError },
+    #[error(
+        "the egress hook can only be pinned as a tcx link, which needs Linux 6.6 or later (this is {kernel}): \
+         run with `--no-pin` or without `sensor.egress`"
+    )]
+    EgressNeedsTcx { kernel: String },
+    #[error("pinning the TC egress link at {path}: {reason}")]
+    PinEgress { path: PathBuf, reason: String },
     #[error("interface `{iface}` does not exist")]
     NoSuchInterface { iface: String },
     #[error("attaching XDP in {mode} mode to `{iface}`: {source}")]
@@ -123,6 +135,30 @@ pub struct Sensor {
     _lock: Option<nix::fcntl::Flock<std::fs::File>>,
     /// Our own reference to the pinned link, to tell `vigil detach` from a removed pin.
     watch: Option<pin::LinkWatch>,
+    /// The TC egress attachment, when egress is on.
+    egress: Option<Attachment>,
+}
+
+/// The sensor counters of each hook ([`Direction`]), summed over CPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DirectionCounters(pub [Counters; Direction::COUNT]);
+
+impl DirectionCounters {
+    /// The counters of one hook.
+    #[must_use]
+    pub fn of(&self, direction: Direction) -> &Counters {
+        &self.0[direction as usize]
+    }
+
+    /// Both hooks together: everything the sensor saw.
+    #[must_use]
+    pub fn total(&self) -> Counters {
+        let mut total = Counters::default();
+        for c in &self.0 {
+            total.add(c);
+        }
+        total
+    }
 }
 
 /// What became of the pinned link ([`Sensor::pin_state`]).
@@ -180,11 +216,19 @@ impl Sensor {
                 .map_err(|source| SensorError::ProgramType { name, source })?;
             program.load().map_err(|source| SensorError::Verifier { name, source })?;
         }
+        for name in [maps::PROGRAM_EGRESS, maps::PROGRAM_EGRESS_EMPTY] {
+            let program: &mut SchedClassifier = ebpf
+                .program_mut(name)
+                .ok_or(SensorError::MissingProgram { name })?
+                .try_into()
+                .map_err(|source| SensorError::ProgramType { name, source })?;
+            program.load().map_err(|source| SensorError::Verifier { name, source })?;
+        }
         if reused {
             info!(pin_dir = %options.pin_dir.as_deref().unwrap_or_else(|| "".as_ref()).display(),
                   "reusing the pinned maps of an earlier run (flows, counters and rules carry over)");
         }
-        Ok(Self { ebpf, pins, attached: None, reused, _lock: lock, watch: None })
+        Ok(Self { ebpf, pins, attached: None, reused, _lock: lock, watch: None, egress: None })
     }
 
     /// Whether the maps were reopened from an earlier run's pins.
@@ -258,12 +302,94 @@ impl Sensor {
         Ok(mode)
     }
 
+    /// Attaches the egress program to `iface` (the host's own packets), or, when pinned and an
+    /// earlier run pinned an egress link, swaps this sensor's program into it. On Linux 6.6+
+    /// the attachment is a tcx link (pinned beside the XDP link when pinning); before, a
+    /// `clsact` filter over netlink, which cannot be pinned.
+    ///
+    /// # Errors
+    /// [`SensorError`] if the interface does not exist, the kernel refuses, or pinning needs
+    /// tcx on an older kernel; nothing of the egress hook is left attached then.
+    pub fn attach_egress(&mut self, iface: &str) -> Result<(), SensorError> {
+        if nix::net::if_::if_nametoindex(iface).is_err() {
+            return Err(SensorError::NoSuchInterface { iface: iface.to_owned() });
+        }
+        let tcx = KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0));
+        let pinned = self.pins.as_ref().map(pin::Pins::egress_link);
+        if let Some(path) = pinned.as_ref().filter(|p| p.exists()) {
+            let fail = |reason: String| SensorError::Takeover { path: path.clone(), reason };
+            let old = PinnedLink::from_pin(path).map_err(|e: LinkError| fail(e.to_string()))?;
+            let link = SchedClassifierLink::try_from(FdLink::from(old)).map_err(|e| fail(e.to_string()))?;
+            self.egress_program(maps::PROGRAM_EGRESS)?.attach_to_link(link).map_err(|e| fail(e.to_string()))?;
+            info!(iface, link = %path.display(), "TC egress sensor attached: took over the pinned link of an earlier run");
+            self.egress = Some(Attachment::Pinned(None));
+            return Ok(());
+        }
+        if pinned.is_some() && !tcx {
+            let kernel = KernelVersion::current().map_or_else(|_| "unknown".to_owned(), |v| v.to_string());
+            return Err(SensorError::EgressNeedsTcx { kernel });
+        }
+        let program = self.egress_program(maps::PROGRAM_EGRESS)?;
+        let fail = |source| SensorError::AttachEgress { iface: iface.to_owned(), source };
+        let link_id = if tcx {
+            program
+                .attach_with_options(iface, TcAttachType::Egress, TcAttachOptions::TcxOrder(LinkOrder::default()))
+                .map_err(fail)?
+        } else {
+            // An existing clsact qdisc is fine; any other failure shows in the attach below.
+            let _ = aya::programs::tc::qdisc_add_clsact(iface);
+            program.attach(iface, TcAttachType::Egress).map_err(fail)?
+        };
+        let attachment = if let Some(path) = pinned {
+            let fail = |reason: String| SensorError::PinEgress { path: path.clone(), reason };
+            let link = program.take_link(link_id).map_err(|e| fail(e.to_string()))?;
+            let fd_link = FdLink::try_from(link).map_err(|e| fail(e.to_string()))?;
+            Attachment::Pinned(Some(fd_link.pin(&path).map_err(|e| fail(e.to_string()))?))
+        } else {
+            Attachment::Owned
+        };
+        info!(iface, tcx, pinned = matches!(attachment, Attachment::Pinned(_)), "TC egress sensor attached");
+        self.egress = Some(attachment);
+        Ok(())
+    }
+
+    /// Removes an egress link an earlier run pinned, for a run without egress. Returns whether
+    /// there was one.
+    ///
+    /// # Errors
+    /// If the pinned link cannot be detached.
+    pub fn drop_pinned_egress(&mut self) -> Result<bool, SensorError> {
+        let Some(pins) = &self.pins else { return Ok(false) };
+        let removed = pins.detach_egress()?;
+        if removed {
+            info!(link = %pins.egress_link().display(), "egress is off: detached the egress link an earlier run pinned");
+        }
+        Ok(removed)
+    }
+
+    /// Whether the egress program is attached.
+    #[must_use]
+    pub const fn egress_attached(&self) -> bool {
+        self.egress.is_some()
+    }
+
     /// Detaches the sensor program (the maps stay readable), pinned link included. Does
     /// nothing if not attached.
     ///
     /// # Errors
     /// If the kernel refuses to detach.
     pub fn detach(&mut self) -> Result<(), SensorError> {
+        if let Some(attachment) = self.egress.take() {
+            if let (Attachment::Pinned(_), Some(pins)) = (attachment, &self.pins) {
+                pins.detach_egress()?;
+            }
+            let name = maps::PROGRAM_EGRESS;
+            let iface = self.attached.as_ref().map(|(i, _, _)| i.clone()).unwrap_or_default();
+            self.egress_program(name)?
+                .unload()
+                .map_err(|source| SensorError::Detach { iface: iface.clone(), source })?;
+            info!(iface, "TC egress sensor detached");
+        }
         if let Some((iface, _, attachment)) = self.attached.take() {
             if let (Attachment::Pinned(_), Some(pins)) = (attachment, &self.pins) {
                 pins.detach_link()?;
@@ -325,6 +451,19 @@ impl Sensor {
             .map_err(|source| SensorError::ProgramType { name, source })
     }
 
+    /// One of the object's TC programs ([`maps::PROGRAM_EGRESS`] or
+    /// [`maps::PROGRAM_EGRESS_EMPTY`]), e.g. for `BPF_PROG_TEST_RUN`.
+    ///
+    /// # Errors
+    /// If the program is missing or not a TC classifier.
+    pub fn egress_program(&mut self, name: &'static str) -> Result<&mut SchedClassifier, SensorError> {
+        self.ebpf
+            .program_mut(name)
+            .ok_or(SensorError::MissingProgram { name })?
+            .try_into()
+            .map_err(|source| SensorError::ProgramType { name, source })
+    }
+
     /// Takes the flow table's shards out of the object, for the harvester.
     ///
     /// # Errors
@@ -339,11 +478,19 @@ impl Sensor {
             .collect()
     }
 
-    /// The sensor counters summed over CPUs.
+    /// The sensor counters summed over CPUs and both hooks.
     ///
     /// # Errors
     /// If the counters map is missing or cannot be read.
     pub fn counters(&self) -> Result<Counters, SensorError> {
+        self.counters_by_direction().map(|c| c.total())
+    }
+
+    /// The sensor counters of each hook, summed over CPUs.
+    ///
+    /// # Errors
+    /// If the counters map is missing or cannot be read.
+    pub fn counters_by_direction(&self) -> Result<DirectionCounters, SensorError> {
         let name = maps::COUNTERS;
         let map = self.ebpf.map(name).ok_or(SensorError::MissingMap { name })?;
         let array: PerCpuArray<_, Counters> =
@@ -363,19 +510,21 @@ impl Sensor {
     }
 }
 
-/// The counters map's single entry summed over CPUs.
+/// The counters map's entries (one per hook) each summed over CPUs.
 ///
 /// # Errors
-/// If the entry cannot be read.
+/// If an entry cannot be read.
 pub fn sum_counters<T: std::borrow::Borrow<aya::maps::MapData>>(
     array: &PerCpuArray<T, Counters>,
-) -> Result<Counters, aya::maps::MapError> {
-    let per_cpu = array.get(&0, 0)?;
-    let mut total = Counters::default();
-    for c in per_cpu.iter() {
-        total.add(c);
+) -> Result<DirectionCounters, aya::maps::MapError> {
+    let mut sums = DirectionCounters::default();
+    for direction in Direction::ALL {
+        let per_cpu = array.get(&(direction as u32), 0)?;
+        for c in per_cpu.iter() {
+            sums.0[direction as usize].add(c);
+        }
     }
-    Ok(total)
+    Ok(sums)
 }
 
 /// Lifts `RLIMIT_MEMLOCK` for kernels that still charge BPF maps against it (before 5.11);

@@ -1,9 +1,10 @@
 //! The sensor's objects pinned on the BPF filesystem, so they outlive the agent process.
 //!
 //! Under the pin directory (default `/sys/fs/bpf/vigil`) live the maps (flow table shards,
-//! counters, blocklists) and `link`, the XDP attachment. While `link` is pinned the program
-//! stays attached and its rules keep dropping even if the agent dies; a restarted agent loads
-//! the same maps and swaps its program into the pinned link (`BPF_LINK_UPDATE`), and
+//! counters, blocklists), `link`, the XDP attachment, and `link_egress`, the TC egress
+//! attachment (a tcx link) when egress is on. While `link` is pinned the program stays
+//! attached and its rules keep dropping even if the agent dies; a restarted agent loads the
+//! same maps and swaps its programs into the pinned links (`BPF_LINK_UPDATE`), and
 //! `vigil block`/`vigil status` open the maps from here. `vigil detach` removes it all.
 
 use std::{
@@ -21,6 +22,8 @@ pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/vigil";
 pub const BPFFS_ROOT: &str = "/sys/fs/bpf";
 /// File name of the pinned XDP link.
 pub const LINK: &str = "link";
+/// File name of the pinned TC egress link.
+pub const EGRESS_LINK: &str = "link_egress";
 /// Every map the sensor pins, by name.
 pub const PINNED_MAPS: [&str; 6] =
     [maps::FLOWS[0], maps::FLOWS[1], maps::COUNTERS, maps::BLOCK_V4, maps::BLOCK_V6, maps::LAYOUT];
@@ -142,16 +145,36 @@ impl Pins {
         let err = |source| PinError::Map { path: path.clone(), source };
         let map = MapData::from_pin(&path).and_then(Map::from_map_data).map_err(err)?;
         let array: PerCpuArray<MapData, Counters> = PerCpuArray::try_from(map).map_err(err)?;
-        super::sum_counters(&array).map_err(err)
+        super::sum_counters(&array).map(|c| c.total()).map_err(err)
     }
 
-    /// Detaches the pinned XDP link right away (`BPF_LINK_DETACH`, which works even while a
-    /// running agent still holds the link) and removes its pin. Returns whether one was there.
+    /// Path of the pinned TC egress link.
+    #[must_use]
+    pub fn egress_link(&self) -> PathBuf {
+        self.dir.join(EGRESS_LINK)
+    }
+
+    /// Detaches the pinned XDP link and the egress link right away (`BPF_LINK_DETACH`, which
+    /// works even while a running agent still holds them) and removes their pins. Returns
+    /// whether the XDP link was there.
+    ///
+    /// # Errors
+    /// If a link cannot be opened, detached or unpinned.
+    pub fn detach_link(&self) -> Result<bool, PinError> {
+        self.detach_egress()?;
+        Self::detach_pinned(&self.link())
+    }
+
+    /// Detaches the pinned egress link alone and removes its pin. Returns whether one was there.
     ///
     /// # Errors
     /// If the link cannot be opened, detached or unpinned.
-    pub fn detach_link(&self) -> Result<bool, PinError> {
-        let path = self.link();
+    pub fn detach_egress(&self) -> Result<bool, PinError> {
+        Self::detach_pinned(&self.egress_link())
+    }
+
+    fn detach_pinned(path: &Path) -> Result<bool, PinError> {
+        let path = path.to_owned();
         if !path.exists() {
             return Ok(false);
         }
@@ -168,6 +191,9 @@ impl Pins {
     /// If detaching or removing a pin fails.
     pub fn remove_all(&self) -> Result<Vec<String>, PinError> {
         let mut removed = Vec::new();
+        if self.detach_egress()? {
+            removed.push(EGRESS_LINK.to_owned());
+        }
         if self.detach_link()? {
             removed.push(LINK.to_owned());
         }

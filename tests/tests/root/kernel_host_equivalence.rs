@@ -1,6 +1,9 @@
-//! The same packets through the kernel program (`BPF_PROG_TEST_RUN`) and through the host
+//! The same packets through the kernel programs (`BPF_PROG_TEST_RUN`) and through the host
 //! path (`vigil replay`'s flow table) must give identical flows and counters. The packets are
-//! every frame of every public capture in `../shared/data/pcaps`. Needs root.
+//! every frame of every public capture in `../shared/data/pcaps`, each through one of the two
+//! hooks: as if the end of each conversation with the lower address were the protected host,
+//! what it sends goes through the TC egress program and what it receives through XDP. Needs
+//! root.
 //!
 //! Timestamps differ by nature (the kernel stamps `CLOCK_MONOTONIC` at run time, the host
 //! uses the capture's), so times and gaps are compared only where they must agree (a
@@ -9,12 +12,16 @@
 
 use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 
-use agent_common::flow::{FlowKey, FlowStats, IP_V4};
+use agent_common::{
+    counters::Direction,
+    flow::{FlowKey, FlowStats, IP_V4},
+    parse::{SlicePacket, parse_l3},
+};
 use vigil::{
     capture::{CaptureReader, Frame},
     flows::{FlowRecord, HarvestConfig, offline::OfflineTable},
 };
-use vigil_tests::Harness;
+use vigil_tests::{Harness, TC_ACT_UNSPEC};
 
 /// The largest frame `BPF_PROG_TEST_RUN` accepts for XDP (a page less head- and tailroom).
 const MAX_TEST_RUN_FRAME: usize = 3000;
@@ -29,6 +36,12 @@ fn captures() -> Vec<PathBuf> {
     files.sort();
     assert!(files.len() >= 15, "the shared captures are missing: {files:?}");
     files
+}
+
+/// Whether a frame goes through the egress hook: IP packets from the lower address to the
+/// higher (everything else, non-IP and malformed frames included, arrives through XDP).
+fn sent_by_host(frame: &[u8]) -> bool {
+    matches!(parse_l3(&SlicePacket::new(frame)), Ok(Some(l3)) if l3.key.src_addr < l3.key.dst_addr)
 }
 
 fn key_of(r: &FlowRecord) -> FlowKey {
@@ -90,6 +103,7 @@ fn from_record(r: &FlowRecord) -> FlowStats {
 #[test]
 fn kernel_and_host_build_identical_flows_from_real_captures() {
     let mut total_packets = 0u64;
+    let mut total_egress = 0u64;
     for path in captures() {
         let mut h = Harness::with_capacity(65_536);
         let never =
@@ -97,6 +111,7 @@ fn kernel_and_host_build_identical_flows_from_real_captures() {
         let mut host = OfflineTable::new(never, Duration::from_hours(1));
         let mut reader = CaptureReader::open(&path).expect("open capture");
         let mut fed = 0u64;
+        let mut egress = 0u64;
         while let Some(frame) = reader.next_frame() {
             let frame = frame.expect("frame");
             if frame.data.len() < 14 || frame.data.len() > MAX_TEST_RUN_FRAME {
@@ -105,8 +120,14 @@ fn kernel_and_host_build_identical_flows_from_real_captures() {
             // Both sides count the bytes they are given.
             let wire_len = u32::try_from(frame.data.len()).unwrap();
             let frame = Frame { wire_len, ..frame };
-            let action = h.run(&frame.data);
-            assert_eq!(action, 2, "{}: frame {fed} not passed", path.display());
+            if sent_by_host(&frame.data) {
+                let action = h.run_egress(&frame.data);
+                assert_eq!(action, TC_ACT_UNSPEC, "{}: frame {fed} not passed on egress", path.display());
+                egress += 1;
+            } else {
+                let action = h.run(&frame.data);
+                assert_eq!(action, 2, "{}: frame {fed} not passed", path.display());
+            }
             host.packet(&frame, |r| panic!("nothing expires here: {r:?}"));
             fed += 1;
         }
@@ -132,8 +153,16 @@ fn kernel_and_host_build_identical_flows_from_real_captures() {
             }
         }
         assert_eq!(h.counters(), summary.counters, "{}: counters", path.display());
+        let by_direction = h.counters_by_direction();
+        assert_eq!(by_direction.of(Direction::Egress).packets, egress, "{}: egress counted apart", path.display());
         let v4 = kernel.keys().filter(|k| k.ip_version == IP_V4).count();
-        eprintln!("{}: {fed} packets, {} flows ({v4} IPv4) identical", path.display(), kernel.len());
+        eprintln!(
+            "{}: {fed} packets ({egress} on egress), {} flows ({v4} IPv4) identical",
+            path.display(),
+            kernel.len()
+        );
+        total_egress += egress;
     }
     assert!(total_packets > 50_000, "fed {total_packets} packets");
+    assert!(total_egress > 5_000, "both hooks ran: {total_egress} of {total_packets} on egress");
 }

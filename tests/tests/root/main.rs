@@ -12,6 +12,8 @@
 //! `cargo xtask test` runs them after the host tests. How to add one: tests/README.md.
 
 mod blocklist_live;
+mod egress;
+mod egress_live;
 mod evasion_live;
 mod kernel_host_equivalence;
 mod model_run;

@@ -24,19 +24,19 @@ const TCP_PORT: u16 = 8080;
 
 /// What the witness saw of one IPv4 5-tuple.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-struct Seen {
-    packets: u64,
-    bytes: u64,
-    syn: u32,
-    fin: u32,
-    rst: u32,
-    ack: u32,
+pub(crate) struct Seen {
+    pub(crate) packets: u64,
+    pub(crate) bytes: u64,
+    pub(crate) syn: u32,
+    pub(crate) fin: u32,
+    pub(crate) rst: u32,
+    pub(crate) ack: u32,
 }
 
-type Tuple = ([u8; 4], [u8; 4], u16, u16, u8);
+pub(crate) type Tuple = ([u8; 4], [u8; 4], u16, u16, u8);
 
 /// Tallies captured IPv4 frames by 5-tuple, parsed independently of the sensor's parser.
-fn tally(frames: &[Vec<u8>]) -> HashMap<Tuple, Seen> {
+pub(crate) fn tally(frames: &[Vec<u8>]) -> HashMap<Tuple, Seen> {
     let mut seen: HashMap<Tuple, Seen> = HashMap::new();
     for f in frames {
         if f.len() < 34 || f[12..14] != [0x08, 0x00] {
@@ -66,7 +66,7 @@ fn tally(frames: &[Vec<u8>]) -> HashMap<Tuple, Seen> {
 }
 
 /// Sums the records of one 5-tuple (a flow may span several records).
-fn recorded(records: &[FlowRecord], t: Tuple) -> (Seen, Vec<EndReason>) {
+pub(crate) fn recorded(records: &[FlowRecord], t: Tuple) -> (Seen, Vec<EndReason>) {
     let mut s = Seen::default();
     let mut reasons = Vec::new();
     for r in records.iter().filter(|r| {
@@ -88,7 +88,7 @@ fn recorded(records: &[FlowRecord], t: Tuple) -> (Seen, Vec<EndReason>) {
 }
 
 /// Turns off offloads that would make the witness see merged frames the sensor saw apart.
-fn no_offloads(link: &Link) {
+pub(crate) fn no_offloads(link: &Link) {
     sh(link.b.command("ethtool").args(["-K", Link::IFACE_B, "gro", "off"]));
     sh(link.a.command("ethtool").args(["-K", Link::IFACE_A, "tso", "off", "gso", "off"]));
 }
@@ -255,7 +255,6 @@ fn idle_and_active_timeouts_export_while_running() {
         assert!(pair[0].last_seen_ns < pair[1].first_seen_ns, "records do not overlap");
     }
 }
-
 
 #[test]
 fn bad_input_fails_cleanly_with_nothing_attached() {

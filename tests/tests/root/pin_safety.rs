@@ -21,20 +21,20 @@ use vigil_tests::{
 
 /// A pin directory of this test process on the host's BPF filesystem, removed on drop
 /// (`vigil detach`, then whatever is left).
-struct PinDir(PathBuf);
+pub(crate) struct PinDir(PathBuf);
 
 impl PinDir {
-    fn new(tag: &str) -> Self {
+    pub(crate) fn new(tag: &str) -> Self {
         let dir =
             PathBuf::from(format!("/sys/fs/bpf/vigil-test-{tag}-{}-{}", std::process::id(), vigil_tests::unique()));
         Self(dir)
     }
 
-    fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.0
     }
 
-    fn arg(&self) -> &str {
+    pub(crate) fn arg(&self) -> &str {
         self.0.to_str().expect("utf-8")
     }
 }
@@ -52,10 +52,9 @@ impl Drop for PinDir {
 }
 
 /// `vigil ARGS` in the namespace's network only (the host's bpffs), to completion.
-fn vigil(link: &Link, args: &[&str]) -> Output {
+pub(crate) fn vigil(link: &Link, args: &[&str]) -> Output {
     link.b.command_net_only(vigil_bin().to_str().expect("utf-8")).args(args).output().expect("vigil runs")
 }
-
 
 /// `bpf(BPF_MAP_CREATE)` + `bpf(BPF_OBJ_PIN)`: a map of the given shape pinned at `path`, as
 /// another build (or anyone with `CAP_BPF`) could leave it.

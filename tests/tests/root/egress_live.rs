@@ -1,0 +1,235 @@
+//! The TC egress hook on a live host: the real `vigil run --egress` in a namespace counts what
+//! the host sends as exactly as what it receives (against an `AF_PACKET` witness of both
+//! directions), counts a TSO upload as its wire segments, and its pinned egress link is taken
+//! over on restart, dropped when egress is turned off and removed by `vigil detach`.
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
+    sync::mpsc,
+    time::Duration,
+};
+
+use vigil::sensor::pin::LinkWatch;
+use vigil_tests::{
+    agent::{Agent, TempDir, read_records},
+    capture::Capture,
+    netns::{Link, sh},
+    require_root,
+};
+
+use crate::{
+    netns_live::{Tuple, no_offloads, recorded, tally},
+    pin_safety::{PinDir, vigil},
+};
+
+const TCP_PORT: u16 = 8080;
+const UDP_PORT: u16 = 5353;
+/// Bytes the host uploads in the TSO test.
+const UPLOAD: usize = 8 << 20;
+const A: [u8; 4] = Link::A_V4;
+const B: [u8; 4] = Link::B_V4;
+
+fn run_args<'a>(out: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["run", "--egress", "--iface", Link::IFACE_B, "--interval", "200ms", "--flows-out", out];
+    args.extend(extra);
+    args
+}
+
+#[test]
+fn what_the_host_sends_matches_the_wire_as_what_it_receives() {
+    require_root();
+    let link = Link::new("egress");
+    no_offloads(&link);
+    // The host's own sends leave as the wire carries them, and A hands them up unmerged.
+    sh(link.b.command("ethtool").args(["-K", Link::IFACE_B, "tso", "off", "gso", "off"]));
+    sh(link.a.command("ethtool").args(["-K", Link::IFACE_A, "gro", "off"]));
+    let dir = TempDir::new("egress");
+    let out = dir.path().join("flows.jsonl");
+    let out_arg = out.to_str().unwrap().to_owned();
+
+    // B, the protected host, serves TCP; A is its client. B also sends UDP to A on its own.
+    let (ready_tx, ready) = mpsc::channel();
+    let server = link.b.spawn(move || {
+        let listener = TcpListener::bind(("10.200.0.2", TCP_PORT)).expect("bind tcp");
+        ready_tx.send(()).expect("ready");
+        let (mut conn, _) = listener.accept().expect("accept");
+        let mut buf = [0u8; 4096];
+        let mut echoed = 0;
+        loop {
+            let n = conn.read(&mut buf).expect("read");
+            if n == 0 {
+                break;
+            }
+            conn.write_all(&buf[..n]).expect("echo");
+            echoed += n;
+        }
+        echoed
+    });
+    ready.recv().expect("server");
+    let sink = link.a.udp_sink("10.200.0.1", UDP_PORT, 15, Duration::from_secs(5));
+    let agent = Agent::start(&link.b, &run_args(&out_arg, &["--no-pin", "--xdp-mode", "native"]));
+    agent_log_has(&agent, "TC egress sensor attached");
+    let capture = Capture::start_both(&link.b, Link::IFACE_B);
+
+    let client_port = link.a.run(|| {
+        let mut tcp =
+            TcpStream::connect_timeout(&SocketAddr::from((B, TCP_PORT)), Duration::from_secs(5)).expect("connect");
+        tcp.set_nodelay(true).expect("nodelay");
+        tcp.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+        let mut buf = [0u8; 700];
+        for round in 0..6u8 {
+            tcp.write_all(&[round; 700]).expect("write");
+            tcp.read_exact(&mut buf).expect("echo");
+        }
+        tcp.local_addr().expect("addr").port()
+    });
+    link.b.run(|| {
+        let udp = UdpSocket::bind(("10.200.0.2", 40_002)).expect("bind");
+        for i in 0..15u8 {
+            udp.send_to(&[i; 200], ("10.200.0.1", UDP_PORT)).expect("send");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    });
+    assert_eq!(server.join().expect("server"), 6 * 700);
+    assert_eq!(sink.join().expect("sink"), 15, "A received every datagram");
+    std::thread::sleep(Duration::from_millis(500));
+    let frames = capture.stop();
+    let (status, log) = agent.stop();
+    assert!(status.success(), "vigil exited with {status}; log:\n{log}");
+
+    let records = read_records(&out);
+    let witness = tally(&frames);
+    let request: Tuple = (A, B, client_port, TCP_PORT, 6);
+    let reply: Tuple = (B, A, TCP_PORT, client_port, 6);
+    let udp_out: Tuple = (B, A, 40_002, UDP_PORT, 17);
+    for t in [request, reply, udp_out] {
+        assert!(witness[&t].packets > 0, "the witness saw {t:?}");
+        assert_eq!(recorded(&records, t).0, witness[&t], "flow {t:?} vs the wire");
+    }
+    assert_eq!(witness[&udp_out].packets, 15);
+    assert_eq!((witness[&reply].syn, recorded(&records, reply).0.ack), (0, witness[&reply].ack));
+    // Every IPv4 5-tuple the witness saw, in either direction, is in the records.
+    for (t, seen) in &witness {
+        assert_eq!(recorded(&records, *t).0, *seen, "flow {t:?}");
+    }
+}
+
+#[test]
+fn a_tso_upload_counts_as_its_wire_segments() {
+    require_root();
+    let link = Link::new("tso");
+    sh(link.b.command("ethtool").args(["-K", Link::IFACE_B, "tso", "on", "gso", "on"]));
+    let dir = TempDir::new("tso");
+    let out = dir.path().join("flows.jsonl");
+    let out_arg = out.to_str().unwrap().to_owned();
+
+    let (ready_tx, ready) = mpsc::channel();
+    let receiver = link.a.spawn(move || {
+        let listener = TcpListener::bind(("10.200.0.1", TCP_PORT)).expect("bind tcp");
+        ready_tx.send(()).expect("ready");
+        let (mut conn, _) = listener.accept().expect("accept");
+        conn.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+        let mut buf = vec![0u8; 1 << 16];
+        let mut got = 0;
+        while got < UPLOAD {
+            match conn.read(&mut buf).expect("read") {
+                0 => break,
+                n => got += n,
+            }
+        }
+        got
+    });
+    ready.recv().expect("receiver");
+    let agent = Agent::start(&link.b, &run_args(&out_arg, &["--no-pin"]));
+    let capture = Capture::start_both(&link.b, Link::IFACE_B);
+    let port = link.b.run(|| {
+        let mut tcp =
+            TcpStream::connect_timeout(&SocketAddr::from((A, TCP_PORT)), Duration::from_secs(5)).expect("connect");
+        let chunk = vec![0x42u8; 1 << 16];
+        for _ in 0..UPLOAD / chunk.len() {
+            tcp.write_all(&chunk).expect("upload");
+        }
+        tcp.local_addr().expect("addr").port()
+    });
+    assert_eq!(receiver.join().expect("receiver"), UPLOAD);
+    std::thread::sleep(Duration::from_millis(500));
+    let frames = capture.stop();
+    let (status, log) = agent.stop();
+    assert!(status.success(), "vigil exited with {status}; log:\n{log}");
+
+    let upload: Tuple = (B, A, port, TCP_PORT, 6);
+    let handed = tally(&frames)[&upload];
+    let largest = frames.iter().map(Vec::len).max().unwrap_or(0);
+    assert!(largest > 1514, "the stack handed the device GSO buffers (largest frame {largest} bytes)");
+    let records = read_records(&out);
+    let (got, _) = recorded(&records, upload);
+    // Every segment carries at most one MSS (1448 bytes with timestamps) of the upload, and
+    // its own Ethernet, IP and TCP headers (54 to 78 bytes with options).
+    let min_segments = (UPLOAD as u64).div_ceil(1448);
+    assert!(got.packets >= min_segments, "{} packets for {UPLOAD} bytes (at least {min_segments})", got.packets);
+    assert!(
+        got.packets > handed.packets,
+        "segments ({}) beyond the buffers handed down ({})",
+        got.packets,
+        handed.packets
+    );
+    let headers = got.bytes - UPLOAD as u64;
+    assert!(
+        (54 * got.packets..=78 * got.packets).contains(&headers),
+        "{} bytes of headers over {} packets",
+        headers,
+        got.packets
+    );
+    assert_eq!(u64::from(got.ack), got.packets - 1, "every segment but the SYN carries the ACK");
+}
+
+#[test]
+fn the_pinned_egress_link_is_taken_over_dropped_and_detached() {
+    require_root();
+    let link = Link::new("pinegress");
+    let pins = PinDir::new("egress");
+    let run = TempDir::new("pinegress");
+    let dir = TempDir::new("pinegress-out");
+    let out = dir.path().join("flows.jsonl");
+    let out_arg = out.to_str().unwrap().to_owned();
+    let run_arg = run.path().to_str().unwrap().to_owned();
+    let pinned = ["--pin-dir", pins.arg(), "--run-dir", run_arg.as_str()];
+    let egress_pin = pins.path().join(vigil::sensor::pin::EGRESS_LINK);
+
+    // Left pinned by its agent...
+    let (status, log) = Agent::start_net_only(&link.b, &run_args(&out_arg, &pinned)).stop();
+    assert!(status.success(), "{log}");
+    assert!(log.contains("TC egress sensor attached"), "{log}");
+    assert!(egress_pin.exists(), "the egress link is pinned beside the XDP link");
+    let watch = LinkWatch::open(&egress_pin).expect("open the pinned egress link");
+    assert!(watch.is_attached());
+    // ...taken over by the next one...
+    let (status, log) = Agent::start_net_only(&link.b, &run_args(&out_arg, &pinned)).stop();
+    assert!(status.success(), "{log}");
+    assert!(log.contains("TC egress sensor attached: took over the pinned link"), "{log}");
+    assert!(watch.is_attached(), "the same link, now running the new program");
+    // ...dropped by one run without egress...
+    let mut without = vec!["run", "--iface", Link::IFACE_B, "--interval", "200ms"];
+    without.extend(pinned);
+    let (status, log) = Agent::start_net_only(&link.b, &without).stop();
+    assert!(status.success(), "{log}");
+    assert!(log.contains("egress is off: detached the egress link"), "{log}");
+    assert!(!egress_pin.exists() && !watch.is_attached(), "egress gone, XDP left");
+    assert!(link.xdp_attached());
+    // ...and, pinned again, removed with the rest by `vigil detach`.
+    let (status, log) = Agent::start_net_only(&link.b, &run_args(&out_arg, &pinned)).stop();
+    assert!(status.success(), "{log}");
+    let watch = LinkWatch::open(&egress_pin).expect("pinned again");
+    let detach = vigil(&link, &["detach", "--pin-dir", pins.arg()]);
+    let said = String::from_utf8_lossy(&detach.stdout);
+    assert!(detach.status.success() && said.contains("link_egress"), "{said}");
+    assert!(!watch.is_attached() && !egress_pin.exists());
+    assert!(!link.xdp_attached());
+}
+
+/// Asserts the agent's log so far has a line containing `needle`.
+fn agent_log_has(agent: &Agent, needle: &str) {
+    let log = agent.log();
+    assert!(log.contains(needle), "no `{needle}` in\n{log}");
+}
