@@ -188,4 +188,3 @@ impl Drop for Agent {
         let _ = self.child.wait();
     }
 }
-

@@ -171,11 +171,25 @@ pub enum Decision {
     SourceAlert(Box<SourceAlert>),
     DestinationAlert(Box<DestinationAlert>),
     /// A rule is in the blocklist now; `expires_in` is its time left when decided.
-    Blocked { rule: Rule, cause: BlockCause, expires_in: Duration },
-    Unblocked { rule: Rule, cause: UnblockCause },
+    Blocked {
+        rule: Rule,
+        cause: BlockCause,
+        expires_in: Duration,
+    },
+    Unblocked {
+        rule: Rule,
+        cause: UnblockCause,
+    },
     /// Dry run: the source would have been blocked.
-    WouldBlock { source: IpAddr, consecutive: u32 },
-    Refused { source: IpAddr, consecutive: u32, refusal: Refusal },
+    WouldBlock {
+        source: IpAddr,
+        consecutive: u32,
+    },
+    Refused {
+        source: IpAddr,
+        consecutive: u32,
+        refusal: Refusal,
+    },
 }
 
 impl Decision {

@@ -233,8 +233,7 @@ fn sources_beyond_max_sources_are_ignored_and_counted() {
     let mut cfg = config(ALERT);
     cfg.max_sources = 2;
     let mut b = Bench::new(cfg);
-    let flows: Vec<ScoredFlow> =
-        (0..5).flat_map(|i| scan(&format!("10.9.9.{i}"), 1, 3, ALERT + 0.1, 0)).collect();
+    let flows: Vec<ScoredFlow> = (0..5).flat_map(|i| scan(&format!("10.9.9.{i}"), 1, 3, ALERT + 0.1, 0)).collect();
     let decisions = b.cycle(&flows);
     assert_eq!(decisions.len(), 2);
     assert_eq!(b.engine.stats.sources_ignored, 3);
@@ -243,8 +242,9 @@ fn sources_beyond_max_sources_are_ignored_and_counted() {
 #[test]
 fn spoofed_one_flow_sources_stay_small_candidates() {
     let mut b = Bench::new(config(ALERT));
-    let flows: Vec<ScoredFlow> =
-        (0..1000u32).map(|i| flow(&Ipv4Addr::from(0x0b00_0000 | i).to_string(), "10.0.0.2", 80, ALERT + 0.1, 0)).collect();
+    let flows: Vec<ScoredFlow> = (0..1000u32)
+        .map(|i| flow(&Ipv4Addr::from(0x0b00_0000 | i).to_string(), "10.0.0.2", 80, ALERT + 0.1, 0))
+        .collect();
     b.cycle(&flows);
     assert_eq!(b.engine.sources.len(), 1000);
     assert!(b.engine.sources.values().all(|s| s.pending.promoted.is_none() && s.pending.seen.len() == 1));
@@ -387,7 +387,9 @@ fn the_rate_limit_holds_new_rules_for_a_minute() {
     let flows: Vec<ScoredFlow> = (1..=3).flat_map(|i| attack(&format!("10.9.9.{i}"))).collect();
     let decisions = b.cycles(3, &flows);
     assert_eq!(blocks(&decisions), ["10.9.9.1/32", "10.9.9.2/32"], "in address order");
-    assert!(decisions.iter().any(|d| matches!(d, Decision::Refused { source, refusal: Refusal::RateLimit(2), .. } if *source == ip("10.9.9.3"))));
+    assert!(decisions.iter().any(
+        |d| matches!(d, Decision::Refused { source, refusal: Refusal::RateLimit(2), .. } if *source == ip("10.9.9.3"))
+    ));
     assert_eq!(b.engine.stats.refused, 1);
 }
 
@@ -403,8 +405,10 @@ fn a_rule_the_kernel_refuses_is_reported_and_retried_later() {
         origin: Origin::Auto,
     });
     let decisions = b.cycles(3, &attack("10.9.9.9"));
-    let failed: Vec<_> =
-        decisions.iter().filter(|d| matches!(d, Decision::Refused { refusal: Refusal::InstallFailed(_), .. })).collect();
+    let failed: Vec<_> = decisions
+        .iter()
+        .filter(|d| matches!(d, Decision::Refused { refusal: Refusal::InstallFailed(_), .. }))
+        .collect();
     assert_eq!(failed.len(), 1, "{decisions:#?}");
     assert!(failed[0].message().starts_with("10.9.9.9: installing the rule failed"), "{}", failed[0].message());
     assert_eq!(b.engine.stats.block_errors, 1);
@@ -454,7 +458,13 @@ fn a_restarted_engine_takes_over_the_rules_it_finds() {
     let mut b = Bench::new(enforce());
     let prefix: IpNet = "10.9.9.9/32".parse().unwrap();
     // A rule the previous run installed, 30 s left.
-    b.rules.insert(Rule { prefix, expires_ns: b.now + 30 * S, created_ns: b.now - 30 * S, drops: 7, origin: Origin::Auto });
+    b.rules.insert(Rule {
+        prefix,
+        expires_ns: b.now + 30 * S,
+        created_ns: b.now - 30 * S,
+        drops: 7,
+        origin: Origin::Auto,
+    });
     assert!(b.cycle(&[]).is_empty(), "an auto rule is taken over silently");
     assert_eq!(b.engine.rules().map(|r| r.prefix).collect::<Vec<_>>(), [prefix]);
     // The source keeps attacking: no second rule while the first lasts.
@@ -523,7 +533,11 @@ fn cycle_flows(cycle: u32, wall_ns: u64, mono_ns: u64, score: Score) -> Vec<Scor
         .into_iter()
         .map(|mut r| {
             (r.first_seen_ns, r.last_seen_ns) = (wall_ns, wall_ns);
-            ScoredFlow { flow: LiveFlow { record: r, new: true, first_mono_ns: mono_ns }, score, evidence: Evidence::default() }
+            ScoredFlow {
+                flow: LiveFlow { record: r, new: true, first_mono_ns: mono_ns },
+                score,
+                evidence: Evidence::default(),
+            }
         })
         .collect()
 }
@@ -585,7 +599,11 @@ fn destination_state_is_bounded_under_a_spread_flood() {
             let mut r = record(1, 2, u16::try_from(k % 60_000).unwrap(), 0);
             r.src_ip = Ipv4Addr::from(0x0b00_0000 | k).into();
             r.dst_ip = Ipv4Addr::from(0x0a00_0000 | d).into();
-            flows.push(ScoredFlow { flow: LiveFlow { record: r, new: true, first_mono_ns: S }, score, evidence: Evidence::default() });
+            flows.push(ScoredFlow {
+                flow: LiveFlow { record: r, new: true, first_mono_ns: S },
+                score,
+                evidence: Evidence::default(),
+            });
         }
     }
     let decisions = engine.decide(2 * S, &flows, &detector, None).expect("cycle");

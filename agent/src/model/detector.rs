@@ -314,8 +314,10 @@ impl Detector {
             return Err(DetectorError::Identity { how: "almost perfectly", relative });
         }
         let c = self.combine;
-        let ae: Vec<f32> =
-            row_errors(probes.view(), recon.view()).iter().map(|&e| c.autoencoder.z(log_reconstruction_error(e))).collect();
+        let ae: Vec<f32> = row_errors(probes.view(), recon.view())
+            .iter()
+            .map(|&e| c.autoencoder.z(log_reconstruction_error(e)))
+            .collect();
         let z = quantile(&ae, 0.5);
         if z.is_nan() || z < MIN_PROBE_Z {
             return Err(DetectorError::Insensitive { z });
