@@ -1,5 +1,6 @@
-//! ns per packet of the real sensor program via `BPF_PROG_TEST_RUN`, next to an empty
-//! `XDP_PASS` program (the floor) measured in the same run. Needs root.
+//! ns per packet of the real sensor programs via `BPF_PROG_TEST_RUN`, each next to an empty
+//! program of its kind (the floor) measured in the same run: the XDP program against an empty
+//! `XDP_PASS` one, the TC egress program against an empty TC one. Needs root.
 //!
 //! Repeated cases run one packet `REPEAT` times inside the kernel (the kernel reports the mean).
 //! A new flow per packet cannot be repeated in place (the second run finds the flow), so that
@@ -9,9 +10,9 @@
 
 use std::time::Duration;
 
-use agent_common::maps::{PROGRAM, PROGRAM_EMPTY};
+use agent_common::maps::{PROGRAM, PROGRAM_EGRESS, PROGRAM_EGRESS_EMPTY, PROGRAM_EMPTY};
 use vigil_tests::{
-    Harness,
+    Harness, TC_ACT_UNSPEC,
     bench::{machine, median, report},
     packets::{Pkt, flags},
 };
@@ -36,6 +37,31 @@ fn single_runs(h: &mut Harness, program: &'static str, frame_for: impl Fn(u32) -
     let frames: Vec<Vec<u8>> = (0..DISTINCT).map(&frame_for).collect();
     let total: u128 = frames.iter().map(|f| h.run_program(program, f, 1).1.as_nanos()).sum();
     total as f64 / f64::from(DISTINCT)
+}
+
+/// As [`repeated`], for a TC program on egress, with the GSO shape `gso`.
+fn repeated_egress(h: &mut Harness, program: &'static str, frame: &[u8], gso: (u32, u32)) -> f64 {
+    let mut samples: Vec<Duration> = (0..ROUNDS)
+        .map(|_| {
+            let (action, per_run) = h.run_egress_program(program, frame, gso, REPEAT);
+            assert_eq!(action, TC_ACT_UNSPEC, "{program} returned {action}");
+            per_run
+        })
+        .collect();
+    median(&mut samples).as_nanos() as f64
+}
+
+/// As [`single_runs`], for a TC program on egress.
+fn single_runs_egress(h: &mut Harness, program: &'static str, frame_for: impl Fn(u32) -> Vec<u8>) -> f64 {
+    let frames: Vec<Vec<u8>> = (0..DISTINCT).map(&frame_for).collect();
+    let total: u128 = frames.iter().map(|f| h.run_egress_program(program, f, (0, 0), 1).1.as_nanos()).sum();
+    total as f64 / f64::from(DISTINCT)
+}
+
+/// A reply from the protected host to a distinct client: a new flow on egress.
+fn distinct_destination(i: u32) -> Vec<u8> {
+    let b = i.to_be_bytes();
+    Pkt::tcp4([192, 0, 2, 1], [10, b[1], b[2], b[3]], 80, 1024 + (i % 50_000) as u16, flags::SYN | flags::ACK).build()
 }
 
 fn distinct_source(i: u32) -> Vec<u8> {
@@ -79,6 +105,17 @@ fn main() {
     let created = h.counters().flows_created;
     assert!(created >= u64::from(DISTINCT), "every distinct packet made a flow ({created})");
 
+    // Egress, on a fresh sensor: the host's replies and a TSO send of 4 segments.
+    let mut e = Harness::with_capacity(262_144);
+    let reply = Pkt::tcp4([192, 0, 2, 1], [198, 51, 100, 1], 443, 40000, flags::ACK).payload(&[0; 64]).build();
+    let tso = Pkt::tcp4([192, 0, 2, 1], [198, 51, 100, 1], 443, 40000, flags::ACK).payload(&[0; 3 * 500 + 100]).build();
+    let egress_floor = repeated_egress(&mut e, PROGRAM_EGRESS_EMPTY, &reply, (0, 0));
+    assert_eq!(e.run_egress(&reply), TC_ACT_UNSPEC);
+    let egress_existing = repeated_egress(&mut e, PROGRAM_EGRESS, &reply, (0, 0));
+    let egress_gso = repeated_egress(&mut e, PROGRAM_EGRESS, &tso, (4, 500));
+    let egress_floor_single = single_runs_egress(&mut e, PROGRAM_EGRESS_EMPTY, distinct_destination);
+    let egress_new_flow = single_runs_egress(&mut e, PROGRAM_EGRESS, distinct_destination);
+
     let row = |name: &str, ns: f64, base: f64| format!("| {name} | {ns:.1} | {:.2}x |", ns / base);
     let text = [
         "### XDP program cost (BPF_PROG_TEST_RUN)".to_owned(),
@@ -103,6 +140,18 @@ fn main() {
             if existing <= 2.5 * floor { "met" } else { "NOT met" },
             existing / floor
         ),
+        String::new(),
+        "### TC egress program cost (BPF_PROG_TEST_RUN)".to_owned(),
+        String::new(),
+        "Same machine and run, same method, against an empty TC program (`TC_ACT_UNSPEC`).".to_owned(),
+        String::new(),
+        "| case | ns/packet | vs floor |".to_owned(),
+        "|---|---:|---:|".to_owned(),
+        row("empty TC program (floor)", egress_floor, egress_floor),
+        row("existing TCP/IPv4 flow (the host's reply)", egress_existing, egress_floor),
+        row("TSO send of 4 segments, counted as 4", egress_gso, egress_floor),
+        row("empty TC program, single runs (floor for the next row)", egress_floor_single, egress_floor_single),
+        row("new flow per packet, single runs", egress_new_flow, egress_floor_single),
         String::new(),
     ]
     .join("\n");

@@ -127,25 +127,29 @@ impl Harness {
     /// # Panics
     /// If the test run syscall fails.
     pub fn run_egress_gso(&mut self, frame: &[u8], gso_segs: u32, gso_size: u32) -> i32 {
-        let ctx = sk_buff_ctx(gso_segs, gso_size);
-        let prog = self.sensor.egress_program(maps::PROGRAM_EGRESS).expect("egress program");
-        let mut opts = TestRunOptions::new();
-        opts.data_in = Some(frame);
-        opts.ctx_in = Some(&ctx);
-        let result = prog.test_run(opts).expect("BPF_PROG_TEST_RUN (TC)");
-        i32::from_ne_bytes(result.return_value.to_ne_bytes())
+        self.run_egress_program(maps::PROGRAM_EGRESS, frame, (gso_segs, gso_size), 1).0
     }
 
-    /// Runs TC `program` `repeat` times on `frame`; returns the kernel's mean duration per run.
+    /// Runs TC `program` `repeat` times on `frame` with the GSO shape `gso` (`(0, 0)`: none);
+    /// returns the TC action and the kernel's mean duration per run.
     ///
     /// # Panics
     /// If the test run syscall fails.
-    pub fn time_egress(&mut self, program: &'static str, frame: &[u8], repeat: u32) -> std::time::Duration {
+    pub fn run_egress_program(
+        &mut self,
+        program: &'static str,
+        frame: &[u8],
+        gso: (u32, u32),
+        repeat: u32,
+    ) -> (i32, std::time::Duration) {
+        let ctx = sk_buff_ctx(gso.0, gso.1);
         let prog = self.sensor.egress_program(program).expect("egress program");
         let mut opts = TestRunOptions::new();
         opts.data_in = Some(frame);
+        opts.ctx_in = Some(&ctx);
         opts.repeat = repeat;
-        prog.test_run(opts).expect("BPF_PROG_TEST_RUN (TC)").duration
+        let result = prog.test_run(opts).expect("BPF_PROG_TEST_RUN (TC)");
+        (i32::from_ne_bytes(result.return_value.to_ne_bytes()), result.duration)
     }
 
     /// The flow table, per-CPU values merged.

@@ -98,7 +98,8 @@ fn a_gso_super_packet_counts_as_its_wire_segments() {
 fn the_empty_egress_program_is_loaded_for_benchmarks() {
     let mut h = Harness::new();
     let frame = Pkt::tcp4(HOST, CLIENT, 443, 50_000, flags::ACK).build();
-    let _ = h.time_egress(maps::PROGRAM_EGRESS_EMPTY, &frame, 10);
+    let (action, _) = h.run_egress_program(maps::PROGRAM_EGRESS_EMPTY, &frame, (0, 0), 10);
+    assert_eq!(action, TC_ACT_UNSPEC);
     assert!(h.flows().is_empty(), "the floor program touches nothing");
     assert_eq!(h.counters().packets, 0);
 }
