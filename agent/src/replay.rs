@@ -10,7 +10,7 @@ use tracing::info;
 
 use crate::{
     capture::{CaptureError, CaptureReader},
-    flows::{FlowRecord, HarvestConfig, offline::OfflineTable, output::FlowWriter},
+    flows::{HarvestConfig, biflow::Conversation, offline::OfflineTable, output::FlowWriter},
 };
 
 /// Settings of one `vigil replay`.
@@ -61,8 +61,8 @@ pub fn replay(config: &ReplayConfig) -> Result<ReplayTotals, ReplayError> {
     let staged = StagedOutput::new(&config.flows_out)?;
     let mut writer = FlowWriter::open(staged.path())?;
     let mut write_error = None;
-    let mut totals = replay_readers(readers, config.harvest, config.interval, config.progress, |_, r| {
-        if let Err(e) = writer.write(&r) {
+    let mut totals = replay_readers(readers, config.harvest, config.interval, config.progress, |_, c| {
+        if let Err(e) = writer.write(&c.record()) {
             write_error.get_or_insert(e);
         }
     })?;
@@ -140,7 +140,8 @@ fn open_all(files: &[PathBuf]) -> Result<Vec<CaptureReader>, ReplayError> {
     Ok(files.iter().map(|f| CaptureReader::open(f)).collect::<Result<Vec<_>, _>>()?)
 }
 
-/// Replays `files` and hands every record to `emit` with the index of the file it came from.
+/// Replays `files` and hands every conversation to `emit` with the index of the file it came
+/// from.
 /// Every file is opened before the first record.
 ///
 /// # Errors
@@ -150,7 +151,7 @@ pub fn replay_files(
     harvest: HarvestConfig,
     interval: Duration,
     progress: bool,
-    emit: impl FnMut(usize, FlowRecord),
+    emit: impl FnMut(usize, Conversation),
 ) -> Result<ReplayTotals, ReplayError> {
     replay_readers(open_all(files)?, harvest, interval, progress, emit)
 }
@@ -162,7 +163,7 @@ fn replay_readers(
     harvest: HarvestConfig,
     interval: Duration,
     progress: bool,
-    mut emit: impl FnMut(usize, FlowRecord),
+    mut emit: impl FnMut(usize, Conversation),
 ) -> Result<ReplayTotals, ReplayError> {
     let total_bytes: u64 = readers.iter().map(CaptureReader::size).sum();
     let bar = if progress { ProgressBar::new(total_bytes) } else { ProgressBar::hidden() };

@@ -16,7 +16,7 @@ use nix::{
     unistd::Pid,
 };
 
-pub use crate::files::{TempDir, bundle_copy, public_key_hex, read_records};
+pub use crate::files::{TempDir, bundle_copy, public_key_hex, read_conversations, read_records};
 use crate::netns::{Netns, sh};
 
 /// Builds the `vigil` binary once per test process (same profile as the tests) and returns

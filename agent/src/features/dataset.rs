@@ -10,7 +10,7 @@ use ndarray::{Array2, Axis, concatenate};
 
 use super::{ContextWindow, FlowFeatures, flow::FLOW_FEATURE_COUNT};
 use crate::{
-    flows::{FlowRecord, HarvestConfig},
+    flows::{FlowRecord, HarvestConfig, biflow::BiflowRecord},
     replay::{self, ReplayError},
 };
 
@@ -67,7 +67,12 @@ impl FlowDataset {
         progress: bool,
     ) -> Result<Self, DatasetError> {
         let mut groups = vec![Vec::new(); files.len()];
-        replay::replay_files(files, harvest, interval, progress, |i, r| groups[i].push(r))?;
+        replay::replay_files(files, harvest, interval, progress, |i, c| groups[i].extend(c.legs()))?;
+        // Rows in the order of the flows' first packets, not of the conversations leaving the
+        // table: training samples rows by index, so the order is part of the result.
+        for group in &mut groups {
+            group.sort_by_key(|r: &FlowRecord| (r.first_seen_ns, r.key()));
+        }
         Ok(Self::from_groups(groups, files.to_vec(), window))
     }
 
@@ -96,7 +101,18 @@ impl FlowDataset {
     }
 }
 
-/// Reads one JSON-lines file of flow records (blank lines skipped).
+/// A line of a flow-record file, of either format.
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+enum AnyRecord {
+    Conversation(Box<BiflowRecord>),
+    Direction(Box<FlowRecord>),
+}
+
+/// Reads one JSON-lines file of flow records (blank lines skipped), as the directional records
+/// the flow schema is computed from: conversation records (format 2, what `--flows-out` and
+/// `vigil replay` write) give one or two each, directional records (format 1, written before
+/// conversations) one.
 ///
 /// # Errors
 /// [`DatasetError`] naming the file and line.
@@ -109,12 +125,15 @@ pub fn read_records(path: &Path) -> Result<Vec<FlowRecord>, DatasetError> {
         if line.trim().is_empty() {
             continue;
         }
-        let record = serde_json::from_str(&line).map_err(|source| DatasetError::Record {
+        let record: AnyRecord = serde_json::from_str(&line).map_err(|source| DatasetError::Record {
             path: path.to_owned(),
             line: n + 1,
             source,
         })?;
-        out.push(record);
+        match record {
+            AnyRecord::Conversation(c) => out.extend(c.conversation().legs()),
+            AnyRecord::Direction(r) => out.push(*r),
+        }
     }
     Ok(out)
 }

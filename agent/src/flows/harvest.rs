@@ -7,8 +7,17 @@
 //! `BPF_MAP_LOOKUP_AND_DELETE_ELEM`, which returns the value as it was at deletion, so packets
 //! that arrived between the scan and the delete are still in the record. Nothing else is
 //! deleted: a flow stays in the table, and keeps its statistics, until it leaves.
+//!
+//! Flows leave by conversation: the table holds one entry per direction (the XDP and TC
+//! programs key every packet by its own source and destination), and the timeouts apply to the
+//! two directions together. The scan notes every flow's time span under its conversation's key
+//! ([`biflow::conversation`]); a flow whose own span has timed out leaves only if its
+//! conversation's has, and then its other direction ([`biflow::reverse`]) leaves with it,
+//! whatever its own span says. Both go out as one [`Conversation`].
 
 use std::{
+    collections::{HashMap, HashSet},
+    hash::{BuildHasher as _, RandomState},
     io,
     os::fd::AsFd as _,
     time::{Duration, Instant},
@@ -17,7 +26,10 @@ use std::{
 use agent_common::flow::{FlowKey, FlowStats};
 use aya::maps::IterableMap as _;
 
-use super::record::{EndReason, FlowRecord, merge_per_cpu};
+use super::{
+    biflow::{self, Conversation},
+    record::{EndReason, FlowRecord, merge_per_cpu},
+};
 pub use crate::sensor::FlowTable;
 use crate::{
     clock::{MonoToWall, duration_ns},
@@ -125,10 +137,45 @@ fn time_span(per_cpu: &[FlowStats]) -> Option<TimeSpan> {
 }
 
 /// One shard of the flow table with its scan state.
+/// The time span of each conversation in the table, under its key's hash.
+struct Spans(Vec<(u64, ConversationSpan)>);
+
+#[derive(Clone, Copy, Debug)]
+struct ConversationSpan {
+    span: TimeSpan,
+    /// Directions in the table (2 at most but for a hash collision).
+    legs: u32,
+}
+
+impl Spans {
+    /// Merges the spans of the flows of each conversation.
+    fn new(mut flows: Vec<(u64, TimeSpan)>) -> Self {
+        flows.sort_unstable_by_key(|(hash, _)| *hash);
+        let mut merged: Vec<(u64, ConversationSpan)> = Vec::with_capacity(flows.len());
+        for (hash, span) in flows {
+            match merged.last_mut() {
+                Some((h, c)) if *h == hash => {
+                    c.span.first_ns = c.span.first_ns.min(span.first_ns);
+                    c.span.last_ns = c.span.last_ns.max(span.last_ns);
+                    c.legs += 1;
+                }
+                _ => merged.push((hash, ConversationSpan { span, legs: 1 })),
+            }
+        }
+        Self(merged)
+    }
+
+    fn get(&self, hash: u64) -> Option<ConversationSpan> {
+        self.0.binary_search_by_key(&hash, |(h, _)| *h).ok().map(|i| self.0[i].1)
+    }
+}
+
 struct Shard {
     table: FlowTable,
     reader: PerCpuBatchReader<FlowKey, FlowStats>,
     leaving: Vec<(FlowKey, FlowStats, EndReason)>,
+    /// Every flow's time span under the hash of its conversation's key.
+    spans: Vec<(u64, TimeSpan)>,
     /// Flows that stay but saw packets since the last live harvest.
     updated: Vec<(FlowKey, FlowStats)>,
 }
@@ -179,14 +226,17 @@ fn scan_shard(
     shard: &mut Shard,
     since_ns: Option<u64>,
     pick: &(impl Fn(&FlowKey, TimeSpan) -> Option<EndReason> + Sync),
+    hasher: &RandomState,
 ) -> io::Result<usize> {
-    let Shard { table, reader, leaving, updated } = shard;
+    let Shard { table, reader, leaving, spans, updated } = shard;
     leaving.clear();
+    spans.clear();
     updated.clear();
     reader.for_each(table.map().fd().as_fd(), |key, per_cpu| {
         // Only the flow's time span is needed to decide; the full merge is done for leaving
         // flows alone.
         let Some(span) = time_span(per_cpu) else { return };
+        spans.push((hasher.hash_one(biflow::conversation(key)), span));
         if let Some(reason) = pick(key, span) {
             if let Some(stats) = merge_per_cpu(per_cpu) {
                 leaving.push((*key, stats, reason));
@@ -219,6 +269,8 @@ pub struct Harvester {
     scratch: Vec<FlowStats>,
     /// Where scan threads come from (a test makes them fail).
     builder: fn() -> std::thread::Builder,
+    /// Hashes conversation keys for the scan's span table.
+    hasher: RandomState,
 }
 
 impl Harvester {
@@ -231,10 +283,17 @@ impl Harvester {
                 table,
                 reader: PerCpuBatchReader::new(config.chunk, cpus),
                 leaving: Vec::new(),
+                spans: Vec::new(),
                 updated: Vec::new(),
             })
             .collect();
-        Self { shards, config, scratch: vec![FlowStats::default(); cpus], builder: scan_thread }
+        Self {
+            shards,
+            config,
+            scratch: vec![FlowStats::default(); cpus],
+            builder: scan_thread,
+            hasher: RandomState::new(),
+        }
     }
 
     /// The shards this harvester reads.
@@ -251,10 +310,11 @@ impl Harvester {
         pick: impl Fn(&FlowKey, TimeSpan) -> Option<EndReason> + Sync,
     ) -> io::Result<usize> {
         let pick = &pick;
+        let hasher = &self.hasher;
         let jobs: Vec<Job<'_, io::Result<usize>>> = self
             .shards
             .iter_mut()
-            .map(|shard| -> Job<'_, io::Result<usize>> { Box::new(move || scan_shard(shard, since_ns, pick)) })
+            .map(|shard| -> Job<'_, io::Result<usize>> { Box::new(move || scan_shard(shard, since_ns, pick, hasher)) })
             .collect();
         run_parallel(jobs, self.builder).into_iter().sum()
     }
@@ -267,7 +327,7 @@ impl Harvester {
     ///
     /// # Panics
     /// If a scan thread panics.
-    pub fn harvest(&mut self, now_mono_ns: u64, emit: impl FnMut(FlowRecord)) -> io::Result<HarvestReport> {
+    pub fn harvest(&mut self, now_mono_ns: u64, emit: impl FnMut(Conversation)) -> io::Result<HarvestReport> {
         self.harvest_live(now_mono_ns, None, emit, |_| {})
     }
 
@@ -284,7 +344,7 @@ impl Harvester {
         &mut self,
         now_mono_ns: u64,
         since_mono_ns: Option<u64>,
-        mut emit: impl FnMut(FlowRecord),
+        mut emit: impl FnMut(Conversation),
         mut live: impl FnMut(LiveFlow),
     ) -> io::Result<HarvestReport> {
         let started = Instant::now();
@@ -292,33 +352,68 @@ impl Harvester {
         let tracked =
             self.scan(since_mono_ns, |_, span| config.end_reason(span.first_ns, span.last_ns, now_mono_ns))?;
         let is_new = |stats: &FlowStats| since_mono_ns.is_some_and(|since| stats.first_seen_ns > since);
+        let is_live = |stats: &FlowStats| since_mono_ns.is_some_and(|since| stats.last_seen_ns > since);
+
+        // Taken, not drained: the buffers (a flow table's worth under a flood) are freed before
+        // scoring, not kept between harvests.
+        let spans = Spans::new(self.shards.iter_mut().flat_map(|s| std::mem::take(&mut s.spans)).collect());
+        let mut candidates: HashMap<FlowKey, FlowStats> = HashMap::new();
+        // (key, reason, whether the other direction is in the table)
+        let mut leaving: Vec<(FlowKey, EndReason, bool)> = Vec::new();
+        for (key, stats, _) in self.shards.iter_mut().flat_map(|s| std::mem::take(&mut s.leaving)) {
+            // A direction that timed out leaves only when its conversation did.
+            let own = ConversationSpan {
+                span: TimeSpan { first_ns: stats.first_seen_ns, last_ns: stats.last_seen_ns },
+                legs: 1,
+            };
+            let c = spans.get(self.hasher.hash_one(biflow::conversation(&key))).unwrap_or(own);
+            if let Some(reason) = config.end_reason(c.span.first_ns, c.span.last_ns, now_mono_ns) {
+                leaving.push((key, reason, c.legs > 1));
+                candidates.insert(key, stats);
+            }
+        }
+        leaving.sort_by_key(|(key, _, _)| (candidates[key].first_seen_ns, *key));
 
         let clock = MonoToWall::now();
         let mut report = HarvestReport { tracked, ..HarvestReport::default() };
-        for shard in &mut self.shards {
-            let fd = shard.table.map().fd().as_fd();
-            // Taken, not drained: the buffers (a flow table's worth under a flood) are freed
-            // before scoring, not kept between harvests.
-            for (key, scanned, reason) in std::mem::take(&mut shard.leaving) {
-                // The value at deletion includes packets that arrived after the scan. If the
-                // entry is gone (LRU eviction in between), the scanned value is the best there is.
-                let stats = if batch::lookup_and_delete(fd, &key, &mut self.scratch)? {
-                    report.removed += 1;
-                    merge_per_cpu(&self.scratch).unwrap_or(scanned)
-                } else {
-                    scanned
-                };
+        // Other directions taken out of the table with their conversation: not live snapshots.
+        let mut taken: HashSet<FlowKey> = HashSet::new();
+        for (key, reason, paired) in leaving {
+            let Some(scanned) = candidates.remove(&key) else { continue };
+            let mut legs = Vec::with_capacity(2);
+            legs.push((key, self.remove(&key, Some(scanned), &mut report)?));
+            let back = biflow::reverse(&key);
+            if paired && back != key {
+                let scanned = candidates.remove(&back);
+                let from_table = scanned.is_none();
+                if let Some(stats) = self.remove(&back, scanned, &mut report)? {
+                    if from_table {
+                        taken.insert(back);
+                    }
+                    legs.push((back, Some(stats)));
+                }
+            }
+            let mut records = legs.into_iter().filter_map(|(key, stats)| {
+                let stats = stats?;
                 match reason {
                     EndReason::Idle => report.idle += 1,
                     _ => report.active += 1,
                 }
                 let record = FlowRecord::new(&key, &stats, reason, clock);
-                if since_mono_ns.is_some_and(|since| stats.last_seen_ns > since) {
+                if is_live(&stats) {
                     live(LiveFlow { record: record.clone(), new: is_new(&stats), first_mono_ns: stats.first_seen_ns });
                 }
-                emit(record);
+                Some(record)
+            });
+            if let Some(first) = records.next() {
+                emit(Conversation { first, second: records.next() });
             }
+        }
+        for shard in &mut self.shards {
             for (key, stats) in std::mem::take(&mut shard.updated) {
+                if taken.contains(&key) {
+                    continue;
+                }
                 live(LiveFlow {
                     record: FlowRecord::new(&key, &stats, EndReason::Open, clock),
                     new: is_new(&stats),
@@ -330,20 +425,40 @@ impl Harvester {
         Ok(report)
     }
 
-    /// Exports every flow still in the table with `reason` and removes it. Call it after the
-    /// program is detached for an exact final flush.
+    /// Removes `key` from its shard and returns its value at deletion, which includes packets
+    /// that arrived after the scan. If the entry is gone (LRU eviction in between), `scanned`
+    /// is the best there is (`None`: it was not scanned as leaving, and is not there).
+    fn remove(
+        &mut self,
+        key: &FlowKey,
+        scanned: Option<FlowStats>,
+        report: &mut HarvestReport,
+    ) -> io::Result<Option<FlowStats>> {
+        let shard = &self.shards[key.shard() % self.shards.len()];
+        let fd = shard.table.map().fd().as_fd();
+        if batch::lookup_and_delete(fd, key, &mut self.scratch)? {
+            report.removed += 1;
+            Ok(merge_per_cpu(&self.scratch).or(scanned))
+        } else {
+            Ok(scanned)
+        }
+    }
+
+    /// Exports every flow still in the table with `reason`, paired into conversations, and
+    /// removes it. Call it after the program is detached for an exact final flush.
     ///
     /// # Errors
     /// A failing map syscall.
-    pub fn flush(&mut self, reason: EndReason, mut emit: impl FnMut(FlowRecord)) -> io::Result<usize> {
+    pub fn flush(&mut self, reason: EndReason, emit: impl FnMut(Conversation)) -> io::Result<usize> {
         let clock = MonoToWall::now();
         let mut flushed = 0;
+        let mut records = Vec::new();
         for shard in &mut self.shards {
             let fd = shard.table.map().fd().as_fd();
             let mut keys = Vec::new();
             shard.reader.for_each(fd, |key, per_cpu| {
                 if let Some(stats) = merge_per_cpu(per_cpu) {
-                    emit(FlowRecord::new(key, &stats, reason, clock));
+                    records.push(FlowRecord::new(key, &stats, reason, clock));
                 }
                 keys.push(*key);
             })?;
@@ -357,6 +472,7 @@ impl Harvester {
             }
             flushed += keys.len();
         }
+        biflow::pair_all(records).into_iter().for_each(emit);
         Ok(flushed)
     }
 

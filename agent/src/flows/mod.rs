@@ -1,5 +1,6 @@
 //! Flow records: harvesting them from the kernel table and writing them out.
 
+pub mod biflow;
 pub mod harvest;
 pub mod offline;
 pub mod output;

@@ -12,6 +12,7 @@ use agent_common::{
 };
 
 use super::{
+    biflow::{self, Conversation},
     harvest::HarvestConfig,
     record::{EndReason, FlowRecord},
 };
@@ -46,7 +47,7 @@ impl OfflineTable {
     }
 
     /// Applies one frame. Flows that time out before it are passed to `emit` first.
-    pub fn packet(&mut self, frame: &Frame, mut emit: impl FnMut(FlowRecord)) {
+    pub fn packet(&mut self, frame: &Frame, mut emit: impl FnMut(Conversation)) {
         if frame.ts_ns < self.clock_ns {
             // Captures are not always in time order; a packet never moves the clock back.
             self.out_of_order += 1;
@@ -73,33 +74,48 @@ impl OfflineTable {
     }
 
     /// Exports flows idle or older than the timeouts at `now`, in a stable order.
-    fn expire(&mut self, now: u64, emit: &mut impl FnMut(FlowRecord)) {
+    fn expire(&mut self, now: u64, emit: &mut impl FnMut(Conversation)) {
+        // A direction that timed out leaves only when its conversation did, and then the other
+        // direction leaves with it (as the live harvest does).
+        let config = self.config;
         let mut leaving: Vec<(FlowKey, EndReason)> = self
             .flows
             .iter()
-            .filter_map(|(key, s)| Some((*key, self.config.end_reason(s.first_seen_ns, s.last_seen_ns, now)?)))
+            .filter_map(|(key, s)| {
+                config.end_reason(s.first_seen_ns, s.last_seen_ns, now)?;
+                let back = biflow::reverse(key);
+                let (first, last) = match self.flows.get(&back).filter(|_| back != *key) {
+                    Some(b) => (s.first_seen_ns.min(b.first_seen_ns), s.last_seen_ns.max(b.last_seen_ns)),
+                    None => (s.first_seen_ns, s.last_seen_ns),
+                };
+                Some((*key, config.end_reason(first, last, now)?))
+            })
             .collect();
         leaving.sort_by_key(|(key, _)| (self.flows[key].first_seen_ns, *key));
+        let clock = MonoToWall::identity();
         for (key, reason) in leaving {
-            if let Some(stats) = self.flows.remove(&key) {
-                emit(FlowRecord::new(&key, &stats, reason, MonoToWall::identity()));
-            }
+            // Gone already when it left with its other direction.
+            let Some(stats) = self.flows.remove(&key) else { continue };
+            let back = biflow::reverse(&key);
+            let second = if back == key { None } else { self.flows.remove(&back) };
+            emit(Conversation {
+                first: FlowRecord::new(&key, &stats, reason, clock),
+                second: second.map(|s| FlowRecord::new(&back, &s, reason, clock)),
+            });
         }
     }
 
-    /// Exports every remaining flow (reason `end_of_capture`), oldest first, and returns the
-    /// counters.
-    pub fn finish(mut self, mut emit: impl FnMut(FlowRecord)) -> OfflineSummary {
-        let mut rest: Vec<(FlowKey, FlowStats)> = self.flows.drain().collect();
-        rest.sort_by_key(|(key, s)| (s.first_seen_ns, *key));
-        for (key, stats) in rest {
-            emit(FlowRecord::new(&key, &stats, EndReason::EndOfCapture, MonoToWall::identity()));
-        }
+    /// Ends the capture: every flow left is exported with [`EndReason::EndOfCapture`], paired
+    /// into conversations. Returns the counters and how many frames came out of order.
+    pub fn finish(mut self, emit: impl FnMut(Conversation)) -> OfflineSummary {
+        let clock = MonoToWall::identity();
+        let rest: Vec<FlowRecord> =
+            self.flows.drain().map(|(key, s)| FlowRecord::new(&key, &s, EndReason::EndOfCapture, clock)).collect();
+        biflow::pair_all(rest).into_iter().for_each(emit);
         OfflineSummary { counters: self.counters, out_of_order: self.out_of_order }
     }
 }
 
-/// What a replay counted.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct OfflineSummary {
     /// The same counters the kernel keeps.
@@ -126,9 +142,9 @@ mod tests {
         let mut table = OfflineTable::new(HarvestConfig::default(), interval);
         let mut out = Vec::new();
         for f in frames {
-            table.packet(f, |r| out.push(r));
+            table.packet(f, |c| out.extend(c.legs()));
         }
-        let summary = table.finish(|r| out.push(r));
+        let summary = table.finish(|c| out.extend(c.legs()));
         (out, summary)
     }
 

@@ -1,4 +1,5 @@
-//! `--flows-out`: flow records as JSON lines, to a file (appended) or standard output.
+//! `--flows-out`: conversation records ([`BiflowRecord`], format version 2) as JSON lines, to a
+//! file (appended) or standard output.
 //!
 //! Two ways to use a [`FlowWriter`]: `vigil replay` wants every error (a replay that cannot
 //! write has failed), so [`FlowWriter::write`] and [`FlowWriter::flush`] return them. The live
@@ -12,7 +13,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use super::record::FlowRecord;
+use super::biflow::BiflowRecord;
 
 /// Where records go.
 enum Target {
@@ -71,7 +72,7 @@ impl FlowWriter {
     ///
     /// # Errors
     /// The write fails (or an earlier one did and the writer was not reopened).
-    pub fn write(&mut self, record: &FlowRecord) -> io::Result<()> {
+    pub fn write(&mut self, record: &BiflowRecord) -> io::Result<()> {
         let out = self.out.as_mut().ok_or_else(|| io::Error::other("flow output failed earlier"))?;
         serde_json::to_writer(&mut *out, record)?;
         out.write_all(b"\n")?;
@@ -93,7 +94,7 @@ impl FlowWriter {
 
     /// Appends one record for the live agent: a failure is counted, never returned. After a
     /// failure the rest of the batch is counted as lost without trying.
-    pub fn emit(&mut self, record: &FlowRecord) {
+    pub fn emit(&mut self, record: &BiflowRecord) {
         if self.out.is_none() {
             self.lose(1, None);
             return;
@@ -161,8 +162,8 @@ impl FlowWriter {
 mod tests {
     use super::*;
 
-    fn record() -> FlowRecord {
-        crate::features::flow::tests::record(1, 2, 80, 0)
+    fn record() -> BiflowRecord {
+        BiflowRecord::pair(&crate::features::flow::tests::record(1, 2, 80, 0), None)
     }
 
     #[test]

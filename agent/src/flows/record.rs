@@ -145,6 +145,24 @@ impl FlowRecord {
         }
     }
 
+    /// The flow key this record was built from.
+    #[must_use]
+    pub fn key(&self) -> FlowKey {
+        let addr = |ip: IpAddr| match ip {
+            IpAddr::V4(a) => FlowKey::v4_mapped(a.octets()),
+            IpAddr::V6(a) => a.octets(),
+        };
+        FlowKey {
+            src_addr: addr(self.src_ip),
+            dst_addr: addr(self.dst_ip),
+            src_port: self.src_port,
+            dst_port: self.dst_port,
+            protocol: self.protocol,
+            ip_version: self.ip_version,
+            pad: [0; 2],
+        }
+    }
+
     /// Flow duration in nanoseconds.
     #[must_use]
     pub const fn duration_ns(&self) -> u64 {

@@ -11,7 +11,7 @@ use crate::sensor::DirectionCounters;
 
 use super::seams::{FlowSource, SensorProbe};
 use crate::{
-    flows::{EndReason, FlowRecord, HarvestReport, harvest::LiveFlow},
+    flows::{EndReason, FlowRecord, HarvestReport, biflow::Conversation, harvest::LiveFlow},
     sensor::{PinState, SensorError},
 };
 
@@ -20,7 +20,7 @@ use crate::{
 pub struct Harvest {
     /// Flows that saw packets since the previous harvest.
     pub live: Vec<LiveFlow>,
-    /// Records of flows that leave the table this harvest.
+    /// Records of flows that leave the table this harvest (each its own conversation).
     pub leaving: Vec<FlowRecord>,
     /// Flows still in the table afterwards.
     pub tracked: usize,
@@ -48,7 +48,7 @@ impl FlowSource for FakeFlows {
         &mut self,
         _now_mono_ns: u64,
         since_mono_ns: Option<u64>,
-        export: &mut dyn FnMut(FlowRecord),
+        export: &mut dyn FnMut(Conversation),
         live: &mut dyn FnMut(LiveFlow),
     ) -> io::Result<HarvestReport> {
         if std::mem::take(&mut self.fail_next) {
@@ -66,17 +66,17 @@ impl FlowSource for FakeFlows {
                 _ => report.active += 1,
             }
             report.removed += 1;
-            export(record);
+            export(Conversation { first: record, second: None });
         }
         Ok(report)
     }
 
-    fn flush(&mut self, reason: EndReason, export: &mut dyn FnMut(FlowRecord)) -> io::Result<usize> {
+    fn flush(&mut self, reason: EndReason, export: &mut dyn FnMut(Conversation)) -> io::Result<usize> {
         let records = std::mem::take(&mut self.remaining);
         let n = records.len();
         for mut record in records {
             record.end_reason = reason;
-            export(record);
+            export(Conversation { first: record, second: None });
         }
         Ok(n)
     }

@@ -32,7 +32,7 @@ use crate::{
     clock::{self, MonoToWall},
     control::AgentStatus,
     detect::{Decision, Engine, ScoredCycle, ScoredFlow, Scorer},
-    flows::{EndReason, FlowRecord, HarvestReport, harvest::Evictions, harvest::LiveFlow, output::FlowWriter},
+    flows::{EndReason, HarvestReport, biflow::Conversation, harvest::Evictions, harvest::LiveFlow, output::FlowWriter},
     metrics::Metrics,
     model::onnx::OnnxError,
     sensor::{DirectionCounters, PinState, SensorError},
@@ -216,9 +216,9 @@ impl<F: FlowSource, K: SensorProbe> Agent<F, K> {
         let report = self.kernel.flows.harvest(
             now_mono_ns,
             Some(self.since_ns),
-            &mut |record| {
+            &mut |conversation| {
                 if let Some(w) = writer.as_mut() {
-                    w.emit(&record);
+                    w.emit(&conversation.record());
                 }
             },
             &mut |flow| live.push(flow),
@@ -344,9 +344,9 @@ impl<F: FlowSource, K: SensorProbe> Agent<F, K> {
         let mut flushed = 0;
         if flush {
             let writer = &mut outputs.flows;
-            flushed = source.flush(EndReason::Shutdown, &mut |record: FlowRecord| {
+            flushed = source.flush(EndReason::Shutdown, &mut |conversation: Conversation| {
                 if let Some(w) = writer.as_mut() {
-                    w.emit(&record);
+                    w.emit(&conversation.record());
                 }
             })?;
         }

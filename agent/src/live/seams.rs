@@ -5,14 +5,14 @@
 use std::io;
 
 use crate::{
-    flows::{EndReason, FlowRecord, HarvestReport, Harvester, harvest::LiveFlow},
+    flows::{EndReason, HarvestReport, Harvester, biflow::Conversation, harvest::LiveFlow},
     sensor::{DirectionCounters, PinState, Sensor, SensorError},
 };
 
 /// Where the live path's flows come from: the kernel flow table (through the [`Harvester`]),
 /// or a fake fed by a test.
 pub trait FlowSource {
-    /// Exports the flows that leave (`export`) and passes every flow with packets after
+    /// Exports the conversations that leave (`export`) and passes every flow with packets after
     /// `since_mono_ns` to `live`, at `now_mono_ns` (`CLOCK_MONOTONIC`).
     ///
     /// # Errors
@@ -21,7 +21,7 @@ pub trait FlowSource {
         &mut self,
         now_mono_ns: u64,
         since_mono_ns: Option<u64>,
-        export: &mut dyn FnMut(FlowRecord),
+        export: &mut dyn FnMut(Conversation),
         live: &mut dyn FnMut(LiveFlow),
     ) -> io::Result<HarvestReport>;
 
@@ -29,7 +29,7 @@ pub trait FlowSource {
     ///
     /// # Errors
     /// The source cannot be read.
-    fn flush(&mut self, reason: EndReason, export: &mut dyn FnMut(FlowRecord)) -> io::Result<usize>;
+    fn flush(&mut self, reason: EndReason, export: &mut dyn FnMut(Conversation)) -> io::Result<usize>;
 }
 
 impl FlowSource for Harvester {
@@ -37,13 +37,13 @@ impl FlowSource for Harvester {
         &mut self,
         now_mono_ns: u64,
         since_mono_ns: Option<u64>,
-        export: &mut dyn FnMut(FlowRecord),
+        export: &mut dyn FnMut(Conversation),
         live: &mut dyn FnMut(LiveFlow),
     ) -> io::Result<HarvestReport> {
         self.harvest_live(now_mono_ns, since_mono_ns, export, live)
     }
 
-    fn flush(&mut self, reason: EndReason, export: &mut dyn FnMut(FlowRecord)) -> io::Result<usize> {
+    fn flush(&mut self, reason: EndReason, export: &mut dyn FnMut(Conversation)) -> io::Result<usize> {
         Harvester::flush(self, reason, export)
     }
 }

@@ -126,10 +126,10 @@ fn a_cycle_runs_every_stage_on_the_fakes() {
     assert_eq!(doc["observer"]["ingress"]["interface"]["name"], "fake0");
     assert_eq!(doc["vigil"]["model"]["sha256"], "abc");
 
-    // Harvest: the leaving flow's record written out.
+    // Harvest: the leaving flow's conversation record written out.
     let records = lines(&rig.dir.join("flows.jsonl"));
     assert_eq!(records.len(), 1);
-    assert!(records[0].contains("\"dst_port\":443"), "{}", records[0]);
+    assert!(records[0].starts_with("{\"version\":2,") && records[0].contains("\"responder_port\":443"), "{}", records[0]);
 
     // Observe: metrics and status, in one place.
     let text = rig.agent.outputs.metrics.encode();

@@ -9,7 +9,7 @@ use std::{
     sync::atomic::{AtomicU32, Ordering},
 };
 
-use vigil::flows::FlowRecord;
+use vigil::flows::{FlowRecord, biflow::BiflowRecord};
 
 /// A path as `&str` for command lines.
 ///
@@ -20,14 +20,23 @@ pub fn arg(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
 }
 
-/// The flow records of a JSON-lines file.
+/// The conversation records (format 2) of a JSON-lines file from `--flows-out` or `vigil replay`.
 ///
 /// # Panics
-/// If the file is unreadable or a line is not a record.
+/// If the file is unreadable or a line is not a conversation record.
 #[must_use]
-pub fn read_records(path: &Path) -> Vec<FlowRecord> {
+pub fn read_conversations(path: &Path) -> Vec<BiflowRecord> {
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
     text.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad record {l}: {e}"))).collect()
+}
+
+/// The directional records of a JSON-lines file of conversations: one or two per line.
+///
+/// # Panics
+/// If the file is unreadable or a line is not a conversation record.
+#[must_use]
+pub fn read_records(path: &Path) -> Vec<FlowRecord> {
+    read_conversations(path).iter().flat_map(|c| c.conversation().legs()).collect()
 }
 
 /// A fresh scratch directory under the system temp dir, removed on drop.

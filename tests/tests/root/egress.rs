@@ -103,3 +103,60 @@ fn the_empty_egress_program_is_loaded_for_benchmarks() {
     assert!(h.flows().is_empty(), "the floor program touches nothing");
     assert_eq!(h.counters().packets, 0);
 }
+
+/// A harvester over the harness's flow table (the harness keeps the programs).
+fn harvester(h: &mut Harness, idle: std::time::Duration) -> vigil::flows::Harvester {
+    let config = vigil::flows::HarvestConfig {
+        idle_timeout: idle,
+        active_timeout: std::time::Duration::from_hours(1),
+        ..vigil::flows::HarvestConfig::default()
+    };
+    vigil::flows::Harvester::new(h.sensor.take_flows().expect("flow maps"), config, vigil::sensor::possible_cpus())
+}
+
+#[test]
+fn the_harvest_pairs_the_two_hooks_into_conversations() {
+    use vigil::flows::biflow::ConnState;
+    let mut h = Harness::new();
+    let syn = Pkt::tcp4(CLIENT, HOST, 40_000, 22, flags::SYN).build();
+    let syn_ack = Pkt::tcp4(HOST, CLIENT, 22, 40_000, flags::SYN | flags::ACK).build();
+    let probe = Pkt::tcp4([203, 0, 113, 5], HOST, 50_000, 23, flags::SYN).build();
+    assert_eq!(h.run(&syn), XDP_PASS);
+    assert_eq!(h.run_egress(&syn_ack), TC_ACT_UNSPEC);
+    assert_eq!(h.run(&probe), XDP_PASS);
+    let mut harvester = harvester(&mut h, std::time::Duration::from_secs(1));
+    let later = vigil::clock::monotonic_ns() + 2_000_000_000;
+    let mut out = Vec::new();
+    let report = harvester.harvest(later, |c| out.push(c)).expect("harvest");
+    assert_eq!((report.tracked, report.idle, report.removed), (3, 3, 3));
+    let records: Vec<_> = out.iter().map(vigil::flows::biflow::Conversation::record).collect();
+    assert_eq!(records.len(), 2, "{records:#?}");
+    let ssh = records.iter().find(|r| r.responder_port == 22).expect("the SSH conversation");
+    assert_eq!((ssh.initiator_port, ssh.conn_state), (40_000, ConnState::S1));
+    assert_eq!(ssh.initiator_ip, std::net::IpAddr::from(CLIENT), "the SYN side initiates");
+    assert_eq!(ssh.responder.as_ref().map(|r| (r.packets, r.tcp_flags.syn_ack)), Some((1, 1)));
+    let scan = records.iter().find(|r| r.responder_port == 23).expect("the probe");
+    assert_eq!((scan.responder.is_none(), scan.conn_state), (true, ConnState::S0), "one way is one record");
+}
+
+#[test]
+fn a_conversation_times_out_as_a_whole() {
+    let mut h = Harness::new();
+    let request = Pkt::udp4(CLIENT, HOST, 5_000, 53, 40).build();
+    let answer = Pkt::udp4(HOST, CLIENT, 53, 5_000, 120).build();
+    assert_eq!(h.run(&request), XDP_PASS);
+    std::thread::sleep(std::time::Duration::from_millis(400));
+    assert_eq!(h.run_egress(&answer), TC_ACT_UNSPEC);
+    let answered = vigil::clock::monotonic_ns();
+    let mut harvester = harvester(&mut h, std::time::Duration::from_millis(300));
+    // The request alone has been idle past the timeout; the conversation has not.
+    let mut out = Vec::new();
+    let report = harvester.harvest(answered + 100_000_000, |c| out.push(c)).expect("harvest");
+    assert_eq!((report.tracked, report.idle, report.removed, out.len()), (2, 0, 0, 0), "both stay");
+    // Once the answer is idle too, both leave together.
+    let report = harvester.harvest(answered + 400_000_000, |c| out.push(c)).expect("harvest");
+    assert_eq!((report.idle, report.removed, out.len()), (2, 2, 1));
+    let record = out[0].record();
+    assert_eq!((record.initiator_port, record.responder_port), (5_000, 53), "the first seen initiates");
+    assert_eq!(record.responder.as_ref().map(|r| r.bytes), Some(u64::try_from(answer.len()).unwrap()));
+}

@@ -44,22 +44,6 @@ fn sent_by_host(frame: &[u8]) -> bool {
     matches!(parse_l3(&SlicePacket::new(frame)), Ok(Some(l3)) if l3.key.src_addr < l3.key.dst_addr)
 }
 
-fn key_of(r: &FlowRecord) -> FlowKey {
-    let addr = |ip: std::net::IpAddr| match ip {
-        std::net::IpAddr::V4(a) => FlowKey::v4_mapped(a.octets()),
-        std::net::IpAddr::V6(a) => a.octets(),
-    };
-    FlowKey {
-        src_addr: addr(r.src_ip),
-        dst_addr: addr(r.dst_ip),
-        src_port: r.src_port,
-        dst_port: r.dst_port,
-        protocol: r.protocol,
-        ip_version: r.ip_version,
-        pad: [0; 2],
-    }
-}
-
 /// The fields that must agree whatever the clock.
 fn comparable(s: &FlowStats) -> FlowStats {
     FlowStats {
@@ -128,17 +112,17 @@ fn kernel_and_host_build_identical_flows_from_real_captures() {
                 let action = h.run(&frame.data);
                 assert_eq!(action, 2, "{}: frame {fed} not passed", path.display());
             }
-            host.packet(&frame, |r| panic!("nothing expires here: {r:?}"));
+            host.packet(&frame, |c| panic!("nothing expires here: {c:?}"));
             fed += 1;
         }
         assert!(fed > 0, "{}: no frame fed", path.display());
         total_packets += fed;
 
         let mut host_records = Vec::new();
-        let summary = host.finish(|r| host_records.push(r));
+        let summary = host.finish(|c| host_records.extend(c.legs()));
         let kernel: BTreeMap<FlowKey, FlowStats> = h.flows();
         let host_flows: BTreeMap<FlowKey, FlowStats> =
-            host_records.iter().map(|r| (key_of(r), from_record(r))).collect();
+            host_records.iter().map(|r| (r.key(), from_record(r))).collect();
         assert_eq!(host_records.len(), host_flows.len(), "{}: duplicate host records", path.display());
         assert_eq!(
             kernel.keys().collect::<Vec<_>>(),
