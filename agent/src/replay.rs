@@ -10,7 +10,7 @@ use tracing::info;
 
 use crate::{
     capture::{CaptureError, CaptureReader},
-    flows::{HarvestConfig, biflow::Conversation, offline::OfflineTable, output::FlowWriter},
+    flows::{FlowRecord, HarvestConfig, biflow::Conversation, offline::OfflineTable, output::FlowWriter},
 };
 
 /// Settings of one `vigil replay`.
@@ -61,9 +61,11 @@ pub fn replay(config: &ReplayConfig) -> Result<ReplayTotals, ReplayError> {
     let staged = StagedOutput::new(&config.flows_out)?;
     let mut writer = FlowWriter::open(staged.path())?;
     let mut write_error = None;
-    let mut totals = replay_readers(readers, config.harvest, config.interval, config.progress, |_, c| {
-        if let Err(e) = writer.write(&c.record()) {
-            write_error.get_or_insert(e);
+    let mut totals = replay_readers(readers, config.harvest, config.interval, config.progress, |_, round| {
+        for c in round {
+            if let Err(e) = writer.write(&c.record()) {
+                write_error.get_or_insert(e);
+            }
         }
     })?;
     if let Some(e) = write_error {
@@ -140,8 +142,9 @@ fn open_all(files: &[PathBuf]) -> Result<Vec<CaptureReader>, ReplayError> {
     Ok(files.iter().map(|f| CaptureReader::open(f)).collect::<Result<Vec<_>, _>>()?)
 }
 
-/// Replays `files` and hands every conversation to `emit` with the index of the file it came
-/// from.
+/// Replays `files` and hands every directional record to `emit` with the index of the file it
+/// came from: the records of the conversations that left the table together (one timeout check
+/// of the flow table, or the end of the capture), in order of their first packets.
 /// Every file is opened before the first record.
 ///
 /// # Errors
@@ -151,9 +154,15 @@ pub fn replay_files(
     harvest: HarvestConfig,
     interval: Duration,
     progress: bool,
-    emit: impl FnMut(usize, Conversation),
+    mut emit: impl FnMut(usize, FlowRecord),
 ) -> Result<ReplayTotals, ReplayError> {
-    replay_readers(open_all(files)?, harvest, interval, progress, emit)
+    replay_readers(open_all(files)?, harvest, interval, progress, |index, round| {
+        let mut legs: Vec<FlowRecord> = round.into_iter().flat_map(Conversation::legs).collect();
+        legs.sort_by_key(|r| (r.first_seen_ns, r.key()));
+        for r in legs {
+            emit(index, r);
+        }
+    })
 }
 
 /// # Panics
@@ -163,7 +172,7 @@ fn replay_readers(
     harvest: HarvestConfig,
     interval: Duration,
     progress: bool,
-    mut emit: impl FnMut(usize, Conversation),
+    mut emit: impl FnMut(usize, Vec<Conversation>),
 ) -> Result<ReplayTotals, ReplayError> {
     let total_bytes: u64 = readers.iter().map(CaptureReader::size).sum();
     let bar = if progress { ProgressBar::new(total_bytes) } else { ProgressBar::hidden() };
@@ -178,17 +187,21 @@ fn replay_readers(
         bar.set_message(reader.path().display().to_string());
         let mut table = OfflineTable::new(harvest, interval);
         let mut records = 0u64;
-        let mut emit = |r| {
-            records += 1;
-            emit(index, r);
-        };
+        // The conversations of one timeout check (or of the end), handed on together.
+        let mut round = Vec::new();
         while let Some(frame) = reader.next_frame() {
             let frame = frame?;
             // Record header plus data: close enough to the file offset for a progress bar.
             bar.inc(16 + frame.data.len() as u64);
-            table.packet(&frame, &mut emit);
+            table.packet(&frame, |c| round.push(c));
+            if !round.is_empty() {
+                records += round.len() as u64;
+                emit(index, std::mem::take(&mut round));
+            }
         }
-        let summary = table.finish(&mut emit);
+        let summary = table.finish(|c| round.push(c));
+        records += round.len() as u64;
+        emit(index, round);
         let c = summary.counters;
         let reasons: Vec<String> = agent_common::counters::Malformed::ALL
             .iter()

@@ -67,12 +67,7 @@ impl FlowDataset {
         progress: bool,
     ) -> Result<Self, DatasetError> {
         let mut groups = vec![Vec::new(); files.len()];
-        replay::replay_files(files, harvest, interval, progress, |i, c| groups[i].extend(c.legs()))?;
-        // Rows in the order of the flows' first packets, not of the conversations leaving the
-        // table: training samples rows by index, so the order is part of the result.
-        for group in &mut groups {
-            group.sort_by_key(|r: &FlowRecord| (r.first_seen_ns, r.key()));
-        }
+        replay::replay_files(files, harvest, interval, progress, |i, r| groups[i].push(r))?;
         Ok(Self::from_groups(groups, files.to_vec(), window))
     }
 

@@ -300,8 +300,10 @@ impl BiflowRecord {
             self,
         );
         let back = reverse(&first.key());
-        let second =
-            self.responder.as_ref().map(|r| r.record((self.responder_ip, back.src_port), (self.initiator_ip, back.dst_port), self));
+        let second = self
+            .responder
+            .as_ref()
+            .map(|r| r.record((self.responder_ip, back.src_port), (self.initiator_ip, back.dst_port), self));
         Conversation { first, second }
     }
 
@@ -345,11 +347,8 @@ impl Conversation {
 #[must_use]
 pub fn pair_all(records: Vec<FlowRecord>) -> Vec<Conversation> {
     let index: HashMap<FlowKey, usize> = records.iter().enumerate().map(|(i, r)| (r.key(), i)).collect();
-    let partner: Vec<Option<usize>> = records
-        .iter()
-        .enumerate()
-        .map(|(i, r)| index.get(&reverse(&r.key())).copied().filter(|&j| j != i))
-        .collect();
+    let partner: Vec<Option<usize>> =
+        records.iter().enumerate().map(|(i, r)| index.get(&reverse(&r.key())).copied().filter(|&j| j != i)).collect();
     let mut slots: Vec<Option<FlowRecord>> = records.into_iter().map(Some).collect();
     let mut out = Vec::with_capacity(slots.len());
     for i in 0..slots.len() {

@@ -32,7 +32,9 @@ use crate::{
     clock::{self, MonoToWall},
     control::AgentStatus,
     detect::{Decision, Engine, ScoredCycle, ScoredFlow, Scorer},
-    flows::{EndReason, HarvestReport, biflow::Conversation, harvest::Evictions, harvest::LiveFlow, output::FlowWriter},
+    flows::{
+        EndReason, HarvestReport, biflow::Conversation, harvest::Evictions, harvest::LiveFlow, output::FlowWriter,
+    },
     metrics::Metrics,
     model::onnx::OnnxError,
     sensor::{DirectionCounters, PinState, SensorError},

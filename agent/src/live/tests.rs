@@ -129,7 +129,11 @@ fn a_cycle_runs_every_stage_on_the_fakes() {
     // Harvest: the leaving flow's conversation record written out.
     let records = lines(&rig.dir.join("flows.jsonl"));
     assert_eq!(records.len(), 1);
-    assert!(records[0].starts_with("{\"version\":2,") && records[0].contains("\"responder_port\":443"), "{}", records[0]);
+    assert!(
+        records[0].starts_with("{\"version\":2,") && records[0].contains("\"responder_port\":443"),
+        "{}",
+        records[0]
+    );
 
     // Observe: metrics and status, in one place.
     let text = rig.agent.outputs.metrics.encode();

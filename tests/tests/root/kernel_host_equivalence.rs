@@ -121,8 +121,7 @@ fn kernel_and_host_build_identical_flows_from_real_captures() {
         let mut host_records = Vec::new();
         let summary = host.finish(|c| host_records.extend(c.legs()));
         let kernel: BTreeMap<FlowKey, FlowStats> = h.flows();
-        let host_flows: BTreeMap<FlowKey, FlowStats> =
-            host_records.iter().map(|r| (r.key(), from_record(r))).collect();
+        let host_flows: BTreeMap<FlowKey, FlowStats> = host_records.iter().map(|r| (r.key(), from_record(r))).collect();
         assert_eq!(host_records.len(), host_flows.len(), "{}: duplicate host records", path.display());
         assert_eq!(
             kernel.keys().collect::<Vec<_>>(),
