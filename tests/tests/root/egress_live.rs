@@ -10,10 +10,12 @@ use std::{
     time::Duration,
 };
 
+use vigil::flows::biflow::{BiflowRecord, ConnState};
 use vigil::sensor::pin::LinkWatch;
 use vigil_tests::{
-    agent::{Agent, TempDir, read_records},
+    agent::{Agent, TempDir, read_conversations, read_records},
     capture::Capture,
+    lab::{BYSTANDER, Lab, VICTIM, is_alert},
     netns::{Link, sh},
     require_root,
 };
@@ -113,6 +115,91 @@ fn what_the_host_sends_matches_the_wire_as_what_it_receives() {
     for (t, seen) in &witness {
         assert_eq!(recorded(&records, *t).0, *seen, "flow {t:?}");
     }
+    // As conversations: the TCP connection is one record, A's side and B's side each what the
+    // wire carried; B's own UDP sends are one record with nothing back.
+    let conversations = read_conversations(&out);
+    let tcp: Vec<&BiflowRecord> = conversations.iter().filter(|c| c.protocol == 6).collect();
+    assert_eq!(tcp.len(), 1, "{tcp:#?}");
+    let c = tcp[0];
+    assert_eq!((c.initiator_ip, c.initiator_port, c.responder_port), (A.into(), client_port, TCP_PORT));
+    let responder = c.responder.as_ref().expect("B answered");
+    assert_eq!((c.initiator.packets, c.initiator.bytes), (witness[&request].packets, witness[&request].bytes));
+    assert_eq!((responder.packets, responder.bytes), (witness[&reply].packets, witness[&reply].bytes));
+    assert_eq!(c.conn_state, ConnState::SF, "opened and closed by both");
+    let udp: Vec<&BiflowRecord> = conversations.iter().filter(|c| c.protocol == 17).collect();
+    assert_eq!(udp.len(), 1, "{udp:#?}");
+    assert_eq!((udp[0].initiator_ip, udp[0].initiator.packets), (B.into(), 15));
+    assert!(udp[0].responder.is_none() && udp[0].conn_state == ConnState::S0);
+}
+
+#[test]
+fn an_upload_from_the_host_is_one_record_with_the_bytes_on_the_initiators_side() {
+    require_root();
+    const BIG: usize = 200 << 20;
+    let link = Link::new("upload");
+    let dir = TempDir::new("upload");
+    let out = dir.path().join("flows.jsonl");
+    let out_arg = out.to_str().unwrap().to_owned();
+    let (ready_tx, ready) = mpsc::channel();
+    let receiver = link.a.spawn(move || {
+        let listener = TcpListener::bind(("10.200.0.1", TCP_PORT)).expect("bind tcp");
+        ready_tx.send(()).expect("ready");
+        let (mut conn, _) = listener.accept().expect("accept");
+        conn.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
+        let mut buf = vec![0u8; 1 << 16];
+        let mut got = 0;
+        while got < BIG {
+            match conn.read(&mut buf).expect("read") {
+                0 => break,
+                n => got += n,
+            }
+        }
+        got
+    });
+    ready.recv().expect("receiver");
+    let agent = Agent::start(&link.b, &run_args(&out_arg, &["--no-pin"]));
+    let port = link.b.run(|| {
+        let mut tcp =
+            TcpStream::connect_timeout(&SocketAddr::from((A, TCP_PORT)), Duration::from_secs(5)).expect("connect");
+        let chunk = vec![0x42u8; 1 << 16];
+        for _ in 0..BIG / chunk.len() {
+            tcp.write_all(&chunk).expect("upload");
+        }
+        tcp.local_addr().expect("addr").port()
+    });
+    assert_eq!(receiver.join().expect("receiver"), BIG);
+    std::thread::sleep(Duration::from_millis(500));
+    let (status, log) = agent.stop();
+    assert!(status.success(), "vigil exited with {status}; log:\n{log}");
+    let ours: Vec<BiflowRecord> =
+        read_conversations(&out).into_iter().filter(|c| c.protocol == 6 && c.initiator_port == port).collect();
+    assert_eq!(ours.len(), 1, "one conversation: {ours:#?}");
+    let c = &ours[0];
+    assert_eq!((c.initiator_ip, c.responder_ip, c.responder_port), (B.into(), A.into(), TCP_PORT));
+    assert!(c.initiator.bytes > BIG as u64, "the upload is on the initiator's side: {c:#?}");
+    let acks = c.responder.as_ref().expect("A acknowledged");
+    assert!(acks.bytes < c.initiator.bytes / 20 && acks.packets > 0, "{acks:#?}");
+}
+
+#[test]
+fn a_scan_from_the_protected_host_is_alerted_with_the_host_as_source() {
+    require_root();
+    let mut lab = Lab::new("egscan");
+    lab.start_victim_services();
+    let _agent = lab.agent_with("", &["--egress"]);
+    // The protected host, compromised, scans its neighbour.
+    let mut scan = lab
+        .victim
+        .command("timeout")
+        .args(["60", "nmap", "-sS", "-T4", "-Pn", "-n", "-p", "1-2000", BYSTANDER])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("nmap");
+    let alert = lab.wait_event("alert naming the protected host as the scanner", Duration::from_secs(15), |e| {
+        is_alert(e) && e["source"]["ip"].as_str() == Some(VICTIM)
+    });
+    assert!(alert["vigil"]["counts"]["destination_ports"].as_u64().unwrap() >= 20, "{alert:#}");
+    scan.wait().expect("nmap");
 }
 
 #[test]
