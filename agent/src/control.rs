@@ -11,7 +11,7 @@ use std::{
     time::Duration,
 };
 
-use agent_common::counters::{Counters, Malformed};
+use agent_common::counters::{Direction, Malformed};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
@@ -23,7 +23,7 @@ use crate::{
     },
     clock,
     detect::allowlist::Allowlist,
-    sensor::pin::Pins,
+    sensor::{DirectionCounters, pin::Pins},
 };
 
 /// Where the agent keeps its status file unless configured otherwise.
@@ -216,19 +216,27 @@ pub struct StatusReport {
 /// The kernel counters by name.
 #[derive(Clone, Debug, Serialize)]
 pub struct CountersView {
+    /// Both hooks together.
     pub packets: u64,
     pub bytes: u64,
+    /// The TC egress hook's share (the host's own packets; 0 without `sensor.egress`).
+    pub egress_packets: u64,
+    pub egress_bytes: u64,
     pub malformed: std::collections::BTreeMap<&'static str, u64>,
     pub flows_created: u64,
     pub flow_insert_failed: u64,
     pub blocklist_drops: u64,
 }
 
-impl From<&Counters> for CountersView {
-    fn from(c: &Counters) -> Self {
+impl From<&DirectionCounters> for CountersView {
+    fn from(d: &DirectionCounters) -> Self {
+        let c = &d.total();
+        let egress = d.of(Direction::Egress);
         Self {
             packets: c.packets,
             bytes: c.bytes,
+            egress_packets: egress.packets,
+            egress_bytes: egress.bytes,
             malformed: Malformed::ALL
                 .iter()
                 .map(|m| (m.name(), c.malformed[*m as usize]))
@@ -311,8 +319,9 @@ impl std::fmt::Display for StatusReport {
             let malformed: u64 = c.malformed.values().sum();
             writeln!(
                 f,
-                "kernel:   {} packets, {} bytes, {} malformed, {} flows created, {} dropped by rules",
-                c.packets, c.bytes, malformed, c.flows_created, c.blocklist_drops
+                "kernel:   {} packets ({} sent by the host), {} bytes, {} malformed, {} flows created, {} dropped by \
+                 rules",
+                c.packets, c.egress_packets, c.bytes, malformed, c.flows_created, c.blocklist_drops
             )?;
         }
         let active = self.rules.iter().filter(|r| r.active).count();

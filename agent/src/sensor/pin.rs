@@ -134,18 +134,18 @@ impl Pins {
     ///
     /// # Errors
     /// If the map is not pinned here, is of another layout, or cannot be read.
-    pub fn counters(&self) -> Result<Counters, PinError> {
+    pub fn counters(&self) -> Result<super::DirectionCounters, PinError> {
         self.check_layout()?;
         self.counters_of_checked_layout()
     }
 
     /// [`Pins::counters`] for a caller that has just run [`Pins::check_layout`].
-    pub(crate) fn counters_of_checked_layout(&self) -> Result<Counters, PinError> {
+    pub(crate) fn counters_of_checked_layout(&self) -> Result<super::DirectionCounters, PinError> {
         let path = self.dir.join(maps::COUNTERS);
         let err = |source| PinError::Map { path: path.clone(), source };
         let map = MapData::from_pin(&path).and_then(Map::from_map_data).map_err(err)?;
         let array: PerCpuArray<MapData, Counters> = PerCpuArray::try_from(map).map_err(err)?;
-        super::sum_counters(&array).map(|c| c.total()).map_err(err)
+        super::sum_counters(&array).map_err(err)
     }
 
     /// Path of the pinned TC egress link.

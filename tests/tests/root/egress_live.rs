@@ -200,6 +200,14 @@ fn a_scan_from_the_protected_host_is_alerted_with_the_host_as_source() {
     });
     assert!(alert["vigil"]["counts"]["destination_ports"].as_u64().unwrap() >= 20, "{alert:#}");
     scan.wait().expect("nmap");
+    // `vigil status` tells the host's own packets apart, and the agent says egress is on.
+    let out = lab.vigil(&["status", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status json");
+    let counters = &status["counters"];
+    let (all, sent) = (counters["packets"].as_u64().unwrap(), counters["egress_packets"].as_u64().unwrap());
+    assert!(sent >= 2000 && sent < all, "{status:#}");
+    assert_eq!(status["agent"]["egress"], true, "{status:#}");
 }
 
 #[test]
