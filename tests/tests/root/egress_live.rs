@@ -29,6 +29,8 @@ const TCP_PORT: u16 = 8080;
 const UDP_PORT: u16 = 5353;
 /// Bytes the host uploads in the TSO test.
 const UPLOAD: usize = 8 << 20;
+/// Bytes of the big upload that must stay one conversation.
+const BIG: usize = 200 << 20;
 const A: [u8; 4] = Link::A_V4;
 const B: [u8; 4] = Link::B_V4;
 
@@ -135,7 +137,6 @@ fn what_the_host_sends_matches_the_wire_as_what_it_receives() {
 #[test]
 fn an_upload_from_the_host_is_one_record_with_the_bytes_on_the_initiators_side() {
     require_root();
-    const BIG: usize = 200 << 20;
     let link = Link::new("upload");
     let dir = TempDir::new("upload");
     let out = dir.path().join("flows.jsonl");
