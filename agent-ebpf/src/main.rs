@@ -74,17 +74,24 @@ impl Packet for XdpPacket {
 
     #[inline(always)]
     fn bytes<const N: usize>(&self, offset: usize) -> Option<[u8; N]> {
-        if offset > MAX_OFFSET {
-            return None;
-        }
-        let start = self.data + offset;
-        if start + N > self.data_end {
-            return None;
-        }
-        // SAFETY: `[start, start + N)` lies inside the packet (checked above) and `[u8; N]` has
-        // alignment 1.
-        Some(unsafe { *(start as *const [u8; N]) })
+        read(self.data, self.data_end, offset)
     }
+}
+
+/// The `N` bytes at `offset` of the packet data between `data` and `data_end`, with the
+/// checks the verifier follows.
+#[inline(always)]
+fn read<const N: usize>(data: usize, data_end: usize, offset: usize) -> Option<[u8; N]> {
+    if offset > MAX_OFFSET {
+        return None;
+    }
+    let start = data + offset;
+    if start + N > data_end {
+        return None;
+    }
+    // SAFETY: `[start, start + N)` lies inside the packet data (checked above) and `[u8; N]` has
+    // alignment 1.
+    Some(unsafe { *(start as *const [u8; N]) })
 }
 
 /// The packet of a TC program: the linear part of the buffer between `data` and `data_end`,
@@ -110,16 +117,7 @@ impl Packet for SkbPacket {
 
     #[inline(always)]
     fn bytes<const N: usize>(&self, offset: usize) -> Option<[u8; N]> {
-        if offset > MAX_OFFSET {
-            return None;
-        }
-        let start = self.data + offset;
-        if start + N > self.data_end {
-            return None;
-        }
-        // SAFETY: `[start, start + N)` lies inside the linear data (checked above) and `[u8; N]`
-        // has alignment 1.
-        Some(unsafe { *(start as *const [u8; N]) })
+        read(self.data, self.data_end, offset)
     }
 
     #[inline(always)]

@@ -23,7 +23,7 @@ use aya::programs::{LinkOrder, TcAttachType, XdpMode, tc::TcAttachOptions};
 use vigil::sensor::{Sensor, SensorOptions};
 use vigil_tests::{
     agent::{Agent, TempDir},
-    bench::{machine, report},
+    bench::{machine, median_f64, report, sender_cpu},
     blast::{Blaster, LinkStats, Sent, link_mac, link_stats, pin_thread, renice_thread},
     netns::{Link, sh},
     packets::Pkt,
@@ -84,15 +84,6 @@ impl Round {
     fn cpu_pps(&self) -> f64 {
         self.a.rx_packets as f64 / self.sent.cpu.as_secs_f64()
     }
-}
-
-fn sender_cpu() -> usize {
-    std::thread::available_parallelism().map_or(1, std::num::NonZero::get) - 1
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 /// B routes `BEHIND_A`'s network back through A, on the interface the frames came in by.
@@ -203,8 +194,8 @@ fn forwarded() -> (String, f64) {
         }
     }
     let of = |case: Case| rounds.iter().filter(move |(c, _)| *c == case).map(|(_, r)| r);
-    let pps = |case: Case| median(of(case).map(Round::pps).collect());
-    let cpu_pps = |case: Case| median(of(case).map(Round::cpu_pps).collect());
+    let pps = |case: Case| median_f64(of(case).map(Round::pps).collect());
+    let cpu_pps = |case: Case| median_f64(of(case).map(Round::cpu_pps).collect());
     let (empty, empty_cpu) = (pps(Case::Empty), cpu_pps(Case::Empty));
     let rows: Vec<String> = Case::ALL
         .into_iter()
@@ -322,7 +313,7 @@ fn tcp() -> (String, f64) {
         }
     }
     let gbps = |config: u8, download: bool| {
-        median(results.iter().filter(|r| r.0 == config && r.1 == download).map(|r| r.2 / 1e9).collect())
+        median_f64(results.iter().filter(|r| r.0 == config && r.1 == download).map(|r| r.2 / 1e9).collect())
     };
     let mut worst: f64 = f64::MAX;
     let rows: Vec<String> = [(false, "upload from B"), (true, "download to B")]

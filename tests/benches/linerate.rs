@@ -34,7 +34,7 @@ use serde_json::Value;
 use vigil::sensor::{Sensor, SensorOptions};
 use vigil_tests::{
     agent::{Agent, TempDir, vigil_bin},
-    bench::{machine, report, usage},
+    bench::{machine, median_f64, report, sender_cpu, usage},
     blast::{Blaster, LinkStats, Sent, link_mac, link_stats, pin_thread, renice_thread},
     netns::{Link, sh},
     packets::{Pkt, checksum},
@@ -104,11 +104,6 @@ impl Round {
     fn cpu_pps(&self) -> f64 {
         self.b.rx_packets as f64 / self.sent.cpu.as_secs_f64()
     }
-}
-
-/// The CPU the sender runs on: the last one (the bench's own thread and the agent keep the rest).
-fn sender_cpu() -> usize {
-    std::thread::available_parallelism().map_or(1, std::num::NonZero::get) - 1
 }
 
 fn with_macs(mut frame: Vec<u8>, src: [u8; 6], dst: [u8; 6]) -> Vec<u8> {
@@ -222,11 +217,6 @@ fn ns_in_program(link: &Link, frames: &[Vec<u8>], slot: &mut Option<Sensor>, pro
     after.run_time().saturating_sub(before.run_time()).as_nanos() as f64 / runs as f64
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
 fn no_offloads(link: &Link) {
     for (ns, iface) in [(&link.a, Link::IFACE_A), (&link.b, Link::IFACE_B)] {
         sh(ns.command("ethtool").args(["-K", iface, "tso", "off", "gso", "off", "gro", "off"]));
@@ -259,8 +249,8 @@ fn rates() -> String {
     let counters = vigil.as_ref().expect("sensor").counters().expect("counters");
 
     let of = |case: Case| rounds.iter().filter(move |(c, _)| *c == case).map(|(_, r)| r);
-    let pps = |case: Case| median(of(case).map(Round::pps).collect());
-    let cpu_pps = |case: Case| median(of(case).map(Round::cpu_pps).collect());
+    let pps = |case: Case| median_f64(of(case).map(Round::pps).collect());
+    let cpu_pps = |case: Case| median_f64(of(case).map(Round::cpu_pps).collect());
     let (empty, empty_cpu) = (pps(Case::Empty), cpu_pps(Case::Empty));
     let (ratio, ratio_cpu) = (pps(Case::Vigil) / empty, cpu_pps(Case::Vigil) / empty_cpu);
     let rows: Vec<String> = Case::ALL

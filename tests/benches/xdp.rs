@@ -21,15 +21,18 @@ const REPEAT: u32 = 1_000_000;
 const ROUNDS: usize = 5;
 const DISTINCT: u32 = 100_000;
 
-fn repeated(h: &mut Harness, program: &'static str, frame: &[u8], want: u32) -> f64 {
-    let mut samples: Vec<Duration> = (0..ROUNDS)
-        .map(|_| {
-            let (action, per_run) = h.run_program(program, frame, REPEAT);
-            assert_eq!(action, want, "{program} returned {action}");
-            per_run
-        })
-        .collect();
+/// The median over `ROUNDS` of `run`'s mean time per run, in ns.
+fn median_ns(mut run: impl FnMut() -> Duration) -> f64 {
+    let mut samples: Vec<Duration> = (0..ROUNDS).map(|_| run()).collect();
     median(&mut samples).as_nanos() as f64
+}
+
+fn repeated(h: &mut Harness, program: &'static str, frame: &[u8], want: u32) -> f64 {
+    median_ns(|| {
+        let (action, per_run) = h.run_program(program, frame, REPEAT);
+        assert_eq!(action, want, "{program} returned {action}");
+        per_run
+    })
 }
 
 /// Mean ns per run over `DISTINCT` single-run calls, each with a packet from `frame_for`.
@@ -41,14 +44,11 @@ fn single_runs(h: &mut Harness, program: &'static str, frame_for: impl Fn(u32) -
 
 /// As [`repeated`], for a TC program on egress, with the GSO shape `gso`.
 fn repeated_egress(h: &mut Harness, program: &'static str, frame: &[u8], gso: (u32, u32)) -> f64 {
-    let mut samples: Vec<Duration> = (0..ROUNDS)
-        .map(|_| {
-            let (action, per_run) = h.run_egress_program(program, frame, gso, REPEAT);
-            assert_eq!(action, TC_ACT_UNSPEC, "{program} returned {action}");
-            per_run
-        })
-        .collect();
-    median(&mut samples).as_nanos() as f64
+    median_ns(|| {
+        let (action, per_run) = h.run_egress_program(program, frame, gso, REPEAT);
+        assert_eq!(action, TC_ACT_UNSPEC, "{program} returned {action}");
+        per_run
+    })
 }
 
 /// As [`single_runs`], for a TC program on egress.

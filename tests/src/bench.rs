@@ -15,6 +15,23 @@ pub fn report(section: &str) {
     }
 }
 
+/// The median of `values`.
+///
+/// # Panics
+/// If `values` is empty.
+#[must_use]
+pub fn median_f64(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+/// The CPU a rate benchmark's sender runs on: the last one (the bench's own thread and the
+/// agent keep the rest).
+#[must_use]
+pub fn sender_cpu() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZero::get) - 1
+}
+
 /// The median of `samples` (sorted in place).
 ///
 /// # Panics

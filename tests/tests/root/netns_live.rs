@@ -93,23 +93,16 @@ pub(crate) fn no_offloads(link: &Link) {
     sh(link.a.command("ethtool").args(["-K", Link::IFACE_A, "tso", "off", "gso", "off"]));
 }
 
-/// A UDP sink in B that counts datagrams until `n` arrive or 5 s pass.
-fn udp_sink(link: &Link, n: usize) -> std::thread::JoinHandle<usize> {
-    link.b.udp_sink("10.200.0.2", UDP_PORT, n, Duration::from_secs(5))
-}
-
-#[test]
-fn live_tcp_and_udp_flows_match_the_wire_exactly() {
-    require_root();
-    let link = Link::new("live");
-    no_offloads(&link);
-    let dir = TempDir::new("live");
-    let out = dir.path().join("flows.jsonl");
-
-    let sink = udp_sink(&link, 20);
+/// A TCP server in `ns` on `addr:port` that echoes one connection back and returns how many
+/// bytes it echoed; listening when this returns.
+pub(crate) fn tcp_echo(
+    ns: &vigil_tests::netns::Netns,
+    addr: &'static str,
+    port: u16,
+) -> std::thread::JoinHandle<usize> {
     let (ready_tx, ready) = mpsc::channel();
-    let echo = link.b.spawn(move || {
-        let listener = TcpListener::bind(("10.200.0.2", TCP_PORT)).expect("bind tcp");
+    let echo = ns.spawn(move || {
+        let listener = TcpListener::bind((addr, port)).expect("bind tcp");
         ready_tx.send(()).expect("ready");
         let (mut conn, _) = listener.accept().expect("accept");
         conn.set_nodelay(true).expect("nodelay");
@@ -126,6 +119,24 @@ fn live_tcp_and_udp_flows_match_the_wire_exactly() {
         echoed
     });
     ready.recv().expect("echo server");
+    echo
+}
+
+/// A UDP sink in B that counts datagrams until `n` arrive or 5 s pass.
+fn udp_sink(link: &Link, n: usize) -> std::thread::JoinHandle<usize> {
+    link.b.udp_sink("10.200.0.2", UDP_PORT, n, Duration::from_secs(5))
+}
+
+#[test]
+fn live_tcp_and_udp_flows_match_the_wire_exactly() {
+    require_root();
+    let link = Link::new("live");
+    no_offloads(&link);
+    let dir = TempDir::new("live");
+    let out = dir.path().join("flows.jsonl");
+
+    let sink = udp_sink(&link, 20);
+    let echo = tcp_echo(&link.b, "10.200.0.2", TCP_PORT);
 
     let agent = Agent::start(
         &link.b,
