@@ -137,6 +137,35 @@ fn time_span(per_cpu: &[FlowStats]) -> Option<TimeSpan> {
 }
 
 /// One shard of the flow table with its scan state.
+/// A keyed 64-bit hash of a flow key in five multiplies: the span table hashes every flow of
+/// every harvest, so this replaces the standard library's `SipHash`.
+/// The key is random per agent, so traffic cannot be shaped to collide (a collision would only
+/// keep a direction in the table until the other conversation times out too).
+#[derive(Clone, Copy, Debug)]
+struct KeyHasher(u64);
+
+impl KeyHasher {
+    fn new() -> Self {
+        Self(RandomState::new().hash_one(0x7669_6769_6c00_u64) | 1)
+    }
+
+    fn hash(self, key: &FlowKey) -> u64 {
+        const K: u64 = 0x9e37_79b9_7f4a_7c15;
+        let word = |b: &[u8]| u64::from_le_bytes(b.try_into().unwrap_or([0; 8]));
+        let (s, d) = (&key.src_addr, &key.dst_addr);
+        let ports = (u64::from(key.src_port) << 32)
+            | (u64::from(key.dst_port) << 16)
+            | (u64::from(key.protocol) << 8)
+            | u64::from(key.ip_version);
+        let mut h = self.0;
+        for w in [word(&s[..8]), word(&s[8..]), word(&d[..8]), word(&d[8..]), ports] {
+            h = (h ^ w).wrapping_mul(K);
+            h ^= h >> 29;
+        }
+        h
+    }
+}
+
 /// The time span of each conversation in the table, under its key's hash.
 struct Spans(Vec<(u64, ConversationSpan)>);
 
@@ -226,7 +255,7 @@ fn scan_shard(
     shard: &mut Shard,
     since_ns: Option<u64>,
     pick: &(impl Fn(&FlowKey, TimeSpan) -> Option<EndReason> + Sync),
-    hasher: &RandomState,
+    hasher: KeyHasher,
 ) -> io::Result<usize> {
     let Shard { table, reader, leaving, spans, updated } = shard;
     leaving.clear();
@@ -236,7 +265,7 @@ fn scan_shard(
         // Only the flow's time span is needed to decide; the full merge is done for leaving
         // flows alone.
         let Some(span) = time_span(per_cpu) else { return };
-        spans.push((hasher.hash_one(biflow::conversation(key)), span));
+        spans.push((hasher.hash(&biflow::conversation(key)), span));
         if let Some(reason) = pick(key, span) {
             if let Some(stats) = merge_per_cpu(per_cpu) {
                 leaving.push((*key, stats, reason));
@@ -270,7 +299,7 @@ pub struct Harvester {
     /// Where scan threads come from (a test makes them fail).
     builder: fn() -> std::thread::Builder,
     /// Hashes conversation keys for the scan's span table.
-    hasher: RandomState,
+    hasher: KeyHasher,
 }
 
 impl Harvester {
@@ -292,7 +321,7 @@ impl Harvester {
             config,
             scratch: vec![FlowStats::default(); cpus],
             builder: scan_thread,
-            hasher: RandomState::new(),
+            hasher: KeyHasher::new(),
         }
     }
 
@@ -310,7 +339,7 @@ impl Harvester {
         pick: impl Fn(&FlowKey, TimeSpan) -> Option<EndReason> + Sync,
     ) -> io::Result<usize> {
         let pick = &pick;
-        let hasher = &self.hasher;
+        let hasher = self.hasher;
         let jobs: Vec<Job<'_, io::Result<usize>>> = self
             .shards
             .iter_mut()
@@ -356,7 +385,10 @@ impl Harvester {
 
         // Taken, not drained: the buffers (a flow table's worth under a flood) are freed before
         // scoring, not kept between harvests.
-        let spans = Spans::new(self.shards.iter_mut().flat_map(|s| std::mem::take(&mut s.spans)).collect());
+        // Conversation spans only matter when some direction timed out.
+        let any_leaving = self.shards.iter().any(|s| !s.leaving.is_empty());
+        let all: Vec<Vec<(u64, TimeSpan)>> = self.shards.iter_mut().map(|s| std::mem::take(&mut s.spans)).collect();
+        let spans = Spans::new(if any_leaving { all.into_iter().flatten().collect() } else { Vec::new() });
         let mut candidates: HashMap<FlowKey, FlowStats> = HashMap::new();
         // (key, reason, whether the other direction is in the table)
         let mut leaving: Vec<(FlowKey, EndReason, bool)> = Vec::new();
@@ -366,7 +398,7 @@ impl Harvester {
                 span: TimeSpan { first_ns: stats.first_seen_ns, last_ns: stats.last_seen_ns },
                 legs: 1,
             };
-            let c = spans.get(self.hasher.hash_one(biflow::conversation(&key))).unwrap_or(own);
+            let c = spans.get(self.hasher.hash(&biflow::conversation(&key))).unwrap_or(own);
             if let Some(reason) = config.end_reason(c.span.first_ns, c.span.last_ns, now_mono_ns) {
                 leaving.push((key, reason, c.legs > 1));
                 candidates.insert(key, stats);
@@ -507,6 +539,26 @@ impl Harvester {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn key_hashes_tell_keys_apart_and_depend_on_the_agents_key() {
+        let h = KeyHasher(12_345);
+        let mut seen = std::collections::HashSet::new();
+        for i in 0..20_000u32 {
+            let b = i.to_be_bytes();
+            let key = FlowKey {
+                src_addr: FlowKey::v4_mapped([10, b[1], b[2], b[3]]),
+                src_port: u16::try_from(i % 7).unwrap(),
+                dst_port: 80,
+                protocol: 6,
+                ip_version: 4,
+                ..FlowKey::default()
+            };
+            assert!(seen.insert(h.hash(&key)), "a collision at {i}");
+        }
+        let key = FlowKey::default();
+        assert_ne!(h.hash(&key), KeyHasher(54_321).hash(&key));
+    }
 
     #[test]
     fn idle_wins_over_active_and_bounds_are_inclusive() {

@@ -36,9 +36,9 @@ fuzz_target!(
         let Ok(frame) = frame else { break };
         assert!(frame.wire_len as usize >= frame.data.len() || frame.data.len() > u32::MAX as usize);
         frames += 1;
-        table.packet(&frame, |r| records.push(r));
+        table.packet(&frame, |c| records.extend(c.legs()));
     }
-    let summary = table.finish(|r| records.push(r));
+    let summary = table.finish(|c| records.extend(c.legs()));
     assert_eq!(summary.counters.packets, frames);
     let in_flows: u64 = records.iter().map(|r| r.packets).sum();
     assert!(in_flows <= frames, "{in_flows} packets in records from {frames} frames");
