@@ -19,14 +19,13 @@
 use std::{
     collections::{HashMap, VecDeque, hash_map::Entry},
     hash::Hash,
-    net::IpAddr,
     time::Duration,
 };
 
 use agent_common::proto::IPPROTO_TCP;
 use indexmap::IndexMap;
 
-use crate::flows::FlowRecord;
+use crate::flows::{FlowRecord, record::addr_bytes as addr};
 
 /// Default window: long enough to gather a slow scan's attempts, short enough to follow change.
 pub const DEFAULT_WINDOW: Duration = Duration::from_secs(10);
@@ -52,13 +51,6 @@ pub struct ContextStats {
 /// An address as a 16-byte key (IPv4 as IPv4-mapped IPv6): smaller than `IpAddr` with its
 /// tag and padding, and one hash for both families.
 type Addr = [u8; 16];
-
-fn addr(ip: IpAddr) -> Addr {
-    match ip {
-        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
-        IpAddr::V6(v6) => v6.octets(),
-    }
-}
 
 #[derive(Clone, Copy, Debug)]
 struct Event {

@@ -136,7 +136,6 @@ fn time_span(per_cpu: &[FlowStats]) -> Option<TimeSpan> {
     })
 }
 
-/// One shard of the flow table with its scan state.
 /// A keyed 64-bit hash of a flow key in five multiplies: the span table hashes every flow of
 /// every harvest, so this replaces the standard library's `SipHash`.
 /// The key is random per agent, so traffic cannot be shaped to collide (a collision would only
@@ -199,10 +198,13 @@ impl Spans {
     }
 }
 
+/// One shard of the flow table with its scan state.
 struct Shard {
     table: FlowTable,
     reader: PerCpuBatchReader<FlowKey, FlowStats>,
-    leaving: Vec<(FlowKey, FlowStats, EndReason)>,
+    /// Flows whose own span timed out, with the hash of their conversation's key (whether they
+    /// leave depends on the conversation's span).
+    leaving: Vec<(FlowKey, FlowStats, u64)>,
     /// Every flow's time span under the hash of its conversation's key.
     spans: Vec<(u64, TimeSpan)>,
     /// Flows that stay but saw packets since the last live harvest.
@@ -265,10 +267,11 @@ fn scan_shard(
         // Only the flow's time span is needed to decide; the full merge is done for leaving
         // flows alone.
         let Some(span) = time_span(per_cpu) else { return };
-        spans.push((hasher.hash(&biflow::conversation(key)), span));
-        if let Some(reason) = pick(key, span) {
+        let conversation = hasher.hash(&biflow::conversation(key));
+        spans.push((conversation, span));
+        if pick(key, span).is_some() {
             if let Some(stats) = merge_per_cpu(per_cpu) {
-                leaving.push((*key, stats, reason));
+                leaving.push((*key, stats, conversation));
             }
         } else if since_ns.is_some_and(|since| span.last_ns > since)
             && let Some(stats) = merge_per_cpu(per_cpu)
@@ -384,21 +387,21 @@ impl Harvester {
         let is_live = |stats: &FlowStats| since_mono_ns.is_some_and(|since| stats.last_seen_ns > since);
 
         // Taken, not drained: the buffers (a flow table's worth under a flood) are freed before
-        // scoring, not kept between harvests.
-        // Conversation spans only matter when some direction timed out.
+        // scoring, not kept between harvests. Conversation spans only matter when some
+        // direction timed out.
         let any_leaving = self.shards.iter().any(|s| !s.leaving.is_empty());
         let all: Vec<Vec<(u64, TimeSpan)>> = self.shards.iter_mut().map(|s| std::mem::take(&mut s.spans)).collect();
         let spans = Spans::new(if any_leaving { all.into_iter().flatten().collect() } else { Vec::new() });
         let mut candidates: HashMap<FlowKey, FlowStats> = HashMap::new();
         // (key, reason, whether the other direction is in the table)
         let mut leaving: Vec<(FlowKey, EndReason, bool)> = Vec::new();
-        for (key, stats, _) in self.shards.iter_mut().flat_map(|s| std::mem::take(&mut s.leaving)) {
+        for (key, stats, conversation) in self.shards.iter_mut().flat_map(|s| std::mem::take(&mut s.leaving)) {
             // A direction that timed out leaves only when its conversation did.
             let own = ConversationSpan {
                 span: TimeSpan { first_ns: stats.first_seen_ns, last_ns: stats.last_seen_ns },
                 legs: 1,
             };
-            let c = spans.get(self.hasher.hash(&biflow::conversation(&key))).unwrap_or(own);
+            let c = spans.get(conversation).unwrap_or(own);
             if let Some(reason) = config.end_reason(c.span.first_ns, c.span.last_ns, now_mono_ns) {
                 leaving.push((key, reason, c.legs > 1));
                 candidates.insert(key, stats);

@@ -116,6 +116,7 @@ impl OfflineTable {
     }
 }
 
+/// What a replay counted.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct OfflineSummary {
     /// The same counters the kernel keeps.

@@ -89,6 +89,15 @@ pub struct FlowRecord {
     pub end_reason: EndReason,
 }
 
+/// An address as flow keys hold it: 16 bytes, IPv4 IPv4-mapped ([`key_addr`] undoes it).
+#[must_use]
+pub fn addr_bytes(ip: IpAddr) -> [u8; 16] {
+    match ip {
+        IpAddr::V4(a) => FlowKey::v4_mapped(a.octets()),
+        IpAddr::V6(a) => a.octets(),
+    }
+}
+
 /// The address in a flow key as an [`IpAddr`].
 #[must_use]
 pub fn key_addr(addr: [u8; 16], ip_version: u8) -> IpAddr {
@@ -148,13 +157,9 @@ impl FlowRecord {
     /// The flow key this record was built from.
     #[must_use]
     pub fn key(&self) -> FlowKey {
-        let addr = |ip: IpAddr| match ip {
-            IpAddr::V4(a) => FlowKey::v4_mapped(a.octets()),
-            IpAddr::V6(a) => a.octets(),
-        };
         FlowKey {
-            src_addr: addr(self.src_ip),
-            dst_addr: addr(self.dst_ip),
+            src_addr: addr_bytes(self.src_ip),
+            dst_addr: addr_bytes(self.dst_ip),
             src_port: self.src_port,
             dst_port: self.dst_port,
             protocol: self.protocol,

@@ -208,21 +208,12 @@ impl Sensor {
         if !reused {
             layout::write_version(&mut ebpf).map_err(|source| SensorError::MapRead { name: maps::LAYOUT, source })?;
         }
+        let verifier = |name| move |source| SensorError::Verifier { name, source };
         for name in [maps::PROGRAM, maps::PROGRAM_EMPTY] {
-            let program: &mut Xdp = ebpf
-                .program_mut(name)
-                .ok_or(SensorError::MissingProgram { name })?
-                .try_into()
-                .map_err(|source| SensorError::ProgramType { name, source })?;
-            program.load().map_err(|source| SensorError::Verifier { name, source })?;
+            typed_program::<Xdp>(&mut ebpf, name)?.load().map_err(verifier(name))?;
         }
         for name in [maps::PROGRAM_EGRESS, maps::PROGRAM_EGRESS_EMPTY] {
-            let program: &mut SchedClassifier = ebpf
-                .program_mut(name)
-                .ok_or(SensorError::MissingProgram { name })?
-                .try_into()
-                .map_err(|source| SensorError::ProgramType { name, source })?;
-            program.load().map_err(|source| SensorError::Verifier { name, source })?;
+            typed_program::<SchedClassifier>(&mut ebpf, name)?.load().map_err(verifier(name))?;
         }
         if reused {
             info!(pin_dir = %options.pin_dir.as_deref().unwrap_or_else(|| "".as_ref()).display(),
@@ -367,12 +358,6 @@ impl Sensor {
         Ok(removed)
     }
 
-    /// Whether the egress program is attached.
-    #[must_use]
-    pub const fn egress_attached(&self) -> bool {
-        self.egress.is_some()
-    }
-
     /// Detaches the sensor program (the maps stay readable), pinned link included. Does
     /// nothing if not attached.
     ///
@@ -444,11 +429,7 @@ impl Sensor {
     /// # Errors
     /// If the program is missing or not XDP.
     pub fn program_mut(&mut self, name: &'static str) -> Result<&mut Xdp, SensorError> {
-        self.ebpf
-            .program_mut(name)
-            .ok_or(SensorError::MissingProgram { name })?
-            .try_into()
-            .map_err(|source| SensorError::ProgramType { name, source })
+        typed_program(&mut self.ebpf, name)
     }
 
     /// One of the object's TC programs ([`maps::PROGRAM_EGRESS`] or
@@ -457,11 +438,7 @@ impl Sensor {
     /// # Errors
     /// If the program is missing or not a TC classifier.
     pub fn egress_program(&mut self, name: &'static str) -> Result<&mut SchedClassifier, SensorError> {
-        self.ebpf
-            .program_mut(name)
-            .ok_or(SensorError::MissingProgram { name })?
-            .try_into()
-            .map_err(|source| SensorError::ProgramType { name, source })
+        typed_program(&mut self.ebpf, name)
     }
 
     /// Takes the flow table's shards out of the object, for the harvester.
@@ -508,6 +485,17 @@ impl Sensor {
     pub fn ebpf_mut(&mut self) -> &mut Ebpf {
         &mut self.ebpf
     }
+}
+
+/// Program `name` of the object as its type `P` (XDP or TC classifier).
+fn typed_program<'a, P>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut P, SensorError>
+where
+    &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
+{
+    ebpf.program_mut(name)
+        .ok_or(SensorError::MissingProgram { name })?
+        .try_into()
+        .map_err(|source| SensorError::ProgramType { name, source })
 }
 
 /// The counters map's entries (one per hook) each summed over CPUs.
