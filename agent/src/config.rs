@@ -52,7 +52,7 @@ pub struct SensorSection {
     pub iface: String,
     pub xdp_mode: AttachMode,
     /// Also count the host's own outgoing packets (a TC egress program), into the same flow
-    /// table. Off until flow records pair the two directions.
+    /// table, so conversations have both sides. On by default: the model describes both.
     pub egress: bool,
     pub flow_capacity: u32,
     /// Time between harvests; also the scoring window of auto-block.
@@ -71,7 +71,7 @@ impl Default for SensorSection {
         Self {
             iface: String::new(),
             xdp_mode: AttachMode::Auto,
-            egress: false,
+            egress: true,
             flow_capacity: agent_common::maps::DEFAULT_FLOW_CAPACITY,
             interval: HumanDuration(crate::flows::DEFAULT_INTERVAL),
             idle_timeout: HumanDuration(crate::flows::DEFAULT_IDLE_TIMEOUT),

@@ -367,6 +367,7 @@ impl TimingArgs {
 }
 
 #[derive(Debug, Args)]
+#[expect(clippy::struct_excessive_bools, reason = "one bool per on/off command-line flag")]
 struct RunArgs {
     /// Configuration file [default: /etc/vigil/vigil.toml if present]. Flags override it.
     #[arg(long, short = 'c', value_name = "FILE")]
@@ -377,9 +378,14 @@ struct RunArgs {
     /// XDP attach mode: native (driver), skb (generic), or auto (native, else skb).
     #[arg(long, value_enum)]
     xdp_mode: Option<AttachMode>,
-    /// Also count the host's own outgoing packets with a TC egress program (`sensor.egress`).
+    /// Count the host's own outgoing packets with a TC egress program (`sensor.egress`, on by
+    /// default).
     #[arg(long)]
     egress: bool,
+    /// Watch arriving packets only: no TC egress program (`sensor.egress = false`). Every
+    /// conversation then looks unanswered to the model.
+    #[arg(long, conflicts_with = "egress")]
+    no_egress: bool,
     /// Time between harvests; each harvest scores the flows that moved.
     #[arg(long, value_parser = vigil::config::parse_interval_flag)]
     interval: Option<Duration>,
@@ -433,6 +439,9 @@ impl RunArgs {
         }
         if self.egress {
             s.egress = true;
+        }
+        if self.no_egress {
+            s.egress = false;
         }
         if let Some(v) = self.interval {
             s.interval = HumanDuration(v);
@@ -772,5 +781,19 @@ mod tests {
         assert_eq!(t.idle_timeout, vigil::flows::DEFAULT_IDLE_TIMEOUT);
         assert_eq!(t.active_timeout, vigil::flows::DEFAULT_ACTIVE_TIMEOUT);
         assert_eq!(train.model.window, vigil::features::DEFAULT_WINDOW);
+    }
+
+    #[test]
+    fn egress_is_on_unless_turned_off() {
+        let run = |args: &[&str]| {
+            let Command::Run(run) = Cli::parse_from([&["vigil", "run"], args].concat()).command else {
+                unreachable!("parsed as run")
+            };
+            run.apply(vigil::config::Config::default()).sensor.egress
+        };
+        assert!(run(&[]));
+        assert!(run(&["--egress"]));
+        assert!(!run(&["--no-egress"]));
+        assert!(Cli::try_parse_from(["vigil", "run", "--egress", "--no-egress"]).is_err());
     }
 }

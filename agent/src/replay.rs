@@ -10,7 +10,7 @@ use tracing::info;
 
 use crate::{
     capture::{CaptureError, CaptureReader},
-    flows::{FlowRecord, HarvestConfig, biflow::Conversation, offline::OfflineTable, output::FlowWriter},
+    flows::{HarvestConfig, biflow::Conversation, offline::OfflineTable, output::FlowWriter},
 };
 
 /// Settings of one `vigil replay`.
@@ -142,10 +142,10 @@ fn open_all(files: &[PathBuf]) -> Result<Vec<CaptureReader>, ReplayError> {
     Ok(files.iter().map(|f| CaptureReader::open(f)).collect::<Result<Vec<_>, _>>()?)
 }
 
-/// Replays `files` and hands every directional record to `emit` with the index of the file it
-/// came from: the records of the conversations that left the table together (one timeout check
-/// of the flow table, or the end of the capture), in order of their first packets.
-/// Every file is opened before the first record.
+/// Replays `files` and hands every conversation to `emit` with the index of the file it came
+/// from: the conversations that left the table together (one timeout check of the flow table,
+/// or the end of the capture), in order of their first packets.
+/// Every file is opened before the first conversation.
 ///
 /// # Errors
 /// [`ReplayError`] for an unreadable or corrupt capture.
@@ -154,13 +154,12 @@ pub fn replay_files(
     harvest: HarvestConfig,
     interval: Duration,
     progress: bool,
-    mut emit: impl FnMut(usize, FlowRecord),
+    mut emit: impl FnMut(usize, Conversation),
 ) -> Result<ReplayTotals, ReplayError> {
-    replay_readers(open_all(files)?, harvest, interval, progress, |index, round| {
-        let mut legs: Vec<FlowRecord> = round.into_iter().flat_map(Conversation::legs).collect();
-        legs.sort_by_key(|r| (r.first_seen_ns, r.key()));
-        for r in legs {
-            emit(index, r);
+    replay_readers(open_all(files)?, harvest, interval, progress, |index, mut round| {
+        round.sort_by_key(|c| (c.first_seen_ns(), c.first.key()));
+        for c in round {
+            emit(index, c);
         }
     })
 }

@@ -26,7 +26,7 @@ fn default_bundle_is_reproduced_by_its_recorded_command() {
         .iter()
         .map(|f| f.as_str().expect("a path").to_owned())
         .collect();
-    assert_eq!(files.len(), 14, "every benign capture");
+    assert_eq!(files.len(), 133, "every benign capture of pcaps/ and corpus/");
     let out = TempDir::new("default-model");
     let status = Command::new(vigil_bin())
         .current_dir(&root)

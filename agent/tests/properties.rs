@@ -110,7 +110,13 @@ proptest! {
         for f in &flows {
             now += f.8;
             let r = record(f, now);
-            let c = ctx.observe(&r);
+            // Conversations with ACKs got an answer: the same record coming back.
+            let back = (f.5 > 0).then(|| {
+                let mut b = r.clone();
+                (b.src_ip, b.dst_ip, b.src_port, b.dst_port) = (r.dst_ip, r.src_ip, r.dst_port, r.src_port);
+                b
+            });
+            let c = ctx.observe(&r, back.as_ref());
             // The flow itself is always counted; nothing exceeds what the window holds.
             let held = u32::try_from(ctx.len()).unwrap_or(u32::MAX);
             prop_assert!(c.src_flows >= 1 && c.src_flows <= held, "{c:?} with {held} flows held");
@@ -121,6 +127,7 @@ proptest! {
             prop_assert!((0.0..=1.0).contains(&c.src_unanswered_share));
             prop_assert!((0.0..=1.0).contains(&c.dst_unanswered_share));
             prop_assert!(c.src_bytes_out >= r.bytes);
+            prop_assert!(c.src_bytes_in >= back.as_ref().map_or(0, |b| b.bytes));
             prop_assert!(ctx.len() <= cap);
             let (sources, destinations) = ctx.hosts();
             prop_assert!(sources <= ctx.len() && destinations <= ctx.len());

@@ -72,8 +72,9 @@ fn eval_with_the_builtin_model_scores_every_flow() {
     let report = read_json(&dir.path().join("captures.json"));
     assert_eq!(report["train_rows"], 0);
     assert!(report["protocol"].as_str().expect("protocol").contains("given model"));
-    // All 539 benign-capture flows plus the attack captures' background are benign test rows.
-    assert!(report["test_benign"].as_u64().expect("n") >= 539);
+    // All 279 benign-capture conversations plus the attack captures' background are benign
+    // test rows.
+    assert!(report["test_benign"].as_u64().expect("n") >= 279);
 }
 
 #[test]
@@ -89,7 +90,7 @@ fn train_writes_a_bundle_that_eval_can_use() {
         vigil(&["train", "--flows", s(&flows), "--out", s(&bundle), "--max-epochs", "20", "--trees", "20"]);
     assert!(status.success(), "{stderr}");
     let manifest = read_json(&bundle.join("manifest.json"));
-    assert_eq!(manifest["training"]["data"]["flows"], 262, "120 + 142 flows from the two captures");
+    assert_eq!(manifest["training"]["data"]["flows"], 133, "60 + 73 conversations from the two captures");
     assert_eq!(manifest["training"]["config"]["forest"]["trees"], 20);
     let labels = shared("pcaps/labels.json");
     let (status, _, stderr) = vigil(&[

@@ -12,6 +12,7 @@ use crate::{
         BlockMode,
         decision::{Decision, ExplainedFlow, Severity},
     },
+    flows::biflow::BiflowRecord,
 };
 
 /// What every event says about the agent that raised it.
@@ -147,8 +148,8 @@ impl Observer {
         })
     }
 
-    /// What an alert says about its worst flow: network, scores against both thresholds,
-    /// explanation, the flow itself.
+    /// What an alert says about its worst conversation: network, scores against both
+    /// thresholds, explanation, the conversation's record (format 2).
     fn explained(&self, severity: Severity, top: &ExplainedFlow, alert_threshold: f32) -> Value {
         let r = &top.record;
         json!({
@@ -167,7 +168,7 @@ impl Observer {
                     "block_threshold": self.block_threshold,
                 },
                 "explanation": top.explanation,
-                "top_flow": r,
+                "top_flow": BiflowRecord::pair(r, top.back.as_ref()),
             },
         })
     }

@@ -68,7 +68,10 @@ impl Severity {
 /// The highest-scoring flow of an alert, with the features that explain its score.
 #[derive(Clone, Debug)]
 pub struct ExplainedFlow {
+    /// The initiator's direction of the conversation.
     pub record: FlowRecord,
+    /// The responder's, if it answered.
+    pub back: Option<FlowRecord>,
     pub score: Score,
     /// The top features, largest share first.
     pub explanation: Vec<Contribution>,

@@ -380,7 +380,7 @@ impl Engine {
     /// The worst flow of an alert with its explanation.
     fn explained(&self, top: ScoredFlow, explain: &dyn Explain) -> ExplainedFlow {
         let explanation = explain.explain(&top.evidence, self.config.top_features);
-        ExplainedFlow { record: top.flow.record, score: top.score, explanation }
+        ExplainedFlow { record: top.flow.record, back: top.flow.back, score: top.score, explanation }
     }
 
     /// Alerts for sources whose window is over. Windows run on `now_mono_ns`.
@@ -677,7 +677,7 @@ mod flood_memory {
                     r.src_ip = Ipv4Addr::from(0x0a00_0000 + cycle * 65_536 + i).into();
                     r.protocol = 17;
                     r.packets = 1;
-                    LiveFlow { record: r, new: true, first_mono_ns: mono - 1 }
+                    LiveFlow { record: r, back: None, new: true, first_mono_ns: mono - 1 }
                 })
                 .collect();
             let before = status_kib("VmRSS");

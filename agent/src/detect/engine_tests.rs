@@ -77,7 +77,7 @@ fn flow(src: &str, dst: &str, port: u16, combined: f32, mono_ns: u64) -> ScoredF
     (r.src_ip, r.dst_ip) = (ip(src), ip(dst));
     (r.first_seen_ns, r.last_seen_ns) = (mono_ns, mono_ns + 1000);
     ScoredFlow {
-        flow: LiveFlow { record: r, new: true, first_mono_ns: mono_ns },
+        flow: LiveFlow { record: r, back: None, new: true, first_mono_ns: mono_ns },
         score: Score { iforest: 0.7, autoencoder: 2.0, combined },
         evidence: Evidence::default(),
     }
@@ -534,7 +534,7 @@ fn cycle_flows(cycle: u32, wall_ns: u64, mono_ns: u64, score: Score) -> Vec<Scor
         .map(|mut r| {
             (r.first_seen_ns, r.last_seen_ns) = (wall_ns, wall_ns);
             ScoredFlow {
-                flow: LiveFlow { record: r, new: true, first_mono_ns: mono_ns },
+                flow: LiveFlow { record: r, back: None, new: true, first_mono_ns: mono_ns },
                 score,
                 evidence: Evidence::default(),
             }
@@ -600,7 +600,7 @@ fn destination_state_is_bounded_under_a_spread_flood() {
             r.src_ip = Ipv4Addr::from(0x0b00_0000 | k).into();
             r.dst_ip = Ipv4Addr::from(0x0a00_0000 | d).into();
             flows.push(ScoredFlow {
-                flow: LiveFlow { record: r, new: true, first_mono_ns: S },
+                flow: LiveFlow { record: r, back: None, new: true, first_mono_ns: S },
                 score,
                 evidence: Evidence::default(),
             });
@@ -638,7 +638,7 @@ fn alert_counts_survive_promotion() {
             .map(|(&p, score)| {
                 let mut r = record(9, 2, p, 0);
                 r.packets = 2;
-                let flow = LiveFlow { record: r, new: cycle == 0 || p == 23, first_mono_ns: cycle * S };
+                let flow = LiveFlow { record: r, back: None, new: cycle == 0 || p == 23, first_mono_ns: cycle * S };
                 ScoredFlow { flow, score, evidence: Evidence::default() }
             })
             .collect();

@@ -116,12 +116,13 @@ impl Scorer {
         order.sort_by_key(|&i| scored[i].flow.first_mono_ns);
         for i in order {
             let s = &mut scored[i];
-            let ctx = self.context.observe_at(&s.flow.record, s.flow.first_mono_ns);
-            s.evidence.raw = raw_row(&s.flow.record, &ctx);
+            let (orig, resp) = (&s.flow.record, s.flow.back.as_ref());
+            let ctx = self.context.observe_at(orig, resp, s.flow.first_mono_ns);
+            s.evidence.raw = raw_row(orig, resp, &ctx);
         }
         for s in scored.iter_mut().filter(|s| !s.flow.new) {
             let ctx = self.context.peek(&s.flow.record);
-            s.evidence.raw = raw_row(&s.flow.record, &ctx);
+            s.evidence.raw = raw_row(&s.flow.record, s.flow.back.as_ref(), &ctx);
         }
         for chunk in scored.chunks_mut(SCORE_CHUNK) {
             let mut raw = Array2::zeros((chunk.len(), FLOW_FEATURE_COUNT));
@@ -173,7 +174,7 @@ pub(crate) mod tests {
                 r.src_ip = Ipv4Addr::from(0x0a00_0000 | (cycle << 12) | i).into();
                 r.first_seen_ns = wall_ns;
                 r.last_seen_ns = wall_ns;
-                LiveFlow { record: r, new: true, first_mono_ns: mono_ns }
+                LiveFlow { record: r, back: None, new: true, first_mono_ns: mono_ns }
             })
             .collect()
     }

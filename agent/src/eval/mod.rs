@@ -307,9 +307,9 @@ pub mod captures {
         let mut attack = Vec::with_capacity(data.len());
         let mut kind = Vec::with_capacity(data.len());
         let mut benign_capture = Vec::new();
-        for (i, record) in data.records.iter().enumerate() {
+        for (i, conversation) in data.conversations.iter().enumerate() {
             let label = &captures[data.file_index[i]].2;
-            let is_attack = label.is_attack_flow(record);
+            let is_attack = label.is_attack_flow(&conversation.first);
             attack.push(is_attack);
             kind.push(if is_attack { label.kind.clone() } else { BENIGN.to_owned() });
             if label.is_benign() {
@@ -318,7 +318,7 @@ pub mod captures {
         }
         let name = format!("captures: {}", labels.root.display());
         if let Some(detector) = &config.model {
-            let protocol = "given model; every flow of every labelled capture is scored (benign flows may overlap its training data)";
+            let protocol = "given model; every conversation of every labelled capture is scored (benign ones may overlap its training data)";
             let test = TestSet { rows: data.rows.view(), attack: &attack, kind: &kind };
             return Ok(report(&name, protocol, detector, 0, &test)?);
         }
@@ -331,8 +331,8 @@ pub mod captures {
         let test_attack: Vec<bool> = test_idx.iter().map(|&i| attack[i]).collect();
         let test_kind: Vec<String> = test_idx.iter().map(|&i| kind[i].clone()).collect();
         let protocol = format!(
-            "train on {:.0}% of the benign captures' flows (seed {}), test on the rest and on every flow of the attack captures; \
-             attack flows are those to or from the attacker (the victim when the attacker is unknown), other flows of attack captures count as benign",
+            "train on {:.0}% of the benign captures' conversations (seed {}), test on the rest and on every conversation of the attack captures; \
+             attack conversations are those to or from the attacker (the victim when the attacker is unknown), other conversations of attack captures count as benign",
             config.train_share * 100.0,
             config.train.seed
         );

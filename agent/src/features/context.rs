@@ -1,10 +1,11 @@
-//! Per-source and per-destination context over a sliding window of recent flows.
+//! Per-source and per-destination context over a sliding window of recent conversations.
 //!
-//! Each flow is an event at its first packet's time. The window keeps the events of the last
-//! `window` of time and, incrementally, for every host: how many flows it started, how many
-//! distinct hosts and ports it reached, how many of its TCP attempts went unanswered or were
-//! reset, and the bytes it sent and received; for every destination: how many flows and
-//! distinct sources reached it and how many attempts to it failed. Adding and expiring an
+//! Each conversation is an event at its first packet's time, with its initiator as the source
+//! and its responder as the destination. The window keeps the events of the last `window` of
+//! time and, incrementally, for every source: how many conversations it started, how many
+//! distinct hosts and ports it reached, how many went unanswered (nothing back, a SYN
+//! rejected, a half-open probe), and the bytes it sent and got back; for every destination: how
+//! many conversations and distinct sources reached it and how many of them failed. Adding and expiring an
 //! event are O(1) on average, and the event count is capped so memory is bounded under a flood.
 //!
 //! Offline (training, replay, evaluation) the time is the capture's own clock, the records'
@@ -25,7 +26,7 @@ use std::{
 use agent_common::proto::IPPROTO_TCP;
 use indexmap::IndexMap;
 
-use crate::flows::{FlowRecord, record::addr_bytes as addr};
+use crate::flows::{FlowRecord, biflow::ConnState, record::addr_bytes as addr};
 
 /// Default window: long enough to gather a slow scan's attempts, short enough to follow change.
 pub const DEFAULT_WINDOW: Duration = Duration::from_secs(10);
@@ -34,18 +35,22 @@ pub const DEFAULT_WINDOW: Duration = Duration::from_secs(10);
 /// size. `vigil run` caps at its flow table's size.
 pub const DEFAULT_MAX_EVENTS: usize = 1 << 18;
 
-/// Context of one flow's source and destination, including the flow itself.
+/// Context of one conversation's source (initiator) and destination (responder), including
+/// the conversation itself.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct ContextStats {
     pub src_flows: u32,
     pub src_dst_hosts: u32,
     pub src_dst_ports: u32,
     pub src_unanswered_share: f64,
+    /// Failed TCP attempts of the source (the count behind the share).
+    pub src_failed: u32,
     pub src_bytes_out: u64,
     pub src_bytes_in: u64,
     pub dst_flows: u32,
     pub dst_src_hosts: u32,
     pub dst_unanswered_share: f64,
+    pub dst_failed: u32,
 }
 
 /// An address as a 16-byte key (IPv4 as IPv4-mapped IPv6): smaller than `IpAddr` with its
@@ -55,7 +60,8 @@ type Addr = [u8; 16];
 #[derive(Clone, Copy, Debug)]
 struct Event {
     at_ns: u64,
-    bytes: u64,
+    bytes_out: u64,
+    bytes_back: u64,
     src: Addr,
     dst: Addr,
     dst_port: u16,
@@ -126,7 +132,8 @@ struct SourceState {
     flows: u32,
     attempts: u32,
     unanswered: u32,
-    bytes: u64,
+    bytes_out: u64,
+    bytes_back: u64,
     dst_hosts: Distinct<Addr>,
     dst_ports: Distinct<u16>,
 }
@@ -137,7 +144,6 @@ struct DestState {
     flows: u32,
     attempts: u32,
     unanswered: u32,
-    bytes: u64,
     src_hosts: Distinct<Addr>,
 }
 
@@ -155,6 +161,26 @@ pub struct ContextWindow {
     /// its live entries: 21 MB instead of ~8 for 65,536 sources.
     sources: IndexMap<Addr, SourceState>,
     destinations: IndexMap<Addr, DestState>,
+}
+
+/// Whether a conversation is a TCP attempt (its initiator sent a SYN).
+fn attempt(orig: &FlowRecord) -> bool {
+    orig.protocol == IPPROTO_TCP && orig.tcp_flags.syn > 0
+}
+
+/// Whether a TCP attempt failed: nothing came back; it was rejected, left half-open or never
+/// answered with a SYN-ACK; or its initiator never sent an ACK (a SYN-ACK it did not complete:
+/// half-open scans and floods reset it at once). Other protocols are not counted: one-way UDP
+/// (multicast, broadcast, syslog) is ordinary.
+fn unanswered(orig: &FlowRecord, resp: Option<&FlowRecord>) -> bool {
+    let f = &orig.tcp_flags;
+    attempt(orig)
+        && (resp.is_none()
+            || f.ack == 0
+            || matches!(
+                ConnState::of(orig.protocol, f, resp.map(|r| &r.tcp_flags)),
+                ConnState::S0 | ConnState::REJ | ConnState::SH
+            ))
 }
 
 fn share(part: u32, whole: u32) -> f64 {
@@ -206,27 +232,28 @@ impl ContextWindow {
         (self.sources.len(), self.destinations.len())
     }
 
-    /// Adds the flow at its first packet's time and returns the context of its source and
-    /// destination, this flow included.
-    pub fn observe(&mut self, r: &FlowRecord) -> ContextStats {
-        self.observe_at(r, r.first_seen_ns)
+    /// Adds the conversation of `orig` (the initiator's direction) and `resp` (the
+    /// responder's, if it answered) at its first packet's time and returns the context of its
+    /// source and destination, this conversation included.
+    pub fn observe(&mut self, orig: &FlowRecord, resp: Option<&FlowRecord>) -> ContextStats {
+        let first_ns = resp.map_or(orig.first_seen_ns, |r| r.first_seen_ns.min(orig.first_seen_ns));
+        self.observe_at(orig, resp, first_ns)
     }
 
-    /// Adds the flow as an event at `at_ns` (the clock [`ContextWindow::advance`] is given;
-    /// live, `CLOCK_MONOTONIC`) and returns the context of its source and destination.
-    pub fn observe_at(&mut self, r: &FlowRecord, at_ns: u64) -> ContextStats {
+    /// Adds the conversation as an event at `at_ns` (the clock [`ContextWindow::advance`] is
+    /// given; live, `CLOCK_MONOTONIC`) and returns the context of its source and destination.
+    pub fn observe_at(&mut self, orig: &FlowRecord, resp: Option<&FlowRecord>, at_ns: u64) -> ContextStats {
         self.latest_ns = self.latest_ns.max(at_ns);
         self.expire();
-        let tcp_attempt = r.protocol == IPPROTO_TCP && r.tcp_flags.syn > 0;
         let event = Event {
             at_ns,
-            src: addr(r.src_ip),
-            dst: addr(r.dst_ip),
-            dst_port: r.dst_port,
-            attempt: tcp_attempt,
-            // Never acknowledged a SYN+ACK (no ACK beyond the SYN+ACKs), or reset.
-            unanswered: tcp_attempt && (r.tcp_flags.ack <= r.tcp_flags.syn_ack || r.tcp_flags.rst > 0),
-            bytes: r.bytes,
+            src: addr(orig.src_ip),
+            dst: addr(orig.dst_ip),
+            dst_port: orig.dst_port,
+            attempt: attempt(orig),
+            unanswered: unanswered(orig, resp),
+            bytes_out: orig.bytes,
+            bytes_back: resp.map_or(0, |r| r.bytes),
         };
         // The oldest leaves before the new one comes, so the queue never outgrows the cap
         // (a push past a full power-of-two buffer would double it).
@@ -237,7 +264,7 @@ impl ContextWindow {
         }
         self.apply(event, true);
         self.events.push_back(event);
-        self.stats_of(r)
+        self.stats_of(orig)
     }
 
     /// Moves the window's end to `now_ns` (same clock as the events), expiring older flows.
@@ -246,8 +273,9 @@ impl ContextWindow {
         self.expire();
     }
 
-    /// The context of a flow observed earlier, without adding it again (live scoring re-scores
-    /// flows still open). If its events already left the window it counts as a lone flow.
+    /// The context of a conversation observed earlier (by its initiator's direction), without
+    /// adding it again (live scoring re-scores conversations still open). If its event already
+    /// left the window it counts as a lone conversation.
     #[must_use]
     pub fn peek(&self, r: &FlowRecord) -> ContextStats {
         let mut ctx = self.stats_of(r);
@@ -269,11 +297,13 @@ impl ContextWindow {
             src_dst_hosts: out.dst_hosts.len(),
             src_dst_ports: out.dst_ports.len(),
             src_unanswered_share: share(out.unanswered, out.attempts),
-            src_bytes_out: out.bytes,
-            src_bytes_in: self.destinations.get(&src).map_or(0, |d| d.bytes),
+            src_failed: out.unanswered,
+            src_bytes_out: out.bytes_out,
+            src_bytes_in: out.bytes_back,
             dst_flows: into.flows,
             dst_src_hosts: into.src_hosts.len(),
             dst_unanswered_share: share(into.unanswered, into.attempts),
+            dst_failed: into.unanswered,
         }
     }
 
@@ -295,11 +325,13 @@ impl ContextWindow {
         step(&mut src.attempts, e.attempt, add);
         step(&mut src.unanswered, e.unanswered, add);
         if add {
-            src.bytes += e.bytes;
+            src.bytes_out += e.bytes_out;
+            src.bytes_back += e.bytes_back;
             src.dst_hosts.add(e.dst);
             src.dst_ports.add(e.dst_port);
         } else {
-            src.bytes = src.bytes.saturating_sub(e.bytes);
+            src.bytes_out = src.bytes_out.saturating_sub(e.bytes_out);
+            src.bytes_back = src.bytes_back.saturating_sub(e.bytes_back);
             src.dst_hosts.remove(e.dst);
             src.dst_ports.remove(e.dst_port);
             if src.flows == 0 {
@@ -311,10 +343,8 @@ impl ContextWindow {
         step(&mut dst.attempts, e.attempt, add);
         step(&mut dst.unanswered, e.unanswered, add);
         if add {
-            dst.bytes += e.bytes;
             dst.src_hosts.add(e.src);
         } else {
-            dst.bytes = dst.bytes.saturating_sub(e.bytes);
             dst.src_hosts.remove(e.src);
             if dst.flows == 0 {
                 self.destinations.swap_remove(&e.dst);
@@ -329,42 +359,86 @@ mod tests {
     use crate::features::flow::tests::record;
 
     #[test]
+    fn event_and_host_sizes_match_the_memory_note() {
+        assert_eq!(std::mem::size_of::<Event>(), 64);
+        assert!(std::mem::size_of::<SourceState>() <= 72, "{}", std::mem::size_of::<SourceState>());
+        assert!(std::mem::size_of::<DestState>() <= 48, "{}", std::mem::size_of::<DestState>());
+    }
+
+    #[test]
     fn scan_counts_ports_hosts_and_unanswered() {
         let mut w = ContextWindow::new(Duration::from_secs(10));
         let mut last = ContextStats::default();
         for port in 1..=20 {
             let mut r = record(1, 2, port, u64::from(port));
-            r.tcp_flags.ack = 0; // SYN only: unanswered
-            last = w.observe(&r);
+            r.tcp_flags.ack = 0; // SYN only, nothing back: unanswered
+            last = w.observe(&r, None);
         }
         assert_eq!((last.src_flows, last.src_dst_hosts, last.src_dst_ports), (20, 1, 20));
         assert!((last.src_unanswered_share - 1.0).abs() < f64::EPSILON);
+        assert_eq!((last.src_failed, last.dst_failed), (20, 20));
         assert_eq!((last.dst_flows, last.dst_src_hosts), (20, 1));
         // A completed connection from another host to the same destination.
-        let ok = w.observe(&record(3, 2, 80, 25));
+        let ok = w.observe(&record(3, 2, 80, 25), Some(&answer(3, 2, 80, 25)));
         assert_eq!((ok.src_flows, ok.src_unanswered_share.to_bits()), (1, 0f64.to_bits()));
         assert_eq!((ok.dst_flows, ok.dst_src_hosts), (21, 2));
         assert!((ok.dst_unanswered_share - 20.0 / 21.0).abs() < 1e-12);
     }
 
+    /// The responder's answer to [`record`]`(src, dst, port, first_ms)`: SYN-ACK and ACKs.
+    fn answer(src: u8, dst: u8, port: u16, first_ms: u64) -> FlowRecord {
+        let mut r = record(dst, src, 40000, first_ms);
+        r.src_port = port;
+        r.tcp_flags = crate::flows::record::TcpFlagCounts { syn_ack: 1, ack: 3, ..Default::default() };
+        r
+    }
+
     #[test]
-    fn bytes_in_come_from_the_reverse_direction() {
+    fn bytes_back_come_from_the_source_s_own_conversations() {
         let mut w = ContextWindow::new(Duration::from_secs(10));
-        let mut reply = record(2, 1, 40000, 1);
+        let mut reply = answer(1, 2, 80, 1);
         reply.bytes = 5000;
-        w.observe(&reply);
-        let ctx = w.observe(&record(1, 2, 80, 2));
+        let ctx = w.observe(&record(1, 2, 80, 1), Some(&reply));
         assert_eq!((ctx.src_bytes_out, ctx.src_bytes_in), (180, 5000));
+        assert!(ctx.src_unanswered_share.abs() < f64::EPSILON, "answered with a SYN-ACK");
+        // The responder starting a conversation of its own: what it sent as a responder is not
+        // counted as its own sending.
+        let ctx = w.observe(&record(2, 1, 53, 2), None);
+        assert_eq!((ctx.src_bytes_out, ctx.src_bytes_in), (180, 0));
+        assert!((ctx.src_unanswered_share - 1.0).abs() < f64::EPSILON, "nothing back");
+    }
+
+    #[test]
+    fn rejected_and_half_open_attempts_fail_and_one_way_udp_is_not_an_attempt() {
+        let mut w = ContextWindow::new(Duration::from_secs(10));
+        let mut syn = record(1, 2, 81, 1);
+        syn.tcp_flags = crate::flows::record::TcpFlagCounts { syn: 1, ..Default::default() };
+        let mut rst = answer(1, 2, 81, 1);
+        rst.tcp_flags = crate::flows::record::TcpFlagCounts { rst: 1, ack: 1, ..Default::default() };
+        let ctx = w.observe(&syn, Some(&rst));
+        assert_eq!(ctx.src_failed, 1, "REJ");
+        // Half-open: the SYN-ACK came, the initiator reset instead of completing.
+        let mut half = record(1, 2, 80, 2);
+        half.tcp_flags = crate::flows::record::TcpFlagCounts { syn: 1, rst: 1, ..Default::default() };
+        let ctx = w.observe(&half, Some(&answer(1, 2, 80, 2)));
+        assert_eq!((ctx.src_failed, ctx.dst_failed), (2, 2), "never completed");
+        let mut udp = record(1, 3, 514, 3);
+        udp.protocol = 17;
+        let ctx = w.observe(&udp, None);
+        assert_eq!(ctx.src_failed, 2, "one-way UDP is no attempt");
+        let ctx = w.observe(&record(1, 2, 443, 4), Some(&answer(1, 2, 443, 4)));
+        assert_eq!(ctx.src_failed, 2);
+        assert!((ctx.src_unanswered_share - 2.0 / 3.0).abs() < 1e-12, "two of three TCP attempts");
     }
 
     #[test]
     fn old_flows_leave_and_hosts_are_forgotten() {
         let mut w = ContextWindow::new(Duration::from_secs(1));
         for i in 0..10 {
-            w.observe(&record(1, 2, 80 + i, u64::from(i)));
+            w.observe(&record(1, 2, 80 + i, u64::from(i)), None);
         }
         // 5 s later everything before is out of the window.
-        let ctx = w.observe(&record(1, 3, 80, 5000));
+        let ctx = w.observe(&record(1, 3, 80, 5000), None);
         assert_eq!((ctx.src_flows, ctx.src_dst_hosts, ctx.src_dst_ports), (1, 1, 1));
         assert_eq!(w.len(), 1);
         assert_eq!(w.hosts(), (1, 1), "host 10.0.0.2 is gone");
@@ -374,7 +448,7 @@ mod tests {
     fn event_cap_bounds_memory() {
         let mut w = ContextWindow::with_capacity(Duration::from_hours(1), 100);
         for i in 0..1000u16 {
-            w.observe(&record((i % 250) as u8, 2, i, u64::from(i)));
+            w.observe(&record((i % 250) as u8, 2, i, u64::from(i)), None);
         }
         assert_eq!(w.len(), 100);
         assert!(w.sources.len() <= 100 && w.destinations.len() == 1);
@@ -405,8 +479,8 @@ mod tests {
         let mut w = ContextWindow::new(Duration::from_secs(10));
         let mut v6 = record(1, 2, 80, 0);
         v6.src_ip = "2001:db8::1".parse().expect("ip");
-        w.observe(&v6);
-        let ctx = w.observe(&record(1, 2, 80, 1));
+        w.observe(&v6, None);
+        let ctx = w.observe(&record(1, 2, 80, 1), None);
         assert_eq!((ctx.src_flows, ctx.dst_flows, ctx.dst_src_hosts), (1, 2, 2));
     }
 
@@ -418,7 +492,7 @@ mod tests {
         for i in 0..100u16 {
             // Wall time goes back an hour halfway; the event clock keeps going.
             let wall_ms = if i < 50 { 3_600_000 + u64::from(i) * 1000 } else { u64::from(i) * 1000 };
-            w.observe_at(&record(1, 2, i, wall_ms), u64::from(i) * s);
+            w.observe_at(&record(1, 2, i, wall_ms), None, u64::from(i) * s);
         }
         assert_eq!(w.len(), 11, "the last 10 s of the event clock, whatever the records say");
     }

@@ -1,4 +1,4 @@
-//! Flow records with their raw feature rows, from captures or from flow-record files.
+//! Conversations with their raw feature rows, from captures or from flow-record files.
 
 use std::{
     io::{BufRead, BufReader},
@@ -10,16 +10,20 @@ use ndarray::{Array2, Axis, concatenate};
 
 use super::{ContextWindow, FlowFeatures, flow::FLOW_FEATURE_COUNT};
 use crate::{
-    flows::{FlowRecord, HarvestConfig, biflow::BiflowRecord},
+    flows::{
+        FlowRecord, HarvestConfig,
+        biflow::{self, BiflowRecord, Conversation},
+    },
     replay::{self, ReplayError},
 };
 
-/// Records and their raw feature rows (row `i` is `records[i]`), with the file each came from.
+/// Conversations and their raw feature rows (row `i` is `conversations[i]`), with the file
+/// each came from.
 #[derive(Debug)]
 pub struct FlowDataset {
-    pub records: Vec<FlowRecord>,
+    pub conversations: Vec<Conversation>,
     pub rows: Array2<f32>,
-    /// Index into `files` per record.
+    /// Index into `files` per conversation.
     pub file_index: Vec<usize>,
     pub files: Vec<PathBuf>,
 }
@@ -36,15 +40,15 @@ pub enum DatasetError {
 }
 
 impl FlowDataset {
-    fn from_groups(groups: Vec<Vec<FlowRecord>>, files: Vec<PathBuf>, window: Duration) -> Self {
-        let mut records = Vec::new();
+    fn from_groups(groups: Vec<Vec<Conversation>>, files: Vec<PathBuf>, window: Duration) -> Self {
+        let mut conversations = Vec::new();
         let mut file_index = Vec::new();
         let mut parts = Vec::new();
         for (i, group) in groups.into_iter().enumerate() {
             // Each file has its own clock, so its own context window.
             parts.push(FlowFeatures::new(ContextWindow::new(window)).batch(&group));
             file_index.extend(std::iter::repeat_n(i, group.len()));
-            records.extend(group);
+            conversations.extend(group);
         }
         let views: Vec<_> = parts.iter().map(|p| p.view()).collect();
         let rows = if views.is_empty() {
@@ -52,7 +56,7 @@ impl FlowDataset {
         } else {
             concatenate(Axis(0), &views).expect("same width")
         };
-        Self { records, rows, file_index, files }
+        Self { conversations, rows, file_index, files }
     }
 
     /// Replays captures (as `vigil replay` does) and computes features per file.
@@ -83,16 +87,16 @@ impl FlowDataset {
         Ok(Self::from_groups(groups, files.to_vec(), window))
     }
 
-    /// Number of flows.
+    /// Number of conversations.
     #[must_use]
     pub fn len(&self) -> usize {
-        self.records.len()
+        self.conversations.len()
     }
 
-    /// True if there are no flows.
+    /// True if there are no conversations.
     #[must_use]
     pub fn is_empty(&self) -> bool {
-        self.records.is_empty()
+        self.conversations.is_empty()
     }
 }
 
@@ -104,17 +108,18 @@ enum AnyRecord {
     Direction(Box<FlowRecord>),
 }
 
-/// Reads one JSON-lines file of flow records (blank lines skipped), as the directional records
-/// the flow schema is computed from: conversation records (format 2, what `--flows-out` and
-/// `vigil replay` write) give one or two each, directional records (format 1, written before
-/// conversations) one.
+/// Reads one JSON-lines file of flow records (blank lines skipped) as conversations, the unit
+/// the flow schema describes: a conversation record (format 2, what `--flows-out` and
+/// `vigil replay` write) is one; directional records (format 1, written before conversations)
+/// are paired with their other direction when the file holds it.
 ///
 /// # Errors
 /// [`DatasetError`] naming the file and line.
-pub fn read_records(path: &Path) -> Result<Vec<FlowRecord>, DatasetError> {
+pub fn read_records(path: &Path) -> Result<Vec<Conversation>, DatasetError> {
     let io = |source| DatasetError::Io { path: path.to_owned(), source };
     let file = std::fs::File::open(path).map_err(io)?;
     let mut out = Vec::new();
+    let mut directional = Vec::new();
     for (n, line) in BufReader::new(file).lines().enumerate() {
         let line = line.map_err(io)?;
         if line.trim().is_empty() {
@@ -126,9 +131,10 @@ pub fn read_records(path: &Path) -> Result<Vec<FlowRecord>, DatasetError> {
             source,
         })?;
         match record {
-            AnyRecord::Conversation(c) => out.extend(c.conversation().legs()),
-            AnyRecord::Direction(r) => out.push(*r),
+            AnyRecord::Conversation(c) => out.push(c.conversation()),
+            AnyRecord::Direction(r) => directional.push(*r),
         }
     }
+    out.extend(biflow::pair_all(directional));
     Ok(out)
 }

@@ -2,9 +2,10 @@
 //! they are transformed before scaling. Defined once here and used by training, scoring,
 //! evaluation and the model manifest (which stores the names and refuses a mismatch).
 //!
-//! A flow is described by its own record (size, timing, TCP flags, TTL) plus the context of
-//! its source and destination over a sliding window ([`context`]): scans and floods are made of
-//! tiny flows that only look anomalous together, as UNSW-NB15's `ct_*` features capture.
+//! A conversation is described by both of its directions (sizes, timing, TCP flags and the
+//! handshake's outcome, TTLs) plus the context of its initiator and responder over a sliding
+//! window ([`context`]): scans and floods are made of tiny conversations that only look
+//! anomalous together, as UNSW-NB15's `ct_*` features capture.
 
 pub mod context;
 pub mod dataset;
@@ -48,13 +49,14 @@ pub struct FeatureSpec {
 /// An ordered list of features with a name that identifies the schema.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Schema {
-    /// `vigil-flow-v1` for flows built by Vigil, `unsw-nb15` for the dataset mode.
+    /// `vigil-flow-v2` for conversations built by Vigil, `unsw-nb15` for the dataset mode.
     pub id: String,
     pub features: Vec<FeatureSpec>,
 }
 
 /// The id of the flow schema that `vigil run`, `replay`-based training and evaluation use.
-pub const FLOW_SCHEMA_ID: &str = "vigil-flow-v1";
+/// Version 2 describes conversations (both directions); version 1 described one direction.
+pub const FLOW_SCHEMA_ID: &str = "vigil-flow-v2";
 
 impl Schema {
     /// The flow schema built from [`FLOW_FEATURES`].
@@ -108,7 +110,13 @@ impl Schema {
     #[must_use]
     pub fn mismatch(&self, other: &Self) -> Option<String> {
         if self.id != other.id {
-            return Some(format!("schema `{}` where `{}` is expected", other.id, self.id));
+            let retrain = if self.id == FLOW_SCHEMA_ID {
+                "; retrain the model with this version of vigil: \
+                 `vigil train --pcap <benign captures> --out <dir>` or `vigil train --flows <records> --out <dir>`"
+            } else {
+                ""
+            };
+            return Some(format!("schema `{}` where `{}` is expected{retrain}", other.id, self.id));
         }
         if self.len() != other.len() {
             return Some(format!("{} features where {} are expected", other.len(), self.len()));
@@ -148,6 +156,15 @@ mod tests {
         assert!(msg.contains("feature 3 is `bogus`"), "{msg}");
         b.features.pop();
         assert!(a.mismatch(&b).expect("differs").contains("features where"));
+    }
+
+    #[test]
+    fn a_version_1_schema_is_refused_with_the_command_to_retrain() {
+        let mut v1 = Schema::flow();
+        v1.id = "vigil-flow-v1".into();
+        let msg = Schema::flow().mismatch(&v1).expect("differs");
+        assert!(msg.starts_with("schema `vigil-flow-v1` where `vigil-flow-v2` is expected"), "{msg}");
+        assert!(msg.contains("vigil train --pcap"), "{msg}");
     }
 
     #[test]

@@ -315,7 +315,8 @@ impl BiflowRecord {
 }
 
 /// The directional records of one conversation, leaving the flow table together: one, or two
-/// when the other direction was seen too.
+/// when the other direction was seen too. Built with [`Conversation::new`], `first` is the
+/// initiator's direction and `second` the responder's.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Conversation {
     pub first: FlowRecord,
@@ -323,6 +324,16 @@ pub struct Conversation {
 }
 
 impl Conversation {
+    /// The conversation of a direction and, if seen, the other (its [`reverse`]), initiator
+    /// first (see [`initiator`]). A lone direction is its own initiator.
+    #[must_use]
+    pub fn new(a: FlowRecord, b: Option<FlowRecord>) -> Self {
+        match b {
+            Some(b) if !initiator(&a, &b) => Self { first: b, second: Some(a) },
+            b => Self { first: a, second: b },
+        }
+    }
+
     /// The versioned record of the conversation.
     #[must_use]
     pub fn record(&self) -> BiflowRecord {
@@ -354,7 +365,7 @@ pub fn pair_all(records: Vec<FlowRecord>) -> Vec<Conversation> {
     for i in 0..slots.len() {
         let Some(first) = slots[i].take() else { continue };
         let second = partner[i].and_then(|j| slots[j].take());
-        out.push(Conversation { first, second });
+        out.push(Conversation::new(first, second));
     }
     out.sort_by_key(|c| (c.first_seen_ns(), c.first.key()));
     out

@@ -207,8 +207,9 @@ struct Shard {
     leaving: Vec<(FlowKey, FlowStats, u64)>,
     /// Every flow's time span under the hash of its conversation's key.
     spans: Vec<(u64, TimeSpan)>,
-    /// Flows that stay but saw packets since the last live harvest.
-    updated: Vec<(FlowKey, FlowStats)>,
+    /// Flows that stay but saw packets since the last live harvest, with the hash of their
+    /// conversation's key.
+    updated: Vec<(FlowKey, FlowStats, u64)>,
 }
 
 /// A job for [`run_parallel`].
@@ -276,19 +277,61 @@ fn scan_shard(
         } else if since_ns.is_some_and(|since| span.last_ns > since)
             && let Some(stats) = merge_per_cpu(per_cpu)
         {
-            updated.push((*key, stats));
+            updated.push((*key, stats, conversation));
         }
     })
 }
 
-/// A flow as it stands now, for live scoring: a snapshot of a flow still in the table, or the
-/// final record of one that left, whenever it saw packets since the previous harvest.
+/// The live form of a conversation whose directions' values are `legs`: new if its first
+/// packet came after `since_mono_ns`.
+fn live_flow(conversation: Conversation, legs: &[(FlowKey, FlowStats)], since_mono_ns: Option<u64>) -> LiveFlow {
+    let first_mono_ns = legs.iter().map(|(_, s)| s.first_seen_ns).min().unwrap_or_default();
+    LiveFlow {
+        record: conversation.first,
+        back: conversation.second,
+        new: since_mono_ns.is_some_and(|since| first_mono_ns > since),
+        first_mono_ns,
+    }
+}
+
+/// For the conversations of updated directions whose other direction did not update: whether
+/// the scan saw two directions in the table (so the other is worth a lookup). One pass over
+/// the scan's spans; a one-way flood has no second direction and costs no syscall.
+struct LivePartners(HashMap<u64, u32>);
+
+impl LivePartners {
+    fn count(updated: &[(FlowKey, FlowStats, u64)], spans: &[Vec<(u64, TimeSpan)>]) -> Self {
+        let keys: HashSet<FlowKey> = updated.iter().map(|u| u.0).collect();
+        let mut wanted: HashMap<u64, u32> =
+            updated.iter().filter(|u| !keys.contains(&biflow::reverse(&u.0))).map(|u| (u.2, 0)).collect();
+        if !wanted.is_empty() {
+            for (hash, _) in spans.iter().flatten() {
+                if let Some(n) = wanted.get_mut(hash) {
+                    *n += 1;
+                }
+            }
+        }
+        Self(wanted)
+    }
+
+    fn has_two(&self, conversation: u64) -> bool {
+        self.0.get(&conversation).is_some_and(|&n| n > 1)
+    }
+}
+
+/// A conversation as it stands now, for live scoring: snapshots of its directions still in
+/// the table, or the final records of one that left, whenever either direction saw packets
+/// since the previous harvest.
 #[derive(Clone, Debug)]
 pub struct LiveFlow {
+    /// The initiator's direction (see [`biflow::initiator`]).
     pub record: FlowRecord,
-    /// Its first packet came after the previous harvest: the first time it is seen.
+    /// The responder's direction, if it sent anything.
+    pub back: Option<FlowRecord>,
+    /// Its first packet (of either direction) came after the previous harvest: the first time
+    /// the conversation is seen.
     pub new: bool,
-    /// Its first packet's `CLOCK_MONOTONIC` time, the clock live windows run on (the record's
+    /// Its first packet's `CLOCK_MONOTONIC` time, the clock live windows run on (the records'
     /// times are wall-clock, for output).
     pub first_mono_ns: u64,
 }
@@ -363,9 +406,10 @@ impl Harvester {
         self.harvest_live(now_mono_ns, None, emit, |_| {})
     }
 
-    /// [`Harvester::harvest`] that also passes to `live` every flow with packets after
-    /// `since_mono_ns` (the previous harvest's `now`): snapshots of flows that stay, and copies
-    /// of the records of flows that leave. With `since_mono_ns = None` nothing is live.
+    /// [`Harvester::harvest`] that also passes to `live` every conversation with packets after
+    /// `since_mono_ns` (the previous harvest's `now`), both directions as they stand: snapshots
+    /// of conversations that stay (a direction that saw no packet is read from the table), and
+    /// copies of the records of those that leave. With `since_mono_ns = None` nothing is live.
     ///
     /// # Errors
     /// A failing map syscall.
@@ -383,7 +427,6 @@ impl Harvester {
         let config = self.config;
         let tracked =
             self.scan(since_mono_ns, |_, span| config.end_reason(span.first_ns, span.last_ns, now_mono_ns))?;
-        let is_new = |stats: &FlowStats| since_mono_ns.is_some_and(|since| stats.first_seen_ns > since);
         let is_live = |stats: &FlowStats| since_mono_ns.is_some_and(|since| stats.last_seen_ns > since);
 
         // Taken, not drained: the buffers (a flow table's worth under a flood) are freed before
@@ -391,6 +434,9 @@ impl Harvester {
         // direction timed out.
         let any_leaving = self.shards.iter().any(|s| !s.leaving.is_empty());
         let all: Vec<Vec<(u64, TimeSpan)>> = self.shards.iter_mut().map(|s| std::mem::take(&mut s.spans)).collect();
+        let updated: Vec<(FlowKey, FlowStats, u64)> =
+            self.shards.iter_mut().flat_map(|s| std::mem::take(&mut s.updated)).collect();
+        let partners = LivePartners::count(&updated, &all);
         let spans = Spans::new(if any_leaving { all.into_iter().flatten().collect() } else { Vec::new() });
         let mut candidates: HashMap<FlowKey, FlowStats> = HashMap::new();
         // (key, reason, whether the other direction is in the table)
@@ -428,36 +474,57 @@ impl Harvester {
                     legs.push((back, Some(stats)));
                 }
             }
-            let mut records = legs.into_iter().filter_map(|(key, stats)| {
-                let stats = stats?;
+            let legs: Vec<(FlowKey, FlowStats)> =
+                legs.into_iter().filter_map(|(key, stats)| Some((key, stats?))).collect();
+            for _ in &legs {
                 match reason {
                     EndReason::Idle => report.idle += 1,
                     _ => report.active += 1,
                 }
-                let record = FlowRecord::new(&key, &stats, reason, clock);
-                if is_live(&stats) {
-                    live(LiveFlow { record: record.clone(), new: is_new(&stats), first_mono_ns: stats.first_seen_ns });
-                }
-                Some(record)
-            });
-            if let Some(first) = records.next() {
-                emit(Conversation { first, second: records.next() });
             }
+            let mut records = legs.iter().map(|(key, stats)| FlowRecord::new(key, stats, reason, clock));
+            let Some(first) = records.next() else { continue };
+            let conversation = Conversation::new(first, records.next());
+            if legs.iter().any(|(_, stats)| is_live(stats)) {
+                live(live_flow(conversation.clone(), &legs, since_mono_ns));
+            }
+            emit(conversation);
         }
-        for shard in &mut self.shards {
-            for (key, stats) in std::mem::take(&mut shard.updated) {
-                if taken.contains(&key) {
-                    continue;
-                }
-                live(LiveFlow {
-                    record: FlowRecord::new(&key, &stats, EndReason::Open, clock),
-                    new: is_new(&stats),
-                    first_mono_ns: stats.first_seen_ns,
-                });
+        // Directions that stay and saw packets, each with its other direction: updated too, or
+        // read from the table when the scan saw it there.
+        let index: HashMap<FlowKey, usize> =
+            updated.iter().enumerate().filter(|(_, u)| !taken.contains(&u.0)).map(|(i, u)| (u.0, i)).collect();
+        let mut done = vec![false; updated.len()];
+        for (i, &(key, stats, conversation)) in updated.iter().enumerate() {
+            if done[i] || taken.contains(&key) {
+                continue;
             }
+            done[i] = true;
+            let back = biflow::reverse(&key);
+            let other = if back == key {
+                None
+            } else if let Some(&j) = index.get(&back) {
+                done[j] = true;
+                Some((back, updated[j].1))
+            } else if partners.has_two(conversation) {
+                self.read(&back)?.map(|stats| (back, stats))
+            } else {
+                None
+            };
+            let legs: Vec<(FlowKey, FlowStats)> = std::iter::once((key, stats)).chain(other).collect();
+            let mut records = legs.iter().map(|(key, stats)| FlowRecord::new(key, stats, EndReason::Open, clock));
+            let Some(first) = records.next() else { continue };
+            live(live_flow(Conversation::new(first, records.next()), &legs, since_mono_ns));
         }
         report.elapsed = started.elapsed();
         Ok(report)
+    }
+
+    /// The current value of `key` in its shard, summed over CPUs.
+    fn read(&mut self, key: &FlowKey) -> io::Result<Option<FlowStats>> {
+        let shard = &self.shards[key.shard() % self.shards.len()];
+        let fd = shard.table.map().fd().as_fd();
+        Ok(if batch::lookup(fd, key, &mut self.scratch)? { merge_per_cpu(&self.scratch) } else { None })
     }
 
     /// Removes `key` from its shard and returns its value at deletion, which includes packets

@@ -98,10 +98,10 @@ impl OfflineTable {
             let Some(stats) = self.flows.remove(&key) else { continue };
             let back = biflow::reverse(&key);
             let second = if back == key { None } else { self.flows.remove(&back) };
-            emit(Conversation {
-                first: FlowRecord::new(&key, &stats, reason, clock),
-                second: second.map(|s| FlowRecord::new(&back, &s, reason, clock)),
-            });
+            emit(Conversation::new(
+                FlowRecord::new(&key, &stats, reason, clock),
+                second.map(|s| FlowRecord::new(&back, &s, reason, clock)),
+            ));
         }
     }
 

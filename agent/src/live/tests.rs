@@ -88,7 +88,7 @@ impl Rig {
 fn live(dst_port: u16, dst: u8) -> LiveFlow {
     let mut r = record(7, dst, dst_port, 0);
     r.end_reason = EndReason::Open;
-    LiveFlow { record: r, new: true, first_mono_ns: 100 * S + 1 }
+    LiveFlow { record: r, back: None, new: true, first_mono_ns: 100 * S + 1 }
 }
 
 #[test]

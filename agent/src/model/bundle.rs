@@ -406,14 +406,14 @@ mod tests {
         let detector = bundle.detector(&Schema::flow()).expect("detector");
         let feature = Schema::flow().names().position(|n| n == "src_dst_ports").expect("feature");
         let mut raw = rows.slice(ndarray::s![0..1, ..]).to_owned();
-        raw[[0, feature]] = 5000.0; // a scan's worth of ports; training values are below 5
+        raw[[0, feature]] = 1e6; // a sweep's worth of ports; training values are below 5
         let prepared = detector.prepare(raw.view());
         let (scores, recon) = detector.score_prepared(prepared.view()).expect("scores");
         assert!(scores[0].combined > detector.thresholds.alert, "{:?} vs {:?}", scores[0], detector.thresholds);
         let why = detector.explain(raw.row(0), prepared.row(0), recon.row(0), 3);
         assert_eq!(why.len(), 3);
         assert_eq!(why[0].feature, "src_dst_ports");
-        assert!((why[0].value - 5000.0).abs() < f32::EPSILON);
+        assert!((why[0].value - 1e6).abs() < f32::EPSILON);
         assert!((why[0].baseline - detector.baseline[feature]).abs() < f32::EPSILON && why[0].baseline < 5.0);
         assert!(why[0].share > why[1].share && why.iter().all(|c| c.share > 0.0 && c.share <= 1.0));
     }

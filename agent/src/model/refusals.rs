@@ -109,14 +109,14 @@ fn thresholds_out_of_the_score_range_are_refused() {
 #[test]
 fn scaler_baseline_and_combine_values_out_of_range_are_refused() {
     let e = refused(|m| m.scaler.std[3] = 0.0);
-    assert!(e.starts_with("scaler.std[3] (packets_per_s) is 0; it must be a finite number in [0.000001, 256]"), "{e}");
+    assert!(e.starts_with("scaler.std[3] (resp_packets) is 0; it must be a finite number in [0.000001, 256]"), "{e}");
     let e = refused(|m| m.scaler.std[0] = -2.0);
     assert!(e.starts_with("scaler.std[0] (duration_s) is -2;"), "{e}");
     // A huge spread squeezes every flow onto the training mean: the models would see no flow.
-    let e = refused(|m| m.scaler.std[5] = 1e9);
-    assert!(e.starts_with("scaler.std[5] (len_mean) is 1e9;"), "{e}");
+    let e = refused(|m| m.scaler.std[6] = 1e9);
+    assert!(e.starts_with("scaler.std[6] (orig_len_mean) is 1e9;"), "{e}");
     let e = refused(|m| m.scaler.mean[1] = -1e7);
-    assert!(e.starts_with("scaler.mean[1] (packets) is -1e7; it must be a finite number in [-256, 256]"), "{e}");
+    assert!(e.starts_with("scaler.mean[1] (orig_packets) is -1e7; it must be a finite number in [-256, 256]"), "{e}");
     let e = refused(|m| m.combine.iforest.spread = -0.1);
     assert!(e.starts_with("combine.iforest.spread is -0.1;"), "{e}");
     let e = refused(|m| m.combine.iforest.median = 5.0);
@@ -128,10 +128,10 @@ fn scaler_baseline_and_combine_values_out_of_range_are_refused() {
 
     let mut d = small().detector(&Schema::flow()).expect("loads");
     d.baseline[2] = f32::INFINITY;
-    assert!(d.check().expect_err("inf").to_string().starts_with("baseline[2] (bytes) is inf"));
+    assert!(d.check().expect_err("inf").to_string().starts_with("baseline[2] (orig_bytes) is inf"));
     let mut d = small().detector(&Schema::flow()).expect("loads");
     d.scaler.mean[4] = f32::NAN;
-    assert!(d.check().expect_err("NaN").to_string().starts_with("scaler.mean[4] (bytes_per_s) is NaN"));
+    assert!(d.check().expect_err("NaN").to_string().starts_with("scaler.mean[4] (resp_bytes) is NaN"));
 }
 
 /// An autoencoder that copies its input: relu(x) − relu(−x) = x.
@@ -172,7 +172,7 @@ fn an_identity_autoencoder_is_refused() {
     // A model of another width.
     let narrow = identity(5);
     let e = refused_with(&forest(), onnx::export(&narrow, "narrow"));
-    assert!(e.starts_with("autoencoder.onnx: the model's input is 5 features wide, the schema has 32"), "{e}");
+    assert!(e.starts_with("autoencoder.onnx: the model's input is 5 features wide, the schema has 48"), "{e}");
 }
 
 #[test]

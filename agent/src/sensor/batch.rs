@@ -14,6 +14,7 @@ use std::{
 
 use aya::Pod;
 
+const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
 const BPF_MAP_LOOKUP_AND_DELETE_ELEM: libc::c_long = 21;
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
@@ -174,13 +175,26 @@ pub fn delete_batch<K: Pod>(map: BorrowedFd<'_>, keys: &[K]) -> io::Result<u32> 
 /// # Errors
 /// The syscall's error other than `ENOENT`.
 pub fn lookup_and_delete<K: Pod, V: Pod>(map: BorrowedFd<'_>, key: &K, values: &mut [V]) -> io::Result<bool> {
+    elem(BPF_MAP_LOOKUP_AND_DELETE_ELEM, map, key, values)
+}
+
+/// Reads one entry of a per-CPU hash map (`BPF_MAP_LOOKUP_ELEM`) into `values`, one per CPU.
+/// Returns `false` if the key is not there.
+///
+/// # Errors
+/// The syscall's error other than `ENOENT`.
+pub fn lookup<K: Pod, V: Pod>(map: BorrowedFd<'_>, key: &K, values: &mut [V]) -> io::Result<bool> {
+    elem(BPF_MAP_LOOKUP_ELEM, map, key, values)
+}
+
+fn elem<K: Pod, V: Pod>(cmd: libc::c_long, map: BorrowedFd<'_>, key: &K, values: &mut [V]) -> io::Result<bool> {
     let mut attr = ElemAttr {
         map_fd: map.as_raw_fd().cast_unsigned(),
         key: addr(std::ptr::from_ref(key)),
         value: addr(values.as_mut_ptr()),
         ..ElemAttr::default()
     };
-    match sys_bpf(BPF_MAP_LOOKUP_AND_DELETE_ELEM, &mut attr) {
+    match sys_bpf(cmd, &mut attr) {
         Ok(()) => Ok(true),
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
         Err(e) => Err(e),

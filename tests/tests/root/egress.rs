@@ -160,3 +160,36 @@ fn a_conversation_times_out_as_a_whole() {
     assert_eq!((record.initiator_port, record.responder_port), (5_000, 53), "the first seen initiates");
     assert_eq!(record.responder.as_ref().map(|r| r.bytes), Some(u64::try_from(answer.len()).unwrap()));
 }
+
+#[test]
+fn live_conversations_carry_both_directions_as_they_stand() {
+    let mut h = Harness::new();
+    let syn = Pkt::tcp4(CLIENT, HOST, 40_001, 22, flags::SYN).build();
+    let syn_ack = Pkt::tcp4(HOST, CLIENT, 22, 40_001, flags::SYN | flags::ACK).build();
+    let ack = Pkt::tcp4(CLIENT, HOST, 40_001, 22, flags::ACK).build();
+    let flood = Pkt::tcp4([203, 0, 113, 9], HOST, 50_000, 80, flags::SYN).build();
+    assert_eq!(h.run(&syn), XDP_PASS);
+    assert_eq!(h.run_egress(&syn_ack), TC_ACT_UNSPEC);
+    assert_eq!(h.run(&flood), XDP_PASS);
+    let mut harvester = harvester(&mut h, std::time::Duration::from_hours(1));
+    let first = vigil::clock::monotonic_ns();
+    let mut live = Vec::new();
+    harvester.harvest_live(first, Some(0), |_| {}, |f| live.push(f)).expect("harvest");
+    assert_eq!(live.len(), 2, "one live conversation each: {live:#?}");
+    let ssh = live.iter().find(|f| f.record.dst_port == 22).expect("the SSH conversation");
+    assert!(ssh.new);
+    assert_eq!(ssh.record.src_ip, std::net::IpAddr::from(CLIENT), "the initiator's direction comes first");
+    assert_eq!(ssh.back.as_ref().map(|b| (b.packets, b.tcp_flags.syn_ack)), Some((1, 1)));
+    let probe = live.iter().find(|f| f.record.dst_port == 80).expect("the probe");
+    assert!(probe.back.is_none(), "nothing came back");
+
+    // Only the client sends now: its conversation comes with the answer read from the table.
+    assert_eq!(h.run(&ack), XDP_PASS);
+    let mut again = Vec::new();
+    harvester.harvest_live(vigil::clock::monotonic_ns(), Some(first), |_| {}, |f| again.push(f)).expect("harvest");
+    assert_eq!(again.len(), 1, "{again:#?}");
+    let ssh = &again[0];
+    assert!(!ssh.new, "seen before");
+    assert_eq!((ssh.record.src_port, ssh.record.packets), (40_001, 2));
+    assert_eq!(ssh.back.as_ref().map(|b| (b.packets, b.tcp_flags.syn_ack)), Some((1, 1)), "the quiet direction too");
+}

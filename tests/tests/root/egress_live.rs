@@ -276,7 +276,7 @@ fn the_pinned_egress_link_is_taken_over_dropped_and_detached() {
     assert!(log.contains("TC egress sensor attached: took over the pinned link"), "{log}");
     assert!(watch.is_attached(), "the same link, now running the new program");
     // ...dropped by one run without egress...
-    let mut without = vec!["run", "--iface", Link::IFACE_B, "--interval", "200ms"];
+    let mut without = vec!["run", "--no-egress", "--iface", Link::IFACE_B, "--interval", "200ms"];
     without.extend(pinned);
     let (status, log) = Agent::start_net_only(&link.b, &without).stop();
     assert!(status.success(), "{log}");
