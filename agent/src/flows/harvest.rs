@@ -507,7 +507,13 @@ impl Harvester {
                 done[j] = true;
                 Some((back, updated[j].1))
             } else if partners.has_two(conversation) {
-                self.read(&back)?.map(|stats| (back, stats))
+                // A failed read costs the conversation its other side this cycle, not the cycle.
+                self.read(&back)
+                    .unwrap_or_else(|e| {
+                        tracing::debug!(error = %e, "cannot read the other direction of a live conversation");
+                        None
+                    })
+                    .map(|stats| (back, stats))
             } else {
                 None
             };
