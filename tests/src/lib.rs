@@ -10,6 +10,7 @@ pub mod bench;
 pub mod blast;
 pub mod capture;
 pub mod data;
+pub mod host_replay;
 pub mod interrupt;
 pub mod lab;
 pub mod netns;

@@ -1,10 +1,12 @@
 //! End-to-end evaluation on replayed captures: every capture of a labelled directory is
-//! replayed with tcpreplay into the running agent, and its alerts are checked against the
-//! labels.
+//! replayed into the running agent, and its alerts are checked against the labels.
 //!
-//! The agent runs on the lab's server (the victim). Before a capture is replayed, its labelled
+//! The agent runs on the lab's server (the victim). As a capture is replayed, its labelled
 //! attacker is mapped to an address of its own in the lab's range and its victim to the
-//! server's address (tcprewrite), so the labels still say who attacks whom. Captures are
+//! server's address, so the labels still say who attacks whom; and the agent sees it as the
+//! host would (`vigil_tests::host_replay`): the victim's own packets leave the server's
+//! interface (its egress), everything else arrives from the attacker's namespace. Every frame
+//! the capture reader reads is replayed, whatever its link type or contents. Captures are
 //! replayed one after another, each followed by a quiet `settle` period; an alert belongs to
 //! the capture whose segment (replay start to the next replay start) holds its timestamp, and
 //! a flow record to the segment holding its first packet.
@@ -29,6 +31,7 @@ use vigil::{
 
 use vigil_tests::{
     agent::read_records,
+    host_replay::{self, Sender},
     interrupt::{self, Interrupted},
     lab::{IFACE, Lab, VICTIM, Watch, event_ip, is_alert, timestamp_ms},
 };
@@ -62,8 +65,10 @@ pub struct CaptureResult {
     pub capture: String,
     pub kind: String,
     pub packets: u64,
-    /// Packets tcpreplay sent (frames over the MTU are cut, not dropped).
+    /// Frames replayed (frames over the MTU are cut, not dropped).
     pub sent: Option<u64>,
+    /// Of those, frames the victim sent (from its own namespace, through its egress).
+    pub from_victim: u64,
     pub replay_seconds: f64,
     /// The labelled attacker and victim, and what they became in the lab.
     pub attacker: Option<String>,
@@ -143,6 +148,7 @@ struct Segment {
     start_ms: i64,
     packets: u64,
     sent: Option<u64>,
+    from_victim: u64,
     replay: Duration,
     error: Option<String>,
 }
@@ -191,7 +197,7 @@ pub fn run(options: &Options) -> Result<Report, String> {
     );
     let watch = options.watch.then(|| Watch::start(lab.alerts_path(), "  | "));
     let mut segments = Vec::new();
-    let outcome = replay_all(&lab, &captures, &infos, options, &scratch, &mut segments);
+    let outcome = replay_all(&lab, &captures, &infos, options, &mut segments);
     drop(watch);
     // SIGINT: a --no-pin agent detaches and exports every remaining flow.
     let (status, log) = agent.stop();
@@ -209,9 +215,12 @@ fn replay_all(
     captures: &[(PathBuf, String, CaptureLabel)],
     infos: &[pcapreplay::CaptureInfo],
     options: &Options,
-    scratch: &Path,
     segments: &mut Vec<Segment>,
 ) -> Result<(), Interrupted> {
+    // The victim's side of every capture leaves the victim's own interface (through the
+    // sensor's egress hook); the rest arrives from the attacker's namespace.
+    let open = |ns, side| Sender::open(ns, IFACE).unwrap_or_else(|e| panic!("{side} replay socket: {e}"));
+    let senders = (open(&lab.victim, "victim"), open(&lab.attacker, "attacker"));
     // Let the agent's first cycles pass before the first capture.
     interrupt::sleep(Duration::from_secs(2))?;
     for (i, ((path, rel, label), info)) in captures.iter().zip(infos).enumerate() {
@@ -224,6 +233,7 @@ fn replay_all(
             start_ms: vigil_tests::lab::now_ms(),
             packets: info.packets,
             sent: None,
+            from_victim: 0,
             replay: Duration::ZERO,
             error: None,
         };
@@ -235,22 +245,16 @@ fn replay_all(
             info.packets,
             info.replay.as_secs_f64()
         );
-        let out = scratch.join(format!("capture-{i}.pcap"));
         // Every frame fits the links (the MTU was chosen for the largest), nothing is cut.
-        let file = pcapreplay::rewrite(path, &out, &pairs, None).map(|()| out);
-        match file {
-            Err(e) => segment.error = Some(e),
-            Ok(file) => {
-                segment.start_ms = vigil_tests::lab::now_ms();
-                let limit = info.replay * 2 + Duration::from_secs(30);
-                match pcapreplay::replay(&lab.attacker, IFACE, &file, options.max_gap, limit)? {
-                    Ok(r) => {
-                        segment.sent = r.sent;
-                        segment.replay = r.elapsed;
-                    }
-                    Err(e) => segment.error = Some(e),
-                }
+        segment.start_ms = vigil_tests::lab::now_ms();
+        let limit = info.replay * 2 + Duration::from_secs(30);
+        match host_replay::replay(path, &pairs, segment.victim, &senders.0, &senders.1, options.max_gap, limit)? {
+            Ok(r) => {
+                segment.sent = Some(r.from_victim + r.from_outside);
+                segment.from_victim = r.from_victim;
+                segment.replay = r.elapsed;
             }
+            Err(e) => segment.error = Some(e),
         }
         if let Some(e) = &segment.error {
             println!("    error: {e}");
@@ -300,6 +304,7 @@ fn score(options: &Options, labels: &Path, segments: &[Segment], records: &[Flow
             kind: seg.label.kind.clone(),
             packets: seg.packets,
             sent: seg.sent,
+            from_victim: seg.from_victim,
             replay_seconds: seg.replay.as_secs_f64(),
             attacker: seg.label.attacker.map(|a| a.to_string()),
             attacker_lab: seg.attacker.map(|a| a.to_string()),

@@ -21,6 +21,7 @@ use vigil::eval::labels::Labels;
 
 use vigil_tests::{
     agent::Agent,
+    host_replay::{self, Sender},
     interrupt::{self, Interrupted},
     lab::{BYSTANDER, IFACE, Lab, VICTIM, Watch, event_ip, is_alert, now_ms, timestamp_ms},
     netns::{Netns, sh},
@@ -359,18 +360,23 @@ fn run_step(
     }
 }
 
+/// Replays a capture as the victim host would see it (`vigil_tests::host_replay`): frames from
+/// the mapped victim leave the victim's interface, the rest arrive from `from`. The lab's links
+/// carry 1500-byte packets; larger captured frames are cut.
 fn replay(lab: &Lab, from: &Netns, path: &Path, pairs: &[(IpAddr, IpAddr)]) -> Result<Result<(), String>, Interrupted> {
     let info = match pcapreplay::inspect(path, Duration::from_secs(1)) {
         Ok(i) => i,
         Err(e) => return Ok(Err(format!("{}: {e}", path.display()))),
     };
-    let out = lab.dir.path().join("replay.pcap");
-    // The lab's links carry 1500-byte packets; larger captured frames are cut.
-    if let Err(e) = pcapreplay::rewrite(path, &out, pairs, Some(1500)) {
-        return Ok(Err(e));
-    }
-    Ok(pcapreplay::replay(from, IFACE, &out, Duration::from_secs(1), info.replay * 2 + Duration::from_secs(30))?
-        .map(|_| ()))
+    let victim: IpAddr = VICTIM.parse().expect("victim");
+    let victim = pairs.iter().any(|&(_, to)| to == victim).then_some(victim);
+    let senders = Sender::open(&lab.victim, IFACE).and_then(|v| Ok((v, Sender::open(from, IFACE)?)));
+    let (victim_side, outside) = match senders {
+        Ok(s) => s,
+        Err(e) => return Ok(Err(format!("replay sockets: {e}"))),
+    };
+    let limit = info.replay * 2 + Duration::from_secs(30);
+    Ok(host_replay::replay(path, pairs, victim, &victim_side, &outside, Duration::from_secs(1), limit)?.map(|_| ()))
 }
 
 /// Whether `e` names `ip`: as its source, or for a spoofed flood as its destination.

@@ -15,6 +15,7 @@ mod blocklist_live;
 mod egress;
 mod egress_live;
 mod evasion_live;
+mod host_replay;
 mod kernel_host_equivalence;
 mod model_run;
 mod netns_live;
