@@ -294,29 +294,66 @@ fn live_flow(conversation: Conversation, legs: &[(FlowKey, FlowStats)], since_mo
     }
 }
 
-/// For the conversations of updated directions whose other direction did not update: whether
-/// the scan saw two directions in the table (so the other is worth a lookup). One pass over
-/// the scan's spans; a one-way flood has no second direction and costs no syscall.
-struct LivePartners(HashMap<u64, u32>);
-
-impl LivePartners {
-    fn count(updated: &[(FlowKey, FlowStats, u64)], spans: &[Vec<(u64, TimeSpan)>]) -> Self {
-        let keys: HashSet<FlowKey> = updated.iter().map(|u| u.0).collect();
-        let mut wanted: HashMap<u64, u32> =
-            updated.iter().filter(|u| !keys.contains(&biflow::reverse(&u.0))).map(|u| (u.2, 0)).collect();
-        if !wanted.is_empty() {
-            for (hash, _) in spans.iter().flatten() {
-                if let Some(n) = wanted.get_mut(hash) {
-                    *n += 1;
-                }
+/// The updated directions that stay, as conversations: pairs of directions that both moved,
+/// and single directions with, for each, how many directions the scan saw under its
+/// conversation's hash (two or more: the other one is in the table, worth a lookup).
+///
+/// Everything works on the conversation hashes the scan computed, in contiguous sorted
+/// vectors: no key is hashed again and no lookup jumps around memory, so a one-way flood
+/// (every direction single, none with a partner) costs two sorts and a merge.
+fn live_groups(updated: &[Vec<(FlowKey, FlowStats, u64)>], spans: &[Vec<(u64, TimeSpan)>]) -> LiveGroups {
+    let at = |l: Leg| &updated[l.0 as usize][l.1 as usize];
+    let mut order: Vec<(u64, Leg)> = Vec::with_capacity(updated.iter().map(Vec::len).sum());
+    for (shard, legs) in updated.iter().enumerate() {
+        for (i, leg) in legs.iter().enumerate() {
+            order.push((leg.2, (u32::try_from(shard).unwrap_or(u32::MAX), u32::try_from(i).unwrap_or(u32::MAX))));
+        }
+    }
+    order.sort_unstable_by_key(|o| o.0);
+    let mut groups = LiveGroups::default();
+    for run in order.chunk_by(|a, b| a.0 == b.0) {
+        if let [(hash, a)] = run {
+            groups.singles.push((*hash, *a));
+            continue;
+        }
+        // Two directions (more only on a hash collision): pair each with its reverse.
+        let mut left: Vec<Leg> = run.iter().map(|r| r.1).collect();
+        while let Some(a) = left.pop() {
+            let back = biflow::reverse(&at(a).0);
+            match left.iter().position(|&b| back != at(a).0 && at(b).0 == back) {
+                Some(p) => groups.pairs.push((a, left.swap_remove(p))),
+                None => groups.singles.push((run[0].0, a)),
             }
         }
-        Self(wanted)
     }
+    // Directions in the table per single's hash: a merge of two sorted vectors.
+    groups.seen = vec![0; groups.singles.len()];
+    if !groups.singles.is_empty() {
+        let mut hashes: Vec<u64> = spans.iter().flatten().map(|s| s.0).collect();
+        hashes.sort_unstable();
+        let mut h = 0;
+        for (n, (hash, _)) in groups.singles.iter().enumerate() {
+            while h < hashes.len() && hashes[h] < *hash {
+                h += 1;
+            }
+            groups.seen[n] = u32::try_from(hashes[h..].iter().take_while(|&&x| x == *hash).count()).unwrap_or(u32::MAX);
+        }
+    }
+    groups
+}
 
-    fn has_two(&self, conversation: u64) -> bool {
-        self.0.get(&conversation).is_some_and(|&n| n > 1)
-    }
+/// Where an updated direction is: (shard, index in the shard's updates).
+type Leg = (u32, u32);
+
+#[derive(Default)]
+struct LiveGroups {
+    /// Two updated directions of one conversation.
+    pairs: Vec<(Leg, Leg)>,
+    /// (conversation hash, direction) of updated directions whose other direction did not move,
+    /// in hash order (runs are visited in hash order).
+    singles: Vec<(u64, Leg)>,
+    /// Per single, directions in the table under its hash.
+    seen: Vec<u32>,
 }
 
 /// A conversation as it stands now, for live scoring: snapshots of its directions still in
@@ -434,9 +471,9 @@ impl Harvester {
         // direction timed out.
         let any_leaving = self.shards.iter().any(|s| !s.leaving.is_empty());
         let all: Vec<Vec<(u64, TimeSpan)>> = self.shards.iter_mut().map(|s| std::mem::take(&mut s.spans)).collect();
-        let updated: Vec<(FlowKey, FlowStats, u64)> =
-            self.shards.iter_mut().flat_map(|s| std::mem::take(&mut s.updated)).collect();
-        let partners = LivePartners::count(&updated, &all);
+        let updated: Vec<Vec<(FlowKey, FlowStats, u64)>> =
+            self.shards.iter_mut().map(|s| std::mem::take(&mut s.updated)).collect();
+        let groups = live_groups(&updated, &all);
         let spans = Spans::new(if any_leaving { all.into_iter().flatten().collect() } else { Vec::new() });
         let mut candidates: HashMap<FlowKey, FlowStats> = HashMap::new();
         // (key, reason, whether the other direction is in the table)
@@ -492,21 +529,32 @@ impl Harvester {
         }
         // Directions that stay and saw packets, each with its other direction: updated too, or
         // read from the table when the scan saw it there.
-        let index: HashMap<FlowKey, usize> =
-            updated.iter().enumerate().filter(|(_, u)| !taken.contains(&u.0)).map(|(i, u)| (u.0, i)).collect();
-        let mut done = vec![false; updated.len()];
-        for (i, &(key, stats, conversation)) in updated.iter().enumerate() {
-            if done[i] || taken.contains(&key) {
+        let conversation = |a: (FlowKey, FlowStats), b: Option<(FlowKey, FlowStats)>| {
+            let first_mono_ns = b.map_or(a.1.first_seen_ns, |b| b.1.first_seen_ns.min(a.1.first_seen_ns));
+            let new = since_mono_ns.is_some_and(|since| first_mono_ns > since);
+            let record = FlowRecord::new(&a.0, &a.1, EndReason::Open, clock);
+            // A lone direction is its own initiator: built in place (a flood brings a table's
+            // worth of them).
+            let Some(b) = b else { return LiveFlow { record, back: None, new, first_mono_ns } };
+            let c = Conversation::new(record, Some(FlowRecord::new(&b.0, &b.1, EndReason::Open, clock)));
+            LiveFlow { record: c.first, back: c.second, new, first_mono_ns }
+        };
+        let leg = |l: Leg| {
+            let u = &updated[l.0 as usize][l.1 as usize];
+            (u.0, u.1)
+        };
+        for &(a, b) in &groups.pairs {
+            live(conversation(leg(a), Some(leg(b))));
+        }
+        for (&(_, i), &seen) in groups.singles.iter().zip(&groups.seen) {
+            let (key, stats) = leg(i);
+            // Taken out of the table with a conversation that left (its other direction, which
+            // did not move, so it is single here): already handed on.
+            if !taken.is_empty() && taken.contains(&key) {
                 continue;
             }
-            done[i] = true;
             let back = biflow::reverse(&key);
-            let other = if back == key {
-                None
-            } else if let Some(&j) = index.get(&back) {
-                done[j] = true;
-                Some((back, updated[j].1))
-            } else if partners.has_two(conversation) {
+            let other = if seen > 1 && back != key {
                 // A failed read costs the conversation its other side this cycle, not the cycle.
                 self.read(&back)
                     .unwrap_or_else(|e| {
@@ -517,10 +565,7 @@ impl Harvester {
             } else {
                 None
             };
-            let legs: Vec<(FlowKey, FlowStats)> = std::iter::once((key, stats)).chain(other).collect();
-            let mut records = legs.iter().map(|(key, stats)| FlowRecord::new(key, stats, EndReason::Open, clock));
-            let Some(first) = records.next() else { continue };
-            live(live_flow(Conversation::new(first, records.next()), &legs, since_mono_ns));
+            live(conversation((key, stats), other));
         }
         report.elapsed = started.elapsed();
         Ok(report)
