@@ -56,7 +56,7 @@ pub struct Replayed {
     pub from_outside: u64,
     /// Frames longer than the link takes, sent cut to its MTU.
     pub cut: u64,
-    /// Frames the capture reader could not read (the rest is still replayed).
+    /// 1 if the capture ended in a record the reader could not parse (it cannot go past one).
     pub unreadable: u64,
     pub elapsed: Duration,
 }
@@ -92,6 +92,8 @@ fn map_ipv4(frame: &mut [u8], l3: usize, pairs: &[(IpAddr, IpAddr)]) -> Option<I
     let protocol = header[9];
     // Only the first fragment (offset 0) carries the transport header.
     let first = u16::from_be_bytes([header[6], header[7]]).trailing_zeros() >= 13;
+    // A UDP checksum of 0 means none (decided before the addresses change it).
+    let udp_checksum = frame.get(l3 + ihl + 6..l3 + ihl + 8).is_some_and(|c| c != [0, 0]);
     let mut source = None;
     for (field, is_source) in [(12, true), (16, false)] {
         let at = l3 + field;
@@ -112,8 +114,12 @@ fn map_ipv4(frame: &mut [u8], l3: usize, pairs: &[(IpAddr, IpAddr)]) -> Option<I
         if first && ihl >= 20 {
             match protocol {
                 6 => adjust(frame, l3 + ihl + 16, &old, &new),
-                17 if frame.get(l3 + ihl + 6..l3 + ihl + 8).is_some_and(|c| c != [0, 0]) => {
+                17 if udp_checksum => {
                     adjust(frame, l3 + ihl + 6, &old, &new);
+                    // A computed 0 is sent as all ones (RFC 768): 0 would mean "none".
+                    if frame.get(l3 + ihl + 6..l3 + ihl + 8) == Some(&[0, 0]) {
+                        frame[l3 + ihl + 6..l3 + ihl + 8].copy_from_slice(&[0xff, 0xff]);
+                    }
                 }
                 _ => {}
             }
@@ -235,6 +241,7 @@ impl Sender {
         let limit = self.mtu + ETH_HLEN;
         let cut = frame.len() > limit;
         let len = frame.len().min(limit);
+        let mut waited = Duration::ZERO;
         loop {
             // SAFETY: the buffer is live and at least `len` bytes long.
             let n = unsafe { libc::send(self.fd.as_raw_fd(), frame.as_ptr().cast(), len, 0) };
@@ -242,9 +249,10 @@ impl Sender {
                 return Ok(cut);
             }
             let e = io::Error::last_os_error();
-            // A full device queue: wait for it rather than lose the frame.
-            if e.raw_os_error() == Some(libc::ENOBUFS) {
+            // A full device queue: wait for it (a second at most) rather than lose the frame.
+            if e.raw_os_error() == Some(libc::ENOBUFS) && waited < Duration::from_secs(1) {
                 std::thread::sleep(Duration::from_micros(50));
+                waited += Duration::from_micros(50);
                 continue;
             }
             return Err(e);
@@ -285,9 +293,10 @@ pub fn replay(
     let mut last_ts: Option<u64> = None;
     while let Some(frame) = reader.next_frame() {
         out.frames += 1;
+        // The reader does not move past a record it cannot parse: the rest is lost.
         let Ok(frame) = frame else {
             out.unreadable += 1;
-            continue;
+            break;
         };
         let mut data = frame.data;
         let side = match map_addresses(&mut data, pairs) {
@@ -297,7 +306,9 @@ pub fn replay(
         if let Some(prev) = last_ts {
             due += Duration::from_nanos(frame.ts_ns.saturating_sub(prev)).min(max_gap);
         }
-        last_ts = Some(frame.ts_ns);
+        // A frame stamped earlier than the one before goes at once, and does not move the clock
+        // back (the next frame's gap counts from the latest time seen).
+        last_ts = Some(last_ts.map_or(frame.ts_ns, |prev| prev.max(frame.ts_ns)));
         let now = Instant::now();
         if due > now {
             interrupt::sleep(due - now)?;

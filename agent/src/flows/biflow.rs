@@ -352,21 +352,69 @@ impl Conversation {
     }
 }
 
-/// Pairs a set of directional records (those of one capture, or of a whole flow table) into
-/// conversations ordered by first packet: each record with its [`reverse`] when that is in the
-/// set too, every record in exactly one conversation.
+/// Pairs directional records into conversations ordered by first packet: each record with an
+/// unused record of its [`reverse`] key, every record in exactly one conversation.
+///
+/// In a flow table or one capture's end every key appears once, and a record pairs with its
+/// reverse whatever their times. A file of exported records may hold a key many times (a long
+/// conversation split at the active timeout, NTP from port 123 to 123 every few minutes): there
+/// a record pairs with the unused reverse record whose first packet is nearest its own, among
+/// the two next in time, and only if their spans lie within an idle timeout
+/// ([`super::DEFAULT_IDLE_TIMEOUT`]) of each other.
 #[must_use]
 pub fn pair_all(records: Vec<FlowRecord>) -> Vec<Conversation> {
-    let index: HashMap<FlowKey, usize> = records.iter().enumerate().map(|(i, r)| (r.key(), i)).collect();
-    let partner: Vec<Option<usize>> =
-        records.iter().enumerate().map(|(i, r)| index.get(&reverse(&r.key())).copied().filter(|&j| j != i)).collect();
-    let mut slots: Vec<Option<FlowRecord>> = records.into_iter().map(Some).collect();
-    let mut out = Vec::with_capacity(slots.len());
-    for i in 0..slots.len() {
-        let Some(first) = slots[i].take() else { continue };
-        let second = partner[i].and_then(|j| slots[j].take());
-        out.push(Conversation::new(first, second));
+    let slack = crate::clock::duration_ns(super::DEFAULT_IDLE_TIMEOUT);
+    let mut order: Vec<usize> = (0..records.len()).collect();
+    order.sort_by_key(|&i| (records[i].first_seen_ns, records[i].key()));
+    // Per key, its records in time order and a cursor past the ones used.
+    let mut by_key: HashMap<FlowKey, (Vec<usize>, usize)> = HashMap::new();
+    for &i in &order {
+        by_key.entry(records[i].key()).or_default().0.push(i);
     }
+    let mut used = vec![false; records.len()];
+    let mut pairs: Vec<(usize, Option<usize>)> = Vec::with_capacity(records.len());
+    for &i in &order {
+        if used[i] {
+            continue;
+        }
+        used[i] = true;
+        let key = records[i].key();
+        let back = reverse(&key);
+        let unique = by_key.get(&key).is_some_and(|(own, _)| own.len() == 1);
+        let partner = match by_key.get_mut(&back) {
+            Some((others, cursor)) if back != key => {
+                while *cursor < others.len() && used[others[*cursor]] {
+                    *cursor += 1;
+                }
+                let (a, b) = (&records[i], |j: usize| &records[j]);
+                let near = |j: usize| {
+                    b(j).first_seen_ns <= a.last_seen_ns.saturating_add(slack)
+                        && a.first_seen_ns <= b(j).last_seen_ns.saturating_add(slack)
+                };
+                if unique && others.len() == 1 {
+                    others.get(*cursor).copied()
+                } else {
+                    others[*cursor..]
+                        .iter()
+                        .copied()
+                        .filter(|&j| !used[j])
+                        .take(2)
+                        .filter(|&j| near(j))
+                        .min_by_key(|&j| b(j).first_seen_ns.abs_diff(a.first_seen_ns))
+                }
+            }
+            _ => None,
+        };
+        if let Some(j) = partner {
+            used[j] = true;
+        }
+        pairs.push((i, partner));
+    }
+    let mut slots: Vec<Option<FlowRecord>> = records.into_iter().map(Some).collect();
+    let mut out: Vec<Conversation> = pairs
+        .into_iter()
+        .filter_map(|(i, j)| Some(Conversation::new(slots[i].take()?, j.and_then(|j| slots[j].take()))))
+        .collect();
     out.sort_by_key(|c| (c.first_seen_ns(), c.first.key()));
     out
 }
@@ -517,5 +565,28 @@ mod tests {
         let answered: Vec<bool> = pairs.iter().map(|b| b.responder.is_some()).collect();
         assert_eq!(answered, [false, true, true, false], "by first packet: DNS alone, SSH, ping, an error");
         assert_eq!((pairs[2].initiator_port, pairs[2].responder_port), (0, 0x0800), "the echo request initiates");
+    }
+
+    #[test]
+    fn repeated_keys_pair_with_the_answer_nearest_in_time() {
+        // NTP from port 123 to 123 three times a minute apart, as an exported file holds it (in
+        // no order), and a stray answer 100 s before anything was asked.
+        let s = 1_000_000_000;
+        let ask = |t: u64| record("10.0.0.1", 123, "10.0.0.2", 123, 17, t * s);
+        let answer = |t: u64| record("10.0.0.2", 123, "10.0.0.1", 123, 17, t * s + 5_000_000);
+        let records = vec![answer(220), ask(160), answer(0), ask(100), answer(160), ask(220), answer(100)];
+        let pairs = pair_all(records);
+        let seen: Vec<(u64, Option<u64>)> =
+            pairs.iter().map(|c| (c.first.first_seen_ns, c.second.as_ref().map(|r| r.first_seen_ns))).collect();
+        assert_eq!(
+            seen,
+            [
+                (5_000_000, None),
+                (100 * s, Some(100 * s + 5_000_000)),
+                (160 * s, Some(160 * s + 5_000_000)),
+                (220 * s, Some(220 * s + 5_000_000))
+            ],
+            "each question with its own answer, the stray answer alone"
+        );
     }
 }

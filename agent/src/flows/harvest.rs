@@ -138,8 +138,12 @@ fn time_span(per_cpu: &[FlowStats]) -> Option<TimeSpan> {
 
 /// A keyed 64-bit hash of a flow key in five multiplies: the span table hashes every flow of
 /// every harvest, so this replaces the standard library's `SipHash`.
-/// The key is random per agent, so traffic cannot be shaped to collide (a collision would only
-/// keep a direction in the table until the other conversation times out too).
+/// The key is random per agent, and each word's product is rotated before the next word comes
+/// in, so a difference in a word's top bits reaches the low bits of the next multiply instead
+/// of cancelling against the next word (without the rotation, flipping bit 63 of one word and
+/// bits 63 and 34 of the next collided whatever the key). It is not a cryptographic hash. A
+/// collision only keeps a direction in the table until the other conversation times out too,
+/// or costs one lookup in the live pass.
 #[derive(Clone, Copy, Debug)]
 struct KeyHasher(u64);
 
@@ -158,8 +162,7 @@ impl KeyHasher {
             | u64::from(key.ip_version);
         let mut h = self.0;
         for w in [word(&s[..8]), word(&s[8..]), word(&d[..8]), word(&d[8..]), ports] {
-            h = (h ^ w).wrapping_mul(K);
-            h ^= h >> 29;
+            h = (h ^ w).wrapping_mul(K).rotate_left(29);
         }
         h
     }
@@ -565,7 +568,13 @@ impl Harvester {
             } else {
                 None
             };
-            live(conversation((key, stats), other));
+            let unread = seen > 1 && other.is_none();
+            let mut flow = conversation((key, stats), other);
+            // The scan saw the other direction, so the conversation began before this
+            // direction did: not new, even if its other side could not be read (evicted
+            // meanwhile), or its initiator would be counted again with the roles reversed.
+            flow.new &= !unread;
+            live(flow);
         }
         report.elapsed = started.elapsed();
         Ok(report)

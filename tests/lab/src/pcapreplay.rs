@@ -32,7 +32,7 @@ pub fn inspect(path: &Path, max_gap: Duration) -> Result<CaptureInfo, String> {
             // A packet stamped earlier than the previous one is sent at once.
             replay_ns += frame.ts_ns.saturating_sub(prev).min(cap);
         }
-        last = Some(frame.ts_ns);
+        last = Some(last.map_or(frame.ts_ns, |prev: u64| prev.max(frame.ts_ns)));
     }
     Ok(CaptureInfo { packets, max_frame, replay: Duration::from_nanos(replay_ns) })
 }
