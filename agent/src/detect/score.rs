@@ -7,7 +7,12 @@
 //! its score and its [`Evidence`] (the feature row and its reconstruction), so explaining it
 //! later needs no second pass through the models.
 
-use std::time::{Duration, Instant};
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
+
+use agent_common::flow::FlowKey;
 
 use ndarray::{Array2, ArrayView1, ArrayView2};
 
@@ -83,12 +88,15 @@ impl Explain for Detector {
 pub struct Scorer {
     pub detector: Detector,
     context: ContextWindow,
+    /// The context event of each conversation still in the window, by its initiator's key,
+    /// so a conversation scored again revises what the window says about it.
+    events: HashMap<FlowKey, u64>,
 }
 
 impl Scorer {
     #[must_use]
     pub fn new(detector: Detector, context: ContextWindow) -> Self {
-        Self { detector, context }
+        Self { detector, context, events: HashMap::new() }
     }
 
     /// Scores one cycle's flows at `now_mono_ns` (`CLOCK_MONOTONIC`, the clock the context
@@ -111,13 +119,22 @@ impl Scorer {
                 evidence: Evidence::default(),
             })
             .collect();
-        // New flows join the window in order of their first packet, as in training.
+        // Conversations seen before revise their event first (an answer may have come since),
+        // then new ones join the window in order of their first packet, as in training.
+        let oldest = self.context.oldest_seq();
+        self.events.retain(|_, seq| *seq >= oldest);
+        for s in scored.iter().filter(|s| !s.flow.new) {
+            if let Some(&seq) = self.events.get(&s.flow.record.key()) {
+                self.context.revise(seq, &s.flow.record, s.flow.back.as_ref());
+            }
+        }
         let mut order: Vec<usize> = (0..scored.len()).filter(|&i| scored[i].flow.new).collect();
         order.sort_by_key(|&i| scored[i].flow.first_mono_ns);
         for i in order {
             let s = &mut scored[i];
             let (orig, resp) = (&s.flow.record, s.flow.back.as_ref());
             let ctx = self.context.observe_at(orig, resp, s.flow.first_mono_ns);
+            self.events.insert(orig.key(), self.context.last_seq());
             s.evidence.raw = raw_row(orig, resp, &ctx);
         }
         for s in scored.iter_mut().filter(|s| !s.flow.new) {
@@ -154,7 +171,7 @@ pub(crate) mod tests {
 
     use super::*;
     use crate::{
-        features::{Schema, flow::tests::record},
+        features::{FLOW_FEATURES, Schema, flow::tests::record},
         model::Bundle,
     };
 
@@ -177,6 +194,24 @@ pub(crate) mod tests {
                 LiveFlow { record: r, back: None, new: true, first_mono_ns: mono_ns }
             })
             .collect()
+    }
+
+    #[test]
+    fn an_answer_after_the_first_cycle_revises_the_context() {
+        let mut scorer = Scorer::new(detector(), ContextWindow::new(Duration::from_secs(10)));
+        let failed = FLOW_FEATURES.iter().position(|f| f.0 == "src_failed").expect("feature");
+        // First seen as a lone SYN: a failed attempt so far.
+        let mut syn = record(1, 2, 80, 0);
+        syn.tcp_flags = crate::flows::record::TcpFlagCounts { syn: 1, ..Default::default() };
+        let first = LiveFlow { record: syn, back: None, new: true, first_mono_ns: S };
+        let cycle = scorer.score(vec![first], 2 * S).expect("scored");
+        assert!((cycle.flows[0].evidence.raw[failed] - 1.0).abs() < f32::EPSILON);
+        // The next cycle brings the answer and the completed handshake.
+        let done = record(1, 2, 80, 0);
+        let back = crate::features::flow::tests::answer(&done);
+        let again = LiveFlow { record: done, back: Some(back), new: false, first_mono_ns: S };
+        let cycle = scorer.score(vec![again], 3 * S).expect("scored");
+        assert!(cycle.flows[0].evidence.raw[failed].abs() < f32::EPSILON, "no longer failed");
     }
 
     #[test]

@@ -155,6 +155,8 @@ pub struct ContextWindow {
     max_events: usize,
     latest_ns: u64,
     events: VecDeque<Event>,
+    /// Sequence number the next event gets; the front event's is this minus the length.
+    next_seq: u64,
     /// Host state in index maps: entries sit in one vector and the hash table holds 8-byte
     /// indexes. A hash map of the states themselves, churned by a flood (every cycle a table's
     /// worth of new sources in, as many out), fills with tombstones and doubles to four times
@@ -209,6 +211,7 @@ impl ContextWindow {
             max_events: max_events.max(1),
             latest_ns: 0,
             events: VecDeque::new(),
+            next_seq: 0,
             sources: IndexMap::new(),
             destinations: IndexMap::new(),
         }
@@ -264,7 +267,48 @@ impl ContextWindow {
         }
         self.apply(event, true);
         self.events.push_back(event);
+        self.next_seq += 1;
         self.stats_of(orig)
+    }
+
+    /// The sequence number of the event [`ContextWindow::observe_at`] added last, to
+    /// [`ContextWindow::revise`] it later.
+    #[must_use]
+    pub fn last_seq(&self) -> u64 {
+        self.next_seq.saturating_sub(1)
+    }
+
+    /// The sequence number of the oldest event still in the window.
+    #[must_use]
+    pub fn oldest_seq(&self) -> u64 {
+        self.next_seq - self.events.len() as u64
+    }
+
+    /// Replaces what event `seq` says about its conversation (what came back, whether the
+    /// attempt failed, the bytes) with the conversation as it stands now, keeping its time and
+    /// ends. Live, a conversation enters the window when first seen, possibly before its answer
+    /// came; without this, an attempt answered a moment after a harvest stays failed for the
+    /// whole window. Returns `false` if the event already left.
+    pub fn revise(&mut self, seq: u64, orig: &FlowRecord, resp: Option<&FlowRecord>) -> bool {
+        let Some(at) = seq.checked_sub(self.oldest_seq()).and_then(|i| usize::try_from(i).ok()) else {
+            return false;
+        };
+        let Some(&old) = self.events.get(at) else { return false };
+        let new = Event {
+            attempt: attempt(orig),
+            unanswered: unanswered(orig, resp),
+            bytes_out: orig.bytes,
+            bytes_back: resp.map_or(0, |r| r.bytes),
+            ..old
+        };
+        if (new.attempt, new.unanswered, new.bytes_out, new.bytes_back)
+            != (old.attempt, old.unanswered, old.bytes_out, old.bytes_back)
+        {
+            self.apply(old, false);
+            self.apply(new, true);
+            self.events[at] = new;
+        }
+        true
     }
 
     /// Moves the window's end to `now_ns` (same clock as the events), expiring older flows.
@@ -406,6 +450,29 @@ mod tests {
         let ctx = w.observe(&record(2, 1, 53, 2), None);
         assert_eq!((ctx.src_bytes_out, ctx.src_bytes_in), (180, 0));
         assert!((ctx.src_unanswered_share - 1.0).abs() < f64::EPSILON, "nothing back");
+    }
+
+    #[test]
+    fn a_revised_event_counts_the_answer_that_came_later() {
+        let mut w = ContextWindow::new(Duration::from_secs(10));
+        let mut syn = record(1, 2, 80, 1);
+        syn.tcp_flags = crate::flows::record::TcpFlagCounts { syn: 1, ..Default::default() };
+        let ctx = w.observe(&syn, None);
+        assert_eq!((ctx.src_failed, ctx.src_bytes_in), (1, 0), "no answer yet");
+        let seq = w.last_seq();
+        w.observe(&record(3, 2, 80, 2), None);
+        // The answer came, and the initiator completed the handshake.
+        let done = record(1, 2, 80, 1);
+        let mut back = answer(1, 2, 80, 1);
+        back.bytes = 900;
+        assert!(w.revise(seq, &done, Some(&back)));
+        let ctx = w.peek(&done);
+        assert_eq!((ctx.src_failed, ctx.src_bytes_in, ctx.src_flows), (0, 900, 1));
+        assert_eq!(w.peek(&record(3, 2, 80, 2)).dst_failed, 1, "the other source's attempt still failed");
+        // Once its event left the window, there is nothing to revise.
+        w.advance(60_000_000_000);
+        assert!(!w.revise(seq, &done, Some(&back)));
+        assert!(w.is_empty());
     }
 
     #[test]
