@@ -39,38 +39,7 @@ impl Blaster {
     /// # Errors
     /// If the interface does not exist or a socket call fails.
     pub fn open(iface: &str) -> io::Result<Self> {
-        let ifindex = nix::net::if_::if_nametoindex(iface).map_err(io::Error::from)?;
-        // SAFETY: plain socket call; the descriptor is owned right after.
-        let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
-        if raw < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `raw` is a fresh descriptor nothing else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        let one: libc::c_int = 1;
-        // SAFETY: the option value is a live c_int of the size given.
-        let rc = unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_PACKET,
-                libc::PACKET_QDISC_BYPASS,
-                (&raw const one).cast(),
-                socklen::<libc::c_int>(),
-            )
-        };
-        if rc != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: sockaddr_ll is plain data; all-zero is a valid value.
-        let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        addr.sll_family = u16::try_from(libc::AF_PACKET).map_err(io::Error::other)?;
-        addr.sll_ifindex = i32::try_from(ifindex).map_err(io::Error::other)?;
-        addr.sll_halen = 6;
-        // SAFETY: the address is a live sockaddr_ll of the size given.
-        let rc = unsafe { libc::bind(fd.as_raw_fd(), (&raw const addr).cast(), socklen::<libc::sockaddr_ll>()) };
-        if rc != 0 {
-            return Err(io::Error::last_os_error());
-        }
+        let (fd, addr) = packet_sender(iface, true)?;
         Ok(Self { fd, addr })
     }
 
@@ -128,6 +97,52 @@ impl Blaster {
         sent.cpu = thread_cpu_time().saturating_sub(cpu_start);
         Ok(sent)
     }
+}
+
+/// An `AF_PACKET` raw socket for sending on `iface`, in the calling thread's network
+/// namespace, bound to it, with the address to send to. It listens to no protocol, so it never
+/// receives a copy of what it sends. With `bypass_qdisc` frames skip the qdisc layer and the
+/// interface's TC egress programs (line-rate benchmarks); without, they pass them as the
+/// host's own packets do.
+///
+/// # Errors
+/// If the interface does not exist or a socket call fails.
+pub fn packet_sender(iface: &str, bypass_qdisc: bool) -> io::Result<(OwnedFd, libc::sockaddr_ll)> {
+    let ifindex = nix::net::if_::if_nametoindex(iface).map_err(io::Error::from)?;
+    // SAFETY: plain socket call; the descriptor is owned right after.
+    let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
+    if raw < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `raw` is a fresh descriptor nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    if bypass_qdisc {
+        let one: libc::c_int = 1;
+        // SAFETY: the option value is a live c_int of the size given.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_PACKET,
+                libc::PACKET_QDISC_BYPASS,
+                (&raw const one).cast(),
+                socklen::<libc::c_int>(),
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    // SAFETY: sockaddr_ll is plain data; all-zero is a valid value.
+    let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    addr.sll_family = u16::try_from(libc::AF_PACKET).map_err(io::Error::other)?;
+    addr.sll_ifindex = i32::try_from(ifindex).map_err(io::Error::other)?;
+    addr.sll_halen = 6;
+    // SAFETY: the address is a live sockaddr_ll of the size given.
+    let rc = unsafe { libc::bind(fd.as_raw_fd(), (&raw const addr).cast(), socklen::<libc::sockaddr_ll>()) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((fd, addr))
 }
 
 /// CPU time the calling thread used so far.

@@ -15,7 +15,7 @@
 use std::{
     io,
     net::IpAddr,
-    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    os::fd::{AsRawFd as _, OwnedFd},
     path::Path,
     time::{Duration, Instant},
 };
@@ -23,6 +23,7 @@ use std::{
 use vigil::capture::CaptureReader;
 
 use crate::{
+    blast,
     interrupt::{self, Interrupted},
     netns::Netns,
 };
@@ -192,26 +193,8 @@ impl Sender {
     /// If the interface does not exist or a socket call fails.
     pub fn open(ns: &Netns, iface: &str) -> io::Result<Self> {
         let owned = iface.to_owned();
-        let fd = ns.run(move || -> io::Result<OwnedFd> {
-            let ifindex = nix::net::if_::if_nametoindex(owned.as_str()).map_err(io::Error::from)?;
-            // SAFETY: plain socket call; the descriptor is owned right after.
-            let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
-            if raw < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            // SAFETY: `raw` is a fresh descriptor nothing else owns.
-            let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-            // SAFETY: sockaddr_ll is plain data; all-zero is a valid value.
-            let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-            addr.sll_family = u16::try_from(libc::AF_PACKET).map_err(io::Error::other)?;
-            addr.sll_ifindex = i32::try_from(ifindex).map_err(io::Error::other)?;
-            let len = u32::try_from(size_of::<libc::sockaddr_ll>()).map_err(io::Error::other)?;
-            // SAFETY: the address is a live sockaddr_ll of the size given.
-            if unsafe { libc::bind(fd.as_raw_fd(), (&raw const addr).cast(), len) } != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            Ok(fd)
-        })?;
+        // Without the qdisc bypass: the frames pass the interface's TC egress programs.
+        let (fd, _) = ns.run(move || blast::packet_sender(&owned, false))?;
         // `/sys/class/net` shows the namespace sysfs was mounted in, not the thread's: ask `ip`.
         let out = ns.ip_output(&["-o", "link", "show", "dev", iface]);
         let text = String::from_utf8_lossy(&out.stdout);
