@@ -29,6 +29,23 @@ fn offline(capture: &Path, dir: &TempDir) -> Vec<BiflowRecord> {
     read_conversations(&out)
 }
 
+/// Replays `capture` into the lab as its victim host sees it, pauses cut to 20 ms.
+fn replay(lab: &Lab, capture: &Path, pairs: &[(IpAddr, IpAddr)], victim: Option<IpAddr>) -> host_replay::Replayed {
+    let victim_side = Sender::open(&lab.victim, IFACE).expect("victim socket");
+    let outside = Sender::open(&lab.attacker, IFACE).expect("attacker socket");
+    host_replay::replay(
+        capture,
+        pairs,
+        victim,
+        &victim_side,
+        &outside,
+        Duration::from_millis(20),
+        Duration::from_mins(2),
+    )
+    .expect("not interrupted")
+    .expect("replayed")
+}
+
 #[test]
 fn a_capture_replayed_from_both_hosts_is_recorded_as_the_file_holds_it() {
     require_root();
@@ -41,19 +58,7 @@ fn a_capture_replayed_from_both_hosts_is_recorded_as_the_file_holds_it() {
     let (client, server): (IpAddr, IpAddr) = ("10.0.2.15".parse().unwrap(), "192.150.187.43".parse().unwrap());
     let (client_lab, victim): (IpAddr, IpAddr) = ("10.77.1.10".parse().unwrap(), VICTIM.parse().unwrap());
     let pairs = [(client, client_lab), (server, victim)];
-    let victim_side = Sender::open(&lab.victim, IFACE).expect("victim socket");
-    let outside = Sender::open(&lab.attacker, IFACE).expect("attacker socket");
-    let replayed = host_replay::replay(
-        &capture,
-        &pairs,
-        Some(victim),
-        &victim_side,
-        &outside,
-        Duration::from_millis(20),
-        Duration::from_mins(2),
-    )
-    .expect("not interrupted")
-    .expect("replayed");
+    let replayed = replay(&lab, &capture, &pairs, Some(victim));
     assert_eq!(replayed.frames, 751, "{replayed:?}");
     assert_eq!(replayed.from_victim + replayed.from_outside, replayed.frames, "every frame is sent");
     assert_eq!((replayed.cut, replayed.unreadable), (0, 0));
@@ -112,19 +117,7 @@ fn every_frame_of_a_linux_cooked_capture_is_replayed() {
     let lab = Lab::new("hostsll");
     // A Linux cooked (SLL) capture, which tcprewrite cannot rewrite; no victim: all from outside.
     let capture = shared("corpus/benign/ndpi_rtsp.pcap");
-    let victim_side = Sender::open(&lab.victim, IFACE).expect("victim socket");
-    let outside = Sender::open(&lab.attacker, IFACE).expect("attacker socket");
-    let replayed = host_replay::replay(
-        &capture,
-        &[],
-        None,
-        &victim_side,
-        &outside,
-        Duration::from_millis(20),
-        Duration::from_mins(2),
-    )
-    .expect("not interrupted")
-    .expect("replayed");
+    let replayed = replay(&lab, &capture, &[], None);
     // 568 packets, as `capinfos` counts them (corpus/MANIFEST.md).
     assert_eq!((replayed.frames, replayed.from_outside, replayed.unreadable), (568, 568, 0), "{replayed:?}");
 }
