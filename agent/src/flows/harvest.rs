@@ -285,10 +285,9 @@ fn scan_shard(
     })
 }
 
-/// The live form of a conversation whose directions' values are `legs`: new if its first
-/// packet came after `since_mono_ns`.
-fn live_flow(conversation: Conversation, legs: &[(FlowKey, FlowStats)], since_mono_ns: Option<u64>) -> LiveFlow {
-    let first_mono_ns = legs.iter().map(|(_, s)| s.first_seen_ns).min().unwrap_or_default();
+/// The live form of a conversation whose first packet (of either direction) came at
+/// `first_mono_ns`: new if that is after `since_mono_ns`.
+fn live_flow(conversation: Conversation, first_mono_ns: u64, since_mono_ns: Option<u64>) -> LiveFlow {
     LiveFlow {
         record: conversation.first,
         back: conversation.second,
@@ -526,7 +525,8 @@ impl Harvester {
             let Some(first) = records.next() else { continue };
             let conversation = Conversation::new(first, records.next());
             if legs.iter().any(|(_, stats)| is_live(stats)) {
-                live(live_flow(conversation.clone(), &legs, since_mono_ns));
+                let first_mono_ns = legs.iter().map(|(_, s)| s.first_seen_ns).min().unwrap_or_default();
+                live(live_flow(conversation.clone(), first_mono_ns, since_mono_ns));
             }
             emit(conversation);
         }
@@ -534,13 +534,9 @@ impl Harvester {
         // read from the table when the scan saw it there.
         let conversation = |a: (FlowKey, FlowStats), b: Option<(FlowKey, FlowStats)>| {
             let first_mono_ns = b.map_or(a.1.first_seen_ns, |b| b.1.first_seen_ns.min(a.1.first_seen_ns));
-            let new = since_mono_ns.is_some_and(|since| first_mono_ns > since);
             let record = FlowRecord::new(&a.0, &a.1, EndReason::Open, clock);
-            // A lone direction is its own initiator: built in place (a flood brings a table's
-            // worth of them).
-            let Some(b) = b else { return LiveFlow { record, back: None, new, first_mono_ns } };
-            let c = Conversation::new(record, Some(FlowRecord::new(&b.0, &b.1, EndReason::Open, clock)));
-            LiveFlow { record: c.first, back: c.second, new, first_mono_ns }
+            let c = Conversation::new(record, b.map(|b| FlowRecord::new(&b.0, &b.1, EndReason::Open, clock)));
+            live_flow(c, first_mono_ns, since_mono_ns)
         };
         let leg = |l: Leg| {
             let u = &updated[l.0 as usize][l.1 as usize];
