@@ -74,7 +74,7 @@ pub enum SensorError {
     AttachEgress { iface: String, source: ProgramError },
     #[error(
         "the egress hook can only be pinned as a tcx link, which needs Linux 6.6 or later (this is {kernel}): \
-         run with `--no-pin` or without `sensor.egress`"
+         run with `--no-pin`, or with `--no-egress` (`sensor.egress = false`, the model then sees no answers)"
     )]
     EgressNeedsTcx { kernel: String },
     #[error("pinning the TC egress link at {path}: {reason}")]
