@@ -9,8 +9,9 @@
 //! both hooks of the sensor. Delivered = veth-a `rx_packets` (what came back).
 //!
 //! Part 2, TCP throughput: iperf3 between the namespaces, B uploading to A and downloading from
-//! it, with no agent and with `vigil run --egress` (XDP in native mode plus TC egress) on B;
-//! offloads as the kernel sets them (TSO, GRO on). Rounds alternate.
+//! it, with no agent, with both hooks empty, and with `vigil run --egress` on B, its XDP program
+//! once in native mode and once in SKB (generic) mode; offloads as the kernel sets them (TSO,
+//! GRO on). Rounds alternate.
 #![expect(clippy::cast_precision_loss, reason = "packet counts and rates printed as floats")]
 
 use std::time::Duration;
@@ -276,14 +277,15 @@ fn tcp() -> (String, f64) {
     let link = Link::new("ip");
     let dir = TempDir::new("hooks-iperf");
     let run_dir = dir.path().join("run");
-    // (configuration: 0 nothing, 1 both hooks empty, 2 the agent; download; bits/s)
+    // (configuration: 0 nothing, 1 both hooks empty, 2 the agent native, 3 the agent in SKB
+    // mode; download; bits/s)
     let mut results: Vec<(u8, bool, f64)> = Vec::new();
     let mut floor = Some(Sensor::load(&SensorOptions::default()).expect("loading the sensor"));
     for _ in 0..IPERF_ROUNDS {
-        for config in [0u8, 1, 2] {
+        for config in [0u8, 1, 2, 3] {
             let empty = (config == 1)
                 .then(|| attach(&link, floor.take().expect("sensor"), (PROGRAM_EMPTY, PROGRAM_EGRESS_EMPTY)));
-            let agent = (config == 2).then(|| {
+            let agent = (config >= 2).then(|| {
                 Agent::start(
                     &link.b,
                     &[
@@ -293,7 +295,7 @@ fn tcp() -> (String, f64) {
                         "--iface",
                         Link::IFACE_B,
                         "--xdp-mode",
-                        "native",
+                        if config == 2 { "native" } else { "skb" },
                         "--run-dir",
                         run_dir.to_str().expect("utf-8"),
                     ],
@@ -319,9 +321,15 @@ fn tcp() -> (String, f64) {
     let rows: Vec<String> = [(false, "upload from B"), (true, "download to B")]
         .into_iter()
         .map(|(download, name)| {
-            let (without, empty, with) = (gbps(0, download), gbps(1, download), gbps(2, download));
+            let (without, empty, with, skb) =
+                (gbps(0, download), gbps(1, download), gbps(2, download), gbps(3, download));
             worst = worst.min(with / without);
-            format!("| {name} | {without:.2} | {empty:.2} | {with:.2} | {:.3} | {:.3} |", with / without, with / empty)
+            format!(
+                "| {name} | {without:.2} | {empty:.2} | {with:.2} | {skb:.2} | {:.3} | {:.3} | {:.3} |",
+                with / without,
+                with / empty,
+                skb / without
+            )
         })
         .collect();
     let text = [
@@ -329,14 +337,16 @@ fn tcp() -> (String, f64) {
         String::new(),
         format!(
             "iperf3 ({IPERF_SECONDS} s per run, one stream) between the namespaces, B the client; without an agent and \
-             with both hooks empty (`vigil_pass` native, `vigil_egress_pass` tcx) and with `vigil run --egress \
-             --xdp-mode native` on B (both hooks, harvesting each second); offloads as the kernel sets them. \
-             {IPERF_ROUNDS} rounds alternating; medians."
+             with both hooks empty (`vigil_pass` native, `vigil_egress_pass` tcx) and with `vigil run --egress` \
+             on B (both hooks, harvesting each second), its XDP program in native mode and in SKB mode; \
+             offloads as the kernel sets them. {IPERF_ROUNDS} rounds alternating; medians. The target is \
+             taken on native mode, the default."
         ),
         String::new(),
-        "| direction | Gbit/s, nothing attached | both hooks empty | the sensor | sensor vs nothing | sensor vs empty |"
+        "| direction | Gbit/s, nothing attached | both hooks empty | the sensor (native) | the sensor (SKB mode) | \
+         native vs nothing | native vs empty | SKB mode vs nothing |"
             .to_owned(),
-        "|---|---:|---:|---:|---:|---:|".to_owned(),
+        "|---|---:|---:|---:|---:|---:|---:|---:|".to_owned(),
         rows.join("\n"),
         String::new(),
         format!(

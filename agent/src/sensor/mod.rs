@@ -275,6 +275,9 @@ impl Sensor {
             Attachment::Owned
         };
         info!(iface, mode = %effective, pinned = matches!(attachment, Attachment::Pinned(_)), "XDP sensor attached");
+        if effective == AttachMode::Skb {
+            warn_skb_mode(iface);
+        }
         self.attached = Some((iface.to_owned(), effective, attachment));
         Ok(effective)
     }
@@ -288,6 +291,9 @@ impl Sensor {
         let link = XdpLink::try_from(FdLink::from(pinned)).map_err(|e| fail(e.to_string()))?;
         self.program_mut(maps::PROGRAM)?.attach_to_link(link).map_err(|e| fail(e.to_string()))?;
         info!(iface, link = %path.display(), "XDP sensor attached: took over the pinned link of an earlier run");
+        if mode == AttachMode::Skb {
+            warn_skb_mode(iface);
+        }
         self.attached = Some((iface.to_owned(), mode, Attachment::Pinned(None)));
         self.watch = Some(watch);
         Ok(mode)
@@ -513,6 +519,16 @@ pub fn sum_counters<T: std::borrow::Borrow<aya::maps::MapData>>(
         }
     }
     Ok(sums)
+}
+
+/// In SKB mode the program runs after receive offload (GRO) has merged segments: say what that
+/// does to the counts, and the fix.
+fn warn_skb_mode(iface: &str) {
+    warn!(
+        iface,
+        "XDP in SKB mode sees packets after receive offload: a GRO aggregate of up to 64 kB counts as one packet \
+         (bytes stay right). For per-segment counts turn GRO off (`ethtool -K {iface} gro off`) or use native mode"
+    );
 }
 
 /// Lifts `RLIMIT_MEMLOCK` for kernels that still charge BPF maps against it (before 5.11);

@@ -165,7 +165,8 @@ fn block_add_cli_applies_the_configured_rails() {
     let pin_dir = format!("/sys/fs/bpf/vigil-test-blockcli-{}", std::process::id());
     let sensor = Sensor::load(&SensorOptions { pin_dir: Some(pin_dir.clone().into()), ..SensorOptions::default() })
         .expect("load pinned");
-    let ssh = Some("203.0.113.77 52144 10.0.0.2 22");
+    let ssh_connection = "203.0.113.77 52144 10.0.0.2 22";
+    let ssh = Some(ssh_connection);
 
     let (ok, _, err) = block_cli(&pin_dir, &config, ssh, &["add", "198.51.100.9"]);
     assert!(!ok && err.contains("198.51.100.0/24 (configured)") && err.contains("--force"), "{err}");
@@ -179,7 +180,7 @@ fn block_add_cli_applies_the_configured_rails() {
     );
     let out = std::process::Command::new("sh")
         .args(["-c", &script])
-        .env("SSH_CONNECTION", ssh.expect("set"))
+        .env("SSH_CONNECTION", ssh_connection)
         .output()
         .expect("sh runs");
     let err = String::from_utf8_lossy(&out.stderr);
