@@ -226,6 +226,7 @@ pub struct Config {
     pub block: BlockSection,
     pub metrics: MetricsSection,
     pub flows: FlowsSection,
+    pub learn: crate::learn::LearnSection,
 }
 
 /// A configuration that cannot be used.
@@ -365,7 +366,7 @@ impl Config {
         if b.max_new_per_minute == 0 {
             return bad("block.max_new_per_minute", "must be at least 1");
         }
-        Ok(())
+        self.learn.validate().map_err(|(field, message)| ConfigError::Invalid { field, message })
     }
 }
 

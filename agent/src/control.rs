@@ -48,6 +48,13 @@ pub struct AgentStatus {
     /// sha256 of the running bundle's `manifest.json`.
     #[serde(default)]
     pub model_sha256: String,
+    /// Which model is scoring: learning (the built-in one while a site model is learnt), site
+    /// or fixed.
+    #[serde(default)]
+    pub model_phase: crate::learn::Phase,
+    /// The learning phase's progress, while learning and after.
+    #[serde(default)]
+    pub learn: Option<crate::learn::LearnStatus>,
     pub block_mode: String,
     pub flows_tracked: usize,
     pub flow_capacity: u32,
@@ -289,6 +296,27 @@ impl std::fmt::Display for StatusReport {
             )?,
             (Some(a), false) => writeln!(f, "agent:    not running (last status from pid {} at {})", a.pid, a.updated)?,
             (None, _) => writeln!(f, "agent:    not running (no status file)")?,
+        }
+        if let Some(a) = self.agent.as_ref().filter(|_| self.agent_running) {
+            match (&a.learn, a.model_phase) {
+                (Some(l), crate::learn::Phase::Learning) => writeln!(
+                    f,
+                    "learning: {} rows sampled ({} held back, {} hours of the day){}{}",
+                    l.sample_rows,
+                    l.holdout_rows,
+                    l.hours_covered,
+                    if l.training {
+                        "; training the site model now".to_owned()
+                    } else {
+                        l.ends_in_s.map(|s| format!("; site model in {s:.0} s")).unwrap_or_default()
+                    },
+                    if l.block_held { "; auto-block is a dry run until then" } else { "" }
+                )?,
+                (_, phase) => writeln!(f, "model:    phase {}", phase.name())?,
+            }
+            if let Some(why) = a.learn.as_ref().and_then(|l| l.last.as_ref()).and_then(|v| v.refused.as_ref()) {
+                writeln!(f, "          last site model held back: {why}")?;
+            }
         }
         if let Some(a) = self.agent.as_ref().filter(|_| self.agent_running) {
             writeln!(

@@ -11,6 +11,9 @@
 //!   -> Decide ([`detect::engine`], typed [`detect::Decision`]s) -> Deliver ([`alert::ecs`],
 //!   [`alert::sink`]), with [`metrics`] and the status file of [`control`]; [`throttle`] is
 //!   the throttled failure log of sinks and local outputs.
+//! - **Learning the network.** [`learn`] is the learning phase: a stratified sample of the
+//!   host's own conversations, a site model trained on it in the background, validated and
+//!   swapped in.
 //! - **Configuration and clocks.** [`config`] (the TOML file), [`duration_serde`] (durations in
 //!   it), [`clock`] (the kernel's monotonic clock and wall time).
 //! - **Offline.** [`capture`] reads pcap/pcapng, [`replay`] turns captures into flow records
@@ -32,6 +35,7 @@ pub mod duration_serde;
 pub mod eval;
 pub mod features;
 pub mod flows;
+pub mod learn;
 pub mod live;
 pub mod metrics;
 pub mod model;

@@ -425,6 +425,24 @@ struct RunArgs {
     /// Directory of the status file `vigil status` reads.
     #[arg(long, value_name = "DIR")]
     run_dir: Option<PathBuf>,
+    /// Learn this host's traffic for this long, then swap in a site model (`learn.period`).
+    #[arg(long, value_parser = parse_learn_period)]
+    learn_period: Option<Duration>,
+    /// No learning phase: score with the configured model only (`learn.enabled = false`).
+    #[arg(long)]
+    no_learn: bool,
+    /// Where site models and their signing key are kept (`learn.dir`).
+    #[arg(long, value_name = "DIR")]
+    learn_dir: Option<PathBuf>,
+}
+
+/// `--learn-period`: a duration of at least one second.
+fn parse_learn_period(text: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(text).map_err(|e| format!("{e}; write e.g. 24h, 7days, 30s"))?;
+    if d < Duration::from_secs(1) {
+        return Err("at least 1s".to_owned());
+    }
+    Ok(d)
 }
 
 impl RunArgs {
@@ -466,6 +484,15 @@ impl RunArgs {
         }
         if let Some(v) = self.flows_out {
             c.flows.out = Some(v);
+        }
+        if let Some(v) = self.learn_period {
+            c.learn.period = HumanDuration(v);
+        }
+        if self.no_learn {
+            c.learn.enabled = false;
+        }
+        if let Some(v) = self.learn_dir {
+            c.learn.dir = v;
         }
         if let Some(v) = self.model {
             c.detection.model = v;

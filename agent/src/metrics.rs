@@ -90,6 +90,7 @@ pub struct Metrics {
     block_actions: Family<Label, Counter>,
     sink_events: Family<Labels2, Counter>,
     model_info: Family<Labels2, Gauge>,
+    model_phase: Family<Label, Gauge>,
     output_failures: Family<Label, Counter>,
     seen: Mutex<Seen>,
 }
@@ -122,6 +123,7 @@ impl Metrics {
             block_actions: Family::default(),
             sink_events: Family::default(),
             model_info: Family::default(),
+            model_phase: Family::default(),
             output_failures: Family::default(),
             seen: Mutex::default(),
         };
@@ -186,6 +188,11 @@ impl Metrics {
             "model_info",
             "The model bundle scoring flows: name and sha256 of its manifest.json (always 1)",
             m.model_info.clone(),
+        );
+        r.register(
+            "model_phase",
+            "Which model scores flows: learning (built-in, site model being learnt), site or fixed (1 for the current)",
+            m.model_phase.clone(),
         );
         Arc::new(m)
     }
@@ -290,7 +297,14 @@ impl Metrics {
 
     /// The model bundle in use: `vigil_model_info{model, sha256} 1`.
     pub fn set_model(&self, model: &str, sha256: &str) {
+        self.model_info.clear();
         self.model_info.get_or_create(&[("model", model.to_owned()), ("sha256", sha256.to_owned())]).set(1);
+    }
+
+    /// The phase of the model in use: `vigil_model_phase{phase} 1`.
+    pub fn set_phase(&self, phase: crate::learn::Phase) {
+        self.model_phase.clear();
+        self.model_phase.get_or_create(&label("phase", phase.name())).set(1);
     }
 
     /// The metrics as `OpenMetrics` text (see [`CONTENT_TYPE`]).

@@ -24,6 +24,7 @@ use crate::{
     detect::{BlockMode, Engine, EngineConfig, Scorer, allowlist::Allowlist},
     features::{Schema, context::ContextWindow},
     flows::{HarvestConfig, Harvester, output::FlowWriter},
+    learn::{Learner, Phase},
     live::{Agent, CycleError, Kernel, Next, Outputs},
     metrics::{Metrics, MetricsError},
     model::{Bundle, BundleError, onnx::OnnxError},
@@ -120,8 +121,16 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         config.alerts.sinks.clone()
     };
     let sinks = Sinks::start(&sink_specs)?;
+    // With the built-in model, the agent learns this host's traffic and swaps in a site model.
+    let learning = config.learn.enabled && config.detection.model == "default";
+    if learning && config.learn.dir.exists() {
+        // Checked now, not a day later when the site model is written: it must be the
+        // agent's own (it is created then if it does not exist yet).
+        crate::private_dir::ensure(&config.learn.dir)?;
+    }
     let metrics = Metrics::new();
     metrics.set_model(&config.detection.model, &model_sha256);
+    metrics.set_phase(if learning { Phase::Learning } else { Phase::Fixed });
     let metrics_server = config.metrics.listen.map(|addr| metrics.serve(addr)).transpose()?;
     if let Some(server) = &metrics_server {
         info!(addr = %server.local_addr(), "serving Prometheus metrics on /metrics");
@@ -185,6 +194,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         hostname,
         iface: iface.clone(),
         model_sha256: model_sha256.clone(),
+        model_phase: Phase::Fixed,
         ruleset: detector.schema.id.clone(),
         block_mode: config.block.mode,
         block_threshold,
@@ -192,6 +202,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     };
     // The context window holds at most a flow table's worth of flows (memory under a flood).
     let context = ContextWindow::with_capacity(config.detection.context_window.0, s.flow_capacity as usize);
+    let learner = learning.then(|| Learner::new(config.learn.clone(), detector.schema.clone(), clock::monotonic_ns()));
     let scorer = Scorer::new(detector, context);
     info!(
         interval = ?s.interval.0,
@@ -229,6 +240,9 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     let outputs = Outputs { sinks, observer, flows: flows_out, metrics, run_dir, status };
     let ignored = config.detection.ignore_destinations.clone();
     let mut agent = Agent::new(kernel, scorer, engine, outputs, ignored, attaching_ns);
+    if let Some(learner) = learner {
+        agent = agent.with_learner(learner);
+    }
 
     let mut ticker = tokio::time::interval(s.interval.0);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -118,13 +118,25 @@ impl Lab {
     pub fn config(&self, extra: &str) -> PathBuf {
         let path = self.dir.path().join("vigil.toml");
         let text = format!(
-            "[sensor]\niface = \"{IFACE}\"\npin_dir = \"{}\"\nrun_dir = \"{}\"\n\n[[alerts.sinks]]\ntype = \"file\"\npath = \"{}\"\n\n{extra}\n",
+            "[sensor]\niface = \"{IFACE}\"\npin_dir = \"{}\"\nrun_dir = \"{}\"\n\n[[alerts.sinks]]\ntype = \"file\"\npath = \"{}\"\n\n{}\n{extra}\n",
             self.pin_dir.display(),
             self.run_dir().display(),
-            self.alerts_path().display()
+            self.alerts_path().display(),
+            self.learn_section(extra),
         );
         std::fs::write(&path, text).expect("writing the config");
         path
+    }
+
+    /// The lab's agent scores with a fixed model unless `extra` configures learning itself:
+    /// its tests are about detection and response, and a learning phase would hold
+    /// auto-block in dry-run. Site models would go under the lab's own directory.
+    fn learn_section(&self, extra: &str) -> String {
+        if extra.contains("[learn]") {
+            String::new()
+        } else {
+            format!("[learn]\nenabled = false\ndir = \"{}\"\n", self.dir.path().join("models").display())
+        }
     }
 
     /// Starts the agent on the victim with `extra` configuration.

@@ -23,6 +23,8 @@ pub struct Observer {
     pub iface: String,
     /// sha256 of the model bundle's `manifest.json` (`vigil.model.sha256`).
     pub model_sha256: String,
+    /// Which model that is (`vigil.model.phase`): learning, site or fixed.
+    pub model_phase: crate::learn::Phase,
     /// The feature schema's id (`rule.ruleset`).
     pub ruleset: String,
     pub block_mode: BlockMode,
@@ -144,7 +146,7 @@ impl Observer {
                 "hostname": self.hostname,
                 "ingress": { "interface": { "name": self.iface } },
             },
-            "vigil": { "model": { "sha256": self.model_sha256 } },
+            "vigil": { "model": { "sha256": self.model_sha256, "phase": self.model_phase.name() } },
         })
     }
 

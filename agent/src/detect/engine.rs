@@ -259,6 +259,21 @@ impl Engine {
         }
     }
 
+    /// Switches to a new model's thresholds (a site model swapped in); sources' streaks of
+    /// cycles above the block threshold start again.
+    pub fn set_thresholds(&mut self, alert: f32, block: f32) {
+        self.config.alert_threshold = alert;
+        self.config.block_threshold = block;
+        for state in self.sources.values_mut() {
+            state.consecutive = 0;
+        }
+    }
+
+    /// Sets the auto-block mode (the learning phase keeps it in dry-run).
+    pub const fn set_block_mode(&mut self, mode: BlockMode) {
+        self.config.block_mode = mode;
+    }
+
     /// The rules in the kernel as of the last cycle.
     pub fn rules(&self) -> impl Iterator<Item = &Rule> {
         self.known_rules.values()

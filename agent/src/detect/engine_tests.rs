@@ -46,6 +46,7 @@ fn observer() -> Observer {
         hostname: "test".into(),
         iface: "test0".into(),
         model_sha256: String::new(),
+        model_phase: crate::learn::Phase::Fixed,
         ruleset: "flow-v1".into(),
         block_mode: BlockMode::Enforce,
         block_threshold: ALERT + 0.5,

@@ -31,10 +31,11 @@ use crate::{
     block::{BlockError, RuleStore},
     clock::{self, MonoToWall},
     control::AgentStatus,
-    detect::{Decision, Engine, ScoredCycle, ScoredFlow, Scorer},
+    detect::{BlockMode, Decision, Engine, ScoredCycle, ScoredFlow, Scorer},
     flows::{
         EndReason, HarvestReport, biflow::Conversation, harvest::Evictions, harvest::LiveFlow, output::FlowWriter,
     },
+    learn::{Learner, Phase, SiteModel},
     metrics::Metrics,
     model::onnx::OnnxError,
     sensor::{DirectionCounters, PinState, SensorError},
@@ -157,6 +158,10 @@ pub struct Agent<F, K> {
     flows_output: LocalOutput,
     status_output: LocalOutput,
     last_log: Instant,
+    /// The learning phase, when running with the built-in model and learning on.
+    learner: Option<Learner>,
+    /// Auto-block's mode as configured (the learning phase may hold it in dry-run).
+    block_mode: BlockMode,
 }
 
 impl<F: FlowSource, K: SensorProbe> Agent<F, K> {
@@ -171,6 +176,7 @@ impl<F: FlowSource, K: SensorProbe> Agent<F, K> {
         start_mono_ns: u64,
     ) -> Self {
         let flow_capacity = outputs.status.flow_capacity;
+        let block_mode = engine.config().block_mode;
         Self {
             kernel,
             scorer,
@@ -183,7 +189,30 @@ impl<F: FlowSource, K: SensorProbe> Agent<F, K> {
             flows_output: LocalOutput::new("flows"),
             status_output: LocalOutput::new("status"),
             last_log: Instant::now(),
+            learner: None,
+            block_mode,
         }
+    }
+
+    /// Adds a learning phase: the model in use is the built-in one until `learner` has a
+    /// validated site model. Auto-block stays a dry run meanwhile unless `learn.block`.
+    #[must_use]
+    pub fn with_learner(mut self, learner: Learner) -> Self {
+        if !learner.may_block() && self.block_mode == BlockMode::Enforce {
+            info!("auto-block is a dry run while learning (learn.block = true lets it act)");
+            self.engine.set_block_mode(BlockMode::DryRun);
+            self.outputs.observer.block_mode = BlockMode::DryRun;
+        }
+        self.outputs.observer.model_phase = Phase::Learning;
+        self.outputs.status.model_phase = Phase::Learning;
+        self.learner = Some(learner);
+        self
+    }
+
+    /// The phase of the model in use.
+    #[must_use]
+    pub fn phase(&self) -> Phase {
+        self.outputs.observer.model_phase
     }
 
     #[must_use]
@@ -201,6 +230,7 @@ impl<F: FlowSource, K: SensorProbe> Agent<F, K> {
         let decisions = self.decide(now_mono_ns, &scored.flows)?;
         let now_wall_ns = MonoToWall::now().wall_ns(now_mono_ns);
         self.deliver(&decisions, now_wall_ns);
+        self.learn(now_mono_ns, now_wall_ns, &scored.flows, &decisions);
         let counters = self.kernel.sensor.counters()?;
         self.observe(&harvest, &scored, &counters, now_wall_ns);
         let next = match self.kernel.sensor.pin_state() {
@@ -240,6 +270,64 @@ impl<F: FlowSource, K: SensorProbe> Agent<F, K> {
     /// Decide: the engine's decisions on the scored flows; rules go to the rule store.
     fn decide(&mut self, now_mono_ns: u64, flows: &[ScoredFlow]) -> Result<Vec<Decision>, BlockError> {
         self.engine.decide(now_mono_ns, flows, &self.scorer.detector, Some(self.kernel.rules.as_mut()))
+    }
+
+    /// Learn: the cycle's ordinary conversations go to the learning sample (the sources it
+    /// alerted or acted on leave it); a validated site model is swapped in, after this cycle's
+    /// decisions went out under the model that made them.
+    fn learn(&mut self, now_mono_ns: u64, now_wall_ns: u64, flows: &[ScoredFlow], decisions: &[Decision]) {
+        let Some(learner) = self.learner.as_mut() else { return };
+        let acted_on: Vec<std::net::IpAddr> = decisions
+            .iter()
+            .filter_map(|d| match d {
+                Decision::SourceAlert(a) => Some(a.source),
+                Decision::Blocked { rule, .. } => Some(rule.prefix.addr()),
+                Decision::WouldBlock { source, .. } | Decision::Refused { source, .. } => Some(*source),
+                Decision::DestinationAlert(_) | Decision::Unblocked { .. } => None,
+            })
+            .collect();
+        let hour = u8::try_from(now_wall_ns / 3_600_000_000_000 % 24).unwrap_or(0);
+        learner.observe(flows, &acted_on, self.scorer.detector.thresholds.alert, hour);
+        if let Some(site) = learner.poll(now_mono_ns) {
+            self.swap_in(site);
+        }
+        if let Some(learner) = &self.learner {
+            self.outputs.status.learn = Some(learner.status(now_mono_ns));
+        }
+    }
+
+    /// Puts a validated site model to work: scores, thresholds, auto-block as configured, and
+    /// its hash in alerts, metrics and the status file.
+    fn swap_in(&mut self, site: SiteModel) {
+        let SiteModel { detector, sha256, dir, report } = site;
+        let config = self.engine.config();
+        let margin = config.block_threshold - config.alert_threshold;
+        let alert = detector.thresholds.alert;
+        self.engine.set_thresholds(alert, alert + margin);
+        self.engine.set_block_mode(self.block_mode);
+        self.scorer.detector = detector;
+        let name = dir.as_ref().map_or_else(|| "site".to_owned(), |d| d.display().to_string());
+        let observer = &mut self.outputs.observer;
+        observer.model_sha256.clone_from(&sha256);
+        observer.model_phase = Phase::Site;
+        observer.block_mode = self.block_mode;
+        observer.block_threshold = alert + margin;
+        self.outputs.metrics.set_model(&name, &sha256);
+        self.outputs.metrics.set_phase(Phase::Site);
+        let status = &mut self.outputs.status;
+        status.model.clone_from(&name);
+        status.model_sha256.clone_from(&sha256);
+        status.model_phase = Phase::Site;
+        info!(
+            model = name,
+            sha256,
+            rows = report.rows,
+            hours = report.hours,
+            holdout_alert_rate = report.holdout_alert_rate,
+            train_seconds = report.train_seconds,
+            alert_threshold = alert,
+            "site model swapped in: scoring with the model learnt on this host"
+        );
     }
 
     /// Deliver: each decision rendered once, sent to the sinks, counted; block actions

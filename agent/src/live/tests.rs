@@ -66,6 +66,7 @@ impl Rig {
             hostname: "rig".into(),
             iface: "fake0".into(),
             model_sha256: "abc".into(),
+            model_phase: crate::learn::Phase::Fixed,
             ruleset: detector.schema.id.clone(),
             block_mode: BlockMode::Enforce,
             block_threshold: alert + 0.5,
@@ -196,4 +197,133 @@ fn stop_flushes_only_when_the_sensor_is_gone_and_removes_the_status() {
         assert!(records.iter().all(|r| r.contains("\"end_reason\":\"shutdown\"")), "{records:?}");
         assert!(!rig.dir.join(crate::control::STATUS_FILE).exists());
     }
+}
+
+/// `n` ordinary conversations of cycle `cycle`: distinct clients and start times, a few
+/// services.
+fn ordinary(cycle: u64, n: u64) -> Vec<LiveFlow> {
+    (0..n)
+        .map(|i| {
+            let port = [80, 443, 8080, 22][usize::try_from(i % 4).unwrap()];
+            let client = u8::try_from(10 + i % 50).unwrap();
+            let mut r = record(client, 2, port, 0);
+            r.src_port = 40_000 + u16::try_from(i).unwrap();
+            r.bytes += 40 * (i % 7);
+            r.end_reason = EndReason::Open;
+            // Answered: a SYN-ACK and an ACK back.
+            let mut back = record(2, client, r.src_port, 0);
+            back.src_port = port;
+            back.packets = 2;
+            back.bytes = 120 + 500 * (i % 3);
+            back.tcp_flags = crate::flows::record::TcpFlagCounts { syn_ack: 1, ack: 2, ..Default::default() };
+            back.end_reason = EndReason::Open;
+            LiveFlow { record: r, back: Some(back), new: true, first_mono_ns: cycle * S + i }
+        })
+        .collect()
+}
+
+/// A rig that learns. The built-in model finds many of these synthetic conversations unusual
+/// (50 clients calling one server 40 times a second), and the learner takes only rows below the
+/// alert threshold: the scorer's threshold is raised so that every row counts, since these tests
+/// are about the phase's mechanics, not the model's judgement.
+fn learning_rig(name: &str, min_rows: usize) -> Rig {
+    let mut rig = Rig::new(name, FakeFlows::default(), FakeSensor::default(), MemoryRules::new(100 * S), Vec::new());
+    rig.agent.scorer.detector.thresholds.alert = f32::MAX;
+    let learner = learning(&rig.dir, min_rows);
+    rig.agent = rig.agent.with_learner(learner);
+    rig
+}
+
+fn learning(dir: &Path, min_rows: usize) -> crate::learn::Learner {
+    let config = crate::learn::LearnSection {
+        period: crate::config::HumanDuration(Duration::from_secs(5)),
+        min_rows,
+        holdout_rows: 10,
+        min_hours: 0,
+        max_alert_rate: 1.0,
+        dir: dir.join("models"),
+        ..crate::learn::LearnSection::default()
+    };
+    crate::learn::Learner::new(config, detector().schema, 100 * S)
+}
+
+/// Runs cycles from second 101 on, 40 ordinary conversations each, until `done` or 60 s of
+/// wall time (training runs on its own thread); answers the last cycle's second.
+fn run_until(rig: &mut Rig, mut done: impl FnMut(&Agent<FakeFlows, FakeSensor>) -> bool) -> u64 {
+    let deadline = Instant::now() + Duration::from_mins(1);
+    let mut t = 101;
+    while !done(&rig.agent) && Instant::now() < deadline {
+        rig.agent.kernel.flows.push(Harvest { live: ordinary(t, 40), ..Harvest::default() });
+        rig.agent.cycle(t * S).expect("cycle");
+        t += 1;
+        if t > 110 {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    t
+}
+
+#[test]
+fn learning_swaps_in_a_validated_site_model_and_blocks_only_then() {
+    let mut rig = learning_rig("learn", 100);
+    let dir = rig.dir.clone();
+    assert_eq!(rig.agent.phase(), crate::learn::Phase::Learning);
+    assert_eq!(rig.agent.engine.config().block_mode, BlockMode::DryRun, "auto-block is a dry run while learning");
+    rig.agent.kernel.flows.push(Harvest { live: ordinary(101, 40), ..Harvest::default() });
+    rig.agent.cycle(101 * S).expect("cycle");
+    let status = AgentStatus::read(&rig.dir).expect("status");
+    let learn = status.learn.expect("learning status");
+    assert_eq!((status.model_phase, learn.phase), (crate::learn::Phase::Learning, crate::learn::Phase::Learning));
+    assert!(learn.sample_rows > 0 && learn.sample_rows <= 40, "{learn:?}");
+
+    run_until(&mut rig, |a| a.phase() == crate::learn::Phase::Site);
+    assert_eq!(
+        rig.agent.phase(),
+        crate::learn::Phase::Site,
+        "swapped within 60 s: {:?}",
+        rig.agent.outputs.status.learn
+    );
+    assert_eq!(rig.agent.engine.config().block_mode, BlockMode::Enforce, "auto-block as configured");
+    let sha = rig.agent.outputs.observer.model_sha256.clone();
+    assert_ne!(sha, "abc");
+    assert_eq!(
+        rig.agent.engine.config().alert_threshold.to_bits(),
+        rig.agent.scorer.detector.thresholds.alert.to_bits()
+    );
+    assert!(rig.agent.scorer.detector.thresholds.alert < f32::MAX, "the site model's own threshold");
+    let text = rig.agent.outputs.metrics.encode();
+    assert!(text.contains("vigil_model_phase{phase=\"site\"} 1"), "{text}");
+    assert!(text.contains(&format!("sha256=\"{sha}\"")) && !text.contains("sha256=\"abc\""), "{text}");
+    // The site model is on disk, signed with the host's own key, and loads back.
+    let saved = dir.join("models").join(format!("site-{}", &sha[..12]));
+    let key = crate::model::sign::PublicKey::read(
+        &dir.join("models/site-key").join(crate::model::sign::PUBLIC_KEY_FILE),
+        crate::model::files::Access::Private,
+    )
+    .expect("site key");
+    let trust = crate::model::Trust { keys: vec![key], allow_unsigned: false };
+    let (bundle, _) = crate::model::Bundle::load_trusted(&saved, &trust).expect("signed site model loads");
+    assert_eq!(bundle.sha256(), sha);
+    // The next cycle's status says so.
+    rig.agent.kernel.flows.push(Harvest { live: ordinary(500, 5), ..Harvest::default() });
+    rig.agent.cycle(500 * S).expect("cycle");
+    let status = AgentStatus::read(&rig.dir).expect("status");
+    assert_eq!((status.model_phase, status.model_sha256.as_str()), (crate::learn::Phase::Site, sha.as_str()));
+    let last = status.learn.and_then(|l| l.last).expect("validation report");
+    assert!(last.refused.is_none() && last.rows >= 100, "{last:?}");
+}
+
+#[test]
+fn a_model_that_fails_validation_is_held_back_and_learning_goes_on() {
+    // More rows than the sample can ever hold.
+    let mut rig = learning_rig("learn-held", 100_000);
+    run_until(&mut rig, |a| {
+        a.outputs.status.learn.as_ref().is_some_and(|l| l.last.as_ref().is_some_and(|v| v.refused.is_some()))
+    });
+    let learn = rig.agent.outputs.status.learn.clone().expect("status");
+    let why = learn.last.and_then(|v| v.refused).expect("held back");
+    assert!(why.contains("learn.min_rows"), "{why}");
+    assert_eq!(rig.agent.phase(), crate::learn::Phase::Learning);
+    assert_eq!(rig.agent.engine.config().block_mode, BlockMode::DryRun);
+    assert!(learn.ends_in_s.is_some_and(|s| s > 0.0), "a new period started");
 }

@@ -17,6 +17,7 @@ mod egress_live;
 mod evasion_live;
 mod host_replay;
 mod kernel_host_equivalence;
+mod learn_live;
 mod model_run;
 mod netns_live;
 mod pin_safety;

@@ -1,0 +1,480 @@
+//! Learning the protected network: the learning phase of `vigil run`.
+//!
+//! A run with the built-in model and `learn.enabled` starts in the **learning** phase. The
+//! built-in model keeps alerting, and its alerts are marked `vigil.model.phase: "learning"`.
+//! Auto-block stays in dry-run unless `learn.block` allows it. The scored conversations feed a
+//! bounded, stratified [`sample`] of the host's own traffic.
+//!
+//! When `learn.period` is over, a thread of its own trains a site model on the sample at the
+//! lowest CPU priority (`SCHED_IDLE`), so the harvest keeps its interval. The new model is
+//! then validated:
+//! - enough rows (`learn.min_rows`);
+//! - enough hours of the day covered (`learn.min_hours`, or every hour the period spans if it
+//!   is shorter);
+//! - its alert rate on the held-back slice of recent traffic at most `learn.max_alert_rate`.
+//!
+//! A model that passes is swapped in between two cycles, and the phase becomes **site**. It is
+//! written, signed with a key of the host's own, under `learn.dir`. Status, metrics and every
+//! later alert carry its sha256. A model that fails is held back, with the reason in the log and
+//! the status file; learning then goes on for another period, keeping its sample.
+
+pub mod sample;
+
+use std::{
+    path::{Path, PathBuf},
+    sync::mpsc,
+    time::Duration,
+};
+
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+use self::sample::{RowKey, Sample, SampleConfig, SampleStats};
+use crate::{
+    config::HumanDuration,
+    detect::ScoredFlow,
+    features::Schema,
+    model::{Detector, TrainConfig, train},
+};
+
+/// `[learn]`: the learning phase.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LearnSection {
+    /// Learn a site model when running with the built-in model.
+    pub enabled: bool,
+    /// How long to learn before training the site model.
+    pub period: HumanDuration,
+    /// Rows kept to train on, at most (memory: about 300 bytes a row).
+    pub max_rows: usize,
+    /// Held-back rows of recent traffic, at most, to validate the new model on.
+    pub holdout_rows: usize,
+    /// Rows needed to train; fewer and the model is held back.
+    pub min_rows: usize,
+    /// Hours of the day (UTC) the sample must cover; a shorter period needs every hour it spans.
+    pub min_hours: usize,
+    /// Share of `max_rows` one source prefix (/24, /64) may hold.
+    pub max_source_share: f64,
+    /// The new model may alert on at most this share of the held-back rows.
+    pub max_alert_rate: f64,
+    /// Let auto-block act during learning (otherwise it is a dry run until the site model).
+    pub block: bool,
+    /// Where site models and the key that signs them are kept.
+    pub dir: PathBuf,
+}
+
+impl Default for LearnSection {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            period: HumanDuration(Duration::from_hours(24)),
+            max_rows: 100_000,
+            holdout_rows: 10_000,
+            min_rows: 5_000,
+            min_hours: 12,
+            max_source_share: 0.05,
+            max_alert_rate: 0.01,
+            block: false,
+            dir: PathBuf::from("/var/lib/vigil/models"),
+        }
+    }
+}
+
+impl LearnSection {
+    /// Checks values that parse but cannot work; the message names the field.
+    ///
+    /// # Errors
+    /// The first bad field and why.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        if self.period.0 < Duration::from_secs(1) {
+            return Err(("learn.period", "must be at least 1s".to_owned()));
+        }
+        if self.max_rows < 100 {
+            return Err(("learn.max_rows", "must be at least 100".to_owned()));
+        }
+        if self.min_rows < 20 || self.min_rows > self.max_rows {
+            return Err(("learn.min_rows", "must be at least 20 and at most learn.max_rows".to_owned()));
+        }
+        if self.holdout_rows < 10 {
+            return Err(("learn.holdout_rows", "must be at least 10".to_owned()));
+        }
+        if self.min_hours > 24 {
+            return Err(("learn.min_hours", "must be at most 24".to_owned()));
+        }
+        if !(self.max_source_share > 0.0 && self.max_source_share <= 1.0) {
+            return Err(("learn.max_source_share", "must be in (0, 1]".to_owned()));
+        }
+        if !(self.max_alert_rate > 0.0 && self.max_alert_rate <= 1.0) {
+            return Err(("learn.max_alert_rate", "must be in (0, 1]".to_owned()));
+        }
+        if self.enabled && self.dir.as_os_str().is_empty() {
+            return Err(("learn.dir", "must not be empty while learning is enabled".to_owned()));
+        }
+        Ok(())
+    }
+
+    /// Hours the sample must cover for a period of this length.
+    #[must_use]
+    pub fn hours_needed(&self) -> usize {
+        let spanned = usize::try_from(self.period.0.as_secs().div_ceil(3600)).unwrap_or(24).min(24);
+        self.min_hours.min(spanned)
+    }
+}
+
+/// Which model is scoring, in alerts (`vigil.model.phase`), the status file and the metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    /// The built-in model, while the site model is being learnt.
+    Learning,
+    /// A site model learnt on this host.
+    Site,
+    /// A model from the configuration, with no learning.
+    #[default]
+    Fixed,
+}
+
+impl Phase {
+    #[must_use]
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Learning => "learning",
+            Self::Site => "site",
+            Self::Fixed => "fixed",
+        }
+    }
+}
+
+/// A site model that passed validation, ready to swap in.
+pub struct SiteModel {
+    pub detector: Detector,
+    /// sha256 of its `manifest.json`.
+    pub sha256: String,
+    /// Where it was written, if it could be.
+    pub dir: Option<PathBuf>,
+    pub report: Validation,
+}
+
+/// How a trained model did against the rules.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Validation {
+    pub rows: usize,
+    pub hours: usize,
+    pub holdout_rows: usize,
+    /// Share of held-back rows at or above the new model's alert threshold.
+    pub holdout_alert_rate: f64,
+    /// Why the model was held back; `None` if it passed.
+    pub refused: Option<String>,
+    /// Seconds training took.
+    pub train_seconds: f64,
+}
+
+/// What the learner reports to the status file.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct LearnStatus {
+    pub phase: Phase,
+    /// Seconds until the learning period ends (learning only).
+    pub ends_in_s: Option<f64>,
+    pub sample_rows: usize,
+    pub holdout_rows: usize,
+    pub hours_covered: usize,
+    pub training: bool,
+    /// Auto-block is held in dry-run until the site model is in.
+    #[serde(default)]
+    pub block_held: bool,
+    /// The last training's validation.
+    pub last: Option<Validation>,
+    pub sample: Option<SampleStats>,
+}
+
+type Outcome = Result<SiteModel, Validation>;
+
+/// The learning phase's state, driven by the agent once per cycle.
+pub struct Learner {
+    config: LearnSection,
+    schema: Schema,
+    sample: Sample,
+    /// When the current period ends (monotonic ns).
+    ends_mono_ns: u64,
+    training: Option<mpsc::Receiver<Outcome>>,
+    last: Option<Validation>,
+    done: bool,
+}
+
+impl Learner {
+    /// A learner whose first period starts at `now_mono_ns`.
+    #[must_use]
+    pub fn new(config: LearnSection, schema: Schema, now_mono_ns: u64) -> Self {
+        let sample = Sample::new(SampleConfig {
+            max_rows: config.max_rows,
+            holdout_rows: config.holdout_rows,
+            max_source_share: config.max_source_share,
+            seed: 1,
+        });
+        let ends_mono_ns = now_mono_ns.saturating_add(duration_ns(config.period.0));
+        info!(
+            period = %humantime::format_duration(config.period.0),
+            max_rows = config.max_rows,
+            block = config.block,
+            "learning phase: alerting with the built-in model while learning this host's traffic"
+        );
+        Self { config, schema, sample, ends_mono_ns, training: None, last: None, done: false }
+    }
+
+    /// Whether auto-block may act (not during learning unless `learn.block`).
+    #[must_use]
+    pub const fn may_block(&self) -> bool {
+        self.done || self.config.block
+    }
+
+    #[must_use]
+    pub const fn phase(&self) -> Phase {
+        if self.done { Phase::Site } else { Phase::Learning }
+    }
+
+    /// Offers a cycle's scored flows: rows below `alert_threshold` from sources not in
+    /// `alerted` go to the sample; `alerted` sources (alerted or blocked this cycle) lose their
+    /// rows. `hour` is the hour of day (UTC) of the cycle.
+    pub fn observe(&mut self, flows: &[ScoredFlow], alerted: &[std::net::IpAddr], alert_threshold: f32, hour: u8) {
+        if self.done {
+            return;
+        }
+        for &source in alerted {
+            self.sample.exclude(source);
+        }
+        for f in flows {
+            if !f.score.combined.is_finite() || f.score.combined >= alert_threshold {
+                continue;
+            }
+            let r = &f.flow.record;
+            let key = RowKey {
+                conversation: conversation_id(r, f.flow.first_mono_ns),
+                source: r.src_ip,
+                hour,
+                protocol: r.protocol,
+                port: r.dst_port,
+            };
+            self.sample.offer(&key, &f.evidence.raw);
+        }
+    }
+
+    /// Starts training when the period is over, and answers a validated site model when
+    /// training has finished with one.
+    pub fn poll(&mut self, now_mono_ns: u64) -> Option<SiteModel> {
+        if self.done {
+            return None;
+        }
+        if let Some(rx) = &self.training {
+            match rx.try_recv() {
+                Ok(Ok(model)) => {
+                    self.training = None;
+                    self.done = true;
+                    self.last = Some(model.report.clone());
+                    return Some(model);
+                }
+                Ok(Err(report)) => {
+                    self.training = None;
+                    warn!(
+                        reason = report.refused.as_deref().unwrap_or(""),
+                        rows = report.rows,
+                        hours = report.hours,
+                        holdout_alert_rate = report.holdout_alert_rate,
+                        "site model held back; learning goes on for another period with the built-in model"
+                    );
+                    self.last = Some(report);
+                    self.ends_mono_ns = now_mono_ns.saturating_add(duration_ns(self.config.period.0));
+                }
+                Err(mpsc::TryRecvError::Empty) => {}
+                Err(mpsc::TryRecvError::Disconnected) => {
+                    warn!("site model training stopped without a result; learning goes on for another period");
+                    self.training = None;
+                    self.ends_mono_ns = now_mono_ns.saturating_add(duration_ns(self.config.period.0));
+                }
+            }
+            return None;
+        }
+        if now_mono_ns >= self.ends_mono_ns {
+            self.start_training();
+        }
+        None
+    }
+
+    fn start_training(&mut self) {
+        let rows = self.sample.rows();
+        let holdout = self.sample.holdout_rows();
+        let hours = self.sample.hours_covered();
+        let job = Job {
+            config: self.config.clone(),
+            schema: self.schema.clone(),
+            rows,
+            holdout,
+            hours,
+            hours_needed: self.config.hours_needed(),
+            strata: self.sample.strata(),
+        };
+        info!(
+            rows = job.rows.nrows(),
+            holdout = job.holdout.nrows(),
+            hours,
+            "learning period over: training the site model"
+        );
+        let (tx, rx) = mpsc::channel();
+        let spawned = std::thread::Builder::new().name("vigil-learn".to_owned()).spawn(move || {
+            lowest_priority();
+            let _ = tx.send(job.run());
+        });
+        match spawned {
+            Ok(_) => self.training = Some(rx),
+            Err(e) => warn!(error = %e, "could not start the training thread; learning goes on"),
+        }
+    }
+
+    /// For the status file.
+    #[must_use]
+    pub fn status(&self, now_mono_ns: u64) -> LearnStatus {
+        #[expect(clippy::cast_precision_loss, reason = "seconds for display")]
+        let ends_in_s = (!self.done).then(|| self.ends_mono_ns.saturating_sub(now_mono_ns) as f64 / 1e9);
+        LearnStatus {
+            phase: self.phase(),
+            ends_in_s,
+            sample_rows: self.sample.len(),
+            holdout_rows: self.sample.holdout_len(),
+            hours_covered: self.sample.hours_covered(),
+            training: self.training.is_some(),
+            block_held: !self.may_block(),
+            last: self.last.clone(),
+            sample: Some(self.sample.stats),
+        }
+    }
+}
+
+fn duration_ns(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// A conversation's identity across cycles: its initiator's 5-tuple and first packet.
+fn conversation_id(r: &crate::flows::FlowRecord, first_mono_ns: u64) -> u64 {
+    use std::hash::{BuildHasher as _, Hasher as _};
+    // A fixed-key hasher: the same conversation hashes the same in every cycle.
+    let mut h = std::hash::BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default().build_hasher();
+    std::hash::Hash::hash(&(r.src_ip, r.dst_ip, r.src_port, r.dst_port, r.protocol, first_mono_ns), &mut h);
+    h.finish()
+}
+
+/// Runs the calling thread at the lowest priority Linux has (`SCHED_IDLE`): it gets a CPU only
+/// when nothing else wants one.
+fn lowest_priority() {
+    // SAFETY: a zeroed `sched_param` is valid for SCHED_IDLE (priority 0), and pid 0 is the
+    // calling thread.
+    let param: libc::sched_param = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; the call only reads `param`.
+    let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &raw const param) };
+    if rc != 0 {
+        warn!(error = %std::io::Error::last_os_error(), "could not lower the training thread's priority");
+    }
+}
+
+/// One training run, owned by its thread.
+struct Job {
+    config: LearnSection,
+    schema: Schema,
+    rows: ndarray::Array2<f32>,
+    holdout: ndarray::Array2<f32>,
+    hours: usize,
+    hours_needed: usize,
+    strata: usize,
+}
+
+impl Job {
+    fn run(self) -> Outcome {
+        let started = std::time::Instant::now();
+        let mut report = Validation {
+            rows: self.rows.nrows(),
+            hours: self.hours,
+            holdout_rows: self.holdout.nrows(),
+            holdout_alert_rate: 0.0,
+            refused: None,
+            train_seconds: 0.0,
+        };
+        let refuse = |mut report: Validation, why: String| {
+            report.refused = Some(why);
+            Err(report)
+        };
+        if report.rows < self.config.min_rows {
+            let why = format!("{} rows, fewer than learn.min_rows ({})", report.rows, self.config.min_rows);
+            return refuse(report, why);
+        }
+        if report.hours < self.hours_needed {
+            let why = format!("{} hours of the day covered, fewer than {} needed", report.hours, self.hours_needed);
+            return refuse(report, why);
+        }
+        if report.holdout_rows < 10 {
+            let why = format!("{} held-back rows, too few to validate on (10 needed)", report.holdout_rows);
+            return refuse(report, why);
+        }
+        let summary = serde_json::json!({
+            "source": "learning phase",
+            "strata": self.strata,
+            "hours": self.hours,
+            "period_s": self.config.period.0.as_secs(),
+        });
+        let trained = match train(&self.schema, self.rows.view(), &TrainConfig::default(), summary, |_| {}) {
+            Ok(t) => t,
+            Err(e) => return refuse(report, format!("training failed: {e}")),
+        };
+        report.train_seconds = started.elapsed().as_secs_f64();
+        let scores = match trained.detector.score(self.holdout.view()) {
+            Ok(s) => s,
+            Err(e) => return refuse(report, format!("scoring the held-back rows failed: {e}")),
+        };
+        let alert = trained.detector.thresholds.alert;
+        #[expect(clippy::cast_precision_loss, reason = "row counts")]
+        let rate = scores.iter().filter(|s| s.combined >= alert).count() as f64 / scores.len().max(1) as f64;
+        report.holdout_alert_rate = rate;
+        if rate > self.config.max_alert_rate {
+            let why = format!(
+                "alerts on {:.2}% of the held-back recent traffic, above learn.max_alert_rate ({:.2}%)",
+                rate * 100.0,
+                self.config.max_alert_rate * 100.0
+            );
+            return refuse(report, why);
+        }
+        let sha256 = trained.bundle.sha256();
+        let dir = match save(&self.config.dir, &trained.bundle, &sha256) {
+            Ok(dir) => Some(dir),
+            Err(e) => {
+                warn!(error = %e, dir = %self.config.dir.display(), "could not write the site model; using it anyway");
+                None
+            }
+        };
+        Ok(SiteModel { detector: trained.detector, sha256, dir, report })
+    }
+}
+
+/// The directory under `learn.dir` holding the host's site-model key pair.
+pub const SITE_KEY_DIR: &str = "site-key";
+
+/// Writes `bundle` to `dir/site-<sha256 prefix>`, signed with the host's site key
+/// (`dir/site-key/`, made on first use, the secret 0600), in directories only the agent's
+/// user can write.
+///
+/// # Errors
+/// Any file that cannot be written.
+fn save(dir: &Path, bundle: &crate::model::Bundle, sha256: &str) -> Result<PathBuf, Box<dyn std::error::Error>> {
+    use crate::model::sign;
+    crate::private_dir::ensure(dir)?;
+    let key_dir = dir.join(SITE_KEY_DIR);
+    crate::private_dir::ensure(&key_dir)?;
+    let key_path = key_dir.join(sign::SECRET_KEY_FILE);
+    if !key_path.exists() {
+        sign::keygen(&key_dir)?;
+    }
+    let key = sign::SecretKey::read(&key_path)?;
+    let out = dir.join(format!("site-{}", sha256.get(..12).unwrap_or(sha256)));
+    bundle.write_dir(&out)?;
+    crate::model::Bundle::sign_dir(&out, &key)?;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests;
