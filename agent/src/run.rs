@@ -113,7 +113,31 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     if nix::net::if_::if_nametoindex(iface.as_str()).is_err() {
         return Err(SensorError::NoSuchInterface { iface }.into());
     }
-    let (detector, model_sha256) = load_detector(&config.detection)?;
+    let (mut detector, mut model_sha256) = load_detector(&config.detection)?;
+    let mut model_name = config.detection.model.clone();
+    // With the built-in model, the agent learns this host's traffic and swaps in a site model;
+    // a site model learnt by an earlier run is used as it is.
+    let mut learning = config.learn.enabled && config.detection.model == "default";
+    let mut phase = if learning { Phase::Learning } else { Phase::Fixed };
+    if learning && config.learn.dir.exists() {
+        // Checked now, not a day later when the site model is written: it must be the
+        // agent's own (it is created then if it does not exist yet).
+        crate::private_dir::ensure(&config.learn.dir)?;
+        let site = crate::learn::current_site(&config.learn.dir).map_err(|e| RunError::Model {
+            name: format!(
+                "{} (remove {} to learn afresh)",
+                e.path.display(),
+                config.learn.dir.join(crate::learn::CURRENT).display()
+            ),
+            error: e.error,
+        })?;
+        if let Some(site) = site {
+            let path = site.path.display().to_string();
+            info!(model = path, sha256 = site.sha256, "site model learnt by an earlier run, signed by this host's key");
+            (detector, model_sha256, model_name) = (site.detector, site.sha256, path);
+            (learning, phase) = (false, Phase::Site);
+        }
+    }
     let flows_out = config.flows.out.as_deref().map(FlowWriter::open).transpose()?;
     let sink_specs = if config.alerts.sinks.is_empty() {
         vec![crate::alert::sink::SinkSpec { kind: crate::alert::sink::SinkConfig::Stdout, queue: 10_000 }]
@@ -121,16 +145,9 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         config.alerts.sinks.clone()
     };
     let sinks = Sinks::start(&sink_specs)?;
-    // With the built-in model, the agent learns this host's traffic and swaps in a site model.
-    let learning = config.learn.enabled && config.detection.model == "default";
-    if learning && config.learn.dir.exists() {
-        // Checked now, not a day later when the site model is written: it must be the
-        // agent's own (it is created then if it does not exist yet).
-        crate::private_dir::ensure(&config.learn.dir)?;
-    }
     let metrics = Metrics::new();
-    metrics.set_model(&config.detection.model, &model_sha256);
-    metrics.set_phase(if learning { Phase::Learning } else { Phase::Fixed });
+    metrics.set_model(&model_name, &model_sha256);
+    metrics.set_phase(phase);
     let metrics_server = config.metrics.listen.map(|addr| metrics.serve(addr)).transpose()?;
     if let Some(server) = &metrics_server {
         info!(addr = %server.local_addr(), "serving Prometheus metrics on /metrics");
@@ -194,7 +211,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         hostname,
         iface: iface.clone(),
         model_sha256: model_sha256.clone(),
-        model_phase: Phase::Fixed,
+        model_phase: phase,
         ruleset: detector.schema.id.clone(),
         block_mode: config.block.mode,
         block_threshold,
@@ -207,6 +224,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     info!(
         interval = ?s.interval.0,
         model = config.detection.model,
+        phase = phase.name(),
         alert_threshold = thresholds.alert,
         block_threshold,
         block_mode = ?config.block.mode,
@@ -227,8 +245,9 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         egress: s.egress,
         pin_dir: pin_dir.clone(),
         started: clock::rfc3339_millis(clock::wall_ns()),
-        model: config.detection.model.clone(),
+        model: model_name,
         model_sha256,
+        model_phase: phase,
         block_mode: serde_json::to_value(config.block.mode)
             .ok()
             .and_then(|v| v.as_str().map(str::to_owned))

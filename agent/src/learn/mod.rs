@@ -363,7 +363,7 @@ fn conversation_id(r: &crate::flows::FlowRecord, first_mono_ns: u64) -> u64 {
 
 /// Runs the calling thread at the lowest priority Linux has (`SCHED_IDLE`): it gets a CPU only
 /// when nothing else wants one.
-fn lowest_priority() {
+pub fn lowest_priority() {
     // SAFETY: a zeroed `sched_param` is valid for SCHED_IDLE (priority 0), and pid 0 is the
     // calling thread.
     let param: libc::sched_param = unsafe { std::mem::zeroed() };
@@ -372,6 +372,31 @@ fn lowest_priority() {
     if rc != 0 {
         warn!(error = %std::io::Error::last_os_error(), "could not lower the training thread's priority");
     }
+}
+
+/// Trains a site model on `rows` and validates it against `holdout` and the rules of `config`
+/// (`hours` of the day covered by the rows), as the learning phase does at the end of a
+/// period; writes it under `config.dir` when it passes. Runs on the calling thread.
+///
+/// # Errors
+/// The validation report, with why the model was held back.
+pub fn train_site(
+    config: &LearnSection,
+    schema: &Schema,
+    rows: ndarray::Array2<f32>,
+    holdout: ndarray::Array2<f32>,
+    hours: usize,
+) -> Result<SiteModel, Validation> {
+    Job {
+        config: config.clone(),
+        schema: schema.clone(),
+        rows,
+        holdout,
+        hours,
+        hours_needed: config.hours_needed(),
+        strata: 0,
+    }
+    .run()
 }
 
 /// One training run, owned by its thread.
@@ -470,10 +495,71 @@ fn save(dir: &Path, bundle: &crate::model::Bundle, sha256: &str) -> Result<PathB
         sign::keygen(&key_dir)?;
     }
     let key = sign::SecretKey::read(&key_path)?;
-    let out = dir.join(format!("site-{}", sha256.get(..12).unwrap_or(sha256)));
+    let name = format!("site-{}", sha256.get(..12).unwrap_or(sha256));
+    let out = dir.join(&name);
     bundle.write_dir(&out)?;
     crate::model::Bundle::sign_dir(&out, &key)?;
+    // Written last: a restart loads what `current` names, and it names only a signed bundle.
+    crate::private_dir::write_file(dir, CURRENT, format!("{name}\n").as_bytes())?;
     Ok(out)
+}
+
+/// A site model an earlier run learnt and saved ([`current_site`]).
+pub struct SavedSite {
+    pub detector: Detector,
+    pub sha256: String,
+    pub path: PathBuf,
+}
+
+/// A saved site model that cannot be used: where, and what is wrong.
+#[derive(Debug)]
+pub struct SiteError {
+    pub path: PathBuf,
+    pub error: crate::model::BundleError,
+}
+
+/// The file under `learn.dir` naming the site model in use; the next run loads it.
+pub const CURRENT: &str = "current";
+
+/// The site model a previous run learnt, as `learn.dir/current` names it: loaded only from a
+/// directory the agent's user owns and only if signed by the host's site key. `None` when
+/// there is none yet, or when it was learnt for another feature schema (an upgrade: the agent
+/// then learns afresh, with a warning).
+///
+/// # Errors
+/// The path and what is wrong with it: an unreadable or malformed `current`, a missing key,
+/// or a bundle that fails its checks or its signature. Nothing is learnt over a site model
+/// that cannot be trusted; removing `current` starts learning afresh.
+pub fn current_site(dir: &Path) -> Result<Option<SavedSite>, SiteError> {
+    use crate::model::{Bundle, BundleError, Trust, files::Access, sign};
+    let current = dir.join(CURRENT);
+    let name = match std::fs::read_to_string(&current) {
+        Ok(text) => text.trim().to_owned(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(SiteError { path: current.clone(), error: BundleError::Io { path: current, source } });
+        }
+    };
+    let well_formed =
+        name.strip_prefix("site-").is_some_and(|h| h.len() == 12 && h.bytes().all(|b| b.is_ascii_hexdigit()));
+    if !well_formed {
+        let source =
+            std::io::Error::new(std::io::ErrorKind::InvalidData, format!("names {name:?}, not site-<12 hex digits>"));
+        return Err(SiteError { path: current.clone(), error: BundleError::Io { path: current, source } });
+    }
+    let path = dir.join(&name);
+    let fail = |error: BundleError| SiteError { path: path.clone(), error };
+    let key = sign::PublicKey::read(&dir.join(SITE_KEY_DIR).join(sign::PUBLIC_KEY_FILE), Access::Private)
+        .map_err(|e| fail(e.into()))?;
+    let (bundle, _) = Bundle::load_trusted(&path, &Trust { keys: vec![key], allow_unsigned: false }).map_err(fail)?;
+    match bundle.detector(&Schema::flow()) {
+        Ok(detector) => Ok(Some(SavedSite { detector, sha256: bundle.sha256(), path })),
+        Err(e @ (BundleError::Schema(_) | BundleError::Version { .. })) => {
+            warn!(model = %path.display(), error = %e, "the last site model was learnt for another schema: learning afresh");
+            Ok(None)
+        }
+        Err(e) => Err(fail(e)),
+    }
 }
 
 #[cfg(test)]

@@ -18,3 +18,69 @@ fn defaults_validate_and_bad_values_are_named() {
         assert_eq!(bad.validate().unwrap_err().0, field);
     }
 }
+
+/// `n` rows around the built-in model's medians, with some spread.
+fn rows(n: usize, seed: u64) -> ndarray::Array2<f32> {
+    use rand::{Rng as _, SeedableRng as _};
+    let baseline = crate::detect::score::tests::detector().baseline;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    ndarray::Array2::from_shape_fn((n, baseline.len()), |(_, j)| baseline[j] * rng.random_range(0.5..1.5))
+}
+
+fn temp(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("vigil-learn-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+#[test]
+fn a_site_model_is_saved_signed_and_loaded_back_and_tampering_is_refused() {
+    let dir = temp("site");
+    let config =
+        LearnSection { dir: dir.clone(), min_rows: 100, min_hours: 0, max_alert_rate: 1.0, ..LearnSection::default() };
+    assert!(current_site(&dir).ok().is_some_and(|s| s.is_none()), "nothing yet");
+    let site = train_site(&config, &Schema::flow(), rows(400, 1), rows(40, 2), 1).expect("passes");
+    let saved = site.dir.clone().expect("written");
+    let loaded = current_site(&dir).ok().flatten().expect("a site model loads");
+    assert_eq!((loaded.sha256.as_str(), loaded.path.as_path()), (site.sha256.as_str(), saved.as_path()));
+
+    // A changed model file fails its checksum; a bundle signed by another key is refused.
+    let forest = saved.join(crate::model::bundle::IFOREST);
+    let original = std::fs::read(&forest).expect("forest");
+    std::fs::write(&forest, [&original[..], b" "].concat()).expect("tamper");
+    let e = current_site(&dir).err().expect("refused");
+    assert_eq!(e.path, saved);
+    assert!(e.error.to_string().contains("iforest"), "{}", e.error);
+    std::fs::write(&forest, &original).expect("restore");
+    let other = temp("other-key");
+    crate::model::sign::keygen(&other).expect("keygen");
+    let stranger = crate::model::sign::SecretKey::read(&other.join(crate::model::sign::SECRET_KEY_FILE)).expect("key");
+    crate::model::Bundle::sign_dir(&saved, &stranger).expect("re-sign");
+    let e = current_site(&dir).err().expect("refused");
+    assert!(matches!(e.error, crate::model::BundleError::Sign(_)), "{}", e.error);
+
+    // `current` may only name a site directory beside it.
+    std::fs::write(dir.join(CURRENT), "../../etc\n").expect("write");
+    let e = current_site(&dir).err().expect("refused");
+    assert_eq!(e.path, dir.join(CURRENT));
+    assert!(e.error.to_string().contains("site-<12 hex digits>"), "{}", e.error);
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&other);
+}
+
+#[test]
+fn validation_holds_back_a_model_that_alerts_on_recent_traffic() {
+    let dir = temp("alerting");
+    let config =
+        LearnSection { dir: dir.clone(), min_rows: 100, min_hours: 0, max_alert_rate: 0.01, ..LearnSection::default() };
+    // Held-back traffic unlike anything trained on: ten times the medians.
+    let odd = rows(40, 3).mapv(|v| v * 10.0 + 5.0);
+    let report = train_site(&config, &Schema::flow(), rows(400, 1), odd, 1).err().expect("held back");
+    assert!(report.holdout_alert_rate > 0.01, "{report:?}");
+    assert!(report.refused.as_deref().is_some_and(|r| r.contains("learn.max_alert_rate")), "{report:?}");
+    assert!(!dir.join(CURRENT).exists(), "nothing written");
+    let too_few_hours = LearnSection { min_hours: 12, period: HumanDuration(Duration::from_hours(24)), ..config };
+    let report = train_site(&too_few_hours, &Schema::flow(), rows(400, 1), rows(40, 2), 3).err().expect("held back");
+    assert!(report.refused.as_deref().is_some_and(|r| r.contains("3 hours")), "{report:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

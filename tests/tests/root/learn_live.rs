@@ -1,8 +1,8 @@
 //! The learning phase on live traffic: the real `vigil` binary on a veth, ordinary TCP
 //! conversations from a peer namespace, a short `learn.period`. The agent must learn them,
 //! train a site model in the background, validate it on held-back conversations, swap it in,
-//! and say so in its log, its status file and its metrics, with the site model written and
-//! signed under `learn.dir`.
+//! and say so in its log, `vigil status` and its status file, with the site model written and
+//! signed under `learn.dir`; and the next run must score with that model from the start.
 
 use std::{
     io::{Read as _, Write as _},
@@ -51,6 +51,7 @@ fn echo_server(link: &Link, until: Instant, stop: Arc<AtomicBool>) -> std::threa
 }
 
 #[test]
+#[expect(clippy::too_many_lines, reason = "one story: learn, swap, check what was written, restart")]
 fn a_site_model_is_learnt_from_live_traffic_validated_and_swapped_in() {
     require_root();
     let link = Link::new("learn");
@@ -152,4 +153,25 @@ fn a_site_model_is_learnt_from_live_traffic_validated_and_swapped_in() {
         .output()
         .expect("vigil model verify");
     assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stderr));
+
+    // The next run scores with it from the start: no second learning phase.
+    let mut again = Agent::start(
+        &link.b,
+        &[
+            "run",
+            "--config",
+            config.to_str().expect("utf-8"),
+            "--no-pin",
+            "--iface",
+            Link::IFACE_B,
+            "--run-dir",
+            run_dir.to_str().expect("utf-8"),
+        ],
+    );
+    again.wait_for("detecting", Duration::from_secs(10));
+    let (exit, log) = again.stop();
+    assert!(exit.success(), "{log}");
+    assert!(log.contains("site model learnt by an earlier run") && log.contains(sha), "{log}");
+    assert!(log.contains("phase=\"site\"") || log.contains("phase=site"), "{log}");
+    assert!(!log.contains("learning phase:"), "{log}");
 }

@@ -1,0 +1,200 @@
+//! The learning phase at its default size: the sample's cost per conversation, the site
+//! model's training time and memory on `learn.max_rows` rows, and whether the agent's cycle
+//! keeps its interval while training runs beside it.
+//!
+//! The cycle is stood in for by its heaviest step, scoring: every second the main thread
+//! scores a batch of rows with the built-in model and sleeps to the next tick. It runs first
+//! alone, then while a site model trains on a thread at `SCHED_IDLE`, as the agent runs it. The
+//! rows are synthetic: the built-in model's per-feature medians, scaled by log-normal noise
+//! around a few hundred "services". Training time depends on the number of rows, not on what
+//! they hold.
+#![expect(
+    clippy::cast_precision_loss,
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    reason = "rates, shares and synthetic values"
+)]
+
+use std::{
+    net::{IpAddr, Ipv4Addr},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use ndarray::Array2;
+use rand::{Rng as _, SeedableRng as _, rngs::StdRng};
+use vigil::{
+    features::{Schema, flow::FLOW_FEATURE_COUNT},
+    learn::{
+        LearnSection, lowest_priority,
+        sample::{Row, RowKey, Sample, SampleConfig},
+        train_site,
+    },
+    model::Bundle,
+};
+use vigil_tests::{
+    agent::TempDir,
+    bench::{machine, report},
+};
+
+/// Conversations offered to the sample: ten times what it keeps.
+const OFFERED: u64 = 1_000_000;
+/// Rows the stand-in cycle scores each second.
+const CYCLE_ROWS: usize = 20_000;
+const TICK: Duration = Duration::from_secs(1);
+const IDLE_CYCLES: usize = 10;
+/// Longest the training may take before the bench gives up on it.
+const TRAIN_LIMIT: Duration = Duration::from_mins(30);
+
+fn status_kib(field: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with(field)).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .unwrap_or(0)
+}
+
+/// A standard normal draw (Box-Muller).
+fn gauss(rng: &mut StdRng) -> f64 {
+    let (u, v): (f64, f64) = (rng.random_range(f64::EPSILON..1.0), rng.random());
+    (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()
+}
+
+/// A synthetic row of service `service`.
+fn row(baseline: &[f32], service: u64, rng: &mut StdRng) -> Row {
+    let mut r = [0f32; FLOW_FEATURE_COUNT];
+    for (j, (v, base)) in r.iter_mut().zip(baseline).enumerate() {
+        let shift = ((service * 31 + j as u64) % 7) as f64 * 0.3;
+        let scale = (0.4 * gauss(rng) + shift).exp();
+        *v = (f64::from(base.abs().max(0.01)) * scale) as f32;
+    }
+    r
+}
+
+fn percentile(values: &mut [f64], p: f64) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let i = ((values.len() as f64 - 1.0) * p).round() as usize;
+    values.get(i).copied().unwrap_or(f64::NAN)
+}
+
+/// Runs stand-in cycles until `done` answers something, or `limit` cycles without `done`;
+/// answers each cycle's scoring time and how late its tick came, in ms.
+fn cycles<T>(
+    detector: &vigil::model::Detector,
+    batch: &Array2<f32>,
+    limit: usize,
+    mut done: impl FnMut() -> Option<T>,
+) -> (Vec<f64>, Vec<f64>, Option<T>) {
+    let (mut took, mut late) = (Vec::new(), Vec::new());
+    let mut next = Instant::now() + TICK;
+    for _ in 0..limit {
+        let now = Instant::now();
+        if now < next {
+            std::thread::sleep(next - now);
+        }
+        late.push(next.elapsed().as_secs_f64() * 1e3);
+        let t = Instant::now();
+        let scores = detector.score(batch.view()).expect("scoring");
+        assert_eq!(scores.len(), batch.nrows());
+        took.push(t.elapsed().as_secs_f64() * 1e3);
+        next += TICK;
+        if let Some(v) = done() {
+            return (took, late, Some(v));
+        }
+    }
+    (took, late, None)
+}
+
+fn main() {
+    let machine = machine();
+    let schema = Schema::flow();
+    let detector = Bundle::embedded().and_then(|b| b.detector(&schema)).expect("built-in model");
+    let config = LearnSection::default();
+    let mut rng = StdRng::seed_from_u64(1);
+
+    // The sample: a day's conversations from 2,000 clients over 300 services.
+    let rss_before = status_kib("VmRSS:");
+    let mut sample = Sample::new(SampleConfig {
+        max_rows: config.max_rows,
+        holdout_rows: config.holdout_rows,
+        max_source_share: config.max_source_share,
+        seed: 1,
+    });
+    let rows: Vec<(RowKey, Row)> = (0..OFFERED)
+        .map(|n| {
+            let service = rng.random_range(0..300u64);
+            let client = u32::try_from(rng.random_range(0..2_000u64)).expect("small");
+            let key = RowKey {
+                conversation: rng.random(),
+                source: IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + client * 256 + 1)),
+                hour: u8::try_from(n * 24 / OFFERED).expect("an hour"),
+                protocol: if service % 5 == 0 { 17 } else { 6 },
+                port: u16::try_from(service * 13 % 49_000).expect("a port"),
+            };
+            (key, row(&detector.baseline, service, &mut rng))
+        })
+        .collect();
+    let t = Instant::now();
+    for (key, r) in &rows {
+        sample.offer(key, r);
+    }
+    let offer_ns = t.elapsed().as_nanos() as f64 / OFFERED as f64;
+    drop(rows);
+    let rss_sample = status_kib("VmRSS:");
+    let (train_rows, holdout) = (sample.rows(), sample.holdout_rows());
+    let (kept, held, strata, hours) = (sample.len(), sample.holdout_len(), sample.strata(), sample.hours_covered());
+    drop(sample);
+
+    let batch = Array2::from_shape_fn((CYCLE_ROWS, FLOW_FEATURE_COUNT), |(i, j)| train_rows[[i % kept, j]]);
+    let (idle_took, idle_late, _) = cycles(&detector, &batch, IDLE_CYCLES, || None::<()>);
+
+    let dir = TempDir::new("bench-learn");
+    let site = LearnSection { dir: dir.path().join("models"), min_hours: 0, ..config.clone() };
+    let (tx, rx) = mpsc::channel();
+    let started = Instant::now();
+    let hwm_before = status_kib("VmHWM:");
+    std::thread::Builder::new()
+        .name("vigil-learn".to_owned())
+        .spawn(move || {
+            lowest_priority();
+            let _ = tx.send(train_site(&site, &schema, train_rows, holdout, hours));
+        })
+        .expect("training thread");
+    let limit = usize::try_from(TRAIN_LIMIT.as_secs()).expect("small");
+    let (mut busy_took, mut busy_late, outcome) = cycles(&detector, &batch, limit, || rx.try_recv().ok());
+    let train_s = started.elapsed().as_secs_f64();
+    let outcome = outcome.expect("training finished within the limit");
+    let hwm = status_kib("VmHWM:");
+    let (verdict, threshold, rate) = match &outcome {
+        Ok(m) => ("swapped in".to_owned(), m.detector.thresholds.alert, m.report.holdout_alert_rate),
+        Err(v) => (format!("held back: {}", v.refused.as_deref().unwrap_or("")), f32::NAN, v.holdout_alert_rate),
+    };
+    let (mut idle_took, mut idle_late) = (idle_took, idle_late);
+    let text = format!(
+        "## Learning phase (`cargo bench -p vigil-tests --bench learn`)\n\n\
+         Machine: {machine}. Defaults of `[learn]`: {max} rows kept, {hold} held back. Synthetic rows (the built-in model's \
+         medians under log-normal noise, 300 services, 2,000 clients, 24 hours).\n\n\
+         | step | result |\n|---|---|\n\
+         | sample: {offered} conversations offered | {offer_ns:.0} ns each; {kept} rows kept in {strata} strata, {held} held back, {hours} hours |\n\
+         | sample memory (RSS growth while filling) | {sample_mb:.0} MB |\n\
+         | site model training at `SCHED_IDLE` on {kept} rows | {train_s:.0} s; {verdict}; held-back alert rate {rate:.4}; alert threshold {threshold:.2} |\n\
+         | peak RSS, before training → after | {hwm0:.0} → {hwm1:.0} MB |\n\
+         | stand-in cycle (score {CYCLE_ROWS} rows each 1 s), alone: p50 / max | {a50:.0} / {amax:.0} ms; tick late p50 / max {al50:.1} / {almax:.1} ms |\n\
+         | the same cycle while training: p50 / max ({n} cycles) | {b50:.0} / {bmax:.0} ms; tick late p50 / max {bl50:.1} / {blmax:.1} ms |\n",
+        max = config.max_rows,
+        hold = config.holdout_rows,
+        offered = OFFERED,
+        sample_mb = rss_sample.saturating_sub(rss_before) as f64 / 1024.0,
+        hwm0 = hwm_before as f64 / 1024.0,
+        hwm1 = hwm as f64 / 1024.0,
+        a50 = percentile(&mut idle_took, 0.5),
+        amax = percentile(&mut idle_took, 1.0),
+        al50 = percentile(&mut idle_late, 0.5),
+        almax = percentile(&mut idle_late, 1.0),
+        n = busy_took.len(),
+        b50 = percentile(&mut busy_took, 0.5),
+        bmax = percentile(&mut busy_took, 1.0),
+        bl50 = percentile(&mut busy_late, 0.5),
+        blmax = percentile(&mut busy_late, 1.0),
+    );
+    report(&text);
+}
