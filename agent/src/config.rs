@@ -142,6 +142,8 @@ pub struct AlertsSection {
     pub max_sources: usize,
     /// Sinks; none = standard output.
     pub sinks: Vec<SinkSpec>,
+    /// Suppression rules (`vigil suppress`), read again whenever the file changes.
+    pub suppress_file: PathBuf,
 }
 
 impl Default for AlertsSection {
@@ -154,6 +156,7 @@ impl Default for AlertsSection {
             min_severity: crate::detect::Severity::Medium,
             max_sources: 100_000,
             sinks: Vec::new(),
+            suppress_file: PathBuf::from("/var/lib/vigil/suppressions.json"),
         }
     }
 }

@@ -31,6 +31,14 @@ pub const DEFAULT_RUN_DIR: &str = "/run/vigil";
 /// The status file's name.
 pub const STATUS_FILE: &str = "status.json";
 
+/// Alert suppression rules, as the agent applies them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SuppressionStatus {
+    pub rules_active: usize,
+    /// Alerts suppressed per rule id, since the agent started.
+    pub suppressed: std::collections::BTreeMap<u32, u64>,
+}
+
 /// What a running agent publishes about itself every cycle.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct AgentStatus {
@@ -55,6 +63,9 @@ pub struct AgentStatus {
     /// The learning phase's progress, while learning and after.
     #[serde(default)]
     pub learn: Option<crate::learn::LearnStatus>,
+    /// Suppression rules in force, and alerts each kept from the sinks since start.
+    #[serde(default)]
+    pub suppression: Option<SuppressionStatus>,
     pub block_mode: String,
     pub flows_tracked: usize,
     pub flow_capacity: u32,
@@ -316,6 +327,14 @@ impl std::fmt::Display for StatusReport {
             }
             if let Some(why) = a.learn.as_ref().and_then(|l| l.last.as_ref()).and_then(|v| v.refused.as_ref()) {
                 writeln!(f, "          last site model held back: {why}")?;
+            }
+            if let Some(s) = a.suppression.as_ref().filter(|s| s.rules_active > 0 || !s.suppressed.is_empty()) {
+                writeln!(
+                    f,
+                    "suppress: {} rules in force; {} alerts suppressed since start (vigil suppress list)",
+                    s.rules_active,
+                    s.suppressed.values().sum::<u64>()
+                )?;
             }
         }
         if let Some(a) = self.agent.as_ref().filter(|_| self.agent_running) {

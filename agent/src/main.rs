@@ -51,6 +51,8 @@ enum Command {
     Block(BlockArgs),
     /// Detach the sensor and remove everything it pinned (program, maps, rules).
     Detach(ControlArgs),
+    /// Suppress alerts by source, destination, port or kind for a while: counted, not sent.
+    Suppress(SuppressArgs),
     /// Print or check the configuration.
     Config(ConfigArgs),
     /// Make signing keys, sign model bundles and verify their signatures.
@@ -117,6 +119,54 @@ impl ControlArgs {
         let run_dir = self.run_dir.clone().unwrap_or_else(|| config.sensor.run_dir.clone());
         Ok((Pins::new(pin_dir), run_dir, config))
     }
+}
+
+#[derive(Debug, Args)]
+struct SuppressArgs {
+    #[command(subcommand)]
+    action: SuppressAction,
+    /// Configuration file whose `alerts.suppress_file` to use [default: /etc/vigil/vigil.toml if present].
+    #[arg(long, short = 'c', value_name = "FILE", global = true)]
+    config: Option<PathBuf>,
+    /// The rules file (overrides the configuration).
+    #[arg(long, value_name = "FILE", global = true)]
+    file: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+enum SuppressAction {
+    /// List the rules in force: id, what they match, time left, reason.
+    List {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add a rule: alerts matching every field given are counted and not sent until it expires.
+    Add {
+        /// Source address or prefix (source alerts only).
+        #[arg(long)]
+        source: Option<String>,
+        /// Destination address or prefix (the alert's top flow's destination).
+        #[arg(long)]
+        destination: Option<String>,
+        /// Destination port of the alert's top flow.
+        #[arg(long)]
+        port: Option<u16>,
+        /// Alert kind (`event.action`).
+        #[arg(long, value_parser = vigil::alert::suppress::KINDS)]
+        kind: Option<String>,
+        /// How long the rule lasts (at most 90 days).
+        #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+        ttl: Duration,
+        /// Why, for whoever reads the list later.
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Remove a rule by its id.
+    Del {
+        /// The rule's id (`vigil suppress list`).
+        id: u32,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -540,6 +590,7 @@ fn main() -> ExitCode {
         Command::Status(args) => status_command(&args),
         Command::Block(args) => block_command(args),
         Command::Detach(args) => detach_command(&args),
+        Command::Suppress(args) => suppress_command(args),
         Command::Config(args) => return config_command(&args),
         Command::Model(args) => model_command(args),
     };
@@ -673,6 +724,64 @@ fn block_command(args: BlockArgs) -> anyhow::Result<()> {
         }
         BlockAction::Flush => println!("removed {} rules", control::flush_rules(&pins)?),
     }
+    Ok(())
+}
+
+fn suppress_command(args: SuppressArgs) -> anyhow::Result<()> {
+    use vigil::alert::suppress::{Rule, RuleFile};
+    let path = match args.file {
+        Some(p) => p,
+        None => Config::load(args.config.as_deref())?.alerts.suppress_file,
+    };
+    let now_ms = vigil::clock::wall_ns() / 1_000_000;
+    let mut file = RuleFile::read(&path)?;
+    file.prune(now_ms);
+    let left = |r: &Rule| humantime::format_duration(Duration::from_secs(r.expires_ms.saturating_sub(now_ms) / 1000));
+    match args.action {
+        SuppressAction::List { json } => {
+            if json {
+                println!("{}", serde_json::to_string_pretty(&file.rules)?);
+            } else if file.rules.is_empty() {
+                println!("no suppression rules");
+            } else {
+                for r in &file.rules {
+                    let reason = if r.reason.is_empty() { String::new() } else { format!("  ({})", r.reason) };
+                    println!("{:>4}  {}  expires in {}{reason}", r.id, r.describe(), left(r));
+                }
+            }
+            return Ok(());
+        }
+        SuppressAction::Add { source, destination, port, kind, ttl, reason } => {
+            let prefix =
+                |t: Option<String>| t.map(|t| control::parse_prefix(&t).map_err(anyhow::Error::msg)).transpose();
+            let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+            let rule = Rule {
+                id: file.next_id(),
+                source: prefix(source)?,
+                destination: prefix(destination)?,
+                port,
+                kind,
+                created_ms: now_ms,
+                expires_ms: now_ms.saturating_add(ttl_ms),
+                reason,
+            };
+            rule.validate().map_err(anyhow::Error::msg)?;
+            println!(
+                "rule {}: suppressing alerts of {} for {}",
+                rule.id,
+                rule.describe(),
+                humantime::format_duration(ttl)
+            );
+            file.rules.push(rule);
+        }
+        SuppressAction::Del { id } => {
+            let before = file.rules.len();
+            file.rules.retain(|r| r.id != id);
+            anyhow::ensure!(file.rules.len() < before, "no rule {id} in force in {}", path.display());
+            println!("removed rule {id}");
+        }
+    }
+    file.write(&path)?;
     Ok(())
 }
 

@@ -91,6 +91,7 @@ pub struct Metrics {
     sink_events: Family<Labels2, Counter>,
     model_info: Family<Labels2, Gauge>,
     model_phase: Family<Label, Gauge>,
+    alerts_suppressed_by_rule: Family<Label, Counter>,
     output_failures: Family<Label, Counter>,
     seen: Mutex<Seen>,
 }
@@ -124,6 +125,7 @@ impl Metrics {
             sink_events: Family::default(),
             model_info: Family::default(),
             model_phase: Family::default(),
+            alerts_suppressed_by_rule: Family::default(),
             output_failures: Family::default(),
             seen: Mutex::default(),
         };
@@ -174,6 +176,11 @@ impl Metrics {
         r.register_with_unit("scoring_duration", "Time to score one batch of flows", Unit::Seconds, scoring);
         r.register("flows_scored", "Flows scored by the anomaly detector", m.flows_scored.clone());
         r.register("alerts", "Alerts raised, by severity", m.alerts.clone());
+        r.register(
+            "alerts_suppressed_by_rule",
+            "Alerts not sent because a suppression rule (`vigil suppress`) matched them, by rule id",
+            m.alerts_suppressed_by_rule.clone(),
+        );
         r.register("block_rules_active", "Blocklist rules installed in the kernel", m.rules_active.clone());
         r.register("block_rule_drops", "Packets dropped per blocklist rule", m.rule_drops.clone());
         r.register("block_actions", "Blocklist actions, by outcome", m.block_actions.clone());
@@ -189,11 +196,7 @@ impl Metrics {
             "The model bundle scoring flows: name and sha256 of its manifest.json (always 1)",
             m.model_info.clone(),
         );
-        r.register(
-            "model_phase",
-            "Which model scores flows: learning (built-in, site model being learnt), site or fixed (1 for the current)",
-            m.model_phase.clone(),
-        );
+        r.register("model_phase", "Model phase: learning, site or fixed (1 for the current)", m.model_phase.clone());
         Arc::new(m)
     }
 
@@ -254,6 +257,11 @@ impl Metrics {
     /// An alert of `severity` (`low`, `medium`, `high`) was raised.
     pub fn alert(&self, severity: &str) {
         self.alerts.get_or_create(&label("severity", severity)).inc();
+    }
+
+    /// An alert suppression rule `rule` kept from the sinks.
+    pub fn alert_suppressed(&self, rule: u32) {
+        self.alerts_suppressed_by_rule.get_or_create(&label("rule", &rule.to_string())).inc();
     }
 
     /// The installed blocklist rules, each with its prefix and the packets it dropped so far.

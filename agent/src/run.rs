@@ -58,6 +58,8 @@ pub enum RunError {
     LinkUnpinned { path: PathBuf },
     #[error("{0}")]
     PrivateDir(#[from] crate::private_dir::PrivateDirError),
+    #[error("alert suppression rules: {0}")]
+    Suppress(#[from] crate::alert::suppress::SuppressError),
 }
 
 impl From<CycleError> for RunError {
@@ -145,6 +147,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         config.alerts.sinks.clone()
     };
     let sinks = Sinks::start(&sink_specs)?;
+    let suppressions = crate::alert::suppress::Suppressions::load(&config.alerts.suppress_file)?;
     let metrics = Metrics::new();
     metrics.set_model(&model_name, &model_sha256);
     metrics.set_phase(phase);
@@ -262,6 +265,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     if let Some(learner) = learner {
         agent = agent.with_learner(learner);
     }
+    agent = agent.with_suppressions(suppressions);
 
     let mut ticker = tokio::time::interval(s.interval.0);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

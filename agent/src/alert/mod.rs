@@ -3,3 +3,4 @@
 
 pub mod ecs;
 pub mod sink;
+pub mod suppress;

@@ -45,7 +45,7 @@ pub struct LearnSection {
     pub enabled: bool,
     /// How long to learn before training the site model.
     pub period: HumanDuration,
-    /// Rows kept to train on, at most (memory: about 300 bytes a row).
+    /// Rows kept to train on, at most (memory: 82 MB at the default, BENCHMARKS.md).
     pub max_rows: usize,
     /// Held-back rows of recent traffic, at most, to validate the new model on.
     pub holdout_rows: usize,

@@ -17,8 +17,9 @@
 //! - **Held back.** One conversation in [`HOLDOUT_EVERY`] (by a hash of its key) goes to the
 //!   held-back slice instead: the most recent `holdout_rows` of them, never trained on.
 //!
-//! Memory: about 230 bytes per row (48 features as `f32`, the conversation and source), plus
-//! the index; 100,000 rows are about 30 MB.
+//! Memory: 224 bytes a row (48 features as `f32`, the conversation and source), plus the index
+//! and the vectors' spare capacity; 100,000 rows grew the RSS by 82 MB in the benchmark
+//! (`cargo bench -p vigil-tests --bench learn`).
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
@@ -114,6 +115,8 @@ pub struct SampleStats {
 pub struct Sample {
     config: SampleConfig,
     buckets: BTreeMap<Stratum, Bucket>,
+    /// Strata by size, to find the largest without a scan.
+    sizes: std::collections::BTreeSet<(usize, Stratum)>,
     /// Where each held conversation's row is.
     index: HashMap<u64, (Stratum, usize)>,
     rows: usize,
@@ -143,6 +146,7 @@ impl Sample {
         Self {
             config,
             buckets: BTreeMap::new(),
+            sizes: std::collections::BTreeSet::new(),
             index: HashMap::new(),
             rows: 0,
             per_prefix: HashMap::new(),
@@ -264,7 +268,10 @@ impl Sample {
     fn push(&mut self, stratum: Stratum, key: &RowKey, row: &Row) {
         let bucket = self.buckets.entry(stratum).or_default();
         bucket.slots.push(Slot { row: *row, conversation: key.conversation, source: key.source });
-        self.index.insert(key.conversation, (stratum, bucket.slots.len() - 1));
+        let len = bucket.slots.len();
+        self.sizes.remove(&(len - 1, stratum));
+        self.sizes.insert((len, stratum));
+        self.index.insert(key.conversation, (stratum, len - 1));
         *self.per_prefix.entry(prefix(key.source)).or_default() += 1;
         self.rows += 1;
         self.stats.taken += 1;
@@ -281,6 +288,11 @@ impl Sample {
         if let Some(moved) = bucket.slots.get(i) {
             self.index.insert(moved.conversation, (stratum, i));
         }
+        let len = bucket.slots.len();
+        self.sizes.remove(&(len + 1, stratum));
+        if len > 0 {
+            self.sizes.insert((len, stratum));
+        }
         self.index.remove(&gone.conversation);
         let p = prefix(gone.source);
         if let Some(n) = self.per_prefix.get_mut(&p) {
@@ -293,10 +305,7 @@ impl Sample {
     }
 
     fn evict_from_largest(&mut self) {
-        let Some((&stratum, len)) = self.buckets.iter().map(|(s, b)| (s, b.slots.len())).max_by_key(|&(_, len)| len)
-        else {
-            return;
-        };
+        let Some(&(len, stratum)) = self.sizes.last() else { return };
         if len > 0 {
             let j = self.rng.random_range(0..len);
             self.remove(stratum, j);
@@ -424,6 +433,10 @@ mod tests {
             assert!(*i < s.buckets[stratum].slots.len());
         }
         assert_eq!(s.index.len(), s.len());
+        let sizes: Vec<(usize, Stratum)> =
+            s.buckets.iter().filter(|(_, b)| !b.slots.is_empty()).map(|(k, b)| (b.slots.len(), *k)).collect();
+        assert_eq!(s.sizes.len(), sizes.len());
+        assert!(sizes.iter().all(|e| s.sizes.contains(e)), "the size index follows every change");
     }
 
     #[test]

@@ -162,6 +162,8 @@ pub struct Agent<F, K> {
     learner: Option<Learner>,
     /// Auto-block's mode as configured (the learning phase may hold it in dry-run).
     block_mode: BlockMode,
+    /// Alert suppression rules (`vigil suppress`).
+    suppressions: Option<crate::alert::suppress::Suppressions>,
 }
 
 impl<F: FlowSource, K: SensorProbe> Agent<F, K> {
@@ -191,6 +193,7 @@ impl<F: FlowSource, K: SensorProbe> Agent<F, K> {
             last_log: Instant::now(),
             learner: None,
             block_mode,
+            suppressions: None,
         }
     }
 
@@ -206,6 +209,13 @@ impl<F: FlowSource, K: SensorProbe> Agent<F, K> {
         self.outputs.observer.model_phase = Phase::Learning;
         self.outputs.status.model_phase = Phase::Learning;
         self.learner = Some(learner);
+        self
+    }
+
+    /// Applies alert suppression rules to every alert from the next cycle on.
+    #[must_use]
+    pub fn with_suppressions(mut self, suppressions: crate::alert::suppress::Suppressions) -> Self {
+        self.suppressions = Some(suppressions);
         self
     }
 
@@ -332,9 +342,19 @@ impl<F: FlowSource, K: SensorProbe> Agent<F, K> {
 
     /// Deliver: each decision rendered once, sent to the sinks, counted; block actions
     /// logged.
-    fn deliver(&self, decisions: &[Decision], now_wall_ns: u64) {
+    fn deliver(&mut self, decisions: &[Decision], now_wall_ns: u64) {
         let metrics = &self.outputs.metrics;
+        let now_ms = now_wall_ns / 1_000_000;
+        if let Some(s) = self.suppressions.as_mut() {
+            s.refresh();
+        }
         for decision in decisions {
+            if decision.is_alert()
+                && let Some(rule) = self.suppressions.as_mut().and_then(|s| s.suppress(decision, now_ms))
+            {
+                metrics.alert_suppressed(rule);
+                continue;
+            }
             match decision {
                 Decision::SourceAlert(_) | Decision::DestinationAlert(_) => {
                     metrics.alert(decision.severity().name());
@@ -391,6 +411,10 @@ impl<F: FlowSource, K: SensorProbe> Agent<F, K> {
         );
 
         let st = &mut self.outputs.status;
+        st.suppression = self.suppressions.as_ref().map(|s| crate::control::SuppressionStatus {
+            rules_active: s.active(now_wall_ns / 1_000_000),
+            suppressed: s.suppressed.clone(),
+        });
         st.updated = clock::rfc3339_millis(now_wall_ns);
         st.flows_tracked = harvest.tracked;
         st.flow_evictions = self.totals.evictions.total;

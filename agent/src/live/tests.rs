@@ -327,3 +327,53 @@ fn a_model_that_fails_validation_is_held_back_and_learning_goes_on() {
     assert_eq!(rig.agent.engine.config().block_mode, BlockMode::DryRun);
     assert!(learn.ends_in_s.is_some_and(|s| s > 0.0), "a new period started");
 }
+
+#[test]
+fn suppression_rules_keep_matching_alerts_from_the_sinks_and_count_them() {
+    let mut rig =
+        Rig::new("suppress", FakeFlows::default(), FakeSensor::default(), MemoryRules::new(100 * S), Vec::new());
+    // Every flow anomalous, none blockable: each busy source raises an alert.
+    rig.agent.engine.set_thresholds(f32::MIN, f32::MAX);
+    let path = rig.dir.join("rules/suppressions.json");
+    let now_ms = clock::wall_ns() / 1_000_000;
+    let file = crate::alert::suppress::RuleFile {
+        version: 1,
+        rules: vec![crate::alert::suppress::Rule {
+            id: 7,
+            source: Some("10.0.0.7/32".parse().unwrap()),
+            destination: None,
+            port: None,
+            kind: None,
+            created_ms: now_ms,
+            expires_ms: now_ms + 3_600_000,
+            reason: "a noisy backup host".into(),
+        }],
+    };
+    file.write(&path).expect("rules file");
+    let suppressions = crate::alert::suppress::Suppressions::load(&path).expect("rules");
+    rig.agent = rig.agent.with_suppressions(suppressions);
+    let flows = |src: u8| -> Vec<LiveFlow> {
+        (0..5u16)
+            .map(|i| {
+                let mut f = live(80 + i, 2);
+                f.record.src_ip = std::net::IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, src));
+                f
+            })
+            .collect()
+    };
+    let mut live_flows = flows(7);
+    live_flows.extend(flows(8));
+    rig.agent.kernel.flows.push(Harvest { live: live_flows, ..Harvest::default() });
+    let report = rig.agent.cycle(101 * S).expect("cycle");
+    assert_eq!(actions(&report.decisions), ["anomalous-flows", "anomalous-flows"], "both sources alerted");
+
+    let alerts = wait_lines(&rig.dir.join("alerts.json"), 1);
+    std::thread::sleep(Duration::from_millis(200));
+    let alerts = if alerts.len() == 1 { lines(&rig.dir.join("alerts.json")) } else { alerts };
+    assert_eq!(alerts.len(), 1, "only the unsuppressed source's alert is sent: {alerts:?}");
+    assert!(alerts[0].contains("\"ip\":\"10.0.0.8\""), "{}", alerts[0]);
+    let text = rig.agent.outputs.metrics.encode();
+    assert!(text.contains("vigil_alerts_suppressed_by_rule_total{rule=\"7\"} 1"), "{text}");
+    let status = AgentStatus::read(&rig.dir).expect("status").suppression.expect("suppression status");
+    assert_eq!((status.rules_active, status.suppressed.get(&7).copied()), (1, Some(1)));
+}
