@@ -92,6 +92,7 @@ pub struct Metrics {
     model_info: Family<Labels2, Gauge>,
     model_phase: Family<Label, Gauge>,
     alerts_suppressed_by_rule: Family<Label, Counter>,
+    model_events: Family<Label, Counter>,
     output_failures: Family<Label, Counter>,
     seen: Mutex<Seen>,
 }
@@ -126,25 +127,11 @@ impl Metrics {
             model_info: Family::default(),
             model_phase: Family::default(),
             alerts_suppressed_by_rule: Family::default(),
+            model_events: Family::default(),
             output_failures: Family::default(),
             seen: Mutex::default(),
         };
-        // Known label values start at zero, so their series exist before the first event.
-        for reason in Malformed::ALL {
-            let _ = m.malformed.get_or_create(&label("reason", reason.name()));
-        }
-        for direction in Direction::ALL {
-            let l = label("direction", direction.name());
-            let _ = m.direction_packets.get_or_create(&l);
-            let _ = m.direction_bytes.get_or_create(&l);
-            let _ = m.direction_malformed.get_or_create(&l);
-        }
-        for severity in ["low", "medium", "high"] {
-            let _ = m.alerts.get_or_create(&label("severity", severity));
-        }
-        for action in ["block", "unblock", "dry_run", "refused"] {
-            let _ = m.block_actions.get_or_create(&label("action", action));
-        }
+        m.zero_known_labels();
         let r = &mut m.registry;
         r.register("packets", "Packets seen by the sensor (both hooks)", m.packets.clone());
         r.register("bytes", "Bytes (frame length) of packets seen by the sensor (both hooks)", m.bytes.clone());
@@ -197,7 +184,30 @@ impl Metrics {
             m.model_info.clone(),
         );
         r.register("model_phase", "Model phase: learning, site or fixed (1 for the current)", m.model_phase.clone());
+        r.register("model_events", "Site models swapped in, held back, or held back as drift", m.model_events.clone());
         Arc::new(m)
+    }
+
+    /// Known label values start at zero, so their series exist before the first event.
+    fn zero_known_labels(&self) {
+        for reason in Malformed::ALL {
+            let _ = self.malformed.get_or_create(&label("reason", reason.name()));
+        }
+        for direction in Direction::ALL {
+            let l = label("direction", direction.name());
+            let _ = self.direction_packets.get_or_create(&l);
+            let _ = self.direction_bytes.get_or_create(&l);
+            let _ = self.direction_malformed.get_or_create(&l);
+        }
+        for severity in ["low", "medium", "high"] {
+            let _ = self.alerts.get_or_create(&label("severity", severity));
+        }
+        for event in ["swap", "held_back", "drift"] {
+            let _ = self.model_events.get_or_create(&label("event", event));
+        }
+        for action in ["block", "unblock", "dry_run", "refused"] {
+            let _ = self.block_actions.get_or_create(&label("action", action));
+        }
     }
 
     fn seen(&self) -> std::sync::MutexGuard<'_, Seen> {
@@ -307,6 +317,11 @@ impl Metrics {
     pub fn set_model(&self, model: &str, sha256: &str) {
         self.model_info.clear();
         self.model_info.get_or_create(&[("model", model.to_owned()), ("sha256", sha256.to_owned())]).set(1);
+    }
+
+    /// A learning-phase event: `swap`, `held_back` or `drift`.
+    pub fn model_event(&self, event: &str) {
+        self.model_events.get_or_create(&label("event", event)).inc();
     }
 
     /// The phase of the model in use: `vigil_model_phase{phase} 1`.

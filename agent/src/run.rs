@@ -222,7 +222,14 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     };
     // The context window holds at most a flow table's worth of flows (memory under a flood).
     let context = ContextWindow::with_capacity(config.detection.context_window.0, s.flow_capacity as usize);
-    let learner = learning.then(|| Learner::new(config.learn.clone(), detector.schema.clone(), clock::monotonic_ns()));
+    let learner = if learning {
+        Some(Learner::new(config.learn.clone(), detector.schema.clone(), clock::monotonic_ns()))
+    } else if phase == Phase::Site && config.learn.enabled {
+        // A site model from an earlier run goes on adapting.
+        Learner::adapting(config.learn.clone(), detector.schema.clone(), detector.clone(), clock::monotonic_ns())
+    } else {
+        None
+    };
     let scorer = Scorer::new(detector, context);
     info!(
         interval = ?s.interval.0,

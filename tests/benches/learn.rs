@@ -161,7 +161,7 @@ fn main() {
         .name("vigil-learn".to_owned())
         .spawn(move || {
             lowest_priority();
-            let _ = tx.send(train_site(&site, &schema, train_rows, holdout, hours));
+            let _ = tx.send(train_site(&site, &schema, train_rows, holdout, hours, None));
         })
         .expect("training thread");
     let limit = usize::try_from(TRAIN_LIMIT.as_secs()).expect("small");

@@ -44,6 +44,35 @@ impl Observer {
         }
     }
 
+    /// A model event (`model-swap`, `model-held-back`, `model-drift`) for the sinks: the
+    /// learning phase's changes to what scores the traffic, with `details` under
+    /// `vigil.learn`.
+    #[must_use]
+    pub fn model_event(&self, action: &str, message: &str, details: &Value, now_wall_ns: u64) -> Event {
+        let doc = json!({
+            "@timestamp": rfc3339_millis(now_wall_ns),
+            "ecs": { "version": "8.11.0" },
+            "message": message,
+            "event": {
+                "kind": "event",
+                "category": ["configuration"],
+                "type": ["change"],
+                "action": action,
+                "severity": Severity::Info.ecs(),
+                "module": "vigil",
+                "dataset": "vigil.model",
+            },
+            "observer": {
+                "type": "ids",
+                "vendor": "vigil",
+                "hostname": self.hostname,
+                "ingress": { "interface": { "name": self.iface } },
+            },
+            "vigil": { "model": { "sha256": self.model_sha256, "phase": self.model_phase.name() }, "learn": details },
+        });
+        Event { json: doc.to_string(), severity: Severity::Info, timestamp_ns: now_wall_ns }
+    }
+
     /// `decision` as an ECS document, stamped `now_wall_ns`.
     #[must_use]
     pub fn render(&self, decision: &Decision, now_wall_ns: u64) -> Value {

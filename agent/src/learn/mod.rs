@@ -17,6 +17,13 @@
 //! written, signed with a key of the host's own, under `learn.dir`. Status, metrics and every
 //! later alert carry its sha256. A model that fails is held back, with the reason in the log and
 //! the status file; learning then goes on for another period, keeping its sample.
+//!
+//! Then the site model **adapts**: every `learn.retrain_every` a new one is trained on that
+//! period's traffic, sampled under the same guards, and validated the same way. It must also
+//! alert on the held-back recent traffic at about the rate of the model in use (within
+//! `learn.max_rate_change`): a model whose alert rate jumps or collapses is held back as
+//! **drift**, and the model in use stays. Swaps, held-back models and drift are events for the
+//! sinks as well as log lines.
 
 pub mod sample;
 
@@ -59,6 +66,11 @@ pub struct LearnSection {
     pub max_alert_rate: f64,
     /// Let auto-block act during learning (otherwise it is a dry run until the site model).
     pub block: bool,
+    /// Once a site model is in, train a new one on each such period of traffic (`"0s"`: never).
+    pub retrain_every: HumanDuration,
+    /// A retrained model whose alert rate on the held-back recent traffic differs from the
+    /// current model's by more than this share is held back as drift.
+    pub max_rate_change: f64,
     /// Where site models and the key that signs them are kept.
     pub dir: PathBuf,
 }
@@ -75,6 +87,8 @@ impl Default for LearnSection {
             max_source_share: 0.05,
             max_alert_rate: 0.01,
             block: false,
+            retrain_every: HumanDuration(Duration::from_hours(7 * 24)),
+            max_rate_change: 0.005,
             dir: PathBuf::from("/var/lib/vigil/models"),
         }
     }
@@ -106,6 +120,12 @@ impl LearnSection {
         }
         if !(self.max_alert_rate > 0.0 && self.max_alert_rate <= 1.0) {
             return Err(("learn.max_alert_rate", "must be in (0, 1]".to_owned()));
+        }
+        if !self.retrain_every.0.is_zero() && self.retrain_every.0 < Duration::from_secs(1) {
+            return Err(("learn.retrain_every", "must be 0s (never) or at least 1s".to_owned()));
+        }
+        if !(self.max_rate_change > 0.0 && self.max_rate_change <= 1.0) {
+            return Err(("learn.max_rate_change", "must be in (0, 1]".to_owned()));
         }
         if self.enabled && self.dir.as_os_str().is_empty() {
             return Err(("learn.dir", "must not be empty while learning is enabled".to_owned()));
@@ -163,6 +183,12 @@ pub struct Validation {
     pub holdout_rows: usize,
     /// Share of held-back rows at or above the new model's alert threshold.
     pub holdout_alert_rate: f64,
+    /// The same share for the model in use, when a site model is retrained.
+    #[serde(default)]
+    pub current_alert_rate: Option<f64>,
+    /// Held back because it alerts on recent traffic far more or far less than the model in use.
+    #[serde(default)]
+    pub drift: bool,
     /// Why the model was held back; `None` if it passed.
     pub refused: Option<String>,
     /// Seconds training took.
@@ -187,7 +213,8 @@ pub struct LearnStatus {
     pub sample: Option<SampleStats>,
 }
 
-type Outcome = Result<SiteModel, Validation>;
+/// What a training run ends with: a validated site model, or the report of one held back.
+pub type Outcome = Result<SiteModel, Validation>;
 
 /// The learning phase's state, driven by the agent once per cycle.
 pub struct Learner {
@@ -198,45 +225,68 @@ pub struct Learner {
     ends_mono_ns: u64,
     training: Option<mpsc::Receiver<Outcome>>,
     last: Option<Validation>,
-    done: bool,
+    /// The site model in use, once there is one: retrained models are compared with it.
+    current: Option<Detector>,
 }
 
 impl Learner {
     /// A learner whose first period starts at `now_mono_ns`.
     #[must_use]
     pub fn new(config: LearnSection, schema: Schema, now_mono_ns: u64) -> Self {
-        let sample = Sample::new(SampleConfig {
-            max_rows: config.max_rows,
-            holdout_rows: config.holdout_rows,
-            max_source_share: config.max_source_share,
-            seed: 1,
-        });
-        let ends_mono_ns = now_mono_ns.saturating_add(duration_ns(config.period.0));
         info!(
             period = %humantime::format_duration(config.period.0),
             max_rows = config.max_rows,
             block = config.block,
             "learning phase: alerting with the built-in model while learning this host's traffic"
         );
-        Self { config, schema, sample, ends_mono_ns, training: None, last: None, done: false }
+        Self::new_quiet(config, schema, now_mono_ns)
+    }
+
+    /// A learner that adapts a site model already in use (loaded by this run at start), from
+    /// `now_mono_ns` on: `None` when `learn.retrain_every` is `0s`.
+    #[must_use]
+    pub fn adapting(config: LearnSection, schema: Schema, current: Detector, now_mono_ns: u64) -> Option<Self> {
+        if config.retrain_every.0.is_zero() {
+            return None;
+        }
+        let mut learner = Self::new_quiet(config, schema, now_mono_ns);
+        learner.current = Some(current);
+        learner.ends_mono_ns = now_mono_ns.saturating_add(duration_ns(learner.config.retrain_every.0));
+        Some(learner)
+    }
+
+    fn new_quiet(config: LearnSection, schema: Schema, now_mono_ns: u64) -> Self {
+        let sample = fresh_sample(&config);
+        let ends_mono_ns = now_mono_ns.saturating_add(duration_ns(config.period.0));
+        Self { config, schema, sample, ends_mono_ns, training: None, last: None, current: None }
     }
 
     /// Whether auto-block may act (not during learning unless `learn.block`).
     #[must_use]
     pub const fn may_block(&self) -> bool {
-        self.done || self.config.block
+        self.current.is_some() || self.config.block
     }
 
     #[must_use]
     pub const fn phase(&self) -> Phase {
-        if self.done { Phase::Site } else { Phase::Learning }
+        if self.current.is_some() { Phase::Site } else { Phase::Learning }
+    }
+
+    /// Whether the learner still samples: while learning, and while adapting a site model.
+    const fn sampling(&self) -> bool {
+        self.current.is_none() || !self.config.retrain_every.0.is_zero()
+    }
+
+    /// The next period's length: the learning period, then the retraining interval.
+    const fn period(&self) -> Duration {
+        if self.current.is_some() { self.config.retrain_every.0 } else { self.config.period.0 }
     }
 
     /// Offers a cycle's scored flows: rows below `alert_threshold` from sources not in
     /// `alerted` go to the sample; `alerted` sources (alerted or blocked this cycle) lose their
     /// rows. `hour` is the hour of day (UTC) of the cycle.
     pub fn observe(&mut self, flows: &[ScoredFlow], alerted: &[std::net::IpAddr], alert_threshold: f32, hour: u8) {
-        if self.done {
+        if !self.sampling() {
             return;
         }
         for &source in alerted {
@@ -258,40 +308,52 @@ impl Learner {
         }
     }
 
-    /// Starts training when the period is over, and answers a validated site model when
-    /// training has finished with one.
-    pub fn poll(&mut self, now_mono_ns: u64) -> Option<SiteModel> {
-        if self.done {
+    /// Starts training when the period is over; answers the outcome when training has
+    /// finished: a validated site model to swap in, or the report of one held back.
+    ///
+    /// After a swap the next period samples afresh (the last `learn.retrain_every` of
+    /// traffic). A model held back while learning keeps the sample and learns for another
+    /// period; one held back while adapting (drift, or too many alerts) starts the next
+    /// period afresh, so traffic that moved the model does not carry over.
+    pub fn poll(&mut self, now_mono_ns: u64) -> Option<Outcome> {
+        if !self.sampling() {
             return None;
         }
         if let Some(rx) = &self.training {
-            match rx.try_recv() {
-                Ok(Ok(model)) => {
+            let outcome = match rx.try_recv() {
+                Ok(outcome) => outcome,
+                Err(mpsc::TryRecvError::Empty) => return None,
+                Err(mpsc::TryRecvError::Disconnected) => {
+                    warn!("site model training stopped without a result; sampling goes on for another period");
                     self.training = None;
-                    self.done = true;
-                    self.last = Some(model.report.clone());
-                    return Some(model);
+                    self.ends_mono_ns = now_mono_ns.saturating_add(duration_ns(self.period()));
+                    return None;
                 }
-                Ok(Err(report)) => {
-                    self.training = None;
+            };
+            self.training = None;
+            match &outcome {
+                Ok(model) => {
+                    self.last = Some(model.report.clone());
+                    self.current = Some(model.detector.clone());
+                    self.sample = fresh_sample(&self.config);
+                }
+                Err(report) => {
                     warn!(
                         reason = report.refused.as_deref().unwrap_or(""),
+                        drift = report.drift,
                         rows = report.rows,
                         hours = report.hours,
                         holdout_alert_rate = report.holdout_alert_rate,
-                        "site model held back; learning goes on for another period with the built-in model"
+                        "site model held back; the model in use stays and sampling goes on for another period"
                     );
-                    self.last = Some(report);
-                    self.ends_mono_ns = now_mono_ns.saturating_add(duration_ns(self.config.period.0));
-                }
-                Err(mpsc::TryRecvError::Empty) => {}
-                Err(mpsc::TryRecvError::Disconnected) => {
-                    warn!("site model training stopped without a result; learning goes on for another period");
-                    self.training = None;
-                    self.ends_mono_ns = now_mono_ns.saturating_add(duration_ns(self.config.period.0));
+                    self.last = Some(report.clone());
+                    if self.current.is_some() {
+                        self.sample = fresh_sample(&self.config);
+                    }
                 }
             }
-            return None;
+            self.ends_mono_ns = now_mono_ns.saturating_add(duration_ns(self.period()));
+            return Some(outcome);
         }
         if now_mono_ns >= self.ends_mono_ns {
             self.start_training();
@@ -311,12 +373,14 @@ impl Learner {
             hours,
             hours_needed: self.config.hours_needed(),
             strata: self.sample.strata(),
+            current: self.current.clone(),
         };
         info!(
             rows = job.rows.nrows(),
             holdout = job.holdout.nrows(),
             hours,
-            "learning period over: training the site model"
+            "{}: training the site model",
+            if self.current.is_some() { "retraining period over" } else { "learning period over" }
         );
         let (tx, rx) = mpsc::channel();
         let spawned = std::thread::Builder::new().name("vigil-learn".to_owned()).spawn(move || {
@@ -333,7 +397,7 @@ impl Learner {
     #[must_use]
     pub fn status(&self, now_mono_ns: u64) -> LearnStatus {
         #[expect(clippy::cast_precision_loss, reason = "seconds for display")]
-        let ends_in_s = (!self.done).then(|| self.ends_mono_ns.saturating_sub(now_mono_ns) as f64 / 1e9);
+        let ends_in_s = self.sampling().then(|| self.ends_mono_ns.saturating_sub(now_mono_ns) as f64 / 1e9);
         LearnStatus {
             phase: self.phase(),
             ends_in_s,
@@ -346,6 +410,15 @@ impl Learner {
             sample: Some(self.sample.stats),
         }
     }
+}
+
+fn fresh_sample(config: &LearnSection) -> Sample {
+    Sample::new(SampleConfig {
+        max_rows: config.max_rows,
+        holdout_rows: config.holdout_rows,
+        max_source_share: config.max_source_share,
+        seed: 1,
+    })
 }
 
 fn duration_ns(d: Duration) -> u64 {
@@ -386,6 +459,7 @@ pub fn train_site(
     rows: ndarray::Array2<f32>,
     holdout: ndarray::Array2<f32>,
     hours: usize,
+    current: Option<&Detector>,
 ) -> Result<SiteModel, Validation> {
     Job {
         config: config.clone(),
@@ -395,6 +469,7 @@ pub fn train_site(
         hours,
         hours_needed: config.hours_needed(),
         strata: 0,
+        current: current.cloned(),
     }
     .run()
 }
@@ -408,6 +483,8 @@ struct Job {
     hours: usize,
     hours_needed: usize,
     strata: usize,
+    /// The site model in use, to compare with (adapting only).
+    current: Option<Detector>,
 }
 
 impl Job {
@@ -418,6 +495,8 @@ impl Job {
             hours: self.hours,
             holdout_rows: self.holdout.nrows(),
             holdout_alert_rate: 0.0,
+            current_alert_rate: None,
+            drift: false,
             refused: None,
             train_seconds: 0.0,
         };
@@ -452,10 +531,28 @@ impl Job {
             Ok(s) => s,
             Err(e) => return refuse(report, format!("scoring the held-back rows failed: {e}")),
         };
-        let alert = trained.detector.thresholds.alert;
-        #[expect(clippy::cast_precision_loss, reason = "row counts")]
-        let rate = scores.iter().filter(|s| s.combined >= alert).count() as f64 / scores.len().max(1) as f64;
+        let rate = alert_rate(&scores, trained.detector.thresholds.alert);
         report.holdout_alert_rate = rate;
+        if let Some(current) = &self.current {
+            let now = match current.score(self.holdout.view()) {
+                Ok(s) => alert_rate(&s, current.thresholds.alert),
+                Err(e) => {
+                    return refuse(report, format!("scoring the held-back rows with the model in use failed: {e}"));
+                }
+            };
+            report.current_alert_rate = Some(now);
+            if (rate - now).abs() > self.config.max_rate_change {
+                report.drift = true;
+                let why = format!(
+                    "drift: alerts on {:.2}% of the held-back recent traffic where the model in use alerts on {:.2}%, a \
+                     change beyond learn.max_rate_change ({:.2} points)",
+                    rate * 100.0,
+                    now * 100.0,
+                    self.config.max_rate_change * 100.0
+                );
+                return refuse(report, why);
+            }
+        }
         if rate > self.config.max_alert_rate {
             let why = format!(
                 "alerts on {:.2}% of the held-back recent traffic, above learn.max_alert_rate ({:.2}%)",
@@ -478,6 +575,12 @@ impl Job {
 
 /// The directory under `learn.dir` holding the host's site-model key pair.
 pub const SITE_KEY_DIR: &str = "site-key";
+
+/// Share of `scores` at or above `alert`.
+#[expect(clippy::cast_precision_loss, reason = "row counts")]
+fn alert_rate(scores: &[crate::model::Score], alert: f32) -> f64 {
+    scores.iter().filter(|s| s.combined >= alert).count() as f64 / scores.len().max(1) as f64
+}
 
 /// Writes `bundle` to `dir/site-<sha256 prefix>`, signed with the host's site key
 /// (`dir/site-key/`, made on first use, the secret 0600), in directories only the agent's

@@ -39,7 +39,7 @@ fn a_site_model_is_saved_signed_and_loaded_back_and_tampering_is_refused() {
     let config =
         LearnSection { dir: dir.clone(), min_rows: 100, min_hours: 0, max_alert_rate: 1.0, ..LearnSection::default() };
     assert!(current_site(&dir).ok().is_some_and(|s| s.is_none()), "nothing yet");
-    let site = train_site(&config, &Schema::flow(), rows(400, 1), rows(40, 2), 1).expect("passes");
+    let site = train_site(&config, &Schema::flow(), rows(400, 1), rows(40, 2), 1, None).expect("passes");
     let saved = site.dir.clone().expect("written");
     let loaded = current_site(&dir).ok().flatten().expect("a site model loads");
     assert_eq!((loaded.sha256.as_str(), loaded.path.as_path()), (site.sha256.as_str(), saved.as_path()));
@@ -75,12 +75,73 @@ fn validation_holds_back_a_model_that_alerts_on_recent_traffic() {
         LearnSection { dir: dir.clone(), min_rows: 100, min_hours: 0, max_alert_rate: 0.01, ..LearnSection::default() };
     // Held-back traffic unlike anything trained on: ten times the medians.
     let odd = rows(40, 3).mapv(|v| v * 10.0 + 5.0);
-    let report = train_site(&config, &Schema::flow(), rows(400, 1), odd, 1).err().expect("held back");
+    let report = train_site(&config, &Schema::flow(), rows(400, 1), odd, 1, None).err().expect("held back");
     assert!(report.holdout_alert_rate > 0.01, "{report:?}");
     assert!(report.refused.as_deref().is_some_and(|r| r.contains("learn.max_alert_rate")), "{report:?}");
     assert!(!dir.join(CURRENT).exists(), "nothing written");
     let too_few_hours = LearnSection { min_hours: 12, period: HumanDuration(Duration::from_hours(24)), ..config };
-    let report = train_site(&too_few_hours, &Schema::flow(), rows(400, 1), rows(40, 2), 3).err().expect("held back");
+    let report =
+        train_site(&too_few_hours, &Schema::flow(), rows(400, 1), rows(40, 2), 3, None).err().expect("held back");
     assert!(report.refused.as_deref().is_some_and(|r| r.contains("3 hours")), "{report:?}");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_retrained_model_that_moves_the_alert_rate_is_held_back_as_drift() {
+    let dir = temp("drift");
+    let config = LearnSection {
+        dir: dir.clone(),
+        min_rows: 100,
+        min_hours: 0,
+        max_alert_rate: 1.0,
+        max_rate_change: 0.2,
+        ..LearnSection::default()
+    };
+    let current = train_site(&config, &Schema::flow(), rows(400, 1), rows(40, 2), 1, None).expect("first model");
+    // Trained on like traffic: about the same alert rate on recent traffic as the model in use.
+    let like = train_site(&config, &Schema::flow(), rows(400, 3), rows(40, 4), 1, Some(&current.detector))
+        .expect("a like model passes");
+    assert!(like.report.current_alert_rate.is_some() && !like.report.drift, "{:?}", like.report);
+    // Trained on traffic that moved (ten times the volumes): on today's traffic its alert rate
+    // jumps where the model in use stays quiet.
+    let moved = rows(400, 5).mapv(|v| v * 10.0 + 5.0);
+    let report =
+        train_site(&config, &Schema::flow(), moved, rows(40, 4), 1, Some(&current.detector)).err().expect("held back");
+    assert!(report.drift, "{report:?}");
+    let (new, now) = (report.holdout_alert_rate, report.current_alert_rate.expect("compared"));
+    assert!(new - now > 0.2, "{report:?}");
+    assert!(report.refused.as_deref().is_some_and(|r| r.starts_with("drift:")), "{report:?}");
+    // And the other way: a model in use that alerts on today's traffic, and a new one that
+    // finds all of it normal. The alert rate collapses: held back too.
+    let loud = LearnSection { max_alert_rate: 1.0, ..config.clone() };
+    let loud_model = train_site(
+        &loud,
+        &Schema::flow(),
+        rows(400, 5).mapv(|v| v * 10.0 + 5.0),
+        rows(40, 5).mapv(|v| v * 10.0 + 5.0),
+        1,
+        None,
+    )
+    .unwrap_or_else(|r| panic!("{r:?}"));
+    let report = train_site(&config, &Schema::flow(), rows(400, 3), rows(40, 4), 1, Some(&loud_model.detector))
+        .err()
+        .expect("held back");
+    assert!(report.drift && report.current_alert_rate > Some(report.holdout_alert_rate + 0.2), "{report:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn retraining_can_be_turned_off_and_bad_values_are_named() {
+    let off = LearnSection { retrain_every: HumanDuration(Duration::ZERO), ..LearnSection::default() };
+    off.validate().expect("0s is never");
+    let schema = Schema::flow();
+    let detector = crate::detect::score::tests::detector();
+    assert!(Learner::adapting(off, schema.clone(), detector.clone(), 0).is_none());
+    let on = Learner::adapting(LearnSection::default(), schema, detector, 0).expect("adapting");
+    assert_eq!(on.phase(), Phase::Site);
+    assert!(on.may_block());
+    let bad = LearnSection { retrain_every: HumanDuration(Duration::from_millis(10)), ..LearnSection::default() };
+    assert_eq!(bad.validate().unwrap_err().0, "learn.retrain_every");
+    let bad = LearnSection { max_rate_change: 0.0, ..LearnSection::default() };
+    assert_eq!(bad.validate().unwrap_err().0, "learn.max_rate_change");
 }

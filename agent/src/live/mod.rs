@@ -42,6 +42,11 @@ use crate::{
     throttle::ThrottledLog,
 };
 
+/// The first 12 hex digits of a sha256, as in site model directory names.
+fn short(sha256: &str) -> &str {
+    sha256.get(..12).unwrap_or(sha256)
+}
+
 /// How often the agent logs a status line, so an operator sees the sensor working even
 /// without alerts; also the most often a failing output is logged.
 pub const STATUS_EVERY: Duration = Duration::from_secs(10);
@@ -197,8 +202,9 @@ impl<F: FlowSource, K: SensorProbe> Agent<F, K> {
         }
     }
 
-    /// Adds a learning phase: the model in use is the built-in one until `learner` has a
-    /// validated site model. Auto-block stays a dry run meanwhile unless `learn.block`.
+    /// Adds a learner: while learning, the model in use is the built-in one until `learner`
+    /// has a validated site model, and auto-block stays a dry run meanwhile unless
+    /// `learn.block`; once adapting, it retrains the site model in use.
     #[must_use]
     pub fn with_learner(mut self, learner: Learner) -> Self {
         if !learner.may_block() && self.block_mode == BlockMode::Enforce {
@@ -206,8 +212,8 @@ impl<F: FlowSource, K: SensorProbe> Agent<F, K> {
             self.engine.set_block_mode(BlockMode::DryRun);
             self.outputs.observer.block_mode = BlockMode::DryRun;
         }
-        self.outputs.observer.model_phase = Phase::Learning;
-        self.outputs.status.model_phase = Phase::Learning;
+        self.outputs.observer.model_phase = learner.phase();
+        self.outputs.status.model_phase = learner.phase();
         self.learner = Some(learner);
         self
     }
@@ -298,8 +304,10 @@ impl<F: FlowSource, K: SensorProbe> Agent<F, K> {
             .collect();
         let hour = u8::try_from(now_wall_ns / 3_600_000_000_000 % 24).unwrap_or(0);
         learner.observe(flows, &acted_on, self.scorer.detector.thresholds.alert, hour);
-        if let Some(site) = learner.poll(now_mono_ns) {
-            self.swap_in(site);
+        match learner.poll(now_mono_ns) {
+            Some(Ok(site)) => self.swap_in(site, now_wall_ns),
+            Some(Err(report)) => self.held_back(&report, now_wall_ns),
+            None => {}
         }
         if let Some(learner) = &self.learner {
             self.outputs.status.learn = Some(learner.status(now_mono_ns));
@@ -308,8 +316,9 @@ impl<F: FlowSource, K: SensorProbe> Agent<F, K> {
 
     /// Puts a validated site model to work: scores, thresholds, auto-block as configured, and
     /// its hash in alerts, metrics and the status file.
-    fn swap_in(&mut self, site: SiteModel) {
+    fn swap_in(&mut self, site: SiteModel, now_wall_ns: u64) {
         let SiteModel { detector, sha256, dir, report } = site;
+        let previous = self.outputs.observer.model_sha256.clone();
         let config = self.engine.config();
         let margin = config.block_threshold - config.alert_threshold;
         let alert = detector.thresholds.alert;
@@ -338,6 +347,20 @@ impl<F: FlowSource, K: SensorProbe> Agent<F, K> {
             alert_threshold = alert,
             "site model swapped in: scoring with the model learnt on this host"
         );
+        self.outputs.metrics.model_event("swap");
+        let message = format!("site model {} swapped in (was {})", short(&sha256), short(&previous));
+        let details = serde_json::json!({ "previous_sha256": previous, "validation": report });
+        self.outputs.sinks.send(&self.outputs.observer.model_event("model-swap", &message, &details, now_wall_ns));
+    }
+
+    /// Reports a site model held back (too few rows or hours, too many alerts, or drift) to
+    /// the metrics and the sinks; the model in use stays.
+    fn held_back(&self, report: &crate::learn::Validation, now_wall_ns: u64) {
+        let (event, action) = if report.drift { ("drift", "model-drift") } else { ("held_back", "model-held-back") };
+        self.outputs.metrics.model_event(event);
+        let message = format!("site model held back: {}", report.refused.as_deref().unwrap_or("validation failed"));
+        let details = serde_json::json!({ "validation": report });
+        self.outputs.sinks.send(&self.outputs.observer.model_event(action, &message, &details, now_wall_ns));
     }
 
     /// Deliver: each decision rendered once, sent to the sinks, counted; block actions

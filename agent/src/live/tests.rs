@@ -235,7 +235,13 @@ fn learning_rig(name: &str, min_rows: usize) -> Rig {
 }
 
 fn learning(dir: &Path, min_rows: usize) -> crate::learn::Learner {
+    learning_with(dir, min_rows, Duration::from_hours(7 * 24))
+}
+
+fn learning_with(dir: &Path, min_rows: usize, retrain_every: Duration) -> crate::learn::Learner {
     let config = crate::learn::LearnSection {
+        retrain_every: crate::config::HumanDuration(retrain_every),
+        max_rate_change: 1.0,
         period: crate::config::HumanDuration(Duration::from_secs(5)),
         min_rows,
         holdout_rows: 10,
@@ -249,10 +255,10 @@ fn learning(dir: &Path, min_rows: usize) -> crate::learn::Learner {
 
 /// Runs cycles from second 101 on, 40 ordinary conversations each, until `done` or 60 s of
 /// wall time (training runs on its own thread); answers the last cycle's second.
-fn run_until(rig: &mut Rig, mut done: impl FnMut(&Agent<FakeFlows, FakeSensor>) -> bool) -> u64 {
+fn run_until(rig: &mut Rig, mut done: impl FnMut(&mut Agent<FakeFlows, FakeSensor>) -> bool) -> u64 {
     let deadline = Instant::now() + Duration::from_mins(1);
     let mut t = 101;
-    while !done(&rig.agent) && Instant::now() < deadline {
+    while !done(&mut rig.agent) && Instant::now() < deadline {
         rig.agent.kernel.flows.push(Harvest { live: ordinary(t, 40), ..Harvest::default() });
         rig.agent.cycle(t * S).expect("cycle");
         t += 1;
@@ -376,4 +382,37 @@ fn suppression_rules_keep_matching_alerts_from_the_sinks_and_count_them() {
     assert!(text.contains("vigil_alerts_suppressed_by_rule_total{rule=\"7\"} 1"), "{text}");
     let status = AgentStatus::read(&rig.dir).expect("status").suppression.expect("suppression status");
     assert_eq!((status.rules_active, status.suppressed.get(&7).copied()), (1, Some(1)));
+}
+
+#[test]
+fn a_site_model_is_retrained_each_period_and_every_swap_is_an_event() {
+    let mut rig =
+        Rig::new("retrain", FakeFlows::default(), FakeSensor::default(), MemoryRules::new(100 * S), Vec::new());
+    rig.agent.scorer.detector.thresholds.alert = f32::MAX;
+    let learner = learning_with(&rig.dir, 100, Duration::from_secs(5));
+    rig.agent = rig.agent.with_learner(learner);
+    let swaps = |a: &Agent<FakeFlows, FakeSensor>| {
+        let text = a.outputs.metrics.encode();
+        text.lines().find(|l| l.starts_with("vigil_model_events_total{event=\"swap\"}")).map(str::to_owned)
+    };
+    run_until(&mut rig, |a| {
+        // As before the first model: every synthetic row goes to the sample.
+        a.scorer.detector.thresholds.alert = f32::MAX;
+        swaps(a).is_some_and(|l| l.ends_with(" 2"))
+    });
+    assert_eq!(
+        swaps(&rig.agent).as_deref(),
+        Some("vigil_model_events_total{event=\"swap\"} 2"),
+        "learnt, then retrained"
+    );
+    let events: Vec<serde_json::Value> = wait_lines(&rig.dir.join("alerts.json"), 2)
+        .iter()
+        .map(|l| serde_json::from_str(l).expect("json"))
+        .filter(|d: &serde_json::Value| d["event"]["action"] == "model-swap")
+        .collect();
+    assert_eq!(events.len(), 2, "{events:#?}");
+    assert_eq!(events[1]["event"]["dataset"], "vigil.model");
+    assert_eq!(events[1]["vigil"]["model"]["phase"], "site");
+    assert_eq!(events[1]["vigil"]["learn"]["previous_sha256"], events[0]["vigil"]["model"]["sha256"]);
+    assert!(events[1]["vigil"]["learn"]["validation"]["current_alert_rate"].is_number(), "{:#}", events[1]);
 }
