@@ -90,6 +90,54 @@ enum ModelAction {
         #[arg(value_name = "BUNDLE_DIR")]
         bundle: PathBuf,
     },
+    /// List the site models the learning phase kept (`learn.dir`), oldest first; `*` marks the
+    /// one in use.
+    List {
+        #[command(flatten)]
+        site: SiteDirArgs,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print what a kept site model was trained on and its thresholds.
+    Show {
+        #[command(flatten)]
+        site: SiteDirArgs,
+        /// Its name or at least 6 hex digits of its sha256.
+        name: String,
+    },
+    /// Make a kept site model the one in use; a running agent swaps it in within a cycle.
+    Use {
+        #[command(flatten)]
+        site: SiteDirArgs,
+        /// Its name or at least 6 hex digits of its sha256.
+        name: String,
+    },
+    /// Go back to the site model kept before the one in use.
+    Rollback {
+        #[command(flatten)]
+        site: SiteDirArgs,
+    },
+}
+
+/// Where the site models are.
+#[derive(Debug, Args)]
+struct SiteDirArgs {
+    /// Configuration file whose `learn.dir` to use [default: /etc/vigil/vigil.toml if present].
+    #[arg(long, short = 'c', value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// The site model directory (overrides the configuration).
+    #[arg(long, value_name = "DIR")]
+    dir: Option<PathBuf>,
+}
+
+impl SiteDirArgs {
+    fn resolve(&self) -> anyhow::Result<PathBuf> {
+        Ok(match &self.dir {
+            Some(d) => d.clone(),
+            None => Config::load(self.config.as_deref())?.learn.dir,
+        })
+    }
 }
 
 /// Where the control commands find the sensor.
@@ -668,6 +716,53 @@ fn model_command(args: ModelCommandArgs) -> anyhow::Result<()> {
             loaded.detector(&Schema::flow())?;
             let key = loaded.verify(&keys).with_context(|| bundle.display().to_string())?;
             println!("{}: valid, signed by {key}; manifest sha256 {}", bundle.display(), loaded.sha256());
+        }
+        ModelAction::List { site, json } => {
+            let dir = site.resolve()?;
+            let kept = vigil::learn::store::list(&dir);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&kept)?);
+            } else if kept.is_empty() {
+                println!("no site models kept in {}", dir.display());
+            } else {
+                for k in &kept {
+                    let mark = if k.current { "*" } else { " " };
+                    match &k.problem {
+                        None => println!(
+                            "{mark} {}  {} rows  alert threshold {:.2}",
+                            k.name,
+                            k.training["rows"].as_u64().unwrap_or(0),
+                            k.alert_threshold
+                        ),
+                        Some(p) => println!("{mark} {}  does not load: {p}", k.name),
+                    }
+                }
+            }
+        }
+        ModelAction::Show { site, name } => {
+            let dir = site.resolve()?;
+            let wanted = name.strip_prefix("site-").unwrap_or(&name).to_ascii_lowercase();
+            let kept = vigil::learn::store::list(&dir);
+            let found: Vec<_> = kept
+                .iter()
+                .filter(|k| wanted.len() >= 6 && k.name.strip_prefix("site-").is_some_and(|h| h.starts_with(&wanted)))
+                .collect();
+            let [k] = found.as_slice() else {
+                anyhow::bail!("{} kept site models match {name:?} in {}", found.len(), dir.display());
+            };
+            println!("{}", serde_json::to_string_pretty(k)?);
+        }
+        ModelAction::Use { site, name } => {
+            let dir = site.resolve()?;
+            let chosen = vigil::learn::store::use_site(&dir, &name)
+                .map_err(|e| anyhow::anyhow!("{}: {}", e.path.display(), e.error))?;
+            println!("{chosen} is the site model in use now (a running agent swaps it in within a cycle)");
+        }
+        ModelAction::Rollback { site } => {
+            let dir = site.resolve()?;
+            let chosen = vigil::learn::store::rollback(&dir)
+                .map_err(|e| anyhow::anyhow!("{}: {}", e.path.display(), e.error))?;
+            println!("rolled back to {chosen} (a running agent swaps it in within a cycle)");
         }
     }
     Ok(())

@@ -93,3 +93,18 @@ fn the_shipped_bundle_verifies_with_the_models_key() {
         assert!(stdout.contains("valid, signed by"), "{stdout}");
     }
 }
+
+#[test]
+fn site_model_commands_on_an_empty_store_say_so() {
+    let dir = TempDir::new("site-store");
+    let store = dir.path().join("models");
+    let (code, stdout, stderr) = vigil(&["model", "list", "--dir", s(&store)]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("no site models kept in"), "{stdout}");
+    let (code, _, stderr) = vigil(&["model", "rollback", "--dir", s(&store)]);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("no site model kept before"), "{stderr}");
+    let (code, _, stderr) = vigil(&["model", "use", "--dir", s(&store), "abcdef"]);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("0 kept site models match \"abcdef\""), "{stderr}");
+}

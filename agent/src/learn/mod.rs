@@ -26,17 +26,15 @@
 //! sinks as well as log lines.
 
 pub mod sample;
+pub mod store;
 
-use std::{
-    path::{Path, PathBuf},
-    sync::mpsc,
-    time::Duration,
-};
+use std::{path::PathBuf, sync::mpsc, time::Duration};
 
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use self::sample::{RowKey, Sample, SampleConfig, SampleStats};
+pub use self::store::{CURRENT, SITE_KEY_DIR, SavedSite, SiteError, current_site};
 use crate::{
     config::HumanDuration,
     detect::ScoredFlow,
@@ -73,6 +71,8 @@ pub struct LearnSection {
     pub max_rate_change: f64,
     /// Where site models and the key that signs them are kept.
     pub dir: PathBuf,
+    /// Site models kept in `dir` (the newest; `vigil model use|rollback` choose among them).
+    pub keep: usize,
 }
 
 impl Default for LearnSection {
@@ -90,6 +90,7 @@ impl Default for LearnSection {
             retrain_every: HumanDuration(Duration::from_hours(7 * 24)),
             max_rate_change: 0.005,
             dir: PathBuf::from("/var/lib/vigil/models"),
+            keep: 5,
         }
     }
 }
@@ -126,6 +127,9 @@ impl LearnSection {
         }
         if !(self.max_rate_change > 0.0 && self.max_rate_change <= 1.0) {
             return Err(("learn.max_rate_change", "must be in (0, 1]".to_owned()));
+        }
+        if self.keep == 0 {
+            return Err(("learn.keep", "must be at least 1".to_owned()));
         }
         if self.enabled && self.dir.as_os_str().is_empty() {
             return Err(("learn.dir", "must not be empty while learning is enabled".to_owned()));
@@ -227,6 +231,9 @@ pub struct Learner {
     last: Option<Validation>,
     /// The site model in use, once there is one: retrained models are compared with it.
     current: Option<Detector>,
+    /// What `learn.dir/current` named when the model in use came from it (or was written
+    /// there): a different name means an operator chose another (`vigil model use`).
+    current_name: Option<String>,
 }
 
 impl Learner {
@@ -258,7 +265,8 @@ impl Learner {
     fn new_quiet(config: LearnSection, schema: Schema, now_mono_ns: u64) -> Self {
         let sample = fresh_sample(&config);
         let ends_mono_ns = now_mono_ns.saturating_add(duration_ns(config.period.0));
-        Self { config, schema, sample, ends_mono_ns, training: None, last: None, current: None }
+        let current_name = store::current_name(&config.dir);
+        Self { config, schema, sample, ends_mono_ns, training: None, last: None, current: None, current_name }
     }
 
     /// Whether auto-block may act (not during learning unless `learn.block`).
@@ -308,6 +316,43 @@ impl Learner {
         }
     }
 
+    /// A site model an operator chose since the last look (`vigil model use|rollback` wrote
+    /// `learn.dir/current`), checked as at start. A model that does not load is reported (at
+    /// most once per name) and the model in use stays.
+    pub fn operator_choice(&mut self) -> Option<SiteModel> {
+        if self.training.is_some() {
+            // Training writes `current` itself when its model passes; `poll` takes that one.
+            return None;
+        }
+        let name = store::current_name(&self.config.dir)?;
+        if self.current_name.as_deref() == Some(name.as_str()) {
+            return None;
+        }
+        self.current_name = Some(name.clone());
+        match store::current_site(&self.config.dir) {
+            Ok(Some(saved)) => {
+                info!(model = name, "site model chosen by an operator (learn.dir/current changed)");
+                self.current = Some(saved.detector.clone());
+                let report = Validation {
+                    rows: 0,
+                    hours: 0,
+                    holdout_rows: 0,
+                    holdout_alert_rate: 0.0,
+                    current_alert_rate: None,
+                    drift: false,
+                    refused: None,
+                    train_seconds: 0.0,
+                };
+                Some(SiteModel { detector: saved.detector, sha256: saved.sha256, dir: Some(saved.path), report })
+            }
+            Ok(None) => None,
+            Err(e) => {
+                warn!(model = name, error = %e.error, "learn.dir/current names a site model that does not load; keeping the model in use");
+                None
+            }
+        }
+    }
+
     /// Starts training when the period is over; answers the outcome when training has
     /// finished: a validated site model to swap in, or the report of one held back.
     ///
@@ -335,6 +380,7 @@ impl Learner {
                 Ok(model) => {
                     self.last = Some(model.report.clone());
                     self.current = Some(model.detector.clone());
+                    self.current_name = store::current_name(&self.config.dir);
                     self.sample = fresh_sample(&self.config);
                 }
                 Err(report) => {
@@ -562,7 +608,7 @@ impl Job {
             return refuse(report, why);
         }
         let sha256 = trained.bundle.sha256();
-        let dir = match save(&self.config.dir, &trained.bundle, &sha256) {
+        let dir = match store::save(&self.config.dir, &trained.bundle, &sha256, self.config.keep) {
             Ok(dir) => Some(dir),
             Err(e) => {
                 warn!(error = %e, dir = %self.config.dir.display(), "could not write the site model; using it anyway");
@@ -573,96 +619,10 @@ impl Job {
     }
 }
 
-/// The directory under `learn.dir` holding the host's site-model key pair.
-pub const SITE_KEY_DIR: &str = "site-key";
-
 /// Share of `scores` at or above `alert`.
 #[expect(clippy::cast_precision_loss, reason = "row counts")]
 fn alert_rate(scores: &[crate::model::Score], alert: f32) -> f64 {
     scores.iter().filter(|s| s.combined >= alert).count() as f64 / scores.len().max(1) as f64
-}
-
-/// Writes `bundle` to `dir/site-<sha256 prefix>`, signed with the host's site key
-/// (`dir/site-key/`, made on first use, the secret 0600), in directories only the agent's
-/// user can write.
-///
-/// # Errors
-/// Any file that cannot be written.
-fn save(dir: &Path, bundle: &crate::model::Bundle, sha256: &str) -> Result<PathBuf, Box<dyn std::error::Error>> {
-    use crate::model::sign;
-    crate::private_dir::ensure(dir)?;
-    let key_dir = dir.join(SITE_KEY_DIR);
-    crate::private_dir::ensure(&key_dir)?;
-    let key_path = key_dir.join(sign::SECRET_KEY_FILE);
-    if !key_path.exists() {
-        sign::keygen(&key_dir)?;
-    }
-    let key = sign::SecretKey::read(&key_path)?;
-    let name = format!("site-{}", sha256.get(..12).unwrap_or(sha256));
-    let out = dir.join(&name);
-    bundle.write_dir(&out)?;
-    crate::model::Bundle::sign_dir(&out, &key)?;
-    // Written last: a restart loads what `current` names, and it names only a signed bundle.
-    crate::private_dir::write_file(dir, CURRENT, format!("{name}\n").as_bytes())?;
-    Ok(out)
-}
-
-/// A site model an earlier run learnt and saved ([`current_site`]).
-pub struct SavedSite {
-    pub detector: Detector,
-    pub sha256: String,
-    pub path: PathBuf,
-}
-
-/// A saved site model that cannot be used: where, and what is wrong.
-#[derive(Debug)]
-pub struct SiteError {
-    pub path: PathBuf,
-    pub error: crate::model::BundleError,
-}
-
-/// The file under `learn.dir` naming the site model in use; the next run loads it.
-pub const CURRENT: &str = "current";
-
-/// The site model a previous run learnt, as `learn.dir/current` names it: loaded only from a
-/// directory the agent's user owns and only if signed by the host's site key. `None` when
-/// there is none yet, or when it was learnt for another feature schema (an upgrade: the agent
-/// then learns afresh, with a warning).
-///
-/// # Errors
-/// The path and what is wrong with it: an unreadable or malformed `current`, a missing key,
-/// or a bundle that fails its checks or its signature. Nothing is learnt over a site model
-/// that cannot be trusted; removing `current` starts learning afresh.
-pub fn current_site(dir: &Path) -> Result<Option<SavedSite>, SiteError> {
-    use crate::model::{Bundle, BundleError, Trust, files::Access, sign};
-    let current = dir.join(CURRENT);
-    let name = match std::fs::read_to_string(&current) {
-        Ok(text) => text.trim().to_owned(),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => {
-            return Err(SiteError { path: current.clone(), error: BundleError::Io { path: current, source } });
-        }
-    };
-    let well_formed =
-        name.strip_prefix("site-").is_some_and(|h| h.len() == 12 && h.bytes().all(|b| b.is_ascii_hexdigit()));
-    if !well_formed {
-        let source =
-            std::io::Error::new(std::io::ErrorKind::InvalidData, format!("names {name:?}, not site-<12 hex digits>"));
-        return Err(SiteError { path: current.clone(), error: BundleError::Io { path: current, source } });
-    }
-    let path = dir.join(&name);
-    let fail = |error: BundleError| SiteError { path: path.clone(), error };
-    let key = sign::PublicKey::read(&dir.join(SITE_KEY_DIR).join(sign::PUBLIC_KEY_FILE), Access::Private)
-        .map_err(|e| fail(e.into()))?;
-    let (bundle, _) = Bundle::load_trusted(&path, &Trust { keys: vec![key], allow_unsigned: false }).map_err(fail)?;
-    match bundle.detector(&Schema::flow()) {
-        Ok(detector) => Ok(Some(SavedSite { detector, sha256: bundle.sha256(), path })),
-        Err(e @ (BundleError::Schema(_) | BundleError::Version { .. })) => {
-            warn!(model = %path.display(), error = %e, "the last site model was learnt for another schema: learning afresh");
-            Ok(None)
-        }
-        Err(e) => Err(fail(e)),
-    }
 }
 
 #[cfg(test)]

@@ -145,3 +145,46 @@ fn retraining_can_be_turned_off_and_bad_values_are_named() {
     let bad = LearnSection { max_rate_change: 0.0, ..LearnSection::default() };
     assert_eq!(bad.validate().unwrap_err().0, "learn.max_rate_change");
 }
+
+#[test]
+fn kept_site_models_are_listed_chosen_rolled_back_and_pruned() {
+    let dir = temp("store");
+    let config = LearnSection {
+        dir: dir.clone(),
+        min_rows: 100,
+        min_hours: 0,
+        max_alert_rate: 1.0,
+        keep: 2,
+        ..LearnSection::default()
+    };
+    let names: Vec<String> = (0..3)
+        .map(|i| {
+            let site =
+                train_site(&config, &Schema::flow(), rows(300, 10 + i), rows(30, 20 + i), 1, None).expect("passes");
+            site.dir.expect("written").file_name().unwrap().to_string_lossy().into_owned()
+        })
+        .collect();
+    // Two kept, the oldest removed; the newest in use.
+    assert_eq!(store::history(&dir), names[1..]);
+    assert!(!dir.join(&names[0]).exists() && dir.join(&names[1]).exists());
+    let listed = store::list(&dir);
+    assert_eq!(
+        listed.iter().map(|k| (k.name.as_str(), k.current)).collect::<Vec<_>>(),
+        [(names[1].as_str(), false), (names[2].as_str(), true)]
+    );
+    assert!(listed.iter().all(|k| k.problem.is_none() && k.training["rows"] == 300), "{listed:#?}");
+
+    assert_eq!(store::rollback(&dir).expect("rollback"), names[1]);
+    assert_eq!(store::current_name(&dir).as_deref(), Some(names[1].as_str()));
+    assert!(store::rollback(&dir).is_err(), "nothing older is kept");
+    // By a prefix of its hash, as `vigil model list` shows it.
+    assert_eq!(store::use_site(&dir, &names[2][5..12]).expect("use"), names[2]);
+    assert!(store::use_site(&dir, "site-000000").is_err());
+    assert!(store::use_site(&dir, "abc").is_err(), "too short to choose");
+    // A kept model that no longer loads is listed with its problem, and cannot be chosen.
+    std::fs::write(dir.join(&names[1]).join(crate::model::bundle::IFOREST), b"{}").expect("tamper");
+    assert!(store::list(&dir)[0].problem.is_some());
+    assert!(store::use_site(&dir, &names[1]).is_err());
+    assert_eq!(store::current_name(&dir).as_deref(), Some(names[2].as_str()), "unchanged");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -304,6 +304,10 @@ impl<F: FlowSource, K: SensorProbe> Agent<F, K> {
             .collect();
         let hour = u8::try_from(now_wall_ns / 3_600_000_000_000 % 24).unwrap_or(0);
         learner.observe(flows, &acted_on, self.scorer.detector.thresholds.alert, hour);
+        if let Some(site) = learner.operator_choice() {
+            self.swap_in(site, now_wall_ns);
+        }
+        let Some(learner) = self.learner.as_mut() else { return };
         match learner.poll(now_mono_ns) {
             Some(Ok(site)) => self.swap_in(site, now_wall_ns),
             Some(Err(report)) => self.held_back(&report, now_wall_ns),

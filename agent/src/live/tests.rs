@@ -415,4 +415,11 @@ fn a_site_model_is_retrained_each_period_and_every_swap_is_an_event() {
     assert_eq!(events[1]["vigil"]["model"]["phase"], "site");
     assert_eq!(events[1]["vigil"]["learn"]["previous_sha256"], events[0]["vigil"]["model"]["sha256"]);
     assert!(events[1]["vigil"]["learn"]["validation"]["current_alert_rate"].is_number(), "{:#}", events[1]);
+
+    // An operator rolls back (`vigil model rollback`): the agent follows within a cycle or two
+    // (a retraining in flight finishes first).
+    let first = events[0]["vigil"]["model"]["sha256"].as_str().expect("sha").to_owned();
+    crate::learn::store::rollback(&rig.dir.join("models")).expect("rollback");
+    run_until(&mut rig, |a| a.outputs.observer.model_sha256 == first);
+    assert_eq!(rig.agent.outputs.observer.model_sha256, first, "rolled back");
 }
