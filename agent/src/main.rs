@@ -53,6 +53,9 @@ enum Command {
     Detach(ControlArgs),
     /// Suppress alerts by source, destination, port or kind for a while: counted, not sent.
     Suppress(SuppressArgs),
+    /// Tell a learning or adapting agent an alert was a false positive: its flow joins the
+    /// next site model's training sample.
+    Feedback(FeedbackArgs),
     /// Print or check the configuration.
     Config(ConfigArgs),
     /// Make signing keys, sign model bundles and verify their signatures.
@@ -117,6 +120,23 @@ enum ModelAction {
     Rollback {
         #[command(flatten)]
         site: SiteDirArgs,
+    },
+}
+
+#[derive(Debug, Args)]
+struct FeedbackArgs {
+    #[command(subcommand)]
+    verdict: FeedbackVerdict,
+}
+
+#[derive(Debug, Subcommand)]
+enum FeedbackVerdict {
+    /// The alert (its `event.id`) flagged ordinary traffic.
+    FalsePositive {
+        #[command(flatten)]
+        site: SiteDirArgs,
+        /// The alert's `event.id`.
+        id: String,
     },
 }
 
@@ -639,6 +659,7 @@ fn main() -> ExitCode {
         Command::Block(args) => block_command(args),
         Command::Detach(args) => detach_command(&args),
         Command::Suppress(args) => suppress_command(args),
+        Command::Feedback(args) => feedback_command(args),
         Command::Config(args) => return config_command(&args),
         Command::Model(args) => model_command(args),
     };
@@ -819,6 +840,18 @@ fn block_command(args: BlockArgs) -> anyhow::Result<()> {
         }
         BlockAction::Flush => println!("removed {} rules", control::flush_rules(&pins)?),
     }
+    Ok(())
+}
+
+fn feedback_command(args: FeedbackArgs) -> anyhow::Result<()> {
+    let FeedbackVerdict::FalsePositive { site, id } = args.verdict;
+    let dir = site.resolve()?;
+    let now_ms = vigil::clock::wall_ns() / 1_000_000;
+    vigil::learn::store::add_feedback(&dir, &id, now_ms).map_err(anyhow::Error::msg)?;
+    println!(
+        "alert {id} marked a false positive; a learning or adapting agent puts its flow into the next site model's \
+         sample within a cycle"
+    );
     Ok(())
 }
 

@@ -93,6 +93,7 @@ pub struct Metrics {
     model_phase: Family<Label, Gauge>,
     alerts_suppressed_by_rule: Family<Label, Counter>,
     model_events: Family<Label, Counter>,
+    feedback: Family<Label, Counter>,
     output_failures: Family<Label, Counter>,
     seen: Mutex<Seen>,
 }
@@ -128,6 +129,7 @@ impl Metrics {
             model_phase: Family::default(),
             alerts_suppressed_by_rule: Family::default(),
             model_events: Family::default(),
+            feedback: Family::default(),
             output_failures: Family::default(),
             seen: Mutex::default(),
         };
@@ -185,6 +187,11 @@ impl Metrics {
         );
         r.register("model_phase", "Model phase: learning, site or fixed (1 for the current)", m.model_phase.clone());
         r.register("model_events", "Site models swapped in, held back, or held back as drift", m.model_events.clone());
+        r.register(
+            "feedback",
+            "Analyst verdicts (vigil feedback): applied, or naming an unknown alert",
+            m.feedback.clone(),
+        );
         Arc::new(m)
     }
 
@@ -317,6 +324,11 @@ impl Metrics {
     pub fn set_model(&self, model: &str, sha256: &str) {
         self.model_info.clear();
         self.model_info.get_or_create(&[("model", model.to_owned()), ("sha256", sha256.to_owned())]).set(1);
+    }
+
+    /// An analyst verdict: `applied`, or `unknown` (an alert this run does not hold).
+    pub fn feedback(&self, outcome: &str) {
+        self.feedback.get_or_create(&label("outcome", outcome)).inc();
     }
 
     /// A learning-phase event: `swap`, `held_back` or `drift`.

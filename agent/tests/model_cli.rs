@@ -108,3 +108,18 @@ fn site_model_commands_on_an_empty_store_say_so() {
     assert_ne!(code, 0);
     assert!(stderr.contains("0 kept site models match \"abcdef\""), "{stderr}");
 }
+
+#[test]
+fn feedback_takes_alert_ids_only() {
+    let dir = TempDir::new("feedback");
+    let store = dir.path().join("models");
+    let (code, _, stderr) = vigil(&["feedback", "false-positive", "--dir", s(&store), "../../etc/passwd"]);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("is not an alert id"), "{stderr}");
+    let (code, stdout, stderr) = vigil(&["feedback", "false-positive", "--dir", s(&store), "3fa9c2d1-42"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("alert 3fa9c2d1-42 marked a false positive"), "{stdout}");
+    let text = std::fs::read_to_string(store.join("feedback.json")).expect("written");
+    assert!(text.contains("\"id\": \"3fa9c2d1-42\"") && text.contains("false-positive"), "{text}");
+    assert_eq!(std::fs::metadata(&store).unwrap().permissions().mode() & 0o777, 0o700);
+}

@@ -73,6 +73,14 @@ impl Observer {
         Event { json: doc.to_string(), severity: Severity::Info, timestamp_ns: now_wall_ns }
     }
 
+    /// An alert as an event with its id (`event.id`), which `vigil feedback` names.
+    #[must_use]
+    pub fn alert_event(&self, decision: &Decision, id: &str, now_wall_ns: u64) -> Event {
+        let mut doc = self.render(decision, now_wall_ns);
+        doc["event"]["id"] = Value::from(id);
+        Event { json: doc.to_string(), severity: decision.severity(), timestamp_ns: now_wall_ns }
+    }
+
     /// `decision` as an ECS document, stamped `now_wall_ns`.
     #[must_use]
     pub fn render(&self, decision: &Decision, now_wall_ns: u64) -> Value {

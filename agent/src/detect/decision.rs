@@ -75,6 +75,8 @@ pub struct ExplainedFlow {
     pub score: Score,
     /// The top features, largest share first.
     pub explanation: Vec<Contribution>,
+    /// Its raw feature row: what analyst feedback returns to the learning sample.
+    pub raw: crate::learn::sample::Row,
 }
 
 impl ExplainedFlow {

@@ -395,7 +395,13 @@ impl Engine {
     /// The worst flow of an alert with its explanation.
     fn explained(&self, top: ScoredFlow, explain: &dyn Explain) -> ExplainedFlow {
         let explanation = explain.explain(&top.evidence, self.config.top_features);
-        ExplainedFlow { record: top.flow.record, back: top.flow.back, score: top.score, explanation }
+        ExplainedFlow {
+            record: top.flow.record,
+            back: top.flow.back,
+            score: top.score,
+            explanation,
+            raw: top.evidence.raw,
+        }
     }
 
     /// Alerts for sources whose window is over. Windows run on `now_mono_ns`.

@@ -269,6 +269,12 @@ impl Learner {
         Self { config, schema, sample, ends_mono_ns, training: None, last: None, current: None, current_name }
     }
 
+    /// Where site models, `current` and analysts' feedback are (`learn.dir`).
+    #[must_use]
+    pub fn dir(&self) -> &std::path::Path {
+        &self.config.dir
+    }
+
     /// Whether auto-block may act (not during learning unless `learn.block`).
     #[must_use]
     pub const fn may_block(&self) -> bool {
@@ -314,6 +320,29 @@ impl Learner {
             };
             self.sample.offer(&key, &f.evidence.raw);
         }
+    }
+
+    /// An analyst judged an alert a false positive: its source is taken back into the sample,
+    /// and the alert's top flow (`row`, seen at `hour`) joins it, past the alert threshold that
+    /// kept it out.
+    pub fn false_positive(
+        &mut self,
+        alert_id: &str,
+        source: Option<std::net::IpAddr>,
+        key: &FeedbackFlow,
+        row: &sample::Row,
+    ) {
+        if let Some(source) = source {
+            self.sample.forgive(source);
+        }
+        let key = RowKey {
+            conversation: conversation_id_of(alert_id),
+            source: key.source,
+            hour: key.hour,
+            protocol: key.protocol,
+            port: key.port,
+        };
+        self.sample.offer(&key, row);
     }
 
     /// A site model an operator chose since the last look (`vigil model use|rollback` wrote
@@ -469,6 +498,25 @@ fn fresh_sample(config: &LearnSection) -> Sample {
 
 fn duration_ns(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// What the sample needs to know of an alert's top flow.
+#[derive(Clone, Copy, Debug)]
+pub struct FeedbackFlow {
+    pub source: std::net::IpAddr,
+    pub hour: u8,
+    pub protocol: u8,
+    pub port: u16,
+}
+
+/// A row key for an alert's flow returned by feedback: never held back (it is not a
+/// conversation of the sample's own choosing, and validation should not see it twice).
+fn conversation_id_of(alert_id: &str) -> u64 {
+    use std::hash::{BuildHasher as _, Hasher as _};
+    let mut h = std::hash::BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default().build_hasher();
+    std::hash::Hash::hash(&("feedback", alert_id), &mut h);
+    let id = h.finish();
+    if id.is_multiple_of(sample::HOLDOUT_EVERY) { id.wrapping_add(1) } else { id }
 }
 
 /// A conversation's identity across cycles: its initiator's 5-tuple and first packet.

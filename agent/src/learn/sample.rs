@@ -351,6 +351,14 @@ impl Sample {
         }
     }
 
+    /// Takes `source` back after an analyst judged its alert a false positive: its later
+    /// conversations are offered as anyone's again.
+    pub fn forgive(&mut self, source: IpAddr) {
+        if self.excluded.remove(&source) {
+            self.excluded_order.retain(|s| *s != source);
+        }
+    }
+
     /// The rows to train on, one per line, in a stable order (by stratum).
     #[must_use]
     pub fn rows(&self) -> Array2<f32> {

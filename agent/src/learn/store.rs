@@ -247,3 +247,64 @@ pub fn current_site(dir: &Path) -> Result<Option<SavedSite>, SiteError> {
         Err(error) => Err(SiteError { path, error }),
     }
 }
+
+/// The file under `learn.dir` where `vigil feedback` leaves analysts' verdicts for the agent.
+pub const FEEDBACK: &str = "feedback.json";
+/// Verdicts kept in it at most (the oldest go first).
+const MAX_FEEDBACK: usize = 1000;
+
+/// One analyst verdict on an alert.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Feedback {
+    /// The alert's `event.id`.
+    pub id: String,
+    /// `false-positive`.
+    pub verdict: String,
+    pub at_ms: u64,
+}
+
+/// Whether `id` has the shape of an alert id: 8 hex digits, `-`, a decimal sequence number.
+#[must_use]
+pub fn is_alert_id(id: &str) -> bool {
+    id.split_once('-').is_some_and(|(boot, seq)| {
+        boot.len() == 8
+            && boot.bytes().all(|b| b.is_ascii_hexdigit())
+            && !seq.is_empty()
+            && seq.len() <= 20
+            && seq.bytes().all(|b| b.is_ascii_digit())
+    })
+}
+
+/// The verdicts in `dir`, oldest first (none yet: empty). Read only if the agent's user or
+/// root owns the file and nobody else may write it: a verdict puts traffic into training.
+///
+/// # Errors
+/// The file cannot be read or is not a list of verdicts.
+pub fn read_feedback(dir: &Path) -> Result<Vec<Feedback>, String> {
+    use crate::model::files::{Access, FileError, read_capped};
+    let path = dir.join(FEEDBACK);
+    let bytes = match read_capped(&path, 1 << 20, Access::Private) {
+        Ok(b) => b,
+        Err(FileError::Io { error, .. }) if error.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e.to_string()),
+    };
+    serde_json::from_slice(&bytes).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Records an analyst's verdict that alert `id` was a false positive.
+///
+/// # Errors
+/// Not an alert id, or the file cannot be read or written.
+pub fn add_feedback(dir: &Path, id: &str, at_ms: u64) -> Result<(), String> {
+    if !is_alert_id(id) {
+        return Err(format!("{id:?} is not an alert id (`event.id` of an alert, e.g. 3fa9c2d1-42)"));
+    }
+    crate::private_dir::ensure(dir).map_err(|e| e.to_string())?;
+    let mut all = read_feedback(dir)?;
+    all.push(Feedback { id: id.to_owned(), verdict: "false-positive".to_owned(), at_ms });
+    let drop = all.len().saturating_sub(MAX_FEEDBACK);
+    all.drain(..drop);
+    let json = serde_json::to_vec_pretty(&all).map_err(|e| e.to_string())?;
+    crate::private_dir::write_file(dir, FEEDBACK, &json).map_err(|e| format!("{}: {e}", dir.join(FEEDBACK).display()))
+}

@@ -169,6 +169,46 @@ pub struct Agent<F, K> {
     block_mode: BlockMode,
     /// Alert suppression rules (`vigil suppress`).
     suppressions: Option<crate::alert::suppress::Suppressions>,
+    /// Ids for alerts (`event.id`), and the recent alerts that `vigil feedback` may name.
+    alerts: AlertLog,
+}
+
+/// Alerts this run raised, by id: the last [`AlertLog::KEEP`], for analyst feedback.
+struct AlertLog {
+    /// Random per run, so ids of different runs never meet.
+    run: u32,
+    seq: u64,
+    recent: std::collections::VecDeque<RecentAlert>,
+    /// Feedback already acted on (by alert id), and the file's state when last read.
+    applied: std::collections::HashSet<String>,
+    stamp: Option<(std::time::SystemTime, u64)>,
+}
+
+struct RecentAlert {
+    id: String,
+    source: Option<std::net::IpAddr>,
+    flow: crate::learn::FeedbackFlow,
+    row: crate::learn::sample::Row,
+}
+
+impl AlertLog {
+    const KEEP: usize = 4096;
+
+    fn new() -> Self {
+        Self {
+            run: getrandom::u32().unwrap_or_else(|_| std::process::id()),
+            seq: 0,
+            recent: std::collections::VecDeque::new(),
+            applied: std::collections::HashSet::new(),
+            stamp: None,
+        }
+    }
+
+    /// The next alert's id: the run's tag and a sequence number.
+    fn next_id(&mut self) -> String {
+        self.seq += 1;
+        format!("{:08x}-{}", self.run, self.seq)
+    }
 }
 
 impl<F: FlowSource, K: SensorProbe> Agent<F, K> {
@@ -199,6 +239,7 @@ impl<F: FlowSource, K: SensorProbe> Agent<F, K> {
             learner: None,
             block_mode,
             suppressions: None,
+            alerts: AlertLog::new(),
         }
     }
 
@@ -288,10 +329,66 @@ impl<F: FlowSource, K: SensorProbe> Agent<F, K> {
         self.engine.decide(now_mono_ns, flows, &self.scorer.detector, Some(self.kernel.rules.as_mut()))
     }
 
+    /// Keeps what feedback on alert `id` needs: its source and its top flow's row.
+    fn remember(&mut self, decision: &Decision, id: &str, now_wall_ns: u64) {
+        let (source, top) = match decision {
+            Decision::SourceAlert(a) => (Some(a.source), &a.top),
+            Decision::DestinationAlert(d) => (None, &d.top),
+            _ => return,
+        };
+        let flow = crate::learn::FeedbackFlow {
+            source: top.record.src_ip,
+            hour: u8::try_from(now_wall_ns / 3_600_000_000_000 % 24).unwrap_or(0),
+            protocol: top.record.protocol,
+            port: top.record.dst_port,
+        };
+        if self.alerts.recent.len() == AlertLog::KEEP {
+            self.alerts.recent.pop_front();
+        }
+        self.alerts.recent.push_back(RecentAlert { id: id.to_owned(), source, flow, row: top.raw });
+    }
+
+    /// Analysts' verdicts (`vigil feedback`) since the last look: a false positive's source
+    /// goes back into the learning sample with its top flow.
+    fn feedback(&mut self) {
+        let Some(learner) = self.learner.as_mut() else { return };
+        let dir = learner.dir().to_owned();
+        let path = dir.join(crate::learn::store::FEEDBACK);
+        let stamp = std::fs::metadata(&path).ok().and_then(|m| Some((m.modified().ok()?, m.len())));
+        if stamp.is_none() || stamp == self.alerts.stamp {
+            return;
+        }
+        self.alerts.stamp = stamp;
+        let verdicts = match crate::learn::store::read_feedback(&dir) {
+            Ok(v) => v,
+            Err(e) => {
+                warn!(error = e, "analyst feedback not read");
+                return;
+            }
+        };
+        for v in verdicts {
+            if !self.alerts.applied.insert(v.id.clone()) {
+                continue;
+            }
+            if let Some(a) = self.alerts.recent.iter().find(|a| a.id == v.id) {
+                learner.false_positive(&a.id, a.source, &a.flow, &a.row);
+                self.outputs.metrics.feedback("applied");
+                info!(alert = v.id, source = ?a.source, "analyst feedback: false positive; its flow joins the learning sample");
+            } else {
+                self.outputs.metrics.feedback("unknown");
+                warn!(
+                    alert = v.id,
+                    "analyst feedback names an alert this run does not hold (another run, or older than the last 4096)"
+                );
+            }
+        }
+    }
+
     /// Learn: the cycle's ordinary conversations go to the learning sample (the sources it
     /// alerted or acted on leave it); a validated site model is swapped in, after this cycle's
     /// decisions went out under the model that made them.
     fn learn(&mut self, now_mono_ns: u64, now_wall_ns: u64, flows: &[ScoredFlow], decisions: &[Decision]) {
+        self.feedback();
         let Some(learner) = self.learner.as_mut() else { return };
         let acted_on: Vec<std::net::IpAddr> = decisions
             .iter()
@@ -370,30 +467,33 @@ impl<F: FlowSource, K: SensorProbe> Agent<F, K> {
     /// Deliver: each decision rendered once, sent to the sinks, counted; block actions
     /// logged.
     fn deliver(&mut self, decisions: &[Decision], now_wall_ns: u64) {
-        let metrics = &self.outputs.metrics;
         let now_ms = now_wall_ns / 1_000_000;
         if let Some(s) = self.suppressions.as_mut() {
             s.refresh();
         }
         for decision in decisions {
-            if decision.is_alert()
-                && let Some(rule) = self.suppressions.as_mut().and_then(|s| s.suppress(decision, now_ms))
-            {
-                metrics.alert_suppressed(rule);
+            if decision.is_alert() {
+                if let Some(rule) = self.suppressions.as_mut().and_then(|s| s.suppress(decision, now_ms)) {
+                    self.outputs.metrics.alert_suppressed(rule);
+                    continue;
+                }
+                let id = self.alerts.next_id();
+                if self.learner.is_some() {
+                    self.remember(decision, &id, now_wall_ns);
+                }
+                self.outputs.metrics.alert(decision.severity().name());
+                self.outputs.sinks.send(&self.outputs.observer.alert_event(decision, &id, now_wall_ns));
                 continue;
             }
+            let metrics = &self.outputs.metrics;
             match decision {
-                Decision::SourceAlert(_) | Decision::DestinationAlert(_) => {
-                    metrics.alert(decision.severity().name());
-                }
                 Decision::Blocked { .. } => metrics.block_event("block"),
                 Decision::Unblocked { .. } => metrics.block_event("unblock"),
                 Decision::WouldBlock { .. } => metrics.block_event("dry_run"),
                 Decision::Refused { .. } => metrics.block_event("refused"),
+                Decision::SourceAlert(_) | Decision::DestinationAlert(_) => {}
             }
-            if !decision.is_alert() {
-                info!(action = decision.action(), message = decision.message(), "response");
-            }
+            info!(action = decision.action(), message = decision.message(), "response");
             self.outputs.sinks.send(&self.outputs.observer.event(decision, now_wall_ns));
         }
     }

@@ -423,3 +423,33 @@ fn a_site_model_is_retrained_each_period_and_every_swap_is_an_event() {
     run_until(&mut rig, |a| a.outputs.observer.model_sha256 == first);
     assert_eq!(rig.agent.outputs.observer.model_sha256, first, "rolled back");
 }
+
+#[test]
+fn a_false_positive_verdict_puts_the_alerts_flow_and_source_back_into_the_sample() {
+    let mut rig = learning_rig("feedback", 100_000);
+    // Every flow anomalous to the engine: a source with a few flows is alerted, and leaves
+    // the sample.
+    rig.agent.engine.set_thresholds(f32::MIN, f32::MAX);
+    let flows: Vec<LiveFlow> = (0..5u16).map(|i| live(80 + i, 2)).collect();
+    rig.agent.kernel.flows.push(Harvest { live: flows, ..Harvest::default() });
+    let report = rig.agent.cycle(101 * S).expect("cycle");
+    assert_eq!(actions(&report.decisions), ["anomalous-flows"]);
+    let sampled = |a: &Agent<FakeFlows, FakeSensor>| a.outputs.status.learn.as_ref().map_or(0, |l| l.sample_rows);
+    assert_eq!(sampled(&rig.agent), 0, "the alerted source's flows stay out");
+    let alert: serde_json::Value =
+        serde_json::from_str(&wait_lines(&rig.dir.join("alerts.json"), 1)[0]).expect("alert json");
+    let id = alert["event"]["id"].as_str().expect("alerts carry an id").to_owned();
+    assert!(crate::learn::store::is_alert_id(&id), "{id}");
+
+    let models = rig.dir.join("models");
+    crate::learn::store::add_feedback(&models, &id, 0).expect("feedback");
+    crate::learn::store::add_feedback(&models, "0badc0de-1", 0).expect("feedback");
+    rig.agent.cycle(102 * S).expect("cycle");
+    assert_eq!(sampled(&rig.agent), 1, "the alert's top flow joined the sample");
+    let text = rig.agent.outputs.metrics.encode();
+    assert!(text.contains("vigil_feedback_total{outcome=\"applied\"} 1"), "{text}");
+    assert!(text.contains("vigil_feedback_total{outcome=\"unknown\"} 1"), "{text}");
+    // Read once: the next cycle does not apply it again.
+    rig.agent.cycle(103 * S).expect("cycle");
+    assert!(rig.agent.outputs.metrics.encode().contains("vigil_feedback_total{outcome=\"applied\"} 1"));
+}

@@ -18,6 +18,7 @@ fn top(dst: u8, port: u16) -> ExplainedFlow {
         back: None,
         score: Score { iforest: 0.7, autoencoder: 1.0, combined: 5.0 },
         explanation: Vec::new(),
+        raw: [0.0; crate::features::flow::FLOW_FEATURE_COUNT],
     }
 }
 
