@@ -415,6 +415,10 @@ enum EvalMode {
         /// Do not show a progress bar.
         #[arg(long)]
         no_progress: bool,
+        /// Split the benign captures between training and test by capture file (no file on
+        /// both sides) or by conversation (as the notebooks did; flatters the model).
+        #[arg(long, value_enum, default_value = "file")]
+        split_by: vigil::eval::captures::SplitBy,
     },
     /// UNSW-NB15 CSV (or its .zip) in dataset mode, with and without the TTL leak columns.
     Unsw {
@@ -434,7 +438,8 @@ struct EvalCommon {
     /// unsw-all.{json,svg}.
     #[arg(long, value_name = "DIR", default_value = "eval")]
     out: PathBuf,
-    /// Share of the benign flows (normal rows) to train on.
+    /// Share of the benign captures (files, or flows with `--split-by flow`; UNSW-NB15: normal
+    /// rows) to train on.
     #[arg(long, default_value_t = 0.5)]
     train_share: f64,
     #[command(flatten)]
@@ -981,12 +986,13 @@ fn train_command(args: TrainArgs) -> anyhow::Result<()> {
 #[cfg(feature = "offline")]
 fn eval_command(args: EvalArgs) -> anyhow::Result<()> {
     match args.mode {
-        EvalMode::Captures { labels, model, common, timing, no_progress } => {
+        EvalMode::Captures { labels, model, common, timing, no_progress, split_by } => {
             let detector = model
                 .as_deref()
                 .map(|m| Bundle::load(m)?.detector(&Schema::flow()).map_err(anyhow::Error::from))
                 .transpose()?;
             let config = vigil::eval::captures::CaptureEval {
+                split_by,
                 labels: &labels,
                 harvest: timing.harvest_config()?,
                 interval: timing.interval,

@@ -51,6 +51,29 @@ fn eval_on_labelled_captures_writes_json_and_picture() {
         "an SVG with the three panels"
     );
     assert!(stdout.contains("ROC-AUC"), "a summary on stdout: {stdout}");
+    // Split by capture file by default: no benign file on both sides. By conversation on
+    // request, and then the training set is half the benign conversations.
+    let protocol = report["protocol"].as_str().expect("protocol");
+    assert!(protocol.starts_with("split by files ("), "{protocol}");
+    let by_file_train = report["train_rows"].as_u64().expect("train rows");
+    let flow_dir = dir.path().join("by-flow");
+    let (status, _, stderr) = vigil(&[
+        "eval",
+        "captures",
+        "--labels",
+        s(&labels),
+        "--out",
+        s(&flow_dir),
+        "--no-progress",
+        "--split-by",
+        "flow",
+    ]);
+    assert!(status.success(), "{stderr}");
+    let by_flow = read_json(&flow_dir.join("captures.json"));
+    assert!(by_flow["protocol"].as_str().is_some_and(|p| p.starts_with("split by conversations")), "{by_flow:#}");
+    let benign_total = by_flow["train_rows"].as_u64().expect("n") + by_flow["test_benign"].as_u64().expect("n");
+    assert_eq!(by_flow["train_rows"].as_u64(), Some(benign_total.div_ceil(2)), "half the conversations");
+    assert_ne!(by_file_train, by_flow["train_rows"].as_u64().expect("n"), "whole files, not half the conversations");
 }
 
 #[test]

@@ -269,6 +269,18 @@ pub mod captures {
         model::{Detector, TrainConfig},
     };
 
+    /// How the benign captures are split between training and test.
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+    pub enum SplitBy {
+        /// By capture file: no file gives rows to both sides, as a sensor meets traffic it
+        /// never saw. The honest default.
+        #[default]
+        File,
+        /// By conversation, across files (as the notebooks did): neighbouring conversations of
+        /// one file land on both sides, and the numbers flatter the model.
+        Flow,
+    }
+
     /// Settings of a capture evaluation.
     pub struct CaptureEval<'a> {
         pub labels: &'a Path,
@@ -276,8 +288,10 @@ pub mod captures {
         pub interval: Duration,
         pub window: Duration,
         pub train: TrainConfig,
-        /// Share of benign-capture flows to train on.
+        /// Share of the benign captures (files, or conversations with [`SplitBy::Flow`]) to
+        /// train on.
         pub train_share: f64,
+        pub split_by: SplitBy,
         /// Evaluate this detector instead of training one (every flow is then test data).
         pub model: Option<Detector>,
         pub progress: bool,
@@ -322,7 +336,34 @@ pub mod captures {
             let test = TestSet { rows: data.rows.view(), attack: &attack, kind: &kind };
             return Ok(report(&name, protocol, detector, 0, &test)?);
         }
-        let (train_idx, held_out) = split(&benign_capture, config.train_share, config.train.seed);
+        let (train_idx, held_out, unit) = match config.split_by {
+            SplitBy::Flow => {
+                let (train, test) = split(&benign_capture, config.train_share, config.train.seed);
+                (train, test, "conversations".to_owned())
+            }
+            SplitBy::File => {
+                let mut files: Vec<usize> = benign_capture.iter().map(|&i| data.file_index[i]).collect();
+                files.dedup();
+                let (train_files, test_files) = split(&files, config.train_share, config.train.seed);
+                let train_files: std::collections::HashSet<usize> = train_files.into_iter().collect();
+                let (train, test): (Vec<usize>, Vec<usize>) =
+                    benign_capture.iter().partition(|&&i| train_files.contains(&data.file_index[i]));
+                (
+                    train,
+                    test,
+                    format!(
+                        "files ({} of {} benign captures)",
+                        train_files.len(),
+                        test_files.len() + train_files.len()
+                    ),
+                )
+            }
+        };
+        progress(&format!(
+            "training on {} conversations, testing on {} benign and the attack captures'",
+            train_idx.len(),
+            held_out.len()
+        ));
         let mut test_idx: Vec<usize> = held_out;
         test_idx.extend((0..data.len()).filter(|i| !captures[data.file_index[*i]].2.is_benign()));
         test_idx.sort_unstable();
@@ -331,7 +372,7 @@ pub mod captures {
         let test_attack: Vec<bool> = test_idx.iter().map(|&i| attack[i]).collect();
         let test_kind: Vec<String> = test_idx.iter().map(|&i| kind[i].clone()).collect();
         let protocol = format!(
-            "train on {:.0}% of the benign captures' conversations (seed {}), test on the rest and on every conversation of the attack captures; \
+            "split by {unit}: train on {:.0}% of the benign captures (seed {}), test on the rest and on every conversation of the attack captures; \
              attack conversations are those to or from the attacker (the victim when the attacker is unknown), other conversations of attack captures count as benign",
             config.train_share * 100.0,
             config.train.seed
