@@ -7,16 +7,9 @@ mod common;
 use std::{
     os::unix::fs::{MetadataExt as _, PermissionsExt as _},
     path::{Path, PathBuf},
-    process::Command,
 };
 
-use common::{TempDir, arg as s, bundle_copy, public_key_hex, vigil_bin};
-
-fn vigil(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(vigil_bin()).args(args).env("NO_COLOR", "1").output().expect("vigil runs");
-    let code = out.status.code().expect("exited");
-    (code, String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
-}
+use common::{TempDir, arg as s, bundle_copy, public_key_hex, run_vigil as vigil};
 
 #[test]
 fn keygen_sign_verify_round_trip_and_tampering() {

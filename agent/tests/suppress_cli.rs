@@ -3,15 +3,9 @@
 
 mod common;
 
-use std::{os::unix::fs::PermissionsExt as _, process::Command};
+use std::os::unix::fs::PermissionsExt as _;
 
-use common::{TempDir, arg as s, vigil_bin};
-
-fn vigil(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(vigil_bin()).args(args).env("NO_COLOR", "1").output().expect("vigil runs");
-    let code = out.status.code().expect("exited");
-    (code, String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
-}
+use common::{TempDir, arg as s, run_vigil as vigil};
 
 #[test]
 fn rules_are_added_listed_and_removed_and_bad_ones_refused() {

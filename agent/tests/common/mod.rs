@@ -23,6 +23,17 @@ pub fn vigil_bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_vigil"))
 }
 
+/// Runs `vigil` with `args`: its exit code, standard output and standard error.
+///
+/// # Panics
+/// If it cannot start or is killed by a signal.
+#[must_use]
+pub fn run_vigil(args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(vigil_bin()).args(args).env("NO_COLOR", "1").output().expect("vigil runs");
+    let code = out.status.code().expect("exited");
+    (code, String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
 /// The workspace root.
 #[must_use]
 pub fn workspace() -> PathBuf {

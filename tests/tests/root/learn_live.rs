@@ -67,21 +67,25 @@ fn a_site_model_is_learnt_from_live_traffic_validated_and_swapped_in() {
     )
     .expect("config");
     let run_dir = dir.path().join("run");
-    let mut agent = Agent::start(
-        &link.b,
-        &[
-            "run",
-            "--config",
-            config.to_str().expect("utf-8"),
-            "--no-pin",
-            "--iface",
-            Link::IFACE_B,
-            "--interval",
-            "200ms",
-            "--run-dir",
-            run_dir.to_str().expect("utf-8"),
-        ],
-    );
+    let start = || {
+        let (config, run_dir) = (config.to_str().expect("utf-8"), run_dir.to_str().expect("utf-8"));
+        Agent::start(
+            &link.b,
+            &[
+                "run",
+                "--config",
+                config,
+                "--no-pin",
+                "--iface",
+                Link::IFACE_B,
+                "--interval",
+                "200ms",
+                "--run-dir",
+                run_dir,
+            ],
+        )
+    };
+    let mut agent = start();
     let until = Instant::now() + Duration::from_secs(20);
     let stop = Arc::new(AtomicBool::new(false));
     let server = echo_server(&link, until, Arc::clone(&stop));
@@ -155,19 +159,7 @@ fn a_site_model_is_learnt_from_live_traffic_validated_and_swapped_in() {
     assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stderr));
 
     // The next run scores with it from the start: no second learning phase.
-    let mut again = Agent::start(
-        &link.b,
-        &[
-            "run",
-            "--config",
-            config.to_str().expect("utf-8"),
-            "--no-pin",
-            "--iface",
-            Link::IFACE_B,
-            "--run-dir",
-            run_dir.to_str().expect("utf-8"),
-        ],
-    );
+    let mut again = start();
     again.wait_for("detecting", Duration::from_secs(10));
     let (exit, log) = again.stop();
     assert!(exit.success(), "{log}");
