@@ -323,6 +323,16 @@ impl std::fmt::Display for StatusReport {
                     },
                     if l.block_held { "; auto-block is a dry run until then" } else { "" }
                 )?,
+                (Some(l), crate::learn::Phase::Site) if l.ends_in_s.is_some() => writeln!(
+                    f,
+                    "model:    phase site, adapting: {} rows sampled; {}",
+                    l.sample_rows,
+                    if l.training {
+                        "retraining now".to_owned()
+                    } else {
+                        format!("next retraining in {:.0} s", l.ends_in_s.unwrap_or_default())
+                    }
+                )?,
                 (_, phase) => writeln!(f, "model:    phase {}", phase.name())?,
             }
             if let Some(why) = a.learn.as_ref().and_then(|l| l.last.as_ref()).and_then(|v| v.refused.as_ref()) {
@@ -393,4 +403,51 @@ pub fn format_rule(r: &RuleView) -> String {
         Origin::Auto => "auto",
     };
     format!("{:<43} {origin:<6} {:>10} drops  {state}", r.prefix.to_string(), r.drops)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::learn::{LearnStatus, Phase};
+
+    fn shown(phase: Phase, learn: LearnStatus) -> String {
+        let agent = AgentStatus { model_phase: phase, learn: Some(learn), ..AgentStatus::default() };
+        let report = StatusReport {
+            pin_dir: PathBuf::from("/sys/fs/bpf/vigil"),
+            attached: true,
+            agent_running: true,
+            agent: Some(agent),
+            counters: None,
+            rules: Vec::new(),
+            pins_problem: None,
+        };
+        report.to_string()
+    }
+
+    #[test]
+    fn status_shows_the_learning_progress_and_the_adapting_site_model() {
+        let learning = LearnStatus {
+            phase: Phase::Learning,
+            ends_in_s: Some(3600.0),
+            sample_rows: 1200,
+            holdout_rows: 130,
+            hours_covered: 5,
+            block_held: true,
+            ..LearnStatus::default()
+        };
+        let text = shown(Phase::Learning, learning);
+        assert!(
+            text.contains(
+                "learning: 1200 rows sampled (130 held back, 5 hours of the day); site model in 3600 s; auto-block is a \
+                 dry run until then"
+            ),
+            "{text}"
+        );
+        let adapting =
+            LearnStatus { phase: Phase::Site, ends_in_s: Some(60.0), sample_rows: 40, ..LearnStatus::default() };
+        let text = shown(Phase::Site, adapting);
+        assert!(text.contains("model:    phase site, adapting: 40 rows sampled; next retraining in 60 s"), "{text}");
+        let fixed = shown(Phase::Site, LearnStatus { phase: Phase::Site, ..LearnStatus::default() });
+        assert!(fixed.contains("model:    phase site\n"), "{fixed}");
+    }
 }
