@@ -70,3 +70,9 @@ pub fn rfc3339_millis(wall_ns: u64) -> String {
 pub fn rfc3339_micros(wall_ns: u64) -> String {
     humantime::format_rfc3339_micros(std::time::UNIX_EPOCH + std::time::Duration::from_nanos(wall_ns)).to_string()
 }
+
+/// The hour of day (UTC, 0-23) of a wall-clock time in ns since the epoch.
+#[must_use]
+pub fn utc_hour(wall_ns: u64) -> u8 {
+    u8::try_from(wall_ns / 3_600_000_000_000 % 24).unwrap_or(0)
+}

@@ -767,16 +767,11 @@ fn model_command(args: ModelCommandArgs) -> anyhow::Result<()> {
         }
         ModelAction::Show { site, name } => {
             let dir = site.resolve()?;
-            let wanted = name.strip_prefix("site-").unwrap_or(&name).to_ascii_lowercase();
+            let found = vigil::learn::store::find(&dir, &name)
+                .map_err(|e| anyhow::anyhow!("{}: {}", e.path.display(), e.error))?;
             let kept = vigil::learn::store::list(&dir);
-            let found: Vec<_> = kept
-                .iter()
-                .filter(|k| wanted.len() >= 6 && k.name.strip_prefix("site-").is_some_and(|h| h.starts_with(&wanted)))
-                .collect();
-            let [k] = found.as_slice() else {
-                anyhow::bail!("{} kept site models match {name:?} in {}", found.len(), dir.display());
-            };
-            println!("{}", serde_json::to_string_pretty(k)?);
+            let entry = kept.iter().find(|k| k.name == found).context("listed in history")?;
+            println!("{}", serde_json::to_string_pretty(entry)?);
         }
         ModelAction::Use { site, name } => {
             let dir = site.resolve()?;

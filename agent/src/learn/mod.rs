@@ -180,7 +180,7 @@ pub struct SiteModel {
 }
 
 /// How a trained model did against the rules.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Validation {
     pub rows: usize,
     pub hours: usize,
@@ -362,16 +362,7 @@ impl Learner {
             Ok(Some(saved)) => {
                 info!(model = name, "site model chosen by an operator (learn.dir/current changed)");
                 self.current = Some(saved.detector.clone());
-                let report = Validation {
-                    rows: 0,
-                    hours: 0,
-                    holdout_rows: 0,
-                    holdout_alert_rate: 0.0,
-                    current_alert_rate: None,
-                    drift: false,
-                    refused: None,
-                    train_seconds: 0.0,
-                };
+                let report = Validation::default();
                 Some(SiteModel { detector: saved.detector, sha256: saved.sha256, dir: Some(saved.path), report })
             }
             Ok(None) => None,
@@ -588,11 +579,7 @@ impl Job {
             rows: self.rows.nrows(),
             hours: self.hours,
             holdout_rows: self.holdout.nrows(),
-            holdout_alert_rate: 0.0,
-            current_alert_rate: None,
-            drift: false,
-            refused: None,
-            train_seconds: 0.0,
+            ..Validation::default()
         };
         let refuse = |mut report: Validation, why: String| {
             report.refused = Some(why);

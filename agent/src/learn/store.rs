@@ -34,7 +34,7 @@ pub(crate) fn save(
         sign::keygen(&key_dir)?;
     }
     let key = sign::SecretKey::read(&key_path)?;
-    let name = format!("site-{}", sha256.get(..12).unwrap_or(sha256));
+    let name = format!("site-{}", short(sha256));
     let out = dir.join(&name);
     bundle.write_dir(&out)?;
     crate::model::Bundle::sign_dir(&out, &key)?;
@@ -51,6 +51,12 @@ pub(crate) fn save(
     }
     crate::private_dir::write_file(dir, HISTORY, (history.join("\n") + "\n").as_bytes())?;
     Ok(out)
+}
+
+/// The first 12 hex digits of a sha256: a site model's directory name and how logs name it.
+#[must_use]
+pub fn short(sha256: &str) -> &str {
+    sha256.get(..12).unwrap_or(sha256)
 }
 
 /// The file under `learn.dir` listing the kept site models, oldest first.
@@ -129,33 +135,32 @@ pub fn list(dir: &Path) -> Vec<SiteEntry> {
 /// # Errors
 /// No such kept model, or it does not load.
 pub fn use_site(dir: &Path, name: &str) -> Result<String, SiteError> {
-    let kept = history(dir);
-    let wanted = name.strip_prefix("site-").unwrap_or(name).to_ascii_lowercase();
-    let matches: Vec<&String> = if wanted.len() >= 6 {
-        kept.iter().filter(|n| n.strip_prefix("site-").is_some_and(|h| h.starts_with(&wanted))).collect()
-    } else {
-        Vec::new()
-    };
-    let not_found = |message: String| SiteError {
-        path: dir.join(HISTORY),
-        error: crate::model::BundleError::Io {
-            path: dir.join(HISTORY),
-            source: std::io::Error::new(std::io::ErrorKind::NotFound, message),
-        },
-    };
-    let [found] = matches.as_slice() else {
-        return Err(not_found(format!(
-            "{} kept site models match {name:?} (give at least 6 hex digits of one listed by `vigil model list`)",
-            matches.len()
-        )));
-    };
-    let found = (*found).clone();
+    let found = find(dir, name)?;
     load(dir, &found)?;
-    crate::private_dir::write_file(dir, CURRENT, format!("{found}\n").as_bytes()).map_err(|source| SiteError {
-        path: dir.join(CURRENT),
-        error: crate::model::BundleError::Io { path: dir.join(CURRENT), source },
-    })?;
+    crate::private_dir::write_file(dir, CURRENT, format!("{found}\n").as_bytes())
+        .map_err(|source| SiteError::io(dir.join(CURRENT), source))?;
     Ok(found)
+}
+
+/// The kept site model `name` names: its directory name, or at least 6 hex digits of its
+/// sha256.
+///
+/// # Errors
+/// None or several kept models match.
+pub fn find(dir: &Path, name: &str) -> Result<String, SiteError> {
+    let wanted = name.strip_prefix("site-").unwrap_or(name).to_ascii_lowercase();
+    let mut matches: Vec<String> = history(dir)
+        .into_iter()
+        .filter(|n| wanted.len() >= 6 && n.strip_prefix("site-").is_some_and(|h| h.starts_with(&wanted)))
+        .collect();
+    if matches.len() == 1 {
+        return Ok(matches.remove(0));
+    }
+    let message = format!(
+        "{} kept site models match {name:?} (give at least 6 hex digits of one listed by `vigil model list`)",
+        matches.len()
+    );
+    Err(SiteError::io(dir.join(HISTORY), std::io::Error::new(std::io::ErrorKind::NotFound, message)))
 }
 
 /// Goes back to the site model kept before the one in use. Answers its name.
@@ -169,16 +174,8 @@ pub fn rollback(dir: &Path) -> Result<String, SiteError> {
     let previous = match at {
         Some(i) if i > 0 => kept[i - 1].clone(),
         _ => {
-            return Err(SiteError {
-                path: dir.join(HISTORY),
-                error: crate::model::BundleError::Io {
-                    path: dir.join(HISTORY),
-                    source: std::io::Error::new(
-                        std::io::ErrorKind::NotFound,
-                        format!("no site model kept before {current:?}"),
-                    ),
-                },
-            });
+            let message = format!("no site model kept before {current:?}");
+            return Err(SiteError::io(dir.join(HISTORY), std::io::Error::new(std::io::ErrorKind::NotFound, message)));
         }
     };
     use_site(dir, &previous)
@@ -210,6 +207,13 @@ pub struct SiteError {
     pub error: crate::model::BundleError,
 }
 
+impl SiteError {
+    /// A file of the store (`current`, `history`) that cannot be read, written or used.
+    fn io(path: PathBuf, source: std::io::Error) -> Self {
+        Self { error: crate::model::BundleError::Io { path: path.clone(), source }, path }
+    }
+}
+
 /// The file under `learn.dir` naming the site model in use; the next run loads it.
 pub const CURRENT: &str = "current";
 
@@ -228,14 +232,12 @@ pub fn current_site(dir: &Path) -> Result<Option<SavedSite>, SiteError> {
     let name = match std::fs::read_to_string(&current) {
         Ok(text) => text.trim().to_owned(),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => {
-            return Err(SiteError { path: current.clone(), error: BundleError::Io { path: current, source } });
-        }
+        Err(source) => return Err(SiteError::io(current, source)),
     };
     if !well_formed(&name) {
         let source =
             std::io::Error::new(std::io::ErrorKind::InvalidData, format!("names {name:?}, not site-<12 hex digits>"));
-        return Err(SiteError { path: current.clone(), error: BundleError::Io { path: current, source } });
+        return Err(SiteError::io(current, source));
     }
     let (bundle, path) = load(dir, &name)?;
     match bundle.detector(&Schema::flow()) {

@@ -35,17 +35,12 @@ use crate::{
     flows::{
         EndReason, HarvestReport, biflow::Conversation, harvest::Evictions, harvest::LiveFlow, output::FlowWriter,
     },
-    learn::{Learner, Phase, SiteModel},
+    learn::{Learner, Phase, SiteModel, store},
     metrics::Metrics,
     model::onnx::OnnxError,
     sensor::{DirectionCounters, PinState, SensorError},
     throttle::ThrottledLog,
 };
-
-/// The first 12 hex digits of a sha256, as in site model directory names.
-fn short(sha256: &str) -> &str {
-    sha256.get(..12).unwrap_or(sha256)
-}
 
 /// How often the agent logs a status line, so an operator sees the sensor working even
 /// without alerts; also the most often a failing output is logged.
@@ -181,7 +176,7 @@ struct AlertLog {
     recent: std::collections::VecDeque<RecentAlert>,
     /// Feedback already acted on (by alert id), and the file's state when last read.
     applied: std::collections::HashSet<String>,
-    stamp: Option<(std::time::SystemTime, u64)>,
+    stamp: Option<crate::model::files::Stamp>,
 }
 
 struct RecentAlert {
@@ -338,7 +333,7 @@ impl<F: FlowSource, K: SensorProbe> Agent<F, K> {
         };
         let flow = crate::learn::FeedbackFlow {
             source: top.record.src_ip,
-            hour: u8::try_from(now_wall_ns / 3_600_000_000_000 % 24).unwrap_or(0),
+            hour: clock::utc_hour(now_wall_ns),
             protocol: top.record.protocol,
             port: top.record.dst_port,
         };
@@ -353,13 +348,12 @@ impl<F: FlowSource, K: SensorProbe> Agent<F, K> {
     fn feedback(&mut self) {
         let Some(learner) = self.learner.as_mut() else { return };
         let dir = learner.dir().to_owned();
-        let path = dir.join(crate::learn::store::FEEDBACK);
-        let stamp = std::fs::metadata(&path).ok().and_then(|m| Some((m.modified().ok()?, m.len())));
+        let stamp = crate::model::files::stamp(&dir.join(store::FEEDBACK));
         if stamp.is_none() || stamp == self.alerts.stamp {
             return;
         }
         self.alerts.stamp = stamp;
-        let verdicts = match crate::learn::store::read_feedback(&dir) {
+        let verdicts = match store::read_feedback(&dir) {
             Ok(v) => v,
             Err(e) => {
                 warn!(error = e, "analyst feedback not read");
@@ -399,8 +393,7 @@ impl<F: FlowSource, K: SensorProbe> Agent<F, K> {
                 Decision::DestinationAlert(_) | Decision::Unblocked { .. } => None,
             })
             .collect();
-        let hour = u8::try_from(now_wall_ns / 3_600_000_000_000 % 24).unwrap_or(0);
-        learner.observe(flows, &acted_on, self.scorer.detector.thresholds.alert, hour);
+        learner.observe(flows, &acted_on, self.scorer.detector.thresholds.alert, clock::utc_hour(now_wall_ns));
         if let Some(site) = learner.operator_choice() {
             self.swap_in(site, now_wall_ns);
         }
@@ -449,7 +442,7 @@ impl<F: FlowSource, K: SensorProbe> Agent<F, K> {
             "site model swapped in: scoring with the model learnt on this host"
         );
         self.outputs.metrics.model_event("swap");
-        let message = format!("site model {} swapped in (was {})", short(&sha256), short(&previous));
+        let message = format!("site model {} swapped in (was {})", store::short(&sha256), store::short(&previous));
         let details = serde_json::json!({ "previous_sha256": previous, "validation": report });
         self.outputs.sinks.send(&self.outputs.observer.model_event("model-swap", &message, &details, now_wall_ns));
     }

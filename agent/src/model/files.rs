@@ -61,6 +61,17 @@ fn private(path: &Path, uid: u32, mode: u32, agent: u32) -> Result<(), FileError
     Ok(())
 }
 
+/// What tells a file changed without reading it: modified time, length, inode.
+pub type Stamp = (std::time::SystemTime, u64, u64);
+
+/// `path`'s [`Stamp`], if it exists.
+#[must_use]
+pub fn stamp(path: &Path) -> Option<Stamp> {
+    use std::os::unix::fs::MetadataExt as _;
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.modified().ok()?, meta.len(), meta.ino()))
+}
+
 /// Checks that `path` is a directory the access level allows.
 ///
 /// # Errors

@@ -202,8 +202,8 @@ impl RuleFile {
 /// The agent's view of the rules file: read again when it changes.
 pub struct Suppressions {
     path: PathBuf,
-    /// The file's (modified time, length, inode) when last read.
-    stamp: Option<(std::time::SystemTime, u64, u64)>,
+    /// The file's state when last read.
+    stamp: Option<crate::model::files::Stamp>,
     rules: Vec<Rule>,
     log: ThrottledLog,
     /// Alerts suppressed since start, per rule id.
@@ -223,7 +223,7 @@ impl Suppressions {
             log: ThrottledLog::new(crate::live::STATUS_EVERY),
             suppressed: std::collections::BTreeMap::new(),
         };
-        s.stamp = stamp(path);
+        s.stamp = crate::model::files::stamp(path);
         s.rules = RuleFile::read(path)?.rules;
         if !s.rules.is_empty() {
             info!(file = %path.display(), rules = s.rules.len(), "alert suppression rules loaded");
@@ -234,7 +234,7 @@ impl Suppressions {
     /// Reads the file again if it changed since the last read; keeps the old rules if it
     /// cannot be used.
     pub fn refresh(&mut self) {
-        let now = stamp(&self.path);
+        let now = crate::model::files::stamp(&self.path);
         if now == self.stamp {
             return;
         }
@@ -269,12 +269,6 @@ impl Suppressions {
     pub fn active(&self, now_ms: u64) -> usize {
         self.rules.iter().filter(|r| r.expires_ms > now_ms).count()
     }
-}
-
-fn stamp(path: &Path) -> Option<(std::time::SystemTime, u64, u64)> {
-    use std::os::unix::fs::MetadataExt as _;
-    let meta = std::fs::metadata(path).ok()?;
-    Some((meta.modified().ok()?, meta.len(), meta.ino()))
 }
 
 #[cfg(test)]
