@@ -6,7 +6,7 @@ use agent_common::flow::{FlowKey, FlowStats, PacketMeta, Segments};
 use proptest::prelude::*;
 use vigil::{
     clock::MonoToWall,
-    features::ContextWindow,
+    features::{ContextWindow, context::LONG_WINDOW},
     flows::{EndReason, FlowRecord},
 };
 
@@ -128,12 +128,21 @@ proptest! {
             prop_assert!((0.0..=1.0).contains(&c.dst_unanswered_share));
             prop_assert!(c.src_bytes_out >= r.bytes);
             prop_assert!(c.src_bytes_in >= back.as_ref().map_or(0, |b| b.bytes));
+            // The service and protocol counts include the flow; the long horizon holds at
+            // least what the short one does.
+            prop_assert!(c.svc_flows >= 1 && c.svc_flows <= c.src_flows);
+            prop_assert!(c.src_protocols >= 1 && c.src_protocols <= c.src_flows);
+            prop_assert!(c.long.svc_flows >= c.svc_flows);
+            prop_assert!(c.long.src_dst_hosts >= c.src_dst_hosts && c.long.src_dst_ports >= c.src_dst_ports);
+            prop_assert!(c.long.src_failed >= c.src_failed && c.long.dst_src_hosts >= c.dst_src_hosts);
+            prop_assert!(c.long.pair_ports >= 1 && c.long.pair_ports <= c.long.src_dst_ports);
+            prop_assert!(c.long.pair_failed <= c.long.src_failed);
             prop_assert!(ctx.len() <= cap);
             let (sources, destinations) = ctx.hosts();
             prop_assert!(sources <= ctx.len() && destinations <= ctx.len());
         }
-        // Past the window every flow has left, and with it every host's state.
-        ctx.advance(now + u64::try_from(window.as_nanos()).unwrap_or(u64::MAX) + 1);
+        // Past the long horizon every flow has left, and with it every host's state.
+        ctx.advance(now + u64::try_from(LONG_WINDOW.as_nanos()).unwrap_or(u64::MAX) + 1);
         prop_assert!(ctx.is_empty());
         prop_assert_eq!(ctx.hosts(), (0, 0));
         let lone = ctx.peek(&record(&flows[0], now));

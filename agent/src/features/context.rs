@@ -1,21 +1,27 @@
-//! Per-source and per-destination context over a sliding window of recent conversations.
+//! Per-source and per-destination context over sliding windows of recent conversations, at two
+//! horizons.
 //!
 //! Each conversation is an event at its first packet's time, with its initiator as the source
-//! and its responder as the destination. The window keeps the events of the last `window` of
-//! time and, incrementally, for every source: how many conversations it started, how many
-//! distinct hosts and ports it reached, how many went unanswered (nothing back, a SYN
-//! rejected, a half-open probe), and the bytes it sent and got back; for every destination: how
-//! many conversations and distinct sources reached it and how many of them failed. Adding and expiring an
-//! event are O(1) on average, and the event count is capped so memory is bounded under a flood.
+//! and its responder as the destination. The window keeps, incrementally, for every source: how
+//! many conversations it started, how many distinct hosts, ports and IP protocols it reached,
+//! how many conversations went to each service (responder address, port and protocol), how
+//! many went unanswered (nothing back, a SYN rejected, a half-open probe), and the bytes it sent
+//! and got back; for every destination: how many conversations and distinct sources reached it
+//! and how many of them failed. It does so twice over one queue of events: over the short
+//! window (`window`, 10 s by default: floods and fast scans) and over the long one
+//! ([`LONG_WINDOW`], 2 minutes: slow scans, sweeps and password guessing accumulate there).
+//! Adding and expiring an event are O(1) on average, and the event count is capped so memory is
+//! bounded under a flood (under such a load the long horizon holds less than its 2 minutes).
 //!
 //! Offline (training, replay, evaluation) the time is the capture's own clock, the records'
 //! first-packet times. Live, it is `CLOCK_MONOTONIC` ([`ContextWindow::observe_at`]): a wall
 //! clock stepped back would stop expiry and let the window fill to its cap.
 //!
-//! Memory: an event is 56 bytes; a host as a source about 80 bytes (a 16-byte address key, its
-//! counters, and its distinct hosts and ports kept inline while there is one of each), as a
-//! destination about 64, plus a hash table's slack. A spoofed flood, where every event has a
-//! source of its own, costs about 0.2 kB per event.
+//! Memory: an event is 64 bytes, kept once for both horizons; a host as a source about 150
+//! bytes per horizon (a 16-byte address key, its counters, and its distinct hosts, ports,
+//! protocols and services kept inline while there is one of each), as a destination about 64,
+//! plus a hash table's slack. A spoofed flood, where every event has a source of its own, costs
+//! about 0.5 kB per event.
 
 use std::{
     collections::{HashMap, VecDeque, hash_map::Entry},
@@ -30,6 +36,11 @@ use crate::flows::{FlowRecord, biflow::ConnState, record::addr_bytes as addr};
 
 /// Default window: long enough to gather a slow scan's attempts, short enough to follow change.
 pub const DEFAULT_WINDOW: Duration = Duration::from_secs(10);
+
+/// The long horizon: slow scans (one probe a second), sweeps and password guessing gather
+/// there. Part of the flow schema (`vigil-flow-v3`), so fixed rather than configured: a model
+/// scores features of the horizon it was trained with.
+pub const LONG_WINDOW: Duration = Duration::from_mins(2);
 
 /// Default cap on events kept in the window (oldest dropped first): the default flow table's
 /// size. `vigil run` caps at its flow table's size.
@@ -51,6 +62,26 @@ pub struct ContextStats {
     pub dst_src_hosts: u32,
     pub dst_unanswered_share: f64,
     pub dst_failed: u32,
+    /// Distinct IP protocols the source used.
+    pub src_protocols: u32,
+    /// Conversations of the source to this conversation's service (responder, port, protocol).
+    pub svc_flows: u32,
+    /// The same over the long horizon.
+    pub long: LongStats,
+}
+
+/// What the long horizon ([`LONG_WINDOW`]) says about a conversation's source and destination.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct LongStats {
+    pub src_dst_hosts: u32,
+    pub src_dst_ports: u32,
+    pub src_failed: u32,
+    pub svc_flows: u32,
+    pub dst_src_hosts: u32,
+    /// Distinct ports of the responder the initiator reached.
+    pub pair_ports: u32,
+    /// The initiator's failed TCP attempts to the responder.
+    pub pair_failed: u32,
 }
 
 /// An address as a 16-byte key (IPv4 as IPv4-mapped IPv6): smaller than `IpAddr` with its
@@ -65,6 +96,7 @@ struct Event {
     src: Addr,
     dst: Addr,
     dst_port: u16,
+    protocol: u8,
     attempt: bool,
     unanswered: bool,
 }
@@ -116,6 +148,21 @@ impl<T: Hash + Eq + Copy> Distinct<T> {
         }
     }
 
+    /// Occurrences of `v`.
+    fn count(&self, v: &T) -> u32 {
+        match self {
+            Self::Empty => 0,
+            Self::One(x, n) => {
+                if x == v {
+                    *n
+                } else {
+                    0
+                }
+            }
+            Self::Many(m) => m.get(v).copied().unwrap_or(0),
+        }
+    }
+
     #[expect(clippy::cast_possible_truncation, reason = "bounded by the event cap")]
     fn len(&self) -> u32 {
         match self {
@@ -136,7 +183,22 @@ struct SourceState {
     bytes_back: u64,
     dst_hosts: Distinct<Addr>,
     dst_ports: Distinct<u16>,
+    protocols: Distinct<u8>,
+    services: Distinct<Service>,
 }
+
+/// What the long horizon knows about an initiator and a responder together: a port scan of
+/// one host, slow or fast, is many ports (and failures) of one pair; peer-to-peer clients and
+/// sweeps reach many hosts, one port each.
+#[derive(Debug, Default)]
+struct PairState {
+    flows: u32,
+    unanswered: u32,
+    ports: Distinct<u16>,
+}
+
+/// A service as a source reaches it: responder address, port (ICMP: type and code), protocol.
+type Service = (Addr, u16, u8);
 
 /// What the window knows about a host as a destination; removed when its last flow leaves.
 #[derive(Debug, Default)]
@@ -151,18 +213,30 @@ struct DestState {
 /// tolerated: expiry follows the latest time seen).
 #[derive(Debug)]
 pub struct ContextWindow {
-    window_ns: u64,
     max_events: usize,
     latest_ns: u64,
+    /// The events of the long horizon; the short one counts a suffix of them.
     events: VecDeque<Event>,
     /// Sequence number the next event gets; the front event's is this minus the length.
     next_seq: u64,
+    short: Horizon,
+    long: Horizon,
+}
+
+/// The host state of one horizon over the events from `first_seq` on.
+#[derive(Debug)]
+struct Horizon {
+    window_ns: u64,
+    /// Sequence number of the oldest event counted here.
+    first_seq: u64,
     /// Host state in index maps: entries sit in one vector and the hash table holds 8-byte
     /// indexes. A hash map of the states themselves, churned by a flood (every cycle a table's
     /// worth of new sources in, as many out), fills with tombstones and doubles to four times
     /// its live entries: 21 MB instead of ~8 for 65,536 sources.
     sources: IndexMap<Addr, SourceState>,
     destinations: IndexMap<Addr, DestState>,
+    /// Per initiator and responder; kept by the long horizon only.
+    pairs: Option<IndexMap<(Addr, Addr), PairState>>,
 }
 
 /// Whether a conversation is a TCP attempt (its initiator sent a SYN).
@@ -206,14 +280,20 @@ impl ContextWindow {
     /// A window of the given length keeping at most `max_events` flows.
     #[must_use]
     pub fn with_capacity(window: Duration, max_events: usize) -> Self {
-        Self {
+        let horizon = |window, pairs: bool| Horizon {
             window_ns: crate::clock::duration_ns(window),
+            first_seq: 0,
+            sources: IndexMap::new(),
+            destinations: IndexMap::new(),
+            pairs: pairs.then(IndexMap::new),
+        };
+        Self {
             max_events: max_events.max(1),
             latest_ns: 0,
             events: VecDeque::new(),
             next_seq: 0,
-            sources: IndexMap::new(),
-            destinations: IndexMap::new(),
+            short: horizon(window, false),
+            long: horizon(window.max(LONG_WINDOW), true),
         }
     }
 
@@ -229,10 +309,10 @@ impl ContextWindow {
         self.events.is_empty()
     }
 
-    /// Hosts the window holds state for (as a source, as a destination).
+    /// Hosts the short window holds state for (as a source, as a destination).
     #[must_use]
     pub fn hosts(&self) -> (usize, usize) {
-        (self.sources.len(), self.destinations.len())
+        (self.short.sources.len(), self.short.destinations.len())
     }
 
     /// Adds the conversation of `orig` (the initiator's direction) and `resp` (the
@@ -253,6 +333,7 @@ impl ContextWindow {
             src: addr(orig.src_ip),
             dst: addr(orig.dst_ip),
             dst_port: orig.dst_port,
+            protocol: orig.protocol,
             attempt: attempt(orig),
             unanswered: unanswered(orig, resp),
             bytes_out: orig.bytes,
@@ -263,9 +344,16 @@ impl ContextWindow {
         while self.events.len() >= self.max_events
             && let Some(old) = self.events.pop_front()
         {
-            self.apply(old, false);
+            let seq = self.next_seq - self.events.len() as u64 - 1;
+            for h in [&mut self.short, &mut self.long] {
+                if h.first_seq <= seq {
+                    h.apply(old, false);
+                    h.first_seq = seq + 1;
+                }
+            }
         }
-        self.apply(event, true);
+        self.short.apply(event, true);
+        self.long.apply(event, true);
         self.events.push_back(event);
         self.next_seq += 1;
         self.stats_of(orig)
@@ -304,8 +392,12 @@ impl ContextWindow {
         if (new.attempt, new.unanswered, new.bytes_out, new.bytes_back)
             != (old.attempt, old.unanswered, old.bytes_out, old.bytes_back)
         {
-            self.apply(old, false);
-            self.apply(new, true);
+            for h in [&mut self.short, &mut self.long] {
+                if h.first_seq <= seq {
+                    h.apply(old, false);
+                    h.apply(new, true);
+                }
+            }
             self.events[at] = new;
         }
         true
@@ -328,14 +420,26 @@ impl ContextWindow {
         ctx.src_dst_ports = ctx.src_dst_ports.max(1);
         ctx.dst_flows = ctx.dst_flows.max(1);
         ctx.dst_src_hosts = ctx.dst_src_hosts.max(1);
+        ctx.src_protocols = ctx.src_protocols.max(1);
+        ctx.svc_flows = ctx.svc_flows.max(1);
+        ctx.long.src_dst_hosts = ctx.long.src_dst_hosts.max(1);
+        ctx.long.src_dst_ports = ctx.long.src_dst_ports.max(1);
+        ctx.long.svc_flows = ctx.long.svc_flows.max(1);
+        ctx.long.dst_src_hosts = ctx.long.dst_src_hosts.max(1);
+        ctx.long.pair_ports = ctx.long.pair_ports.max(1);
         ctx
     }
 
     fn stats_of(&self, r: &FlowRecord) -> ContextStats {
         let (src, dst) = (addr(r.src_ip), addr(r.dst_ip));
+        let service = (dst, r.dst_port, r.protocol);
         let (empty_src, empty_dst) = (SourceState::default(), DestState::default());
-        let out = self.sources.get(&src).unwrap_or(&empty_src);
-        let into = self.destinations.get(&dst).unwrap_or(&empty_dst);
+        let out = self.short.sources.get(&src).unwrap_or(&empty_src);
+        let into = self.short.destinations.get(&dst).unwrap_or(&empty_dst);
+        let long_out = self.long.sources.get(&src).unwrap_or(&empty_src);
+        let long_into = self.long.destinations.get(&dst).unwrap_or(&empty_dst);
+        let empty_pair = PairState::default();
+        let pair = self.long.pairs.as_ref().and_then(|p| p.get(&(src, dst))).unwrap_or(&empty_pair);
         ContextStats {
             src_flows: out.flows,
             src_dst_hosts: out.dst_hosts.len(),
@@ -348,38 +452,79 @@ impl ContextWindow {
             dst_src_hosts: into.src_hosts.len(),
             dst_unanswered_share: share(into.unanswered, into.attempts),
             dst_failed: into.unanswered,
+            src_protocols: out.protocols.len(),
+            svc_flows: out.services.count(&service),
+            long: LongStats {
+                src_dst_hosts: long_out.dst_hosts.len(),
+                src_dst_ports: long_out.dst_ports.len(),
+                src_failed: long_out.unanswered,
+                svc_flows: long_out.services.count(&service),
+                dst_src_hosts: long_into.src_hosts.len(),
+                pair_ports: pair.ports.len(),
+                pair_failed: pair.unanswered,
+            },
         }
     }
 
     fn expire(&mut self) {
-        let horizon = self.latest_ns.saturating_sub(self.window_ns);
-        while let Some(e) = self.events.front().copied() {
-            if e.at_ns >= horizon {
-                break;
+        for h in [&mut self.short, &mut self.long] {
+            let horizon = self.latest_ns.saturating_sub(h.window_ns);
+            let oldest = self.next_seq - self.events.len() as u64;
+            while h.first_seq < self.next_seq {
+                #[expect(clippy::cast_possible_truncation, reason = "an index into the queue")]
+                let e = self.events[(h.first_seq - oldest) as usize];
+                if e.at_ns >= horizon {
+                    break;
+                }
+                h.apply(e, false);
+                h.first_seq += 1;
             }
+        }
+        // The long horizon reaches at least as far back as the short one.
+        let keep_from = self.short.first_seq.min(self.long.first_seq);
+        while self.oldest_seq() < keep_from {
             self.events.pop_front();
-            self.apply(e, false);
         }
     }
+}
 
+impl Horizon {
     /// Adds (`add`) or removes an event's contribution.
     fn apply(&mut self, e: Event, add: bool) {
         let src = self.sources.entry(e.src).or_default();
         step(&mut src.flows, true, add);
         step(&mut src.attempts, e.attempt, add);
         step(&mut src.unanswered, e.unanswered, add);
+        let service = (e.dst, e.dst_port, e.protocol);
         if add {
             src.bytes_out += e.bytes_out;
             src.bytes_back += e.bytes_back;
             src.dst_hosts.add(e.dst);
             src.dst_ports.add(e.dst_port);
+            src.protocols.add(e.protocol);
+            src.services.add(service);
         } else {
             src.bytes_out = src.bytes_out.saturating_sub(e.bytes_out);
             src.bytes_back = src.bytes_back.saturating_sub(e.bytes_back);
             src.dst_hosts.remove(e.dst);
             src.dst_ports.remove(e.dst_port);
+            src.protocols.remove(e.protocol);
+            src.services.remove(service);
             if src.flows == 0 {
                 self.sources.swap_remove(&e.src);
+            }
+        }
+        if let Some(pairs) = &mut self.pairs {
+            let pair = pairs.entry((e.src, e.dst)).or_default();
+            step(&mut pair.flows, true, add);
+            step(&mut pair.unanswered, e.unanswered, add);
+            if add {
+                pair.ports.add(e.dst_port);
+            } else {
+                pair.ports.remove(e.dst_port);
+                if pair.flows == 0 {
+                    pairs.swap_remove(&(e.src, e.dst));
+                }
             }
         }
         let dst = self.destinations.entry(e.dst).or_default();
@@ -405,7 +550,7 @@ mod tests {
     #[test]
     fn event_and_host_sizes_match_the_memory_note() {
         assert_eq!(std::mem::size_of::<Event>(), 64);
-        assert!(std::mem::size_of::<SourceState>() <= 72, "{}", std::mem::size_of::<SourceState>());
+        assert!(std::mem::size_of::<SourceState>() <= 136, "{}", std::mem::size_of::<SourceState>());
         assert!(std::mem::size_of::<DestState>() <= 48, "{}", std::mem::size_of::<DestState>());
     }
 
@@ -469,8 +614,8 @@ mod tests {
         let ctx = w.peek(&done);
         assert_eq!((ctx.src_failed, ctx.src_bytes_in, ctx.src_flows), (0, 900, 1));
         assert_eq!(w.peek(&record(3, 2, 80, 2)).dst_failed, 1, "the other source's attempt still failed");
-        // Once its event left the window, there is nothing to revise.
-        w.advance(60_000_000_000);
+        // Once its event left the long horizon too, there is nothing to revise.
+        w.advance(200_000_000_000);
         assert!(!w.revise(seq, &done, Some(&back)));
         assert!(w.is_empty());
     }
@@ -504,11 +649,84 @@ mod tests {
         for i in 0..10 {
             w.observe(&record(1, 2, 80 + i, u64::from(i)), None);
         }
-        // 5 s later everything before is out of the window.
+        // 5 s later everything before is out of the short window; the long one keeps it.
         let ctx = w.observe(&record(1, 3, 80, 5000), None);
         assert_eq!((ctx.src_flows, ctx.src_dst_hosts, ctx.src_dst_ports), (1, 1, 1));
+        assert_eq!((ctx.long.src_dst_hosts, ctx.long.src_dst_ports), (2, 10));
+        assert_eq!(w.hosts(), (1, 1), "host 10.0.0.2 is gone from the short window");
+        // 3 minutes later from the long one too.
+        w.advance(185_000_000_000);
+        assert!(w.is_empty());
+        assert!(w.long.sources.is_empty() && w.long.destinations.is_empty());
+        assert!(w.long.pairs.as_ref().is_some_and(IndexMap::is_empty));
+    }
+
+    #[test]
+    fn the_long_horizon_gathers_a_slow_scan_the_short_one_forgets() {
+        // One refused probe every 2 s for 100 s: the 10 s window holds 5, the long one all 50.
+        let mut w = ContextWindow::new(Duration::from_secs(10));
+        let mut last = ContextStats::default();
+        for i in 0..50u16 {
+            let mut syn = record(1, 2, 1000 + i, u64::from(i) * 2000);
+            syn.tcp_flags = crate::flows::record::TcpFlagCounts { syn: 1, ..Default::default() };
+            last = w.observe(&syn, None);
+        }
+        // The short window holds the probes at 88, 90, ..., 98 s.
+        assert_eq!((last.src_dst_ports, last.src_failed), (6, 6));
+        assert_eq!((last.long.src_dst_ports, last.long.src_failed, last.long.src_dst_hosts), (50, 50, 1));
+        assert_eq!((last.long.pair_ports, last.long.pair_failed), (50, 50), "one host's ports");
+        assert_eq!(w.len(), 50, "events are kept for the long horizon");
+        assert_eq!(w.hosts(), (1, 1));
+        // 3 minutes later both horizons have forgotten it.
+        let ctx = w.observe(&record(1, 2, 80, 280_000), Some(&answer(1, 2, 80, 280_000)));
+        assert_eq!((ctx.src_dst_ports, ctx.long.src_dst_ports, ctx.long.src_failed), (1, 1, 0));
         assert_eq!(w.len(), 1);
-        assert_eq!(w.hosts(), (1, 1), "host 10.0.0.2 is gone");
+    }
+
+    #[test]
+    fn services_and_protocols_are_counted_per_source() {
+        let mut w = ContextWindow::new(Duration::from_secs(10));
+        // Password guessing: many sessions to one service; a sweep: one probe each to many hosts.
+        for i in 0..30u64 {
+            w.observe(&record(1, 2, 22, i * 100), Some(&answer(1, 2, 22, i * 100)));
+        }
+        let ctx = w.observe(&record(1, 2, 22, 3100), Some(&answer(1, 2, 22, 3100)));
+        assert_eq!((ctx.svc_flows, ctx.long.svc_flows, ctx.src_dst_ports, ctx.src_protocols), (31, 31, 1, 1));
+        // Another service of the same host is a service of its own.
+        let ctx = w.observe(&record(1, 2, 80, 3200), None);
+        assert_eq!((ctx.svc_flows, ctx.src_dst_ports), (1, 2));
+        // A protocol scan: the same host under many IP protocols.
+        let mut ctx = ContextStats::default();
+        for proto in 0..=40u8 {
+            let mut r = record(3, 2, 0, 4000);
+            r.protocol = proto;
+            ctx = w.observe(&r, None);
+        }
+        assert_eq!((ctx.src_protocols, ctx.svc_flows, ctx.src_dst_hosts), (41, 1, 1));
+        assert_eq!(ctx.long.dst_src_hosts, 2, "hosts 1 and 3 reached host 2");
+        // Host 1 reached two ports of host 2; host 3 reached one (port 0) under many protocols.
+        assert_eq!(w.peek(&record(1, 2, 22, 3300)).long.pair_ports, 2);
+        assert_eq!(ctx.long.pair_ports, 1);
+    }
+
+    #[test]
+    fn a_revision_reaches_both_horizons_and_the_cap_both_too() {
+        let mut w = ContextWindow::with_capacity(Duration::from_secs(10), 3);
+        let mut syn = record(1, 2, 80, 0);
+        syn.tcp_flags = crate::flows::record::TcpFlagCounts { syn: 1, ..Default::default() };
+        w.observe(&syn, None);
+        let seq = w.last_seq();
+        // 20 s later the event is out of the short horizon but still in the long one.
+        w.advance(20_000_000_000);
+        assert!(w.revise(seq, &record(1, 2, 80, 0), Some(&answer(1, 2, 80, 0))));
+        let ctx = w.peek(&record(1, 2, 80, 0));
+        assert_eq!((ctx.src_failed, ctx.long.src_failed, ctx.long.svc_flows), (0, 0, 1));
+        // The cap evicts from both horizons.
+        for i in 0..5u16 {
+            w.observe(&record(4, 5, i, 21_000), None);
+        }
+        assert_eq!(w.len(), 3);
+        assert!(w.long.sources.len() == 1 && w.short.sources.len() == 1, "only host 4 is left");
     }
 
     #[test]
@@ -518,7 +736,7 @@ mod tests {
             w.observe(&record((i % 250) as u8, 2, i, u64::from(i)), None);
         }
         assert_eq!(w.len(), 100);
-        assert!(w.sources.len() <= 100 && w.destinations.len() == 1);
+        assert!(w.long.sources.len() <= 100 && w.long.destinations.len() == 1);
         // Popped before pushed: the queue never held more than the cap.
         assert!(w.events.capacity() < 200, "capacity {}", w.events.capacity());
     }
@@ -556,11 +774,13 @@ mod tests {
         // Live: records carry wall times that may jump; the window runs on the given clock.
         let mut w = ContextWindow::new(Duration::from_secs(10));
         let s = 1_000_000_000;
-        for i in 0..100u16 {
+        let mut ctx = ContextStats::default();
+        for i in 0..200u16 {
             // Wall time goes back an hour halfway; the event clock keeps going.
-            let wall_ms = if i < 50 { 3_600_000 + u64::from(i) * 1000 } else { u64::from(i) * 1000 };
-            w.observe_at(&record(1, 2, i, wall_ms), None, u64::from(i) * s);
+            let wall_ms = if i < 100 { 3_600_000 + u64::from(i) * 1000 } else { u64::from(i) * 1000 };
+            ctx = w.observe_at(&record(1, 2, i, wall_ms), None, u64::from(i) * s);
         }
-        assert_eq!(w.len(), 11, "the last 10 s of the event clock, whatever the records say");
+        assert_eq!(ctx.src_flows, 11, "the last 10 s of the event clock, whatever the records say");
+        assert_eq!(w.len(), 121, "and the last 2 minutes");
     }
 }

@@ -49,14 +49,16 @@ pub struct FeatureSpec {
 /// An ordered list of features with a name that identifies the schema.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Schema {
-    /// `vigil-flow-v2` for conversations built by Vigil, `unsw-nb15` for the dataset mode.
+    /// `vigil-flow-v3` for conversations built by Vigil, `unsw-nb15` for the dataset mode.
     pub id: String,
     pub features: Vec<FeatureSpec>,
 }
 
 /// The id of the flow schema that `vigil run`, `replay`-based training and evaluation use.
-/// Version 2 describes conversations (both directions); version 1 described one direction.
-pub const FLOW_SCHEMA_ID: &str = "vigil-flow-v2";
+/// Version 3 adds the protocols and services a source reached and the long horizon (2
+/// minutes) of its context; version 2 described conversations (both directions) with a 10 s
+/// context; version 1 described one direction.
+pub const FLOW_SCHEMA_ID: &str = "vigil-flow-v3";
 
 impl Schema {
     /// The flow schema built from [`FLOW_FEATURES`].
@@ -86,6 +88,14 @@ impl Schema {
     #[must_use]
     pub fn is_empty(&self) -> bool {
         self.features.is_empty()
+    }
+
+    /// Columns of the features whose training range is a score of its own (see
+    /// `model::detector`): counts of one source's behaviour that stay small in benign traffic
+    /// of every kind. Only the flow schema has them.
+    pub fn ranged(&self) -> impl Iterator<Item = usize> + '_ {
+        let ranged: &[&str] = if self.id == FLOW_SCHEMA_ID { flow::RANGED_FEATURES } else { &[] };
+        self.names().enumerate().filter(move |(_, n)| ranged.contains(n)).map(|(j, _)| j)
     }
 
     /// Feature names in order.
@@ -159,11 +169,11 @@ mod tests {
     }
 
     #[test]
-    fn a_version_1_schema_is_refused_with_the_command_to_retrain() {
-        let mut v1 = Schema::flow();
-        v1.id = "vigil-flow-v1".into();
-        let msg = Schema::flow().mismatch(&v1).expect("differs");
-        assert!(msg.starts_with("schema `vigil-flow-v1` where `vigil-flow-v2` is expected"), "{msg}");
+    fn an_older_schema_is_refused_with_the_command_to_retrain() {
+        let mut v2 = Schema::flow();
+        v2.id = "vigil-flow-v2".into();
+        let msg = Schema::flow().mismatch(&v2).expect("differs");
+        assert!(msg.starts_with("schema `vigil-flow-v2` where `vigil-flow-v3` is expected"), "{msg}");
         assert!(msg.contains("vigil train --pcap"), "{msg}");
     }
 
