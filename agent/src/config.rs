@@ -127,7 +127,9 @@ pub struct AlertsSection {
     /// Alerts raised per harvest cycle at most (the rest wait a cycle).
     pub max_per_cycle: usize,
     /// Distinct anomalous flows one source needs in a window for a medium or high alert
-    /// (fewer make a low one), and flows above the block threshold it needs in a harvest
+    /// (fewer make a low one, unless one of them, of at least 100 packets, reaches the block
+    /// threshold on its own: that is a medium alert), and flows above the block threshold it
+    /// needs in a harvest
     /// cycle for the cycle to count towards a block. The per-flow threshold is calibrated on
     /// benign flows, so a lone anomalous flow is expected now and then; several from one
     /// source are evidence.

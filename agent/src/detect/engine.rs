@@ -184,6 +184,10 @@ impl Pending {
     }
 }
 
+/// Packets the initiator must have sent in a flow at or above the block threshold for that
+/// flow alone to make a medium alert.
+pub const CONCLUSIVE_PACKETS: u64 = 100;
+
 /// Distinct destinations/ports kept per pending alert at most (memory under a scan).
 const DISTINCT_CAP: usize = 65_536;
 
@@ -358,7 +362,12 @@ impl Engine {
             for &i in group {
                 let s = flows[i].score.combined;
                 if s >= alert {
-                    p.note(&flows[i].flow.record, promote_at);
+                    // One flow at the block threshold is evidence enough for an alert (a
+                    // flood of 10,000 packets in 0.1 s is one flow) if it is a substantial
+                    // flow: a spoofed flood's one-packet sources stay small candidates.
+                    let conclusive =
+                        s >= self.config.block_threshold && flows[i].flow.record.packets >= CONCLUSIVE_PACKETS;
+                    p.note(&flows[i].flow.record, if conclusive { 1 } else { promote_at });
                     if top.is_none_or(|t| s > flows[t].score.combined) {
                         top = Some(i);
                     }
@@ -380,11 +389,17 @@ impl Engine {
         }
     }
 
-    /// The severity a source's pending anomalies deserve.
+    /// The severity a source's pending anomalies deserve: fewer than `min_flows` anomalous
+    /// flows make a low alert, unless one of them, of at least [`CONCLUSIVE_PACKETS`]
+    /// packets, reaches the block threshold on its own.
     fn severity(&self, p: &Pending) -> Severity {
+        let top = p.promoted.as_ref().and_then(|f| f.top.as_ref());
+        let conclusive = top.is_some_and(|t| {
+            t.score.combined >= self.config.block_threshold && t.flow.record.packets >= CONCLUSIVE_PACKETS
+        });
         let top = p.top_score().unwrap_or(f32::MIN);
         if p.anomalous < self.config.min_flows {
-            Severity::Low
+            if conclusive { Severity::Medium } else { Severity::Low }
         } else if top >= self.config.block_threshold {
             Severity::High
         } else {

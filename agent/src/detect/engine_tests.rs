@@ -79,7 +79,7 @@ fn flow(src: &str, dst: &str, port: u16, combined: f32, mono_ns: u64) -> ScoredF
     (r.first_seen_ns, r.last_seen_ns) = (mono_ns, mono_ns + 1000);
     ScoredFlow {
         flow: LiveFlow { record: r, back: None, new: true, first_mono_ns: mono_ns },
-        score: Score { iforest: 0.7, autoencoder: 2.0, combined },
+        score: Score { iforest: 0.7, autoencoder: 2.0, range: 0.0, combined },
         evidence: Evidence::default(),
     }
 }
@@ -163,6 +163,34 @@ fn fewer_than_min_flows_is_low_counted_not_sent_and_let_go_after_a_window() {
     assert!(b.cycles(10, &[]).is_empty());
     assert_eq!(b.engine.stats.alerts_suppressed, 1);
     assert!(b.engine.sources.is_empty(), "forgotten");
+}
+
+#[test]
+fn one_flow_at_the_block_threshold_is_alerted_on_its_own_but_never_blocked() {
+    // A flood of 10,000 packets in 0.1 s is one flow: fewer than min_flows, yet beyond doubt.
+    let mut cfg = config(ALERT);
+    cfg.block_mode = BlockMode::Enforce;
+    let mut b = Bench::new(cfg);
+    let flood = |src: &str, score: f32, packets: u64, now: u64| {
+        let mut f = flow(src, "10.0.0.2", 0, score, now);
+        f.flow.record.packets = packets;
+        f
+    };
+    let decisions = b.cycle(&[flood("10.9.9.9", ALERT + 0.6, 10_000, b.now)]);
+    let [Decision::SourceAlert(a)] = decisions.as_slice() else { panic!("{decisions:#?}") };
+    assert_eq!((a.severity, a.anomalous_flows), (Severity::Medium, 1));
+    // Just under the block threshold, one flow stays a low alert, counted and not sent.
+    let decisions = b.cycle(&[flood("10.9.9.8", ALERT + 0.4, 10_000, b.now)]);
+    assert!(decisions.is_empty(), "{decisions:#?}");
+    // So does a one-packet flow (a spoofed flood's source), however high it scores.
+    let decisions = b.cycle(&[flood("10.9.9.7", ALERT + 5.0, 1, b.now)]);
+    assert!(decisions.is_empty(), "{decisions:#?}");
+    assert!(b.engine.sources[&ip("10.9.9.7")].pending.promoted.is_none(), "stays a small candidate");
+    // The lone flow goes on for cycles: it is never blocked (blocking needs min_flows).
+    for _ in 0..5 {
+        let decisions = b.cycle(&[flood("10.9.9.9", ALERT + 0.6, 10_000, b.now)]);
+        assert!(blocks(&decisions).is_empty(), "{decisions:#?}");
+    }
 }
 
 #[test]
@@ -555,7 +583,7 @@ fn alert_cycles(step_s: i64) -> (Vec<u32>, Vec<u32>) {
         let mono = mono0 + u64::from(cycle) * S;
         let step = if cycle > 3 { step_s * 1_000_000_000 } else { 0 };
         let wall = (wall0 + u64::from(cycle) * S).saturating_add_signed(step);
-        let score = Score { iforest: 0.9, autoencoder: 1.0, combined: alert + 0.1 };
+        let score = Score { iforest: 0.9, autoencoder: 1.0, range: 0.0, combined: alert + 0.1 };
         let flows = cycle_flows(cycle, wall - S / 2, mono - S / 2, score);
         let decisions = engine.decide(mono, &flows, &detector, None).expect("cycle");
         for d in &decisions {
@@ -593,7 +621,7 @@ fn destination_state_is_bounded_under_a_spread_flood() {
     let detector = detector();
     let alert = detector.thresholds.alert;
     let mut engine = Engine::new(config(alert));
-    let score = Score { iforest: 0.9, autoencoder: 1.0, combined: alert + 0.1 };
+    let score = Score { iforest: 0.9, autoencoder: 1.0, range: 0.0, combined: alert + 0.1 };
     let mut flows = Vec::new();
     for d in 0..64u32 {
         for k in 0..5_000u32 {
@@ -628,7 +656,7 @@ fn alert_counts_survive_promotion() {
     let detector = detector();
     let alert = detector.thresholds.alert;
     let mut engine = Engine::new(config(alert));
-    let low = Score { iforest: 0.9, autoencoder: 1.0, combined: alert + 0.1 };
+    let low = Score { iforest: 0.9, autoencoder: 1.0, range: 0.0, combined: alert + 0.1 };
     let high = Score { combined: alert + 2.0, ..low };
     let mut decisions = Vec::new();
     // Two anomalous flows in one cycle (a candidate), a third and its repeat in the next.

@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::{
-    detector::{Combine, Detector, DetectorError, Scaler, Thresholds},
+    detector::{Combine, Detector, DetectorError, FeatureRange, Scaler, Thresholds},
     files::{self, Access, FileError},
     iforest::{ForestError, IsolationForest},
     onnx::OnnxScorer,
@@ -64,6 +64,9 @@ pub struct Manifest {
     /// Median raw value of each feature in the training data (explanations compare to it).
     pub baseline: Vec<f32>,
     pub combine: Combine,
+    /// Each scaled feature's training range (the third score; absent: none).
+    #[serde(default)]
+    pub range: FeatureRange,
     pub thresholds: Thresholds,
     /// What the models were trained on and how (free-form, for people).
     pub training: serde_json::Value,
@@ -353,15 +356,17 @@ impl Bundle {
         let width = expected.len();
         let autoencoder = OnnxScorer::load(&self.autoencoder, width)?;
         let m = &self.manifest;
-        let detector = Detector {
+        let mut detector = Detector {
             schema: m.schema.clone(),
             scaler: m.scaler.clone(),
             baseline: m.baseline.clone(),
             forest,
             autoencoder,
             combine: m.combine,
+            range: m.range.clone(),
             thresholds: m.thresholds,
         };
+        detector.range.resolve(&detector.schema)?;
         detector.check()?;
         Ok(detector)
     }

@@ -92,9 +92,9 @@ fn thresholds_out_of_the_score_range_are_refused() {
     let e = refused(|m| m.thresholds.alert = -1.0);
     assert!(e.starts_with("thresholds.alert is -1; it must be a finite number in [0, "), "{e}");
     // Within f32 but above what the models can give a flow: the forest's highest possible
-    // score and a reconstruction error of 10⁶ both stay below it.
-    let e = refused(|m| m.thresholds.alert = 200.0);
-    assert!(e.starts_with("thresholds.alert is 200;"), "{e}");
+    // score, a reconstruction error of 10⁶ and the range's bound (256) all stay below it.
+    let e = refused(|m| m.thresholds.alert = 300.0);
+    assert!(e.starts_with("thresholds.alert is 300;"), "{e}");
     let e = refused(|m| m.thresholds.block = m.thresholds.alert - 1.0);
     assert!(e.starts_with("thresholds.block is ") && e.contains("at or above the alert threshold"), "{e}");
     let e = refused(|m| m.thresholds.target_fpr = 0.7);
@@ -172,7 +172,24 @@ fn an_identity_autoencoder_is_refused() {
     // A model of another width.
     let narrow = identity(5);
     let e = refused_with(&forest(), onnx::export(&narrow, "narrow"));
-    assert!(e.starts_with("autoencoder.onnx: the model's input is 5 features wide, the schema has 48"), "{e}");
+    let expected = format!("autoencoder.onnx: the model's input is 5 features wide, the schema has {width}");
+    assert!(e.starts_with(&expected), "{e}");
+}
+
+#[test]
+fn a_range_that_does_not_fit_the_schema_or_itself_is_refused() {
+    let e = refused(|m| m.range.features[0] = "bogus".into());
+    assert!(e.contains("range.features is `bogus`; it must be a feature of the schema"), "{e}");
+    let e = refused(|m| {
+        m.range.max.pop();
+    });
+    assert!(e.contains("one maximum per feature"), "{e}");
+    let e = refused(|m| m.range.max[0] = -1.0);
+    assert!(e.starts_with("range.max[0] (src_protocols) is -1;"), "{e}");
+    let e = refused(|m| m.range.max[1] = 1e6);
+    assert!(e.starts_with("range.max[1] (svc_flows) is 1e6;"), "{e}");
+    let e = refused(|m| m.range.unit = 0.0);
+    assert!(e.starts_with("range.unit is 0;"), "{e}");
 }
 
 #[test]

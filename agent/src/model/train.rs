@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use super::{
     autoencoder::{Autoencoder, AutoencoderParams, TrainReport},
     bundle::{Bundle, FORMAT_VERSION, Manifest},
-    detector::{Combine, Detector, Norm, Scaler, Thresholds, log_reconstruction_error, quantile},
+    detector::{Combine, Detector, FeatureRange, Norm, Scaler, Thresholds, log_reconstruction_error, quantile},
     iforest::{ForestParams, IsolationForest},
     onnx::{self, OnnxError, OnnxScorer},
 };
@@ -102,6 +102,7 @@ pub fn train(
     let mut fit = fit_raw.clone();
     schema.transform(&mut fit);
     let scaler = Scaler::fit(fit.view());
+    let range = FeatureRange::fit(schema, fit.view());
     scaler.apply(&mut fit);
     let baseline: Vec<f32> = fit_raw.columns().into_iter().map(|c| quantile(&c.to_vec(), 0.5)).collect();
 
@@ -131,13 +132,15 @@ pub fn train(
         forest,
         autoencoder: scorer,
         combine: placeholder,
+        range,
         thresholds: Thresholds { target_fpr: config.target_fpr, alert: f32::INFINITY, block: f32::INFINITY },
     };
     let cal_scores = detector.score(cal_raw.view())?;
     let forest_values: Vec<f32> = cal_scores.iter().map(|s| s.iforest).collect();
     let log_errors: Vec<f32> = cal_scores.iter().map(|s| log_reconstruction_error(s.autoencoder)).collect();
     detector.combine = Combine { iforest: Norm::fit(&forest_values), autoencoder: Norm::fit(&log_errors) };
-    let combined: Vec<f32> = cal_scores.iter().map(|s| detector.combine.score(s.iforest, s.autoencoder)).collect();
+    let combined: Vec<f32> =
+        cal_scores.iter().map(|s| detector.combine.score(s.iforest, s.autoencoder).max(s.range)).collect();
     let alert = quantile(&combined, 1.0 - config.target_fpr);
     detector.thresholds = Thresholds { target_fpr: config.target_fpr, alert, block: alert + BLOCK_MARGIN };
 
@@ -148,6 +151,7 @@ pub fn train(
         scaler: detector.scaler.clone(),
         baseline: detector.baseline.clone(),
         combine: detector.combine,
+        range: detector.range.clone(),
         thresholds: detector.thresholds,
         training: serde_json::json!({
             "data": summary,
