@@ -328,11 +328,21 @@ struct TrainArgs {
     /// training one: input `[batch, features]` of scaled features, output their reconstruction.
     #[arg(long, value_name = "FILE")]
     autoencoder: Option<PathBuf>,
+    /// At most this share of the training conversations comes from any one file (a random
+    /// sample of a larger file's, by the seed): one long capture of one application does not
+    /// define normal for all. 1 keeps everything.
+    #[arg(long, default_value_t = 1.0, value_parser = parse_share)]
+    max_file_share: f64,
     #[command(flatten)]
     timing: TimingArgs,
     /// Do not show a progress bar.
     #[arg(long)]
     no_progress: bool,
+}
+
+fn parse_share(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|e| format!("{e}"))?;
+    if v > 0.0 && v <= 1.0 { Ok(v) } else { Err(format!("{v} is not in (0, 1]")) }
 }
 
 /// Model and training settings.
@@ -451,9 +461,22 @@ struct ReplayArgs {
     /// Capture files (pcap or pcapng; Ethernet, Linux cooked SLL/SLL2 or raw IP).
     #[arg(required = true, value_name = "FILE")]
     files: Vec<PathBuf>,
-    /// Where flow records go as JSON lines (appended), `-` for standard output.
-    #[arg(long, value_name = "FILE", default_value = "-")]
-    flows_out: PathBuf,
+    /// Where flow records go as JSON lines (appended), `-` for standard output [default: `-`,
+    /// none with `--features-out`].
+    #[arg(long, value_name = "FILE")]
+    flows_out: Option<PathBuf>,
+    /// Also write what the model sees: one CSV row per conversation (its file, initiator,
+    /// responder, protocol and first packet time, then every feature of the schema, raw) to
+    /// FILE, `-` for standard output.
+    #[arg(long, value_name = "FILE")]
+    features_out: Option<PathBuf>,
+    /// With `--features-out`: score each conversation with this bundle (a directory, or
+    /// `default` for the built-in one) and add its scores and the alert threshold.
+    #[arg(long, value_name = "DIR", requires = "features_out")]
+    model: Option<PathBuf>,
+    /// With `--features-out`: the per-source context window.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    window: Duration,
     #[command(flatten)]
     timing: TimingArgs,
     /// Do not show a progress bar.
@@ -678,15 +701,27 @@ fn main() -> ExitCode {
 }
 
 fn replay_command(args: ReplayArgs) -> anyhow::Result<()> {
-    let config = ReplayConfig {
-        files: args.files,
-        flows_out: args.flows_out,
-        harvest: args.timing.harvest_config()?,
-        interval: args.timing.interval,
-        progress: !args.no_progress && std::io::IsTerminal::is_terminal(&std::io::stderr()),
-    };
-    let totals = replay::replay(&config)?;
-    tracing::info!(packets = totals.packets, malformed = totals.malformed, records = totals.records, "replay done");
+    let progress = !args.no_progress && std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let harvest = args.timing.harvest_config()?;
+    let flows_out = args.flows_out.or_else(|| args.features_out.is_none().then(|| PathBuf::from("-")));
+    if let Some(flows_out) = flows_out {
+        let config =
+            ReplayConfig { files: args.files.clone(), flows_out, harvest, interval: args.timing.interval, progress };
+        let totals = replay::replay(&config)?;
+        tracing::info!(packets = totals.packets, malformed = totals.malformed, records = totals.records, "replay done");
+    }
+    if let Some(out) = args.features_out {
+        // The model is checked before the captures are read.
+        let detector = args.model.as_deref().map(|m| Bundle::load(m)?.detector(&Schema::flow())).transpose()?;
+        let data = FlowDataset::from_captures(&args.files, harvest, args.timing.interval, args.window, progress)?;
+        let writer: Box<dyn std::io::Write> = if out.as_os_str() == "-" {
+            Box::new(std::io::stdout().lock())
+        } else {
+            Box::new(std::fs::File::create(&out).with_context(|| format!("creating {}", out.display()))?)
+        };
+        let rows = data.write_features(std::io::BufWriter::new(writer), detector.as_ref())?;
+        tracing::info!(rows, out = %out.display(), "features written");
+    }
     Ok(())
 }
 
@@ -951,6 +986,18 @@ fn train_command(args: TrainArgs) -> anyhow::Result<()> {
             &args.input.pcap,
         )
     };
+    let mut data = data;
+    if args.max_file_share < 1.0 {
+        #[expect(
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss,
+            clippy::cast_precision_loss,
+            reason = "row counts"
+        )]
+        let cap = ((data.len() as f64 * args.max_file_share).ceil() as usize).max(1);
+        let dropped = data.cap_per_file(cap, config.seed);
+        tracing::info!(cap, dropped, "conversations per file capped");
+    }
     tracing::info!(flows = data.len(), files = sources.len(), "training data");
     let files: Vec<String> = sources.iter().map(|p| p.display().to_string()).collect();
     let per_file: Vec<usize> =
@@ -960,6 +1007,7 @@ fn train_command(args: TrainArgs) -> anyhow::Result<()> {
         "files": files,
         "flows_per_file": per_file,
         "flows": data.len(),
+        "max_file_share": args.max_file_share,
         "context_window": humantime::format_duration(args.model.window).to_string(),
         "idle_timeout": humantime::format_duration(args.timing.idle_timeout).to_string(),
         "active_timeout": humantime::format_duration(args.timing.active_timeout).to_string(),

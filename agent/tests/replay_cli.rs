@@ -189,3 +189,60 @@ fn eval_finds_a_bare_labels_file_in_the_current_directory() {
     assert!(status.success(), "{log}");
     assert!(dir.path().join("report").is_dir(), "{log}");
 }
+
+#[test]
+fn features_out_writes_what_the_model_sees_with_its_scores() {
+    let dir = TempDir::new("replay");
+    let out = dir.path().join("rows.csv");
+    let scan = pcap("attack/synscan.pcapng");
+    let (status, log) =
+        replay(&[scan.to_str().unwrap(), "--features-out", out.to_str().unwrap(), "--model", "default"]);
+    assert!(status.success(), "{log}");
+    let text = std::fs::read_to_string(&out).expect("rows written");
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().expect("a header").split(',').collect();
+    let schema = vigil::features::Schema::flow();
+    assert_eq!(
+        header[..11],
+        [
+            "file",
+            "orig_ip",
+            "orig_port",
+            "resp_ip",
+            "resp_port",
+            "protocol",
+            "first_seen_ns",
+            "score",
+            "iforest",
+            "autoencoder",
+            "alert_threshold"
+        ]
+    );
+    assert_eq!(header[11..].to_vec(), schema.names().collect::<Vec<_>>());
+    let rows: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
+    assert!(rows.len() > 100, "{} conversations", rows.len());
+    let column = |name: &str| header.iter().position(|h| *h == name).expect("column");
+    let value = |row: &Vec<&str>, name: &str| -> f64 { row[column(name)].parse().expect("a number") };
+    // The scan's last probes see many ports of one host and score above the threshold.
+    let ports = rows.iter().map(|r| value(r, "pair_ports_long")).fold(0.0, f64::max);
+    assert!(ports > 100.0, "{ports}");
+    assert!(rows.iter().any(|r| value(r, "score") > value(r, "alert_threshold")));
+    assert!(rows.iter().all(|r| r.len() == header.len()));
+}
+
+#[test]
+fn a_bad_model_for_features_out_is_named_before_the_capture_is_read() {
+    let dir = TempDir::new("replay");
+    let out = dir.path().join("rows.csv");
+    let missing = dir.path().join("no-such-bundle");
+    let (status, log) = replay(&[
+        pcap("benign/dns_lab.pcapng").to_str().unwrap(),
+        "--features-out",
+        out.to_str().unwrap(),
+        "--model",
+        missing.to_str().unwrap(),
+    ]);
+    assert!(!status.success());
+    assert!(log.contains("no-such-bundle"), "{log}");
+    assert!(!out.exists(), "nothing written");
+}

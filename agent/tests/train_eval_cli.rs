@@ -133,9 +133,11 @@ fn train_writes_a_bundle_that_eval_can_use() {
 #[test]
 fn bad_input_is_named_and_fails() {
     let dir = TempDir::new("train-bad");
-    let cases: [(&[&str], &str); 4] = [
+    let cases: [(&[&str], &str); 6] = [
         (&["train", "--pcap", "/nonexistent.pcap", "--out", "/tmp/x"], "/nonexistent.pcap"),
         (&["train", "--pcap", "x.pcap", "--out", "/tmp/x", "--target-fpr", "2"], "--target-fpr"),
+        (&["train", "--pcap", "x.pcap", "--out", "/tmp/x", "--max-file-share", "0"], "0 is not in (0, 1]"),
+        (&["train", "--pcap", "x.pcap", "--out", "/tmp/x", "--max-file-share", "1.5"], "--max-file-share"),
         (&["eval", "captures", "--labels", "/nonexistent/labels.json"], "/nonexistent/labels.json"),
         (
             &["eval", "captures", "--labels", "/dev/null", "--model", "/nonexistent-bundle"],
