@@ -27,10 +27,11 @@ fn default_bundle_is_reproduced_by_its_recorded_command() {
         .map(|f| f.as_str().expect("a path").to_owned())
         .collect();
     assert_eq!(files.len(), 133, "every benign capture of pcaps/ and corpus/");
+    let share = bundle.manifest.training["data"]["max_file_share"].as_f64().expect("the manifest records the file cap");
     let out = TempDir::new("default-model");
     let status = Command::new(vigil_bin())
         .current_dir(&root)
-        .args(["train", "--no-progress", "--out"])
+        .args(["train", "--no-progress", "--max-file-share", &share.to_string(), "--out"])
         .arg(out.path())
         .arg("--pcap")
         .args(&files)
@@ -46,6 +47,7 @@ fn default_bundle_is_reproduced_by_its_recorded_command() {
     assert_eq!(m.schema, r.schema);
     assert_eq!(m.scaler, r.scaler);
     assert_eq!(m.baseline, r.baseline);
+    assert_eq!(m.range, r.range);
     assert_eq!(m.training["data"], r.training["data"]);
     let close = |x: f32, y: f32| (x - y).abs() <= 1e-3 * x.abs().max(1.0);
     assert!(close(m.thresholds.alert, r.thresholds.alert), "{:?} vs {:?}", m.thresholds, r.thresholds);

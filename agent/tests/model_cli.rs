@@ -34,7 +34,7 @@ fn keygen_sign_verify_round_trip_and_tampering() {
     let (code, stdout, stderr) = vigil(&["model", "sign", "--key", s(&secret), s(&bundle)]);
     assert_eq!(code, 0, "{stderr}");
     assert!(bundle.join("manifest.sig").is_file(), "{stdout}");
-    let manifest_sha = "35ba997e5768a1ad33dd9a825b2be3d0695a7167ceaf528767470f885d011c4e";
+    let manifest_sha = "18ccabd88bd3d69934f0eb8358a6da69dae3afff68f9904688189ecce6a818dd";
     for key in [s(&public), hex.as_str()] {
         let (code, stdout, stderr) = vigil(&["model", "verify", "--key", key, s(&bundle)]);
         assert_eq!(code, 0, "{stderr}");
