@@ -19,12 +19,14 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 /// 0.13.2 builds with the installed stable toolchain and runs with nightly.
 const CARGO_FUZZ_VERSION: &str = "0.13.2";
 /// What the privileged tests and benchmarks use from the system.
-const TEST_PACKAGES: [(&str, &str); 9] = [
+const TEST_PACKAGES: [(&str, &str); 11] = [
     ("ip", "iproute2"),
     ("ethtool", "ethtool"),
     ("nsenter", "util-linux"),
     ("hping3", "hping3"),
     ("nmap", "nmap"),
+    ("hydra", "hydra"),
+    ("slowhttptest", "slowhttptest"),
     ("iperf3", "iperf3"),
     ("dig", "dnsutils"),
     ("curl", "curl"),

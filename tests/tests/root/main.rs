@@ -11,6 +11,7 @@
 //!
 //! `cargo xtask test` runs them after the host tests. How to add one: tests/README.md.
 
+mod behaviour_live;
 mod blocklist_live;
 mod egress;
 mod egress_live;
