@@ -193,23 +193,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     let hostname = nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default();
     let thresholds = detector.thresholds;
     let block_threshold = thresholds.alert + config.block.margin;
-    let engine = Engine::new(EngineConfig {
-        alert_window: config.alerts.window.0,
-        top_features: config.detection.top_features,
-        max_alerts_per_cycle: config.alerts.max_per_cycle,
-        min_flows: config.alerts.min_flows,
-        min_sources: config.alerts.min_sources,
-        min_severity: config.alerts.min_severity,
-        max_sources: config.alerts.max_sources,
-        block_mode: config.block.mode,
-        consecutive: config.block.consecutive,
-        alert_threshold: thresholds.alert,
-        block_threshold,
-        ttl: config.block.ttl.0,
-        max_rules: config.block.max_rules,
-        max_new_per_minute: config.block.max_new_per_minute,
-        allowlist,
-    });
+    let engine = Engine::new(EngineConfig::from_config(&config, thresholds.alert, allowlist));
     let observer = Observer {
         hostname,
         iface: iface.clone(),

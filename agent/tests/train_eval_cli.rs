@@ -51,6 +51,21 @@ fn eval_on_labelled_captures_writes_json_and_picture() {
         "an SVG with the three panels"
     );
     assert!(stdout.contains("ROC-AUC"), "a summary on stdout: {stdout}");
+    // Per capture, through the live alert grouping: the held-out benign captures and every
+    // attack capture, each attack capture's attacker alerted or not.
+    let attackers = &report["attackers"];
+    let played = attackers["captures"].as_array().expect("captures played");
+    let attack_files = played.iter().filter(|c| c["kind"] != "benign").count();
+    assert_eq!(attack_files, 5, "every attack capture");
+    let benign_files = played.iter().filter(|c| c["kind"] == "benign").count();
+    assert!(benign_files > 0 && benign_files < 14, "only held-out benign captures: {benign_files}");
+    let syn_scan = played.iter().find(|c| c["file"] == "attack/synscan.pcapng").expect("the SYN scan");
+    assert_eq!(syn_scan["alerted"], true, "{syn_scan:#}");
+    assert!(syn_scan["seconds_to_alert"].as_f64().is_some_and(|t| (0.0..5.0).contains(&t)), "{syn_scan:#}");
+    let benign_conversations: u64 =
+        played.iter().filter(|c| c["kind"] == "benign").map(|c| c["conversations"].as_u64().expect("n")).sum();
+    assert_eq!(attackers["benign_conversations"].as_u64(), Some(benign_conversations));
+    assert!(stdout.contains("attackers alerted"), "{stdout}");
     // Split by capture file by default: no benign file on both sides. By conversation on
     // request, and then the training set is half the benign conversations.
     let protocol = report["protocol"].as_str().expect("protocol");
@@ -71,6 +86,7 @@ fn eval_on_labelled_captures_writes_json_and_picture() {
     assert!(status.success(), "{stderr}");
     let by_flow = read_json(&flow_dir.join("captures.json"));
     assert!(by_flow["protocol"].as_str().is_some_and(|p| p.starts_with("split by conversations")), "{by_flow:#}");
+    assert!(by_flow.get("attackers").is_none(), "no per-capture report when files are split across sides");
     let benign_total = by_flow["train_rows"].as_u64().expect("n") + by_flow["test_benign"].as_u64().expect("n");
     assert_eq!(by_flow["train_rows"].as_u64(), Some(benign_total.div_ceil(2)), "half the conversations");
     assert_ne!(by_file_train, by_flow["train_rows"].as_u64().expect("n"), "whole files, not half the conversations");

@@ -86,6 +86,31 @@ pub struct EngineConfig {
     pub allowlist: Allowlist,
 }
 
+impl EngineConfig {
+    /// The settings of `config`'s `[alerts]` and `[block]` sections for a model whose alert
+    /// threshold is `alert_threshold` (the block threshold is `block.margin` above it).
+    #[must_use]
+    pub fn from_config(config: &crate::config::Config, alert_threshold: f32, allowlist: Allowlist) -> Self {
+        Self {
+            alert_window: config.alerts.window.0,
+            top_features: config.detection.top_features,
+            max_alerts_per_cycle: config.alerts.max_per_cycle,
+            min_flows: config.alerts.min_flows,
+            min_sources: config.alerts.min_sources,
+            min_severity: config.alerts.min_severity,
+            max_sources: config.alerts.max_sources,
+            block_mode: config.block.mode,
+            consecutive: config.block.consecutive,
+            alert_threshold,
+            block_threshold: alert_threshold + config.block.margin,
+            ttl: config.block.ttl.0,
+            max_rules: config.block.max_rules,
+            max_new_per_minute: config.block.max_new_per_minute,
+            allowlist,
+        }
+    }
+}
+
 /// Counters of what the engine did (for metrics and `vigil status`).
 #[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
 pub struct EngineStats {

@@ -11,6 +11,7 @@
     reason = "ndarray views are cheap handles, passed by value as ndarray's own API does"
 )]
 
+pub mod attackers;
 pub mod labels;
 pub mod metrics;
 pub mod plot;
@@ -77,6 +78,9 @@ pub struct EvalReport {
     pub scores: Vec<(f32, bool)>,
     #[serde(skip)]
     pub all_curves: BTreeMap<String, Curves>,
+    /// Captures only: per capture and per attacker, through the live alert grouping.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attackers: Option<attackers::AttackerReport>,
 }
 
 /// Held-out test data: raw rows, whether each is an attack, and its kind.
@@ -184,6 +188,7 @@ pub fn report(
         pr: thin(&c.pr, 400),
         scores: combined.into_iter().zip(test.attack.iter().copied()).collect(),
         all_curves,
+        attackers: None,
     })
 }
 
@@ -246,6 +251,20 @@ impl EvalReport {
         for k in &self.per_kind {
             let _ = writeln!(s, "  {:<16} {:>6}/{:<6} recall {:.3}", k.kind, k.detected, k.flows, k.recall);
         }
+        if let Some(a) = &self.attackers {
+            let _ = writeln!(
+                s,
+                "  per capture, through the live alert grouping: {} alerts on {} benign conversations ({:.2} per 1,000)",
+                a.benign_alerts, a.benign_conversations, a.benign_alerts_per_1000
+            );
+            for k in &a.per_kind {
+                let time = k
+                    .median_seconds_to_alert
+                    .map_or_else(String::new, |t| format!(", median {t:.1} s to the first alert"));
+                let alerted = format!("{}/{}", k.alerted, k.captures);
+                let _ = writeln!(s, "  {:<16} attackers alerted {alerted:>7}{time}", k.kind);
+            }
+        }
         s
     }
 }
@@ -260,8 +279,9 @@ pub mod captures {
 
     use super::{
         EvalError, EvalReport, TestSet,
-        labels::{BENIGN, Labels},
-        report, split, train_and_report,
+        attackers::{self, Capture},
+        labels::{BENIGN, CaptureLabel, Labels},
+        report, split,
     };
     use crate::{
         features::{Schema, dataset::FlowDataset},
@@ -331,10 +351,13 @@ pub mod captures {
             }
         }
         let name = format!("captures: {}", labels.root.display());
+        let interval_ns = crate::clock::duration_ns(config.interval).max(1);
         if let Some(detector) = &config.model {
             let protocol = "given model; every conversation of every labelled capture is scored (benign ones may overlap its training data)";
             let test = TestSet { rows: data.rows.view(), attack: &attack, kind: &kind };
-            return Ok(report(&name, protocol, detector, 0, &test)?);
+            let mut r = report(&name, protocol, detector, 0, &test)?;
+            r.attackers = Some(play(&data, &captures, detector, |_| true, interval_ns)?);
+            return Ok(r);
         }
         let (train_idx, held_out, unit) = match config.split_by {
             SplitBy::Flow => {
@@ -378,7 +401,47 @@ pub mod captures {
             config.train.seed
         );
         let test = TestSet { rows: test_rows.view(), attack: &test_attack, kind: &test_kind };
-        Ok(train_and_report(&name, &protocol, &Schema::flow(), train_rows.view(), &test, &config.train, &mut progress)?)
+        let summary = serde_json::json!({ "evaluation": name });
+        let trained = crate::model::train(&Schema::flow(), train_rows.view(), &config.train, summary, &mut progress)
+            .map_err(EvalError::from)?;
+        let mut r = report(&name, &protocol, &trained.detector, train_rows.nrows(), &test)?;
+        // Per capture only where no capture gave training rows: the benign files held out,
+        // and the attack files.
+        if config.split_by == SplitBy::File {
+            let trained_files: std::collections::HashSet<usize> =
+                train_idx.iter().map(|&i| data.file_index[i]).collect();
+            r.attackers =
+                Some(play(&data, &captures, &trained.detector, |f| !trained_files.contains(&f), interval_ns)?);
+        }
+        Ok(r)
+    }
+
+    /// Plays the captures `take` accepts through the live alert grouping.
+    fn play(
+        data: &FlowDataset,
+        captures: &[(std::path::PathBuf, String, CaptureLabel)],
+        detector: &Detector,
+        take: impl Fn(usize) -> bool,
+        interval_ns: u64,
+    ) -> Result<attackers::AttackerReport, EvalError> {
+        let mut by_file = vec![Vec::new(); data.files.len()];
+        for (i, &f) in data.file_index.iter().enumerate() {
+            by_file[f].push(i);
+        }
+        let mut played = Vec::new();
+        for (f, idx) in by_file.into_iter().enumerate().filter(|(f, idx)| take(*f) && !idx.is_empty()) {
+            let (_, file, label) = &captures[f];
+            let scores = detector.score(data.rows.select(Axis(0), &idx).view())?;
+            played.push(Capture {
+                file: file.clone(),
+                kind: if label.is_benign() { BENIGN.to_owned() } else { label.kind.clone() },
+                attacker: label.attacker,
+                victim: label.victim,
+                conversations: idx.iter().map(|&i| &data.conversations[i]).collect(),
+                scores,
+            });
+        }
+        Ok(attackers::evaluate(&played, detector.thresholds.alert, interval_ns))
     }
 }
 
