@@ -34,7 +34,7 @@ fn keygen_sign_verify_round_trip_and_tampering() {
     let (code, stdout, stderr) = vigil(&["model", "sign", "--key", s(&secret), s(&bundle)]);
     assert_eq!(code, 0, "{stderr}");
     assert!(bundle.join("manifest.sig").is_file(), "{stdout}");
-    let manifest_sha = "18ccabd88bd3d69934f0eb8358a6da69dae3afff68f9904688189ecce6a818dd";
+    let manifest_sha = "5a484c092b6db5d56b3332f23c2dfdcddd23dbd512741a96b58c4f9980061156";
     for key in [s(&public), hex.as_str()] {
         let (code, stdout, stderr) = vigil(&["model", "verify", "--key", key, s(&bundle)]);
         assert_eq!(code, 0, "{stderr}");

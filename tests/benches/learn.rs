@@ -104,10 +104,55 @@ fn cycles<T>(
     (took, late, None)
 }
 
+/// `-- train1m`: the models alone (`vigil train`'s work after the rows are built) on a million
+/// synthetic rows, with the default settings: time and peak memory.
+fn train_million(machine: &str, detector: &vigil::model::Detector, schema: &Schema) {
+    const ROWS: usize = 1_000_000;
+    let mut rng = StdRng::seed_from_u64(2);
+    let hwm_start = status_kib("VmHWM:");
+    let mut rows = Array2::zeros((ROWS, FLOW_FEATURE_COUNT));
+    for mut r in rows.rows_mut() {
+        let service = rng.random_range(0..300u64);
+        r.assign(&ndarray::ArrayView1::from(&row(&detector.baseline, service, &mut rng)[..]));
+    }
+    let rows_mb = status_kib("VmRSS:") as f64 / 1024.0;
+    let config = vigil::model::TrainConfig::default();
+    let started = Instant::now();
+    let mut phases = Vec::new();
+    let trained = vigil::model::train(schema, rows.view(), &config, serde_json::json!({ "bench": "train1m" }), |m| {
+        if !m.starts_with("  epoch") {
+            phases.push((started.elapsed().as_secs_f64(), m.to_owned()));
+        }
+    })
+    .expect("trained");
+    let took = started.elapsed().as_secs_f64();
+    let hwm = status_kib("VmHWM:") as f64 / 1024.0;
+    let epochs = trained.autoencoder.as_ref().map_or(0, |r| r.best_epoch);
+    let phases: Vec<String> = phases.iter().map(|(t, m)| format!("{t:.1} s: {m}")).collect();
+    report(&format!(
+        "## Training on a million rows (`cargo bench -p vigil-tests --bench learn -- train1m`)\n\n\
+         Machine: {machine}. `vigil::model::train` with the default settings (100 trees of 256, autoencoder \
+         {hidden:?}, up to {max_epochs} epochs) on {ROWS} synthetic rows of {FLOW_FEATURE_COUNT} features; the \
+         replay and feature extraction of `vigil train` are not included.\n\n\
+         | measure | value |\n|---|---|\n\
+         | training time | {took:.1} s (best epoch {epochs}) |\n\
+         | RSS with the rows built / peak during training (VmHWM, process start {hwm0:.0} MB) | {rows_mb:.0} / {hwm:.0} MB |\n\
+         | phases | {phases} |\n",
+        hidden = config.autoencoder.hidden,
+        max_epochs = config.autoencoder.max_epochs,
+        hwm0 = hwm_start as f64 / 1024.0,
+        phases = phases.join("; "),
+    ));
+}
+
 fn main() {
     let machine = machine();
     let schema = Schema::flow();
     let detector = Bundle::embedded().and_then(|b| b.detector(&schema)).expect("built-in model");
+    if std::env::args().skip(1).any(|a| a == "train1m") {
+        train_million(&machine, &detector, &schema);
+        return;
+    }
     let config = LearnSection::default();
     let mut rng = StdRng::seed_from_u64(1);
 

@@ -21,6 +21,15 @@ pub struct AutoencoderParams {
     /// Share of the rows held out for early stopping.
     pub validation_share: f64,
     pub seed: u64,
+    /// Rows it trains on at most: a larger training set gives it a random sample of this many
+    /// (by `seed`). Its few thousand weights learn nothing more from a million rows than from
+    /// 200,000, and an epoch costs in proportion to the rows.
+    #[serde(default = "default_max_rows")]
+    pub max_rows: usize,
+}
+
+fn default_max_rows() -> usize {
+    200_000
 }
 
 impl Default for AutoencoderParams {
@@ -33,6 +42,7 @@ impl Default for AutoencoderParams {
             learning_rate: 1e-3,
             validation_share: 0.15,
             seed: 1,
+            max_rows: default_max_rows(),
         }
     }
 }

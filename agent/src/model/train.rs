@@ -112,8 +112,23 @@ pub fn train(
         progress("autoencoder: external ONNX model, not trained here");
         (bytes.clone(), None)
     } else {
-        progress(&format!("autoencoder {:?} on {} rows", config.autoencoder.hidden, fit.nrows()));
-        let (ae, report) = Autoencoder::train_with_progress(fit.view(), &config.autoencoder, |epoch, train, val| {
+        let ae_rows = if fit.nrows() > config.autoencoder.max_rows {
+            let mut pick: Vec<usize> = (0..fit.nrows()).collect();
+            pick.shuffle(&mut StdRng::seed_from_u64(config.autoencoder.seed));
+            pick.truncate(config.autoencoder.max_rows);
+            pick.sort_unstable();
+            Some(fit.select(Axis(0), &pick))
+        } else {
+            None
+        };
+        let ae_fit = ae_rows.as_ref().map_or_else(|| fit.view(), |rows| rows.view());
+        progress(&format!(
+            "autoencoder {:?} on {} rows (of {})",
+            config.autoencoder.hidden,
+            ae_fit.nrows(),
+            fit.nrows()
+        ));
+        let (ae, report) = Autoencoder::train_with_progress(ae_fit, &config.autoencoder, |epoch, train, val| {
             if epoch % 10 == 0 {
                 progress(&format!("  epoch {epoch}: train loss {train:.4}, validation loss {val:.4}"));
             }

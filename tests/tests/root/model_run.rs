@@ -91,7 +91,7 @@ fn vigil_run_refuses_unsigned_untrusted_and_writable_bundles() {
         assert!(std::time::Instant::now() < deadline, "no status file within 15 s");
         std::thread::sleep(std::time::Duration::from_millis(200));
     };
-    let sha = "18ccabd88bd3d69934f0eb8358a6da69dae3afff68f9904688189ecce6a818dd";
+    let sha = "5a484c092b6db5d56b3332f23c2dfdcddd23dbd512741a96b58c4f9980061156";
     assert_eq!(status["model_sha256"], sha, "{status:#}");
     let report = vigil(&["status", "--pin-dir", s(&dir.path().join("no-pins")), "--run-dir", s(&run_dir)]).1;
     assert!(report.contains(&format!("model {} (sha256 {sha})", bundle.display())), "{report}");
@@ -170,7 +170,7 @@ fn every_event_names_the_model_bundle() {
     };
     let (code, stderr) = agent.stop();
     assert_eq!(code, 0, "{stderr}");
-    let sha = "18ccabd88bd3d69934f0eb8358a6da69dae3afff68f9904688189ecce6a818dd";
+    let sha = "5a484c092b6db5d56b3332f23c2dfdcddd23dbd512741a96b58c4f9980061156";
     assert_eq!(event["event"]["action"], "block", "{event:#}");
     assert_eq!(event["vigil"]["model"]["sha256"], sha, "{event:#}");
 }
