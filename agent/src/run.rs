@@ -192,8 +192,8 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     let allowlist = Allowlist::new(&config.block.allowlist, config.block.allowlist_host);
     let hostname = nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default();
     let thresholds = detector.thresholds;
-    let block_threshold = thresholds.alert + config.block.margin;
     let engine = Engine::new(EngineConfig::from_config(&config, thresholds.alert, allowlist));
+    let block_threshold = engine.config().block_threshold;
     let observer = Observer {
         hostname,
         iface: iface.clone(),

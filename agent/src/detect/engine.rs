@@ -213,6 +213,13 @@ impl Pending {
 /// flow alone to make a medium alert.
 pub const CONCLUSIVE_PACKETS: u64 = 100;
 
+/// Whether one flow is evidence enough for an alert on its own: at the block threshold, and a
+/// substantial flow (a flood of 10,000 packets in 0.1 s is one flow), so that a spoofed
+/// flood's one-packet sources stay small candidates.
+fn conclusive(f: &ScoredFlow, block_threshold: f32) -> bool {
+    f.score.combined >= block_threshold && f.flow.record.packets >= CONCLUSIVE_PACKETS
+}
+
 /// Distinct destinations/ports kept per pending alert at most (memory under a scan).
 const DISTINCT_CAP: usize = 65_536;
 
@@ -351,7 +358,7 @@ impl Engine {
     /// Groups the cycle's flows by source: accumulates anomalies and updates consecutive
     /// counts.
     fn track_sources(&mut self, now_mono_ns: u64, flows: &[ScoredFlow]) {
-        let alert = self.config.alert_threshold;
+        let (alert, block_threshold) = (self.config.alert_threshold, self.config.block_threshold);
         // Low alerts need the top flow of a source's first anomaly; otherwise no alert is sent
         // before `min_flows`, and a candidate stays small until then.
         let promote_at = if self.config.min_severity <= Severity::Low { 1 } else { self.config.min_flows.max(1) };
@@ -387,12 +394,8 @@ impl Engine {
             for &i in group {
                 let s = flows[i].score.combined;
                 if s >= alert {
-                    // One flow at the block threshold is evidence enough for an alert (a
-                    // flood of 10,000 packets in 0.1 s is one flow) if it is a substantial
-                    // flow: a spoofed flood's one-packet sources stay small candidates.
-                    let conclusive =
-                        s >= self.config.block_threshold && flows[i].flow.record.packets >= CONCLUSIVE_PACKETS;
-                    p.note(&flows[i].flow.record, if conclusive { 1 } else { promote_at });
+                    let at = if conclusive(&flows[i], block_threshold) { 1 } else { promote_at };
+                    p.note(&flows[i].flow.record, at);
                     if top.is_none_or(|t| s > flows[t].score.combined) {
                         top = Some(i);
                     }
@@ -415,13 +418,11 @@ impl Engine {
     }
 
     /// The severity a source's pending anomalies deserve: fewer than `min_flows` anomalous
-    /// flows make a low alert, unless one of them, of at least [`CONCLUSIVE_PACKETS`]
-    /// packets, reaches the block threshold on its own.
+    /// flows make a low alert, unless one of them is [`conclusive`].
     fn severity(&self, p: &Pending) -> Severity {
-        let top = p.promoted.as_ref().and_then(|f| f.top.as_ref());
-        let conclusive = top.is_some_and(|t| {
-            t.score.combined >= self.config.block_threshold && t.flow.record.packets >= CONCLUSIVE_PACKETS
-        });
+        let block_threshold = self.config.block_threshold;
+        let conclusive =
+            p.promoted.as_ref().and_then(|f| f.top.as_ref()).is_some_and(|t| conclusive(t, block_threshold));
         let top = p.top_score().unwrap_or(f32::MIN);
         if p.anomalous < self.config.min_flows {
             if conclusive { Severity::Medium } else { Severity::Low }

@@ -97,10 +97,9 @@ fn engine_config(alert_threshold: f32) -> EngineConfig {
 }
 
 /// The alerts one capture raises: (capture ns of the harvest, alert).
-fn alerts_of(capture: &Capture<'_>, alert_threshold: f32, interval_ns: u64) -> Vec<(u64, Decision)> {
-    let config = engine_config(alert_threshold);
+fn alerts_of(capture: &Capture<'_>, config: &EngineConfig, interval_ns: u64) -> Vec<(u64, Decision)> {
     let window_ns = crate::clock::duration_ns(config.alert_window);
-    let mut engine = Engine::new(config);
+    let mut engine = Engine::new(config.clone());
     let mut cycles: BTreeMap<u64, Vec<ScoredFlow>> = BTreeMap::new();
     for (c, score) in capture.conversations.iter().zip(&capture.scores) {
         let first = c.first_seen_ns();
@@ -136,8 +135,8 @@ fn names(decision: &Decision) -> Option<(IpAddr, bool)> {
 }
 
 #[expect(clippy::cast_precision_loss, reason = "seconds and rates for a report")]
-fn outcome(capture: &Capture<'_>, alert_threshold: f32, interval_ns: u64) -> CaptureOutcome {
-    let alerts = alerts_of(capture, alert_threshold, interval_ns);
+fn outcome(capture: &Capture<'_>, config: &EngineConfig, interval_ns: u64) -> CaptureOutcome {
+    let alerts = alerts_of(capture, config, interval_ns);
     let benign = capture.kind == super::labels::BENIGN;
     let is_attacker = |ip: IpAddr, source: bool| {
         !benign
@@ -153,7 +152,7 @@ fn outcome(capture: &Capture<'_>, alert_threshold: f32, interval_ns: u64) -> Cap
         .iter()
         .filter(|c| {
             let ends = [c.first.src_ip, c.first.dst_ip];
-            capture.attacker.map_or(true, |a| ends.contains(&a))
+            capture.attacker.is_none_or(|a| ends.contains(&a))
         })
         .map(|c| c.first_seen_ns())
         .min();
@@ -177,7 +176,8 @@ fn outcome(capture: &Capture<'_>, alert_threshold: f32, interval_ns: u64) -> Cap
 #[must_use]
 #[expect(clippy::cast_precision_loss, reason = "rates for a report")]
 pub fn evaluate(captures: &[Capture<'_>], alert_threshold: f32, interval_ns: u64) -> AttackerReport {
-    let outcomes: Vec<CaptureOutcome> = captures.iter().map(|c| outcome(c, alert_threshold, interval_ns)).collect();
+    let config = engine_config(alert_threshold);
+    let outcomes: Vec<CaptureOutcome> = captures.iter().map(|c| outcome(c, &config, interval_ns)).collect();
     let mut kinds: BTreeMap<&str, (usize, usize, Vec<f64>)> = BTreeMap::new();
     for o in outcomes.iter().filter(|o| o.alerted.is_some()) {
         let k = kinds.entry(o.kind.as_str()).or_default();
