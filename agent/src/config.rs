@@ -232,6 +232,7 @@ pub struct Config {
     pub metrics: MetricsSection,
     pub flows: FlowsSection,
     pub learn: crate::learn::LearnSection,
+    pub store: crate::store::StoreSection,
 }
 
 /// A configuration that cannot be used.
@@ -371,7 +372,8 @@ impl Config {
         if b.max_new_per_minute == 0 {
             return bad("block.max_new_per_minute", "must be at least 1");
         }
-        self.learn.validate().map_err(|(field, message)| ConfigError::Invalid { field, message })
+        self.learn.validate().map_err(|(field, message)| ConfigError::Invalid { field, message })?;
+        self.store.validate().map_err(|(field, message)| ConfigError::Invalid { field, message })
     }
 }
 

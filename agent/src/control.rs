@@ -77,6 +77,9 @@ pub struct AgentStatus {
     pub flows_scored: u64,
     pub engine: crate::detect::engine::EngineStats,
     pub sinks: Vec<crate::alert::sink::SinkStats>,
+    /// The embedded store, when enabled.
+    #[serde(default)]
+    pub store: Option<crate::store::StoreStats>,
 }
 
 impl AgentStatus {
@@ -364,13 +367,7 @@ impl std::fmt::Display for StatusReport {
                 "response: {} alerts, {} blocks, {} unblocks, {} dry-run, {} refused",
                 e.alerts, e.blocks, e.unblocks, e.dry_runs, e.refused
             )?;
-            for s in &a.sinks {
-                writeln!(
-                    f,
-                    "sink:     {} delivered {}, dropped {}, failed {}",
-                    s.name, s.delivered, s.dropped, s.failed
-                )?;
-            }
+            write_outputs(f, a)?;
         }
         if let Some(c) = &self.counters {
             let malformed: u64 = c.malformed.values().sum();
@@ -388,6 +385,31 @@ impl std::fmt::Display for StatusReport {
         }
         Ok(())
     }
+}
+
+/// The sinks' and the store's lines of `vigil status`.
+fn write_outputs(f: &mut std::fmt::Formatter<'_>, a: &AgentStatus) -> std::fmt::Result {
+    for s in &a.sinks {
+        writeln!(f, "sink:     {} delivered {}, dropped {}, failed {}", s.name, s.delivered, s.dropped, s.failed)?;
+    }
+    let Some(s) = &a.store else { return Ok(()) };
+    let tenths_mib = s.size_bytes.saturating_mul(10) / (1 << 20);
+    writeln!(
+        f,
+        "store:    {} {}; {} rows written, {} dropped, {} failed, {} expired; {}.{} MiB in use",
+        s.path.display(),
+        if s.up { "up" } else { "DOWN" },
+        s.written,
+        s.dropped,
+        s.failed,
+        s.expired,
+        tenths_mib / 10,
+        tenths_mib % 10
+    )?;
+    if let Some(e) = s.last_error.as_ref().filter(|_| !s.up) {
+        writeln!(f, "          {e}")?;
+    }
+    Ok(())
 }
 
 /// One line of `vigil block list`.

@@ -44,4 +44,5 @@ pub mod private_dir;
 pub mod replay;
 pub mod run;
 pub mod sensor;
+pub mod store;
 pub mod throttle;

@@ -56,10 +56,77 @@ enum Command {
     /// Tell a learning or adapting agent an alert was a false positive: its flow joins the
     /// next site model's training sample.
     Feedback(FeedbackArgs),
+    /// Read the history the agent keeps in its store: alerts, block actions, flow aggregates.
+    Query(QueryArgs),
     /// Print or check the configuration.
     Config(ConfigArgs),
     /// Make signing keys, sign model bundles and verify their signatures.
     Model(ModelCommandArgs),
+}
+
+#[derive(Debug, Args)]
+struct QueryArgs {
+    #[command(subcommand)]
+    what: QueryWhat,
+    /// Configuration file whose `store.path` to read [default: /etc/vigil/vigil.toml if present].
+    #[arg(long, short = 'c', value_name = "FILE", global = true)]
+    config: Option<PathBuf>,
+    /// The store file (overrides the configuration).
+    #[arg(long, value_name = "FILE", global = true)]
+    db: Option<PathBuf>,
+    /// Only what happened in this last stretch of time (e.g. 15m, 1h, 7days).
+    #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = humantime::parse_duration, global = true)]
+    since: Duration,
+    /// Only this source (an address or a prefix): the alert's source, the blocked prefix's
+    /// address, the conversations' initiator.
+    #[arg(long, value_name = "CIDR", value_parser = vigil::store::query::parse_prefix, global = true)]
+    source: Option<ipnet::IpNet>,
+    /// Only this destination (an address or a prefix; alerts and flows).
+    #[arg(long, value_name = "CIDR", value_parser = vigil::store::query::parse_prefix, global = true)]
+    destination: Option<ipnet::IpNet>,
+    /// Only this host's rows (a store that holds several).
+    #[arg(long, global = true)]
+    host: Option<String>,
+    /// Rows at most, newest (or, for flows, largest) first.
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=1_000_000), global = true)]
+    limit: u32,
+    /// One JSON object per line: the ECS documents of alerts and actions as the sinks got them,
+    /// the aggregates of flows.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum QueryWhat {
+    /// Alerts: time, severity, kind, source -> destination, score, id, message.
+    Alerts {
+        /// Only alerts at this level or above.
+        #[arg(long, value_enum)]
+        severity: Option<SeverityArg>,
+        /// Only this kind (`event.action`, e.g. anomalous-flows).
+        #[arg(long)]
+        kind: Option<String>,
+    },
+    /// Block actions: blocks (auto and manual), unblocks, dry runs and refusals.
+    Blocks {
+        /// Only this action: block, unblock, block-dry-run, block-refused.
+        #[arg(long)]
+        action: Option<String>,
+    },
+    /// Flow aggregates per source, destination and service: totals over the period, most
+    /// bytes first.
+    Flows {
+        /// The minute rows themselves, newest first, instead of totals.
+        #[arg(long)]
+        per_minute: bool,
+    },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum SeverityArg {
+    Low,
+    Medium,
+    High,
 }
 
 #[derive(Debug, Args)]
@@ -580,6 +647,12 @@ struct RunArgs {
     /// Where site models and their signing key are kept (`learn.dir`).
     #[arg(long, value_name = "DIR")]
     learn_dir: Option<PathBuf>,
+    /// Keep history in this database file (`store.path`).
+    #[arg(long, value_name = "FILE")]
+    store: Option<PathBuf>,
+    /// Keep no history: alerts only leave through the sinks (`store.enabled = false`).
+    #[arg(long, conflicts_with = "store")]
+    no_store: bool,
 }
 
 /// `--learn-period`: a duration of at least one second.
@@ -640,6 +713,12 @@ impl RunArgs {
         if let Some(v) = self.learn_dir {
             c.learn.dir = v;
         }
+        if let Some(v) = self.store {
+            c.store.path = v;
+        }
+        if self.no_store {
+            c.store.enabled = false;
+        }
         if let Some(v) = self.model {
             c.detection.model = v;
         }
@@ -688,6 +767,7 @@ fn main() -> ExitCode {
         Command::Detach(args) => detach_command(&args),
         Command::Suppress(args) => suppress_command(args),
         Command::Feedback(args) => feedback_command(args),
+        Command::Query(args) => query_command(args),
         Command::Config(args) => return config_command(&args),
         Command::Model(args) => model_command(args),
     };
@@ -887,6 +967,59 @@ fn feedback_command(args: FeedbackArgs) -> anyhow::Result<()> {
         "alert {id} marked a false positive; a learning or adapting agent puts its flow into the next site model's \
          sample within a cycle"
     );
+    Ok(())
+}
+
+fn query_command(args: QueryArgs) -> anyhow::Result<()> {
+    use vigil::store::{query, schema};
+    let path = match args.db {
+        Some(p) => p,
+        None => Config::load(args.config.as_deref())?.store.path,
+    };
+    let conn = schema::open_for_reading(&path)?;
+    let now_ms = i64::try_from(vigil::clock::wall_ns() / 1_000_000)?;
+    let mut filter = query::Filter {
+        since_ms: Some(now_ms.saturating_sub(i64::try_from(args.since.as_millis()).unwrap_or(i64::MAX))),
+        source: args.source,
+        destination: args.destination,
+        host: args.host,
+        limit: args.limit as usize,
+        ..query::Filter::default()
+    };
+    let context = || format!("reading {}", path.display());
+    let mut out = std::io::stdout().lock();
+    let mut print = |line: &str| -> anyhow::Result<()> {
+        use std::io::Write as _;
+        // A closed pipe (`| head`) ends the listing quietly.
+        match writeln!(out, "{line}") {
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+            r => Ok(r?),
+        }
+    };
+    match args.what {
+        QueryWhat::Alerts { severity, kind } => {
+            filter.min_severity = severity.map(|s| match s {
+                SeverityArg::Low => vigil::detect::Severity::Low,
+                SeverityArg::Medium => vigil::detect::Severity::Medium,
+                SeverityArg::High => vigil::detect::Severity::High,
+            });
+            filter.kind = kind;
+            for a in query::alerts(&conn, &filter).with_context(context)? {
+                print(&if args.json { a.document.clone() } else { a.line() })?;
+            }
+        }
+        QueryWhat::Blocks { action } => {
+            filter.kind = action;
+            for a in query::actions(&conn, &filter).with_context(context)? {
+                print(&if args.json { a.document.clone() } else { a.line() })?;
+            }
+        }
+        QueryWhat::Flows { per_minute } => {
+            for f in query::flows(&conn, &filter, per_minute).with_context(context)? {
+                print(&if args.json { serde_json::to_string(&f)? } else { f.line() })?;
+            }
+        }
+    }
     Ok(())
 }
 

@@ -56,6 +56,9 @@ struct Seen {
     rules: HashMap<String, u64>,
     /// Per sink: delivered, dropped, failed.
     sinks: HashMap<String, [u64; 3]>,
+    /// Per store table: written, dropped, failed; and rows expired.
+    store: HashMap<&'static str, [u64; 3]>,
+    store_expired: u64,
 }
 
 /// How much `now` adds to the total last seen as `last`; a lower value is a restart from zero.
@@ -95,12 +98,17 @@ pub struct Metrics {
     model_events: Family<Label, Counter>,
     feedback: Family<Label, Counter>,
     output_failures: Family<Label, Counter>,
+    store_rows: Family<Labels2, Counter>,
+    store_expired: Counter,
+    store_up: Gauge,
+    store_size: Gauge,
     seen: Mutex<Seen>,
 }
 
 impl Metrics {
     /// Every series registered, label sets of known values created at zero.
     #[must_use]
+    #[expect(clippy::too_many_lines, reason = "one registration per series, with its help text")]
     pub fn new() -> Arc<Self> {
         let mut m = Self {
             registry: Registry::with_prefix("vigil"),
@@ -131,6 +139,10 @@ impl Metrics {
             model_events: Family::default(),
             feedback: Family::default(),
             output_failures: Family::default(),
+            store_rows: Family::default(),
+            store_expired: Counter::default(),
+            store_up: Gauge::default(),
+            store_size: Gauge::default(),
             seen: Mutex::default(),
         };
         m.zero_known_labels();
@@ -191,6 +203,20 @@ impl Metrics {
             "feedback",
             "Analyst verdicts (vigil feedback): applied, or naming an unknown alert",
             m.feedback.clone(),
+        );
+        r.register(
+            "store_rows",
+            "Rows for the embedded store, by table and outcome: written, dropped (queue full) or failed (store \
+             unusable); detection goes on either way",
+            m.store_rows.clone(),
+        );
+        r.register("store_expired_rows", "Store rows deleted by retention (age or size)", m.store_expired.clone());
+        r.register("store_up", "1 while the embedded store is open and its last write worked", m.store_up.clone());
+        r.register_with_unit(
+            "store_size",
+            "Bytes of the store's pages in use (as of the last retention run)",
+            Unit::Bytes,
+            m.store_size.clone(),
         );
         Arc::new(m)
     }
@@ -313,6 +339,21 @@ impl Metrics {
             let labels = [("sink", name.to_owned()), ("outcome", outcome.to_owned())];
             self.sink_events.get_or_create(&labels).inc_by(delta(last, now));
         }
+    }
+
+    /// The store's running totals.
+    pub fn observe_store(&self, stats: &crate::store::StoreStats, by_table: &[(crate::store::Table, [u64; 3])]) {
+        let mut seen = self.seen();
+        for (table, now) in by_table {
+            let last = seen.store.entry(table.name()).or_default();
+            for ((outcome, last), now) in ["written", "dropped", "failed"].into_iter().zip(last).zip(now) {
+                let labels = [("table", table.name().to_owned()), ("outcome", outcome.to_owned())];
+                self.store_rows.get_or_create(&labels).inc_by(delta(last, *now));
+            }
+        }
+        self.store_expired.inc_by(delta(&mut seen.store_expired, stats.expired));
+        self.store_up.set(i64::from(stats.up));
+        self.store_size.set(i64::try_from(stats.size_bytes).unwrap_or(i64::MAX));
     }
 
     /// `n` more failures of local output `output` (`flows`, `status`).

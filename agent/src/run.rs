@@ -60,6 +60,8 @@ pub enum RunError {
     PrivateDir(#[from] crate::private_dir::PrivateDirError),
     #[error("alert suppression rules: {0}")]
     Suppress(#[from] crate::alert::suppress::SuppressError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
 }
 
 impl From<CycleError> for RunError {
@@ -148,6 +150,19 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     };
     let sinks = Sinks::start(&sink_specs)?;
     let suppressions = crate::alert::suppress::Suppressions::load(&config.alerts.suppress_file)?;
+    let hostname = nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default();
+    // A store that cannot be opened is reported and retried; detection does not wait for it.
+    let store = if config.store.enabled {
+        let store = crate::store::Store::start(&config.store, &hostname)?;
+        if store.stats().up {
+            info!(path = %config.store.path.display(), "recording history in the embedded store");
+        }
+        // Conversations idle this long have left the flow table: the minute rows forget them.
+        let forget = s.idle_timeout.0 + 2 * s.interval.0;
+        Some(crate::store::Recorder::new(store, config.store.max_flow_rows, forget))
+    } else {
+        None
+    };
     let metrics = Metrics::new();
     metrics.set_model(&model_name, &model_sha256);
     metrics.set_phase(phase);
@@ -190,7 +205,6 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     };
 
     let allowlist = Allowlist::new(&config.block.allowlist, config.block.allowlist_host);
-    let hostname = nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default();
     let thresholds = detector.thresholds;
     let engine = Engine::new(EngineConfig::from_config(&config, thresholds.alert, allowlist));
     let block_threshold = engine.config().block_threshold;
@@ -250,7 +264,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         ..AgentStatus::default()
     };
     let kernel = Kernel { flows: harvester, sensor, rules: Box::new(rules) };
-    let outputs = Outputs { sinks, observer, flows: flows_out, metrics, run_dir, status };
+    let outputs = Outputs { sinks, observer, flows: flows_out, metrics, run_dir, status, store };
     let ignored = config.detection.ignore_destinations.clone();
     let mut agent = Agent::new(kernel, scorer, engine, outputs, ignored, attaching_ns);
     if let Some(learner) = learner {

@@ -118,14 +118,31 @@ impl Lab {
     pub fn config(&self, extra: &str) -> PathBuf {
         let path = self.dir.path().join("vigil.toml");
         let text = format!(
-            "[sensor]\niface = \"{IFACE}\"\npin_dir = \"{}\"\nrun_dir = \"{}\"\n\n[[alerts.sinks]]\ntype = \"file\"\npath = \"{}\"\n\n{}\n{extra}\n",
+            "[sensor]\niface = \"{IFACE}\"\npin_dir = \"{}\"\nrun_dir = \"{}\"\n\n[[alerts.sinks]]\ntype = \"file\"\npath = \"{}\"\n\n{}\n{}\n{extra}\n",
             self.pin_dir.display(),
             self.run_dir().display(),
             self.alerts_path().display(),
             self.learn_section(extra),
+            self.store_section(extra),
         );
         std::fs::write(&path, text).expect("writing the config");
         path
+    }
+
+    /// The lab's store (history) file.
+    #[must_use]
+    pub fn store_path(&self) -> PathBuf {
+        self.dir.path().join("vigil.db")
+    }
+
+    /// The lab's agent keeps its history under the lab's own directory unless `extra`
+    /// configures the store itself.
+    fn store_section(&self, extra: &str) -> String {
+        if extra.contains("[store]") {
+            String::new()
+        } else {
+            format!("[store]\npath = \"{}\"\n", self.store_path().display())
+        }
     }
 
     /// The lab's agent scores with a fixed model unless `extra` configures learning itself:

@@ -132,6 +132,8 @@ pub struct Outputs {
     pub run_dir: PathBuf,
     /// The status as of start; cycles fill in the rest.
     pub status: AgentStatus,
+    /// The embedded store (`store.enabled`): alerts, actions, flow minutes, models, health.
+    pub store: Option<crate::store::Recorder>,
 }
 
 /// Running totals, for the status file and the log line.
@@ -166,6 +168,10 @@ pub struct Agent<F, K> {
     suppressions: Option<crate::alert::suppress::Suppressions>,
     /// Ids for alerts (`event.id`), and the recent alerts that `vigil feedback` may name.
     alerts: AlertLog,
+    /// The last cycle's health, for the store (its last row when the agent stops).
+    health: Option<crate::store::HealthRow>,
+    /// The model last written to the store's models table.
+    stored_model: Option<String>,
 }
 
 /// Alerts this run raised, by id: the last [`AlertLog::KEEP`], for analyst feedback.
@@ -235,6 +241,8 @@ impl<F: FlowSource, K: SensorProbe> Agent<F, K> {
             block_mode,
             suppressions: None,
             alerts: AlertLog::new(),
+            health: None,
+            stored_model: None,
         }
     }
 
@@ -283,6 +291,7 @@ impl<F: FlowSource, K: SensorProbe> Agent<F, K> {
         let now_wall_ns = MonoToWall::now().wall_ns(now_mono_ns);
         self.deliver(&decisions, now_wall_ns);
         self.learn(now_mono_ns, now_wall_ns, &scored.flows, &decisions);
+        self.record(now_mono_ns, now_wall_ns, &scored.flows);
         let counters = self.kernel.sensor.counters()?;
         self.observe(&harvest, &scored, &counters, now_wall_ns);
         let next = match self.kernel.sensor.pin_state() {
@@ -322,6 +331,14 @@ impl<F: FlowSource, K: SensorProbe> Agent<F, K> {
     /// Decide: the engine's decisions on the scored flows; rules go to the rule store.
     fn decide(&mut self, now_mono_ns: u64, flows: &[ScoredFlow]) -> Result<Vec<Decision>, BlockError> {
         self.engine.decide(now_mono_ns, flows, &self.scorer.detector, Some(self.kernel.rules.as_mut()))
+    }
+
+    /// Record: the cycle's flows into the store's minute aggregates (alerts and actions are
+    /// recorded as they are delivered, the health as it is observed).
+    fn record(&mut self, now_mono_ns: u64, now_wall_ns: u64, flows: &[ScoredFlow]) {
+        if let Some(store) = self.outputs.store.as_mut() {
+            store.flows(flows, self.scorer.detector.thresholds.alert, now_mono_ns, now_wall_ns);
+        }
     }
 
     /// Keeps what feedback on alert `id` needs: its source and its top flow's row.
@@ -475,7 +492,11 @@ impl<F: FlowSource, K: SensorProbe> Agent<F, K> {
                     self.remember(decision, &id, now_wall_ns);
                 }
                 self.outputs.metrics.alert(decision.severity().name());
-                self.outputs.sinks.send(&self.outputs.observer.alert_event(decision, &id, now_wall_ns));
+                let event = self.outputs.observer.alert_event(decision, &id, now_wall_ns);
+                self.outputs.sinks.send(&event);
+                if let Some(store) = &self.outputs.store {
+                    store.alert(decision, &event, &id);
+                }
                 continue;
             }
             let metrics = &self.outputs.metrics;
@@ -487,7 +508,11 @@ impl<F: FlowSource, K: SensorProbe> Agent<F, K> {
                 Decision::SourceAlert(_) | Decision::DestinationAlert(_) => {}
             }
             info!(action = decision.action(), message = decision.message(), "response");
-            self.outputs.sinks.send(&self.outputs.observer.event(decision, now_wall_ns));
+            let event = self.outputs.observer.event(decision, now_wall_ns);
+            self.outputs.sinks.send(&event);
+            if let Some(store) = &self.outputs.store {
+                store.action(decision, &event);
+            }
         }
     }
 
@@ -522,6 +547,37 @@ impl<F: FlowSource, K: SensorProbe> Agent<F, K> {
         for st in &sink_stats {
             metrics.sink_stats(&st.name, st.delivered, st.dropped, st.failed);
         }
+        let health = crate::store::HealthRow {
+            time_ms: i64::try_from(now_wall_ns / 1_000_000).unwrap_or(i64::MAX),
+            packets: counters.packets,
+            bytes: counters.bytes,
+            malformed: counters.malformed_total(),
+            blocklist_drops: counters.blocklist_drops,
+            flows_tracked: harvest.tracked as u64,
+            flow_capacity: u64::from(self.flow_capacity),
+            harvest_ms: harvest.elapsed.as_secs_f64() * 1e3,
+            scoring_ms: scored.elapsed.as_secs_f64() * 1e3,
+            flows_scored: self.totals.flows_scored,
+            alerts: stats.alerts,
+            rules_active: rules.len() as u64,
+            model_sha256: self.outputs.observer.model_sha256.clone(),
+            model_phase: self.outputs.observer.model_phase.name().to_owned(),
+            store_dropped: 0,
+        };
+        if let Some(store) = self.outputs.store.as_mut() {
+            let model = &self.outputs.observer;
+            if self.stored_model.as_deref() != Some(model.model_sha256.as_str()) {
+                store.model(&model.model_sha256, &self.outputs.status.model, model.model_phase, now_wall_ns);
+                self.stored_model = Some(model.model_sha256.clone());
+            }
+            if store.health_due() {
+                store.health(health.clone());
+            }
+            let stats = store.store().stats();
+            metrics.observe_store(&stats, &store.store().counters().by_table());
+            self.outputs.status.store = Some(stats);
+        }
+        self.health = Some(health);
         debug!(
             tracked = harvest.tracked,
             live = scored.flows.len(),
@@ -571,7 +627,7 @@ impl<F: FlowSource, K: SensorProbe> Agent<F, K> {
     /// # Errors
     /// `release` failing, or the flow source not being readable for the flush.
     pub fn stop(self, release: impl FnOnce(K) -> Result<bool, SensorError>) -> Result<usize, CycleError> {
-        let Self { kernel, mut outputs, engine, .. } = self;
+        let Self { kernel, mut outputs, engine, health, .. } = self;
         let Kernel { flows: mut source, sensor, rules } = kernel;
         drop(rules);
         let flush = release(sensor)?;
@@ -591,6 +647,9 @@ impl<F: FlowSource, K: SensorProbe> Agent<F, K> {
             }
         }
         outputs.sinks.shutdown(Duration::from_secs(5));
+        if let Some(store) = outputs.store.take() {
+            store.finish(health, Duration::from_secs(5));
+        }
         let _ = std::fs::remove_file(outputs.run_dir.join(crate::control::STATUS_FILE));
         info!(
             flushed,

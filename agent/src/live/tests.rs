@@ -78,7 +78,16 @@ impl Rig {
             flows: Some(FlowWriter::open(&dir.join("flows.jsonl")).expect("flows out")),
             metrics: Metrics::new(),
             run_dir: dir.clone(),
-            status: AgentStatus { flow_capacity: 100, ..AgentStatus::default() },
+            status: AgentStatus { flow_capacity: 100, model: "test-model".into(), ..AgentStatus::default() },
+            store: Some(crate::store::Recorder::new(
+                crate::store::Store::start(
+                    &crate::store::StoreSection { path: dir.join("vigil.db"), ..Default::default() },
+                    "rig",
+                )
+                .expect("store"),
+                100,
+                Duration::from_mins(1),
+            )),
         };
         let scorer = Scorer::new(detector, ContextWindow::new(Duration::from_secs(10)));
         let kernel = Kernel { flows, sensor, rules: Box::new(rules) };
@@ -146,6 +155,54 @@ fn a_cycle_runs_every_stage_on_the_fakes() {
     let status = AgentStatus::read(&rig.dir).expect("status written");
     assert_eq!((status.flows_tracked, status.flows_scored), (25, 2));
     assert_eq!(status.sinks.len(), 1);
+}
+
+#[test]
+fn the_store_records_what_a_cycle_did() {
+    let mut flows = FakeFlows::default();
+    flows.push(Harvest { live: vec![live(80, 2), live(81, 2)], tracked: 2, ..Harvest::default() });
+    let mut rules = MemoryRules::new(100 * S);
+    rules.insert(Rule {
+        prefix: "198.51.100.0/24".parse().unwrap(),
+        expires_ns: 700 * S,
+        created_ns: 100 * S,
+        drops: 0,
+        origin: Origin::Manual,
+    });
+    let sensor = FakeSensor { counters: Counters { packets: 1000, ..Counters::default() }, ..FakeSensor::default() };
+    let mut rig = Rig::new("store", flows, sensor, rules, Vec::new());
+    rig.agent.cycle(101 * S).expect("cycle");
+    let status = AgentStatus::read(&rig.dir).expect("status written");
+    assert!(status.store.as_ref().is_some_and(|s| s.path == rig.dir.join("vigil.db")), "{:?}", status.store);
+    let dir = rig.dir.clone();
+    rig.agent.stop(|_sensor| Ok(false)).expect("stop");
+
+    let conn = crate::store::schema::open_for_reading(&dir.join("vigil.db")).expect("store");
+    let all = crate::store::query::Filter { limit: 100, ..Default::default() };
+    let actions = crate::store::query::actions(&conn, &all).unwrap();
+    assert_eq!(actions.len(), 1);
+    let a = &actions[0];
+    assert_eq!(
+        (a.action.as_str(), a.prefix.as_deref(), a.origin.as_deref()),
+        ("block", Some("198.51.100.0/24"), Some("manual"))
+    );
+    assert_eq!(a.host, "rig");
+    assert!(a.document.contains("198.51.100.0/24 blocked (manual)"), "{}", a.document);
+    // Both conversations, from one source to one destination, on two services.
+    let flows = crate::store::query::flows(&conn, &all, false).unwrap();
+    assert_eq!(flows.len(), 2, "{flows:?}");
+    assert!(flows.iter().all(|f| f.flows == 1 && f.packets > 0), "{flows:?}");
+    let mut ports: Vec<u16> = flows.iter().map(|f| f.port).collect();
+    ports.sort_unstable();
+    assert_eq!(ports, [80, 81]);
+    let health = crate::store::query::latest_health(&conn).unwrap();
+    assert_eq!(health.len(), 1);
+    assert_eq!(health[0].1.packets, 1000);
+    let models = crate::store::query::models(&conn).unwrap();
+    assert_eq!(
+        (models[0].sha256.as_str(), models[0].name.as_str(), models[0].phase.as_str()),
+        ("abc", "test-model", "fixed")
+    );
 }
 
 #[test]

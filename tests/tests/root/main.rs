@@ -24,3 +24,4 @@ mod netns_live;
 mod pin_safety;
 mod prog_test_run;
 mod response_live;
+mod store_live;
