@@ -428,6 +428,8 @@ fn flood() -> String {
             &metrics_addr,
             "--run-dir",
             run_dir.to_str().expect("utf-8"),
+            "--store",
+            dir.path().join("vigil.db").to_str().expect("utf-8"),
         ],
     );
     let pid = agent.pid();

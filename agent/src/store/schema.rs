@@ -62,6 +62,7 @@ CREATE INDEX actions_time ON actions (time_ms);
 CREATE INDEX actions_source ON actions (source, time_ms);
 
 CREATE TABLE flow_minutes (
+    id INTEGER PRIMARY KEY,
     minute INTEGER NOT NULL,
     host TEXT NOT NULL,
     source BLOB NOT NULL,
@@ -71,9 +72,9 @@ CREATE TABLE flow_minutes (
     flows INTEGER NOT NULL,
     packets INTEGER NOT NULL,
     bytes INTEGER NOT NULL,
-    anomalous INTEGER NOT NULL,
-    PRIMARY KEY (minute, host, source, destination, protocol, port)
-) WITHOUT ROWID;
+    anomalous INTEGER NOT NULL
+);
+CREATE UNIQUE INDEX flow_minutes_key ON flow_minutes (minute, host, source, destination, protocol, port);
 CREATE INDEX flow_minutes_source ON flow_minutes (source, minute);
 CREATE INDEX flow_minutes_destination ON flow_minutes (destination, minute);
 

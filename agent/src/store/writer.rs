@@ -205,7 +205,7 @@ pub(super) fn insert(conn: &mut Connection, host: &str, batch: &[Record]) -> rus
                         None => flows.insert(tx.prepare(
                             "INSERT INTO flow_minutes (minute, host, source, destination, protocol, port, flows, \
                              packets, bytes, anomalous) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) \
-                             ON CONFLICT DO UPDATE SET flows = flows + excluded.flows, \
+                             ON CONFLICT (minute, host, source, destination, protocol, port) DO UPDATE SET flows = flows + excluded.flows, \
                              packets = packets + excluded.packets, bytes = bytes + excluded.bytes, \
                              anomalous = anomalous + excluded.anomalous",
                         )?),
