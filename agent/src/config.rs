@@ -233,6 +233,7 @@ pub struct Config {
     pub flows: FlowsSection,
     pub learn: crate::learn::LearnSection,
     pub store: crate::store::StoreSection,
+    pub console: crate::console::ConsoleSection,
 }
 
 /// A configuration that cannot be used.
@@ -373,7 +374,8 @@ impl Config {
             return bad("block.max_new_per_minute", "must be at least 1");
         }
         self.learn.validate().map_err(|(field, message)| ConfigError::Invalid { field, message })?;
-        self.store.validate().map_err(|(field, message)| ConfigError::Invalid { field, message })
+        self.store.validate().map_err(|(field, message)| ConfigError::Invalid { field, message })?;
+        self.console.validate().map_err(|(field, message)| ConfigError::Invalid { field, message })
     }
 }
 

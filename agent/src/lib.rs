@@ -28,6 +28,7 @@ pub mod block;
 pub mod capture;
 pub mod clock;
 pub mod config;
+pub mod console;
 pub mod control;
 pub mod detect;
 pub mod duration_serde;

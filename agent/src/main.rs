@@ -58,6 +58,9 @@ enum Command {
     Feedback(FeedbackArgs),
     /// Read the history the agent keeps in its store: alerts, block actions, flow aggregates.
     Query(QueryArgs),
+    /// Serve the web console over the store (loopback by default; log in with the token in
+    /// `console.token_file`).
+    Console(ConsoleArgs),
     /// Print or check the configuration.
     Config(ConfigArgs),
     /// Make signing keys, sign model bundles and verify their signatures.
@@ -94,6 +97,22 @@ struct QueryArgs {
     /// the aggregates of flows.
     #[arg(long, global = true)]
     json: bool,
+}
+
+#[derive(Debug, Args)]
+struct ConsoleArgs {
+    /// Configuration file [default: /etc/vigil/vigil.toml if present].
+    #[arg(long, short = 'c', value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Listen on ADDR:PORT (`console.listen`).
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<std::net::SocketAddr>,
+    /// The store file (`store.path`).
+    #[arg(long, value_name = "FILE")]
+    db: Option<PathBuf>,
+    /// The login token's file (`console.token_file`; generated, mode 0600, if missing).
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -768,6 +787,7 @@ fn main() -> ExitCode {
         Command::Suppress(args) => suppress_command(args),
         Command::Feedback(args) => feedback_command(args),
         Command::Query(args) => query_command(args),
+        Command::Console(args) => console_command(args),
         Command::Config(args) => return config_command(&args),
         Command::Model(args) => model_command(args),
     };
@@ -967,6 +987,40 @@ fn feedback_command(args: FeedbackArgs) -> anyhow::Result<()> {
         "alert {id} marked a false positive; a learning or adapting agent puts its flow into the next site model's \
          sample within a cycle"
     );
+    Ok(())
+}
+
+fn console_command(args: ConsoleArgs) -> anyhow::Result<()> {
+    let config = match Config::load(args.config.as_deref()).map_err(anyhow::Error::from).and_then(|c| {
+        c.validate()?;
+        Ok(c)
+    }) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("vigil: error: {e:#}");
+            std::process::exit(i32::from(EXIT_CONFIG));
+        }
+    };
+    let db = args.db.unwrap_or(config.store.path);
+    let listen = args.listen.unwrap_or(config.console.listen);
+    let token_file = args.token_file.unwrap_or(config.console.token_file);
+    // Checked before listening: a store the console cannot read is an error now, not per page.
+    drop(vigil::store::schema::open_for_reading(&db)?);
+    let token = vigil::console::auth::load_or_create_token(&token_file)
+        .with_context(|| format!("console token {}", token_file.display()))?;
+    eprintln!("vigil console: log in with the token in {}", token_file.display());
+    let console = vigil::console::Console::new(db, token, config.console.session_ttl.0);
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    runtime.block_on(async move {
+        let shutdown = async {
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                () = async { if let Some(t) = term.as_mut() { t.recv().await; } else { std::future::pending::<()>().await } } => {}
+            }
+        };
+        vigil::console::serve(console, listen, shutdown).await
+    })?;
     Ok(())
 }
 

@@ -26,6 +26,10 @@ pub struct Filter {
     pub min_severity: Option<Severity>,
     /// Alerts of this kind, actions of this action.
     pub kind: Option<String>,
+    /// Alerts in one of these states (`new`, `acknowledged`, `archived`); empty: any.
+    pub statuses: Vec<String>,
+    /// Only rows with a larger id (new since the last look).
+    pub after_id: Option<i64>,
     /// Rows at most (newest first).
     pub limit: usize,
 }
@@ -171,6 +175,15 @@ pub fn alerts(conn: &Connection, filter: &Filter) -> rusqlite::Result<Vec<Stored
     if let Some(k) = &filter.kind {
         w.push("kind = ?", vec![Box::new(k.clone())]);
     }
+    if !filter.statuses.is_empty() {
+        let marks = vec!["?"; filter.statuses.len()].join(", ");
+        let values: Vec<Box<dyn ToSql>> =
+            filter.statuses.iter().map(|s| Box::new(s.clone()) as Box<dyn ToSql>).collect();
+        w.push(&format!("status IN ({marks})"), values);
+    }
+    if let Some(id) = filter.after_id {
+        w.push("id > ?", vec![Box::new(id)]);
+    }
     let sql = format!(
         "SELECT id, host, event_id, time_ms, severity, kind, source, destination, destination_port, score, \
          model_sha256, model_phase, status, message, document FROM alerts {} ORDER BY time_ms DESC, id DESC LIMIT {}",
@@ -178,26 +191,54 @@ pub fn alerts(conn: &Connection, filter: &Filter) -> rusqlite::Result<Vec<Stored
         limit(filter)
     );
     let mut stmt = conn.prepare(&sql)?;
-    stmt.query_map(w.params().as_slice(), |r| {
-        Ok(StoredAlert {
-            id: r.get(0)?,
-            host: r.get(1)?,
-            event_id: r.get(2)?,
-            time_ms: r.get(3)?,
-            severity: severity_from_ecs(r.get(4)?),
-            kind: r.get(5)?,
-            source: ip_column(r, 6)?,
-            destination: ip_column(r, 7)?,
-            destination_port: r.get(8)?,
-            score: r.get(9)?,
-            model_sha256: r.get(10)?,
-            model_phase: r.get(11)?,
-            status: r.get(12)?,
-            message: r.get(13)?,
-            document: r.get(14)?,
-        })
-    })?
-    .collect()
+    stmt.query_map(w.params().as_slice(), alert_row)?.collect()
+}
+
+/// The alert with row id `id`.
+///
+/// # Errors
+/// The database cannot be read.
+pub fn alert(conn: &Connection, id: i64) -> rusqlite::Result<Option<StoredAlert>> {
+    let mut stmt = conn.prepare(
+        "SELECT id, host, event_id, time_ms, severity, kind, source, destination, destination_port, score, \
+         model_sha256, model_phase, status, message, document FROM alerts WHERE id = ?1",
+    )?;
+    let mut rows = stmt.query_map([id], alert_row)?;
+    rows.next().transpose()
+}
+
+fn alert_row(r: &Row<'_>) -> rusqlite::Result<StoredAlert> {
+    Ok(StoredAlert {
+        id: r.get(0)?,
+        host: r.get(1)?,
+        event_id: r.get(2)?,
+        time_ms: r.get(3)?,
+        severity: severity_from_ecs(r.get(4)?),
+        kind: r.get(5)?,
+        source: ip_column(r, 6)?,
+        destination: ip_column(r, 7)?,
+        destination_port: r.get(8)?,
+        score: r.get(9)?,
+        model_sha256: r.get(10)?,
+        model_phase: r.get(11)?,
+        status: r.get(12)?,
+        message: r.get(13)?,
+        document: r.get(14)?,
+    })
+}
+
+/// What an analyst may set an alert to.
+pub const STATUSES: [&str; 3] = ["new", "acknowledged", "archived"];
+
+/// Sets alert `id`'s status; answers whether it exists.
+///
+/// # Errors
+/// Not one of [`STATUSES`] (`InvalidParameterName`), or the database cannot be written.
+pub fn set_status(conn: &Connection, id: i64, status: &str) -> rusqlite::Result<bool> {
+    if !STATUSES.contains(&status) {
+        return Err(rusqlite::Error::InvalidParameterName(status.to_owned()));
+    }
+    Ok(conn.execute("UPDATE alerts SET status = ?1 WHERE id = ?2", rusqlite::params![status, id])? == 1)
 }
 
 /// Block actions matching `filter` (`kind` is the action), newest first.

@@ -176,6 +176,19 @@ pub fn open_for_reading(path: &Path) -> Result<Connection, StoreError> {
     }
 }
 
+/// Opens an existing database to change what analysts change (an alert's status), while the
+/// agent may be writing.
+///
+/// # Errors
+/// As [`open_for_reading`].
+pub fn open_for_update(path: &Path) -> Result<Connection, StoreError> {
+    drop(open_for_reading(path)?);
+    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+        .map_err(sql(path))?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(sql(path))?;
+    Ok(conn)
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use std::os::unix::fs::PermissionsExt as _;
