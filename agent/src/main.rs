@@ -82,10 +82,10 @@ struct QueryArgs {
     since: Duration,
     /// Only this source (an address or a prefix): the alert's source, the blocked prefix's
     /// address, the conversations' initiator.
-    #[arg(long, value_name = "CIDR", value_parser = vigil::store::query::parse_prefix, global = true)]
+    #[arg(long, value_name = "CIDR", value_parser = control::parse_prefix, global = true)]
     source: Option<ipnet::IpNet>,
     /// Only this destination (an address or a prefix; alerts and flows).
-    #[arg(long, value_name = "CIDR", value_parser = vigil::store::query::parse_prefix, global = true)]
+    #[arg(long, value_name = "CIDR", value_parser = control::parse_prefix, global = true)]
     destination: Option<ipnet::IpNet>,
     /// Only this host's rows (a store that holds several).
     #[arg(long, global = true)]

@@ -248,7 +248,7 @@ async fn logout(State(state): State<Shared>, headers: HeaderMap, Form(form): For
 /// The inbox filter as a store query.
 fn filter(q: &pages::InboxQuery) -> Result<query::Filter, String> {
     let prefix = |v: &Option<String>| {
-        v.as_deref().filter(|s| !s.trim().is_empty()).map(|s| query::parse_prefix(s.trim())).transpose()
+        v.as_deref().filter(|s| !s.trim().is_empty()).map(|s| crate::control::parse_prefix(s.trim())).transpose()
     };
     let min_severity = match q.severity.as_deref().unwrap_or("") {
         "" => None,

@@ -95,6 +95,17 @@ impl Rig {
     }
 }
 
+/// An operator's rule on 198.51.100.0/24: the engine reports it, the agent delivers the report.
+fn manual_rule() -> Rule {
+    Rule {
+        prefix: "198.51.100.0/24".parse().unwrap(),
+        expires_ns: 700 * S,
+        created_ns: 100 * S,
+        drops: 0,
+        origin: Origin::Manual,
+    }
+}
+
 fn live(dst_port: u16, dst: u8) -> LiveFlow {
     let mut r = record(7, dst, dst_port, 0);
     r.end_reason = EndReason::Open;
@@ -109,13 +120,7 @@ fn a_cycle_runs_every_stage_on_the_fakes() {
     flows.push(Harvest { live: vec![live(80, 2), live(81, 2)], leaving: vec![leaving], tracked: 25 });
     let mut rules = MemoryRules::new(100 * S);
     // An operator's rule: the engine reports it, the agent delivers the report.
-    rules.insert(Rule {
-        prefix: "198.51.100.0/24".parse().unwrap(),
-        expires_ns: 700 * S,
-        created_ns: 100 * S,
-        drops: 0,
-        origin: Origin::Manual,
-    });
+    rules.insert(manual_rule());
     let sensor = FakeSensor {
         counters: Counters { packets: 1000, ..Counters::default() },
         egress: Counters { packets: 234, ..Counters::default() },
@@ -162,13 +167,7 @@ fn the_store_records_what_a_cycle_did() {
     let mut flows = FakeFlows::default();
     flows.push(Harvest { live: vec![live(80, 2), live(81, 2)], tracked: 2, ..Harvest::default() });
     let mut rules = MemoryRules::new(100 * S);
-    rules.insert(Rule {
-        prefix: "198.51.100.0/24".parse().unwrap(),
-        expires_ns: 700 * S,
-        created_ns: 100 * S,
-        drops: 0,
-        origin: Origin::Manual,
-    });
+    rules.insert(manual_rule());
     let sensor = FakeSensor { counters: Counters { packets: 1000, ..Counters::default() }, ..FakeSensor::default() };
     let mut rig = Rig::new("store", flows, sensor, rules, Vec::new());
     rig.agent.cycle(101 * S).expect("cycle");

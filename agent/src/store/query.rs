@@ -398,18 +398,6 @@ pub fn models(conn: &Connection) -> rusqlite::Result<Vec<StoredModel>> {
     .collect()
 }
 
-/// `ADDR` or `ADDR/LEN` as a prefix (an address alone is its /32 or /128).
-///
-/// # Errors
-/// Neither.
-pub fn parse_prefix(text: &str) -> Result<IpNet, String> {
-    if text.contains('/') {
-        text.parse::<IpNet>().map(|n| n.trunc()).map_err(|e| format!("{text}: {e}"))
-    } else {
-        text.parse::<IpAddr>().map(IpNet::from).map_err(|e| format!("{text}: {e}"))
-    }
-}
-
 fn time(ms: i64) -> String {
     crate::clock::rfc3339_millis(u64::try_from(ms).unwrap_or(0).saturating_mul(1_000_000))
 }

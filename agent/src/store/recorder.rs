@@ -36,8 +36,8 @@ impl Recorder {
         &self.store
     }
 
-    /// An alert sent to the sinks as `event` with id `id`.
-    pub fn alert(&self, decision: &Decision, event: &Event, id: &str) {
+    /// An alert sent to the sinks as `event` with id `id`, rendered by `observer`.
+    pub fn alert(&self, decision: &Decision, event: &Event, id: &str, observer: &crate::alert::ecs::Observer) {
         let (source, top) = match decision {
             Decision::SourceAlert(a) => (Some(a.source), &a.top),
             Decision::DestinationAlert(a) => (None, &a.top),
@@ -47,8 +47,6 @@ impl Recorder {
             Decision::DestinationAlert(a) => Some(a.destination),
             _ => Some(top.record.dst_ip),
         };
-        let doc: serde_json::Value = serde_json::from_str(&event.json).unwrap_or_default();
-        let model = &doc["vigil"]["model"];
         self.store.record(Record::Alert(Box::new(AlertRow {
             time_ms: ms(event.timestamp_ns),
             event_id: id.to_owned(),
@@ -58,8 +56,8 @@ impl Recorder {
             destination,
             destination_port: Some(top.record.dst_port),
             score: Some(top.score.combined),
-            model_sha256: model["sha256"].as_str().unwrap_or_default().to_owned(),
-            model_phase: model["phase"].as_str().unwrap_or_default().to_owned(),
+            model_sha256: observer.model_sha256.clone(),
+            model_phase: observer.model_phase.name().to_owned(),
             message: decision.message(),
             document: event.json.clone(),
         })));

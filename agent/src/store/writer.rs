@@ -68,12 +68,12 @@ pub fn run(settings: &Settings, mut conn: Option<Connection>, rx: &Receiver<Reco
     let mut next_open = Instant::now() + settings.reopen_every;
     let mut next_maintain = Instant::now();
     let mut batch = Vec::with_capacity(MAX_BATCH);
-    let mut open = true;
-    while open {
+    let mut running = true;
+    while running {
         match rx.recv_timeout(BATCH_WAIT) {
             Ok(record) => batch.push(record),
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
-            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => open = false,
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => running = false,
         }
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
@@ -82,9 +82,9 @@ pub fn run(settings: &Settings, mut conn: Option<Connection>, rx: &Receiver<Reco
             }
         }
         let now = Instant::now();
-        if conn.is_none() && (now >= next_open || !open) {
+        if conn.is_none() && (now >= next_open || !running) {
             next_open = now + settings.reopen_every;
-            match open_again(&settings.path) {
+            match open(&settings.path) {
                 Ok(c) => {
                     info!(path = %settings.path.display(), "store opened; history is recorded again");
                     counters.up.store(true, Ordering::Relaxed);
@@ -98,7 +98,7 @@ pub fn run(settings: &Settings, mut conn: Option<Connection>, rx: &Receiver<Reco
             write(&mut conn, settings, &mut batch, counters, &mut log);
         }
         if let Some(c) = &conn
-            && (now >= next_maintain || !open)
+            && (now >= next_maintain || !running)
         {
             next_maintain = now + settings.maintain_every;
             if let Err(e) = maintain(c, settings, counters) {
@@ -107,10 +107,6 @@ pub fn run(settings: &Settings, mut conn: Option<Connection>, rx: &Receiver<Reco
         }
     }
     debug!("store writer stopped");
-}
-
-fn open_again(path: &Path) -> Result<Connection, StoreError> {
-    open(path)
 }
 
 /// Writes `batch` in one transaction and empties it; a failure counts its rows as failed, and
