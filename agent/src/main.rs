@@ -113,6 +113,25 @@ struct ConsoleArgs {
     /// The login token's file (`console.token_file`; generated, mode 0600, if missing).
     #[arg(long, value_name = "FILE")]
     token_file: Option<PathBuf>,
+    /// The sensor's pin directory, whose rules the blocks page manages (`sensor.pin_dir`).
+    #[arg(long, value_name = "DIR")]
+    pin_dir: Option<PathBuf>,
+    /// Where `vigil eval --out` wrote its pictures, for the health page (`console.eval_dir`).
+    #[arg(long, value_name = "DIR")]
+    eval_dir: Option<PathBuf>,
+    /// PEM certificate chain for the console's TLS (`console.tls_cert`).
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key for the console's TLS, mode 0600 (`console.tls_key`).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// The file of the password's hash (`console.password_file`).
+    #[arg(long, value_name = "FILE")]
+    password_file: Option<PathBuf>,
+    /// Read a password (one line) from standard input, write its Argon2id hash to the
+    /// password file (mode 0600) and exit.
+    #[arg(long)]
+    set_password: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -991,6 +1010,8 @@ fn feedback_command(args: FeedbackArgs) -> anyhow::Result<()> {
 }
 
 fn console_command(args: ConsoleArgs) -> anyhow::Result<()> {
+    use vigil::console::{Console, auth};
+
     let config = match Config::load(args.config.as_deref()).map_err(anyhow::Error::from).and_then(|c| {
         c.validate()?;
         Ok(c)
@@ -1001,15 +1022,43 @@ fn console_command(args: ConsoleArgs) -> anyhow::Result<()> {
             std::process::exit(i32::from(EXIT_CONFIG));
         }
     };
+    let password_file = args.password_file.or(config.console.password_file);
+    if args.set_password {
+        let Some(path) = password_file else {
+            anyhow::bail!("--set-password needs --password-file FILE or console.password_file");
+        };
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line).context("reading the password from standard input")?;
+        let hash = auth::hash_password(line.trim_end_matches(['\r', '\n']))?;
+        auth::write_password_hash(&path, &hash).with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("vigil console: the password's hash is in {} (mode 0600)", path.display());
+        return Ok(());
+    }
     let db = args.db.unwrap_or(config.store.path);
     let listen = args.listen.unwrap_or(config.console.listen);
     let token_file = args.token_file.unwrap_or(config.console.token_file);
-    // Checked before listening: a store the console cannot read is an error now, not per page.
+    // Everything is checked before listening: a store the console cannot read, a password
+    // file or a TLS key that is wrong or open to others is an error now, not per request.
     drop(vigil::store::schema::open_for_reading(&db)?);
-    let token = vigil::console::auth::load_or_create_token(&token_file)
-        .with_context(|| format!("console token {}", token_file.display()))?;
-    eprintln!("vigil console: log in with the token in {}", token_file.display());
-    let console = vigil::console::Console::new(db, token, config.console.session_ttl.0);
+    let token =
+        auth::load_or_create_token(&token_file).with_context(|| format!("console token {}", token_file.display()))?;
+    let tls = match (args.tls_cert.or(config.console.tls_cert), args.tls_key.or(config.console.tls_key)) {
+        (Some(cert), Some(key)) => Some(vigil::console::tls::server_config(&cert, &key)?),
+        _ => None,
+    };
+    let mut console = Console::new(db, token, config.console.session_ttl.0)
+        .with_eval_dir(args.eval_dir.unwrap_or(config.console.eval_dir));
+    if let Some(path) = password_file {
+        let hash = auth::load_password_hash(&path).with_context(|| format!("console password {}", path.display()))?;
+        console = console.with_password_hash(hash);
+        eprintln!("vigil console: log in with the password or the token in {}", token_file.display());
+    } else {
+        eprintln!("vigil console: log in with the token in {}", token_file.display());
+    }
+    let pin_dir = args.pin_dir.unwrap_or(config.sensor.pin_dir.clone());
+    if !pin_dir.as_os_str().is_empty() {
+        console = console.with_blocks(Pins::new(pin_dir), control::manual_rails(&config.block));
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     runtime.block_on(async move {
         let shutdown = async {
@@ -1019,7 +1068,7 @@ fn console_command(args: ConsoleArgs) -> anyhow::Result<()> {
                 () = async { if let Some(t) = term.as_mut() { t.recv().await; } else { std::future::pending::<()>().await } } => {}
             }
         };
-        vigil::console::serve(console, listen, shutdown).await
+        vigil::console::serve(console, listen, tls, shutdown).await
     })?;
     Ok(())
 }

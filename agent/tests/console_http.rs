@@ -73,6 +73,16 @@ impl Drop for ConsoleProcess {
 }
 
 fn start(dir: &TempDir, db: &std::path::Path) -> (ConsoleProcess, String) {
+    start_with(dir, db, &[], "http")
+}
+
+/// `vigil console` over `db` with `extra` arguments, once it listens.
+fn start_with(
+    dir: &TempDir,
+    db: &std::path::Path,
+    extra: &[&std::ffi::OsStr],
+    scheme: &str,
+) -> (ConsoleProcess, String) {
     let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let token_file = dir.path().join("console.token");
     let child = Command::new(vigil_bin())
@@ -80,11 +90,12 @@ fn start(dir: &TempDir, db: &std::path::Path) -> (ConsoleProcess, String) {
         .arg(db)
         .arg("--token-file")
         .arg(&token_file)
+        .args(extra)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("vigil console");
-    let base = format!("http://127.0.0.1:{port}");
+    let base = format!("{scheme}://127.0.0.1:{port}");
     let deadline = Instant::now() + Duration::from_secs(10);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(Instant::now() < deadline, "the console did not listen");
@@ -220,4 +231,177 @@ fn new_alerts_reach_the_live_stream() {
         }
     }
     eprintln!("alert on the stream {} ms after it was stored", sent.elapsed().as_millis());
+}
+
+fn flow_row(minute: i64, source: &str, port: u16, bytes: u64) -> vigil::store::FlowRow {
+    vigil::store::FlowRow {
+        minute,
+        source: source.parse().unwrap(),
+        destination: "10.0.0.1".parse().unwrap(),
+        protocol: 6,
+        port,
+        flows: 3,
+        packets: 10,
+        bytes,
+        anomalous: 1,
+    }
+}
+
+#[test]
+fn the_traffic_page_charts_the_busiest_and_the_health_page_shows_evaluation_pictures() {
+    let dir = TempDir::new("console-traffic");
+    let db = dir.path().join("vigil.db");
+    let minute = now_ms() / 60_000;
+    record(
+        &db,
+        vec![Record::Flows(vec![
+            flow_row(minute - 5, "192.0.2.7", 22, 5_000_000),
+            flow_row(minute - 3, "192.0.2.8", 443, 2_000),
+            // Two days old: outside every window but the week.
+            flow_row(minute - 2 * 1440, "192.0.2.99", 80, 9_000_000_000),
+        ])],
+    );
+    let eval = dir.path().join("eval");
+    std::fs::create_dir_all(&eval).unwrap();
+    std::fs::write(eval.join("captures.svg"), "<svg xmlns=\"http://www.w3.org/2000/svg\"><text>ROC</text></svg>")
+        .unwrap();
+    std::fs::write(eval.join("notes.txt"), "not a picture").unwrap();
+    let (c, token) = start_with(&dir, &db, &["--eval-dir".as_ref(), eval.as_os_str()], "http");
+    let http = agent();
+    assert_eq!(http.get(&format!("{}/traffic", c.base)).call().unwrap().status(), 303, "needs a login");
+    let cookie = login(&c, &token);
+    let get = |path: &str| http.get(&format!("{}{path}", c.base)).header("Cookie", &cookie).call().unwrap();
+
+    let page = body(get("/traffic"));
+    for needle in
+        ["Top talkers", "Top destinations", "Top services", "<svg", "192.0.2.7", "5.0 MB", "tcp/22", "tcp/443"]
+    {
+        assert!(page.contains(needle), "{needle} missing from the traffic page: {page}");
+    }
+    assert!(!page.contains("192.0.2.99"), "a row outside the hour is drawn");
+    assert!(body(get("/traffic?window=7d")).contains("192.0.2.99"), "the week holds it");
+    let resp = get("/traffic?window=1y");
+    assert_eq!(resp.status(), 400);
+    assert!(body(resp).contains("unknown window 1y"));
+    let host = body(get("/hosts/192.0.2.7"));
+    assert!(host.contains("Bytes over the last 24 h") && host.contains("sent: 5.0 MB"), "{host}");
+
+    let health = body(get("/health"));
+    assert!(health.contains("src=\"/eval/captures.svg\""), "{health}");
+    assert!(!health.contains("notes.txt"));
+    let picture = get("/eval/captures.svg");
+    assert_eq!(picture.status(), 200);
+    assert_eq!(picture.headers().get("content-type").unwrap(), "image/svg+xml");
+    assert!(body(picture).contains("ROC"));
+    for bad in ["/eval/notes.txt", "/eval/..%2Fvigil.db", "/eval/missing.svg"] {
+        assert_eq!(get(bad).status(), 404, "{bad}");
+    }
+}
+
+#[test]
+fn a_password_logs_in_and_is_kept_only_as_an_argon2id_hash() {
+    use std::{io::Write as _, os::unix::fs::PermissionsExt as _};
+    let dir = TempDir::new("console-password");
+    let db = dir.path().join("vigil.db");
+    record(&db, vec![alert("a-1", "192.0.2.7")]);
+    let file = dir.path().join("console.password");
+    let set = |password: &str| {
+        let mut child = Command::new(vigil_bin())
+            .args(["console", "--set-password", "--password-file"])
+            .arg(&file)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        writeln!(child.stdin.take().unwrap(), "{password}").unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let out = set("too short");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("at least 12"), "{out:?}");
+    assert!(set("correct horse battery staple").status.success());
+    let stored = std::fs::read_to_string(&file).unwrap();
+    assert!(stored.starts_with("$argon2id$") && !stored.contains("horse"), "{stored}");
+    assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
+
+    let (c, token) = start_with(&dir, &db, &["--password-file".as_ref(), file.as_os_str()], "http");
+    let http = agent();
+    assert!(body(http.get(&format!("{}/login", c.base)).call().unwrap()).contains("Password or console token"));
+    login(&c, "correct horse battery staple");
+    login(&c, &token);
+    let resp = http.post(&format!("{}/login", c.base)).send_form([("token", "correct horse battery")]).unwrap();
+    assert_eq!(resp.status(), 401);
+
+    // A hash file others can read is refused before listening.
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = Command::new(vigil_bin())
+        .args(["console", "--listen", "127.0.0.1:0", "--db"])
+        .arg(&db)
+        .arg("--token-file")
+        .arg(dir.path().join("console.token"))
+        .arg("--password-file")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("chmod 600"), "{out:?}");
+}
+
+#[test]
+fn with_tls_the_console_speaks_https_only_and_its_cookie_is_secure() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = TempDir::new("console-tls");
+    let db = dir.path().join("vigil.db");
+    record(&db, vec![alert("a-1", "192.0.2.7")]);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap().self_signed(&key).unwrap();
+    let (cert_file, key_file) = (dir.path().join("console.crt"), dir.path().join("console.key"));
+    std::fs::write(&cert_file, cert.pem()).unwrap();
+    std::fs::write(&key_file, key.serialize_pem()).unwrap();
+
+    // A key others can read is refused before listening, naming the file.
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = Command::new(vigil_bin())
+        .args(["console", "--listen", "127.0.0.1:0", "--db"])
+        .arg(&db)
+        .arg("--token-file")
+        .arg(dir.path().join("console.token"))
+        .arg("--tls-cert")
+        .arg(&cert_file)
+        .arg("--tls-key")
+        .arg(&key_file)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("console.tls_key") && err.contains("chmod 600"), "{err}");
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+
+    let (c, token) = start_with(
+        &dir,
+        &db,
+        &["--tls-cert".as_ref(), cert_file.as_os_str(), "--tls-key".as_ref(), key_file.as_os_str()],
+        "https",
+    );
+    let roots = ureq::tls::RootCerts::new_with_certs(&[ureq::tls::Certificate::from_der(cert.der()).to_owned()]);
+    let tls = ureq::tls::TlsConfig::builder().provider(ureq::tls::TlsProvider::Rustls).root_certs(roots).build();
+    let https: ureq::Agent =
+        ureq::Agent::config_builder().tls_config(tls).max_redirects(0).http_status_as_error(false).build().into();
+    assert_eq!(https.get(&format!("{}/login", c.base)).call().unwrap().status(), 200);
+    let resp = https.post(&format!("{}/login", c.base)).send_form([("token", token.as_str())]).unwrap();
+    assert_eq!(resp.status(), 303);
+    let cookie = resp.headers().get("set-cookie").unwrap().to_str().unwrap().to_owned();
+    assert!(cookie.contains("; Secure"), "{cookie}");
+    let pair = cookie.split(';').next().unwrap().to_owned();
+    let inbox = https.get(&format!("{}/", c.base)).header("Cookie", &pair).call().unwrap();
+    assert_eq!(inbox.status(), 200);
+    assert!(body(inbox).contains("192.0.2.7"));
+
+    // Plain HTTP gets no page.
+    let plain = agent().get(&c.base.replacen("https", "http", 1)).call();
+    assert!(plain.is_err() || plain.unwrap().status() != 200, "plain HTTP was served");
+    // A client that connects and never shakes hands does not stop the others.
+    let _silent = std::net::TcpStream::connect(c.base.trim_start_matches("https://")).unwrap();
+    assert_eq!(https.get(&format!("{}/login", c.base)).call().unwrap().status(), 200);
 }

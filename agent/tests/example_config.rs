@@ -18,6 +18,8 @@ fn the_example_configuration_parses_and_validates() {
     assert_eq!(config.block.ttl.0, Duration::from_mins(10));
     assert_eq!(config.alerts.sinks.len(), 2, "file and syslog");
     assert_eq!(config.metrics.listen.map(|a| a.ip().is_loopback()), Some(true), "metrics on loopback");
+    assert!(config.console.listen.ip().is_loopback(), "the console on loopback");
+    assert_eq!(config.console, vigil::console::ConsoleSection::default(), "the example shows the console's defaults");
 }
 
 #[test]

@@ -1,5 +1,6 @@
-//! Who may use the console: a generated token (a file only the agent's user can read), and
-//! sessions after a login, each with its own CSRF token that every state change must carry.
+//! Who may use the console: a generated token (a file only the agent's user can read), or a
+//! password whose Argon2id hash is in such a file; and sessions after a login, each with its
+//! own CSRF token that every state change must carry.
 
 use std::{
     collections::HashMap,
@@ -45,16 +46,7 @@ pub fn same_secret(a: &str, b: &str) -> bool {
 pub fn load_or_create_token(path: &Path) -> io::Result<String> {
     match fs::symlink_metadata(path) {
         Ok(meta) => {
-            if !meta.file_type().is_file() {
-                return Err(io::Error::other(format!("{} is not a regular file", path.display())));
-            }
-            if meta.permissions().mode() & 0o077 != 0 {
-                return Err(io::Error::other(format!(
-                    "{} is readable or writable by group or others (mode {:04o}): `chmod 600` it",
-                    path.display(),
-                    meta.permissions().mode() & 0o7777
-                )));
-            }
+            check_private(path, &meta)?;
             let token = fs::read_to_string(path)?.trim().to_owned();
             if token.len() < 32 {
                 return Err(io::Error::other(format!(
@@ -75,6 +67,84 @@ pub fn load_or_create_token(path: &Path) -> io::Result<String> {
         }
         Err(e) => Err(e),
     }
+}
+
+/// A secret's file must be a regular file only its owner can read or write.
+fn check_private(path: &Path, meta: &fs::Metadata) -> io::Result<()> {
+    if !meta.file_type().is_file() {
+        return Err(io::Error::other(format!("{} is not a regular file", path.display())));
+    }
+    if meta.permissions().mode() & 0o077 != 0 {
+        return Err(io::Error::other(format!(
+            "{} is readable or writable by group or others (mode {:04o}): `chmod 600` it",
+            path.display(),
+            meta.permissions().mode() & 0o7777
+        )));
+    }
+    Ok(())
+}
+
+/// Passwords shorter than this are refused.
+pub const MIN_PASSWORD: usize = 12;
+
+/// The Argon2id hash of `password` (PHC string format, a fresh random salt), with the
+/// parameters the argon2 crate defaults to (19 MiB, 2 passes: OWASP's minimum).
+///
+/// # Errors
+/// The password is shorter than [`MIN_PASSWORD`], or there is no randomness.
+pub fn hash_password(password: &str) -> io::Result<String> {
+    use argon2::password_hash::{PasswordHasher as _, SaltString};
+    if password.chars().count() < MIN_PASSWORD {
+        return Err(io::Error::other(format!("a console password needs at least {MIN_PASSWORD} characters")));
+    }
+    let mut salt = [0_u8; 16];
+    getrandom::fill(&mut salt).map_err(|e| io::Error::other(e.to_string()))?;
+    let salt = SaltString::encode_b64(&salt).map_err(|e| io::Error::other(e.to_string()))?;
+    argon2::Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| io::Error::other(e.to_string()))
+}
+
+/// Whether `password` matches the PHC string `hash`.
+#[must_use]
+pub fn verify_password(hash: &str, password: &str) -> bool {
+    use argon2::password_hash::{PasswordHash, PasswordVerifier as _};
+    PasswordHash::new(hash).is_ok_and(|h| argon2::Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
+}
+
+/// Reads a password hash written by [`write_password_hash`]: a private file holding one
+/// Argon2id PHC string.
+///
+/// # Errors
+/// The file is missing, open to others, or holds no Argon2id hash.
+pub fn load_password_hash(path: &Path) -> io::Result<String> {
+    let meta = fs::symlink_metadata(path)?;
+    check_private(path, &meta)?;
+    let hash = fs::read_to_string(path)?.trim().to_owned();
+    match argon2::password_hash::PasswordHash::new(&hash) {
+        Ok(h) if h.algorithm.as_str() == "argon2id" => Ok(hash),
+        _ => Err(io::Error::other(format!(
+            "{} holds no Argon2id hash; write one with `vigil console --set-password`",
+            path.display()
+        ))),
+    }
+}
+
+/// Writes `hash` to `path` (mode 0600), replacing what was there in one step.
+///
+/// # Errors
+/// The directory or file cannot be written.
+pub fn write_password_hash(path: &Path, hash: &str) -> io::Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        crate::private_dir::ensure(dir).map_err(|e| io::Error::other(e.to_string()))?;
+    }
+    let tmp = path.with_extension("tmp");
+    let _ = fs::remove_file(&tmp);
+    let mut f = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
+    writeln!(f, "{hash}")?;
+    f.sync_all()?;
+    fs::rename(&tmp, path)
 }
 
 /// A logged-in browser.
@@ -148,6 +218,30 @@ mod tests {
         fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
         let e = load_or_create_token(&path).unwrap_err().to_string();
         assert!(e.contains("chmod 600"), "{e}");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn passwords_are_stored_as_argon2id_hashes_in_private_files() {
+        assert!(hash_password("short").unwrap_err().to_string().contains("at least 12"));
+        let hash = hash_password("correct horse battery").unwrap();
+        assert!(hash.starts_with("$argon2id$"), "{hash}");
+        assert_ne!(hash, hash_password("correct horse battery").unwrap(), "a fresh salt each time");
+        assert!(verify_password(&hash, "correct horse battery"));
+        assert!(!verify_password(&hash, "correct horse battery "));
+        assert!(!verify_password("not a hash", "correct horse battery"));
+
+        let dir = std::env::temp_dir().join(format!("vigil-console-password-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let path = dir.join("console.password");
+        write_password_hash(&path, &hash).unwrap();
+        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(load_password_hash(&path).unwrap(), hash);
+        fs::write(&path, "plain text\n").unwrap();
+        assert!(load_password_hash(&path).unwrap_err().to_string().contains("no Argon2id hash"));
+        write_password_hash(&path, &hash).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o640)).unwrap();
+        assert!(load_password_hash(&path).unwrap_err().to_string().contains("chmod 600"));
         fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -6,7 +6,8 @@ use std::net::IpAddr;
 use maud::{DOCTYPE, Markup, html};
 use serde_json::Value;
 
-use crate::store::query::{StoredAction, StoredAlert, StoredFlows};
+use super::chart;
+use crate::store::query::{StoredAction, StoredAlert, StoredFlows, Traffic, TrafficKey};
 
 /// A page in the console's frame: navigation, the session's CSRF token for forms.
 #[must_use]
@@ -28,6 +29,9 @@ pub fn layout(title: &str, csrf: Option<&str>, body: &Markup) -> Markup {
                         nav {
                             a href="/" { "Inbox" }
                             a href="/?status=all" { "All alerts" }
+                            a href="/traffic" { "Traffic" }
+                            a href="/blocks" { "Blocks" }
+                            a href="/health" { "Health" }
                         }
                         form.logout method="post" action="/logout" {
                             input type="hidden" name="csrf" value=(csrf);
@@ -41,8 +45,9 @@ pub fn layout(title: &str, csrf: Option<&str>, body: &Markup) -> Markup {
     }
 }
 
+/// The login form; `password`: a password is set, so the field takes it or the token.
 #[must_use]
-pub fn login(error: Option<&str>) -> Markup {
+pub fn login(password: bool, error: Option<&str>) -> Markup {
     layout(
         "Log in",
         None,
@@ -50,7 +55,7 @@ pub fn login(error: Option<&str>) -> Markup {
             h1 { "Log in" }
             @if let Some(e) = error { p.error { (e) } }
             form method="post" action="/login" {
-                label for="token" { "Console token" }
+                label for="token" { @if password { "Password or console token" } @else { "Console token" } }
                 input #token type="password" name="token" autocomplete="current-password" required autofocus;
                 button type="submit" { "Log in" }
             }
@@ -330,6 +335,7 @@ pub fn host(
     out: &[StoredFlows],
     inbound: &[StoredFlows],
     actions: &[StoredAction],
+    over_time: Option<(i64, i64, &[u64], &[u64])>,
     csrf: &str,
 ) -> Markup {
     let flows_table = |rows: &[StoredFlows], peer_is_source: bool| {
@@ -353,6 +359,20 @@ pub fn host(
         Some(csrf),
         &html! {
             h1 { "Host " (ip) }
+            @if let Some((start_minute, step_minutes, sent, received)) = over_time {
+                h2 { "Bytes over the last 24 h" }
+                (chart::stacked_columns(
+                    "bytes sent and received",
+                    &[
+                        chart::Stack { label: "sent".into(), values: sent },
+                        chart::Stack { label: "received".into(), values: received },
+                    ],
+                    &[],
+                    start_minute,
+                    step_minutes,
+                ))
+                p.legend { span.swatch.c0 {} " sent " span.swatch.c1 {} " received" }
+            }
             h2 { "Alerts (last 24 h, newest first)" }
             @if alerts.is_empty() { p { "None." } } @else {
                 table #host-alerts { tbody { @for a in alerts { (alert_row(a, 0, csrf)) } } }
@@ -369,6 +389,75 @@ pub fn host(
     )
 }
 
+/// The traffic page's window, as the query string carries it.
+#[derive(Clone, Debug, Default, serde::Deserialize)]
+#[serde(default)]
+pub struct TrafficQuery {
+    pub window: Option<String>,
+}
+
+/// The windows the traffic page offers, with their length in minutes. Each is drawn as 60
+/// columns.
+pub const WINDOWS: [(&str, i64); 4] = [("1h", 60), ("6h", 360), ("24h", 1440), ("7d", 10_080)];
+
+/// A series' name as people read it.
+#[must_use]
+pub fn key_label(key: &TrafficKey) -> String {
+    match key {
+        TrafficKey::Host(ip) => ip.to_string(),
+        TrafficKey::Service { protocol, port } if *port == 0 => agent_common::proto::name(*protocol).to_string(),
+        TrafficKey::Service { protocol, port } => format!("{}/{port}", agent_common::proto::name(*protocol)),
+    }
+}
+
+/// The traffic page: for each of top talkers, destinations and services, bytes over the
+/// window as stacked columns and the busiest keys with their totals.
+#[must_use]
+pub fn traffic(window: &str, sections: &[(&str, &str, Traffic)], csrf: &str) -> Markup {
+    layout(
+        "Traffic",
+        Some(csrf),
+        &html! {
+            h1 { "Traffic" }
+            nav.windows {
+                "Window: "
+                @for (name, _) in WINDOWS {
+                    @if name == window { strong { (name) } } @else { a href={ "/traffic?window=" (name) } { (name) } }
+                    " "
+                }
+            }
+            @for (title, id, t) in sections {
+                section id=(id) {
+                    h2 { (title) }
+                    @let labels: Vec<String> = t.series.iter().map(|s| key_label(&s.key)).collect();
+                    @let stacks: Vec<chart::Stack<'_>> = t.series.iter().zip(&labels)
+                        .map(|(s, l)| chart::Stack { label: l.clone(), values: &s.bytes }).collect();
+                    (chart::stacked_columns(title, &stacks, &t.other, t.start_minute, t.step_minutes))
+                    @if t.series.is_empty() {
+                        p { "No traffic recorded in this window." }
+                    } @else {
+                        table.top {
+                            thead { tr { th {} th { "Who" } th { "Bytes" } th { "Conversations" } th { "Anomalous" } } }
+                            tbody {
+                                @for (i, (s, label)) in t.series.iter().zip(&labels).enumerate() {
+                                    tr {
+                                        td { span class={ "swatch " (chart::SERIES_CLASSES[i % chart::SERIES_CLASSES.len()]) } {} }
+                                        td {
+                                            @if let TrafficKey::Host(ip) = s.key { (ip_link(Some(ip))) } @else { (label) }
+                                        }
+                                        td { (chart::bytes(s.total_bytes)) } td { (s.flows) } td { (s.anomalous) }
+                                    }
+                                }
+                                tr { td { span.swatch.other {} } td { "everything else" } td { (chart::bytes(t.other.iter().sum())) } td {} td {} }
+                            }
+                        }
+                    }
+                }
+            }
+        },
+    )
+}
+
 /// The message of an error page.
 #[must_use]
 pub fn error(status: u16, message: &str, csrf: Option<&str>) -> Markup {
@@ -376,5 +465,127 @@ pub fn error(status: u16, message: &str, csrf: Option<&str>) -> Markup {
         &status.to_string(),
         csrf,
         &html! { h1 { (status) } p.error { (message) } p { a href="/" { "Back to the inbox" } } },
+    )
+}
+
+/// The blocks page: the kernel's rules (or why they cannot be read), the form to add one,
+/// and the history of block actions.
+#[must_use]
+pub fn blocks(
+    rules: &Result<Vec<crate::control::RuleView>, String>,
+    history: &[StoredAction],
+    notice: Option<(bool, &str)>,
+    csrf: &str,
+) -> Markup {
+    layout(
+        "Blocks",
+        Some(csrf),
+        &html! {
+            h1 { "Blocks" }
+            @if let Some((ok, text)) = notice { p class=(if ok { "notice" } else { "error" }) #notice { (text) } }
+            h2 { "Rules in the kernel" }
+            @match rules {
+                Err(e) => { p.error { (e) } }
+                Ok(rules) if rules.is_empty() => { p #no-rules { "No rules." } }
+                Ok(rules) => {
+                    table #rules {
+                        thead { tr { th { "Prefix" } th { "Origin" } th { "Drops" } th { "Time left" } th {} } }
+                        tbody {
+                            @for r in rules {
+                                tr data-prefix=(r.prefix) {
+                                    td { (r.prefix) }
+                                    td { (format!("{:?}", r.origin).to_lowercase()) }
+                                    td { (r.drops) }
+                                    td { @if r.active { (humantime::format_duration(std::time::Duration::from_secs(r.expires_in_s))) } @else { "lapsed" } }
+                                    td {
+                                        form method="post" action="/blocks/remove" {
+                                            input type="hidden" name="csrf" value=(csrf);
+                                            input type="hidden" name="prefix" value=(r.prefix);
+                                            button type="submit" { "Remove" }
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            h2 { "Block a source" }
+            form.filters #add-block method="post" action="/blocks/add" {
+                input type="hidden" name="csrf" value=(csrf);
+                label { "Prefix " input type="text" name="prefix" placeholder="address or prefix" required; }
+                label { "For " input type="text" name="ttl" value="1h" required; }
+                button type="submit" { "Block" }
+            }
+            p.hint {
+                "The rails of " code { "vigil block add" } " hold: the allowlist, the host's own addresses, gateways and \
+                 loopback, your own address, and " code { "block.max_ttl" } ". The kernel lets the prefix through again when the time is up."
+            }
+            h2 { "History (last 24 h)" }
+            @if history.is_empty() { p { "None." } } @else {
+                table #block-history {
+                    thead { tr { th { "Time (UTC)" } th { "Action" } th { "Prefix" } th { "Origin" } th { "Reason" } } }
+                    tbody {
+                        @for b in history {
+                            tr { td { (time(b.time_ms)) } td { (b.action) } td { (b.prefix.as_deref().unwrap_or("-")) }
+                                 td { (b.origin.as_deref().unwrap_or("-")) } td { (b.reason.as_deref().unwrap_or("")) } }
+                        }
+                    }
+                }
+            }
+        },
+    )
+}
+
+/// The health page: each sensor's latest snapshot and the models it scored with.
+#[must_use]
+pub fn health(
+    rows: &[(String, crate::store::HealthRow)],
+    models: &[crate::store::query::StoredModel],
+    pictures: &[(String, i64)],
+    eval_dir: Option<&std::path::Path>,
+    csrf: &str,
+) -> Markup {
+    layout(
+        "Health",
+        Some(csrf),
+        &html! {
+            h1 { "Health" }
+            @if rows.is_empty() { p { "No health snapshot yet: the agent stores one a minute." } }
+            @for (host, h) in rows {
+                h2 { (host) " at " (time(h.time_ms)) }
+                table.facts {
+                    tr { th { "Packets / bytes" } td { (h.packets) " / " (h.bytes) } }
+                    tr { th { "Malformed packets" } td { (h.malformed) } }
+                    tr { th { "Dropped by rules" } td { (h.blocklist_drops) " (" (h.rules_active) " rules active)" } }
+                    tr { th { "Flow table" } td { (h.flows_tracked) " of " (h.flow_capacity)
+                        @if h.flow_capacity > 0 { " (" (h.flows_tracked * 100 / h.flow_capacity) "% full)" } } }
+                    tr { th { "Last harvest / scoring" } td { (format!("{:.1} ms / {:.1} ms", h.harvest_ms, h.scoring_ms)) } }
+                    tr { th { "Flows scored / alerts" } td { (h.flows_scored) " / " (h.alerts) } }
+                    tr { th { "Model" } td { (h.model_phase) " " code { (h.model_sha256.get(..12).unwrap_or(&h.model_sha256)) } } }
+                    tr { th { "Store records dropped" } td { (h.store_dropped) } }
+                }
+            }
+            h2 { "Models" }
+            table {
+                thead { tr { th { "Sensor" } th { "Model" } th { "Phase" } th { "sha256" } th { "First used" } th { "Last used" } } }
+                tbody { @for m in models { tr { td { (m.host) } td { (m.name) } td { (m.phase) } td { code { (m.sha256) } } td { (time(m.first_ms)) } td { (time(m.last_ms)) } } } }
+            }
+            h2 { "Latest evaluation" }
+            @if pictures.is_empty() {
+                p.hint {
+                    "No evaluation pictures"
+                    @if let Some(dir) = eval_dir { " in " code { (dir.display()) } }
+                    ". " code { "vigil eval captures --labels labels.json --out DIR" } " writes them; "
+                    code { "console.eval_dir" } " names the directory."
+                }
+            }
+            @for (name, ms) in pictures {
+                figure.eval {
+                    img src={ "/eval/" (name) } alt={ "evaluation " (name) };
+                    figcaption { (name) ", " (time(*ms)) }
+                }
+            }
+        },
     )
 }

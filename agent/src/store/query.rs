@@ -331,6 +331,171 @@ pub fn flows(conn: &Connection, filter: &Filter, per_minute: bool) -> rusqlite::
     .collect()
 }
 
+/// What a traffic chart groups bytes by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum By {
+    /// Who sent (top talkers).
+    Source,
+    /// Who was sent to.
+    Destination,
+    /// The responder's protocol and port.
+    Service,
+}
+
+impl By {
+    /// The column (or expression) that is the key.
+    fn key(self) -> &'static str {
+        match self {
+            Self::Source => "source",
+            Self::Destination => "destination",
+            Self::Service => "protocol * 65536 + port",
+        }
+    }
+}
+
+/// The key of one series.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TrafficKey {
+    Host(IpAddr),
+    Service { protocol: u8, port: u16 },
+}
+
+/// One of the busiest keys: its bytes in each bucket and its totals over the window.
+#[derive(Clone, Debug)]
+pub struct Series {
+    pub key: TrafficKey,
+    pub bytes: Vec<u64>,
+    pub total_bytes: u64,
+    pub flows: u64,
+    pub anomalous: u64,
+}
+
+/// Bytes over time, split into the busiest keys and the rest.
+#[derive(Clone, Debug)]
+pub struct Traffic {
+    /// The first minute (Unix minutes) of the first bucket, and each bucket's length.
+    pub start_minute: i64,
+    pub step_minutes: i64,
+    /// The busiest keys, most bytes first.
+    pub series: Vec<Series>,
+    /// Everything else, per bucket.
+    pub other: Vec<u64>,
+}
+
+/// Bytes per bucket of `step_minutes` from `start_minute` for `buckets` buckets, for the
+/// `top` keys of `by` with the most bytes in that window, and the rest as `other`. Reads the
+/// minute index only (the window is a range of its first column).
+///
+/// # Errors
+/// The database cannot be read.
+pub fn traffic(
+    conn: &Connection,
+    by: By,
+    start_minute: i64,
+    step_minutes: i64,
+    buckets: usize,
+    top: usize,
+) -> rusqlite::Result<Traffic> {
+    use rusqlite::types::Value as Sql;
+    let step = step_minutes.max(1);
+    let n = i64::try_from(buckets).unwrap_or(i64::MAX);
+    let end = start_minute.saturating_add(step.saturating_mul(n));
+    let key = by.key();
+    let count = |v: i64| u64::try_from(v).unwrap_or(0);
+    let bucket_of = |b: i64| usize::try_from(b).ok().filter(|&b| b < buckets);
+
+    let mut stmt = conn.prepare(&format!(
+        "SELECT {key}, sum(bytes), sum(flows), sum(anomalous) FROM flow_minutes \
+         WHERE minute >= ?1 AND minute < ?2 GROUP BY 1 ORDER BY 2 DESC LIMIT ?3"
+    ))?;
+    let tops: Vec<(Sql, u64, u64, u64)> = stmt
+        .query_map(rusqlite::params![start_minute, end, i64::try_from(top).unwrap_or(0)], |r| {
+            Ok((r.get(0)?, count(r.get(1)?), count(r.get(2)?), count(r.get(3)?)))
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+
+    let mut series = Vec::with_capacity(tops.len());
+    let mut series_stmt = conn.prepare(&format!(
+        "SELECT (minute - ?1) / ?3, sum(bytes) FROM flow_minutes \
+         WHERE minute >= ?1 AND minute < ?2 AND {key} = ?4 GROUP BY 1"
+    ))?;
+    for (value, total_bytes, flows, anomalous) in tops {
+        let key = match &value {
+            Sql::Blob(b) => addr::from_key(b).map(TrafficKey::Host),
+            Sql::Integer(i) => Some(TrafficKey::Service {
+                protocol: u8::try_from(i >> 16).unwrap_or(0),
+                port: u16::try_from(i & 0xffff).unwrap_or(0),
+            }),
+            _ => None,
+        };
+        let Some(key) = key else { continue };
+        let mut bytes = vec![0u64; buckets];
+        let rows = series_stmt.query_map(rusqlite::params![start_minute, end, step, value], |r| {
+            Ok((r.get::<_, i64>(0)?, count(r.get(1)?)))
+        })?;
+        for row in rows {
+            let (b, v) = row?;
+            if let Some(b) = bucket_of(b) {
+                bytes[b] += v;
+            }
+        }
+        series.push(Series { key, bytes, total_bytes, flows, anomalous });
+    }
+
+    let mut other = vec![0u64; buckets];
+    let mut stmt = conn.prepare(
+        "SELECT (minute - ?1) / ?3, sum(bytes) FROM flow_minutes WHERE minute >= ?1 AND minute < ?2 GROUP BY 1",
+    )?;
+    let rows =
+        stmt.query_map(rusqlite::params![start_minute, end, step], |r| Ok((r.get::<_, i64>(0)?, count(r.get(1)?))))?;
+    for row in rows {
+        let (b, v) = row?;
+        if let Some(b) = bucket_of(b) {
+            other[b] = v;
+        }
+    }
+    for s in &series {
+        for (o, v) in other.iter_mut().zip(&s.bytes) {
+            *o = o.saturating_sub(*v);
+        }
+    }
+    Ok(Traffic { start_minute, step_minutes: step, series, other })
+}
+
+/// Bytes `ip` sent and received per bucket of `step_minutes` from `start_minute`.
+///
+/// # Errors
+/// The database cannot be read.
+pub fn host_traffic(
+    conn: &Connection,
+    ip: IpAddr,
+    start_minute: i64,
+    step_minutes: i64,
+    buckets: usize,
+) -> rusqlite::Result<(Vec<u64>, Vec<u64>)> {
+    let step = step_minutes.max(1);
+    let end = start_minute.saturating_add(step.saturating_mul(i64::try_from(buckets).unwrap_or(i64::MAX)));
+    let key = addr::key(ip).to_vec();
+    let mut sides = [vec![0u64; buckets], vec![0u64; buckets]];
+    for (side, column) in sides.iter_mut().zip(["source", "destination"]) {
+        let mut stmt = conn.prepare(&format!(
+            "SELECT (minute - ?1) / ?3, sum(bytes) FROM flow_minutes \
+             WHERE {column} = ?4 AND minute >= ?1 AND minute < ?2 GROUP BY 1"
+        ))?;
+        let rows = stmt.query_map(rusqlite::params![start_minute, end, step, key], |r| {
+            Ok((r.get::<_, i64>(0)?, u64::try_from(r.get::<_, i64>(1)?).unwrap_or(0)))
+        })?;
+        for row in rows {
+            let (b, v) = row?;
+            if let Some(slot) = usize::try_from(b).ok().and_then(|b| side.get_mut(b)) {
+                *slot = v;
+            }
+        }
+    }
+    let [sent, received] = sides;
+    Ok((sent, received))
+}
+
 /// The latest health snapshot of each host.
 ///
 /// # Errors

@@ -145,6 +145,51 @@ fn every_table_is_written_and_read_back() {
 }
 
 #[test]
+fn traffic_splits_bytes_into_the_busiest_keys_and_the_rest_per_bucket() {
+    let dir = tempfile_dir();
+    let path = dir.join("vigil.db");
+    let store = Store::start(&section(&path), "host-a").unwrap();
+    let m = now_ms() / 60_000 - 10;
+    store.record(Record::Flows(vec![
+        // Bucket 0 (minutes m, m+1): the big talker on ssh, a small one on http.
+        flow_row(m, "192.0.2.1", 22, 1000),
+        flow_row(m + 1, "192.0.2.1", 22, 500),
+        flow_row(m + 1, "192.0.2.2", 80, 10),
+        // Bucket 1: the small one again, and a third source.
+        flow_row(m + 2, "192.0.2.2", 80, 20),
+        flow_row(m + 3, "192.0.2.3", 80, 5),
+        // Outside the window on both sides.
+        flow_row(m - 1, "192.0.2.9", 22, 99_999),
+        flow_row(m + 6, "192.0.2.9", 22, 99_999),
+    ]));
+    store.shutdown(Duration::from_secs(10));
+    let conn = schema::open_for_reading(&path).unwrap();
+
+    let t = query::traffic(&conn, query::By::Source, m, 2, 3, 2).unwrap();
+    assert_eq!((t.start_minute, t.step_minutes), (m, 2));
+    let keys: Vec<_> = t.series.iter().map(|s| s.key.clone()).collect();
+    assert_eq!(
+        keys,
+        [query::TrafficKey::Host(ip("192.0.2.1")), query::TrafficKey::Host(ip("192.0.2.2"))],
+        "the two busiest, most bytes first; the 99,999-byte rows are outside the window"
+    );
+    assert_eq!(t.series[0].bytes, [1500, 0, 0]);
+    assert_eq!((t.series[0].total_bytes, t.series[0].flows), (1500, 2));
+    assert_eq!(t.series[1].bytes, [10, 20, 0]);
+    assert_eq!(t.other, [0, 5, 0], "the third source is the rest");
+
+    let t = query::traffic(&conn, query::By::Service, m, 2, 3, 5).unwrap();
+    assert_eq!(t.series[0].key, query::TrafficKey::Service { protocol: 6, port: 22 });
+    assert_eq!(t.series[1].key, query::TrafficKey::Service { protocol: 6, port: 80 });
+    assert_eq!(t.series[1].bytes, [10, 25, 0]);
+    assert_eq!(t.other, [0, 0, 0]);
+    let t = query::traffic(&conn, query::By::Destination, m, 2, 3, 5).unwrap();
+    assert_eq!(t.series.len(), 1);
+    assert_eq!(t.series[0].total_bytes, 1535);
+    fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
 fn the_same_alert_twice_is_stored_once() {
     let dir = tempfile_dir();
     let path = dir.join("vigil.db");
