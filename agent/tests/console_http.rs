@@ -284,7 +284,7 @@ fn the_traffic_page_charts_the_busiest_and_the_health_page_shows_evaluation_pict
     assert_eq!(resp.status(), 400);
     assert!(body(resp).contains("unknown window 1y"));
     let host = body(get("/hosts/192.0.2.7"));
-    assert!(host.contains("Bytes over the last 24 h") && host.contains("sent: 5.0 MB"), "{host}");
+    assert!(host.contains("Bytes over the last 24 h") && host.contains("it started: 5.0 MB"), "{host}");
 
     let health = body(get("/health"));
     assert!(health.contains("src=\"/eval/captures.svg\""), "{health}");

@@ -1,6 +1,9 @@
 //! The embedded store: how fast the writer thread takes alerts and flow aggregate rows, how
 //! fast the reads the console and `vigil query` make come back with a million alerts stored,
-//! and what the Record stage adds to the agent's memory at 100,000 live conversations.
+//! and what the Record stage adds to the agent's memory at 100,000 live conversations. Then
+//! the console over that store (the `vigil console` binary, over loopback HTTP): its pages'
+//! response times, and how long a new alert takes from `Store::record` to the open inbox's
+//! event stream.
 //!
 //! Everything goes through the agent's own `vigil::store` code: records are handed to
 //! `Store::record` (the bounded queue) and timed until the writer has committed them. The
@@ -183,6 +186,7 @@ fn main() {
     let dest = query::Filter { destination: Some("10.0.0.2".parse::<IpAddr>().expect("ip").into()), ..host_hour };
     let (dest_flows, _) = timed(5, || query::flows(&conn, &dest, false).expect("destination flows"));
     drop(conn);
+    let console = console_bench(&dir, &path);
     std::fs::remove_file(&path).ok();
 
     // Memory: the Record stage with 100,000 live conversations a cycle, for 10 cycles.
@@ -238,7 +242,157 @@ fn main() {
             ),
             format!("| Record stage per cycle at {CONVERSATIONS} conversations (median) | {} | |", ms(record_cycle)),
             String::new(),
+            format!(
+                "The console (`vigil console`, release build) over the same store: each page requested {PAGE_RUNS} \
+                 times over loopback HTTP with a session, timed from the request to the last byte of the page \
+                 (server time plus loopback); median and slowest. Then {LIVE_ALERTS} alerts recorded one every \
+                 {}ms through `Store::record` (as the agent records them) while the inbox's event stream is open: \
+                 the time from `record` to the alert's row arriving on the stream (writer batch, commit, the \
+                 stream's 250 ms poll, rendering, sending). A browser adds the row to the page on arrival.",
+                LIVE_EVERY.as_millis()
+            ),
+            String::new(),
+            "| measure | median | slowest | target |".to_owned(),
+            "|---|---:|---:|---:|".to_owned(),
         ]
+        .into_iter()
+        .chain(
+            console.pages.iter().map(|(name, med, max)| format!("| {name} | {} | {} | < 300 ms |", ms(*med), ms(*max))),
+        )
+        .chain([
+            format!(
+                "| alert to the inbox's event stream, p50 / p99 / max of {LIVE_ALERTS} | {} / {} / {} | | p99 < 1 s |",
+                ms(console.live.0),
+                ms(console.live.1),
+                ms(console.live.2)
+            ),
+            String::new(),
+        ])
+        .collect::<Vec<_>>()
         .join("\n"),
     );
+}
+
+const PAGE_RUNS: usize = 21;
+const LIVE_ALERTS: usize = 200;
+const LIVE_EVERY: Duration = Duration::from_millis(25);
+
+struct ConsoleNumbers {
+    /// Page, median, slowest.
+    pages: Vec<(String, Duration, Duration)>,
+    /// Alert to event stream: p50, p99, max.
+    live: (Duration, Duration, Duration),
+}
+
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The console over the store at `db`: page times, then alert-to-stream latency.
+fn console_bench(dir: &TempDir, db: &std::path::Path) -> ConsoleNumbers {
+    use std::io::BufRead as _;
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("port").local_addr().expect("addr").port();
+    let token_file = dir.path().join("console.token");
+    let _console = Child(
+        std::process::Command::new(vigil_tests::agent::vigil_bin())
+            .args(["console", "--listen", &format!("127.0.0.1:{port}"), "--db"])
+            .arg(db)
+            .arg("--token-file")
+            .arg(&token_file)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("vigil console"),
+    );
+    let base = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "the console did not listen");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let token = std::fs::read_to_string(&token_file).expect("token").trim().to_owned();
+    let http: ureq::Agent = ureq::Agent::config_builder().max_redirects(0).http_status_as_error(false).build().into();
+    let resp = http.post(&format!("{base}/login")).send_form([("token", token.as_str())]).expect("login");
+    let cookie = resp.headers().get("set-cookie").expect("cookie").to_str().expect("ascii");
+    let cookie = cookie.split(';').next().expect("pair").to_owned();
+
+    let mut pages = Vec::new();
+    for (name, path, needle) in [
+        ("inbox, first page (200 newest of 1M alerts)", "/".to_owned(), "anomalous flows".to_owned()),
+        ("inbox filtered to high severity", "/?severity=high".to_owned(), "anomalous flows".to_owned()),
+        (
+            "host page (its alerts, flows both ways, a 24 h chart)",
+            format!("/hosts/{}", source(4242)),
+            "Bytes over".to_owned(),
+        ),
+        (
+            "traffic, last hour (3 charts over 600,000 minute rows)",
+            "/traffic?window=1h".to_owned(),
+            "Top talkers".to_owned(),
+        ),
+        (
+            "traffic, last 24 h (3 charts over 1M minute rows)",
+            "/traffic?window=24h".to_owned(),
+            "Top talkers".to_owned(),
+        ),
+        ("health", "/health".to_owned(), "Health".to_owned()),
+    ] {
+        let mut times = Vec::with_capacity(PAGE_RUNS);
+        for _ in 0..PAGE_RUNS {
+            let t = Instant::now();
+            let resp = http.get(&format!("{base}{path}")).header("Cookie", &cookie).call().expect("page");
+            assert_eq!(resp.status(), 200, "{path}");
+            let body = resp.into_body().with_config().limit(64 << 20).read_to_string().expect("body");
+            times.push(t.elapsed());
+            assert!(body.contains(&needle), "{path} lacks {needle}");
+        }
+        let max = times.iter().copied().max().unwrap_or_default();
+        pages.push((name.to_owned(), median(&mut times), max));
+    }
+
+    // The live stream: alerts recorded at a steady pace, each found on the stream by its id.
+    // A stream that stops delivering ends the benchmark with an error instead of hanging it.
+    let patient: ureq::Agent =
+        ureq::Agent::config_builder().timeout_recv_body(Some(Duration::from_mins(1))).build().into();
+    let stream = patient.get(&format!("{base}/events")).header("Cookie", &cookie).call().expect("event stream");
+    assert_eq!(stream.status(), 200);
+    let (tx, rx) = std::sync::mpsc::channel::<(usize, Instant)>();
+    let reader = std::thread::spawn(move || {
+        let mut lines = std::io::BufReader::new(stream.into_body().into_reader()).lines();
+        let mut seen = 0;
+        while seen < LIVE_ALERTS {
+            let Some(Ok(line)) = lines.next() else { break };
+            if let Some(at) = line.find("live-alert-") {
+                let digits: String = line[at + 11..].chars().take_while(char::is_ascii_digit).collect();
+                if let Ok(n) = digits.parse() {
+                    let _ = tx.send((n, Instant::now()));
+                    seen += 1;
+                }
+            }
+        }
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let store =
+        Store::start(&StoreSection { path: db.to_owned(), ..StoreSection::default() }, "sensor-1").expect("store");
+    let mut sent = Vec::with_capacity(LIVE_ALERTS);
+    for n in 0..LIVE_ALERTS {
+        let Record::Alert(mut row) = alert(u32::try_from(n).expect("u32"), now_ms()) else { unreachable!() };
+        row.event_id = format!("live-{n}");
+        row.message = format!("live-alert-{n}");
+        sent.push(Instant::now());
+        store.record(Record::Alert(row));
+        std::thread::sleep(LIVE_EVERY);
+    }
+    reader.join().expect("stream reader");
+    store.shutdown(Duration::from_secs(30));
+    let mut latencies: Vec<Duration> = rx.try_iter().map(|(n, at)| at.duration_since(sent[n])).collect();
+    assert_eq!(latencies.len(), LIVE_ALERTS, "alerts missing from the stream");
+    latencies.sort();
+    let last = latencies.len() - 1;
+    ConsoleNumbers { pages, live: (latencies[last / 2], latencies[last * 99 / 100], latencies[last]) }
 }

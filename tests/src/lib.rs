@@ -8,6 +8,7 @@
 pub mod agent;
 pub mod bench;
 pub mod blast;
+pub mod browser;
 pub mod capture;
 pub mod data;
 pub mod host_replay;

@@ -589,7 +589,7 @@ async fn add_block(
         .and_then(|r| r.map_err(|e| e.to_string()));
     let notice = match result {
         Ok(rule) => {
-            info!(prefix = %rule.prefix, ttl = %humantime::format_duration(ttl), "console: rule added");
+            info!(prefix = %rule.prefix, ttl = %humantime::format_duration(ttl), %peer, "console: rule added");
             (true, format!("blocked {} for {}", rule.prefix, humantime::format_duration(ttl)))
         }
         Err(e) => (false, e),
@@ -597,7 +597,12 @@ async fn add_block(
     render_blocks(&state, s.csrf, Some(notice)).await
 }
 
-async fn remove_block(State(state): State<Shared>, headers: HeaderMap, Form(form): Form<BlockForm>) -> Response {
+async fn remove_block(
+    State(state): State<Shared>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Form(form): Form<BlockForm>,
+) -> Response {
     let s = match change_session(&state, &headers, &form.csrf) {
         Ok((_, s)) => s,
         Err(r) => return r,
@@ -615,7 +620,7 @@ async fn remove_block(State(state): State<Shared>, headers: HeaderMap, Form(form
         .and_then(|r| r.map_err(|e| e.to_string()));
     let notice = match result {
         Ok(true) => {
-            info!(%prefix, "console: rule removed");
+            info!(%prefix, %peer, "console: rule removed");
             (true, format!("removed the rule for {prefix}"))
         }
         Ok(false) => (false, format!("no rule for {prefix}")),

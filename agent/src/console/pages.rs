@@ -219,7 +219,7 @@ pub fn inbox(alerts: &[StoredAlert], q: &InboxQuery, csrf: &str, error: Option<&
                 }
             }
             @if alerts.is_empty() { p #empty { "No alerts match." } }
-            p.hint { "New alerts appear at the top as the agent raises them (with JavaScript on); " (alerts.len()) " shown, newest first." }
+            p.hint { "New alerts appear at the top as the agent raises them (with JavaScript on); " span #shown { (alerts.len()) } " shown, newest first." }
         },
     )
 }
@@ -347,7 +347,7 @@ pub fn host(
                         tr {
                             td { (ip_link(if peer_is_source { f.source } else { f.destination })) }
                             td { (agent_common::proto::name(f.protocol)) "/" (f.port) }
-                            td { (f.flows) } td { (f.packets) } td { (f.bytes) } td { (f.anomalous) }
+                            td { (f.flows) } td { (f.packets) } td { (chart::bytes(f.bytes)) } td { (f.anomalous) }
                         }
                     }
                 }
@@ -362,16 +362,16 @@ pub fn host(
             @if let Some((start_minute, step_minutes, sent, received)) = over_time {
                 h2 { "Bytes over the last 24 h" }
                 (chart::stacked_columns(
-                    "bytes sent and received",
+                    "bytes of the conversations it started and of those started with it",
                     &[
-                        chart::Stack { label: "sent".into(), values: sent },
-                        chart::Stack { label: "received".into(), values: received },
+                        chart::Stack { label: "it started".into(), values: sent },
+                        chart::Stack { label: "started with it".into(), values: received },
                     ],
                     &[],
                     start_minute,
                     step_minutes,
                 ))
-                p.legend { span.swatch.c0 {} " sent " span.swatch.c1 {} " received" }
+                p.legend { span.swatch.c0 {} " conversations it started " span.swatch.c1 {} " conversations others started with it (bytes of both directions)" }
             }
             h2 { "Alerts (last 24 h, newest first)" }
             @if alerts.is_empty() { p { "None." } } @else {

@@ -12,5 +12,7 @@ document.addEventListener("DOMContentLoaded", () => {
     if (row) row.classList.add("fresh");
     const empty = document.getElementById("empty");
     if (empty) empty.remove();
+    const shown = document.getElementById("shown");
+    if (shown) shown.textContent = String(Number(shown.textContent) + 1);
   });
 });
