@@ -243,7 +243,7 @@ fn main() {
             format!("| Record stage per cycle at {CONVERSATIONS} conversations (median) | {} | |", ms(record_cycle)),
             String::new(),
             format!(
-                "The console (`vigil console`, release build) over the same store: each page requested {PAGE_RUNS} \
+                "The console (`vigil console`, the build the tests use: dependencies at opt-level 3, Vigil at 1) over the same store: each page requested {PAGE_RUNS} \
                  times over loopback HTTP with a session, timed from the request to the last byte of the page \
                  (server time plus loopback); median and slowest. Then {LIVE_ALERTS} alerts recorded one every \
                  {}ms through `Store::record` (as the agent records them) while the inbox's event stream is open: \
@@ -257,7 +257,11 @@ fn main() {
         ]
         .into_iter()
         .chain(
-            console.pages.iter().map(|(name, med, max)| format!("| {name} | {} | {} | < 300 ms |", ms(*med), ms(*max))),
+            // The issue's targets are for the inbox and host pages.
+            console.pages.iter().map(|(name, med, max)| {
+                let target = if name.starts_with("inbox") || name.starts_with("host") { "< 300 ms" } else { "" };
+                format!("| {name} | {} | {} | {target} |", ms(*med), ms(*max))
+            }),
         )
         .chain([
             format!(
@@ -377,8 +381,10 @@ fn console_bench(dir: &TempDir, db: &std::path::Path) -> ConsoleNumbers {
         }
     });
     std::thread::sleep(Duration::from_millis(500));
-    let store =
-        Store::start(&StoreSection { path: db.to_owned(), ..StoreSection::default() }, "sensor-1").expect("store");
+    // The size cap of the ingest above: under the default 1 GiB the writer would first trim
+    // this 4 GB store for minutes, and the alerts would wait behind it.
+    let section = StoreSection { path: db.to_owned(), max_size_mb: 64 * 1024, ..StoreSection::default() };
+    let store = Store::start(&section, "sensor-1").expect("store");
     let mut sent = Vec::with_capacity(LIVE_ALERTS);
     for n in 0..LIVE_ALERTS {
         let Record::Alert(mut row) = alert(u32::try_from(n).expect("u32"), now_ms()) else { unreachable!() };

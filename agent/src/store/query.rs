@@ -414,12 +414,30 @@ pub fn traffic(
         })?
         .collect::<rusqlite::Result<_>>()?;
 
-    let mut series = Vec::with_capacity(tops.len());
-    let mut series_stmt = conn.prepare(&format!(
-        "SELECT (minute - ?1) / ?3, sum(bytes) FROM flow_minutes \
-         WHERE minute >= ?1 AND minute < ?2 AND {key} = ?4 GROUP BY 1"
+    // One more pass over the window: bytes per bucket for each top key, and for the rest.
+    let placeholders: Vec<String> = (0..tops.len()).map(|i| format!("?{}", i + 4)).collect();
+    let list = if placeholders.is_empty() { "NULL".to_owned() } else { placeholders.join(", ") };
+    let mut stmt = conn.prepare(&format!(
+        "SELECT (minute - ?1) / ?3, CASE WHEN {key} IN ({list}) THEN {key} END, sum(bytes) FROM flow_minutes \
+         WHERE minute >= ?1 AND minute < ?2 GROUP BY 1, 2"
     ))?;
-    for (value, total_bytes, flows, anomalous) in tops {
+    let mut params: Vec<Sql> = vec![Sql::Integer(start_minute), Sql::Integer(end), Sql::Integer(step)];
+    params.extend(tops.iter().map(|t| t.0.clone()));
+    let mut per_key = vec![vec![0u64; buckets]; tops.len()];
+    let mut other = vec![0u64; buckets];
+    let mut rows = stmt.query(rusqlite::params_from_iter(params))?;
+    while let Some(r) = rows.next()? {
+        let Some(b) = bucket_of(r.get(0)?) else { continue };
+        let value: Sql = r.get(1)?;
+        let bytes = count(r.get(2)?);
+        match tops.iter().position(|t| t.0 == value) {
+            Some(i) if value != Sql::Null => per_key[i][b] += bytes,
+            _ => other[b] += bytes,
+        }
+    }
+
+    let mut series = Vec::with_capacity(tops.len());
+    for ((value, total_bytes, flows, anomalous), bytes) in tops.into_iter().zip(per_key) {
         let key = match &value {
             Sql::Blob(b) => addr::from_key(b).map(TrafficKey::Host),
             Sql::Integer(i) => Some(TrafficKey::Service {
@@ -429,35 +447,7 @@ pub fn traffic(
             _ => None,
         };
         let Some(key) = key else { continue };
-        let mut bytes = vec![0u64; buckets];
-        let rows = series_stmt.query_map(rusqlite::params![start_minute, end, step, value], |r| {
-            Ok((r.get::<_, i64>(0)?, count(r.get(1)?)))
-        })?;
-        for row in rows {
-            let (b, v) = row?;
-            if let Some(b) = bucket_of(b) {
-                bytes[b] += v;
-            }
-        }
         series.push(Series { key, bytes, total_bytes, flows, anomalous });
-    }
-
-    let mut other = vec![0u64; buckets];
-    let mut stmt = conn.prepare(
-        "SELECT (minute - ?1) / ?3, sum(bytes) FROM flow_minutes WHERE minute >= ?1 AND minute < ?2 GROUP BY 1",
-    )?;
-    let rows =
-        stmt.query_map(rusqlite::params![start_minute, end, step], |r| Ok((r.get::<_, i64>(0)?, count(r.get(1)?))))?;
-    for row in rows {
-        let (b, v) = row?;
-        if let Some(b) = bucket_of(b) {
-            other[b] = v;
-        }
-    }
-    for s in &series {
-        for (o, v) in other.iter_mut().zip(&s.bytes) {
-            *o = o.saturating_sub(*v);
-        }
     }
     Ok(Traffic { start_minute, step_minutes: step, series, other })
 }
