@@ -19,7 +19,7 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 /// 0.13.2 builds with the installed stable toolchain and runs with nightly.
 const CARGO_FUZZ_VERSION: &str = "0.13.2";
 /// What the privileged tests and benchmarks use from the system.
-const TEST_PACKAGES: [(&str, &str); 13] = [
+const TEST_PACKAGES: [(&str, &str); 14] = [
     ("ip", "iproute2"),
     ("ethtool", "ethtool"),
     ("nsenter", "util-linux"),
@@ -34,6 +34,8 @@ const TEST_PACKAGES: [(&str, &str); 13] = [
     // The console's browser tests: headless Chromium driven over WebDriver.
     ("chromium", "chromium"),
     ("chromedriver", "chromium-driver"),
+    // The fleet bus: the NATS sink's tests start their own JetStream servers.
+    ("nats-server", "nats-server"),
 ];
 /// The Python references the model cross-checks and scoring benchmark compare against
 /// (never used by the agent). Versions are the ones the checks were written against.

@@ -144,6 +144,8 @@ sinks! {
         Syslog => syslog::SyslogSettings,
         /// HTTP POST of each event (`Content-Type: application/json`), retried with backoff.
         Webhook => webhook::WebhookSettings,
+        /// Published to NATS `JetStream` and acknowledged by the stream (at-least-once).
+        Nats => nats::NatsSettings,
     }
 }
 

@@ -1,0 +1,408 @@
+//! The `nats` sink: each event published to a NATS `JetStream` stream on
+//! `vigil.v1.alert.<site>.<host>` and acknowledged by the stream before it counts as
+//! delivered (at-least-once). The message carries `Nats-Msg-Id: <host>/<event.id>`, so a retry
+//! of a message that did arrive is dropped by the stream's duplicate window instead of stored
+//! twice. The subject carries site and host, so a NATS account can confine each host to its
+//! own subjects. TLS (rustls) and per-host credentials (a `.creds` file, an nkey seed, or a
+//! user and password) are configured here; every secret file must be private (0600).
+//!
+//! This is the fleet export's first slice (docs/fleet.md): alerts only, one message in flight;
+//! the on-disk spool for a bus that is down for long is not built yet, so an event still failing
+//! after its retries counts as failed like any other sink's.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tracing::{debug, info};
+
+use super::{Event, Sink, SinkSettings};
+
+/// The stream's subjects: every site's and host's alerts.
+pub const ALERT_SUBJECTS: &str = "vigil.v1.alert.>";
+/// How long the stream remembers message ids to drop a repeat (`create_stream`).
+pub const DUPLICATE_WINDOW: Duration = Duration::from_mins(2);
+
+/// `type = "nats"`. Durations are humantime strings ("500ms", "5s").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatsSettings {
+    /// The servers, comma-separated: `tls://host:4222` (TLS required), or `nats://host:4222`
+    /// with `allow_plaintext = true`.
+    pub url: String,
+    /// The site token of the subject.
+    #[serde(default = "default_site")]
+    pub site: String,
+    /// The host token of the subject; default: this host's name, with characters a subject
+    /// token cannot hold (`.`, `*`, `>`, spaces) turned into `_`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// The `JetStream` stream that takes `vigil.v1.alert.>`.
+    #[serde(default = "default_stream")]
+    pub stream: String,
+    /// Create the stream (file storage, a 2-minute duplicate window) when it is missing. Needs
+    /// the right to; a fleet's operators usually create it once instead.
+    #[serde(default)]
+    pub create_stream: bool,
+    /// A NATS credentials file (JWT and nkey seed, as `nsc` writes it). Private (0600).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_file: Option<PathBuf>,
+    /// A file holding an nkey seed (`SU...`). Private (0600).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nkey_seed_file: Option<PathBuf>,
+    /// A user name, with its password in `password_file` (private, 0600).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<PathBuf>,
+    /// PEM file of the CA certificates that sign the servers' certificates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// Allow `nats://` without TLS: alerts and credentials then cross the network in clear.
+    #[serde(default)]
+    pub allow_plaintext: bool,
+    /// How long a connection attempt and a publish acknowledgement may take.
+    #[serde(default = "default_timeout", with = "crate::duration_serde")]
+    pub timeout: Duration,
+    #[serde(default = "default_max_retries")]
+    pub max_retries: u32,
+    /// First retry delay, doubled on each retry and capped at [`super::MAX_BACKOFF`].
+    #[serde(default = "default_backoff", with = "crate::duration_serde")]
+    pub backoff: Duration,
+}
+
+fn default_site() -> String {
+    "default".to_owned()
+}
+fn default_stream() -> String {
+    "VIGIL_ALERTS".to_owned()
+}
+fn default_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_max_retries() -> u32 {
+    5
+}
+fn default_backoff() -> Duration {
+    Duration::from_millis(500)
+}
+
+impl SinkSettings for NatsSettings {
+    fn name(&self) -> String {
+        format!("nats:{}", redact(&self.url))
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        validate(self)
+    }
+
+    fn open(&self) -> io::Result<Box<dyn Sink>> {
+        Ok(Box::new(NatsSink::open(self)?))
+    }
+}
+
+/// Whether `token` can be one token of a subject: letters, digits, `-` and `_`.
+fn is_token(token: &str) -> bool {
+    !token.is_empty()
+        && token.len() <= 64
+        && token.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// This host's name as a subject token.
+fn host_token() -> String {
+    let name = nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default();
+    let token: String =
+        name.chars().take(64).map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect();
+    if token.is_empty() { "unknown".to_owned() } else { token }
+}
+
+/// Hides `user:password@` of every server URL.
+fn redact(url: &str) -> String {
+    url.split(',')
+        .map(|u| {
+            let u = u.trim();
+            let Some((scheme, rest)) = u.split_once("://") else { return u.to_owned() };
+            match rest.rfind('@') {
+                Some(at) => format!("{scheme}://***@{}", &rest[at + 1..]),
+                None => u.to_owned(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Checks the settings without touching the system; the message names the key.
+fn validate(s: &NatsSettings) -> Result<(), String> {
+    let servers: Vec<&str> = s.url.split(',').map(str::trim).collect();
+    for server in &servers {
+        let Some((scheme, rest)) = server.split_once("://") else {
+            return Err(format!("nats url {:?} must start with tls:// (or nats:// with allow_plaintext)", redact(server)));
+        };
+        match scheme {
+            "tls" => {}
+            "nats" if s.allow_plaintext => {}
+            "nats" => {
+                return Err(format!(
+                    "nats url {:?} is plain nats://: alerts and credentials would cross the network in clear; use \
+                     tls:// or set allow_plaintext = true",
+                    redact(server)
+                ));
+            }
+            other => return Err(format!("nats url scheme {other:?} is not tls:// or nats://")),
+        }
+        let host_port = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
+        if host_port.is_empty() || host_port.contains('/') {
+            return Err(format!("nats url {:?} must be scheme://host:port", redact(server)));
+        }
+    }
+    if s.url.contains('@') && (s.credentials_file.is_some() || s.nkey_seed_file.is_some() || s.user.is_some()) {
+        return Err("nats: credentials in the url and in the settings; keep them in the settings' files".into());
+    }
+    if !is_token(&s.site) {
+        return Err(format!("nats site {:?} must be letters, digits, - or _ (it is a subject token)", s.site));
+    }
+    if let Some(host) = &s.host
+        && !is_token(host)
+    {
+        return Err(format!("nats host {host:?} must be letters, digits, - or _ (it is a subject token)"));
+    }
+    if !is_token(&s.stream) {
+        return Err(format!("nats stream {:?} must be letters, digits, - or _", s.stream));
+    }
+    let ways = usize::from(s.credentials_file.is_some())
+        + usize::from(s.nkey_seed_file.is_some())
+        + usize::from(s.user.is_some() || s.password_file.is_some());
+    if ways > 1 {
+        return Err("nats: choose one of credentials_file, nkey_seed_file, or user with password_file".into());
+    }
+    if s.user.is_some() != s.password_file.is_some() {
+        return Err("nats: user and password_file go together".into());
+    }
+    for (key, path) in [
+        ("credentials_file", &s.credentials_file),
+        ("nkey_seed_file", &s.nkey_seed_file),
+        ("password_file", &s.password_file),
+        ("ca_file", &s.ca_file),
+    ] {
+        if path.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+            return Err(format!("nats {key} must not be empty"));
+        }
+    }
+    if s.timeout.is_zero() {
+        return Err("nats timeout must be more than zero".into());
+    }
+    Ok(())
+}
+
+/// A secret file's contents, refused when group or others can read it.
+fn read_secret(key: &str, path: &Path) -> io::Result<String> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let named = |e: io::Error| io::Error::new(e.kind(), format!("nats {key} {}: {e}", path.display()));
+    let meta = std::fs::metadata(path).map_err(named)?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "nats {key} {} is readable by group or others (mode {:o}); chmod 600 it",
+                path.display(),
+                meta.permissions().mode() & 0o777
+            ),
+        ));
+    }
+    Ok(std::fs::read_to_string(path).map_err(named)?.trim().to_owned())
+}
+
+/// The id the stream deduplicates on: the host and the event's own `event.id`, or the host,
+/// this process's start and a sequence for an event without one.
+fn message_id(host: &str, json: &str, boot: u64, seq: &AtomicU64) -> String {
+    #[derive(Deserialize)]
+    struct Doc {
+        event: Option<EventField>,
+    }
+    #[derive(Deserialize)]
+    struct EventField {
+        id: Option<String>,
+    }
+    match serde_json::from_str::<Doc>(json).ok().and_then(|d| d.event).and_then(|e| e.id) {
+        Some(id) => format!("{host}/{id}"),
+        None => format!("{host}/{boot}-{}", seq.fetch_add(1, Ordering::Relaxed)),
+    }
+}
+
+struct NatsSink {
+    runtime: tokio::runtime::Runtime,
+    options: Options,
+    jetstream: Option<async_nats::jetstream::Context>,
+    subject: String,
+    host: String,
+    boot: u64,
+    seq: AtomicU64,
+    max_retries: u32,
+    backoff: Duration,
+}
+
+/// What a (re)connection needs, secrets read once at open.
+struct Options {
+    url: String,
+    credentials: Option<String>,
+    nkey: Option<String>,
+    user: Option<(String, String)>,
+    ca_file: Option<PathBuf>,
+    tls: bool,
+    timeout: Duration,
+    stream: String,
+    create_stream: bool,
+}
+
+impl NatsSink {
+    /// Reads the secrets and CA file, so a bad setting fails before the sensor starts. The
+    /// server is not contacted yet: a bus that is down at start is a delivery failure, not a
+    /// configuration error.
+    fn open(s: &NatsSettings) -> io::Result<NatsSink> {
+        validate(s).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let credentials = s.credentials_file.as_deref().map(|p| read_secret("credentials_file", p)).transpose()?;
+        let nkey = s.nkey_seed_file.as_deref().map(|p| read_secret("nkey_seed_file", p)).transpose()?;
+        let password = s.password_file.as_deref().map(|p| read_secret("password_file", p)).transpose()?;
+        if let Some(ca) = &s.ca_file {
+            std::fs::metadata(ca).map_err(|e| io::Error::new(e.kind(), format!("nats ca_file {}: {e}", ca.display())))?;
+        }
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let host = s.host.clone().unwrap_or_else(host_token);
+        let boot = crate::clock::wall_ns();
+        Ok(NatsSink {
+            runtime,
+            options: Options {
+                url: s.url.split(',').map(str::trim).collect::<Vec<_>>().join(","),
+                credentials,
+                nkey,
+                user: s.user.clone().zip(password),
+                ca_file: s.ca_file.clone(),
+                tls: s.url.split(',').all(|u| u.trim().starts_with("tls://")),
+                timeout: s.timeout,
+                stream: s.stream.clone(),
+                create_stream: s.create_stream,
+            },
+            jetstream: None,
+            subject: format!("vigil.v1.alert.{}.{host}", s.site),
+            host,
+            boot,
+            seq: AtomicU64::new(0),
+            max_retries: s.max_retries,
+            backoff: s.backoff.min(super::MAX_BACKOFF),
+        })
+    }
+
+    /// Connects (the client then reconnects by itself) and, with `create_stream`, makes sure
+    /// the stream exists.
+    async fn connect(o: &Options) -> Result<async_nats::jetstream::Context, String> {
+        let mut options = async_nats::ConnectOptions::new()
+            .name(concat!("vigil/", env!("CARGO_PKG_VERSION")))
+            .connection_timeout(o.timeout)
+            .require_tls(o.tls);
+        if let Some(creds) = &o.credentials {
+            options = options.credentials(creds).map_err(|e| format!("credentials_file: {e}"))?;
+        }
+        if let Some(seed) = &o.nkey {
+            options = options.nkey(seed.clone());
+        }
+        if let Some((user, password)) = &o.user {
+            options = options.user_and_password(user.clone(), password.clone());
+        }
+        if let Some(ca) = &o.ca_file {
+            options = options.add_root_certificates(ca.clone());
+        }
+        let client = tokio::time::timeout(o.timeout, options.connect(o.url.as_str()))
+            .await
+            .map_err(|_| format!("no connection within {:?}", o.timeout))?
+            .map_err(|e| e.to_string())?;
+        let mut jetstream = async_nats::jetstream::new(client);
+        jetstream.set_timeout(o.timeout);
+        if o.create_stream {
+            jetstream
+                .get_or_create_stream(async_nats::jetstream::stream::Config {
+                    name: o.stream.clone(),
+                    subjects: vec![ALERT_SUBJECTS.to_owned()],
+                    storage: async_nats::jetstream::stream::StorageType::File,
+                    duplicate_window: DUPLICATE_WINDOW,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| format!("creating stream {}: {e}", o.stream))?;
+        }
+        Ok(jetstream)
+    }
+
+    /// Publishes once and waits for the stream's acknowledgement.
+    fn publish_once(&mut self, id: &str, payload: &bytes::Bytes) -> Result<bool, String> {
+        let (runtime, options, subject) = (&self.runtime, &self.options, &self.subject);
+        if self.jetstream.is_none() {
+            let j = runtime.block_on(Self::connect(options))?;
+            info!(url = %redact(&options.url), subject, "nats sink connected");
+            self.jetstream = Some(j);
+        }
+        let jetstream = self.jetstream.clone().ok_or("not connected")?;
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(async_nats::header::NATS_MESSAGE_ID, id);
+        let ack = runtime.block_on(async {
+            tokio::time::timeout(options.timeout, async {
+                jetstream
+                    .publish_with_headers(subject.clone(), headers, payload.clone())
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .await
+                    .map_err(|e| e.to_string())
+            })
+            .await
+            .map_err(|_| format!("no acknowledgement within {:?}", options.timeout))?
+        })?;
+        Ok(ack.duplicate)
+    }
+
+    /// Publishes `event`, retrying with backoff; gives up after `max_retries` retries or on `abort`.
+    fn publish(&mut self, event: &Event, abort: &AtomicBool) -> Result<(), String> {
+        let id = message_id(&self.host, &event.json, self.boot, &self.seq);
+        let payload = bytes::Bytes::copy_from_slice(event.json.as_bytes());
+        let mut delay = self.backoff;
+        let mut attempt = 0;
+        loop {
+            let error = match self.publish_once(&id, &payload) {
+                Ok(duplicate) => {
+                    if duplicate {
+                        debug!(id, "nats: the stream already had this message");
+                    }
+                    return Ok(());
+                }
+                Err(e) => e,
+            };
+            if attempt >= self.max_retries || abort.load(Ordering::Relaxed) {
+                return Err(format!("{error} (gave up after {} attempts)", attempt + 1));
+            }
+            debug!(%error, ?delay, "nats delivery failed; retrying");
+            let wake = Instant::now() + delay;
+            while Instant::now() < wake && !abort.load(Ordering::Relaxed) {
+                thread::sleep((wake - Instant::now()).min(Duration::from_millis(50)));
+            }
+            delay = delay.saturating_mul(2).min(super::MAX_BACKOFF);
+            attempt += 1;
+        }
+    }
+}
+
+impl Sink for NatsSink {
+    fn deliver(&mut self, event: &Event, abort: &AtomicBool) -> Result<(), String> {
+        self.publish(event, abort)
+    }
+
+    fn close(&mut self) {
+        if let Some(jetstream) = self.jetstream.take() {
+            let client = jetstream.client();
+            let _ = self.runtime.block_on(async { tokio::time::timeout(Duration::from_secs(1), client.flush()).await });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
