@@ -234,6 +234,9 @@ pub struct Config {
     pub learn: crate::learn::LearnSection,
     pub store: crate::store::StoreSection,
     pub console: crate::console::ConsoleSection,
+    /// `vigil collector`'s bus and consumer; absent on a sensor.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub collector: Option<crate::collector::CollectorSection>,
 }
 
 /// A configuration that cannot be used.
@@ -375,7 +378,11 @@ impl Config {
         }
         self.learn.validate().map_err(|(field, message)| ConfigError::Invalid { field, message })?;
         self.store.validate().map_err(|(field, message)| ConfigError::Invalid { field, message })?;
-        self.console.validate().map_err(|(field, message)| ConfigError::Invalid { field, message })
+        self.console.validate().map_err(|(field, message)| ConfigError::Invalid { field, message })?;
+        match &self.collector {
+            Some(c) => c.validate().map_err(|(field, message)| ConfigError::Invalid { field, message }),
+            None => Ok(()),
+        }
     }
 }
 

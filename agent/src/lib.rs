@@ -27,6 +27,7 @@ pub mod alert;
 pub mod block;
 pub mod capture;
 pub mod clock;
+pub mod collector;
 pub mod config;
 pub mod console;
 pub mod control;

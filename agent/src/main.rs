@@ -61,6 +61,8 @@ enum Command {
     /// Serve the web console over the store (loopback by default; log in with the token in
     /// `console.token_file`).
     Console(ConsoleArgs),
+    /// Consume the fleet's alerts from NATS `JetStream` into the store (`[collector]`).
+    Collector(CollectorArgs),
     /// Print or check the configuration.
     Config(ConfigArgs),
     /// Make signing keys, sign model bundles and verify their signatures.
@@ -97,6 +99,16 @@ struct QueryArgs {
     /// the aggregates of flows.
     #[arg(long, global = true)]
     json: bool,
+}
+
+#[derive(Debug, Args)]
+struct CollectorArgs {
+    /// Configuration file [default: /etc/vigil/vigil.toml if present].
+    #[arg(long, short = 'c', value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// The store file the fleet's alerts go to (`store.path`).
+    #[arg(long, value_name = "FILE")]
+    db: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -807,6 +819,7 @@ fn main() -> ExitCode {
         Command::Feedback(args) => feedback_command(args),
         Command::Query(args) => query_command(args),
         Command::Console(args) => console_command(args),
+        Command::Collector(args) => collector_command(args),
         Command::Config(args) => return config_command(&args),
         Command::Model(args) => model_command(args),
     };
@@ -1005,6 +1018,41 @@ fn feedback_command(args: FeedbackArgs) -> anyhow::Result<()> {
     println!(
         "alert {id} marked a false positive; a learning or adapting agent puts its flow into the next site model's \
          sample within a cycle"
+    );
+    Ok(())
+}
+
+fn collector_command(args: CollectorArgs) -> anyhow::Result<()> {
+    let config = match Config::load(args.config.as_deref()).map_err(anyhow::Error::from).and_then(|c| {
+        c.validate()?;
+        c.collector.as_ref().ok_or_else(|| anyhow::anyhow!("config: vigil collector needs a [collector] section"))?;
+        Ok(c)
+    }) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("vigil: error: {e:#}");
+            std::process::exit(i32::from(EXIT_CONFIG));
+        }
+    };
+    let section = config.collector.clone().unwrap_or_else(|| unreachable!("checked above"));
+    let db = args.db.unwrap_or(config.store.path);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = stop.clone();
+    std::thread::Builder::new().name("signals".into()).spawn(move || {
+        let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+        runtime.block_on(async {
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                () = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+            }
+        });
+        flag.store(true, std::sync::atomic::Ordering::Relaxed);
+    })?;
+    let stats = vigil::collector::run(&section, &db, &stop)?;
+    eprintln!(
+        "vigil collector: {} messages, {} alerts stored, {} already stored, {} skipped",
+        stats.messages, stats.stored, stats.repeated, stats.skipped
     );
     Ok(())
 }

@@ -21,6 +21,7 @@ pub mod schema;
 mod writer;
 
 pub use recorder::Recorder;
+pub use writer::{insert_alerts, open as open_for_writing};
 
 use std::{
     net::IpAddr,
@@ -151,6 +152,40 @@ pub struct AlertRow {
     pub message: String,
     /// The ECS document, as the sinks got it.
     pub document: String,
+}
+
+impl AlertRow {
+    /// The row of an alert document as the sinks send it (ECS, docs/deploy.md): what the fleet
+    /// collector stores for an alert another host raised. `None` for a document that is not
+    /// an alert (`event.kind`) or lacks its id or time.
+    #[must_use]
+    pub fn from_document(json: &str) -> Option<AlertRow> {
+        let doc: serde_json::Value = serde_json::from_str(json).ok()?;
+        if doc["event"]["kind"] != "alert" {
+            return None;
+        }
+        let event_id = doc["event"]["id"].as_str()?.to_owned();
+        let time = humantime::parse_rfc3339(doc["@timestamp"].as_str()?).ok()?;
+        let time_ms = i64::try_from(time.duration_since(std::time::UNIX_EPOCH).ok()?.as_millis()).ok()?;
+        let severity = serde_json::from_value(doc["vigil"]["severity"].clone()).ok()?;
+        let ip = |v: &serde_json::Value| v.as_str().and_then(|s| s.parse::<IpAddr>().ok());
+        let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_owned();
+        #[expect(clippy::cast_possible_truncation, reason = "a score")]
+        Some(AlertRow {
+            time_ms,
+            event_id,
+            severity,
+            kind: text(&doc["event"]["action"]),
+            source: ip(&doc["source"]["ip"]),
+            destination: ip(&doc["destination"]["ip"]),
+            destination_port: doc["destination"]["port"].as_u64().and_then(|p| u16::try_from(p).ok()),
+            score: doc["vigil"]["score"]["combined"].as_f64().map(|s| s as f32),
+            model_sha256: text(&doc["vigil"]["model"]["sha256"]),
+            model_phase: text(&doc["vigil"]["model"]["phase"]),
+            message: text(&doc["message"]),
+            document: json.to_owned(),
+        })
+    }
 }
 
 /// A block action as stored.

@@ -53,6 +53,9 @@ impl Settings {
 
 /// Opens (creating and migrating) the database at `path`, its directory made the agent's own
 /// first.
+///
+/// # Errors
+/// The directory or file cannot be made or opened, or its schema is newer than this vigil's.
 pub fn open(path: &Path) -> Result<Connection, StoreError> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         crate::private_dir::ensure(dir)
@@ -177,11 +180,7 @@ pub(super) fn insert(conn: &mut Connection, host: &str, batch: &[Record]) -> rus
                 Record::Alert(a) => {
                     let stmt = match &mut alerts {
                         Some(s) => s,
-                        None => alerts.insert(tx.prepare(
-                            "INSERT OR IGNORE INTO alerts (host, event_id, time_ms, severity, kind, source, destination, \
-                             destination_port, score, model_sha256, model_phase, message, document) \
-                             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
-                        )?),
+                        None => alerts.insert(tx.prepare(INSERT_ALERT)?),
                     };
                     insert_alert(stmt, host, a)?;
                 }
@@ -225,6 +224,32 @@ fn ip(ip: Option<std::net::IpAddr>) -> Option<[u8; 16]> {
 /// `SQLite` integers are signed: counters beyond `i64::MAX` are stored as `i64::MAX`.
 fn int(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+const INSERT_ALERT: &str = "INSERT OR IGNORE INTO alerts (host, event_id, time_ms, severity, kind, source, destination, \
+     destination_port, score, model_sha256, model_phase, message, document) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)";
+
+/// Alerts of many hosts in one transaction, each once (`INSERT OR IGNORE` on host and
+/// `event.id`): what the fleet collector writes. Answers how many were new.
+///
+/// # Errors
+/// The transaction fails (nothing of it is kept).
+pub fn insert_alerts<'a>(
+    conn: &mut Connection,
+    rows: impl IntoIterator<Item = (&'a str, &'a AlertRow)>,
+) -> rusqlite::Result<usize> {
+    let tx = conn.transaction()?;
+    let before = tx.total_changes();
+    {
+        let mut stmt = tx.prepare(INSERT_ALERT)?;
+        for (host, row) in rows {
+            insert_alert(&mut stmt, host, row)?;
+        }
+    }
+    let new = tx.total_changes() - before;
+    tx.commit()?;
+    Ok(usize::try_from(new).unwrap_or(usize::MAX))
 }
 
 fn insert_alert(stmt: &mut rusqlite::Statement<'_>, host: &str, a: &AlertRow) -> rusqlite::Result<()> {

@@ -400,7 +400,7 @@ fn run_worker(name: &str, mut sink: Box<dyn Sink>, rx: &Receiver<Arc<Event>>, co
 
 /// Helpers shared by the sinks' tests.
 #[cfg(test)]
-mod testing {
+pub(crate) mod testing {
     use std::path::PathBuf;
     use std::time::{Duration, Instant};
     use std::{fs, thread};

@@ -244,8 +244,9 @@ struct NatsSink {
     backoff: Duration,
 }
 
-/// What a (re)connection needs, secrets read once at open.
-struct Options {
+/// What a (re)connection needs, secrets read once at open. The collector connects with the
+/// same settings and code.
+pub(crate) struct Options {
     url: String,
     credentials: Option<String>,
     nkey: Option<String>,
@@ -262,29 +263,13 @@ impl NatsSink {
     /// server is not contacted yet: a bus that is down at start is a delivery failure, not a
     /// configuration error.
     fn open(s: &NatsSettings) -> io::Result<NatsSink> {
-        validate(s).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-        let credentials = s.credentials_file.as_deref().map(|p| read_secret("credentials_file", p)).transpose()?;
-        let nkey = s.nkey_seed_file.as_deref().map(|p| read_secret("nkey_seed_file", p)).transpose()?;
-        let password = s.password_file.as_deref().map(|p| read_secret("password_file", p)).transpose()?;
-        if let Some(ca) = &s.ca_file {
-            std::fs::metadata(ca).map_err(|e| io::Error::new(e.kind(), format!("nats ca_file {}: {e}", ca.display())))?;
-        }
+        let options = Options::new(s)?;
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         let host = s.host.clone().unwrap_or_else(host_token);
         let boot = crate::clock::wall_ns();
         Ok(NatsSink {
             runtime,
-            options: Options {
-                url: s.url.split(',').map(str::trim).collect::<Vec<_>>().join(","),
-                credentials,
-                nkey,
-                user: s.user.clone().zip(password),
-                ca_file: s.ca_file.clone(),
-                tls: s.url.split(',').all(|u| u.trim().starts_with("tls://")),
-                timeout: s.timeout,
-                stream: s.stream.clone(),
-                create_stream: s.create_stream,
-            },
+            options,
             jetstream: None,
             subject: format!("vigil.v1.alert.{}.{host}", s.site),
             host,
@@ -295,9 +280,47 @@ impl NatsSink {
         })
     }
 
+}
+
+impl Options {
+    /// Checks the settings and reads the secret and CA files.
+    ///
+    /// # Errors
+    /// A bad setting, or a file that cannot be read or is not private.
+    pub(crate) fn new(s: &NatsSettings) -> io::Result<Options> {
+        validate(s).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let credentials = s.credentials_file.as_deref().map(|p| read_secret("credentials_file", p)).transpose()?;
+        let nkey = s.nkey_seed_file.as_deref().map(|p| read_secret("nkey_seed_file", p)).transpose()?;
+        let password = s.password_file.as_deref().map(|p| read_secret("password_file", p)).transpose()?;
+        if let Some(ca) = &s.ca_file {
+            std::fs::metadata(ca).map_err(|e| io::Error::new(e.kind(), format!("nats ca_file {}: {e}", ca.display())))?;
+        }
+        Ok(Options {
+            url: s.url.split(',').map(str::trim).collect::<Vec<_>>().join(","),
+            credentials,
+            nkey,
+            user: s.user.clone().zip(password),
+            ca_file: s.ca_file.clone(),
+            tls: s.url.split(',').all(|u| u.trim().starts_with("tls://")),
+            timeout: s.timeout,
+            stream: s.stream.clone(),
+            create_stream: s.create_stream,
+        })
+    }
+
+    /// The servers, credentials hidden.
+    pub(crate) fn url(&self) -> String {
+        redact(&self.url)
+    }
+
+    pub(crate) fn stream(&self) -> &str {
+        &self.stream
+    }
+
     /// Connects (the client then reconnects by itself) and, with `create_stream`, makes sure
     /// the stream exists.
-    async fn connect(o: &Options) -> Result<async_nats::jetstream::Context, String> {
+    pub(crate) async fn connect(&self) -> Result<async_nats::jetstream::Context, String> {
+        let o = self;
         let mut options = async_nats::ConnectOptions::new()
             .name(concat!("vigil/", env!("CARGO_PKG_VERSION")))
             .connection_timeout(o.timeout)
@@ -334,12 +357,14 @@ impl NatsSink {
         }
         Ok(jetstream)
     }
+}
 
+impl NatsSink {
     /// Publishes once and waits for the stream's acknowledgement.
     fn publish_once(&mut self, id: &str, payload: &bytes::Bytes) -> Result<bool, String> {
         let (runtime, options, subject) = (&self.runtime, &self.options, &self.subject);
         if self.jetstream.is_none() {
-            let j = runtime.block_on(Self::connect(options))?;
+            let j = runtime.block_on(options.connect())?;
             info!(url = %redact(&options.url), subject, "nats sink connected");
             self.jetstream = Some(j);
         }
@@ -405,4 +430,4 @@ impl Sink for NatsSink {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -9,12 +9,12 @@ use super::super::{Severity, Sinks};
 use super::*;
 
 /// A `nats-server` with `JetStream` on loopback, its store in `dir`; killed on drop.
-struct Server {
+pub(crate) struct Server {
     child: Child,
 }
 
 impl Server {
-    fn start(dir: &Path, port: u16) -> Server {
+    pub(crate) fn start(dir: &Path, port: u16) -> Server {
         let child = Command::new("nats-server")
             .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
             .arg(dir)
@@ -38,11 +38,11 @@ impl Drop for Server {
     }
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-fn settings(port: u16) -> NatsSettings {
+pub(crate) fn settings(port: u16) -> NatsSettings {
     NatsSettings {
         url: format!("nats://127.0.0.1:{port}"),
         site: "lab".into(),
