@@ -398,6 +398,39 @@ fn run_worker(name: &str, mut sink: Box<dyn Sink>, rx: &Receiver<Arc<Event>>, co
     debug!(sink = name, "alert sink stopped");
 }
 
+/// Runs `attempt` until it succeeds, at most `max_retries` more times after the first, waiting
+/// `backoff` doubled each time (at most [`MAX_BACKOFF`]), and gives up early once `abort` is
+/// set. `sink` names the sink in the debug line of each retry.
+///
+/// # Errors
+/// The last attempt's error, with the number of attempts.
+fn retry(
+    sink: &str,
+    max_retries: u32,
+    backoff: Duration,
+    abort: &AtomicBool,
+    mut attempt: impl FnMut() -> Result<(), String>,
+) -> Result<(), String> {
+    let mut delay = backoff.min(MAX_BACKOFF);
+    let mut tries = 0;
+    loop {
+        let error = match attempt() {
+            Ok(()) => return Ok(()),
+            Err(e) => e,
+        };
+        if tries >= max_retries || abort.load(Ordering::Relaxed) {
+            return Err(format!("{error} (gave up after {} attempts)", tries + 1));
+        }
+        debug!(sink, %error, ?delay, "delivery failed; retrying");
+        let wake = Instant::now() + delay;
+        while Instant::now() < wake && !abort.load(Ordering::Relaxed) {
+            thread::sleep((wake - Instant::now()).min(Duration::from_millis(50)));
+        }
+        delay = delay.saturating_mul(2).min(MAX_BACKOFF);
+        tries += 1;
+    }
+}
+
 /// Helpers shared by the sinks' tests.
 #[cfg(test)]
 pub(crate) mod testing {

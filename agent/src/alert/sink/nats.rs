@@ -13,8 +13,7 @@
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tracing::{debug, info};
@@ -390,29 +389,13 @@ impl NatsSink {
     fn publish(&mut self, event: &Event, abort: &AtomicBool) -> Result<(), String> {
         let id = message_id(&self.host, &event.json, self.boot, &self.seq);
         let payload = bytes::Bytes::copy_from_slice(event.json.as_bytes());
-        let mut delay = self.backoff;
-        let mut attempt = 0;
-        loop {
-            let error = match self.publish_once(&id, &payload) {
-                Ok(duplicate) => {
-                    if duplicate {
-                        debug!(id, "nats: the stream already had this message");
-                    }
-                    return Ok(());
-                }
-                Err(e) => e,
-            };
-            if attempt >= self.max_retries || abort.load(Ordering::Relaxed) {
-                return Err(format!("{error} (gave up after {} attempts)", attempt + 1));
+        let (max_retries, backoff) = (self.max_retries, self.backoff);
+        super::retry("nats", max_retries, backoff, abort, || {
+            if self.publish_once(&id, &payload)? {
+                debug!(id, "nats: the stream already had this message");
             }
-            debug!(%error, ?delay, "nats delivery failed; retrying");
-            let wake = Instant::now() + delay;
-            while Instant::now() < wake && !abort.load(Ordering::Relaxed) {
-                thread::sleep((wake - Instant::now()).min(Duration::from_millis(50)));
-            }
-            delay = delay.saturating_mul(2).min(super::MAX_BACKOFF);
-            attempt += 1;
-        }
+            Ok(())
+        })
     }
 }
 

@@ -4,12 +4,10 @@
 
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tracing::debug;
 use ureq::tls::{Certificate, PemItem, RootCerts, TlsConfig, TlsProvider};
 
 use super::{Event, Sink, SinkSettings};
@@ -159,27 +157,13 @@ impl WebhookSink {
 
     /// Posts `event`, retrying with backoff; gives up after `max_retries` retries or on `abort`.
     fn post(&self, event: &Event, abort: &AtomicBool) -> Result<(), String> {
-        let mut delay = self.backoff;
-        let mut attempt = 0;
-        loop {
-            let result =
-                self.agent.post(&self.url).header("content-type", "application/json").send(event.json.as_bytes());
-            let error = match result {
-                Ok(response) if response.status().is_success() => return Ok(()),
-                Ok(response) => format!("HTTP status {}", response.status()),
-                Err(e) => e.to_string(),
-            };
-            if attempt >= self.max_retries || abort.load(Ordering::Relaxed) {
-                return Err(format!("{error} (gave up after {} attempts)", attempt + 1));
+        super::retry(&redact_userinfo(&self.url), self.max_retries, self.backoff, abort, || {
+            match self.agent.post(&self.url).header("content-type", "application/json").send(event.json.as_bytes()) {
+                Ok(response) if response.status().is_success() => Ok(()),
+                Ok(response) => Err(format!("HTTP status {}", response.status())),
+                Err(e) => Err(e.to_string()),
             }
-            debug!(url = %redact_userinfo(&self.url), %error, ?delay, "webhook delivery failed; retrying");
-            let wake = Instant::now() + delay;
-            while Instant::now() < wake && !abort.load(Ordering::Relaxed) {
-                thread::sleep((wake - Instant::now()).min(Duration::from_millis(50)));
-            }
-            delay = delay.saturating_mul(2).min(MAX_BACKOFF);
-            attempt += 1;
-        }
+        })
     }
 }
 
@@ -194,7 +178,8 @@ mod tests {
     use std::io::{BufRead, BufReader, Read, Write};
     use std::net::TcpListener;
     use std::sync::Arc;
-    use std::thread::JoinHandle;
+    use std::thread::{self, JoinHandle};
+    use std::time::Instant;
 
     use super::super::testing::{spec, wait_for};
     use super::super::{Severity, Sinks};

@@ -3,6 +3,8 @@
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
+use std::thread;
+use std::time::Instant;
 
 use super::super::testing::{spec, temp_dir, wait_for};
 use super::super::{Severity, Sinks};
