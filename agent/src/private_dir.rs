@@ -53,6 +53,20 @@ pub fn ensure(path: &Path) -> Result<(), PrivateDirError> {
     Ok(())
 }
 
+/// A secret's file (a key, a password or its hash, credentials) must not be readable or
+/// writable by group or others. The message says what is wrong and what to do; callers put the
+/// path or the setting in front of it.
+///
+/// # Errors
+/// The mode, when group or others have any access.
+pub fn check_secret_mode(meta: &fs::Metadata) -> Result<(), String> {
+    let mode = meta.mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        return Err(format!("readable or writable by group or others (mode {mode:04o}): `chmod 600` it"));
+    }
+    Ok(())
+}
+
 /// The rules, apart from the file system: a directory, owned by `agent_uid`, not writable by
 /// group or others.
 fn check(path: &Path, meta: &fs::Metadata, agent_uid: u32) -> Result<(), PrivateDirError> {

@@ -6,7 +6,7 @@ use std::{
     collections::HashMap,
     fs,
     io::{self, Write as _},
-    os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _},
+    os::unix::fs::OpenOptionsExt as _,
     path::Path,
     sync::Mutex,
     time::{Duration, Instant},
@@ -74,14 +74,7 @@ fn check_private(path: &Path, meta: &fs::Metadata) -> io::Result<()> {
     if !meta.file_type().is_file() {
         return Err(io::Error::other(format!("{} is not a regular file", path.display())));
     }
-    if meta.permissions().mode() & 0o077 != 0 {
-        return Err(io::Error::other(format!(
-            "{} is readable or writable by group or others (mode {:04o}): `chmod 600` it",
-            path.display(),
-            meta.permissions().mode() & 0o7777
-        )));
-    }
-    Ok(())
+    crate::private_dir::check_secret_mode(meta).map_err(|e| io::Error::other(format!("{} is {e}", path.display())))
 }
 
 /// Passwords shorter than this are refused.
@@ -204,6 +197,8 @@ impl Sessions {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt as _;
+
     use super::*;
 
     #[test]

@@ -8,7 +8,6 @@
 use std::{
     fs, io,
     net::SocketAddr,
-    os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
     sync::Arc,
     time::Duration,
@@ -54,13 +53,7 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<rustls::ServerConfig, Tl
         return Err(TlsError::Cert(cert.to_owned(), "no PEM certificate in the file".into()));
     }
     let meta = fs::metadata(key).map_err(|e| TlsError::Key(key.to_owned(), e.to_string()))?;
-    let mode = meta.permissions().mode() & 0o7777;
-    if mode & 0o077 != 0 {
-        return Err(TlsError::Key(
-            key.to_owned(),
-            format!("readable or writable by group or others (mode {mode:04o}): `chmod 600` it"),
-        ));
-    }
+    crate::private_dir::check_secret_mode(&meta).map_err(|e| TlsError::Key(key.to_owned(), e))?;
     let private = PrivateKeyDer::from_pem_file(key).map_err(|e| TlsError::Key(key.to_owned(), e.to_string()))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)

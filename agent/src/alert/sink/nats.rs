@@ -198,19 +198,11 @@ fn validate(s: &NatsSettings) -> Result<(), String> {
 
 /// A secret file's contents, refused when group or others can read it.
 fn read_secret(key: &str, path: &Path) -> io::Result<String> {
-    use std::os::unix::fs::PermissionsExt as _;
     let named = |e: io::Error| io::Error::new(e.kind(), format!("nats {key} {}: {e}", path.display()));
     let meta = std::fs::metadata(path).map_err(named)?;
-    if meta.permissions().mode() & 0o077 != 0 {
-        return Err(io::Error::new(
-            io::ErrorKind::PermissionDenied,
-            format!(
-                "nats {key} {} is readable by group or others (mode {:o}); chmod 600 it",
-                path.display(),
-                meta.permissions().mode() & 0o777
-            ),
-        ));
-    }
+    crate::private_dir::check_secret_mode(&meta).map_err(|e| {
+        io::Error::new(io::ErrorKind::PermissionDenied, format!("nats {key} {} is {e}", path.display()))
+    })?;
     Ok(std::fs::read_to_string(path).map_err(named)?.trim().to_owned())
 }
 
