@@ -48,6 +48,12 @@ impl CollectorSection {
     /// The key at fault and why.
     pub fn validate(&self) -> Result<(), (&'static str, String)> {
         crate::alert::sink::SinkSettings::validate(&self.bus).map_err(|e| ("collector.bus", e))?;
+        if self.bus.spool.is_some() {
+            return Err((
+                "collector.bus.spool",
+                "is for an agent's export; the collector only reads the bus".to_owned(),
+            ));
+        }
         if self.durable.is_empty() || !self.durable.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         {
             return Err(("collector.durable", format!("{:?} must be letters, digits, - or _", self.durable)));

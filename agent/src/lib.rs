@@ -46,5 +46,6 @@ pub mod private_dir;
 pub mod replay;
 pub mod run;
 pub mod sensor;
+pub mod spool;
 pub mod store;
 pub mod throttle;

@@ -33,6 +33,7 @@ const SCORING_BUCKETS: [f64; 13] =
 
 type Label = [(&'static str, String); 1];
 type Labels2 = [(&'static str, String); 2];
+type Labels3 = [(&'static str, String); 3];
 
 fn label(key: &'static str, value: &str) -> Label {
     [(key, value.to_owned())]
@@ -56,6 +57,8 @@ struct Seen {
     rules: HashMap<String, u64>,
     /// Per sink: delivered, dropped, failed.
     sinks: HashMap<String, [u64; 3]>,
+    /// Per sink with a spool, per class: spooled, replayed, dropped, expired.
+    spools: HashMap<String, [[u64; 4]; 2]>,
     /// Per store table: written, dropped, failed; and rows expired.
     store: HashMap<&'static str, [u64; 3]>,
     store_expired: u64,
@@ -92,6 +95,9 @@ pub struct Metrics {
     rule_drops: Family<Label, Counter>,
     block_actions: Family<Label, Counter>,
     sink_events: Family<Labels2, Counter>,
+    spool_events: Family<Labels3, Counter>,
+    spool_pending: Family<Labels2, Gauge>,
+    spool_bytes: Family<Label, Gauge>,
     model_info: Family<Labels2, Gauge>,
     model_phase: Family<Label, Gauge>,
     alerts_suppressed_by_rule: Family<Label, Counter>,
@@ -133,6 +139,9 @@ impl Metrics {
             rule_drops: Family::default(),
             block_actions: Family::default(),
             sink_events: Family::default(),
+            spool_events: Family::default(),
+            spool_pending: Family::default(),
+            spool_bytes: Family::default(),
             model_info: Family::default(),
             model_phase: Family::default(),
             alerts_suppressed_by_rule: Family::default(),
@@ -186,6 +195,18 @@ impl Metrics {
         r.register("block_rule_drops", "Packets dropped per blocklist rule", m.rule_drops.clone());
         r.register("block_actions", "Blocklist actions, by outcome", m.block_actions.clone());
         r.register("sink_events", "Events handed to output sinks, by sink and outcome", m.sink_events.clone());
+        r.register(
+            "sink_spool_events",
+            "Records through a sink's on-disk spool, by sink, class (alerts, flows) and outcome (spooled, replayed, \
+             dropped when full, expired)",
+            m.spool_events.clone(),
+        );
+        r.register(
+            "sink_spool_pending",
+            "Records waiting in a sink's spool, by sink and class",
+            m.spool_pending.clone(),
+        );
+        r.register("sink_spool_bytes", "Bytes on disk of a sink's spool", m.spool_bytes.clone());
         r.register(
             "output_failures",
             "Writes to a local output that failed and were given up (flow records lost, status file not updated); \
@@ -339,6 +360,29 @@ impl Metrics {
             let labels = [("sink", name.to_owned()), ("outcome", outcome.to_owned())];
             self.sink_events.get_or_create(&labels).inc_by(delta(last, now));
         }
+    }
+
+    /// Running totals and levels of sink `name`'s spool.
+    pub fn sink_spool(&self, name: &str, stats: &crate::spool::SpoolStats) {
+        use crate::spool::Class;
+        let mut seen = self.seen();
+        let last = seen.spools.entry(name.to_owned()).or_default();
+        for (class, last) in Class::ALL.into_iter().zip(last) {
+            let c = stats.class(class);
+            self.spool_pending
+                .get_or_create(&[("sink", name.to_owned()), ("class", class.name().to_owned())])
+                .set(i64::try_from(c.pending).unwrap_or(i64::MAX));
+            for ((outcome, last), now) in ["spooled", "replayed", "dropped", "expired"]
+                .into_iter()
+                .zip(last)
+                .zip([c.spooled, c.replayed, c.dropped, c.expired])
+            {
+                let labels =
+                    [("sink", name.to_owned()), ("class", class.name().to_owned()), ("outcome", outcome.to_owned())];
+                self.spool_events.get_or_create(&labels).inc_by(delta(last, now));
+            }
+        }
+        self.spool_bytes.get_or_create(&label("sink", name)).set(i64::try_from(stats.bytes).unwrap_or(i64::MAX));
     }
 
     /// The store's running totals.
@@ -602,6 +646,13 @@ mod tests {
         m.alert("high");
         m.block_event("dry_run");
         m.sink_stats("webhook", 7, 1, 2);
+        let mut spool = crate::spool::SpoolStats { bytes: 4096, ..Default::default() };
+        spool.alerts.spooled = 5;
+        spool.alerts.pending = 3;
+        spool.flows.dropped = 9;
+        m.sink_spool("nats:tls://bus:4222", &spool);
+        spool.alerts.replayed = 2;
+        m.sink_spool("nats:tls://bus:4222", &spool);
         let text = m.encode();
         for line in [
             "vigil_packets_total 10",
@@ -628,6 +679,11 @@ mod tests {
             "vigil_block_actions_total{action=\"dry_run\"} 1",
             "vigil_sink_events_total{sink=\"webhook\",outcome=\"delivered\"} 7",
             "vigil_sink_events_total{sink=\"webhook\",outcome=\"failed\"} 2",
+            "vigil_sink_spool_events_total{sink=\"nats:tls://bus:4222\",class=\"alerts\",outcome=\"spooled\"} 5",
+            "vigil_sink_spool_events_total{sink=\"nats:tls://bus:4222\",class=\"alerts\",outcome=\"replayed\"} 2",
+            "vigil_sink_spool_events_total{sink=\"nats:tls://bus:4222\",class=\"flows\",outcome=\"dropped\"} 9",
+            "vigil_sink_spool_pending{sink=\"nats:tls://bus:4222\",class=\"alerts\"} 3",
+            "vigil_sink_spool_bytes{sink=\"nats:tls://bus:4222\"} 4096",
             "# EOF",
         ] {
             assert!(text.lines().any(|l| l == line), "missing `{line}` in\n{text}");

@@ -147,6 +147,16 @@ fn subjects_name_the_host_and_the_section_is_checked() {
     assert_eq!(bad.validate().unwrap_err().0, "collector.batch");
     let bad = CollectorSection { bus: NatsSettings { allow_plaintext: false, ..settings(4222) }, ..section(4222) };
     assert_eq!(bad.validate().unwrap_err().0, "collector.bus");
+    let spool = crate::alert::sink::nats::SpoolSettings {
+        dir: "/var/lib/vigil/spool".into(),
+        max_size_mb: 1,
+        max_age: Duration::from_mins(1),
+        replay_rate: 1,
+        max_in_flight: 1,
+    };
+    let bad =
+        CollectorSection { bus: NatsSettings { spool: Some(Box::new(spool)), ..settings(4222) }, ..section(4222) };
+    assert_eq!(bad.validate().unwrap_err().0, "collector.bus.spool");
 }
 
 #[test]

@@ -546,6 +546,9 @@ impl<F: FlowSource, K: SensorProbe> Agent<F, K> {
         let sink_stats = self.outputs.sinks.stats();
         for st in &sink_stats {
             metrics.sink_stats(&st.name, st.delivered, st.dropped, st.failed);
+            if let Some(spool) = &st.spool {
+                metrics.sink_spool(&st.name, spool);
+            }
         }
         if let Some(store) = self.outputs.store.as_mut() {
             let health = crate::store::HealthRow {

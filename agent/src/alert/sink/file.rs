@@ -84,8 +84,9 @@ impl FileSink {
 }
 
 impl Sink for FileSink {
-    fn deliver(&mut self, event: &Event, _abort: &AtomicBool) -> Result<(), String> {
-        self.write_line(&event.json).map_err(|e| e.to_string())
+    fn deliver(&mut self, event: &Event, _abort: &AtomicBool) -> Result<super::Delivery, String> {
+        self.write_line(&event.json).map_err(|e| e.to_string())?;
+        Ok(super::Delivery::Delivered)
     }
 }
 

@@ -26,13 +26,14 @@
 use std::io;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
 
+use crate::spool::{SpoolCounters, SpoolStats};
 use crate::throttle::ThrottledLog;
 
 pub use syslog::{Facility, MAX_SYSLOG_MESSAGE};
@@ -81,12 +82,34 @@ pub trait Sink: Send {
     /// # Errors
     /// Why the event was given up on; it is counted as failed and the next event is tried
     /// anyway, so a sink whose connection broke reconnects on a later call.
-    fn deliver(&mut self, event: &Event, abort: &AtomicBool) -> Result<(), String>;
+    fn deliver(&mut self, event: &Event, abort: &AtomicBool) -> Result<Delivery, String>;
+
+    /// Called on the sink's thread about every [`TICK`], between events or when none come: a
+    /// sink with a spool replays some of it here. Must give up soon once `abort` is set.
+    fn tick(&mut self, _abort: &AtomicBool) {}
+
+    /// The counters of the sink's spool, if it has one; asked once, before the thread starts.
+    fn spool(&self) -> Option<Arc<SpoolCounters>> {
+        None
+    }
 
     /// Called once on the sink's thread when its queue is closed and drained (or abandoned):
     /// flush buffers, say goodbye to a server. Must not block for long.
     fn close(&mut self) {}
 }
+
+/// What became of an event a sink accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// Handed to its destination.
+    Delivered,
+    /// Kept in the sink's on-disk spool, to be delivered when the destination is back
+    /// (counted in the spool's counters, and as delivered once replayed).
+    Spooled,
+}
+
+/// How often a sink's [`Sink::tick`] runs.
+pub const TICK: Duration = Duration::from_millis(250);
 
 /// Registers the sinks: declares each sink's module and generates the `type`-tagged
 /// [`SinkConfig`] enum with one variant per sink, and [`SinkConfig::settings`].
@@ -187,6 +210,10 @@ pub struct SinkStats {
     pub dropped: u64,
     /// Events given up on: write errors, or a webhook still failing after its retries.
     pub failed: u64,
+    /// The sink's on-disk spool (the `nats` sink's `spool`): `delivered` includes what it
+    /// replayed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spool: Option<SpoolStats>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -254,6 +281,7 @@ struct Counters {
 struct Worker {
     name: String,
     counters: Arc<Counters>,
+    spool: Option<Arc<SpoolCounters>>,
     tx: SyncSender<Arc<Event>>,
     thread: JoinHandle<()>,
 }
@@ -293,6 +321,7 @@ impl Sinks {
         for (index, (name, sink, queue)) in opened.into_iter().enumerate() {
             let (tx, rx) = mpsc::sync_channel(queue);
             let counters = Arc::new(Counters::default());
+            let spool = sink.spool();
             let (worker_name, worker_counters, abort) = (name.clone(), counters.clone(), sinks.abort.clone());
             let mut builder = thread::Builder::new().name(format!("alert-sink-{index}"));
             if let Some(size) = stack_size {
@@ -303,7 +332,7 @@ impl Sinks {
                 .spawn(move || run_worker(&worker_name, sink, &rx, &worker_counters, &abort))
                 .map_err(|source| SinkError::Spawn { name: name.clone(), source })?;
             info!(sink = %name, queue, "alert sink started");
-            sinks.workers.push(Worker { name, counters, tx, thread });
+            sinks.workers.push(Worker { name, counters, spool, tx, thread });
         }
         Ok(sinks)
     }
@@ -329,11 +358,16 @@ impl Sinks {
     pub fn stats(&self) -> Vec<SinkStats> {
         self.workers
             .iter()
-            .map(|w| SinkStats {
-                name: w.name.clone(),
-                delivered: w.counters.delivered.load(Ordering::Relaxed),
-                dropped: w.counters.dropped.load(Ordering::Relaxed),
-                failed: w.counters.failed.load(Ordering::Relaxed),
+            .map(|w| {
+                let spool = w.spool.as_ref().map(|s| s.snapshot());
+                SinkStats {
+                    name: w.name.clone(),
+                    delivered: w.counters.delivered.load(Ordering::Relaxed)
+                        + spool.map_or(0, |s| s.alerts.replayed + s.flows.replayed),
+                    dropped: w.counters.dropped.load(Ordering::Relaxed),
+                    failed: w.counters.failed.load(Ordering::Relaxed),
+                    spool,
+                }
             })
             .collect()
     }
@@ -365,33 +399,47 @@ impl Sinks {
 }
 
 /// A sink's thread: delivers what its queue holds until the queue closes, counting and
-/// (throttled) logging the failures.
+/// (throttled) logging the failures, and ticks the sink about every [`TICK`].
 fn run_worker(name: &str, mut sink: Box<dyn Sink>, rx: &Receiver<Arc<Event>>, counters: &Counters, abort: &AtomicBool) {
     let mut log = ThrottledLog::new(FAILURE_LOG_INTERVAL);
-    for event in rx {
-        if abort.load(Ordering::Relaxed) {
-            counters.failed.fetch_add(1, Ordering::Relaxed);
-            continue;
-        }
-        match sink.deliver(&event, abort) {
-            Ok(()) => {
-                counters.delivered.fetch_add(1, Ordering::Relaxed);
-                if let Some(unreported) = log.success() {
-                    info!(sink = name, failed_since_last_report = unreported, "alert sink recovered");
-                }
-            }
-            Err(error) => {
+    let mut last_tick = Instant::now();
+    loop {
+        let event = match rx.recv_timeout(TICK) {
+            Ok(event) => Some(event),
+            Err(RecvTimeoutError::Timeout) => None,
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
+        if let Some(event) = event {
+            if abort.load(Ordering::Relaxed) {
                 counters.failed.fetch_add(1, Ordering::Relaxed);
-                if let Some(failed) = log.failure(Instant::now()) {
-                    warn!(
-                        sink = name,
-                        %error,
-                        failed_since_last_report = failed,
-                        "alert delivery failed; next report in {}s at the earliest",
-                        FAILURE_LOG_INTERVAL.as_secs()
-                    );
+                continue;
+            }
+            match sink.deliver(&event, abort) {
+                Ok(delivery) => {
+                    if delivery == Delivery::Delivered {
+                        counters.delivered.fetch_add(1, Ordering::Relaxed);
+                    }
+                    if let Some(unreported) = log.success() {
+                        info!(sink = name, failed_since_last_report = unreported, "alert sink recovered");
+                    }
+                }
+                Err(error) => {
+                    counters.failed.fetch_add(1, Ordering::Relaxed);
+                    if let Some(failed) = log.failure(Instant::now()) {
+                        warn!(
+                            sink = name,
+                            %error,
+                            failed_since_last_report = failed,
+                            "alert delivery failed; next report in {}s at the earliest",
+                            FAILURE_LOG_INTERVAL.as_secs()
+                        );
+                    }
                 }
             }
+        }
+        if last_tick.elapsed() >= TICK && !abort.load(Ordering::Relaxed) {
+            sink.tick(abort);
+            last_tick = Instant::now();
         }
     }
     sink.close();
@@ -490,9 +538,9 @@ mod tests {
     }
 
     impl Sink for Recorder {
-        fn deliver(&mut self, event: &Event, _abort: &AtomicBool) -> Result<(), String> {
+        fn deliver(&mut self, event: &Event, _abort: &AtomicBool) -> Result<Delivery, String> {
             self.seen.lock().unwrap().push(event.json.clone());
-            if self.fail { Err("refused".into()) } else { Ok(()) }
+            if self.fail { Err("refused".into()) } else { Ok(Delivery::Delivered) }
         }
         fn close(&mut self) {
             self.closed.store(true, Ordering::Relaxed);

@@ -6,19 +6,25 @@
 //! own subjects. TLS (rustls) and per-host credentials (a `.creds` file, an nkey seed, or a
 //! user and password) are configured here; every secret file must be private (0600).
 //!
-//! This is the fleet export's first slice (docs/fleet.md): alerts only, one message in flight;
-//! the on-disk spool for a bus that is down for long is not built yet, so an event still failing
-//! after its retries counts as failed like any other sink's.
+//! With a `spool` (docs/fleet.md), an event the bus does not take goes to an on-disk spool
+//! ([`crate::spool`]) instead of failing: from then on new events queue behind it in the spool,
+//! and the sink's tick reconnects (with backoff) and replays it oldest first, at most
+//! `replay_rate` events a second and `max_in_flight` unacknowledged at a time, with the same
+//! message ids, so a replay of something that did arrive is dropped by the stream. What was
+//! spooled survives a restart of the agent. Without a spool, an event still failing after its
+//! retries counts as failed like any other sink's.
 
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
-use super::{Event, Sink, SinkSettings};
+use super::{Delivery, Event, Sink, SinkSettings};
+use crate::spool::{Class, Record, Spool, SpoolCounters, SpoolLimits};
 
 /// The stream's subjects: every site's and host's alerts.
 pub const ALERT_SUBJECTS: &str = "vigil.v1.alert.>";
@@ -71,6 +77,43 @@ pub struct NatsSettings {
     /// First retry delay, doubled on each retry and capped at [`super::MAX_BACKOFF`].
     #[serde(default = "default_backoff", with = "crate::duration_serde")]
     pub backoff: Duration,
+    /// Keep what the bus does not take on disk and replay it later (recommended for a fleet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spool: Option<Box<SpoolSettings>>,
+}
+
+/// `[alerts.sinks.spool]`: the `nats` sink's on-disk spool.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpoolSettings {
+    /// The spool's own directory (created 0700; one sink per directory).
+    pub dir: PathBuf,
+    /// Bytes on disk, in MiB. Alerts are only dropped (counted) when it is full.
+    #[serde(default = "default_spool_mb")]
+    pub max_size_mb: u64,
+    /// Events older than this are dropped (counted as expired) instead of replayed.
+    #[serde(default = "default_spool_age", with = "crate::duration_serde")]
+    pub max_age: Duration,
+    /// Events replayed per second at most once the bus is back, so a long outage does not
+    /// flood the bus and the collector when it ends.
+    #[serde(default = "default_replay_rate")]
+    pub replay_rate: u32,
+    /// Replayed events published and not yet acknowledged, at most.
+    #[serde(default = "default_in_flight")]
+    pub max_in_flight: u32,
+}
+
+fn default_spool_mb() -> u64 {
+    256
+}
+fn default_spool_age() -> Duration {
+    Duration::from_hours(7 * 24)
+}
+fn default_replay_rate() -> u32 {
+    500
+}
+fn default_in_flight() -> u32 {
+    64
 }
 
 fn default_site() -> String {
@@ -193,6 +236,23 @@ fn validate(s: &NatsSettings) -> Result<(), String> {
     if s.timeout.is_zero() {
         return Err("nats timeout must be more than zero".into());
     }
+    if let Some(spool) = &s.spool {
+        if spool.dir.as_os_str().is_empty() {
+            return Err("nats spool.dir must not be empty".into());
+        }
+        if spool.max_size_mb == 0 || spool.max_size_mb > 1 << 20 {
+            return Err("nats spool.max_size_mb must be between 1 and 1048576".into());
+        }
+        if spool.max_age.is_zero() {
+            return Err("nats spool.max_age must be more than zero".into());
+        }
+        if spool.replay_rate == 0 {
+            return Err("nats spool.replay_rate must be at least 1 (events per second)".into());
+        }
+        if spool.max_in_flight == 0 || spool.max_in_flight > 10_000 {
+            return Err("nats spool.max_in_flight must be between 1 and 10000".into());
+        }
+    }
     Ok(())
 }
 
@@ -233,6 +293,20 @@ struct NatsSink {
     seq: AtomicU64,
     max_retries: u32,
     backoff: Duration,
+    spool: Option<Replay>,
+}
+
+/// The spool and the state of its replay.
+struct Replay {
+    spool: Spool,
+    rate: f64,
+    in_flight: usize,
+    /// Replay budget in events (a token bucket of one second's worth).
+    budget: f64,
+    refilled: Instant,
+    /// No (re)connection or publish before this, after a failure.
+    not_before: Instant,
+    delay: Duration,
 }
 
 /// What a (re)connection needs, secrets read once at open. The collector connects with the
@@ -255,7 +329,14 @@ impl NatsSink {
     /// configuration error.
     fn open(s: &NatsSettings) -> io::Result<NatsSink> {
         let options = Options::new(s)?;
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        // One worker thread of its own keeps the client's connection alive (pings, reconnects)
+        // while the sink's thread is not inside a call: a current-thread runtime would only run
+        // it during a publish, and a spooling sink would never notice the bus is back.
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("nats-sink-io")
+            .enable_all()
+            .build()?;
         let host = s.host.clone().unwrap_or_else(host_token);
         let boot = crate::clock::wall_ns();
         Ok(NatsSink {
@@ -268,6 +349,30 @@ impl NatsSink {
             seq: AtomicU64::new(0),
             max_retries: s.max_retries,
             backoff: s.backoff.min(super::MAX_BACKOFF),
+            spool: s
+                .spool
+                .as_ref()
+                .map(|sp| {
+                    let limits = SpoolLimits { max_bytes: sp.max_size_mb << 20, max_age: sp.max_age };
+                    let spool = Spool::open(&sp.dir, limits)?;
+                    if !spool.is_empty() {
+                        info!(
+                            dir = %sp.dir.display(),
+                            alerts = spool.pending(Class::Alert),
+                            "nats sink: replaying what an earlier run spooled"
+                        );
+                    }
+                    Ok::<_, io::Error>(Replay {
+                        spool,
+                        rate: f64::from(sp.replay_rate),
+                        in_flight: sp.max_in_flight as usize,
+                        budget: 0.0,
+                        refilled: Instant::now(),
+                        not_before: Instant::now(),
+                        delay: s.backoff.min(super::MAX_BACKOFF),
+                    })
+                })
+                .transpose()?,
         })
     }
 
@@ -391,9 +496,167 @@ impl NatsSink {
     }
 }
 
+impl NatsSink {
+    /// Whether the bus can be tried now: connected, or connecting worked. A failure puts off
+    /// the next try by the backoff.
+    fn ready(&mut self) -> bool {
+        let replay = self.spool.as_mut().expect("only with a spool");
+        if Instant::now() < replay.not_before {
+            return false;
+        }
+        if let Some(jetstream) = &self.jetstream {
+            if jetstream.client().connection_state() == async_nats::connection::State::Connected {
+                return true;
+            }
+            self.failed("not connected");
+            return false;
+        }
+        match self.runtime.block_on(self.options.connect()) {
+            Ok(j) => {
+                info!(url = %redact(&self.options.url), subject = self.subject, "nats sink connected");
+                self.jetstream = Some(j);
+                true
+            }
+            Err(e) => {
+                self.failed(&e);
+                false
+            }
+        }
+    }
+
+    /// Puts off the next attempt by the current delay, doubled for the one after.
+    fn failed(&mut self, error: &str) {
+        let (backoff, replay) = (self.backoff, self.spool.as_mut().expect("only with a spool"));
+        debug!(error, delay = ?replay.delay, "nats: bus unavailable; spooling");
+        replay.not_before = Instant::now() + replay.delay;
+        replay.delay = replay.delay.saturating_mul(2).clamp(backoff, super::MAX_BACKOFF);
+    }
+
+    /// With a spool: publish now if nothing is spooled and the bus answers, else spool.
+    fn deliver_or_spool(&mut self, event: &Event) -> Result<Delivery, String> {
+        let id = message_id(&self.host, &event.json, self.boot, &self.seq);
+        let payload = bytes::Bytes::copy_from_slice(event.json.as_bytes());
+        let empty = self.spool.as_ref().is_some_and(|r| r.spool.is_empty());
+        if empty && self.ready() {
+            match self.publish_once(&id, &payload) {
+                Ok(_) => {
+                    if let Some(replay) = self.spool.as_mut() {
+                        replay.delay = self.backoff;
+                    }
+                    return Ok(Delivery::Delivered);
+                }
+                Err(e) => self.failed(&e),
+            }
+        }
+        let replay = self.spool.as_mut().expect("only with a spool");
+        replay.spool.push(Class::Alert, &id, &payload, crate::clock::wall_ns()).map_err(|e| e.to_string())?;
+        Ok(Delivery::Spooled)
+    }
+
+    /// Replays from the spool for up to about a second, within the rate and in-flight bounds.
+    #[expect(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        clippy::cast_precision_loss,
+        reason = "the budget is between 0 and replay_rate (a u32), acknowledged counts at most max_in_flight"
+    )]
+    fn replay(&mut self, abort: &AtomicBool) {
+        let Some(replay) = self.spool.as_mut() else { return };
+        if replay.spool.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        replay.budget = (replay.budget + now.duration_since(replay.refilled).as_secs_f64() * replay.rate).min(replay.rate);
+        replay.refilled = now;
+        if replay.budget < 1.0 || !self.ready() {
+            return;
+        }
+        let started = Instant::now();
+        while !abort.load(Ordering::Relaxed) && started.elapsed() < Duration::from_secs(1) {
+            let replay = self.spool.as_mut().expect("checked above");
+            let max = (replay.budget as usize).min(replay.in_flight);
+            if max == 0 {
+                break;
+            }
+            let (_, records) = match replay.spool.front(max, crate::clock::wall_ns()) {
+                Ok(front) => front,
+                Err(e) => {
+                    warn!(error = %e, "nats sink: cannot read the spool");
+                    return;
+                }
+            };
+            if records.is_empty() {
+                info!(subject = self.subject, "nats sink: spool replayed");
+                return;
+            }
+            let (acked, error) = self.publish_batch(&records);
+            let replay = self.spool.as_mut().expect("checked above");
+            replay.spool.commit(acked);
+            replay.budget -= acked as f64;
+            if let Some(e) = error {
+                self.failed(&e);
+                return;
+            }
+        }
+    }
+
+    /// Publishes `records` without waiting between them, then waits for their
+    /// acknowledgements: how many, from the first, were acknowledged, and the first error.
+    fn publish_batch(&self, records: &[Record]) -> (usize, Option<String>) {
+        let Some(jetstream) = self.jetstream.clone() else { return (0, Some("not connected".into())) };
+        let (subject, timeout) = (self.subject.clone(), self.options.timeout);
+        self.runtime.block_on(async move {
+            let mut acks = Vec::with_capacity(records.len());
+            for record in records {
+                let mut headers = async_nats::HeaderMap::new();
+                headers.insert(async_nats::header::NATS_MESSAGE_ID, record.id.as_str());
+                let payload = bytes::Bytes::copy_from_slice(&record.payload);
+                match jetstream.publish_with_headers(subject.clone(), headers, payload).await {
+                    Ok(ack) => acks.push(ack),
+                    Err(e) => {
+                        let error = Some(e.to_string());
+                        return (count_acked(acks, timeout).await.0, error);
+                    }
+                }
+            }
+            count_acked(acks, timeout).await
+        })
+    }
+}
+
+/// Waits for acknowledgements in order: how many, from the first, arrived within `timeout`,
+/// and the first error.
+async fn count_acked(
+    acks: Vec<async_nats::jetstream::context::PublishAckFuture>,
+    timeout: Duration,
+) -> (usize, Option<String>) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut acked = 0;
+    for ack in acks {
+        match tokio::time::timeout_at(deadline, ack.into_future()).await {
+            Ok(Ok(_)) => acked += 1,
+            Ok(Err(e)) => return (acked, Some(e.to_string())),
+            Err(_) => return (acked, Some(format!("no acknowledgement within {timeout:?}"))),
+        }
+    }
+    (acked, None)
+}
+
 impl Sink for NatsSink {
-    fn deliver(&mut self, event: &Event, abort: &AtomicBool) -> Result<(), String> {
-        self.publish(event, abort)
+    fn deliver(&mut self, event: &Event, abort: &AtomicBool) -> Result<Delivery, String> {
+        if self.spool.is_some() {
+            return self.deliver_or_spool(event);
+        }
+        self.publish(event, abort)?;
+        Ok(Delivery::Delivered)
+    }
+
+    fn tick(&mut self, abort: &AtomicBool) {
+        self.replay(abort);
+    }
+
+    fn spool(&self) -> Option<Arc<SpoolCounters>> {
+        self.spool.as_ref().map(|r| r.spool.counters())
     }
 
     fn close(&mut self) {

@@ -27,12 +27,13 @@ impl SinkSettings for StdoutSettings {
 struct StdoutSink;
 
 impl Sink for StdoutSink {
-    fn deliver(&mut self, event: &Event, _abort: &AtomicBool) -> Result<(), String> {
+    fn deliver(&mut self, event: &Event, _abort: &AtomicBool) -> Result<super::Delivery, String> {
         let mut out = io::stdout().lock();
         out.write_all(event.json.as_bytes())
             .and_then(|()| out.write_all(b"\n"))
             .and_then(|()| out.flush())
-            .map_err(|e| e.to_string())
+            .map_err(|e| e.to_string())?;
+        Ok(super::Delivery::Delivered)
     }
 }
 

@@ -172,8 +172,9 @@ impl SyslogSink {
 }
 
 impl Sink for SyslogSink {
-    fn deliver(&mut self, event: &Event, _abort: &AtomicBool) -> Result<(), String> {
-        self.send(event).map_err(|e| e.to_string())
+    fn deliver(&mut self, event: &Event, _abort: &AtomicBool) -> Result<super::Delivery, String> {
+        self.send(event).map_err(|e| e.to_string())?;
+        Ok(super::Delivery::Delivered)
     }
 }
 

@@ -168,8 +168,9 @@ impl WebhookSink {
 }
 
 impl Sink for WebhookSink {
-    fn deliver(&mut self, event: &Event, abort: &AtomicBool) -> Result<(), String> {
-        self.post(event, abort)
+    fn deliver(&mut self, event: &Event, abort: &AtomicBool) -> Result<super::Delivery, String> {
+        self.post(event, abort)?;
+        Ok(super::Delivery::Delivered)
     }
 }
 

@@ -60,6 +60,7 @@ pub(crate) fn settings(port: u16) -> NatsSettings {
         timeout: Duration::from_secs(2),
         max_retries: 1,
         backoff: Duration::from_millis(10),
+        spool: None,
     }
 }
 
@@ -145,6 +146,117 @@ fn alerts_reach_the_stream_once_each_and_the_sink_rides_out_a_server_restart() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+fn spooled(port: u16, dir: &Path, replay_rate: u32) -> NatsSettings {
+    NatsSettings {
+        timeout: Duration::from_secs(1),
+        spool: Some(Box::new(SpoolSettings {
+            dir: dir.to_owned(),
+            max_size_mb: 1,
+            max_age: Duration::from_hours(1),
+            replay_rate,
+            max_in_flight: 8,
+        })),
+        ..settings(port)
+    }
+}
+
+/// The ids in the stream, checked to be there once each.
+fn unique_ids(port: u16) -> Vec<String> {
+    let ids: Vec<String> = stream_messages(port).into_iter().map(|m| m.1).collect();
+    let mut unique = ids.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), ids.len(), "a message stored twice: {ids:?}");
+    ids
+}
+
+#[test]
+fn the_bus_down_for_30_s_loses_nothing_the_spool_replays_at_its_rate() {
+    let dir = temp_dir("nats-outage");
+    let port = free_port();
+    let server = Server::start(&dir.join("server"), port);
+    let sinks = Sinks::start(&[spec(spooled(port, &dir.join("spool"), 20), 1000)]).unwrap();
+    for n in 0..10 {
+        sinks.send(&alert(&format!("before-{n}")));
+    }
+    let stats = wait_for(&sinks, |s| s.delivered >= 10);
+    assert_eq!(stats.spool.unwrap().alerts.spooled, 0, "a bus that answers gets the alerts directly");
+
+    // The whole bus is down for 30 s while alerts keep coming.
+    drop(server);
+    let down = Instant::now();
+    let mut sent = 0;
+    while down.elapsed() < Duration::from_secs(30) {
+        sinks.send(&alert(&format!("during-{sent}")));
+        sent += 1;
+        thread::sleep(Duration::from_millis(600));
+    }
+    let stats = sinks.stats().remove(0);
+    let spool = stats.spool.unwrap();
+    assert_eq!((stats.delivered, stats.failed, stats.dropped), (10, 0, 0), "{stats:?}");
+    assert_eq!((spool.alerts.spooled, spool.alerts.pending), (sent, sent), "{stats:?}");
+    assert!(spool.bytes > 0);
+
+    // It comes back: the spool replays, at most 20 a second, and nothing is lost or doubled.
+    let _server = Server::start(&dir.join("server"), port);
+    let back = Instant::now();
+    let deadline = back + Duration::from_mins(1);
+    let stats = loop {
+        let stats = sinks.stats().remove(0);
+        if stats.spool.unwrap().alerts.pending == 0 {
+            break stats;
+        }
+        assert!(Instant::now() < deadline, "the spool was not replayed: {stats:?}");
+        thread::sleep(Duration::from_millis(20));
+    };
+    let replay_took = back.elapsed();
+    let spool = stats.spool.unwrap();
+    assert_eq!((spool.alerts.replayed, spool.alerts.dropped, spool.alerts.expired), (sent, 0, 0), "{stats:?}");
+    assert_eq!((stats.delivered, stats.failed), (10 + sent, 0));
+    assert_eq!(spool.bytes, 0);
+    // A budget of at most one second's worth (20) builds up while the bus is down; the rest
+    // goes at 20 a second.
+    let floor = Duration::from_millis((sent - 20) * 1000 / 20 * 9 / 10);
+    assert!(replay_took >= floor, "{sent} replayed in {replay_took:?}, faster than 20 a second");
+    let ids = unique_ids(port);
+    let expected: Vec<String> = (0..10)
+        .map(|n| format!("sensor-1/before-{n}"))
+        .chain((0..sent).map(|n| format!("sensor-1/during-{n}")))
+        .collect();
+    assert_eq!(ids, expected, "every alert once, in order");
+    // New alerts go straight to the bus again.
+    sinks.send(&alert("after"));
+    let stats = wait_for(&sinks, |s| s.delivered > 10 + sent);
+    assert_eq!(stats.spool.unwrap().alerts.spooled, sent);
+    sinks.shutdown(Duration::from_secs(5));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn what_was_spooled_is_replayed_by_the_next_run() {
+    let dir = temp_dir("nats-next-run");
+    let port = free_port();
+    // No server at all: the first alert waits for the connection timeout, the rest spool.
+    let sinks = Sinks::start(&[spec(spooled(port, &dir.join("spool"), 500), 100)]).unwrap();
+    for n in 0..5 {
+        sinks.send(&alert(&format!("a-{n}")));
+    }
+    let stats = wait_for(&sinks, |s| s.spool.is_some_and(|sp| sp.alerts.spooled == 5));
+    assert_eq!((stats.delivered, stats.failed), (0, 0));
+    let second = Sinks::start(&[spec(spooled(port, &dir.join("spool"), 500), 100)]).err().expect("one sink per spool");
+    assert!(second.to_string().contains("in use"), "{second}");
+    sinks.shutdown(Duration::from_secs(5));
+
+    let _server = Server::start(&dir.join("server"), port);
+    let sinks = Sinks::start(&[spec(spooled(port, &dir.join("spool"), 500), 100)]).unwrap();
+    assert_eq!(sinks.stats()[0].spool.unwrap().alerts.pending, 5, "the spool outlives the agent");
+    let stats = wait_for(&sinks, |s| s.delivered >= 5);
+    assert_eq!(stats.spool.unwrap().alerts.replayed, 5);
+    assert_eq!(unique_ids(port), (0..5).map(|n| format!("sensor-1/a-{n}")).collect::<Vec<_>>());
+    sinks.shutdown(Duration::from_secs(5));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn an_unreachable_bus_fails_deliveries_but_not_the_start() {
     let port = free_port();
@@ -214,4 +326,36 @@ fn a_toml_entry_gets_its_defaults_refuses_typos_and_round_trips() {
         .unwrap_err()
         .to_string();
     assert!(error.contains("unknown field `subject`"), "{error}");
+}
+
+#[test]
+fn a_spool_table_gets_its_defaults_and_is_checked() {
+    use super::super::{SinkConfig, SinkSpec};
+    let text = "type = \"nats\"\nurl = \"tls://bus:4222\"\n[spool]\ndir = \"/var/lib/vigil/spool/nats\"\n";
+    let entry: SinkSpec = toml::from_str(text).unwrap();
+    let SinkConfig::Nats(s) = &entry.kind else { panic!("{entry:?}") };
+    let spool = s.spool.clone().unwrap();
+    assert_eq!(
+        *spool,
+        SpoolSettings {
+            dir: "/var/lib/vigil/spool/nats".into(),
+            max_size_mb: 256,
+            max_age: Duration::from_hours(7 * 24),
+            replay_rate: 500,
+            max_in_flight: 64,
+        }
+    );
+    assert_eq!(toml::from_str::<SinkSpec>(&toml::to_string(&entry).unwrap()).unwrap(), entry);
+    let typo = toml::from_str::<SinkSpec>(&format!("{text}max_size = 3\n")).unwrap_err().to_string();
+    assert!(typo.contains("unknown field `max_size`"), "{typo}");
+    for (bad, key) in [
+        (SpoolSettings { dir: PathBuf::new(), ..(*spool).clone() }, "spool.dir"),
+        (SpoolSettings { max_size_mb: 0, ..(*spool).clone() }, "spool.max_size_mb"),
+        (SpoolSettings { max_age: Duration::ZERO, ..(*spool).clone() }, "spool.max_age"),
+        (SpoolSettings { replay_rate: 0, ..(*spool).clone() }, "spool.replay_rate"),
+        (SpoolSettings { max_in_flight: 0, ..(*spool).clone() }, "spool.max_in_flight"),
+    ] {
+        let error = validate(&NatsSettings { spool: Some(Box::new(bad)), ..s.clone() }).unwrap_err();
+        assert!(error.contains(key), "{error} should name {key}");
+    }
 }
