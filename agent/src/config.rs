@@ -237,6 +237,9 @@ pub struct Config {
     /// `vigil collector`'s bus and consumer; absent on a sensor.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub collector: Option<crate::collector::CollectorSection>,
+    /// The fleet export of flow records and heartbeats (docs/fleet.md); absent: none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<crate::fleet::FleetSection>,
 }
 
 /// A configuration that cannot be used.
@@ -379,8 +382,11 @@ impl Config {
         self.learn.validate().map_err(|(field, message)| ConfigError::Invalid { field, message })?;
         self.store.validate().map_err(|(field, message)| ConfigError::Invalid { field, message })?;
         self.console.validate().map_err(|(field, message)| ConfigError::Invalid { field, message })?;
-        match &self.collector {
-            Some(c) => c.validate().map_err(|(field, message)| ConfigError::Invalid { field, message }),
+        if let Some(c) = &self.collector {
+            c.validate().map_err(|(field, message)| ConfigError::Invalid { field, message })?;
+        }
+        match &self.fleet {
+            Some(f) => f.validate().map_err(|(field, message)| ConfigError::Invalid { field, message }),
             None => Ok(()),
         }
     }

@@ -80,6 +80,9 @@ pub struct AgentStatus {
     /// The embedded store, when enabled.
     #[serde(default)]
     pub store: Option<crate::store::StoreStats>,
+    /// The fleet export, when configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<crate::fleet::FleetStats>,
 }
 
 impl AgentStatus {

@@ -36,6 +36,7 @@ pub mod duration_serde;
 #[cfg(feature = "offline")]
 pub mod eval;
 pub mod features;
+pub mod fleet;
 pub mod flows;
 pub mod learn;
 pub mod live;

@@ -59,6 +59,8 @@ struct Seen {
     sinks: HashMap<String, [u64; 3]>,
     /// Per sink with a spool, per class: spooled, replayed, dropped, expired.
     spools: HashMap<String, [[u64; 4]; 2]>,
+    /// The fleet export: flows exported, dropped, failed; batches; heartbeats sent, failed.
+    fleet: [u64; 6],
     /// Per store table: written, dropped, failed; and rows expired.
     store: HashMap<&'static str, [u64; 3]>,
     store_expired: u64,
@@ -98,6 +100,9 @@ pub struct Metrics {
     spool_events: Family<Labels3, Counter>,
     spool_pending: Family<Labels2, Gauge>,
     spool_bytes: Family<Label, Gauge>,
+    fleet_flows: Family<Label, Counter>,
+    fleet_batches: Counter,
+    fleet_heartbeats: Family<Label, Counter>,
     model_info: Family<Labels2, Gauge>,
     model_phase: Family<Label, Gauge>,
     alerts_suppressed_by_rule: Family<Label, Counter>,
@@ -142,6 +147,9 @@ impl Metrics {
             spool_events: Family::default(),
             spool_pending: Family::default(),
             spool_bytes: Family::default(),
+            fleet_flows: Family::default(),
+            fleet_batches: Counter::default(),
+            fleet_heartbeats: Family::default(),
             model_info: Family::default(),
             model_phase: Family::default(),
             alerts_suppressed_by_rule: Family::default(),
@@ -207,6 +215,14 @@ impl Metrics {
             m.spool_pending.clone(),
         );
         r.register("sink_spool_bytes", "Bytes on disk of a sink's spool", m.spool_bytes.clone());
+        r.register(
+            "fleet_flows",
+            "Conversations through the fleet export, by outcome (exported, dropped: queue full, failed: not taken and \
+             not spooled)",
+            m.fleet_flows.clone(),
+        );
+        r.register("fleet_batches_exported", "Flow batches the bus acknowledged", m.fleet_batches.clone());
+        r.register("fleet_heartbeats", "Heartbeats to the bus, by outcome", m.fleet_heartbeats.clone());
         r.register(
             "output_failures",
             "Writes to a local output that failed and were given up (flow records lost, status file not updated); \
@@ -359,6 +375,29 @@ impl Metrics {
         {
             let labels = [("sink", name.to_owned()), ("outcome", outcome.to_owned())];
             self.sink_events.get_or_create(&labels).inc_by(delta(last, now));
+        }
+    }
+
+    /// The fleet export's running totals.
+    pub fn fleet(&self, stats: &crate::fleet::FleetStats) {
+        let mut seen = self.seen();
+        let now = [
+            stats.flows_exported,
+            stats.flows_dropped,
+            stats.flows_failed,
+            stats.batches_exported,
+            stats.heartbeats_sent,
+            stats.heartbeats_failed,
+        ];
+        let [exported, dropped, failed, batches, sent, unsent] = &mut seen.fleet;
+        for (outcome, last, now) in
+            [("exported", exported, now[0]), ("dropped", dropped, now[1]), ("failed", failed, now[2])]
+        {
+            self.fleet_flows.get_or_create(&label("outcome", outcome)).inc_by(delta(last, now));
+        }
+        self.fleet_batches.inc_by(delta(batches, now[3]));
+        for (outcome, last, now) in [("sent", sent, now[4]), ("failed", unsent, now[5])] {
+            self.fleet_heartbeats.get_or_create(&label("outcome", outcome)).inc_by(delta(last, now));
         }
     }
 
@@ -653,6 +692,18 @@ mod tests {
         m.sink_spool("nats:tls://bus:4222", &spool);
         spool.alerts.replayed = 2;
         m.sink_spool("nats:tls://bus:4222", &spool);
+        m.fleet(&crate::fleet::FleetStats {
+            flows_exported: 1000,
+            batches_exported: 2,
+            heartbeats_sent: 3,
+            ..Default::default()
+        });
+        m.fleet(&crate::fleet::FleetStats {
+            flows_exported: 1500,
+            batches_exported: 3,
+            heartbeats_sent: 4,
+            ..Default::default()
+        });
         let text = m.encode();
         for line in [
             "vigil_packets_total 10",
@@ -684,6 +735,9 @@ mod tests {
             "vigil_sink_spool_events_total{sink=\"nats:tls://bus:4222\",class=\"flows\",outcome=\"dropped\"} 9",
             "vigil_sink_spool_pending{sink=\"nats:tls://bus:4222\",class=\"alerts\"} 3",
             "vigil_sink_spool_bytes{sink=\"nats:tls://bus:4222\"} 4096",
+            "vigil_fleet_flows_total{outcome=\"exported\"} 1500",
+            "vigil_fleet_batches_exported_total 3",
+            "vigil_fleet_heartbeats_total{outcome=\"sent\"} 4",
             "# EOF",
         ] {
             assert!(text.lines().any(|l| l == line), "missing `{line}` in\n{text}");

@@ -149,6 +149,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         config.alerts.sinks.clone()
     };
     let sinks = Sinks::start(&sink_specs)?;
+    let fleet = config.fleet.as_ref().map(crate::fleet::FleetExport::start).transpose()?;
     let suppressions = crate::alert::suppress::Suppressions::load(&config.alerts.suppress_file)?;
     let hostname = nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default();
     // A store that cannot be opened is reported and retried; detection does not wait for it.
@@ -264,7 +265,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         ..AgentStatus::default()
     };
     let kernel = Kernel { flows: harvester, sensor, rules: Box::new(rules) };
-    let outputs = Outputs { sinks, observer, flows: flows_out, metrics, run_dir, status, store };
+    let outputs = Outputs { sinks, observer, flows: flows_out, metrics, run_dir, status, store, fleet };
     let ignored = config.detection.ignore_destinations.clone();
     let mut agent = Agent::new(kernel, scorer, engine, outputs, ignored, attaching_ns);
     if let Some(learner) = learner {

@@ -134,6 +134,29 @@ pub struct Outputs {
     pub status: AgentStatus,
     /// The embedded store (`store.enabled`): alerts, actions, flow minutes, models, health.
     pub store: Option<crate::store::Recorder>,
+    /// `[fleet]`: flow records and heartbeats to the bus.
+    pub fleet: Option<crate::fleet::FleetExport>,
+}
+
+impl Outputs {
+    /// The sinks' and the fleet export's counters into the metrics; the sinks' for the status.
+    fn observe_exports(&self) -> Vec<crate::alert::sink::SinkStats> {
+        let sink_stats = self.sinks.stats();
+        for st in &sink_stats {
+            self.metrics.sink_stats(&st.name, st.delivered, st.dropped, st.failed);
+            if let Some(spool) = &st.spool {
+                self.metrics.sink_spool(&st.name, spool);
+            }
+        }
+        if let Some(fleet) = &self.fleet {
+            let stats = fleet.stats();
+            self.metrics.fleet(&stats);
+            if let Some(spool) = &stats.spool {
+                self.metrics.sink_spool(fleet.name(), spool);
+            }
+        }
+        sink_stats
+    }
 }
 
 /// Running totals, for the status file and the log line.
@@ -172,6 +195,20 @@ pub struct Agent<F, K> {
     health: Option<crate::store::HealthRow>,
     /// The model last written to the store's models table.
     stored_model: Option<String>,
+}
+
+/// A conversation that left the flow table: to `--flows-out` and the fleet export.
+fn emit(writer: &mut Option<FlowWriter>, fleet: Option<&crate::fleet::FleetExport>, conversation: &Conversation) {
+    if writer.is_none() && fleet.is_none() {
+        return;
+    }
+    let record = conversation.record();
+    if let Some(w) = writer.as_mut() {
+        w.emit(&record);
+    }
+    if let Some(fleet) = fleet {
+        fleet.flow(&record);
+    }
 }
 
 /// Alerts this run raised, by id: the last [`AlertLog::KEEP`], for analyst feedback.
@@ -305,15 +342,11 @@ impl<F: FlowSource, K: SensorProbe> Agent<F, K> {
     /// Harvest: leaving flows to `--flows-out`, live flows (minus ignored destinations) out.
     fn harvest(&mut self, now_mono_ns: u64) -> Result<(HarvestReport, Vec<LiveFlow>), CycleError> {
         let mut live = Vec::new();
-        let writer = &mut self.outputs.flows;
+        let (writer, fleet) = (&mut self.outputs.flows, &self.outputs.fleet);
         let report = self.kernel.flows.harvest(
             now_mono_ns,
             Some(self.since_ns),
-            &mut |conversation| {
-                if let Some(w) = writer.as_mut() {
-                    w.emit(&conversation.record());
-                }
-            },
+            &mut |conversation| emit(writer, fleet.as_ref(), &conversation),
             &mut |flow| live.push(flow),
         )?;
         self.since_ns = now_mono_ns;
@@ -543,13 +576,7 @@ impl<F: FlowSource, K: SensorProbe> Agent<F, K> {
         metrics.observe_scoring(scored.flows.len(), scored.elapsed);
         let rules: Vec<(String, u64)> = self.engine.rules().map(|r| (r.prefix.to_string(), r.drops)).collect();
         metrics.set_rules(&rules);
-        let sink_stats = self.outputs.sinks.stats();
-        for st in &sink_stats {
-            metrics.sink_stats(&st.name, st.delivered, st.dropped, st.failed);
-            if let Some(spool) = &st.spool {
-                metrics.sink_spool(&st.name, spool);
-            }
-        }
+        let sink_stats = self.outputs.observe_exports();
         if let Some(store) = self.outputs.store.as_mut() {
             let health = crate::store::HealthRow {
                 time_ms: i64::try_from(now_wall_ns / 1_000_000).unwrap_or(i64::MAX),
@@ -602,6 +629,10 @@ impl<F: FlowSource, K: SensorProbe> Agent<F, K> {
         st.flows_scored = self.totals.flows_scored;
         st.engine = stats;
         st.sinks = sink_stats;
+        st.fleet = self.outputs.fleet.as_ref().map(crate::fleet::FleetExport::stats);
+        if let Some(fleet) = &self.outputs.fleet {
+            fleet.status(&*st);
+        }
         let written = st.write(&self.outputs.run_dir);
         self.status_output.failed(u64::from(written.is_err()), written.err().map(|e| e.to_string()), metrics);
 
@@ -636,11 +667,9 @@ impl<F: FlowSource, K: SensorProbe> Agent<F, K> {
         let flush = release(sensor)?;
         let mut flushed = 0;
         if flush {
-            let writer = &mut outputs.flows;
+            let (writer, fleet) = (&mut outputs.flows, &outputs.fleet);
             flushed = source.flush(EndReason::Shutdown, &mut |conversation: Conversation| {
-                if let Some(w) = writer.as_mut() {
-                    w.emit(&conversation.record());
-                }
+                emit(writer, fleet.as_ref(), &conversation);
             })?;
         }
         if let Some(w) = outputs.flows.as_mut() {
@@ -650,6 +679,9 @@ impl<F: FlowSource, K: SensorProbe> Agent<F, K> {
             }
         }
         outputs.sinks.shutdown(Duration::from_secs(5));
+        if let Some(fleet) = outputs.fleet.take() {
+            fleet.shutdown(Duration::from_secs(5));
+        }
         if let Some(store) = outputs.store.take() {
             store.finish(health, Duration::from_secs(5));
         }

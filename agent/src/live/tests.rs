@@ -88,6 +88,7 @@ impl Rig {
                 100,
                 Duration::from_mins(1),
             )),
+            fleet: None,
         };
         let scorer = Scorer::new(detector, ContextWindow::new(Duration::from_secs(10)));
         let kernel = Kernel { flows, sensor, rules: Box::new(rules) };

@@ -154,7 +154,7 @@ fn is_token(token: &str) -> bool {
 }
 
 /// This host's name as a subject token.
-fn host_token() -> String {
+pub(crate) fn host_token() -> String {
     let name = nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default();
     let token: String =
         name.chars().take(64).map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect();
@@ -296,17 +296,83 @@ struct NatsSink {
     spool: Option<Replay>,
 }
 
-/// The spool and the state of its replay.
-struct Replay {
-    spool: Spool,
+/// A spool and the state of its replay: a token bucket for the rate, and the backoff after a
+/// failure. Shared by the `nats` sink and the fleet export.
+pub(crate) struct Replay {
+    pub(crate) spool: Spool,
     rate: f64,
     in_flight: usize,
-    /// Replay budget in events (a token bucket of one second's worth).
+    /// Replay budget in records (a token bucket of one second's worth).
     budget: f64,
     refilled: Instant,
     /// No (re)connection or publish before this, after a failure.
     not_before: Instant,
+    first_delay: Duration,
     delay: Duration,
+}
+
+impl Replay {
+    /// Opens the spool of `settings`; `backoff` is the first wait after a failure.
+    pub(crate) fn open(settings: &SpoolSettings, backoff: Duration) -> io::Result<Replay> {
+        let limits = SpoolLimits { max_bytes: settings.max_size_mb << 20, max_age: settings.max_age };
+        let spool = Spool::open(&settings.dir, limits)?;
+        if !spool.is_empty() {
+            info!(
+                dir = %settings.dir.display(),
+                alerts = spool.pending(Class::Alert),
+                flows = spool.pending(Class::Flow),
+                "replaying what an earlier run spooled"
+            );
+        }
+        let first_delay = backoff.min(super::MAX_BACKOFF);
+        Ok(Replay {
+            spool,
+            rate: f64::from(settings.replay_rate),
+            in_flight: settings.max_in_flight as usize,
+            budget: 0.0,
+            refilled: Instant::now(),
+            not_before: Instant::now(),
+            first_delay,
+            delay: first_delay,
+        })
+    }
+
+    /// Whether the bus may be tried now (the backoff after the last failure has passed).
+    pub(crate) fn may_try(&self) -> bool {
+        Instant::now() >= self.not_before
+    }
+
+    /// The bus failed: puts off the next try by the current delay, doubled for the one after.
+    pub(crate) fn failed(&mut self, error: &str) {
+        debug!(error, delay = ?self.delay, "nats: bus unavailable; spooling");
+        self.not_before = Instant::now() + self.delay;
+        self.delay = self.delay.saturating_mul(2).clamp(self.first_delay, super::MAX_BACKOFF);
+    }
+
+    /// The bus took something: the next failure waits the first delay again.
+    pub(crate) fn succeeded(&mut self) {
+        self.delay = self.first_delay;
+    }
+
+    /// How many records may be replayed now: the rate's budget (refilled first), at most the
+    /// in-flight bound.
+    #[expect(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        reason = "the budget is between 0 and replay_rate, a u32"
+    )]
+    pub(crate) fn allowance(&mut self) -> usize {
+        let now = Instant::now();
+        self.budget = (self.budget + now.duration_since(self.refilled).as_secs_f64() * self.rate).min(self.rate);
+        self.refilled = now;
+        (self.budget.max(0.0) as usize).min(self.in_flight)
+    }
+
+    /// `n` records were replayed.
+    #[expect(clippy::cast_precision_loss, reason = "n is at most max_in_flight")]
+    pub(crate) fn spent(&mut self, n: usize) {
+        self.budget -= n as f64;
+    }
 }
 
 /// What a (re)connection needs, secrets read once at open. The collector connects with the
@@ -352,26 +418,7 @@ impl NatsSink {
             spool: s
                 .spool
                 .as_ref()
-                .map(|sp| {
-                    let limits = SpoolLimits { max_bytes: sp.max_size_mb << 20, max_age: sp.max_age };
-                    let spool = Spool::open(&sp.dir, limits)?;
-                    if !spool.is_empty() {
-                        info!(
-                            dir = %sp.dir.display(),
-                            alerts = spool.pending(Class::Alert),
-                            "nats sink: replaying what an earlier run spooled"
-                        );
-                    }
-                    Ok::<_, io::Error>(Replay {
-                        spool,
-                        rate: f64::from(sp.replay_rate),
-                        in_flight: sp.max_in_flight as usize,
-                        budget: 0.0,
-                        refilled: Instant::now(),
-                        not_before: Instant::now(),
-                        delay: s.backoff.min(super::MAX_BACKOFF),
-                    })
-                })
+                .map(|sp| Replay::open(sp, s.backoff))
                 .transpose()?,
         })
     }
@@ -411,6 +458,59 @@ impl Options {
 
     pub(crate) fn stream(&self) -> &str {
         &self.stream
+    }
+
+    /// Makes sure `jetstream` holds a connected context: connects the first time (the client
+    /// then reconnects by itself), and afterwards only checks the client's state.
+    ///
+    /// # Errors
+    /// Not connected, or the connection failed.
+    pub(crate) async fn ensure_connected(
+        &self,
+        jetstream: &mut Option<async_nats::jetstream::Context>,
+    ) -> Result<(), String> {
+        if let Some(j) = jetstream {
+            return if j.client().connection_state() == async_nats::connection::State::Connected {
+                Ok(())
+            } else {
+                Err("not connected".into())
+            };
+        }
+        let j = self.connect().await?;
+        info!(url = %redact(&self.url), "connected to the nats bus");
+        *jetstream = Some(j);
+        Ok(())
+    }
+
+    /// How long a connection attempt and an acknowledgement may take.
+    pub(crate) fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Creates the stream `name` on `subjects` when `create_stream` is set and it is missing.
+    ///
+    /// # Errors
+    /// The server refused.
+    pub(crate) async fn ensure_stream(
+        &self,
+        jetstream: &async_nats::jetstream::Context,
+        name: &str,
+        subjects: &str,
+    ) -> Result<(), String> {
+        if !self.create_stream {
+            return Ok(());
+        }
+        jetstream
+            .get_or_create_stream(async_nats::jetstream::stream::Config {
+                name: name.to_owned(),
+                subjects: vec![subjects.to_owned()],
+                storage: async_nats::jetstream::stream::StorageType::File,
+                duplicate_window: DUPLICATE_WINDOW,
+                ..Default::default()
+            })
+            .await
+            .map(|_| ())
+            .map_err(|e| format!("creating stream {name}: {e}"))
     }
 
     /// Connects (the client then reconnects by itself) and, with `create_stream`, makes sure
@@ -501,35 +601,16 @@ impl NatsSink {
     /// the next try by the backoff.
     fn ready(&mut self) -> bool {
         let replay = self.spool.as_mut().expect("only with a spool");
-        if Instant::now() < replay.not_before {
+        if !replay.may_try() {
             return false;
         }
-        if let Some(jetstream) = &self.jetstream {
-            if jetstream.client().connection_state() == async_nats::connection::State::Connected {
-                return true;
-            }
-            self.failed("not connected");
-            return false;
-        }
-        match self.runtime.block_on(self.options.connect()) {
-            Ok(j) => {
-                info!(url = %redact(&self.options.url), subject = self.subject, "nats sink connected");
-                self.jetstream = Some(j);
-                true
-            }
+        match self.runtime.block_on(self.options.ensure_connected(&mut self.jetstream)) {
+            Ok(()) => true,
             Err(e) => {
-                self.failed(&e);
+                replay.failed(&e);
                 false
             }
         }
-    }
-
-    /// Puts off the next attempt by the current delay, doubled for the one after.
-    fn failed(&mut self, error: &str) {
-        let (backoff, replay) = (self.backoff, self.spool.as_mut().expect("only with a spool"));
-        debug!(error, delay = ?replay.delay, "nats: bus unavailable; spooling");
-        replay.not_before = Instant::now() + replay.delay;
-        replay.delay = replay.delay.saturating_mul(2).clamp(backoff, super::MAX_BACKOFF);
     }
 
     /// With a spool: publish now if nothing is spooled and the bus answers, else spool.
@@ -538,14 +619,14 @@ impl NatsSink {
         let payload = bytes::Bytes::copy_from_slice(event.json.as_bytes());
         let empty = self.spool.as_ref().is_some_and(|r| r.spool.is_empty());
         if empty && self.ready() {
-            match self.publish_once(&id, &payload) {
+            let published = self.publish_once(&id, &payload);
+            let replay = self.spool.as_mut().expect("only with a spool");
+            match published {
                 Ok(_) => {
-                    if let Some(replay) = self.spool.as_mut() {
-                        replay.delay = self.backoff;
-                    }
+                    replay.succeeded();
                     return Ok(Delivery::Delivered);
                 }
-                Err(e) => self.failed(&e),
+                Err(e) => replay.failed(&e),
             }
         }
         let replay = self.spool.as_mut().expect("only with a spool");
@@ -554,74 +635,80 @@ impl NatsSink {
     }
 
     /// Replays from the spool for up to about a second, within the rate and in-flight bounds.
-    #[expect(
-        clippy::cast_possible_truncation,
-        clippy::cast_sign_loss,
-        clippy::cast_precision_loss,
-        reason = "the budget is between 0 and replay_rate (a u32), acknowledged counts at most max_in_flight"
-    )]
     fn replay(&mut self, abort: &AtomicBool) {
         let Some(replay) = self.spool.as_mut() else { return };
-        if replay.spool.is_empty() {
+        if replay.spool.is_empty() || replay.allowance() == 0 || !self.ready() {
             return;
         }
-        let now = Instant::now();
-        replay.budget = (replay.budget + now.duration_since(replay.refilled).as_secs_f64() * replay.rate).min(replay.rate);
-        replay.refilled = now;
-        if replay.budget < 1.0 || !self.ready() {
-            return;
-        }
-        let started = Instant::now();
-        while !abort.load(Ordering::Relaxed) && started.elapsed() < Duration::from_secs(1) {
-            let replay = self.spool.as_mut().expect("checked above");
-            let max = (replay.budget as usize).min(replay.in_flight);
-            if max == 0 {
-                break;
-            }
-            let (_, records) = match replay.spool.front(max, crate::clock::wall_ns()) {
-                Ok(front) => front,
-                Err(e) => {
-                    warn!(error = %e, "nats sink: cannot read the spool");
-                    return;
-                }
-            };
-            if records.is_empty() {
-                info!(subject = self.subject, "nats sink: spool replayed");
-                return;
-            }
-            let (acked, error) = self.publish_batch(&records);
-            let replay = self.spool.as_mut().expect("checked above");
-            replay.spool.commit(acked);
-            replay.budget -= acked as f64;
-            if let Some(e) = error {
-                self.failed(&e);
-                return;
-            }
-        }
-    }
-
-    /// Publishes `records` without waiting between them, then waits for their
-    /// acknowledgements: how many, from the first, were acknowledged, and the first error.
-    fn publish_batch(&self, records: &[Record]) -> (usize, Option<String>) {
-        let Some(jetstream) = self.jetstream.clone() else { return (0, Some("not connected".into())) };
+        let Some(jetstream) = self.jetstream.clone() else { return };
         let (subject, timeout) = (self.subject.clone(), self.options.timeout);
-        self.runtime.block_on(async move {
-            let mut acks = Vec::with_capacity(records.len());
-            for record in records {
-                let mut headers = async_nats::HeaderMap::new();
-                headers.insert(async_nats::header::NATS_MESSAGE_ID, record.id.as_str());
-                let payload = bytes::Bytes::copy_from_slice(&record.payload);
-                match jetstream.publish_with_headers(subject.clone(), headers, payload).await {
-                    Ok(ack) => acks.push(ack),
-                    Err(e) => {
-                        let error = Some(e.to_string());
-                        return (count_acked(acks, timeout).await.0, error);
-                    }
-                }
-            }
-            count_acked(acks, timeout).await
-        })
+        let replay = self.spool.as_mut().expect("checked above");
+        let drained = self.runtime.block_on(replay_some(replay, &jetstream, &subject, timeout, abort));
+        if drained {
+            info!(subject = self.subject, "nats sink: spool replayed");
+        }
     }
+}
+
+/// Replays from `replay`'s spool on `subject` for up to about a second, within its rate and
+/// in-flight bounds; a failure sets its backoff. Whether the spool is now empty.
+pub(crate) async fn replay_some(
+    replay: &mut Replay,
+    jetstream: &async_nats::jetstream::Context,
+    subject: &str,
+    timeout: Duration,
+    abort: &AtomicBool,
+) -> bool {
+    let started = Instant::now();
+    while !abort.load(Ordering::Relaxed) && started.elapsed() < Duration::from_secs(1) {
+        let max = replay.allowance();
+        if max == 0 {
+            return false;
+        }
+        let records = match replay.spool.front(max, crate::clock::wall_ns()) {
+            Ok((_, records)) => records,
+            Err(e) => {
+                warn!(error = %e, "cannot read the spool");
+                return false;
+            }
+        };
+        if records.is_empty() {
+            return true;
+        }
+        let (acked, error) = publish_all(jetstream, subject, &records, timeout).await;
+        replay.spool.commit(acked);
+        replay.spent(acked);
+        if let Some(e) = error {
+            replay.failed(&e);
+            return false;
+        }
+        replay.succeeded();
+    }
+    replay.spool.is_empty()
+}
+
+/// Publishes `records` on `subject` without waiting between them, then waits for their
+/// acknowledgements: how many, from the first, were acknowledged, and the first error.
+pub(crate) async fn publish_all(
+    jetstream: &async_nats::jetstream::Context,
+    subject: &str,
+    records: &[Record],
+    timeout: Duration,
+) -> (usize, Option<String>) {
+    let mut acks = Vec::with_capacity(records.len());
+    for record in records {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(async_nats::header::NATS_MESSAGE_ID, record.id.as_str());
+        let payload = bytes::Bytes::copy_from_slice(&record.payload);
+        match jetstream.publish_with_headers(subject.to_owned(), headers, payload).await {
+            Ok(ack) => acks.push(ack),
+            Err(e) => {
+                let error = Some(e.to_string());
+                return (count_acked(acks, timeout).await.0, error);
+            }
+        }
+    }
+    count_acked(acks, timeout).await
 }
 
 /// Waits for acknowledgements in order: how many, from the first, arrived within `timeout`,

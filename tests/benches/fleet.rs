@@ -1,0 +1,280 @@
+//! The fleet export (`vigil::fleet`): how the flow records are best encoded for the bus, and
+//! how many one agent exports with little CPU.
+//!
+//! 1. Encoding: 100,000 conversations (two sides each, realistic field values) as JSON lines
+//!    (the `--flows-out` format) and as the protobuf `FlowBatch` of `agent/proto/flows_v1.proto`
+//!    in batches of 1,000: bytes per record and encoding time per record, one core.
+//! 2. Export: a `nats-server -js` on loopback (file storage), a `FleetExport` with its defaults
+//!    (batches of 1,000, 8 in flight), fed 50,000 conversations a second for 10 s the way the
+//!    harvest feeds it (`FleetExport::flow`, in bursts every 100 ms). Measured: what the bus
+//!    acknowledged, the export thread's CPU (from `/proc/self/task`), and the cost of `flow()`
+//!    in the feeding thread. Then as fast as it goes: 1,000,000 conversations pushed and timed
+//!    until acknowledged. `cargo bench -p vigil-tests --bench fleet`.
+#![expect(clippy::cast_precision_loss, reason = "rates and sizes")]
+
+use std::{
+    net::{IpAddr, Ipv4Addr},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use prost::Message as _;
+use vigil::{
+    alert::sink::nats::NatsSettings,
+    fleet::{FleetExport, FleetSection, proto},
+    flows::{
+        EndReason, FlowRecord,
+        biflow::{BiflowRecord, Conversation},
+        record::TcpFlagCounts,
+    },
+};
+use vigil_tests::{
+    agent::TempDir,
+    bench::{machine, report},
+};
+
+const RECORDS: u32 = 100_000;
+
+fn side(src: IpAddr, dst: IpAddr, sport: u16, dport: u16, i: u32, answer: bool) -> FlowRecord {
+    let t0 = 1_764_511_513_000_000_000 + u64::from(i) * 1_000_000;
+    FlowRecord {
+        src_ip: src,
+        dst_ip: dst,
+        src_port: sport,
+        dst_port: dport,
+        protocol: 6,
+        ip_version: 4,
+        first_seen_ns: t0 + u64::from(answer) * 300_000,
+        last_seen_ns: t0 + 2_500_000_000 + u64::from(i % 1000) * 1000,
+        packets: 12 + u64::from(i % 40),
+        bytes: 1500 + u64::from(i % 9000) * 13,
+        len_min: 60,
+        len_max: 1514,
+        len_sq_sum: 9_000_000 + u64::from(i),
+        iat_min_ns: Some(40_000 + u64::from(i % 100)),
+        iat_max_ns: Some(900_000_000),
+        iat_sum_ns: 2_500_000_000,
+        iat_sq_sum_us2: 1_200_000_000_000,
+        tcp_flags: if answer {
+            TcpFlagCounts { syn_ack: 1, ack: 11, psh: 4, fin: 1, ..TcpFlagCounts::default() }
+        } else {
+            TcpFlagCounts { syn: 1, ack: 11, psh: 3, fin: 1, ..TcpFlagCounts::default() }
+        },
+        ttl_min: 63,
+        ttl_max: 64,
+        fragment_first: false,
+        fragment_later: false,
+        malformed: 0,
+        transport_truncated: false,
+        network_unwalked: false,
+        end_reason: EndReason::Idle,
+    }
+}
+
+fn conversation(i: u32) -> BiflowRecord {
+    let client = IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + (i % 50_000)));
+    let server = IpAddr::V4(Ipv4Addr::new(192, 0, 2, u8::try_from(i % 200).expect("u8")));
+    let port = 32_768 + u16::try_from(i % 28_000).expect("u16");
+    let first = side(client, server, port, 443, i, false);
+    let back = side(server, client, 443, port, i, true);
+    Conversation::new(first, Some(back)).record()
+}
+
+/// Encoding: bytes and ns per record, JSON lines against protobuf batches.
+fn encoding(records: &[BiflowRecord]) -> String {
+    let mut best_json = f64::MAX;
+    let mut json_bytes = 0;
+    let mut best_proto = f64::MAX;
+    let mut proto_bytes = 0;
+    for _ in 0..5 {
+        let started = Instant::now();
+        let mut out = Vec::with_capacity(records.len() * 1200);
+        for r in records {
+            serde_json::to_writer(&mut out, r).expect("json");
+            out.push(b'\n');
+        }
+        best_json = best_json.min(started.elapsed().as_nanos() as f64 / records.len() as f64);
+        json_bytes = out.len();
+
+        let started = Instant::now();
+        let mut total = 0;
+        for (n, chunk) in records.chunks(1000).enumerate() {
+            let batch = proto::FlowBatch {
+                schema: proto::SCHEMA,
+                site: "paris".into(),
+                host: "sensor-1".into(),
+                boot: 1,
+                seq: n as u64,
+                flows: chunk.iter().map(proto::Conversation::from).collect(),
+            };
+            total += batch.encode_to_vec().len();
+        }
+        best_proto = best_proto.min(started.elapsed().as_nanos() as f64 / records.len() as f64);
+        proto_bytes = total;
+    }
+    let n = records.len() as f64;
+    format!(
+        "| JSON lines (`--flows-out`) | {:.0} B | {best_json:.0} ns |\n| protobuf `FlowBatch` of 1,000 | {:.0} B | {best_proto:.0} ns |\n",
+        json_bytes as f64 / n,
+        proto_bytes as f64 / n,
+    )
+}
+
+/// CPU ticks (user + system) of this process's threads named `name`.
+fn thread_ticks(name: &str) -> u64 {
+    let mut ticks = 0;
+    for task in std::fs::read_dir("/proc/self/task").expect("tasks").flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if comm.trim() != name {
+            continue;
+        }
+        let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+        let Some(end) = stat.rfind(')') else { continue };
+        let fields: Vec<&str> = stat[end + 2..].split_whitespace().collect();
+        ticks += fields[11].parse::<u64>().unwrap_or(0) + fields[12].parse::<u64>().unwrap_or(0);
+    }
+    ticks
+}
+
+fn ticks_per_second() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if hz > 0 { hz as f64 } else { 100.0 }
+}
+
+struct NatsServer(std::process::Child);
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn nats_server(dir: &std::path::Path) -> (NatsServer, u16) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("port").local_addr().expect("addr").port();
+    let child = Command::new("nats-server")
+        .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("nats-server (cargo xtask setup installs it)");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "nats-server did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (NatsServer(child), port)
+}
+
+fn section(port: u16) -> FleetSection {
+    let bus: NatsSettings = toml_bus(port);
+    let mut s: FleetSection = serde_json::from_value(serde_json::json!({ "bus": bus })).expect("defaults");
+    s.heartbeat = Duration::from_secs(10);
+    s
+}
+
+fn toml_bus(port: u16) -> NatsSettings {
+    serde_json::from_value(serde_json::json!({
+        "url": format!("nats://127.0.0.1:{port}"),
+        "allow_plaintext": true,
+        "create_stream": true,
+        "site": "bench",
+        "host": "sensor-1",
+    }))
+    .expect("bus settings")
+}
+
+fn wait_exported(export: &FleetExport, n: u64, limit: Duration) -> Duration {
+    let started = Instant::now();
+    while export.stats().flows_exported < n {
+        assert!(started.elapsed() < limit, "not exported in {limit:?}: {:?}", export.stats());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    started.elapsed()
+}
+
+fn main() {
+    let records: Vec<BiflowRecord> = (0..RECORDS).map(conversation).collect();
+    let encoding = encoding(&records);
+
+    let dir = TempDir::new("fleet-bench");
+    let (_server, port) = nats_server(dir.path());
+    let export = FleetExport::start(&section(port)).expect("export");
+    // Connect and create the streams before timing.
+    export.flow(&records[0]);
+    wait_exported(&export, 1, Duration::from_secs(10));
+
+    // 50,000 a second for 10 s, in bursts every 100 ms.
+    let (rate, seconds) = (50_000u32, 10u32);
+    let per_burst = rate / 10;
+    let hz = ticks_per_second();
+    let before = thread_ticks("fleet-export");
+    let started = Instant::now();
+    let mut in_flow = Duration::ZERO;
+    let mut sent = 1u64;
+    for burst in 0..seconds * 10 {
+        let due = started + Duration::from_millis(u64::from(burst) * 100);
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        let t = Instant::now();
+        for k in 0..per_burst {
+            export.flow(&records[((burst * per_burst + k) % RECORDS) as usize]);
+        }
+        in_flow += t.elapsed();
+        sent += u64::from(per_burst);
+    }
+    wait_exported(&export, sent, Duration::from_secs(60));
+    let wall = started.elapsed().as_secs_f64();
+    let export_cpu = (thread_ticks("fleet-export") - before) as f64 / hz / wall;
+    let stats = export.stats();
+    let flow_ns = in_flow.as_nanos() as f64 / f64::from(rate * seconds);
+
+    // As fast as it goes.
+    let burst_n = 1_000_000u64;
+    let before_cpu = thread_ticks("fleet-export");
+    let t = Instant::now();
+    let mut pushed = 0;
+    while pushed < burst_n {
+        // The queue holds 100,000: push, then let the export drain a little when it is full.
+        let before_drop = export.stats().flows_dropped;
+        export.flow(&records[(pushed % u64::from(RECORDS)) as usize]);
+        if export.stats().flows_dropped > before_drop {
+            std::thread::sleep(Duration::from_micros(200));
+            continue;
+        }
+        pushed += 1;
+    }
+    let target_total = stats.flows_exported + burst_n;
+    wait_exported(&export, target_total, Duration::from_mins(5));
+    let burst_s = t.elapsed().as_secs_f64();
+    let burst_cpu = (thread_ticks("fleet-export") - before_cpu) as f64 / hz / burst_s;
+    let end = export.stats();
+    export.shutdown(Duration::from_secs(5));
+
+    report(&format!(
+        "### Fleet export (issue 16; `cargo bench -p vigil-tests --bench fleet`)\n\n\
+         `cargo bench -p vigil-tests --bench fleet` on {}. Encoding: {RECORDS} conversations with both sides, \
+         best of 5, one core.\n\n\
+         | encoding | bytes per record | encoding time per record |\n|---|---:|---:|\n{encoding}\n\
+         Export to a `nats-server -js` (Debian's 2.9, file storage) on loopback, defaults (batches of 1,000, 8 in \
+         flight), fed in bursts every 100 ms as the harvest does:\n\n\
+         | measure | value | target |\n|---|---:|---:|\n\
+         | fed {rate} conversations/s for {seconds} s: acknowledged by the stream | {} of {sent} | all |\n\
+         | export thread's CPU at {rate}/s | {:.1}% of a core | ≤ 10% |\n\
+         | `FleetExport::flow` in the harvest's thread | {flow_ns:.0} ns per record | |\n\
+         | as fast as it goes: {burst_n} conversations acknowledged in | {burst_s:.2} s ({:.0}/s) | |\n\
+         | export thread's CPU then | {:.0}% of a core | |\n\
+         | dropped (queue full) / failed over the run | {} / {} | 0 / 0 in the paced part |\n",
+        machine(),
+        stats.flows_exported,
+        export_cpu * 100.0,
+        burst_n as f64 / burst_s,
+        burst_cpu * 100.0,
+        end.flows_dropped,
+        end.flows_failed,
+    ));
+    assert_eq!((stats.flows_dropped, stats.flows_failed), (0, 0), "the paced part lost nothing");
+}
