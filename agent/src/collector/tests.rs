@@ -170,3 +170,129 @@ fn an_alert_document_becomes_its_row() {
     assert!(AlertRow::from_document(r#"{"event":{"kind":"event","id":"x"}}"#).is_none());
     assert!(AlertRow::from_document("not json").is_none());
 }
+
+/// A three-node `nats-server` cluster with `JetStream` on loopback; each node killed on drop.
+struct Cluster {
+    nodes: Vec<Option<Server>>,
+    ports: Vec<u16>,
+}
+
+impl Cluster {
+    fn start(dir: &Path) -> Cluster {
+        let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let routes: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let route_list = routes.iter().map(|p| format!("nats://127.0.0.1:{p}")).collect::<Vec<_>>().join(", ");
+        let nodes = (0..3)
+            .map(|i| {
+                let store = dir.join(format!("n{i}"));
+                let config = dir.join(format!("n{i}.conf"));
+                std::fs::write(
+                    &config,
+                    format!(
+                        "server_name: n{i}\nlisten: 127.0.0.1:{}\njetstream {{ store_dir: \"{}\" }}\n\
+                         cluster {{ name: vigil, listen: 127.0.0.1:{}, routes: [{route_list}] }}\n",
+                        ports[i],
+                        store.display(),
+                        routes[i]
+                    ),
+                )
+                .unwrap();
+                Some(Server::start_with_config(&config, ports[i]))
+            })
+            .collect();
+        Cluster { nodes, ports }
+    }
+
+    fn url(&self) -> String {
+        self.ports.iter().map(|p| format!("nats://127.0.0.1:{p}")).collect::<Vec<_>>().join(",")
+    }
+}
+
+#[test]
+fn the_stream_leader_killed_while_agents_publish_every_alert_is_stored_once() {
+    let dir = temp_dir("collector-cluster");
+    let mut cluster = Cluster::start(&dir);
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let url = cluster.url();
+    // The stream, replicated on all three nodes (retried until the cluster has a meta leader).
+    let jetstream = runtime.block_on(async {
+        let client = async_nats::connect(url.split(',').next().unwrap()).await.unwrap();
+        let jetstream = async_nats::jetstream::new(client);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let created = jetstream
+                .get_or_create_stream(async_nats::jetstream::stream::Config {
+                    name: "VIGIL_ALERTS".into(),
+                    subjects: vec![crate::alert::sink::nats::ALERT_SUBJECTS.into()],
+                    storage: async_nats::jetstream::stream::StorageType::File,
+                    num_replicas: 3,
+                    duplicate_window: Duration::from_mins(2),
+                    ..Default::default()
+                })
+                .await;
+            match created {
+                Ok(_) => break jetstream,
+                Err(e) => assert!(Instant::now() < deadline, "no replicated stream: {e}"),
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    });
+    let bus = NatsSettings {
+        url: url.clone(),
+        create_stream: false,
+        timeout: Duration::from_secs(2),
+        spool: Some(Box::new(crate::alert::sink::nats::SpoolSettings {
+            dir: dir.join("spool"),
+            max_size_mb: 4,
+            max_age: Duration::from_hours(1),
+            replay_rate: 500,
+            max_in_flight: 16,
+        })),
+        ..settings(cluster.ports[0])
+    };
+    let sinks = Sinks::start(&[spec(bus.clone(), 1000)]).unwrap();
+    let n = 300;
+    let mut killed = None;
+    for i in 0..n {
+        sinks.send(&alert(&format!("c-{i}"), "192.0.2.9"));
+        thread::sleep(Duration::from_millis(20));
+        if i == 100 {
+            // The stream's leader goes away mid-run.
+            let leader = runtime.block_on(async {
+                let mut stream = jetstream.get_stream("VIGIL_ALERTS").await.unwrap();
+                stream.info().await.unwrap().cluster.clone().and_then(|c| c.leader).expect("a leader")
+            });
+            let index: usize = leader.trim_start_matches('n').parse().unwrap();
+            cluster.nodes[index] = None;
+            killed = Some(index);
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let stats = loop {
+        let stats = sinks.stats().remove(0);
+        if stats.delivered >= n && stats.spool.is_some_and(|s| s.alerts.pending == 0) {
+            break stats;
+        }
+        assert!(Instant::now() < deadline, "not all delivered after the leader was killed: {stats:?}");
+        thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!((stats.delivered, stats.failed, stats.dropped), (n, 0, 0), "{stats:?}");
+    sinks.shutdown(Duration::from_secs(5));
+
+    // The collector, on the surviving nodes.
+    let killed = killed.unwrap();
+    let alive = (0..3).find(|i| *i != killed).unwrap();
+    let db = dir.join("vigil.db");
+    // Ten seconds for the API calls: the cluster may still be electing a new meta leader.
+    let bus = NatsSettings { spool: None, timeout: Duration::from_secs(10), ..bus };
+    let section = CollectorSection { bus, ..section(cluster.ports[alive]) };
+    let stats = collect_until(&section, &db, 300, Duration::from_secs(1));
+    let rows = stored(&db);
+    let mut ids: Vec<&str> = rows.iter().map(|r| r.1.as_str()).collect();
+    ids.sort_unstable();
+    let mut expected: Vec<String> = (0..n).map(|i| format!("c-{i}")).collect();
+    expected.sort_unstable();
+    assert_eq!(ids, expected, "every alert exactly once ({stats:?})");
+    drop(cluster);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -327,8 +327,10 @@ fn a_full_queue_drops_and_counts_instead_of_blocking() {
         export.flow(&conversation(n));
     }
     assert!(started.elapsed() < Duration::from_secs(1), "flow() never waits: {:?}", started.elapsed());
-    let stats = export.stats();
-    assert!(stats.flows_dropped >= 990 - 1, "{stats:?}");
+    // What the queue took goes out in the next flush, finds no bus and no spool, and counts as
+    // failed: every conversation is accounted for.
+    let stats = wait(&export, "every flow counted", |s| s.flows_dropped + s.flows_failed == 1000);
+    assert!(stats.flows_dropped >= 500, "a queue of 10 cannot take most of a burst of 1000: {stats:?}");
     export.shutdown(Duration::from_secs(1));
 }
 

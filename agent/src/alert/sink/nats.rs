@@ -533,7 +533,13 @@ impl Options {
         if let Some(ca) = &o.ca_file {
             options = options.add_root_certificates(ca.clone());
         }
-        let client = tokio::time::timeout(o.timeout, options.connect(o.url.as_str()))
+        // The client takes a list of servers, not one comma-separated string.
+        let servers = o
+            .url
+            .split(',')
+            .map(|u| u.parse::<async_nats::ServerAddr>().map_err(|e| format!("server {}: {e}", redact(u))))
+            .collect::<Result<Vec<_>, _>>()?;
+        let client = tokio::time::timeout(o.timeout, options.connect(servers))
             .await
             .map_err(|_| format!("no connection within {:?}", o.timeout))?
             .map_err(|e| e.to_string())?;

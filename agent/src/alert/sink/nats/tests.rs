@@ -17,9 +17,20 @@ pub(crate) struct Server {
 
 impl Server {
     pub(crate) fn start(dir: &Path, port: u16) -> Server {
-        let child = Command::new("nats-server")
-            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
-            .arg(dir)
+        let mut command = Command::new("nats-server");
+        command.args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"]).arg(dir);
+        Server::spawn(command, port)
+    }
+
+    /// A server from a configuration file (a cluster node), listening on `port`.
+    pub(crate) fn start_with_config(config: &Path, port: u16) -> Server {
+        let mut command = Command::new("nats-server");
+        command.arg("-c").arg(config);
+        Server::spawn(command, port)
+    }
+
+    fn spawn(mut command: Command, port: u16) -> Server {
+        let child = command
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
