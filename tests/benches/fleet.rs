@@ -226,28 +226,28 @@ fn main() {
         in_flow += t.elapsed();
         sent += u64::from(per_burst);
     }
-    wait_exported(&export, sent, Duration::from_secs(60));
+    wait_exported(&export, sent, Duration::from_mins(1));
     let wall = started.elapsed().as_secs_f64();
     let export_cpu = (thread_ticks("fleet-export") - before) as f64 / hz / wall;
     let stats = export.stats();
     let flow_ns = in_flow.as_nanos() as f64 / f64::from(rate * seconds);
 
     // As fast as it goes.
-    let burst_n = 1_000_000u64;
+    let burst_n = 1_000_000usize;
     let before_cpu = thread_ticks("fleet-export");
     let t = Instant::now();
     let mut pushed = 0;
     while pushed < burst_n {
         // The queue holds 100,000: push, then let the export drain a little when it is full.
         let before_drop = export.stats().flows_dropped;
-        export.flow(&records[(pushed % u64::from(RECORDS)) as usize]);
+        export.flow(&records[pushed % records.len()]);
         if export.stats().flows_dropped > before_drop {
             std::thread::sleep(Duration::from_micros(200));
             continue;
         }
         pushed += 1;
     }
-    let target_total = stats.flows_exported + burst_n;
+    let target_total = stats.flows_exported + burst_n as u64;
     wait_exported(&export, target_total, Duration::from_mins(5));
     let burst_s = t.elapsed().as_secs_f64();
     let burst_cpu = (thread_ticks("fleet-export") - before_cpu) as f64 / hz / burst_s;
