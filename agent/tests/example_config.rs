@@ -43,3 +43,18 @@ fn the_commented_webhook_sink_is_valid_once_uncommented() {
     assert_eq!(config.alerts.sinks.len(), 3);
     config.validate().expect("validates with the webhook");
 }
+
+#[test]
+fn the_commented_fleet_export_is_valid_once_uncommented() {
+    let text = example();
+    let start = text.find("# [fleet.bus]").expect("a commented [fleet.bus]");
+    let uncommented: String = text[..start].to_owned()
+        + &text[start..].lines().map(|l| l.strip_prefix("# ").unwrap_or(l)).collect::<Vec<_>>().join("\n");
+    let config = Config::parse(&uncommented).expect("parses with the fleet export");
+    config.validate().expect("validates with the fleet export");
+    let fleet = config.fleet.expect("a [fleet] section");
+    assert_eq!(fleet.bus.site, "paris");
+    let spool = fleet.bus.spool.expect("a spool");
+    assert_eq!(spool.max_size_mb, 1024);
+    assert_eq!(fleet.batch, 1000, "the defaults");
+}
