@@ -6,7 +6,9 @@
 //! (`vigil.v1.alert.<site>.<host>`), so `vigil query` and the console show the whole fleet in
 //! the single-host schema. As many collectors as needed can share the durable consumer.
 //!
-//! First slice of the fleet (docs/fleet.md): alerts only.
+//! Heartbeats (`vigil.v1.health.<site>.<host>`, from the agents' `[fleet]` export) go into
+//! the `health` table the same way, from a second durable consumer on `health_stream` when
+//! that stream exists; a row's key is host and time, so a redelivery replaces it with itself.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -32,6 +34,14 @@ pub struct CollectorSection {
     /// Messages per batch (one transaction) at most.
     #[serde(default = "default_batch")]
     pub batch: usize,
+    /// The heartbeat stream (`[fleet] health_stream` of the agents); when it does not exist at
+    /// start, heartbeats are not collected (logged once).
+    #[serde(default = "default_health_stream")]
+    pub health_stream: String,
+}
+
+fn default_health_stream() -> String {
+    "VIGIL_HEALTH".to_owned()
 }
 
 fn default_durable() -> String {
@@ -76,15 +86,83 @@ pub struct CollectorStats {
     pub repeated: u64,
     /// Messages that are not alerts of a known shape: acknowledged and left out.
     pub skipped: u64,
+    /// Health rows written from heartbeats.
+    pub health: u64,
 }
 
-/// The host token of `vigil.v1.alert.<site>.<host>`.
-fn subject_host(subject: &str) -> Option<&str> {
+/// The host token of `vigil.v1.<kind>.<site>.<host>`.
+fn subject_host<'a>(subject: &'a str, kind: &str) -> Option<&'a str> {
     let mut tokens = subject.split('.');
     match (tokens.next(), tokens.next(), tokens.next(), tokens.next(), tokens.next(), tokens.next()) {
-        (Some("vigil"), Some("v1"), Some("alert"), Some(_site), Some(host), None) if !host.is_empty() => Some(host),
+        (Some("vigil"), Some("v1"), Some(k), Some(_site), Some(host), None) if k == kind && !host.is_empty() => {
+            Some(host)
+        }
         _ => None,
     }
+}
+
+/// The health row of a heartbeat.
+fn heartbeat_health(payload: &[u8]) -> Option<crate::store::HealthRow> {
+    #[derive(Deserialize)]
+    struct Heartbeat {
+        health: Option<crate::store::HealthRow>,
+    }
+    serde_json::from_slice::<Heartbeat>(payload).ok()?.health
+}
+
+type Consumer = async_nats::jetstream::consumer::Consumer<async_nats::jetstream::consumer::pull::Config>;
+
+/// Up to `max` messages of `consumer`, waiting at most `wait`; a failure is logged and gives none.
+async fn fetch(consumer: &Consumer, max: usize, wait: Duration) -> Vec<async_nats::jetstream::Message> {
+    let batch = consumer.fetch().max_messages(max).expires(wait).messages().await;
+    let mut messages = match batch {
+        Ok(m) => m,
+        Err(e) => {
+            warn!(error = %e, "collector: fetching a batch failed; retrying");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            return Vec::new();
+        }
+    };
+    let mut taken = Vec::new();
+    while let Some(m) = messages.next().await {
+        match m {
+            Ok(m) => taken.push(m),
+            Err(e) => warn!(error = %e, "collector: a message of the batch failed"),
+        }
+    }
+    taken
+}
+
+/// Acknowledges what was committed.
+async fn ack_all(taken: &[async_nats::jetstream::Message]) {
+    for m in taken {
+        if let Err(e) = m.ack().await {
+            warn!(error = %e, "collector: acknowledging failed; the message will come again (stored once)");
+        }
+    }
+}
+
+/// The durable consumer `durable` on `stream` for `subjects`.
+async fn consumer(
+    jetstream: &async_nats::jetstream::Context,
+    stream: &str,
+    durable: &str,
+    subjects: &str,
+) -> Result<Consumer, String> {
+    let stream = jetstream.get_stream(stream).await.map_err(|e| format!("nats stream {stream}: {e}"))?;
+    stream
+        .get_or_create_consumer(
+            durable,
+            async_nats::jetstream::consumer::pull::Config {
+                durable_name: Some(durable.to_owned()),
+                filter_subject: subjects.to_owned(),
+                ack_policy: async_nats::jetstream::consumer::AckPolicy::Explicit,
+                ack_wait: Duration::from_secs(30),
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|e| format!("nats consumer {durable}: {e}"))
 }
 
 /// Consumes until `stop` is set: connects, binds the durable consumer, and writes batches into
@@ -99,49 +177,44 @@ pub fn run(section: &CollectorSection, db: &Path, stop: &AtomicBool) -> anyhow::
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async {
         let jetstream = options.connect().await.map_err(|e| anyhow::anyhow!("nats {}: {e}", options.url()))?;
-        let stream = jetstream
-            .get_stream(options.stream())
-            .await
-            .map_err(|e| anyhow::anyhow!("nats stream {}: {e}", options.stream()))?;
-        let consumer = stream
-            .get_or_create_consumer(
-                &section.durable,
-                async_nats::jetstream::consumer::pull::Config {
-                    durable_name: Some(section.durable.clone()),
-                    filter_subject: crate::alert::sink::nats::ALERT_SUBJECTS.to_owned(),
-                    ack_policy: async_nats::jetstream::consumer::AckPolicy::Explicit,
-                    ack_wait: Duration::from_secs(30),
-                    ..Default::default()
-                },
-            )
-            .await
-            .map_err(|e| anyhow::anyhow!("nats consumer {}: {e}", section.durable))?;
+        let alerts =
+            consumer(&jetstream, options.stream(), &section.durable, crate::alert::sink::nats::ALERT_SUBJECTS)
+                .await
+                .map_err(|e| anyhow::anyhow!(e))?;
+        let health = match consumer(&jetstream, &section.health_stream, &section.durable, crate::fleet::HEALTH_SUBJECTS).await {
+            Ok(c) => Some(c),
+            Err(e) => {
+                info!(error = %e, "collector: no heartbeat stream; heartbeats are not collected");
+                None
+            }
+        };
         info!(url = %options.url(), stream = options.stream(), durable = section.durable, store = %db.display(), "collector consuming");
         let mut stats = CollectorStats::default();
         while !stop.load(Ordering::Relaxed) {
-            let batch = consumer.fetch().max_messages(section.batch).expires(Duration::from_millis(500)).messages().await;
-            let mut messages = match batch {
-                Ok(m) => m,
-                Err(e) => {
-                    warn!(error = %e, "collector: fetching a batch failed; retrying");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    continue;
-                }
-            };
-            let mut taken = Vec::new();
-            while let Some(m) = messages.next().await {
-                match m {
-                    Ok(m) => taken.push(m),
-                    Err(e) => warn!(error = %e, "collector: a message of the batch failed"),
+            if let Some(health) = &health {
+                let taken = fetch(health, section.batch, Duration::from_millis(100)).await;
+                if !taken.is_empty() {
+                    let rows: Vec<(String, crate::store::HealthRow)> = taken
+                        .iter()
+                        .filter_map(|m| Some((subject_host(m.subject.as_str(), "health")?.to_owned(), heartbeat_health(&m.payload)?)))
+                        .collect();
+                    match crate::store::insert_health_rows(&mut conn, rows.iter().map(|(h, r)| (h.as_str(), r))) {
+                        Ok(n) => {
+                            ack_all(&taken).await;
+                            stats.health += n as u64;
+                        }
+                        Err(e) => warn!(error = %e, "collector: the store refused heartbeats; they will come again"),
+                    }
                 }
             }
+            let taken = fetch(&alerts, section.batch, Duration::from_millis(400)).await;
             if taken.is_empty() {
                 continue;
             }
             let rows: Vec<Option<(String, AlertRow)>> = taken
                 .iter()
                 .map(|m| {
-                    let host = subject_host(m.subject.as_str())?.to_owned();
+                    let host = subject_host(m.subject.as_str(), "alert")?.to_owned();
                     let row = AlertRow::from_document(std::str::from_utf8(&m.payload).ok()?)?;
                     Some((host, row))
                 })
@@ -160,11 +233,7 @@ pub fn run(section: &CollectorSection, db: &Path, stop: &AtomicBool) -> anyhow::
                     continue;
                 }
             };
-            for m in &taken {
-                if let Err(e) = m.ack().await {
-                    warn!(error = %e, "collector: acknowledging failed; the message will come again (stored once)");
-                }
-            }
+            ack_all(&taken).await;
             stats.messages += taken.len() as u64;
             stats.stored += new as u64;
             stats.repeated += (alerts - new) as u64;

@@ -23,7 +23,12 @@ fn alert(id: &str, source: &str) -> Event {
 }
 
 fn section(port: u16) -> CollectorSection {
-    CollectorSection { bus: settings(port), durable: "vigil-collector".into(), batch: 16 }
+    CollectorSection {
+        bus: settings(port),
+        durable: "vigil-collector".into(),
+        batch: 16,
+        health_stream: "VIGIL_HEALTH".into(),
+    }
 }
 
 /// Host, `event.id`, severity, kind, destination port, model phase, message.
@@ -89,7 +94,7 @@ fn a_fleets_alerts_land_in_the_store_once_each_by_host() {
     }
 
     let stats = collect_until(&section(port), &db, 50, Duration::from_millis(700));
-    assert_eq!(stats, CollectorStats { messages: 51, stored: 50, repeated: 0, skipped: 1 });
+    assert_eq!(stats, CollectorStats { messages: 51, stored: 50, repeated: 0, skipped: 1, health: 0 });
     let rows = stored(&db);
     assert_eq!(rows.iter().filter(|r| r.0 == "host-a").count(), 30);
     assert_eq!(rows.iter().filter(|r| r.0 == "host-b").count(), 20);
@@ -127,7 +132,7 @@ fn a_fleets_alerts_land_in_the_store_once_each_by_host() {
         jetstream.publish_with_headers("vigil.v1.alert.lab.host-a", headers, payload).await.unwrap().await.unwrap();
     });
     let stats = collect_until(&section(port), &db, 50, Duration::from_secs(2));
-    assert_eq!(stats, CollectorStats { messages: 1, stored: 0, repeated: 1, skipped: 0 });
+    assert_eq!(stats, CollectorStats { messages: 1, stored: 0, repeated: 1, skipped: 0, health: 0 });
     assert_eq!(stored(&db).len(), 50);
     a.shutdown(Duration::from_secs(5));
     b.shutdown(Duration::from_secs(5));
@@ -136,10 +141,12 @@ fn a_fleets_alerts_land_in_the_store_once_each_by_host() {
 
 #[test]
 fn subjects_name_the_host_and_the_section_is_checked() {
-    assert_eq!(subject_host("vigil.v1.alert.paris.web-1"), Some("web-1"));
-    assert_eq!(subject_host("vigil.v1.alert.paris"), None);
-    assert_eq!(subject_host("vigil.v1.alert.paris.web-1.extra"), None);
-    assert_eq!(subject_host("other.v1.alert.paris.web-1"), None);
+    assert_eq!(subject_host("vigil.v1.alert.paris.web-1", "alert"), Some("web-1"));
+    assert_eq!(subject_host("vigil.v1.health.paris.web-1", "health"), Some("web-1"));
+    assert_eq!(subject_host("vigil.v1.health.paris.web-1", "alert"), None);
+    assert_eq!(subject_host("vigil.v1.alert.paris", "alert"), None);
+    assert_eq!(subject_host("vigil.v1.alert.paris.web-1.extra", "alert"), None);
+    assert_eq!(subject_host("other.v1.alert.paris.web-1", "alert"), None);
     assert!(section(4222).validate().is_ok());
     let bad = CollectorSection { durable: "a.b".into(), ..section(4222) };
     assert_eq!(bad.validate().unwrap_err().0, "collector.durable");
@@ -294,5 +301,55 @@ fn the_stream_leader_killed_while_agents_publish_every_alert_is_stored_once() {
     expected.sort_unstable();
     assert_eq!(ids, expected, "every alert exactly once ({stats:?})");
     drop(cluster);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn heartbeats_of_the_fleet_export_become_health_rows_per_host() {
+    let dir = temp_dir("collector-health");
+    let port = free_port();
+    let _server = Server::start(&dir, port);
+    // An agent's fleet export (it creates the heartbeat stream) and an alert through the sink
+    // (which creates the alert stream).
+    let sinks = Sinks::start(&[spec(settings(port), 10)]).unwrap();
+    sinks.send(&alert("h-1", "192.0.2.7"));
+    let fleet = crate::fleet::FleetExport::start(&crate::fleet::FleetSection {
+        bus: NatsSettings { host: Some("web-1".into()), ..settings(port) },
+        flows: false,
+        flow_stream: "VIGIL_FLOWS".into(),
+        health_stream: "VIGIL_HEALTH".into(),
+        batch: 10,
+        flush: Duration::from_millis(100),
+        max_in_flight: 1,
+        queue: 10,
+        heartbeat: Duration::from_millis(100),
+    })
+    .unwrap();
+    for i in 0..5 {
+        let health = crate::store::HealthRow {
+            time_ms: 1_764_000_000_000 + i * 1000,
+            packets: 100 * u64::try_from(i).unwrap(),
+            model_sha256: "5a484c09".into(),
+            model_phase: "site".into(),
+            ..Default::default()
+        };
+        fleet.status(&serde_json::json!({ "model": "default" }), Some(&health));
+        thread::sleep(Duration::from_millis(150));
+    }
+    let sent = fleet.stats();
+    assert!(sent.heartbeats_sent >= 5, "{sent:?}");
+    fleet.shutdown(Duration::from_secs(2));
+    let db = dir.join("vigil.db");
+    let stats = collect_until(&section(port), &db, 1, Duration::from_secs(1));
+    assert!(stats.health >= 5, "{stats:?}");
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let (hosts, last, rows): (i64, i64, i64) = conn
+        .query_row("SELECT count(DISTINCT host), max(packets), count(*) FROM health WHERE host = 'web-1'", [], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })
+        .unwrap();
+    // Heartbeats repeat the latest row until it changes: one row per time.
+    assert_eq!((hosts, last, rows), (1, 400, 5), "{stats:?}");
+    sinks.shutdown(Duration::from_secs(2));
     let _ = std::fs::remove_dir_all(&dir);
 }

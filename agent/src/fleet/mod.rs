@@ -15,9 +15,11 @@
 //! `bus.spool` when there is one (flow class: dropped oldest-first when full), else it is
 //! counted as failed; the spool is replayed at its rate once the bus answers again.
 //!
-//! Heartbeats: every `heartbeat`, the agent's latest status (`vigil status`'s document) with
-//! site, host and the export's counters, as JSON on `vigil.v1.health.<site>.<host>`, published
-//! without waiting for an acknowledgement and never spooled (only the latest matters).
+//! Heartbeats: every `heartbeat`, the agent's latest status (`vigil status`'s document, with
+//! the export's counters) and health row (the store's `health` columns), with site and host,
+//! as JSON on `vigil.v1.health.<site>.<host>`, published without waiting for an
+//! acknowledgement and never spooled (only the latest matters). `vigil collector` stores the
+//! health rows per host.
 
 pub mod proto;
 
@@ -164,7 +166,10 @@ struct Counters {
 
 /// The running export (see the module documentation).
 pub struct FleetExport {
+    /// Closed (`None`) at shutdown: the task then flushes and ends.
     tx: Option<tokio::sync::mpsc::Sender<BiflowRecord>>,
+    /// `flows`: whether conversations are exported (heartbeats are, either way).
+    flows: bool,
     status: tokio::sync::watch::Sender<Option<serde_json::Value>>,
     counters: Arc<Counters>,
     spool: Option<Arc<SpoolCounters>>,
@@ -217,7 +222,8 @@ impl FleetExport {
         let task = runtime.spawn(exporter.run(rx, status_rx));
         info!(bus = name, flows = section.flows, "fleet export started");
         Ok(FleetExport {
-            tx: section.flows.then_some(tx),
+            tx: Some(tx),
+            flows: section.flows,
             status,
             counters,
             spool,
@@ -236,16 +242,16 @@ impl FleetExport {
 
     /// Queues a conversation for export. Never blocks: a full queue drops it (counted).
     pub fn flow(&self, record: &BiflowRecord) {
-        let Some(tx) = &self.tx else { return };
+        let Some(tx) = self.tx.as_ref().filter(|_| self.flows) else { return };
         if tx.try_send(record.clone()).is_err() {
             self.counters.flows_dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
 
-    /// The status the next heartbeat carries.
-    pub fn status<T: Serialize>(&self, status: &T) {
+    /// What the next heartbeat carries: the agent's status and its latest health row.
+    pub fn status<T: Serialize>(&self, status: &T, health: Option<&crate::store::HealthRow>) {
         if let Ok(value) = serde_json::to_value(status) {
-            self.status.send_replace(Some(value));
+            self.status.send_replace(Some(serde_json::json!({ "status": value, "health": health })));
         }
     }
 
@@ -501,8 +507,8 @@ impl Exporter {
         }
     }
 
-    /// Publishes the status with the export's counters; not acknowledged, not spooled.
-    async fn heartbeat(&mut self, status: serde_json::Value) {
+    /// Publishes the status and health; not acknowledged, not spooled.
+    async fn heartbeat(&mut self, latest: serde_json::Value) {
         if !self.ready().await {
             self.counters.heartbeats_failed.fetch_add(1, Ordering::Relaxed);
             return;
@@ -514,7 +520,8 @@ impl Exporter {
             "host": self.host,
             "boot": self.boot,
             "time": crate::clock::rfc3339_millis(crate::clock::wall_ns()),
-            "status": status,
+            "status": latest["status"],
+            "health": latest["health"],
         });
         let payload = bytes::Bytes::from(doc.to_string());
         match jetstream.client().publish(self.subject_health.clone(), payload).await {

@@ -235,7 +235,8 @@ fn flows_go_out_in_batches_and_heartbeats_carry_the_status() {
     });
     let export = FleetExport::start(&section(port)).unwrap();
     assert_eq!(export.name(), format!("fleet:nats://127.0.0.1:{port}"));
-    export.status(&serde_json::json!({ "model": "default", "flows_tracked": 12 }));
+    let health = crate::store::HealthRow { time_ms: 1_764_000_000_000, packets: 1234, ..Default::default() };
+    export.status(&serde_json::json!({ "model": "default", "flows_tracked": 12 }), Some(&health));
     let sent: Vec<BiflowRecord> = (0..1050).map(conversation).collect();
     for r in &sent {
         export.flow(r);
@@ -263,6 +264,7 @@ fn flows_go_out_in_batches_and_heartbeats_carry_the_status() {
     assert_eq!((doc["host"].as_str(), doc["site"].as_str()), (Some("sensor-1"), Some("lab")));
     assert_eq!(doc["status"]["model"], "default");
     assert_eq!(doc["status"]["flows_tracked"], 12);
+    assert_eq!(doc["health"]["packets"], 1234);
     assert!(export.stats().heartbeats_sent >= 1);
     export.shutdown(Duration::from_secs(5));
     let _ = std::fs::remove_dir_all(&dir);

@@ -577,24 +577,24 @@ impl<F: FlowSource, K: SensorProbe> Agent<F, K> {
         let rules: Vec<(String, u64)> = self.engine.rules().map(|r| (r.prefix.to_string(), r.drops)).collect();
         metrics.set_rules(&rules);
         let sink_stats = self.outputs.observe_exports();
+        let health = crate::store::HealthRow {
+            time_ms: i64::try_from(now_wall_ns / 1_000_000).unwrap_or(i64::MAX),
+            packets: counters.packets,
+            bytes: counters.bytes,
+            malformed: counters.malformed_total(),
+            blocklist_drops: counters.blocklist_drops,
+            flows_tracked: harvest.tracked as u64,
+            flow_capacity: u64::from(self.flow_capacity),
+            harvest_ms: harvest.elapsed.as_secs_f64() * 1e3,
+            scoring_ms: scored.elapsed.as_secs_f64() * 1e3,
+            flows_scored: self.totals.flows_scored,
+            alerts: stats.alerts,
+            rules_active: rules.len() as u64,
+            model_sha256: self.outputs.observer.model_sha256.clone(),
+            model_phase: self.outputs.observer.model_phase.name().to_owned(),
+            store_dropped: 0,
+        };
         if let Some(store) = self.outputs.store.as_mut() {
-            let health = crate::store::HealthRow {
-                time_ms: i64::try_from(now_wall_ns / 1_000_000).unwrap_or(i64::MAX),
-                packets: counters.packets,
-                bytes: counters.bytes,
-                malformed: counters.malformed_total(),
-                blocklist_drops: counters.blocklist_drops,
-                flows_tracked: harvest.tracked as u64,
-                flow_capacity: u64::from(self.flow_capacity),
-                harvest_ms: harvest.elapsed.as_secs_f64() * 1e3,
-                scoring_ms: scored.elapsed.as_secs_f64() * 1e3,
-                flows_scored: self.totals.flows_scored,
-                alerts: stats.alerts,
-                rules_active: rules.len() as u64,
-                model_sha256: self.outputs.observer.model_sha256.clone(),
-                model_phase: self.outputs.observer.model_phase.name().to_owned(),
-                store_dropped: 0,
-            };
             let model = &self.outputs.observer;
             if self.stored_model.as_deref() != Some(model.model_sha256.as_str()) {
                 store.model(&model.model_sha256, &self.outputs.status.model, model.model_phase, now_wall_ns);
@@ -606,8 +606,8 @@ impl<F: FlowSource, K: SensorProbe> Agent<F, K> {
             let stats = store.store().stats();
             metrics.observe_store(&stats, &store.store().counters().by_table());
             self.outputs.status.store = Some(stats);
-            self.health = Some(health);
         }
+        self.health = Some(health);
         debug!(
             tracked = harvest.tracked,
             live = scored.flows.len(),
@@ -631,7 +631,7 @@ impl<F: FlowSource, K: SensorProbe> Agent<F, K> {
         st.sinks = sink_stats;
         st.fleet = self.outputs.fleet.as_ref().map(crate::fleet::FleetExport::stats);
         if let Some(fleet) = &self.outputs.fleet {
-            fleet.status(&*st);
+            fleet.status(&*st, self.health.as_ref());
         }
         let written = st.write(&self.outputs.run_dir);
         self.status_output.failed(u64::from(written.is_err()), written.err().map(|e| e.to_string()), metrics);

@@ -21,7 +21,7 @@ pub mod schema;
 mod writer;
 
 pub use recorder::Recorder;
-pub use writer::{insert_alerts, open as open_for_writing};
+pub use writer::{insert_alerts, insert_health_rows, open as open_for_writing};
 
 use std::{
     net::IpAddr,
@@ -224,8 +224,9 @@ pub struct FlowRow {
     pub anomalous: u64,
 }
 
-/// The sensor's health at one moment (running totals since the sensor was loaded).
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+/// The sensor's health at one moment (running totals since the sensor was loaded). Also in
+/// the fleet's heartbeats, which the collector stores per host.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct HealthRow {
     pub time_ms: i64,
     pub packets: u64,

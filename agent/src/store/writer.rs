@@ -303,6 +303,25 @@ fn insert_flow(stmt: &mut rusqlite::Statement<'_>, host: &str, r: &FlowRow) -> r
     Ok(())
 }
 
+/// Writes health rows of other hosts (the collector's, from heartbeats) in one transaction;
+/// a row already there for that host and time is replaced by the same values.
+///
+/// # Errors
+/// The database refused the transaction; nothing of it is written.
+pub fn insert_health_rows<'a>(
+    conn: &mut Connection,
+    rows: impl IntoIterator<Item = (&'a str, &'a HealthRow)>,
+) -> rusqlite::Result<usize> {
+    let tx = conn.transaction()?;
+    let mut n = 0;
+    for (host, row) in rows {
+        insert_health(&tx, host, row)?;
+        n += 1;
+    }
+    tx.commit()?;
+    Ok(n)
+}
+
 fn insert_health(tx: &rusqlite::Transaction<'_>, host: &str, h: &HealthRow) -> rusqlite::Result<()> {
     tx.execute(
         "INSERT OR REPLACE INTO health (host, time_ms, packets, bytes, malformed, blocklist_drops, flows_tracked, \
