@@ -510,3 +510,66 @@ fn a_false_positive_verdict_puts_the_alerts_flow_and_source_back_into_the_sample
     rig.agent.cycle(103 * S).expect("cycle");
     assert!(rig.agent.outputs.metrics.encode().contains("vigil_feedback_total{outcome=\"applied\"} 1"));
 }
+
+#[test]
+fn the_fleet_export_gets_every_leaving_conversation_and_the_status() {
+    use crate::alert::sink::nats::tests::{Server, free_port};
+    use futures_util::StreamExt as _;
+    use prost::Message as _;
+
+    let port = free_port();
+    let server_dir = temp_dir("fleet-server");
+    let _server = Server::start(&server_dir, port);
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let (client, mut beats) = runtime.block_on(async {
+        let client = async_nats::connect(format!("nats://127.0.0.1:{port}")).await.unwrap();
+        let sub = client.subscribe("vigil.v1.health.>").await.unwrap();
+        client.flush().await.unwrap();
+        (client, sub)
+    });
+    let mut flows = FakeFlows { remaining: vec![record(7, 2, 80, 0), record(7, 2, 81, 0)], ..FakeFlows::default() };
+    let mut leaving = record(7, 3, 443, 0);
+    leaving.end_reason = EndReason::Idle;
+    flows.push(Harvest { live: vec![live(80, 2)], leaving: vec![leaving], tracked: 25 });
+    let sensor = FakeSensor { counters: Counters { packets: 1000, ..Counters::default() }, ..FakeSensor::default() };
+    let mut rig = Rig::new("fleet", flows, sensor, MemoryRules::new(100 * S), Vec::new());
+    let section: crate::fleet::FleetSection = toml::from_str(&format!(
+        "heartbeat = \"100ms\"\nflush = \"100ms\"\n[bus]\nurl = \"nats://127.0.0.1:{port}\"\nallow_plaintext = true\n\
+         create_stream = true\nsite = \"lab\"\nhost = \"rig\"\n"
+    ))
+    .unwrap();
+    rig.agent.outputs.fleet = Some(crate::fleet::FleetExport::start(&section).unwrap());
+
+    rig.agent.cycle(101 * S).expect("cycle");
+    // The heartbeat carries the cycle's status and health.
+    let beat = runtime.block_on(async {
+        tokio::time::timeout(Duration::from_secs(10), beats.next()).await.expect("a heartbeat").unwrap()
+    });
+    let doc: serde_json::Value = serde_json::from_slice(&beat.payload).unwrap();
+    assert_eq!(beat.subject.as_str(), "vigil.v1.health.lab.rig");
+    assert_eq!(doc["status"]["flows_tracked"], 25, "{doc:#}");
+    assert_eq!(doc["health"]["packets"], 1000, "{doc:#}");
+    assert_eq!(doc["health"]["model_sha256"], "abc", "{doc:#}");
+
+    // Stop with the sensor gone: the table's flush goes out too, before the export stops.
+    let flushed = rig.agent.stop(|_sensor| Ok(true)).expect("stop");
+    assert_eq!(flushed, 2);
+    let conversations: Vec<(u16, String)> = runtime.block_on(async {
+        let jetstream = async_nats::jetstream::new(client);
+        let mut stream = jetstream.get_stream("VIGIL_FLOWS").await.unwrap();
+        let last = stream.info().await.unwrap().state.last_sequence;
+        let mut out = Vec::new();
+        for seq in 1..=last {
+            let m = stream.get_raw_message(seq).await.unwrap();
+            let batch = crate::fleet::proto::FlowBatch::decode(m.payload.as_ref()).unwrap();
+            out.extend(batch.flows.into_iter().map(|c| (u16::try_from(c.responder_port).unwrap(), c.end_reason)));
+        }
+        out
+    });
+    assert_eq!(
+        conversations,
+        [(443, "idle".to_owned()), (80, "shutdown".to_owned()), (81, "shutdown".to_owned())],
+        "the leaving conversation, then the flush"
+    );
+    let _ = fs::remove_dir_all(&server_dir);
+}
