@@ -9,7 +9,12 @@
 //!    harvest feeds it (`FleetExport::flow`, in bursts every 100 ms). Measured: what the bus
 //!    acknowledged, the export thread's CPU (from `/proc/self/task`), and the cost of `flow()`
 //!    in the feeding thread. Then as fast as it goes: 1,000,000 conversations pushed and timed
-//!    until acknowledged. `cargo bench -p vigil-tests --bench fleet`.
+//!    until acknowledged.
+//! 3. Collector: 50,000 alerts (a real 2.5 kB document, each its own id, from three hosts) in
+//!    the alert stream, then `vigil::collector::run` (batches of 500, one transaction each,
+//!    acknowledged after the commit) timed until the store holds them all.
+//!
+//! `cargo bench -p vigil-tests --bench fleet`.
 #![expect(clippy::cast_precision_loss, reason = "rates and sizes")]
 
 use std::{
@@ -195,6 +200,54 @@ fn wait_exported(export: &FleetExport, n: u64, limit: Duration) -> Duration {
     started.elapsed()
 }
 
+/// A real alert document (from the live path's tests), its id and source replaced.
+const DOCUMENT: &str = r#"{"@timestamp":"2026-11-30T14:05:23.079Z","destination":{"ip":"10.0.0.2","port":22},"ecs":{"version":"8.11.0"},"event":{"action":"anomalous-flows","category":["network","intrusion_detection"],"dataset":"vigil.detection","end":"2026-11-30T14:05:23.002Z","id":"ID","kind":"alert","module":"vigil","severity":47,"start":"2026-11-30T14:05:13.000Z","type":["info"]},"message":"SOURCE: 30 anomalous flows to 1 destination, 4 ports (score 5.7, alert at 4.1); top feature src_dst_ports","network":{"iana_number":"6","transport":"tcp","type":"ipv4"},"observer":{"hostname":"sensor-1","ingress":{"interface":{"name":"eth0"}},"type":"ids","vendor":"vigil"},"rule":{"name":"vigil-anomaly","ruleset":"vigil-flow-v3"},"source":{"ip":"SOURCE","port":40000,"packets":90,"bytes":5400},"vigil":{"counts":{"bytes":5400,"destination_ports":4,"destinations":1,"anomalous_flows":30,"flows":30,"packets":90},"explanation":[{"baseline":1.0,"feature":"src_dst_ports","share":0.38,"value":40.0},{"baseline":0.0,"feature":"src_failed","share":0.07,"value":40.0},{"baseline":0.0,"feature":"src_unanswered_share","share":0.07,"value":1.0},{"baseline":3.0,"feature":"duration_s","share":0.05,"value":0.002},{"baseline":8.0,"feature":"packets","share":0.04,"value":3.0}],"model":{"phase":"site","sha256":"5a484c092b6db5d56b3332f23c2dfdcddd23dbd512741a96b58c4f9980061156"},"score":{"alert_threshold":4.08,"autoencoder":7.93,"block_threshold":4.58,"combined":5.67,"iforest":0.58,"range":0.0},"severity":"medium"}}"#;
+
+/// The collector's rows per second: `n` alerts put in the stream, then the collector timed
+/// until the store has them all.
+fn collector(port: u16, dir: &std::path::Path, n: usize) -> (f64, usize) {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    runtime.block_on(async {
+        let client = async_nats::connect(format!("nats://127.0.0.1:{port}")).await.expect("connect");
+        let jetstream = async_nats::jetstream::new(client);
+        for chunk in (0..n).collect::<Vec<_>>().chunks(1000) {
+            let mut acks = Vec::with_capacity(chunk.len());
+            for &i in chunk {
+                let source = Ipv4Addr::from(0x0a00_0000 + u32::try_from(i % 10_000).expect("u32")).to_string();
+                let doc = DOCUMENT.replace("\"ID\"", &format!("\"bench-{i}\"")).replace("SOURCE", &source);
+                let subject = format!("vigil.v1.alert.bench.sensor-{}", i % 3);
+                acks.push(jetstream.publish(subject, doc.into()).await.expect("publish"));
+            }
+            for ack in acks {
+                ack.await.expect("ack");
+            }
+        }
+    });
+    let db = dir.join("fleet.db");
+    let section: vigil::collector::CollectorSection = serde_json::from_value(serde_json::json!({
+        "bus": { "url": format!("nats://127.0.0.1:{port}"), "allow_plaintext": true },
+    }))
+    .expect("collector section");
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let count = |db: &std::path::Path| -> usize {
+        rusqlite::Connection::open(db)
+            .and_then(|c| c.query_row("SELECT count(*) FROM alerts", [], |r| r.get::<_, i64>(0)))
+            .map_or(0, |v| usize::try_from(v).unwrap_or(0))
+    };
+    std::thread::scope(|scope| {
+        let started = Instant::now();
+        let running = scope.spawn(|| vigil::collector::run(&section, &db, &stop));
+        while count(&db) < n {
+            assert!(started.elapsed() < Duration::from_mins(5), "the collector stored {} of {n}", count(&db));
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let took = started.elapsed().as_secs_f64();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        running.join().expect("collector thread").expect("collector");
+        (n as f64 / took, count(&db))
+    })
+}
+
 fn main() {
     let records: Vec<BiflowRecord> = (0..RECORDS).map(conversation).collect();
     let encoding = encoding(&records);
@@ -253,6 +306,7 @@ fn main() {
     let burst_cpu = (thread_ticks("fleet-export") - before_cpu) as f64 / hz / burst_s;
     let end = export.stats();
     export.shutdown(Duration::from_secs(5));
+    let (collector_rows, stored) = collector(port, dir.path(), 50_000);
 
     report(&format!(
         "### Fleet export (issue 16; `cargo bench -p vigil-tests --bench fleet`)\n\n\
@@ -267,7 +321,9 @@ fn main() {
          | `FleetExport::flow` in the harvest's thread | {flow_ns:.0} ns per record | |\n\
          | as fast as it goes: {burst_n} conversations acknowledged in | {burst_s:.2} s ({:.0}/s) | |\n\
          | export thread's CPU then | {:.0}% of a core | |\n\
-         | dropped (queue full) / failed over the run | {} / {} | 0 / 0 in the paced part |\n",
+         | dropped (queue full) / failed over the run | {} / {} | 0 / 0 in the paced part |\n\n\
+         `vigil collector` (`vigil::collector::run`, batches of 500) on {stored} alerts of 2.5 kB from three hosts \
+         waiting in the stream, until the store held them all: {collector_rows:.0} rows/s.\n",
         machine(),
         stats.flows_exported,
         export_cpu * 100.0,
