@@ -532,4 +532,4 @@ impl Exporter {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -189,8 +189,8 @@ fn section(port: u16) -> FleetSection {
     }
 }
 
-/// The flow stream's batches, in order: message id and batch.
-fn flow_batches(port: u16) -> Vec<(String, proto::FlowBatch)> {
+/// The flow stream's batches, in order: subject, message id and batch.
+pub(crate) fn flow_batches(port: u16) -> Vec<(String, String, proto::FlowBatch)> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     runtime.block_on(async {
         let client = async_nats::connect(format!("nats://127.0.0.1:{port}")).await.unwrap();
@@ -200,9 +200,8 @@ fn flow_batches(port: u16) -> Vec<(String, proto::FlowBatch)> {
         let mut out = Vec::new();
         for seq in 1..=last {
             let m = stream.get_raw_message(seq).await.unwrap();
-            assert_eq!(m.subject.as_str(), "vigil.v1.flows.lab.sensor-1");
             let id = m.headers.get(async_nats::header::NATS_MESSAGE_ID).map(ToString::to_string).unwrap_or_default();
-            out.push((id, proto::FlowBatch::decode(m.payload.as_ref()).unwrap()));
+            out.push((m.subject.to_string(), id, proto::FlowBatch::decode(m.payload.as_ref()).unwrap()));
         }
         out
     })
@@ -248,7 +247,8 @@ fn flows_go_out_in_batches_and_heartbeats_carry_the_status() {
     assert!(batches.len() >= 11, "{} batches", batches.len());
     assert_eq!(stats.batches_exported, batches.len() as u64);
     let mut received = Vec::new();
-    for (n, (id, batch)) in batches.into_iter().enumerate() {
+    for (n, (subject, id, batch)) in batches.into_iter().enumerate() {
+        assert_eq!(subject, "vigil.v1.flows.lab.sensor-1");
         assert_eq!((batch.schema, batch.site.as_str(), batch.host.as_str()), (1, "lab", "sensor-1"));
         assert_eq!(id, format!("sensor-1/{}-{n}", batch.boot));
         assert!(batch.flows.len() <= 100);
@@ -304,12 +304,12 @@ fn flows_spool_while_the_bus_is_down_and_are_replayed_once_each() {
     let spool = stats.spool.unwrap();
     assert_eq!((spool.flows.dropped, spool.flows.expired, stats.flows_failed), (0, 0, 0), "{stats:?}");
     let batches = flow_batches(port);
-    let mut ids: Vec<&str> = batches.iter().map(|(id, _)| id.as_str()).collect();
+    let mut ids: Vec<&str> = batches.iter().map(|(_, id, _)| id.as_str()).collect();
     ids.sort_unstable();
     ids.dedup();
     assert_eq!(ids.len(), batches.len(), "no batch stored twice");
     let mut received: Vec<BiflowRecord> =
-        batches.into_iter().flat_map(|(_, b)| b.flows).map(|c| BiflowRecord::try_from(c).unwrap()).collect();
+        batches.into_iter().flat_map(|(_, _, b)| b.flows).map(|c| BiflowRecord::try_from(c).unwrap()).collect();
     received.sort_by_key(|r| (r.first_seen_ns, r.initiator_port));
     let mut expected = sent;
     expected.sort_by_key(|r| (r.first_seen_ns, r.initiator_port));

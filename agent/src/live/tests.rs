@@ -515,13 +515,12 @@ fn a_false_positive_verdict_puts_the_alerts_flow_and_source_back_into_the_sample
 fn the_fleet_export_gets_every_leaving_conversation_and_the_status() {
     use crate::alert::sink::nats::tests::{Server, free_port};
     use futures_util::StreamExt as _;
-    use prost::Message as _;
 
     let port = free_port();
     let server_dir = temp_dir("fleet-server");
     let _server = Server::start(&server_dir, port);
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let (client, mut beats) = runtime.block_on(async {
+    let (_client, mut beats) = runtime.block_on(async {
         let client = async_nats::connect(format!("nats://127.0.0.1:{port}")).await.unwrap();
         let sub = client.subscribe("vigil.v1.health.>").await.unwrap();
         client.flush().await.unwrap();
@@ -554,18 +553,14 @@ fn the_fleet_export_gets_every_leaving_conversation_and_the_status() {
     // Stop with the sensor gone: the table's flush goes out too, before the export stops.
     let flushed = rig.agent.stop(|_sensor| Ok(true)).expect("stop");
     assert_eq!(flushed, 2);
-    let conversations: Vec<(u16, String)> = runtime.block_on(async {
-        let jetstream = async_nats::jetstream::new(client);
-        let mut stream = jetstream.get_stream("VIGIL_FLOWS").await.unwrap();
-        let last = stream.info().await.unwrap().state.last_sequence;
-        let mut out = Vec::new();
-        for seq in 1..=last {
-            let m = stream.get_raw_message(seq).await.unwrap();
-            let batch = crate::fleet::proto::FlowBatch::decode(m.payload.as_ref()).unwrap();
-            out.extend(batch.flows.into_iter().map(|c| (u16::try_from(c.responder_port).unwrap(), c.end_reason)));
-        }
-        out
-    });
+    let conversations: Vec<(u16, String)> = crate::fleet::tests::flow_batches(port)
+        .into_iter()
+        .flat_map(|(subject, _, batch)| {
+            assert_eq!(subject, "vigil.v1.flows.lab.rig");
+            batch.flows
+        })
+        .map(|c| (u16::try_from(c.responder_port).unwrap(), c.end_reason))
+        .collect();
     assert_eq!(
         conversations,
         [(443, "idle".to_owned()), (80, "shutdown".to_owned()), (81, "shutdown".to_owned())],
