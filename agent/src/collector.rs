@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt as _;
 use serde::{Deserialize, Serialize};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::alert::sink::nats::{NatsSettings, Options};
 use crate::store::AlertRow;
@@ -113,32 +113,48 @@ fn heartbeat_health(payload: &[u8]) -> Option<crate::store::HealthRow> {
 type Consumer = async_nats::jetstream::consumer::Consumer<async_nats::jetstream::consumer::pull::Config>;
 
 /// Up to `max` messages of `consumer`, waiting at most `wait`; a failure is logged and gives none.
+/// The whole pull is bounded: a pull whose end the server never signals (a lost request, a
+/// connection that went away) gives what arrived instead of holding the collector forever.
 async fn fetch(consumer: &Consumer, max: usize, wait: Duration) -> Vec<async_nats::jetstream::Message> {
-    let batch = consumer.fetch().max_messages(max).expires(wait).messages().await;
-    let mut messages = match batch {
-        Ok(m) => m,
-        Err(e) => {
-            warn!(error = %e, "collector: fetching a batch failed; retrying");
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            return Vec::new();
+    let mut taken = Vec::new();
+    let pull = async {
+        let batch = consumer.fetch().max_messages(max).expires(wait).messages().await;
+        let mut messages = match batch {
+            Ok(m) => m,
+            Err(e) => {
+                warn!(error = %e, "collector: fetching a batch failed; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                return;
+            }
+        };
+        while let Some(m) = messages.next().await {
+            match m {
+                Ok(m) => taken.push(m),
+                Err(e) => warn!(error = %e, "collector: a message of the batch failed"),
+            }
         }
     };
-    let mut taken = Vec::new();
-    while let Some(m) = messages.next().await {
-        match m {
-            Ok(m) => taken.push(m),
-            Err(e) => warn!(error = %e, "collector: a message of the batch failed"),
-        }
+    if tokio::time::timeout(wait + PULL_GRACE, pull).await.is_err() {
+        debug!(wait = ?wait, "collector: a pull did not end in time; going on with what came");
     }
     taken
 }
 
-/// Acknowledges what was committed.
+/// How long past its `expires` a pull may take before the collector stops waiting for it.
+const PULL_GRACE: Duration = Duration::from_secs(2);
+
+/// Acknowledges what was committed (bounded: what is not acknowledged comes again, and is
+/// stored once).
 async fn ack_all(taken: &[async_nats::jetstream::Message]) {
-    for m in taken {
-        if let Err(e) = m.ack().await {
-            warn!(error = %e, "collector: acknowledging failed; the message will come again (stored once)");
+    let acks = async {
+        for m in taken {
+            if let Err(e) = m.ack().await {
+                warn!(error = %e, "collector: acknowledging failed; the message will come again (stored once)");
+            }
         }
+    };
+    if tokio::time::timeout(Duration::from_secs(10), acks).await.is_err() {
+        warn!("collector: acknowledging took over 10 s; the rest will come again (stored once)");
     }
 }
 
