@@ -545,18 +545,7 @@ impl Options {
             .map_err(|e| e.to_string())?;
         let mut jetstream = async_nats::jetstream::new(client);
         jetstream.set_timeout(o.timeout);
-        if o.create_stream {
-            jetstream
-                .get_or_create_stream(async_nats::jetstream::stream::Config {
-                    name: o.stream.clone(),
-                    subjects: vec![ALERT_SUBJECTS.to_owned()],
-                    storage: async_nats::jetstream::stream::StorageType::File,
-                    duplicate_window: DUPLICATE_WINDOW,
-                    ..Default::default()
-                })
-                .await
-                .map_err(|e| format!("creating stream {}: {e}", o.stream))?;
-        }
+        o.ensure_stream(&jetstream, &o.stream, ALERT_SUBJECTS).await?;
         Ok(jetstream)
     }
 }
