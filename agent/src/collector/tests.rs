@@ -51,18 +51,37 @@ fn stored(db: &Path) -> Vec<Stored> {
 /// Runs a collector until the store holds `rows` alerts (or 15 s pass) and `settle` more, then
 /// stops it.
 fn collect_until(section: &CollectorSection, db: &Path, rows: usize, settle: Duration) -> CollectorStats {
+    /// Sets `stop` however the scope is left: a panic here must not leave the collector
+    /// running, or the scope waits for it forever (a CI run hung on that).
+    struct StopOnDrop<'a>(&'a AtomicBool);
+    impl Drop for StopOnDrop<'_> {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Relaxed);
+        }
+    }
     let stop = AtomicBool::new(false);
     thread::scope(|scope| {
         let collector = scope.spawn(|| run(section, db, &stop));
+        let guard = StopOnDrop(&stop);
         let deadline = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < deadline && (!db.exists() || stored(db).len() < rows) {
+        // The store may exist before its tables do: count only what can be read.
+        while Instant::now() < deadline && stored_so_far(db) < rows {
             thread::sleep(Duration::from_millis(50));
         }
         // A little longer, for what should not come.
         thread::sleep(settle);
-        stop.store(true, Ordering::Relaxed);
+        drop(guard);
         collector.join().unwrap().unwrap()
     })
+}
+
+/// How many alerts the store holds, or 0 while it cannot be read yet (not created, not migrated).
+fn stored_so_far(db: &Path) -> usize {
+    let Ok(conn) = rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY) else {
+        return 0;
+    };
+    conn.query_row("SELECT count(*) FROM alerts", [], |r| r.get::<_, i64>(0))
+        .map_or(0, |n| usize::try_from(n).unwrap_or(0))
 }
 
 #[test]
