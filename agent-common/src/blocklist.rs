@@ -17,7 +17,8 @@ pub struct BlockRule {
     /// The rule's own prefix length, so the kernel can delete it when it finds it expired
     /// (LPM trie deletes are exact-match on prefix length).
     pub prefix_len: u32,
-    /// Who installed it: [`ORIGIN_MANUAL`] or [`ORIGIN_AUTO`]. The kernel ignores it.
+    /// Who installed it: [`ORIGIN_MANUAL`], [`ORIGIN_AUTO`] or [`ORIGIN_FLEET`]. The kernel
+    /// ignores it.
     pub origin: u32,
 }
 
@@ -25,6 +26,8 @@ pub struct BlockRule {
 pub const ORIGIN_MANUAL: u32 = 0;
 /// A rule added by the agent's auto-block.
 pub const ORIGIN_AUTO: u32 = 1;
+/// A rule of the fleet blocklist (a NATS `JetStream` key-value bucket) the agent follows.
+pub const ORIGIN_FLEET: u32 = 2;
 crate::assert_size!(BlockRule, 32);
 
 impl BlockRule {

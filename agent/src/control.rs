@@ -423,10 +423,7 @@ pub fn format_rule(r: &RuleView) -> String {
     } else {
         "lapsed".to_owned()
     };
-    let origin = match r.origin {
-        Origin::Manual => "manual",
-        Origin::Auto => "auto",
-    };
+    let origin = r.origin.name();
     format!("{:<43} {origin:<6} {:>10} drops  {state}", r.prefix.to_string(), r.drops)
 }
 

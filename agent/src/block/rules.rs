@@ -10,7 +10,7 @@ use std::{
 };
 
 use agent_common::{
-    blocklist::{BlockRule, ORIGIN_AUTO},
+    blocklist::{BlockRule, ORIGIN_AUTO, ORIGIN_FLEET},
     maps,
 };
 use aya::{
@@ -99,6 +99,8 @@ pub enum Origin {
     Manual,
     /// The agent's auto-block.
     Auto,
+    /// The fleet blocklist (`[fleet.blocking]`), decided elsewhere in the fleet.
+    Fleet,
 }
 
 impl Origin {
@@ -106,11 +108,26 @@ impl Origin {
         match self {
             Self::Manual => agent_common::blocklist::ORIGIN_MANUAL,
             Self::Auto => ORIGIN_AUTO,
+            Self::Fleet => ORIGIN_FLEET,
         }
     }
 
     const fn from_code(code: u32) -> Self {
-        if code == ORIGIN_AUTO { Self::Auto } else { Self::Manual }
+        match code {
+            ORIGIN_AUTO => Self::Auto,
+            ORIGIN_FLEET => Self::Fleet,
+            _ => Self::Manual,
+        }
+    }
+
+    /// As listed and recorded.
+    #[must_use]
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Manual => "manual",
+            Self::Auto => "auto",
+            Self::Fleet => "fleet",
+        }
     }
 }
 
@@ -274,6 +291,30 @@ impl<T: BorrowMut<MapData>> Blocklist<T> {
 }
 
 impl<T: std::borrow::Borrow<MapData>> Blocklist<T> {
+    /// A second handle on the same kernel maps (duplicated file descriptors): the fleet
+    /// follower installs rules through it while the engine keeps its own.
+    ///
+    /// # Errors
+    /// A descriptor that cannot be duplicated.
+    pub fn try_clone(&self) -> Result<Blocklist<MapData>, BlockError> {
+        use std::os::fd::AsFd as _;
+
+        use aya::maps::IterableMap as _;
+        fn dup(data: &MapData, name: &'static str) -> Result<Map, BlockError> {
+            let fd = data.fd().as_fd().try_clone_to_owned().map_err(|io_error| BlockError::Map {
+                name,
+                source: MapError::SyscallError(aya::sys::SyscallError { call: "dup", io_error }),
+            })?;
+            MapData::from_fd(fd).map(Map::LpmTrie).map_err(|source| BlockError::Map { name, source })
+        }
+        let v4 = dup(self.v4.map(), maps::BLOCK_V4)?;
+        let v6 = dup(self.v6.map(), maps::BLOCK_V6)?;
+        Ok(Blocklist {
+            v4: LpmTrie::try_from(v4).map_err(|source| BlockError::Map { name: maps::BLOCK_V4, source })?,
+            v6: LpmTrie::try_from(v6).map_err(|source| BlockError::Map { name: maps::BLOCK_V6, source })?,
+        })
+    }
+
     /// The rule stored for exactly `prefix`, if any. (An LPM lookup answers the longest
     /// matching prefix; one of another length is not this prefix's rule.)
     fn get_exact(&self, prefix: IpNet) -> Result<Option<BlockRule>, BlockError> {

@@ -145,9 +145,5 @@ impl Recorder {
 }
 
 fn origin(origin: crate::block::rules::Origin) -> String {
-    match origin {
-        crate::block::rules::Origin::Manual => "manual",
-        crate::block::rules::Origin::Auto => "auto",
-    }
-    .to_owned()
+    origin.name().to_owned()
 }
