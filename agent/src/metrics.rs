@@ -59,8 +59,9 @@ struct Seen {
     sinks: HashMap<String, [u64; 3]>,
     /// Per sink with a spool, per class: spooled, replayed, dropped, expired.
     spools: HashMap<String, [[u64; 4]; 2]>,
-    /// The fleet export: flows exported, dropped, failed; batches; heartbeats sent, failed.
-    fleet: [u64; 6],
+    /// The fleet export: flows exported, dropped, failed; batches; heartbeats sent, failed;
+    /// proposals sent, failed; the follower's installed, would-install, refused, removed, failed.
+    fleet: [u64; 13],
     /// Per store table: written, dropped, failed; and rows expired.
     store: HashMap<&'static str, [u64; 3]>,
     store_expired: u64,
@@ -103,6 +104,9 @@ pub struct Metrics {
     fleet_flows: Family<Label, Counter>,
     fleet_batches: Counter,
     fleet_heartbeats: Family<Label, Counter>,
+    fleet_proposals: Family<Label, Counter>,
+    fleet_follow: Family<Label, Counter>,
+    fleet_follow_rules: Gauge,
     model_info: Family<Labels2, Gauge>,
     model_phase: Family<Label, Gauge>,
     alerts_suppressed_by_rule: Family<Label, Counter>,
@@ -150,6 +154,9 @@ impl Metrics {
             fleet_flows: Family::default(),
             fleet_batches: Counter::default(),
             fleet_heartbeats: Family::default(),
+            fleet_proposals: Family::default(),
+            fleet_follow: Family::default(),
+            fleet_follow_rules: Gauge::default(),
             model_info: Family::default(),
             model_phase: Family::default(),
             alerts_suppressed_by_rule: Family::default(),
@@ -223,6 +230,22 @@ impl Metrics {
         );
         r.register("fleet_batches_exported", "Flow batches the bus acknowledged", m.fleet_batches.clone());
         r.register("fleet_heartbeats", "Heartbeats to the bus, by outcome", m.fleet_heartbeats.clone());
+        r.register(
+            "fleet_proposals",
+            "Auto-block decisions proposed to the fleet, by outcome (sent: acknowledged, failed: not taken)",
+            m.fleet_proposals.clone(),
+        );
+        r.register(
+            "fleet_follow",
+            "Fleet blocklist updates this agent applied, by outcome (installed, would_install: dry-run, refused: \
+             its own rails, removed, failed)",
+            m.fleet_follow.clone(),
+        );
+        r.register(
+            "fleet_follow_rules",
+            "Rules from the fleet blocklist in the kernel now",
+            m.fleet_follow_rules.clone(),
+        );
         r.register(
             "output_failures",
             "Writes to a local output that failed and were given up (flow records lost, status file not updated); \
@@ -389,7 +412,7 @@ impl Metrics {
             stats.heartbeats_sent,
             stats.heartbeats_failed,
         ];
-        let [exported, dropped, failed, batches, sent, unsent] = &mut seen.fleet;
+        let [exported, dropped, failed, batches, sent, unsent, proposed, unproposed, follow @ ..] = &mut seen.fleet;
         for (outcome, last, now) in
             [("exported", exported, now[0]), ("dropped", dropped, now[1]), ("failed", failed, now[2])]
         {
@@ -398,6 +421,19 @@ impl Metrics {
         self.fleet_batches.inc_by(delta(batches, now[3]));
         for (outcome, last, now) in [("sent", sent, now[4]), ("failed", unsent, now[5])] {
             self.fleet_heartbeats.get_or_create(&label("outcome", outcome)).inc_by(delta(last, now));
+        }
+        for (outcome, last, now) in
+            [("sent", proposed, stats.proposals_sent), ("failed", unproposed, stats.proposals_failed)]
+        {
+            self.fleet_proposals.get_or_create(&label("outcome", outcome)).inc_by(delta(last, now));
+        }
+        if let Some(f) = &stats.follow {
+            let outcomes = ["installed", "would_install", "refused", "removed", "failed"];
+            let now = [f.installed, f.would_install, f.refused, f.removed, f.failed];
+            for ((outcome, last), now) in outcomes.into_iter().zip(follow.iter_mut()).zip(now) {
+                self.fleet_follow.get_or_create(&label("outcome", outcome)).inc_by(delta(last, now));
+            }
+            self.fleet_follow_rules.set(i64::try_from(f.active).unwrap_or(i64::MAX));
         }
     }
 
@@ -702,6 +738,14 @@ mod tests {
             flows_exported: 1500,
             batches_exported: 3,
             heartbeats_sent: 4,
+            proposals_sent: 2,
+            follow: Some(crate::fleet::blocking::FollowStats {
+                updates: 4,
+                installed: 3,
+                removed: 1,
+                active: 2,
+                ..Default::default()
+            }),
             ..Default::default()
         });
         let text = m.encode();
@@ -738,6 +782,10 @@ mod tests {
             "vigil_fleet_flows_total{outcome=\"exported\"} 1500",
             "vigil_fleet_batches_exported_total 3",
             "vigil_fleet_heartbeats_total{outcome=\"sent\"} 4",
+            "vigil_fleet_proposals_total{outcome=\"sent\"} 2",
+            "vigil_fleet_follow_total{outcome=\"installed\"} 3",
+            "vigil_fleet_follow_total{outcome=\"removed\"} 1",
+            "vigil_fleet_follow_rules 2",
             "# EOF",
         ] {
             assert!(text.lines().any(|l| l == line), "missing `{line}` in\n{text}");

@@ -149,7 +149,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         config.alerts.sinks.clone()
     };
     let sinks = Sinks::start(&sink_specs)?;
-    let fleet = config.fleet.as_ref().map(crate::fleet::FleetExport::start).transpose()?;
+    let mut fleet = config.fleet.as_ref().map(crate::fleet::FleetExport::start).transpose()?;
     let suppressions = crate::alert::suppress::Suppressions::load(&config.alerts.suppress_file)?;
     let hostname = nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default();
     // A store that cannot be opened is reported and retried; detection does not wait for it.
@@ -206,6 +206,14 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     };
 
     let allowlist = Allowlist::new(&config.block.allowlist, config.block.allowlist_host);
+    // The fleet blocklist's rules go into the same kernel maps through a handle of their own,
+    // past the same allowlist (the host's addresses, gateways and loopback with
+    // `allowlist_host`).
+    if let Some(fleet) = fleet.as_mut()
+        && fleet.follow(Box::new(rules.try_clone()?), allowlist.clone())
+    {
+        info!("following the fleet blocklist");
+    }
     let thresholds = detector.thresholds;
     let engine = Engine::new(EngineConfig::from_config(&config, thresholds.alert, allowlist));
     let block_threshold = engine.config().block_threshold;

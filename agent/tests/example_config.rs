@@ -57,4 +57,7 @@ fn the_commented_fleet_export_is_valid_once_uncommented() {
     let spool = fleet.bus.spool.expect("a spool");
     assert_eq!(spool.max_size_mb, 1024);
     assert_eq!(fleet.batch, 1000, "the defaults");
+    let blocking = fleet.blocking.expect("a [fleet.blocking] section");
+    assert!(blocking.propose);
+    assert_eq!(blocking.follow, vigil::detect::engine::BlockMode::DryRun);
 }

@@ -37,7 +37,8 @@ impl Allowlist {
         list
     }
 
-    fn push(&mut self, net: IpNet, why: &str) {
+    /// Adds `net`, shown with `why` (a fleet's allowlist and hosts in the collector's policy).
+    pub fn push(&mut self, net: IpNet, why: &str) {
         // An IPv4-mapped entry protects the IPv4 prefix it names, which is what the kernel
         // matches IPv4 packets against; one straddling the mapped range stays as written.
         let net = crate::block::rules::normalize(net).unwrap_or(net.trunc());

@@ -135,6 +135,8 @@ pub enum BlockCause {
     Auto { consecutive: u32 },
     /// A rule the engine did not write (an operator's `vigil block add`).
     Manual,
+    /// A rule of the fleet blocklist, installed by the agent's follower (`[fleet.blocking]`).
+    Fleet,
 }
 
 /// Why a rule left the blocklist.
@@ -234,6 +236,7 @@ impl Decision {
                 Some(format!("score above the block threshold for {consecutive} consecutive windows"))
             }
             Self::Blocked { cause: BlockCause::Manual, .. } => Some("manual".to_owned()),
+            Self::Blocked { cause: BlockCause::Fleet, .. } => Some("fleet blocklist".to_owned()),
             Self::Unblocked { cause: UnblockCause::Expired, .. } => Some("ttl".to_owned()),
             Self::Unblocked { cause: UnblockCause::Removed, .. } => Some("removed".to_owned()),
             Self::WouldBlock { .. } => Some("dry run: would block".to_owned()),

@@ -620,9 +620,10 @@ impl Engine {
             }
         }
         for (prefix, rule) in &current {
-            if !self.known_rules.contains_key(prefix) && rule.origin == Origin::Manual {
+            if !self.known_rules.contains_key(prefix) && rule.origin != Origin::Auto {
                 let expires_in = Duration::from_nanos(rule.expires_ns.saturating_sub(now_mono_ns));
-                decisions.push(Decision::Blocked { rule: rule.clone(), cause: BlockCause::Manual, expires_in });
+                let cause = if rule.origin == Origin::Fleet { BlockCause::Fleet } else { BlockCause::Manual };
+                decisions.push(Decision::Blocked { rule: rule.clone(), cause, expires_in });
             }
         }
         self.known_rules = current;

@@ -21,6 +21,7 @@
 //! acknowledgement and never spooled (only the latest matters). `vigil collector` stores the
 //! health rows per host.
 
+pub mod blocking;
 pub mod proto;
 
 use std::io;
@@ -76,6 +77,9 @@ pub struct FleetSection {
     /// How often the status goes out.
     #[serde(default = "default_heartbeat", with = "crate::duration_serde")]
     pub heartbeat: Duration,
+    /// Fleet-wide blocking: proposals out, the fleet blocklist followed ([`blocking`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blocking: Option<blocking::BlockingSection>,
 }
 
 fn yes() -> bool {
@@ -132,6 +136,9 @@ impl FleetSection {
         if self.heartbeat < Duration::from_millis(100) {
             return Err(("fleet.heartbeat", "must be at least 100ms".to_owned()));
         }
+        if let Some(blocking) = &self.blocking {
+            blocking.validate()?;
+        }
         Ok(())
     }
 }
@@ -150,8 +157,16 @@ pub struct FleetStats {
     pub flows_failed: u64,
     pub heartbeats_sent: u64,
     pub heartbeats_failed: u64,
+    /// Block proposals the bus acknowledged, and those it did not take.
+    #[serde(default)]
+    pub proposals_sent: u64,
+    #[serde(default)]
+    pub proposals_failed: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spool: Option<SpoolStats>,
+    /// The fleet blocklist's follower, when it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub follow: Option<blocking::FollowStats>,
 }
 
 #[derive(Default)]
@@ -162,6 +177,8 @@ struct Counters {
     flows_failed: AtomicU64,
     heartbeats_sent: AtomicU64,
     heartbeats_failed: AtomicU64,
+    proposals_sent: AtomicU64,
+    proposals_failed: AtomicU64,
 }
 
 /// The running export (see the module documentation).
@@ -171,6 +188,11 @@ pub struct FleetExport {
     /// `flows`: whether conversations are exported (heartbeats are, either way).
     flows: bool,
     status: tokio::sync::watch::Sender<Option<serde_json::Value>>,
+    /// Block proposals (`[fleet.blocking] propose`).
+    proposals: Option<tokio::sync::mpsc::Sender<blocking::Proposal>>,
+    follow: Option<Arc<std::sync::Mutex<blocking::FollowStats>>>,
+    section: FleetSection,
+    options: Options,
     counters: Arc<Counters>,
     spool: Option<Arc<SpoolCounters>>,
     runtime: Option<tokio::runtime::Runtime>,
@@ -200,6 +222,8 @@ impl FleetExport {
             .build()?;
         let (tx, rx) = tokio::sync::mpsc::channel(section.queue);
         let (status, status_rx) = tokio::sync::watch::channel(None);
+        let propose = section.blocking.as_ref().is_some_and(|b| b.propose);
+        let (proposals, proposals_rx) = tokio::sync::mpsc::channel(PROPOSAL_QUEUE);
         let counters = Arc::new(Counters::default());
         let abort = Arc::new(AtomicBool::new(false));
         let name = format!("fleet:{}", options.url());
@@ -210,7 +234,7 @@ impl FleetExport {
             host,
             boot: crate::clock::wall_ns(),
             seq: 0,
-            options,
+            options: options.clone(),
             jetstream: None,
             streams_ready: false,
             section: section.clone(),
@@ -219,12 +243,16 @@ impl FleetExport {
             counters: Arc::clone(&counters),
             abort: Arc::clone(&abort),
         };
-        let task = runtime.spawn(exporter.run(rx, status_rx));
+        let task = runtime.spawn(exporter.run(rx, status_rx, proposals_rx));
         info!(bus = name, flows = section.flows, "fleet export started");
         Ok(FleetExport {
             tx: Some(tx),
             flows: section.flows,
             status,
+            proposals: propose.then_some(proposals),
+            follow: None,
+            section: section.clone(),
+            options,
             counters,
             spool,
             runtime: Some(runtime),
@@ -248,6 +276,47 @@ impl FleetExport {
         }
     }
 
+    /// Sends a block decision to the fleet (`[fleet.blocking] propose`); never blocks (a full
+    /// queue counts it as failed).
+    pub fn propose(&self, proposal: blocking::Proposal) {
+        let Some(tx) = &self.proposals else { return };
+        if tx.try_send(proposal).is_err() {
+            self.counters.proposals_failed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether block decisions go to the fleet.
+    #[must_use]
+    pub const fn proposes(&self) -> bool {
+        self.proposals.is_some()
+    }
+
+    /// Starts following the fleet blocklist (`[fleet.blocking] follow` not `off`): its rules go
+    /// into `rules` past the agent's `allowlist`. Answers whether it started.
+    pub fn follow(
+        &mut self,
+        rules: Box<dyn crate::block::RuleStore + Send>,
+        allowlist: crate::detect::allowlist::Allowlist,
+    ) -> bool {
+        let Some(blocking) =
+            self.section.blocking.as_ref().filter(|b| b.follow != crate::detect::engine::BlockMode::Off)
+        else {
+            return false;
+        };
+        let Some(runtime) = &self.runtime else { return false };
+        let shared = Arc::new(std::sync::Mutex::new(blocking::FollowStats::default()));
+        let follower = blocking::Follower::new(blocking.follow, allowlist);
+        runtime.spawn(blocking::follow(
+            self.options.clone(),
+            blocking.bucket.clone(),
+            follower,
+            rules,
+            Arc::clone(&shared),
+        ));
+        self.follow = Some(shared);
+        true
+    }
+
     /// What the next heartbeat carries: the agent's status and its latest health row.
     pub fn status<T: Serialize>(&self, status: &T, health: Option<&crate::store::HealthRow>) {
         if let Ok(value) = serde_json::to_value(status) {
@@ -266,7 +335,10 @@ impl FleetExport {
             flows_failed: c.flows_failed.load(Ordering::Relaxed),
             heartbeats_sent: c.heartbeats_sent.load(Ordering::Relaxed),
             heartbeats_failed: c.heartbeats_failed.load(Ordering::Relaxed),
+            proposals_sent: c.proposals_sent.load(Ordering::Relaxed),
+            proposals_failed: c.proposals_failed.load(Ordering::Relaxed),
             spool: self.spool.as_ref().map(|s| s.snapshot()),
+            follow: self.follow.as_ref().and_then(|f| f.lock().ok().map(|s| *s)),
         }
     }
 
@@ -299,6 +371,9 @@ impl Drop for FleetExport {
         }
     }
 }
+
+/// Block proposals waiting for the export, at most.
+const PROPOSAL_QUEUE: usize = 1024;
 
 /// A published batch waiting for its acknowledgement.
 struct Pending {
@@ -333,6 +408,7 @@ impl Exporter {
         mut self,
         mut rx: tokio::sync::mpsc::Receiver<BiflowRecord>,
         status: tokio::sync::watch::Receiver<Option<serde_json::Value>>,
+        mut proposals: tokio::sync::mpsc::Receiver<blocking::Proposal>,
     ) {
         let mut batch = Vec::with_capacity(self.section.batch);
         let mut flush = tokio::time::interval(self.section.flush);
@@ -364,6 +440,7 @@ impl Exporter {
                     }
                 }
                 _ = replay.tick() => self.replay().await,
+                Some(proposal) = proposals.recv() => self.propose(proposal).await,
                 Some((pending, result)) = self.acks.next(), if !self.acks.is_empty() => self.acked(&pending, result),
             }
         }
@@ -390,7 +467,13 @@ impl Exporter {
             (Ok(()), Some(j)) if !self.streams_ready => {
                 let flows = self.options.ensure_stream(j, &self.section.flow_stream, FLOW_SUBJECTS).await;
                 let health = self.options.ensure_stream(j, &self.section.health_stream, HEALTH_SUBJECTS).await;
-                flows.and(health)
+                let proposals = match &self.section.blocking {
+                    Some(b) if b.propose => {
+                        self.options.ensure_stream(j, &b.proposal_stream, blocking::PROPOSAL_SUBJECTS).await
+                    }
+                    _ => Ok(()),
+                };
+                flows.and(health).and(proposals)
             }
             _ => connected,
         };
@@ -507,6 +590,61 @@ impl Exporter {
         }
     }
 
+    /// Publishes a block proposal (acknowledged on a task of its own, so the export goes on);
+    /// a trusted agent (`direct`) writes the rule into the bucket as well. Not spooled: a
+    /// proposal is worth its TTL, and the agent's own rule does not depend on it.
+    async fn propose(&mut self, proposal: blocking::Proposal) {
+        let Some(section) = self.section.blocking.clone() else { return };
+        let counters = Arc::clone(&self.counters);
+        if !self.ready().await {
+            counters.proposals_failed.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let Some(jetstream) = self.jetstream.clone() else { return };
+        let id = format!("{}/{}-p{}", self.host, self.boot, self.seq);
+        self.seq += 1;
+        let subject = format!("vigil.v1.proposal.{}.{}", self.site, self.host);
+        let by = format!("{}.{}", self.site, self.host);
+        let timeout = self.options.timeout();
+        let create = self.section.bus.create_stream;
+        tokio::spawn(async move {
+            let Ok(payload) = serde_json::to_vec(&proposal) else { return };
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert(async_nats::header::NATS_MESSAGE_ID, id.as_str());
+            let sent = async {
+                let ack = jetstream
+                    .publish_with_headers(subject, headers, payload.into())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                tokio::time::timeout(timeout, ack.into_future())
+                    .await
+                    .map_err(|_| format!("no acknowledgement within {timeout:?}"))?
+                    .map_err(|e| e.to_string())?;
+                if section.direct {
+                    let kv = blocking::bucket(&jetstream, &section.bucket, create, Duration::from_hours(25)).await?;
+                    let ttl_ms = proposal.ttl_s.saturating_mul(1000);
+                    let rule = blocking::FleetRule {
+                        schema: blocking::SCHEMA,
+                        prefix: proposal.prefix,
+                        expires_ms: proposal.decided_ms.saturating_add(ttl_ms),
+                        decided_ms: proposal.decided_ms,
+                        proposed_by: by,
+                        reason: proposal.reason.clone(),
+                    };
+                    blocking::put_rule(&kv, &rule).await?;
+                }
+                Ok::<(), String>(())
+            };
+            match sent.await {
+                Ok(()) => counters.proposals_sent.fetch_add(1, Ordering::Relaxed),
+                Err(e) => {
+                    warn!(error = e, prefix = %proposal.prefix, "fleet: a block proposal did not reach the bus");
+                    counters.proposals_failed.fetch_add(1, Ordering::Relaxed)
+                }
+            };
+        });
+    }
+
     /// Publishes the status and health; not acknowledged, not spooled.
     async fn heartbeat(&mut self, latest: serde_json::Value) {
         if !self.ready().await {
@@ -522,6 +660,11 @@ impl Exporter {
             "time": crate::clock::rfc3339_millis(crate::clock::wall_ns()),
             "status": latest["status"],
             "health": latest["health"],
+            // The fleet's own hosts are never blocked fleet-wide (the collector's policy).
+            "addresses": crate::detect::allowlist::host_addresses()
+                .into_iter()
+                .filter(|a| !a.is_loopback() && !a.is_unspecified())
+                .collect::<Vec<_>>(),
         });
         let payload = bytes::Bytes::from(doc.to_string());
         match jetstream.client().publish(self.subject_health.clone(), payload).await {

@@ -186,6 +186,7 @@ fn section(port: u16) -> FleetSection {
         max_in_flight: 4,
         queue: 100_000,
         heartbeat: Duration::from_millis(200),
+        blocking: None,
     }
 }
 

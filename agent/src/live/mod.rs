@@ -31,7 +31,7 @@ use crate::{
     block::{BlockError, RuleStore},
     clock::{self, MonoToWall},
     control::AgentStatus,
-    detect::{BlockMode, Decision, Engine, ScoredCycle, ScoredFlow, Scorer},
+    detect::{BlockMode, Decision, Engine, ScoredCycle, ScoredFlow, Scorer, decision::BlockCause},
     flows::{
         EndReason, HarvestReport, biflow::Conversation, harvest::Evictions, harvest::LiveFlow, output::FlowWriter,
     },
@@ -541,6 +541,19 @@ impl<F: FlowSource, K: SensorProbe> Agent<F, K> {
                 Decision::SourceAlert(_) | Decision::DestinationAlert(_) => {}
             }
             info!(action = decision.action(), message = decision.message(), "response");
+            // The agent's own block decisions go to the fleet (`[fleet.blocking] propose`).
+            if let (Decision::Blocked { rule, cause: BlockCause::Auto { .. }, expires_in }, Some(fleet)) =
+                (decision, &self.outputs.fleet)
+                && fleet.proposes()
+            {
+                fleet.propose(crate::fleet::blocking::Proposal {
+                    schema: crate::fleet::blocking::SCHEMA,
+                    prefix: rule.prefix,
+                    ttl_s: expires_in.as_secs().max(1),
+                    decided_ms: now_ms,
+                    reason: decision.reason().unwrap_or_default(),
+                });
+            }
             let event = self.outputs.observer.event(decision, now_wall_ns);
             self.outputs.sinks.send(&event);
             if let Some(store) = &self.outputs.store {

@@ -377,6 +377,7 @@ impl Replay {
 
 /// What a (re)connection needs, secrets read once at open. The collector connects with the
 /// same settings and code.
+#[derive(Clone)]
 pub(crate) struct Options {
     url: String,
     credentials: Option<String>,
