@@ -5,6 +5,8 @@
 //! messages come again. The host of a row is the subject's host token
 //! (`vigil.v1.alert.<site>.<host>`), so `vigil query` and the console show the whole fleet in
 //! the single-host schema. As many collectors as needed can share the durable consumer.
+//! Block events on the same subjects (block, unblock, dry run, refusal) go into `actions`, each
+//! once: they carry no `event.id`, so their key is host, time, action and prefix.
 //!
 //! Heartbeats (`vigil.v1.health.<site>.<host>`, from the agents' `[fleet]` export) go into
 //! the `health` table the same way, from a second durable consumer on `health_stream` when
@@ -19,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
 
 use crate::alert::sink::nats::{NatsSettings, Options};
-use crate::store::AlertRow;
+use crate::store::{ActionRow, AlertRow};
 
 /// `[collector]`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -38,6 +40,11 @@ pub struct CollectorSection {
     /// start, heartbeats are not collected (logged once).
     #[serde(default = "default_health_stream")]
     pub health_stream: String,
+    /// Fleet-wide blocking: the fleet's rails for the agents' block proposals, and the bucket
+    /// of the fleet blocklist they write (`crate::fleet::blocking`). Without it, proposals
+    /// wait in their stream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<crate::fleet::blocking::PolicySection>,
 }
 
 fn default_health_stream() -> String {
@@ -71,6 +78,15 @@ impl CollectorSection {
         if !(1..=10_000).contains(&self.batch) {
             return Err(("collector.batch", "must be between 1 and 10000".to_owned()));
         }
+        if !crate::fleet::blocking::is_name(&self.health_stream) {
+            return Err((
+                "collector.health_stream",
+                format!("{:?} must be letters, digits, - or _", self.health_stream),
+            ));
+        }
+        if let Some(policy) = &self.policy {
+            policy.validate()?;
+        }
         Ok(())
     }
 }
@@ -82,12 +98,17 @@ pub struct CollectorStats {
     pub messages: u64,
     /// Alerts new to the store.
     pub stored: u64,
-    /// Alerts the store already had (redeliveries, repeats).
+    /// Alerts and block events the store already had (redeliveries, repeats).
     pub repeated: u64,
-    /// Messages that are not alerts of a known shape: acknowledged and left out.
+    /// Block events new to the store (`actions`).
+    pub actions: u64,
+    /// Messages that are neither alerts nor block events of a known shape: acknowledged and
+    /// left out.
     pub skipped: u64,
     /// Health rows written from heartbeats.
     pub health: u64,
+    /// The policy's work on block proposals (`[collector.policy]`).
+    pub policy: crate::fleet::blocking::PolicyStats,
 }
 
 /// The host token of `vigil.v1.<kind>.<site>.<host>`.
@@ -190,6 +211,39 @@ async fn consumer(
 pub fn run(section: &CollectorSection, db: &Path, stop: &AtomicBool) -> anyhow::Result<CollectorStats> {
     let options = Options::new(&section.bus)?;
     let mut conn = crate::store::open_for_writing(db)?;
+    let Some(policy) = &section.policy else { return consume(section, &options, &mut conn, db, stop) };
+    // The policy on a thread of its own: a store write never delays a block decision.
+    std::thread::scope(|scope| {
+        let decided = std::thread::Builder::new().name("collector-policy".into()).spawn_scoped(scope, || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let decided =
+                runtime.block_on(crate::fleet::blocking::run_policy(&options, policy, &section.health_stream, stop));
+            if let Err(e) = &decided {
+                // A policy that cannot run stops the collector: its error is the answer.
+                tracing::error!(error = %e, "collector: the policy cannot run; stopping");
+                stop.store(true, Ordering::Relaxed);
+            }
+            decided.map_err(|e| anyhow::anyhow!("policy: {e}"))
+        })?;
+        let consumed = consume(section, &options, &mut conn, db, stop);
+        // The consumer ended: so does the policy (and the other way round, below).
+        stop.store(true, Ordering::Relaxed);
+        let decided = decided.join().map_err(|_| anyhow::anyhow!("the policy thread panicked"))?;
+        let policy = decided?;
+        let mut stats = consumed?;
+        stats.policy = policy;
+        Ok(stats)
+    })
+}
+
+/// The store's side of [`run`]: alerts and heartbeats into `conn` until `stop`.
+fn consume(
+    section: &CollectorSection,
+    options: &Options,
+    conn: &mut rusqlite::Connection,
+    db: &Path,
+    stop: &AtomicBool,
+) -> anyhow::Result<CollectorStats> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async {
         let jetstream = options.connect().await.map_err(|e| anyhow::anyhow!("nats {}: {e}", options.url()))?;
@@ -214,7 +268,7 @@ pub fn run(section: &CollectorSection, db: &Path, stop: &AtomicBool) -> anyhow::
                         .iter()
                         .filter_map(|m| Some((subject_host(m.subject.as_str(), "health")?.to_owned(), heartbeat_health(&m.payload)?)))
                         .collect();
-                    match crate::store::insert_health_rows(&mut conn, rows.iter().map(|(h, r)| (h.as_str(), r))) {
+                    match crate::store::insert_health_rows(conn, rows.iter().map(|(h, r)| (h.as_str(), r))) {
                         Ok(n) => {
                             ack_all(&taken).await;
                             stats.health += n as u64;
@@ -227,20 +281,26 @@ pub fn run(section: &CollectorSection, db: &Path, stop: &AtomicBool) -> anyhow::
             if taken.is_empty() {
                 continue;
             }
-            let rows: Vec<Option<(String, AlertRow)>> = taken
-                .iter()
-                .map(|m| {
-                    let host = subject_host(m.subject.as_str(), "alert")?.to_owned();
-                    let row = AlertRow::from_document(std::str::from_utf8(&m.payload).ok()?)?;
-                    Some((host, row))
-                })
-                .collect();
-            let skipped = rows.iter().filter(|r| r.is_none()).count();
-            let alerts = rows.iter().flatten().count();
+            let mut alerts = Vec::new();
+            let mut actions = Vec::new();
+            for m in &taken {
+                let (Some(host), Ok(doc)) = (subject_host(m.subject.as_str(), "alert"), std::str::from_utf8(&m.payload)) else {
+                    continue;
+                };
+                if let Some(row) = AlertRow::from_document(doc) {
+                    alerts.push((host.to_owned(), row));
+                } else if let Some(row) = ActionRow::from_document(doc) {
+                    actions.push((host.to_owned(), row));
+                }
+            }
+            let skipped = taken.len() - alerts.len() - actions.len();
             // The collector's only task: writing here holds nothing else up.
-            let written =
-                crate::store::insert_alerts(&mut conn, rows.iter().flatten().map(|(h, r)| (h.as_str(), r)));
-            let new = match written {
+            let written = crate::store::insert_fleet(
+                conn,
+                alerts.iter().map(|(h, r)| (h.as_str(), r)),
+                actions.iter().map(|(h, r)| (h.as_str(), r)),
+            );
+            let (new, new_actions) = match written {
                 Ok(n) => n,
                 Err(e) => {
                     // Not acknowledged: the stream delivers them again after `ack_wait`.
@@ -252,7 +312,8 @@ pub fn run(section: &CollectorSection, db: &Path, stop: &AtomicBool) -> anyhow::
             ack_all(&taken).await;
             stats.messages += taken.len() as u64;
             stats.stored += new as u64;
-            stats.repeated += (alerts - new) as u64;
+            stats.repeated += (alerts.len() + actions.len() - new - new_actions) as u64;
+            stats.actions += new_actions as u64;
             stats.skipped += skipped as u64;
         }
         info!(?stats, "collector stopped");

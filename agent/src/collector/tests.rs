@@ -8,6 +8,10 @@ use super::*;
 use crate::alert::sink::nats::tests::{Server, free_port, settings};
 use crate::alert::sink::testing::{spec, temp_dir};
 use crate::alert::sink::{Event, Severity, Sinks};
+use crate::fleet::blocking::PolicyStats;
+
+/// A block event as the ECS renderer writes it (`alert/ecs.rs`).
+const BLOCK_EVENT: &str = r#"{"@timestamp":"2026-12-02T10:00:05.000Z","message":"blocked 192.0.2.7/32 for 10m","event":{"kind":"event","action":"block","type":["denied","start"],"reason":"anomalous source"},"source":{"ip":"192.0.2.7","address":"192.0.2.7/32"},"vigil":{"rule":{"prefix":"192.0.2.7/32","origin":"auto","drops":0,"expires_in":"10m"},"block_mode":"enforce"}}"#;
 
 fn alert(id: &str, source: &str) -> Event {
     let json = serde_json::json!({
@@ -28,6 +32,7 @@ fn section(port: u16) -> CollectorSection {
         durable: "vigil-collector".into(),
         batch: 16,
         health_stream: "VIGIL_HEALTH".into(),
+        policy: None,
     }
 }
 
@@ -84,6 +89,20 @@ fn stored_so_far(db: &Path) -> usize {
         .map_or(0, |n| usize::try_from(n).unwrap_or(0))
 }
 
+type ActionColumns = (String, i64, String, String, String, i64, String);
+
+/// The actions in the store: host, time, action, prefix, origin, expiry, reason.
+fn stored_actions(db: &Path) -> Vec<ActionColumns> {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    let mut stmt = conn
+        .prepare("SELECT host, time_ms, action, prefix, origin, expires_ms, reason FROM actions ORDER BY id")
+        .unwrap();
+    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?)))
+        .unwrap()
+        .collect::<rusqlite::Result<_>>()
+        .unwrap()
+}
+
 #[test]
 fn a_fleets_alerts_land_in_the_store_once_each_by_host() {
     let dir = temp_dir("collector");
@@ -98,13 +117,14 @@ fn a_fleets_alerts_land_in_the_store_once_each_by_host() {
     for n in 0..20 {
         b.send(&alert(&format!("b-{n}"), "198.51.100.9"));
     }
-    // A block event goes to the sinks too; the collector stores alerts only (for now).
+    // Block events go to the sinks too: into `actions`. A model event is neither: skipped.
+    a.send(&Event { json: BLOCK_EVENT.into(), severity: Severity::Info, timestamp_ns: 0 });
     a.send(&Event {
-        json: r#"{"event":{"kind":"event","id":"x-1","action":"block"}}"#.into(),
+        json: r#"{"@timestamp":"2026-12-02T10:00:06.000Z","event":{"kind":"event","action":"model-swap"}}"#.into(),
         severity: Severity::Info,
         timestamp_ns: 0,
     });
-    for (sinks, n) in [(&a, 31), (&b, 20)] {
+    for (sinks, n) in [(&a, 32), (&b, 20)] {
         let deadline = Instant::now() + Duration::from_secs(10);
         while sinks.stats()[0].delivered < n {
             assert!(Instant::now() < deadline, "{:?}", sinks.stats());
@@ -113,7 +133,22 @@ fn a_fleets_alerts_land_in_the_store_once_each_by_host() {
     }
 
     let stats = collect_until(&section(port), &db, 50, Duration::from_millis(700));
-    assert_eq!(stats, CollectorStats { messages: 51, stored: 50, repeated: 0, skipped: 1, health: 0 });
+    assert_eq!(
+        stats,
+        CollectorStats {
+            messages: 52,
+            stored: 50,
+            actions: 1,
+            repeated: 0,
+            skipped: 1,
+            health: 0,
+            policy: PolicyStats::default()
+        }
+    );
+    let at = 1_796_205_605_000; // 2026-12-02T10:00:05Z
+    let s = str::to_owned;
+    let action = (s("host-a"), at, s("block"), s("192.0.2.7/32"), s("auto"), at + 600_000, s("anomalous source"));
+    assert_eq!(stored_actions(&db), vec![action]);
     let rows = stored(&db);
     assert_eq!(rows.iter().filter(|r| r.0 == "host-a").count(), 30);
     assert_eq!(rows.iter().filter(|r| r.0 == "host-b").count(), 20);
@@ -150,8 +185,18 @@ fn a_fleets_alerts_land_in_the_store_once_each_by_host() {
         let payload = alert("a-7", "192.0.2.7").json.into_bytes().into();
         jetstream.publish_with_headers("vigil.v1.alert.lab.host-a", headers, payload).await.unwrap().await.unwrap();
     });
+    // The block event under another message id: stored once too.
+    runtime.block_on(async {
+        let client = async_nats::connect(format!("nats://127.0.0.1:{port}")).await.unwrap();
+        let jetstream = async_nats::jetstream::new(client);
+        jetstream.publish("vigil.v1.alert.lab.host-a", BLOCK_EVENT.into()).await.unwrap().await.unwrap();
+    });
     let stats = collect_until(&section(port), &db, 50, Duration::from_secs(2));
-    assert_eq!(stats, CollectorStats { messages: 1, stored: 0, repeated: 1, skipped: 0, health: 0 });
+    assert_eq!(
+        stats,
+        CollectorStats { messages: 2, stored: 0, repeated: 2, skipped: 0, health: 0, ..CollectorStats::default() }
+    );
+    assert_eq!(stored_actions(&db).len(), 1);
     assert_eq!(stored(&db).len(), 50);
     a.shutdown(Duration::from_secs(5));
     b.shutdown(Duration::from_secs(5));
@@ -342,6 +387,7 @@ fn heartbeats_of_the_fleet_export_become_health_rows_per_host() {
         max_in_flight: 1,
         queue: 10,
         heartbeat: Duration::from_millis(100),
+        blocking: None,
     })
     .unwrap();
     for i in 0..5 {

@@ -21,7 +21,7 @@ pub mod schema;
 mod writer;
 
 pub use recorder::Recorder;
-pub use writer::{insert_alerts, insert_health_rows, open as open_for_writing};
+pub use writer::{insert_alerts, insert_fleet, insert_health_rows, open as open_for_writing};
 
 use std::{
     net::IpAddr,
@@ -203,6 +203,43 @@ pub struct ActionRow {
     pub reason: Option<String>,
     pub message: String,
     pub document: String,
+}
+
+impl ActionRow {
+    /// The row of a block event as the sinks send it (ECS: `event.kind` `event`, `event.action`
+    /// one of `block`, `unblock`, `block-dry-run`, `block-refused`): what the fleet collector
+    /// stores for another host's action. `None` for any other document.
+    #[must_use]
+    pub fn from_document(json: &str) -> Option<ActionRow> {
+        let doc: serde_json::Value = serde_json::from_str(json).ok()?;
+        let action = doc["event"]["action"].as_str()?;
+        if doc["event"]["kind"] != "event" || !["block", "unblock", "block-dry-run", "block-refused"].contains(&action)
+        {
+            return None;
+        }
+        let time = humantime::parse_rfc3339(doc["@timestamp"].as_str()?).ok()?;
+        let time_ms = i64::try_from(time.duration_since(std::time::UNIX_EPOCH).ok()?.as_millis()).ok()?;
+        let rule = &doc["vigil"]["rule"];
+        let text = |v: &serde_json::Value| v.as_str().map(str::to_owned);
+        // A block's rule lapses `expires_in` after the event (`1h 30m`, humantime).
+        let expires_ms = (action == "block")
+            .then(|| rule["expires_in"].as_str())
+            .flatten()
+            .and_then(|s| humantime::parse_duration(s).ok())
+            .and_then(|d| i64::try_from(d.as_millis()).ok())
+            .map(|d| time_ms.saturating_add(d));
+        Some(ActionRow {
+            time_ms,
+            action: action.to_owned(),
+            source: doc["source"]["ip"].as_str().and_then(|s| s.parse().ok()),
+            prefix: text(&rule["prefix"]),
+            origin: text(&rule["origin"]),
+            expires_ms,
+            reason: text(&doc["event"]["reason"]),
+            message: text(&doc["message"]).unwrap_or_default(),
+            document: json.to_owned(),
+        })
+    }
 }
 
 /// One minute of one source's traffic to one service of one destination.

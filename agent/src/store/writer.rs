@@ -252,6 +252,42 @@ pub fn insert_alerts<'a>(
     Ok(usize::try_from(new).unwrap_or(usize::MAX))
 }
 
+/// Alerts and block actions of many hosts in one transaction, each once: alerts by host and
+/// `event.id`, actions (which carry no id) by host, time, action and prefix. What the fleet
+/// collector writes. Answers how many of each were new.
+///
+/// # Errors
+/// The transaction fails (nothing of it is kept).
+pub fn insert_fleet<'a>(
+    conn: &mut Connection,
+    alerts: impl IntoIterator<Item = (&'a str, &'a AlertRow)>,
+    actions: impl IntoIterator<Item = (&'a str, &'a ActionRow)>,
+) -> rusqlite::Result<(usize, usize)> {
+    let tx = conn.transaction()?;
+    let before = tx.total_changes();
+    {
+        let mut stmt = tx.prepare(INSERT_ALERT)?;
+        for (host, row) in alerts {
+            insert_alert(&mut stmt, host, row)?;
+        }
+    }
+    let middle = tx.total_changes();
+    {
+        let mut stmt = tx.prepare(
+            "INSERT INTO actions (host, time_ms, action, source, prefix, origin, expires_ms, reason, message, document) \
+             SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10 WHERE NOT EXISTS (SELECT 1 FROM actions \
+             WHERE time_ms = ?2 AND host = ?1 AND action = ?3 AND prefix IS ?5)",
+        )?;
+        for (host, row) in actions {
+            insert_action(&mut stmt, host, row)?;
+        }
+    }
+    let after = tx.total_changes();
+    tx.commit()?;
+    let count = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
+    Ok((count(middle - before), count(after - middle)))
+}
+
 fn insert_alert(stmt: &mut rusqlite::Statement<'_>, host: &str, a: &AlertRow) -> rusqlite::Result<()> {
     stmt.execute(params![
         host,
