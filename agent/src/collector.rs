@@ -40,6 +40,10 @@ pub struct CollectorSection {
     /// start, heartbeats are not collected (logged once).
     #[serde(default = "default_health_stream")]
     pub health_stream: String,
+    /// How long a message taken and not acknowledged (a collector that died mid-batch) waits
+    /// before the stream delivers it again. Set when the durable consumer is created.
+    #[serde(default = "default_ack_wait", with = "crate::duration_serde")]
+    pub ack_wait: Duration,
     /// Fleet-wide blocking: the fleet's rails for the agents' block proposals, and the bucket
     /// of the fleet blocklist they write (`crate::fleet::blocking`). Without it, proposals
     /// wait in their stream.
@@ -56,6 +60,9 @@ fn default_durable() -> String {
 }
 fn default_batch() -> usize {
     500
+}
+fn default_ack_wait() -> Duration {
+    Duration::from_secs(30)
 }
 
 impl CollectorSection {
@@ -83,6 +90,9 @@ impl CollectorSection {
                 "collector.health_stream",
                 format!("{:?} must be letters, digits, - or _", self.health_stream),
             ));
+        }
+        if !(Duration::from_secs(1)..=Duration::from_hours(1)).contains(&self.ack_wait) {
+            return Err(("collector.ack_wait", "must be between 1s and 1h".to_owned()));
         }
         if let Some(policy) = &self.policy {
             policy.validate()?;
@@ -136,33 +146,48 @@ type Consumer = async_nats::jetstream::consumer::Consumer<async_nats::jetstream:
 /// Up to `max` messages of `consumer`, waiting at most `wait`; a failure is logged and gives none.
 /// The whole pull is bounded: a pull whose end the server never signals (a lost request, a
 /// connection that went away) gives what arrived instead of holding the collector forever.
+/// A pull that brought messages and then goes quiet past `wait` ends sooner than an empty
+/// one: after a collector was killed, nats-server 2.9 answered a restarted collector's pulls
+/// with part of a batch and no end, and waiting the full grace each time cut the rate to a
+/// tenth. What arrives after the collector stopped listening is not acknowledged and comes again.
 async fn fetch(consumer: &Consumer, max: usize, wait: Duration) -> Vec<async_nats::jetstream::Message> {
+    let started = tokio::time::Instant::now();
     let mut taken = Vec::new();
-    let pull = async {
-        let batch = consumer.fetch().max_messages(max).expires(wait).messages().await;
-        let mut messages = match batch {
-            Ok(m) => m,
-            Err(e) => {
-                warn!(error = %e, "collector: fetching a batch failed; retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                return;
-            }
-        };
-        while let Some(m) = messages.next().await {
-            match m {
-                Ok(m) => taken.push(m),
-                Err(e) => warn!(error = %e, "collector: a message of the batch failed"),
-            }
+    let batch = consumer.fetch().max_messages(max).expires(wait).messages();
+    let mut messages = match tokio::time::timeout(wait + PULL_GRACE, batch).await {
+        Ok(Ok(m)) => m,
+        Ok(Err(e)) => {
+            warn!(error = %e, "collector: fetching a batch failed; retrying");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            return taken;
+        }
+        Err(_) => {
+            debug!("collector: a pull request was not answered in time");
+            return taken;
         }
     };
-    if tokio::time::timeout(wait + PULL_GRACE, pull).await.is_err() {
-        debug!(wait = ?wait, "collector: a pull did not end in time; going on with what came");
+    loop {
+        let grace = if taken.is_empty() { PULL_GRACE } else { PARTIAL_GRACE };
+        match tokio::time::timeout_at(started + wait + grace, messages.next()).await {
+            Ok(Some(Ok(m))) => taken.push(m),
+            Ok(Some(Err(e))) => warn!(error = %e, "collector: a message of the batch failed"),
+            Ok(None) => break,
+            Err(_) => {
+                debug!(wait = ?wait, came = taken.len(), "collector: a pull did not end in time; going on with what came");
+                break;
+            }
+        }
     }
     taken
 }
 
 /// How long past its `expires` a pull may take before the collector stops waiting for it.
 const PULL_GRACE: Duration = Duration::from_secs(2);
+/// The same for a pull that already brought messages.
+const PARTIAL_GRACE: Duration = Duration::from_millis(100);
+
+/// How often the collector pulls heartbeats.
+const HEALTH_EVERY: Duration = Duration::from_secs(1);
 
 /// Acknowledges what was committed (bounded: what is not acknowledged comes again, and is
 /// stored once).
@@ -185,6 +210,7 @@ async fn consumer(
     stream: &str,
     durable: &str,
     subjects: &str,
+    ack_wait: Duration,
 ) -> Result<Consumer, String> {
     let stream = jetstream.get_stream(stream).await.map_err(|e| format!("nats stream {stream}: {e}"))?;
     stream
@@ -194,11 +220,21 @@ async fn consumer(
                 durable_name: Some(durable.to_owned()),
                 filter_subject: subjects.to_owned(),
                 ack_policy: async_nats::jetstream::consumer::AckPolicy::Explicit,
-                ack_wait: Duration::from_secs(30),
+                ack_wait,
                 ..Default::default()
             },
         )
         .await
+        .inspect(|c| {
+            let info = c.cached_info();
+            debug!(
+                durable,
+                pending = info.num_pending,
+                ack_pending = info.num_ack_pending,
+                max_ack_pending = info.config.max_ack_pending,
+                "collector: consumer bound"
+            );
+        })
         .map_err(|e| format!("nats consumer {durable}: {e}"))
 }
 
@@ -248,10 +284,10 @@ fn consume(
     runtime.block_on(async {
         let jetstream = options.connect().await.map_err(|e| anyhow::anyhow!("nats {}: {e}", options.url()))?;
         let alerts =
-            consumer(&jetstream, options.stream(), &section.durable, crate::alert::sink::nats::ALERT_SUBJECTS)
+            consumer(&jetstream, options.stream(), &section.durable, crate::alert::sink::nats::ALERT_SUBJECTS, section.ack_wait)
                 .await
                 .map_err(|e| anyhow::anyhow!(e))?;
-        let health = match consumer(&jetstream, &section.health_stream, &section.durable, crate::fleet::HEALTH_SUBJECTS).await {
+        let health = match consumer(&jetstream, &section.health_stream, &section.durable, crate::fleet::HEALTH_SUBJECTS, section.ack_wait).await {
             Ok(c) => Some(c),
             Err(e) => {
                 info!(error = %e, "collector: no heartbeat stream; heartbeats are not collected");
@@ -260,8 +296,12 @@ fn consume(
         };
         info!(url = %options.url(), stream = options.stream(), durable = section.durable, store = %db.display(), "collector consuming");
         let mut stats = CollectorStats::default();
+        // Heartbeats come every few seconds per host: pulled once a second, so that an empty
+        // pull's wait does not come between every two batches of alerts.
+        let mut health_due = tokio::time::Instant::now();
         while !stop.load(Ordering::Relaxed) {
-            if let Some(health) = &health {
+            if let Some(health) = health.as_ref().filter(|_| tokio::time::Instant::now() >= health_due) {
+                health_due = tokio::time::Instant::now() + HEALTH_EVERY;
                 let taken = fetch(health, section.batch, Duration::from_millis(100)).await;
                 if !taken.is_empty() {
                     let rows: Vec<(String, crate::store::HealthRow)> = taken

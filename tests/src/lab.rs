@@ -177,6 +177,43 @@ impl Lab {
         Agent::start_net_only(&self.victim, &args)
     }
 
+    /// A second agent, on the bystander (a second protected host of a fleet): its own
+    /// configuration, pins, run directory and alert file under `<lab dir>/bystander`, then
+    /// `extra`. Its pins are detached with the lab's.
+    ///
+    /// # Panics
+    /// If it does not attach.
+    #[must_use]
+    pub fn bystander_agent(&self, extra: &str) -> BystanderAgent {
+        let dir = self.dir.path().join("bystander");
+        std::fs::create_dir_all(&dir).expect("bystander dir");
+        let pin_dir = self.bystander_pins();
+        let alerts = dir.join("alerts.jsonl");
+        let config = dir.join("vigil.toml");
+        let text = format!(
+            "[sensor]\niface = \"{IFACE}\"\npin_dir = \"{}\"\nrun_dir = \"{}\"\n\n[[alerts.sinks]]\ntype = \"file\"\npath = \"{}\"\n\n[store]\npath = \"{}\"\n\n[learn]\nenabled = false\ndir = \"{}\"\n\n{extra}\n",
+            pin_dir.display(),
+            dir.join("run").display(),
+            alerts.display(),
+            dir.join("vigil.db").display(),
+            dir.join("models").display(),
+        );
+        std::fs::write(&config, text).expect("writing the bystander's config");
+        let agent = Agent::start_net_only(&self.bystander, &["run", "--config", config.to_str().expect("utf-8")]);
+        BystanderAgent { agent, alerts, pin_dir, run_dir: dir.join("run") }
+    }
+
+    /// The pin directory of [`Lab::bystander_agent`] (bpffs names take no dots).
+    fn bystander_pins(&self) -> PathBuf {
+        PathBuf::from(format!("{}-bystander", self.pin_dir.display()))
+    }
+
+    /// The switch's namespace (where a test may run what all hosts reach, e.g. a bus).
+    #[must_use]
+    pub const fn switch(&self) -> &Netns {
+        &self.switch
+    }
+
     /// Runs a `vigil` control command against the lab's pins, from the victim's network
     /// namespace (so "the host's own addresses" are the victim's).
     ///
@@ -356,9 +393,47 @@ impl Drop for Lab {
             let _ = child.kill();
             let _ = child.wait();
         }
-        if self.pin_dir.exists() {
-            let _ = Command::new(vigil_bin()).args(["detach", "--pin-dir"]).arg(&self.pin_dir).output();
+        for pins in [self.pin_dir.clone(), self.bystander_pins()] {
+            if pins.exists() {
+                let _ = Command::new(vigil_bin()).args(["detach", "--pin-dir"]).arg(&pins).output();
+            }
         }
+    }
+}
+
+/// The agent of [`Lab::bystander_agent`] and where its files are.
+pub struct BystanderAgent {
+    pub agent: Agent,
+    pub alerts: PathBuf,
+    pub pin_dir: PathBuf,
+    pub run_dir: PathBuf,
+}
+
+impl BystanderAgent {
+    /// Every event in its alert file so far.
+    ///
+    /// # Panics
+    /// If a line is not JSON.
+    #[must_use]
+    pub fn events(&self) -> Vec<Value> {
+        std::fs::read_to_string(&self.alerts)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad event {l}: {e}")))
+            .collect()
+    }
+
+    /// `vigil status --json` of this agent, from the bystander's namespace.
+    ///
+    /// # Panics
+    /// If the command fails or its output is not JSON.
+    #[must_use]
+    pub fn status(&self, lab: &Lab) -> Value {
+        let mut cmd = lab.bystander.command_net_only(vigil_bin().to_str().expect("utf-8"));
+        cmd.args(["status", "--json", "--pin-dir"]).arg(&self.pin_dir).arg("--run-dir").arg(&self.run_dir);
+        let out = cmd.output().expect("running vigil status");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).expect("status json")
     }
 }
 

@@ -32,6 +32,7 @@ fn section(port: u16) -> CollectorSection {
         durable: "vigil-collector".into(),
         batch: 16,
         health_stream: "VIGIL_HEALTH".into(),
+        ack_wait: Duration::from_secs(30),
         policy: None,
     }
 }

@@ -261,6 +261,7 @@ fn a_decision_on_one_agent_is_installed_on_another_and_lapses_on_both() {
         durable: "vigil-collector".into(),
         batch: 16,
         health_stream: "VIGIL_HEALTH".into(),
+        ack_wait: Duration::from_secs(30),
         policy: Some(PolicySection {
             allowlist: vec![net("10.0.0.0/8")],
             fleet_hosts: vec![net("198.51.100.0/24")],

@@ -17,6 +17,7 @@ mod console_live;
 mod egress;
 mod egress_live;
 mod evasion_live;
+mod fleet_live;
 mod host_replay;
 mod kernel_host_equivalence;
 mod learn_live;
