@@ -1,7 +1,8 @@
 //! `vigil collector` killed (SIGKILL) in the middle of its work, three times, and started
 //! again: every alert of the stream ends up in the store once, none lost and none twice. The
 //! collector acknowledges a batch only after its transaction committed, and the store's key
-//! (host, `event.id`) makes a redelivered batch a no-op. Needs `nats-server` (Debian's package;
+//! (host, `event.id`) makes a redelivered batch a no-op; at the end the durable consumer has
+//! nothing pending or unacknowledged. Needs `nats-server` (Debian's package;
 //! `cargo xtask setup` installs it); the test starts its own on a free loopback port.
 
 mod common;
@@ -106,7 +107,7 @@ fn a_collector_killed_mid_batch_loses_nothing_and_stores_nothing_twice() {
     std::fs::write(
         &config,
         format!(
-            "[store]\npath = \"{}\"\n[collector]\nbatch = 100\n[collector.bus]\nurl = \"nats://127.0.0.1:{port}\"\n\
+            "[store]\npath = \"{}\"\n[collector]\nbatch = 100\nack_wait = \"2s\"\n[collector.bus]\nurl = \"nats://127.0.0.1:{port}\"\n\
              allow_plaintext = true\n",
             db.display()
         ),
@@ -135,8 +136,21 @@ fn a_collector_killed_mid_batch_loses_nothing_and_stores_nothing_twice() {
         assert!(Instant::now() < deadline, "the collector stored only {:?} rows", rows(&db));
         thread::sleep(Duration::from_millis(20));
     }
-    // A moment more for anything that should not come, then every alert once.
-    thread::sleep(Duration::from_secs(1));
+    // What a kill left delivered and not acknowledged comes again after `ack_wait` (2 s here):
+    // once the durable consumer has nothing pending or unacknowledged, nothing more can come.
+    runtime.block_on(async {
+        let client = async_nats::connect(format!("nats://127.0.0.1:{port}")).await.unwrap();
+        let stream = async_nats::jetstream::new(client).get_stream("VIGIL_ALERTS").await.unwrap();
+        let deadline = Instant::now() + Duration::from_mins(1);
+        loop {
+            let info = stream.consumer_info("vigil-collector").await.unwrap();
+            if info.num_pending == 0 && info.num_ack_pending == 0 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the consumer still has work: {info:?}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
     drop(running);
     let n = i64::try_from(ALERTS).unwrap();
     assert_eq!(rows(&db), (n, n), "every alert once");
