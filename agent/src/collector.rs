@@ -85,7 +85,7 @@ impl CollectorSection {
         if !(1..=10_000).contains(&self.batch) {
             return Err(("collector.batch", "must be between 1 and 10000".to_owned()));
         }
-        if !crate::fleet::blocking::is_name(&self.health_stream) {
+        if !crate::alert::sink::nats::is_token(&self.health_stream) {
             return Err((
                 "collector.health_stream",
                 format!("{:?} must be letters, digits, - or _", self.health_stream),

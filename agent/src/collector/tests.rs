@@ -381,14 +381,8 @@ fn heartbeats_of_the_fleet_export_become_health_rows_per_host() {
     let fleet = crate::fleet::FleetExport::start(&crate::fleet::FleetSection {
         bus: NatsSettings { host: Some("web-1".into()), ..settings(port) },
         flows: false,
-        flow_stream: "VIGIL_FLOWS".into(),
-        health_stream: "VIGIL_HEALTH".into(),
-        batch: 10,
-        flush: Duration::from_millis(100),
-        max_in_flight: 1,
-        queue: 10,
         heartbeat: Duration::from_millis(100),
-        blocking: None,
+        ..crate::fleet::tests::section(port)
     })
     .unwrap();
     for i in 0..5 {

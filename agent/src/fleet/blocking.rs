@@ -24,6 +24,8 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
+use super::yes;
+use crate::alert::sink::nats::is_token as is_name;
 use crate::block::rules::{Lapse, Origin, Rule, normalize};
 use crate::block::store::RuleStore;
 use crate::detect::allowlist::Allowlist;
@@ -56,9 +58,6 @@ pub struct BlockingSection {
     pub direct: bool,
 }
 
-fn yes() -> bool {
-    true
-}
 fn dry_run() -> BlockMode {
     BlockMode::DryRun
 }
@@ -67,12 +66,6 @@ pub(crate) fn default_bucket() -> String {
 }
 pub(crate) fn default_proposal_stream() -> String {
     "VIGIL_PROPOSALS".to_owned()
-}
-
-/// A stream, bucket or consumer name: letters, digits, `-` or `_`.
-#[must_use]
-pub fn is_name(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 impl BlockingSection {

@@ -239,12 +239,6 @@ fn a_decision_on_one_agent_is_installed_on_another_and_lapses_on_both() {
     let fleet = |host: &str, follow: BlockMode| FleetSection {
         bus: crate::alert::sink::nats::NatsSettings { host: Some(host.into()), ..settings(port) },
         flows: false,
-        flow_stream: "VIGIL_FLOWS".into(),
-        health_stream: "VIGIL_HEALTH".into(),
-        batch: 10,
-        flush: Duration::from_millis(100),
-        max_in_flight: 1,
-        queue: 10,
         heartbeat: Duration::from_secs(10),
         blocking: Some(BlockingSection {
             propose: true,
@@ -253,6 +247,7 @@ fn a_decision_on_one_agent_is_installed_on_another_and_lapses_on_both() {
             proposal_stream: default_proposal_stream(),
             direct: false,
         }),
+        ..crate::fleet::tests::section(port)
     };
     // The collector with the fleet's rails (it creates the bucket).
     let stop = std::sync::atomic::AtomicBool::new(false);

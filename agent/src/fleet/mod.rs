@@ -285,12 +285,6 @@ impl FleetExport {
         }
     }
 
-    /// Whether block decisions go to the fleet.
-    #[must_use]
-    pub const fn proposes(&self) -> bool {
-        self.proposals.is_some()
-    }
-
     /// Starts following the fleet blocklist (`[fleet.blocking] follow` not `off`): its rules go
     /// into `rules` past the agent's `allowlist`. Answers whether it started.
     pub fn follow(

@@ -175,7 +175,8 @@ fn the_rust_messages_match_the_proto_file() {
     }
 }
 
-fn section(port: u16) -> FleetSection {
+/// An export to the loopback server on `port`: flows on, heartbeats every 200 ms.
+pub(crate) fn section(port: u16) -> FleetSection {
     FleetSection {
         bus: settings(port),
         flows: true,

@@ -544,7 +544,6 @@ impl<F: FlowSource, K: SensorProbe> Agent<F, K> {
             // The agent's own block decisions go to the fleet (`[fleet.blocking] propose`).
             if let (Decision::Blocked { rule, cause: BlockCause::Auto { .. }, expires_in }, Some(fleet)) =
                 (decision, &self.outputs.fleet)
-                && fleet.proposes()
             {
                 fleet.propose(crate::fleet::blocking::Proposal {
                     schema: crate::fleet::blocking::SCHEMA,

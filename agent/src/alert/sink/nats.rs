@@ -147,7 +147,7 @@ impl SinkSettings for NatsSettings {
 }
 
 /// Whether `token` can be one token of a subject: letters, digits, `-` and `_`.
-fn is_token(token: &str) -> bool {
+pub(crate) fn is_token(token: &str) -> bool {
     !token.is_empty()
         && token.len() <= 64
         && token.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
