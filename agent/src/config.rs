@@ -385,10 +385,19 @@ impl Config {
         if let Some(c) = &self.collector {
             c.validate().map_err(|(field, message)| ConfigError::Invalid { field, message })?;
         }
-        match &self.fleet {
-            Some(f) => f.validate().map_err(|(field, message)| ConfigError::Invalid { field, message }),
-            None => Ok(()),
+        self.validate_fleet()
+    }
+
+    fn validate_fleet(&self) -> Result<(), ConfigError> {
+        let Some(f) = &self.fleet else { return Ok(()) };
+        f.validate().map_err(|(field, message)| ConfigError::Invalid { field, message })?;
+        if f.models.is_some() && self.detection.trusted_keys.is_empty() {
+            return Err(ConfigError::Invalid {
+                field: "fleet.models",
+                message: "needs detection.trusted_keys: the fleet's bundles are verified with them, always".to_owned(),
+            });
         }
+        Ok(())
     }
 }
 
@@ -431,6 +440,17 @@ mod tests {
         assert_eq!(parse_interval_flag("7days"), Ok(MAX_INTERVAL));
         assert!(parse_interval_flag("600years").unwrap_err().contains("at most 7days"));
         assert!(parse_interval_flag("soon").is_err());
+    }
+
+    #[test]
+    fn fleet_models_need_trusted_keys() {
+        let text = "[fleet.bus]\nurl = \"nats://127.0.0.1:4222\"\nallow_plaintext = true\n\n[fleet.models]\ngroup = \"canary\"\n";
+        let mut c = Config::parse(text).expect("parses");
+        let e = c.validate().expect_err("no keys").to_string();
+        assert!(e.contains("fleet.models") && e.contains("detection.trusted_keys"), "{e}");
+        c.detection.trusted_keys = vec!["ab".repeat(32)];
+        let e = c.validate().map_or_else(|e| e.to_string(), |()| String::new());
+        assert!(!e.contains("fleet.models"), "{e}");
     }
 
     #[test]

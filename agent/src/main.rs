@@ -210,6 +210,22 @@ enum ModelAction {
         #[arg(value_name = "BUNDLE_DIR")]
         bundle: PathBuf,
     },
+    /// Publish a signed bundle to the fleet: its files into the bus's object store, then the
+    /// pointer that makes it GROUP's model (agents with `[fleet.models] group = GROUP` check
+    /// it and swap it in). The bus is the configuration's `[fleet.bus]`, else `[collector.bus]`.
+    Publish {
+        /// Configuration file [default: /etc/vigil/vigil.toml if present].
+        #[arg(long, short = 'c', value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// The host group: a canary group first, then the rest.
+        #[arg(long, value_name = "GROUP")]
+        group: String,
+        /// Why, for the people who read the pointer.
+        #[arg(long, default_value = "")]
+        note: String,
+        #[arg(value_name = "BUNDLE_DIR")]
+        bundle: PathBuf,
+    },
     /// List the site models the learning phase kept (`learn.dir`), oldest first; `*` marks the
     /// one in use.
     List {
@@ -910,6 +926,9 @@ fn model_command(args: ModelCommandArgs) -> anyhow::Result<()> {
             let key = loaded.verify(&keys).with_context(|| bundle.display().to_string())?;
             println!("{}: valid, signed by {key}; manifest sha256 {}", bundle.display(), loaded.sha256());
         }
+        ModelAction::Publish { config, group, note, bundle } => {
+            publish_model(config.as_deref(), &group, &note, &bundle)?;
+        }
         ModelAction::List { site, json } => {
             let dir = site.resolve()?;
             let kept = vigil::learn::store::list(&dir);
@@ -953,6 +972,50 @@ fn model_command(args: ModelCommandArgs) -> anyhow::Result<()> {
             println!("rolled back to {chosen} (a running agent swaps it in within a cycle)");
         }
     }
+    Ok(())
+}
+
+/// `vigil model publish`: the bundle must load and be signed (by a trusted key, when the
+/// configuration lists any) before it goes to the fleet.
+fn publish_model(
+    config: Option<&std::path::Path>,
+    group: &str,
+    note: &str,
+    dir: &std::path::Path,
+) -> anyhow::Result<()> {
+    let config = Config::load(config)?;
+    config.validate()?;
+    let bus = match (&config.fleet, &config.collector) {
+        (Some(fleet), _) => &fleet.bus,
+        (None, Some(collector)) => &collector.bus,
+        (None, None) => anyhow::bail!("config: vigil model publish needs a [fleet.bus] or [collector.bus] section"),
+    };
+    let models = config.fleet.as_ref().and_then(|f| f.models.clone());
+    let (pointers, objects) = models.map_or_else(
+        || (vigil::fleet::models::default_pointers(), vigil::fleet::models::default_objects()),
+        |m| (m.pointers, m.objects),
+    );
+    let bundle = Bundle::read_dir(dir).with_context(|| dir.display().to_string())?;
+    bundle.detector(&Schema::flow()).with_context(|| dir.display().to_string())?;
+    if bundle.signature().is_none() {
+        anyhow::bail!(
+            "{}: not signed; agents refuse unsigned bundles (sign it with `vigil model sign`)",
+            dir.display()
+        );
+    }
+    if config.detection.trusted_keys.is_empty() {
+        eprintln!("vigil: warning: no detection.trusted_keys here; the signature is checked by the agents only");
+    } else {
+        let trust = vigil::model::Trust::from_config(&config.detection.trusted_keys, false)?;
+        let key = bundle.verify(&trust.keys).with_context(|| dir.display().to_string())?;
+        eprintln!("signed by {key}, a trusted key");
+    }
+    let pointer = vigil::fleet::models::publish_with(bus, &pointers, &objects, group, &bundle, note)
+        .map_err(anyhow::Error::msg)?;
+    println!(
+        "published {} as the model of group {group} (object store {objects}, pointer {pointers}/{group})",
+        pointer.sha256
+    );
     Ok(())
 }
 

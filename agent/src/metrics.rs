@@ -60,8 +60,9 @@ struct Seen {
     /// Per sink with a spool, per class: spooled, replayed, dropped, expired.
     spools: HashMap<String, [[u64; 4]; 2]>,
     /// The fleet export: flows exported, dropped, failed; batches; heartbeats sent, failed;
-    /// proposals sent, failed; the follower's installed, would-install, refused, removed, failed.
-    fleet: [u64; 13],
+    /// proposals sent, failed; the follower's installed, would-install, refused, removed, failed;
+    /// the model follower's accepted, refused, failed.
+    fleet: [u64; 16],
     /// Per store table: written, dropped, failed; and rows expired.
     store: HashMap<&'static str, [u64; 3]>,
     store_expired: u64,
@@ -107,6 +108,7 @@ pub struct Metrics {
     fleet_proposals: Family<Label, Counter>,
     fleet_follow: Family<Label, Counter>,
     fleet_follow_rules: Gauge,
+    fleet_models: Family<Label, Counter>,
     model_info: Family<Labels2, Gauge>,
     model_phase: Family<Label, Gauge>,
     alerts_suppressed_by_rule: Family<Label, Counter>,
@@ -157,6 +159,7 @@ impl Metrics {
             fleet_proposals: Family::default(),
             fleet_follow: Family::default(),
             fleet_follow_rules: Gauge::default(),
+            fleet_models: Family::default(),
             model_info: Family::default(),
             model_phase: Family::default(),
             alerts_suppressed_by_rule: Family::default(),
@@ -245,6 +248,12 @@ impl Metrics {
             "fleet_follow_rules",
             "Rules from the fleet blocklist in the kernel now",
             m.fleet_follow_rules.clone(),
+        );
+        r.register(
+            "fleet_models",
+            "Bundles the fleet's model pointer named, by outcome (accepted: verified and handed to the live path, \
+             refused: tampered, unsigned, another key's or not loading, failed: download broken by the bus, retried)",
+            m.fleet_models.clone(),
         );
         r.register(
             "output_failures",
@@ -412,7 +421,8 @@ impl Metrics {
             stats.heartbeats_sent,
             stats.heartbeats_failed,
         ];
-        let [exported, dropped, failed, batches, sent, unsent, proposed, unproposed, follow @ ..] = &mut seen.fleet;
+        let [exported, dropped, failed, batches, sent, unsent, proposed, unproposed, rest @ ..] = &mut seen.fleet;
+        let (follow, models) = rest.split_at_mut(5);
         for (outcome, last, now) in
             [("exported", exported, now[0]), ("dropped", dropped, now[1]), ("failed", failed, now[2])]
         {
@@ -434,6 +444,13 @@ impl Metrics {
                 self.fleet_follow.get_or_create(&label("outcome", outcome)).inc_by(delta(last, now));
             }
             self.fleet_follow_rules.set(i64::try_from(f.active).unwrap_or(i64::MAX));
+        }
+        if let Some(m) = &stats.models {
+            let now = [m.accepted, m.refused, m.failed];
+            for ((outcome, last), now) in ["accepted", "refused", "failed"].into_iter().zip(models.iter_mut()).zip(now)
+            {
+                self.fleet_models.get_or_create(&label("outcome", outcome)).inc_by(delta(last, now));
+            }
         }
     }
 
@@ -746,6 +763,7 @@ mod tests {
                 active: 2,
                 ..Default::default()
             }),
+            models: Some(crate::fleet::models::ModelStats { accepted: 1, refused: 2, failed: 0 }),
             ..Default::default()
         });
         let text = m.encode();
@@ -786,6 +804,8 @@ mod tests {
             "vigil_fleet_follow_total{outcome=\"installed\"} 3",
             "vigil_fleet_follow_total{outcome=\"removed\"} 1",
             "vigil_fleet_follow_rules 2",
+            "vigil_fleet_models_total{outcome=\"accepted\"} 1",
+            "vigil_fleet_models_total{outcome=\"refused\"} 2",
             "# EOF",
         ] {
             assert!(text.lines().any(|l| l == line), "missing `{line}` in\n{text}");

@@ -150,6 +150,15 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     };
     let sinks = Sinks::start(&sink_specs)?;
     let mut fleet = config.fleet.as_ref().map(crate::fleet::FleetExport::start).transpose()?;
+    // The fleet's model for this host's group: bundles verify with the trusted keys, always.
+    let fleet_models = match fleet.as_mut() {
+        Some(f) if config.fleet.as_ref().is_some_and(|c| c.models.is_some()) => {
+            let trust = crate::model::Trust::from_config(&config.detection.trusted_keys, false)
+                .map_err(|e| RunError::Model { name: "fleet.models".to_owned(), error: e.into() })?;
+            f.follow_models(trust.keys, Schema::flow())
+        }
+        _ => None,
+    };
     let suppressions = crate::alert::suppress::Suppressions::load(&config.alerts.suppress_file)?;
     let hostname = nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default();
     // A store that cannot be opened is reported and retried; detection does not wait for it.
@@ -209,7 +218,8 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     // The fleet blocklist's rules go into the same kernel maps through a handle of their own,
     // past the same allowlist (the host's addresses, gateways and loopback with
     // `allowlist_host`).
-    if let Some(fleet) = fleet.as_mut()
+    let follows = config.fleet.as_ref().and_then(|f| f.blocking.as_ref()).is_some_and(|b| b.follow != BlockMode::Off);
+    if let Some(fleet) = fleet.as_mut().filter(|_| follows)
         && fleet.follow(Box::new(rules.try_clone()?), allowlist.clone())
     {
         info!("following the fleet blocklist");
@@ -280,6 +290,9 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         agent = agent.with_learner(learner);
     }
     agent = agent.with_suppressions(suppressions);
+    if let Some(updates) = fleet_models {
+        agent = agent.with_fleet_models(updates);
+    }
 
     let mut ticker = tokio::time::interval(s.interval.0);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -50,9 +50,16 @@ fn the_commented_fleet_export_is_valid_once_uncommented() {
     let start = text.find("# [fleet.bus]").expect("a commented [fleet.bus]");
     let uncommented: String = text[..start].to_owned()
         + &text[start..].lines().map(|l| l.strip_prefix("# ").unwrap_or(l)).collect::<Vec<_>>().join("\n");
-    let config = Config::parse(&uncommented).expect("parses with the fleet export");
+    let mut config = Config::parse(&uncommented).expect("parses with the fleet export");
+    let e = config.validate().expect_err("[fleet.models] without trusted keys").to_string();
+    assert!(e.contains("fleet.models") && e.contains("detection.trusted_keys"), "{e}");
+    let models_key = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../models/vigil-models.pub"))
+        .expect("the models key");
+    let hex = models_key.lines().find(|l| !l.starts_with('#')).expect("a key line").trim().to_owned();
+    config.detection.trusted_keys = vec![hex];
     config.validate().expect("validates with the fleet export");
     let fleet = config.fleet.expect("a [fleet] section");
+    assert_eq!(fleet.models.expect("a [fleet.models] section").group, "canary");
     assert_eq!(fleet.bus.site, "paris");
     let spool = fleet.bus.spool.expect("a spool");
     assert_eq!(spool.max_size_mb, 1024);

@@ -539,36 +539,12 @@ pub(crate) async fn bucket(
     create: bool,
     max_age: Duration,
 ) -> Result<async_nats::jetstream::kv::Store, String> {
-    match jetstream.get_key_value(name).await {
-        Ok(kv) => Ok(kv),
-        Err(_) if create => {
-            // The bucket's stream, as the key-value layout defines it (ADR-8). Not through
-            // `create_key_value`: async-nats 0.51 first asks for the account's information, and
-            // cannot read nats-server 2.9's answer.
-            use async_nats::jetstream::stream;
-            jetstream
-                .get_or_create_stream(stream::Config {
-                    name: format!("KV_{name}"),
-                    description: Some(
-                        "Vigil fleet blocklist: a key per source prefix, the value a rule with its expiry".into(),
-                    ),
-                    subjects: vec![format!("$KV.{name}.>")],
-                    max_messages_per_subject: 1,
-                    max_age,
-                    storage: stream::StorageType::File,
-                    discard: stream::DiscardPolicy::New,
-                    allow_rollup: true,
-                    deny_delete: true,
-                    allow_direct: true,
-                    duplicate_window: Duration::from_mins(2).min(max_age),
-                    ..Default::default()
-                })
-                .await
-                .map_err(|e| format!("creating bucket {name}: {e}"))?;
-            jetstream.get_key_value(name).await.map_err(|e| format!("bucket {name}: {e}"))
-        }
-        Err(e) => Err(format!("bucket {name}: {e}")),
-    }
+    let layout = super::KvLayout {
+        description: "Vigil fleet blocklist: a key per source prefix, the value a rule with its expiry",
+        history: 1,
+        max_age,
+    };
+    super::kv_bucket(jetstream, name, create.then_some(&layout)).await
 }
 
 /// Writes `rule` under its key.

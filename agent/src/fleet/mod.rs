@@ -22,6 +22,7 @@
 //! health rows per host.
 
 pub mod blocking;
+pub mod models;
 pub mod proto;
 
 use std::io;
@@ -80,6 +81,9 @@ pub struct FleetSection {
     /// Fleet-wide blocking: proposals out, the fleet blocklist followed ([`blocking`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub blocking: Option<blocking::BlockingSection>,
+    /// The fleet's model for this agent: a group's pointer followed ([`models`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub models: Option<models::ModelsSection>,
 }
 
 fn yes() -> bool {
@@ -114,7 +118,7 @@ impl FleetSection {
     /// The key and what is wrong with it.
     pub fn validate(&self) -> Result<(), (&'static str, String)> {
         crate::alert::sink::SinkSettings::validate(&self.bus).map_err(|e| ("fleet.bus", e))?;
-        let token = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        let token = crate::alert::sink::nats::is_token;
         if !token(&self.flow_stream) {
             return Err(("fleet.flow_stream", format!("{:?} must be letters, digits, - or _", self.flow_stream)));
         }
@@ -138,6 +142,9 @@ impl FleetSection {
         }
         if let Some(blocking) = &self.blocking {
             blocking.validate()?;
+        }
+        if let Some(models) = &self.models {
+            models.validate()?;
         }
         Ok(())
     }
@@ -167,6 +174,9 @@ pub struct FleetStats {
     /// The fleet blocklist's follower, when it runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub follow: Option<blocking::FollowStats>,
+    /// The model follower, when it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub models: Option<models::ModelStats>,
 }
 
 #[derive(Default)]
@@ -191,6 +201,7 @@ pub struct FleetExport {
     /// Block proposals (`[fleet.blocking] propose`).
     proposals: Option<tokio::sync::mpsc::Sender<blocking::Proposal>>,
     follow: Option<Arc<std::sync::Mutex<blocking::FollowStats>>>,
+    models: Option<Arc<std::sync::Mutex<models::ModelStats>>>,
     section: FleetSection,
     options: Options,
     counters: Arc<Counters>,
@@ -251,6 +262,7 @@ impl FleetExport {
             status,
             proposals: propose.then_some(proposals),
             follow: None,
+            models: None,
             section: section.clone(),
             options,
             counters,
@@ -311,6 +323,23 @@ impl FleetExport {
         true
     }
 
+    /// Starts following the group's model pointer (`[fleet.models]`): bundles that verify
+    /// with `keys` and load for `schema` come out of the answered receiver, and so do the
+    /// refusals. `None` without `[fleet.models]`.
+    pub fn follow_models(
+        &mut self,
+        keys: Vec<crate::model::sign::PublicKey>,
+        schema: crate::features::Schema,
+    ) -> Option<std::sync::mpsc::Receiver<models::ModelUpdate>> {
+        let section = self.section.models.clone()?;
+        let runtime = self.runtime.as_ref()?;
+        let shared = Arc::new(std::sync::Mutex::new(models::ModelStats::default()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        runtime.spawn(models::follow(self.options.clone(), section, keys, schema, tx, Arc::clone(&shared)));
+        self.models = Some(shared);
+        Some(rx)
+    }
+
     /// What the next heartbeat carries: the agent's status and its latest health row.
     pub fn status<T: Serialize>(&self, status: &T, health: Option<&crate::store::HealthRow>) {
         if let Ok(value) = serde_json::to_value(status) {
@@ -333,6 +362,7 @@ impl FleetExport {
             proposals_failed: c.proposals_failed.load(Ordering::Relaxed),
             spool: self.spool.as_ref().map(|s| s.snapshot()),
             follow: self.follow.as_ref().and_then(|f| f.lock().ok().map(|s| *s)),
+            models: self.models.as_ref().and_then(|m| m.lock().ok().map(|s| *s)),
         }
     }
 
@@ -363,6 +393,56 @@ impl Drop for FleetExport {
         if let Some(runtime) = self.runtime.take() {
             runtime.shutdown_background();
         }
+    }
+}
+
+/// How a key-value bucket is made when it is missing.
+pub(crate) struct KvLayout {
+    pub description: &'static str,
+    /// Values kept per key.
+    pub history: i64,
+    /// Values older than this are dropped (zero: never).
+    pub max_age: Duration,
+}
+
+/// The key-value bucket `name`; created with `layout` (file storage) when it is missing and
+/// there is a layout.
+///
+/// # Errors
+/// The bucket is missing (and not to be created) or the server refused.
+pub(crate) async fn kv_bucket(
+    jetstream: &async_nats::jetstream::Context,
+    name: &str,
+    layout: Option<&KvLayout>,
+) -> Result<async_nats::jetstream::kv::Store, String> {
+    use async_nats::jetstream::stream;
+    match (jetstream.get_key_value(name).await, layout) {
+        (Ok(kv), _) => Ok(kv),
+        (Err(_), Some(layout)) => {
+            // The bucket's stream, as the key-value layout defines it (ADR-8). Not through
+            // `create_key_value`: async-nats 0.51 first asks for the account's information, and
+            // cannot read nats-server 2.9's answer.
+            let window = Duration::from_mins(2);
+            jetstream
+                .get_or_create_stream(stream::Config {
+                    name: format!("KV_{name}"),
+                    description: Some(layout.description.into()),
+                    subjects: vec![format!("$KV.{name}.>")],
+                    max_messages_per_subject: layout.history,
+                    max_age: layout.max_age,
+                    storage: stream::StorageType::File,
+                    discard: stream::DiscardPolicy::New,
+                    allow_rollup: true,
+                    deny_delete: true,
+                    allow_direct: true,
+                    duplicate_window: if layout.max_age.is_zero() { window } else { window.min(layout.max_age) },
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| format!("creating bucket {name}: {e}"))?;
+            jetstream.get_key_value(name).await.map_err(|e| format!("bucket {name}: {e}"))
+        }
+        (Err(e), None) => Err(format!("bucket {name}: {e}")),
     }
 }
 

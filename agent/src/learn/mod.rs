@@ -156,6 +156,8 @@ pub enum Phase {
     /// A model from the configuration, with no learning.
     #[default]
     Fixed,
+    /// A model the fleet published for this host's group (`[fleet.models]`).
+    Fleet,
 }
 
 impl Phase {
@@ -165,6 +167,7 @@ impl Phase {
             Self::Learning => "learning",
             Self::Site => "site",
             Self::Fixed => "fixed",
+            Self::Fleet => "fleet",
         }
     }
 }

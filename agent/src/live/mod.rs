@@ -195,6 +195,8 @@ pub struct Agent<F, K> {
     health: Option<crate::store::HealthRow>,
     /// The model last written to the store's models table.
     stored_model: Option<String>,
+    /// Bundles the fleet published for this host's group, checked (`[fleet.models]`).
+    fleet_models: Option<std::sync::mpsc::Receiver<crate::fleet::models::ModelUpdate>>,
 }
 
 /// A conversation that left the flow table: to `--flows-out` and the fleet export.
@@ -280,6 +282,7 @@ impl<F: FlowSource, K: SensorProbe> Agent<F, K> {
             alerts: AlertLog::new(),
             health: None,
             stored_model: None,
+            fleet_models: None,
         }
     }
 
@@ -306,6 +309,14 @@ impl<F: FlowSource, K: SensorProbe> Agent<F, K> {
         self
     }
 
+    /// Runs the bundles `updates` brings (the fleet's model for this host's group) from the
+    /// cycle after each arrives; refused bundles are reported there.
+    #[must_use]
+    pub fn with_fleet_models(mut self, updates: std::sync::mpsc::Receiver<crate::fleet::models::ModelUpdate>) -> Self {
+        self.fleet_models = Some(updates);
+        self
+    }
+
     /// The phase of the model in use.
     #[must_use]
     pub fn phase(&self) -> Phase {
@@ -328,6 +339,7 @@ impl<F: FlowSource, K: SensorProbe> Agent<F, K> {
         let now_wall_ns = MonoToWall::now().wall_ns(now_mono_ns);
         self.deliver(&decisions, now_wall_ns);
         self.learn(now_mono_ns, now_wall_ns, &scored.flows, &decisions);
+        self.fleet_model(now_wall_ns);
         self.record(now_mono_ns, now_wall_ns, &scored.flows);
         let counters = self.kernel.sensor.counters()?;
         self.observe(&harvest, &scored, &counters, now_wall_ns);
@@ -458,29 +470,65 @@ impl<F: FlowSource, K: SensorProbe> Agent<F, K> {
         }
     }
 
-    /// Puts a validated site model to work: scores, thresholds, auto-block as configured, and
-    /// its hash in alerts, metrics and the status file.
+    /// The fleet's model: a bundle that arrived since the last cycle is swapped in (and the
+    /// learning phase, if any, ends: the fleet decides this host's model now); a refused one
+    /// is reported and the model in use stays.
+    fn fleet_model(&mut self, now_wall_ns: u64) {
+        use crate::fleet::models::ModelUpdate;
+        let Some(updates) = &self.fleet_models else { return };
+        let Ok(update) = updates.try_recv() else { return };
+        match update {
+            ModelUpdate::Ready { accepted, group } => {
+                if accepted.sha256 == self.outputs.observer.model_sha256 {
+                    return;
+                }
+                if self.learner.take().is_some() {
+                    info!(group, "the fleet's model replaces the learning phase");
+                    self.outputs.status.learn = None;
+                }
+                let previous = self.outputs.observer.model_sha256.clone();
+                let name = format!("fleet:{group}");
+                info!(model = name, sha256 = accepted.sha256, key = %accepted.key, "fleet model swapped in");
+                let message = format!(
+                    "fleet model {} of group {group} swapped in (was {})",
+                    store::short(&accepted.sha256),
+                    store::short(&previous)
+                );
+                let details = serde_json::json!({
+                    "previous_sha256": previous,
+                    "group": group,
+                    "signed_by": accepted.key.to_string(),
+                });
+                self.put_to_work(accepted.detector, &accepted.sha256, &name, Phase::Fleet);
+                self.outputs.metrics.model_event("fleet_swap");
+                self.outputs.sinks.send(&self.outputs.observer.model_event(
+                    "model-swap",
+                    &message,
+                    &details,
+                    now_wall_ns,
+                ));
+            }
+            ModelUpdate::Refused { sha256, group, why } => {
+                self.outputs.metrics.model_event("fleet_refused");
+                let message = format!("fleet model {} of group {group} refused: {why}", store::short(&sha256));
+                let details = serde_json::json!({ "refused_sha256": sha256, "group": group, "why": why });
+                self.outputs.sinks.send(&self.outputs.observer.model_event(
+                    "model-refused",
+                    &message,
+                    &details,
+                    now_wall_ns,
+                ));
+            }
+        }
+    }
+
+    /// Puts a validated site model to work, and reports it.
     fn swap_in(&mut self, site: SiteModel, now_wall_ns: u64) {
         let SiteModel { detector, sha256, dir, report } = site;
         let previous = self.outputs.observer.model_sha256.clone();
-        let config = self.engine.config();
-        let margin = config.block_threshold - config.alert_threshold;
-        let alert = detector.thresholds.alert;
-        self.engine.set_thresholds(alert, alert + margin);
-        self.engine.set_block_mode(self.block_mode);
-        self.scorer.detector = detector;
         let name = dir.as_ref().map_or_else(|| "site".to_owned(), |d| d.display().to_string());
-        let observer = &mut self.outputs.observer;
-        observer.model_sha256.clone_from(&sha256);
-        observer.model_phase = Phase::Site;
-        observer.block_mode = self.block_mode;
-        observer.block_threshold = alert + margin;
-        self.outputs.metrics.set_model(&name, &sha256);
-        self.outputs.metrics.set_phase(Phase::Site);
-        let status = &mut self.outputs.status;
-        status.model.clone_from(&name);
-        status.model_sha256.clone_from(&sha256);
-        status.model_phase = Phase::Site;
+        let alert = detector.thresholds.alert;
+        self.put_to_work(detector, &sha256, &name, Phase::Site);
         info!(
             model = name,
             sha256,
@@ -495,6 +543,29 @@ impl<F: FlowSource, K: SensorProbe> Agent<F, K> {
         let message = format!("site model {} swapped in (was {})", store::short(&sha256), store::short(&previous));
         let details = serde_json::json!({ "previous_sha256": previous, "validation": report });
         self.outputs.sinks.send(&self.outputs.observer.model_event("model-swap", &message, &details, now_wall_ns));
+    }
+
+    /// Puts a model to work: scores, thresholds (the block threshold keeps its margin above the
+    /// alert threshold), auto-block as configured, and its name, hash and phase in alerts,
+    /// metrics and the status file.
+    fn put_to_work(&mut self, detector: crate::model::Detector, sha256: &str, name: &str, phase: Phase) {
+        let config = self.engine.config();
+        let margin = config.block_threshold - config.alert_threshold;
+        let alert = detector.thresholds.alert;
+        self.engine.set_thresholds(alert, alert + margin);
+        self.engine.set_block_mode(self.block_mode);
+        self.scorer.detector = detector;
+        let observer = &mut self.outputs.observer;
+        sha256.clone_into(&mut observer.model_sha256);
+        observer.model_phase = phase;
+        observer.block_mode = self.block_mode;
+        observer.block_threshold = alert + margin;
+        self.outputs.metrics.set_model(name, sha256);
+        self.outputs.metrics.set_phase(phase);
+        let status = &mut self.outputs.status;
+        name.clone_into(&mut status.model);
+        sha256.clone_into(&mut status.model_sha256);
+        status.model_phase = phase;
     }
 
     /// Reports a site model held back (too few rows or hours, too many alerts, or drift) to

@@ -568,3 +568,66 @@ fn the_fleet_export_gets_every_leaving_conversation_and_the_status() {
     );
     let _ = fs::remove_dir_all(&server_dir);
 }
+
+#[test]
+fn a_fleet_model_replaces_learning_and_a_refused_one_is_reported_while_the_model_stays() {
+    use crate::fleet::models::{Accepted, ModelUpdate};
+    let mut rig = learning_rig("fleet-model", 1_000_000);
+    let (tx, rx) = std::sync::mpsc::channel();
+    rig.agent = rig.agent.with_fleet_models(rx);
+    let key = crate::model::sign::SecretKey::generate().expect("key").public();
+    let mut fleet = detector();
+    fleet.thresholds.alert = 7.25;
+    let sha = "f1ee7".repeat(12) + "abcd";
+
+    // A refused bundle: reported, the learning phase and its model go on.
+    tx.send(ModelUpdate::Refused {
+        sha256: "0bad".repeat(16),
+        group: "canary".into(),
+        why: "iforest.json: sha256 x".into(),
+    })
+    .expect("send");
+    rig.agent.kernel.flows.push(Harvest { live: ordinary(101, 5), ..Harvest::default() });
+    rig.agent.cycle(101 * S).expect("cycle");
+    assert_eq!(
+        (rig.agent.phase(), rig.agent.outputs.observer.model_sha256.as_str()),
+        (crate::learn::Phase::Learning, "abc")
+    );
+    assert!(rig.agent.learner.is_some());
+
+    tx.send(ModelUpdate::Ready {
+        accepted: Box::new(Accepted { detector: fleet, sha256: sha.clone(), key }),
+        group: "canary".into(),
+    })
+    .expect("send");
+    rig.agent.kernel.flows.push(Harvest { live: ordinary(102, 5), ..Harvest::default() });
+    rig.agent.cycle(102 * S).expect("cycle");
+    assert_eq!(rig.agent.phase(), crate::learn::Phase::Fleet);
+    assert!(rig.agent.learner.is_none(), "the fleet decides this host's model now");
+    assert_eq!(rig.agent.engine.config().block_mode, BlockMode::Enforce, "auto-block as configured");
+    assert_eq!(rig.agent.engine.config().alert_threshold.to_bits(), 7.25f32.to_bits());
+    let status = AgentStatus::read(&rig.dir).expect("status");
+    assert_eq!(
+        (status.model.as_str(), status.model_sha256.as_str(), status.model_phase, status.learn.is_none()),
+        ("fleet:canary", sha.as_str(), crate::learn::Phase::Fleet, true)
+    );
+    let text = rig.agent.outputs.metrics.encode();
+    for line in [
+        "vigil_model_phase{phase=\"fleet\"} 1",
+        "vigil_model_events_total{event=\"fleet_swap\"} 1",
+        "vigil_model_events_total{event=\"fleet_refused\"} 1",
+    ] {
+        assert!(text.contains(line), "{line} in {text}");
+    }
+    let events: Vec<serde_json::Value> = wait_lines(&rig.dir.join("alerts.json"), 2)
+        .iter()
+        .map(|l| serde_json::from_str(l).expect("json"))
+        .filter(|d: &serde_json::Value| d["event"]["dataset"] == "vigil.model")
+        .collect();
+    let actions: Vec<&str> = events.iter().map(|e| e["event"]["action"].as_str().unwrap_or("")).collect();
+    assert_eq!(actions, ["model-refused", "model-swap"], "{events:#?}");
+    assert_eq!(events[0]["vigil"]["learn"]["why"], "iforest.json: sha256 x");
+    assert_eq!(events[0]["vigil"]["model"]["sha256"], "abc", "refused while the model in use stayed");
+    assert_eq!(events[1]["vigil"]["model"]["phase"], "fleet");
+    assert_eq!(events[1]["vigil"]["learn"]["signed_by"], key.to_string());
+}

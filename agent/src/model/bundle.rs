@@ -42,7 +42,7 @@ pub const IFOREST_MAX_BYTES: u64 = 256 << 20;
 /// Largest `autoencoder.onnx` read (the shipped one is about 40 KiB).
 pub const AUTOENCODER_MAX_BYTES: u64 = 64 << 20;
 /// Largest `manifest.sig` read (one line of 128 hex digits).
-const SIGNATURE_MAX_BYTES: u64 = 4096;
+pub const SIGNATURE_MAX_BYTES: u64 = 4096;
 
 /// The model files the manifest lists, with the most each may be.
 const MODEL_FILES: [(&str, u64); 2] = [(IFOREST, IFOREST_MAX_BYTES), (AUTOENCODER, AUTOENCODER_MAX_BYTES)];
@@ -300,6 +300,19 @@ impl Bundle {
     #[must_use]
     pub fn signature(&self) -> Option<&[u8]> {
         self.signature.as_deref()
+    }
+
+    /// `manifest.json` as read: what the bundle's hash and signature cover.
+    #[must_use]
+    pub fn manifest_json(&self) -> &[u8] {
+        &self.manifest_json
+    }
+
+    /// The bundle with `signature` as its `manifest.sig` (as received, not yet verified).
+    #[must_use]
+    pub fn with_signature(mut self, signature: Vec<u8>) -> Self {
+        self.signature = Some(signature);
+        self
     }
 
     /// Checks the bundle's signature against `keys`; answers the key that made it.
