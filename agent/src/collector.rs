@@ -11,6 +11,11 @@
 //! Heartbeats (`vigil.v1.health.<site>.<host>`, from the agents' `[fleet]` export) go into
 //! the `health` table the same way, from a second durable consumer on `health_stream` when
 //! that stream exists; a row's key is host and time, so a redelivery replaces it with itself.
+//!
+//! Flow batches (`vigil.v1.flows.<site>.<host>`, protobuf) go into `flow_minutes` from a third
+//! durable consumer on `flow_stream` when that stream exists ([`flows`]): a batch's rows are
+//! added in the same transaction that records its message id for that host, so a redelivered
+//! batch adds nothing.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -40,6 +45,10 @@ pub struct CollectorSection {
     /// start, heartbeats are not collected (logged once).
     #[serde(default = "default_health_stream")]
     pub health_stream: String,
+    /// The flow stream (`[fleet] flow_stream` of the agents); when it does not exist at start,
+    /// flow records are not collected (logged once).
+    #[serde(default = "default_flow_stream")]
+    pub flow_stream: String,
     /// How long a message taken and not acknowledged (a collector that died mid-batch) waits
     /// before the stream delivers it again. Set when the durable consumer is created.
     #[serde(default = "default_ack_wait", with = "crate::duration_serde")]
@@ -53,6 +62,10 @@ pub struct CollectorSection {
 
 fn default_health_stream() -> String {
     "VIGIL_HEALTH".to_owned()
+}
+
+fn default_flow_stream() -> String {
+    "VIGIL_FLOWS".to_owned()
 }
 
 fn default_durable() -> String {
@@ -78,8 +91,7 @@ impl CollectorSection {
                 "is for an agent's export; the collector only reads the bus".to_owned(),
             ));
         }
-        if self.durable.is_empty() || !self.durable.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        {
+        if !crate::alert::sink::nats::is_token(&self.durable) {
             return Err(("collector.durable", format!("{:?} must be letters, digits, - or _", self.durable)));
         }
         if !(1..=10_000).contains(&self.batch) {
@@ -90,6 +102,9 @@ impl CollectorSection {
                 "collector.health_stream",
                 format!("{:?} must be letters, digits, - or _", self.health_stream),
             ));
+        }
+        if !crate::alert::sink::nats::is_token(&self.flow_stream) {
+            return Err(("collector.flow_stream", format!("{:?} must be letters, digits, - or _", self.flow_stream)));
         }
         if !(Duration::from_secs(1)..=Duration::from_hours(1)).contains(&self.ack_wait) {
             return Err(("collector.ack_wait", "must be between 1s and 1h".to_owned()));
@@ -117,6 +132,11 @@ pub struct CollectorStats {
     pub skipped: u64,
     /// Health rows written from heartbeats.
     pub health: u64,
+    /// Flow batches new to the store, and the `flow_minutes` rows they added to.
+    pub flow_batches: u64,
+    pub flow_rows: u64,
+    /// Flow batches that do not decode, and conversations left out (a bad address).
+    pub flows_skipped: u64,
     /// The policy's work on block proposals (`[collector.policy]`).
     pub policy: crate::fleet::blocking::PolicyStats,
 }
@@ -186,8 +206,10 @@ const PULL_GRACE: Duration = Duration::from_secs(2);
 /// The same for a pull that already brought messages.
 const PARTIAL_GRACE: Duration = Duration::from_millis(100);
 
-/// How often the collector pulls heartbeats.
+/// How often the collector pulls heartbeats, and flow batches when the last pull drained them.
 const HEALTH_EVERY: Duration = Duration::from_secs(1);
+/// Flow batches per pull (each up to the agents' `[fleet] batch` conversations).
+const FLOW_PULL: usize = 50;
 
 /// Acknowledges what was committed (bounded: what is not acknowledged comes again, and is
 /// stored once).
@@ -236,6 +258,49 @@ async fn consumer(
             );
         })
         .map_err(|e| format!("nats consumer {durable}: {e}"))
+}
+
+/// One pull of flow batches into `flow_minutes` (see [`flows`]); answers whether the stream
+/// is drained (the pull was not full). What the store refuses is not acknowledged: it comes
+/// again after `ack_wait`.
+async fn collect_flows(consumer: &Consumer, conn: &mut rusqlite::Connection, stats: &mut CollectorStats) -> bool {
+    use prost::Message as _;
+    let taken = fetch(consumer, FLOW_PULL, Duration::from_millis(100)).await;
+    if taken.is_empty() {
+        return true;
+    }
+    let mut batches = Vec::with_capacity(taken.len());
+    for m in &taken {
+        let host = subject_host(m.subject.as_str(), "flows");
+        let id = m.headers.as_ref().and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID)).map(ToString::to_string);
+        let decoded = crate::fleet::proto::FlowBatch::decode(m.payload.as_ref());
+        let (Some(host), Some(id), Ok(batch)) = (host, id, decoded) else {
+            stats.flows_skipped += 1;
+            continue;
+        };
+        let (rows, bad) = flows::minute_rows(&batch);
+        stats.flows_skipped += bad as u64;
+        batches.push((host.to_owned(), id, rows));
+    }
+    let now_ms = i64::try_from(crate::clock::wall_ns() / 1_000_000).unwrap_or(i64::MAX);
+    let written = crate::store::insert_flow_batches(
+        conn,
+        batches.iter().map(|(host, id, rows)| (host.as_str(), id.as_str(), rows.as_slice())),
+        now_ms,
+    );
+    match written {
+        Ok((new, rows)) => {
+            ack_all(&taken).await;
+            stats.messages += taken.len() as u64;
+            stats.flow_batches += new as u64;
+            stats.flow_rows += rows as u64;
+        }
+        Err(e) => {
+            warn!(error = %e, batches = taken.len(), "collector: the store refused flow batches; they will come again");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+    taken.len() < FLOW_PULL
 }
 
 /// Consumes until `stop` is set: connects, binds the durable consumer, and writes batches into
@@ -294,12 +359,24 @@ fn consume(
                 None
             }
         };
+        let flows = match consumer(&jetstream, &section.flow_stream, &section.durable, crate::fleet::FLOW_SUBJECTS, section.ack_wait).await {
+            Ok(c) => Some(c),
+            Err(e) => {
+                info!(error = %e, "collector: no flow stream; flow records are not collected");
+                None
+            }
+        };
         info!(url = %options.url(), stream = options.stream(), durable = section.durable, store = %db.display(), "collector consuming");
         let mut stats = CollectorStats::default();
         // Heartbeats come every few seconds per host: pulled once a second, so that an empty
         // pull's wait does not come between every two batches of alerts.
         let mut health_due = tokio::time::Instant::now();
+        let mut flows_due = tokio::time::Instant::now();
         while !stop.load(Ordering::Relaxed) {
+            if let Some(flows) = flows.as_ref().filter(|_| tokio::time::Instant::now() >= flows_due) {
+                let drained = collect_flows(flows, conn, &mut stats).await;
+                flows_due = tokio::time::Instant::now() + if drained { HEALTH_EVERY } else { Duration::ZERO };
+            }
             if let Some(health) = health.as_ref().filter(|_| tokio::time::Instant::now() >= health_due) {
                 health_due = tokio::time::Instant::now() + HEALTH_EVERY;
                 let taken = fetch(health, section.batch, Duration::from_millis(100)).await;
@@ -360,6 +437,8 @@ fn consume(
         Ok(stats)
     })
 }
+
+mod flows;
 
 #[cfg(test)]
 mod tests;

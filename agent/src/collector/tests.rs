@@ -32,6 +32,7 @@ fn section(port: u16) -> CollectorSection {
         durable: "vigil-collector".into(),
         batch: 16,
         health_stream: "VIGIL_HEALTH".into(),
+        flow_stream: "VIGIL_FLOWS".into(),
         ack_wait: Duration::from_secs(30),
         policy: None,
     }
@@ -143,6 +144,9 @@ fn a_fleets_alerts_land_in_the_store_once_each_by_host() {
             repeated: 0,
             skipped: 1,
             health: 0,
+            flow_batches: 0,
+            flow_rows: 0,
+            flows_skipped: 0,
             policy: PolicyStats::default()
         }
     );
@@ -410,6 +414,80 @@ fn heartbeats_of_the_fleet_export_become_health_rows_per_host() {
         .unwrap();
     // Heartbeats repeat the latest row until it changes: one row per time.
     assert_eq!((hosts, last, rows), (1, 400, 5), "{stats:?}");
+    sinks.shutdown(Duration::from_secs(2));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn flow_batches_of_the_fleet_export_become_minute_rows_once() {
+    let dir = temp_dir("collector-flows");
+    let port = free_port();
+    let _server = Server::start(&dir, port);
+    let sinks = Sinks::start(&[spec(settings(port), 10)]).unwrap();
+    sinks.send(&alert("h-1", "192.0.2.7"));
+    // An agent's export of 1,050 conversations in batches of at most 100 (it creates the flow
+    // stream).
+    let fleet = crate::fleet::FleetExport::start(&crate::fleet::FleetSection {
+        bus: NatsSettings { host: Some("web-1".into()), ..settings(port) },
+        ..crate::fleet::tests::section(port)
+    })
+    .unwrap();
+    let sent: Vec<_> = (0..1050).map(crate::fleet::tests::conversation).collect();
+    for record in &sent {
+        fleet.flow(record);
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while fleet.stats().flows_exported < 1050 {
+        assert!(Instant::now() < deadline, "{:?}", fleet.stats());
+        thread::sleep(Duration::from_millis(20));
+    }
+    let batches = fleet.stats().batches_exported;
+    fleet.shutdown(Duration::from_secs(2));
+    let db = dir.join("vigil.db");
+    let stats = collect_until(&section(port), &db, 1, Duration::from_millis(1500));
+    assert!(batches >= 11, "batches of at most 100");
+    assert_eq!((stats.flow_batches, stats.flows_skipped), (batches, 0), "{stats:?}");
+    let totals = |db: &Path| -> (i64, i64, i64, i64) {
+        let conn = rusqlite::Connection::open(db).unwrap();
+        conn.query_row(
+            "SELECT count(DISTINCT host), sum(flows), sum(packets), sum(bytes) FROM flow_minutes WHERE host = 'web-1'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        )
+        .unwrap()
+    };
+    let packets: u64 = sent.iter().map(crate::flows::biflow::BiflowRecord::packets).sum();
+    let bytes: u64 = sent.iter().map(|r| r.initiator.bytes + r.responder.as_ref().map_or(0, |s| s.bytes)).sum();
+    let (hosts, flows, stored_packets, stored_bytes) = totals(&db);
+    assert_eq!(
+        (hosts, stored_packets, stored_bytes),
+        (1, i64::try_from(packets).unwrap(), i64::try_from(bytes).unwrap())
+    );
+    assert!(flows >= 1050, "every conversation counts in each minute it spans: {flows}");
+    // The collector again: the consumer has acknowledged every batch, nothing is added.
+    let again = collect_until(&section(port), &db, 1, Duration::from_millis(500));
+    assert_eq!(again.flow_batches, 0, "{again:?}");
+    assert_eq!(totals(&db), (hosts, flows, stored_packets, stored_bytes));
+    // A batch delivered twice (its acknowledgement lost) is added once.
+    let mut conn = crate::store::open_for_writing(&db).unwrap();
+    let row = crate::store::FlowRow {
+        minute: 29_400_000,
+        source: "192.0.2.9".parse().unwrap(),
+        destination: "198.51.100.1".parse().unwrap(),
+        protocol: 17,
+        port: 53,
+        flows: 1,
+        packets: 2,
+        bytes: 150,
+        anomalous: 0,
+    };
+    let rows = [row];
+    let batch = [("web-2", "web-2/1-1", &rows[..])];
+    assert_eq!(crate::store::insert_flow_batches(&mut conn, batch, 1_764_000_000_000).unwrap(), (1, 1));
+    assert_eq!(crate::store::insert_flow_batches(&mut conn, batch, 1_764_000_000_000).unwrap(), (0, 0));
+    let twice: i64 =
+        conn.query_row("SELECT sum(bytes) FROM flow_minutes WHERE host = 'web-2'", [], |r| r.get(0)).unwrap();
+    assert_eq!(twice, 150);
     sinks.shutdown(Duration::from_secs(2));
     let _ = std::fs::remove_dir_all(&dir);
 }

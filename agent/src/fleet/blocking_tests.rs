@@ -256,6 +256,7 @@ fn a_decision_on_one_agent_is_installed_on_another_and_lapses_on_both() {
         durable: "vigil-collector".into(),
         batch: 16,
         health_stream: "VIGIL_HEALTH".into(),
+        flow_stream: "VIGIL_FLOWS".into(),
         ack_wait: Duration::from_secs(30),
         policy: Some(PolicySection {
             allowlist: vec![net("10.0.0.0/8")],
@@ -304,10 +305,14 @@ fn a_decision_on_one_agent_is_installed_on_another_and_lapses_on_both() {
         one.propose(proposal("198.51.100.7/32", 60, decided_ms));
         one.propose(proposal("192.0.2.50/32", 60, decided_ms));
         wait_for("agent 2's refusal", &|| two.stats().follow.is_some_and(|f| f.refused == 1));
-        // Both rules lapse: the collector deletes their keys, agent 2 removes them.
-        wait_for("the rules to lapse", &|| rules.list().unwrap().is_empty());
+        // Both rules lapse: the collector deletes their keys, agent 2 removes its rules (or
+        // finds them lapsed in its kernel already: the TTL and the key's deletion race).
+        wait_for("the rules to lapse", &|| {
+            rules.list().unwrap().is_empty() && two.stats().follow.is_some_and(|f| f.active == 0)
+        });
         let follow = two.stats().follow.unwrap();
-        assert_eq!((follow.installed, follow.removed, follow.refused, follow.failed), (2, 2, 1, 0), "{follow:?}");
+        assert_eq!((follow.installed, follow.refused, follow.failed), (2, 1, 0), "{follow:?}");
+        assert!(follow.removed <= 2, "{follow:?}");
         assert_eq!(one.stats().proposals_sent, 5, "{:?}", one.stats());
         drop(guard);
         let stats = collecting.join().unwrap().unwrap();

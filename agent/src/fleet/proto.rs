@@ -126,7 +126,7 @@ fn ip_bytes(ip: IpAddr) -> Vec<u8> {
     }
 }
 
-fn ip_from(bytes: &[u8]) -> Result<IpAddr, String> {
+pub(crate) fn ip_from(bytes: &[u8]) -> Result<IpAddr, String> {
     if let Ok(v4) = <[u8; 4]>::try_from(bytes) {
         Ok(IpAddr::V4(Ipv4Addr::from(v4)))
     } else if let Ok(v6) = <[u8; 16]>::try_from(bytes) {

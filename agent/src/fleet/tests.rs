@@ -16,7 +16,7 @@ use crate::flows::biflow::BiflowRecord;
 
 /// Conversations that differ from one another: `n` picks the ports, an answer every other one,
 /// an IPv6 pair every third.
-fn conversation(n: u32) -> BiflowRecord {
+pub(crate) fn conversation(n: u32) -> BiflowRecord {
     let mut first = record(1, 2, 80, u64::from(n));
     first.src_port = 40_000 + u16::try_from(n % 20_000).unwrap();
     first.iat_max_ns = if n.is_multiple_of(5) { None } else { Some(u64::from(n)) };
@@ -188,6 +188,7 @@ pub(crate) fn section(port: u16) -> FleetSection {
         queue: 100_000,
         heartbeat: Duration::from_millis(200),
         blocking: None,
+        models: None,
     }
 }
 

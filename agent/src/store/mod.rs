@@ -21,7 +21,7 @@ pub mod schema;
 mod writer;
 
 pub use recorder::Recorder;
-pub use writer::{insert_alerts, insert_fleet, insert_health_rows, open as open_for_writing};
+pub use writer::{insert_alerts, insert_fleet, insert_flow_batches, insert_health_rows, open as open_for_writing};
 
 use std::{
     net::IpAddr,

@@ -15,7 +15,7 @@ use rusqlite::{Connection, OpenFlags};
 use super::StoreError;
 
 /// The schema this build writes and reads.
-pub const VERSION: i64 = 1;
+pub const VERSION: i64 = 2;
 
 /// How long a connection waits for another one's lock before failing (the writer and
 /// `vigil query` share the file).
@@ -110,8 +110,20 @@ CREATE TABLE health (
 CREATE INDEX health_time ON health (time_ms);
 ";
 
+/// Version 1 to 2: the flow batches a collector stored, so that a batch delivered again adds
+/// nothing to `flow_minutes`.
+const V2: &str = "
+CREATE TABLE fleet_batches (
+    host TEXT NOT NULL,
+    batch TEXT NOT NULL,
+    time_ms INTEGER NOT NULL,
+    PRIMARY KEY (host, batch)
+);
+CREATE INDEX fleet_batches_time ON fleet_batches (time_ms);
+";
+
 /// Each step's SQL, in order.
-pub const MIGRATIONS: &[&str] = &[V1];
+pub const MIGRATIONS: &[&str] = &[V1, V2];
 
 fn sql(path: &Path) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
     move |source| StoreError::Sqlite { path: path.to_owned(), source }
@@ -209,6 +221,25 @@ pub(crate) mod tests {
         // Opening again changes nothing; a reader sees the same version.
         drop(open_for_writing(&path).unwrap());
         drop(open_for_reading(&path).unwrap());
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_version_1_store_is_migrated_with_its_rows() {
+        let dir = tempfile_dir();
+        let path = dir.join("v1.db");
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(V1).unwrap();
+        conn.pragma_update(None, "user_version", 1).unwrap();
+        conn.execute("INSERT INTO models (host, sha256, name, phase, first_ms, last_ms) VALUES ('h', 'ab', 'default', 'fixed', 1, 2)", [])
+            .unwrap();
+        drop(conn);
+        let conn = open_for_writing(&path).unwrap();
+        let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+        assert_eq!(version, 2);
+        let kept: i64 = conn.query_row("SELECT count(*) FROM models", [], |r| r.get(0)).unwrap();
+        let batches: i64 = conn.query_row("SELECT count(*) FROM fleet_batches", [], |r| r.get(0)).unwrap();
+        assert_eq!((kept, batches), (1, 0));
         fs::remove_dir_all(dir).unwrap();
     }
 

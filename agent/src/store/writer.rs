@@ -17,6 +17,11 @@ use super::{
 };
 use crate::throttle::ThrottledLog;
 
+/// Adds a minute row to `flow_minutes`: a row already there for the key grows.
+const INSERT_FLOW_MINUTE: &str = "INSERT INTO flow_minutes (minute, host, source, destination, protocol, port, flows, \
+     packets, bytes, anomalous) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) \
+     ON CONFLICT (minute, host, source, destination, protocol, port) DO UPDATE SET flows = flows + excluded.flows, \
+     packets = packets + excluded.packets, bytes = bytes + excluded.bytes, anomalous = anomalous + excluded.anomalous";
 /// Records one transaction takes at most (flow batches count as one).
 pub const MAX_BATCH: usize = 2_000;
 /// How long the writer waits for more records before committing what it has.
@@ -197,13 +202,7 @@ pub(super) fn insert(conn: &mut Connection, host: &str, batch: &[Record]) -> rus
                 Record::Flows(rows) => {
                     let stmt = match &mut flows {
                         Some(s) => s,
-                        None => flows.insert(tx.prepare(
-                            "INSERT INTO flow_minutes (minute, host, source, destination, protocol, port, flows, \
-                             packets, bytes, anomalous) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) \
-                             ON CONFLICT (minute, host, source, destination, protocol, port) DO UPDATE SET flows = flows + excluded.flows, \
-                             packets = packets + excluded.packets, bytes = bytes + excluded.bytes, \
-                             anomalous = anomalous + excluded.anomalous",
-                        )?),
+                        None => flows.insert(tx.prepare(INSERT_FLOW_MINUTE)?),
                     };
                     for row in rows {
                         insert_flow(stmt, host, row)?;
@@ -337,6 +336,42 @@ fn insert_flow(stmt: &mut rusqlite::Statement<'_>, host: &str, r: &FlowRow) -> r
         int(r.anomalous)
     ])?;
     Ok(())
+}
+
+/// How long a collector remembers the flow batches it stored: longer than any redelivery
+/// (the stream's duplicate window, a consumer's `ack_wait`, an outage's backlog).
+pub const BATCHES_KEPT_MS: i64 = 7 * 24 * 3_600_000;
+
+/// Writes flow batches of other hosts (the collector's, from the fleet export) in one
+/// transaction: each batch's minute rows are added to `flow_minutes` unless that host's batch
+/// id was stored before. Answers the batches and rows written.
+///
+/// # Errors
+/// The database refused the transaction; nothing of it is written.
+pub fn insert_flow_batches<'a>(
+    conn: &mut Connection,
+    batches: impl IntoIterator<Item = (&'a str, &'a str, &'a [FlowRow])>,
+    now_ms: i64,
+) -> rusqlite::Result<(usize, usize)> {
+    let tx = conn.transaction()?;
+    let (mut new, mut rows) = (0, 0);
+    {
+        let mut seen = tx.prepare("INSERT OR IGNORE INTO fleet_batches (host, batch, time_ms) VALUES (?1, ?2, ?3)")?;
+        let mut flows = tx.prepare(INSERT_FLOW_MINUTE)?;
+        for (host, batch, minutes) in batches {
+            if seen.execute(params![host, batch, now_ms])? == 0 {
+                continue;
+            }
+            new += 1;
+            for row in minutes {
+                insert_flow(&mut flows, host, row)?;
+                rows += 1;
+            }
+        }
+    }
+    tx.execute("DELETE FROM fleet_batches WHERE time_ms < ?1", [now_ms - BATCHES_KEPT_MS])?;
+    tx.commit()?;
+    Ok((new, rows))
 }
 
 /// Writes health rows of other hosts (the collector's, from heartbeats) in one transaction;
