@@ -3,6 +3,10 @@
 //! `vigil collector` with its policy run on the switch. A SYN flood against host 1 gets the
 //! attacker blocked there; host 2 installs the same rule from the fleet blocklist within a
 //! second of host 1's decision and drops the attacker's packets; the rule lapses on both.
+//!
+//! Models to the fleet end to end: a running agent of group canary swaps in the bundle an
+//! operator publishes with `vigil model publish`, and refuses one whose manifest was changed
+//! after signing, keeping its model.
 
 use std::{
     net::UdpSocket,
@@ -46,12 +50,9 @@ fn log_time_ms(line: &str) -> i64 {
     timestamp_ms(&serde_json::json!({ "@timestamp": stamp }))
 }
 
-#[test]
-fn a_flood_against_one_host_gets_the_attacker_dropped_by_another_within_a_second() {
-    require_root();
-    let mut lab = Lab::new("fleet");
+/// The bus on the switch: `nats-server -js` on [`BUS`], its store in `dir`.
+fn start_bus(lab: &mut Lab, dir: &TempDir) {
     lab.switch().ip(&["addr", "add", &format!("{BUS}/24"), "dev", "br0"]);
-    let dir = TempDir::new("fleet-live");
     let store = dir.path().join("nats");
     lab.serve(
         |l| l.switch(),
@@ -63,6 +64,14 @@ fn a_flood_against_one_host_gets_the_attacker_dropped_by_another_within_a_second
         assert!(Instant::now() < deadline, "nats-server did not start on the switch");
         thread::sleep(Duration::from_millis(50));
     }
+}
+
+#[test]
+fn a_flood_against_one_host_gets_the_attacker_dropped_by_another_within_a_second() {
+    require_root();
+    let mut lab = Lab::new("fleet");
+    let dir = TempDir::new("fleet-live");
+    start_bus(&mut lab, &dir);
     // The collector with the fleet's rails; the lab's hosts are fleet hosts.
     let collector_config = dir.path().join("collector.toml");
     std::fs::write(
@@ -159,4 +168,101 @@ fn a_flood_against_one_host_gets_the_attacker_dropped_by_another_within_a_second
     drop(host1);
     drop(host2);
     drop(collector);
+}
+
+/// A copy of the shipped bundle in `dir/<name>` with `note` in its training summary (so a hash
+/// of its own), signed with `key` by `vigil model sign`.
+fn signed_bundle(dir: &TempDir, name: &str, key: &std::path::Path) -> std::path::PathBuf {
+    let bundle = dir.path().join(name);
+    std::fs::create_dir_all(&bundle).expect("bundle dir");
+    let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/default");
+    for f in ["iforest.json", "autoencoder.onnx"] {
+        std::fs::copy(shipped.join(f), bundle.join(f)).expect("copy");
+    }
+    let mut manifest: Value =
+        serde_json::from_slice(&std::fs::read(shipped.join("manifest.json")).expect("manifest")).expect("json");
+    manifest["training"]["note"] = name.into();
+    std::fs::write(bundle.join("manifest.json"), serde_json::to_vec_pretty(&manifest).expect("json")).expect("write");
+    let out = std::process::Command::new(vigil_bin())
+        .args(["model", "sign", "--key"])
+        .arg(key)
+        .arg(&bundle)
+        .output()
+        .expect("vigil model sign");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    bundle
+}
+
+#[test]
+fn a_bundle_published_for_a_group_runs_on_its_agent_and_a_tampered_one_is_refused() {
+    require_root();
+    let mut lab = Lab::new("fleetmod");
+    let dir = TempDir::new("fleet-models-live");
+    start_bus(&mut lab, &dir);
+    let keys = dir.path().join("keys");
+    let out =
+        std::process::Command::new(vigil_bin()).args(["model", "keygen", "--out"]).arg(&keys).output().expect("keygen");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let public = keys.join("vigil-model.pub");
+    let bus = format!("[fleet.bus]\nurl = \"nats://{BUS}:{PORT}\"\nallow_plaintext = true\nsite = \"lab\"\n");
+    let mut agent = lab.agent(&format!(
+        "[detection]\ntrusted_keys = [\"{}\"]\n\n[fleet]\nflows = false\n\n{bus}host = \"h1\"\n\n[fleet.models]\ngroup = \"canary\"\n",
+        public.display()
+    ));
+    // Nothing is published yet (no bucket): the agent detects with its own model meanwhile.
+    agent.wait_for("detecting", Duration::from_secs(15));
+    let status = |lab: &Lab| -> Value {
+        let out = lab.vigil(&["status", "--json"]);
+        serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
+    };
+    // The status file comes with the first cycle.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while status(&lab)["agent"]["model_sha256"].as_str().is_none_or(str::is_empty) {
+        assert!(Instant::now() < deadline, "no status: {:#}", status(&lab));
+        thread::sleep(Duration::from_millis(100));
+    }
+    let before = status(&lab)["agent"]["model_sha256"].as_str().unwrap_or_default().to_owned();
+
+    // The operator publishes from the switch (a host of its own) for group canary.
+    let publisher = dir.path().join("publisher.toml");
+    std::fs::write(&publisher, format!("{bus}host = \"ops\"\n")).expect("publisher config");
+    let publish = |bundle: &std::path::Path| {
+        let mut cmd = lab.switch().command_net_only(vigil_bin().to_str().expect("utf-8"));
+        cmd.args(["model", "publish", "--group", "canary", "-c"]).arg(&publisher).arg(bundle);
+        let out = cmd.output().expect("vigil model publish");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    };
+    let good = signed_bundle(&dir, "canary-1", &keys.join("vigil-model.key"));
+    let sha = vigil::model::Bundle::read_dir(&good).expect("bundle").sha256();
+    publish(&good);
+    agent.wait_for("fleet model swapped in", Duration::from_secs(15));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while status(&lab)["agent"]["model_sha256"] != sha.as_str() {
+        assert!(Instant::now() < deadline, "status: {:#}", status(&lab));
+        thread::sleep(Duration::from_millis(100));
+    }
+    let now = status(&lab);
+    assert_eq!(
+        (now["agent"]["model_phase"].as_str(), now["agent"]["model"].as_str()),
+        (Some("fleet"), Some("fleet:canary")),
+        "{now:#}"
+    );
+    let swap = lab.wait_event("the model-swap event", Duration::from_secs(5), |e| e["event"]["action"] == "model-swap");
+    assert_eq!(swap["vigil"]["learn"]["previous_sha256"], before.as_str(), "{swap:#}");
+
+    // A bundle whose manifest was changed after signing (the alert threshold raised, which
+    // would blind the sensor): published (this publisher trusts no key), refused by the agent.
+    let tampered = signed_bundle(&dir, "canary-2", &keys.join("vigil-model.key"));
+    let path = tampered.join("manifest.json");
+    let mut manifest: Value = serde_json::from_slice(&std::fs::read(&path).expect("manifest")).expect("json");
+    manifest["thresholds"]["alert"] = 40.0.into();
+    manifest["thresholds"]["block"] = 42.0.into();
+    std::fs::write(&path, serde_json::to_vec_pretty(&manifest).expect("json")).expect("tamper");
+    publish(&tampered);
+    let refused =
+        lab.wait_event("the model-refused event", Duration::from_secs(15), |e| e["event"]["action"] == "model-refused");
+    assert!(refused["vigil"]["learn"]["why"].as_str().unwrap_or_default().contains("does not verify"), "{refused:#}");
+    let after = status(&lab);
+    assert_eq!(after["agent"]["model_sha256"], sha.as_str(), "the model in use stays: {after:#}");
+    drop(agent);
 }
