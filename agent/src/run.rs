@@ -142,6 +142,32 @@ pub async fn run(config: Config) -> Result<(), RunError> {
             (learning, phase) = (false, Phase::Site);
         }
     }
+    // The fleet's model for this host's group: bundles verify with the trusted keys, always.
+    // The one an earlier run verified and kept is used from the first cycle.
+    let fleet_models = config.fleet.as_ref().and_then(|f| f.models.as_ref());
+    let mut fleet_running = None;
+    let fleet_keys = match fleet_models {
+        Some(models) => {
+            let trust = crate::model::Trust::from_config(&config.detection.trusted_keys, false)
+                .map_err(|e| RunError::Model { name: "fleet.models".to_owned(), error: e.into() })?;
+            match crate::fleet::models::kept(&models.dir, &trust.keys, &Schema::flow()) {
+                Ok(Some(kept)) => {
+                    let name = format!("fleet:{}", models.group);
+                    info!(model = name, sha256 = kept.sha256, key = %kept.key, "the fleet's bundle kept by an earlier run");
+                    fleet_running = Some(kept.sha256.clone());
+                    (detector, model_sha256, model_name) = (kept.detector, kept.sha256, name);
+                    (learning, phase) = (false, Phase::Fleet);
+                }
+                Ok(None) => {}
+                Err(e) => warn!(
+                    error = e,
+                    "the fleet's bundle kept by an earlier run does not load; scoring with detection.model until the fleet's comes"
+                ),
+            }
+            trust.keys
+        }
+        None => Vec::new(),
+    };
     let flows_out = config.flows.out.as_deref().map(FlowWriter::open).transpose()?;
     let sink_specs = if config.alerts.sinks.is_empty() {
         vec![crate::alert::sink::SinkSpec { kind: crate::alert::sink::SinkConfig::Stdout, queue: 10_000 }]
@@ -150,13 +176,8 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     };
     let sinks = Sinks::start(&sink_specs)?;
     let mut fleet = config.fleet.as_ref().map(crate::fleet::FleetExport::start).transpose()?;
-    // The fleet's model for this host's group: bundles verify with the trusted keys, always.
     let fleet_models = match fleet.as_mut() {
-        Some(f) if config.fleet.as_ref().is_some_and(|c| c.models.is_some()) => {
-            let trust = crate::model::Trust::from_config(&config.detection.trusted_keys, false)
-                .map_err(|e| RunError::Model { name: "fleet.models".to_owned(), error: e.into() })?;
-            f.follow_models(trust.keys, Schema::flow())
-        }
+        Some(f) if fleet_models.is_some() => f.follow_models(fleet_keys, Schema::flow(), fleet_running),
         _ => None,
     };
     let suppressions = crate::alert::suppress::Suppressions::load(&config.alerts.suppress_file)?;

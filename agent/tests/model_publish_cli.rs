@@ -54,7 +54,8 @@ fn publish_refuses_what_agents_would_refuse_and_lands_what_they_run() {
         &config,
         format!(
             "[detection]\ntrusted_keys = [\"{public}\"]\n\n[fleet.bus]\nurl = \"nats://127.0.0.1:{port}\"\n\
-             allow_plaintext = true\nsite = \"lab\"\nhost = \"web-1\"\n\n[fleet.models]\ngroup = \"canary\"\n"
+             allow_plaintext = true\nsite = \"lab\"\nhost = \"web-1\"\n\n[fleet.models]\ngroup = \"canary\"\ndir = \"{}\"\n",
+            dir.path().join("kept").display()
         ),
     )
     .unwrap();
@@ -103,7 +104,7 @@ fn publish_refuses_what_agents_would_refuse_and_lands_what_they_run() {
     let loaded = vigil::config::Config::load(Some(&config)).unwrap();
     let mut export = vigil::fleet::FleetExport::start(loaded.fleet.as_ref().unwrap()).unwrap();
     let trust = vigil::model::Trust::from_config(&loaded.detection.trusted_keys, false).unwrap();
-    let updates = export.follow_models(trust.keys, vigil::features::Schema::flow()).expect("follows");
+    let updates = export.follow_models(trust.keys, vigil::features::Schema::flow(), None).expect("follows");
     match updates.recv_timeout(Duration::from_secs(20)).expect("an update") {
         vigil::fleet::models::ModelUpdate::Ready { accepted, group } => {
             assert_eq!((accepted.sha256.as_str(), group.as_str()), (sha.as_str(), "canary"));

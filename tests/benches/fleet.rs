@@ -18,7 +18,13 @@
 //!    (`FleetExport::propose`) to the rule in agent 2's store, for 500 decisions 20 ms apart
 //!    and for a burst of 500 at once; p50, p99 and the longest.
 //!
-//! `cargo bench -p vigil-tests --bench fleet` (all), `-- propagation` (only part 4).
+//! 5. Catch-up (only with `-- catchup`, it takes the outage's length): the bus down for 5
+//!    minutes (`VIGIL_BENCH_OUTAGE_S`) while an agent exports 10,000 conversations a second into
+//!    its spool and a collector waits; the time until the agent's spool is empty again and
+//!    until the collector has stored every batch.
+//!
+//! `cargo bench -p vigil-tests --bench fleet` (parts 1 to 4), `-- propagation` (only part 4),
+//! `-- catchup` (only part 5).
 #![expect(clippy::cast_precision_loss, reason = "rates and sizes")]
 
 use std::{
@@ -173,6 +179,11 @@ impl Drop for NatsServer {
 
 fn nats_server(dir: &std::path::Path) -> (NatsServer, u16) {
     let port = std::net::TcpListener::bind("127.0.0.1:0").expect("port").local_addr().expect("addr").port();
+    (nats_server_on(dir, port), port)
+}
+
+/// A server on `port` with its store in `dir` (the same store again: a restart).
+fn nats_server_on(dir: &std::path::Path, port: u16) -> NatsServer {
     let child = Command::new("nats-server")
         .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
         .arg(dir)
@@ -185,7 +196,7 @@ fn nats_server(dir: &std::path::Path) -> (NatsServer, u16) {
         assert!(Instant::now() < deadline, "nats-server did not start");
         std::thread::sleep(Duration::from_millis(20));
     }
-    (NatsServer(child), port)
+    NatsServer(child)
 }
 
 fn section(port: u16) -> FleetSection {
@@ -396,7 +407,122 @@ fn propagation(port: u16, dir: &std::path::Path) -> String {
     )
 }
 
+/// Feeds `export` `rate` conversations a second, in bursts every 100 ms as the harvest does,
+/// until `until` says stop (checked every burst) or `limit` passes; answers how many.
+fn feed(export: &FleetExport, records: &[BiflowRecord], rate: u32, limit: Duration, until: impl Fn() -> bool) -> u64 {
+    let per_burst = rate / 10;
+    let started = Instant::now();
+    let mut sent = 0u64;
+    let mut burst = 0u64;
+    while started.elapsed() < limit && !until() {
+        let due = started + Duration::from_millis(burst * 100);
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        for _ in 0..per_burst {
+            export.flow(&records[usize::try_from(sent % u64::from(RECORDS)).expect("usize")]);
+            sent += 1;
+        }
+        burst += 1;
+    }
+    sent
+}
+
+/// The bus down for `outage` while an agent exports `rate` conversations a second into its
+/// spool and a collector waits; then the time until the agent's spool is empty (it goes on
+/// exporting live traffic meanwhile) and until the collector has every batch in the store.
+fn catchup(outage: Duration, rate: u32) -> String {
+    let dir = TempDir::new("fleet-catchup");
+    let store = dir.path().join("nats");
+    let (server, port) = nats_server(&store);
+    let mut s = section(port);
+    s.bus.spool = Some(Box::new(
+        serde_json::from_value(serde_json::json!({ "dir": dir.path().join("spool"), "max_size_mb": 2048 }))
+            .expect("spool settings"),
+    ));
+    let records: Vec<BiflowRecord> = (0..RECORDS).map(conversation).collect();
+    let export = FleetExport::start(&s).expect("export");
+    export.flow(&records[0]);
+    wait_exported(&export, 1, Duration::from_secs(10));
+    let db = dir.path().join("fleet.db");
+    let collector: vigil::collector::CollectorSection = serde_json::from_value(serde_json::json!({
+        "bus": { "url": format!("nats://127.0.0.1:{port}"), "allow_plaintext": true, "timeout": "2s" },
+    }))
+    .expect("collector section");
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let batches_stored = |db: &std::path::Path| -> u64 {
+        rusqlite::Connection::open(db)
+            .and_then(|c| c.query_row("SELECT count(*) FROM fleet_batches", [], |r| r.get::<_, i64>(0)))
+            .map_or(0, |v| u64::try_from(v).unwrap_or(0))
+    };
+    std::thread::scope(|scope| {
+        let running = scope.spawn(|| vigil::collector::run(&collector, &db, &stop));
+        feed(&export, &records, rate, Duration::from_secs(10), || false);
+        drop(server);
+        eprintln!("bus down for {outage:?}");
+        let during = feed(&export, &records, rate, outage, || false);
+        let at_end = export.stats().spool.unwrap_or_default();
+        let (spooled, spool_mb) = (at_end.flows, at_end.bytes as f64 / 1e6);
+        let server = nats_server_on(&store, port);
+        let back = Instant::now();
+        let pending = || export.stats().spool.is_some_and(|s| s.flows.pending == 0);
+        let live = feed(&export, &records, rate, Duration::from_mins(30), pending);
+        let agent_caught_up = back.elapsed();
+        // Live traffic stops; the collector catches up with the stream.
+        std::thread::sleep(Duration::from_secs(2));
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        let in_stream = runtime.block_on(async {
+            let client = async_nats::connect(format!("nats://127.0.0.1:{port}")).await.expect("connect");
+            let mut stream = async_nats::jetstream::new(client).get_stream("VIGIL_FLOWS").await.expect("flow stream");
+            stream.info().await.expect("stream info").state.messages
+        });
+        while batches_stored(&db) < in_stream {
+            assert!(back.elapsed() < Duration::from_hours(1), "stored {} of {in_stream}", batches_stored(&db));
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let collector_caught_up = back.elapsed();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let stats = running.join().expect("collector thread").expect("collector");
+        let end = export.stats();
+        export.shutdown(Duration::from_secs(5));
+        drop(server);
+        let spool = end.spool.unwrap_or_default().flows;
+        format!(
+            "Catch-up after an outage (`cargo bench -p vigil-tests --bench fleet -- catchup`; `VIGIL_BENCH_OUTAGE_S` \
+             sets the outage, default 300): one agent exporting {rate} conversations/s (batches of 1,000, a spool of \
+             2 GB), `vigil collector` running throughout; the bus (`nats-server -js`, file storage) down for {} s, \
+             then back on the same store.\n\n\
+             | measure | value |\n|---|---:|\n\
+             | conversations during the outage | {during} ({} batches spooled, {:.0} MB) |\n\
+             | agent caught up (spool empty, live traffic going on; replay at `replay_rate` 500 batches/s) | {:.1} s after the bus came back |\n\
+             | live conversations exported meanwhile | {live} |\n\
+             | collector caught up (every batch of the stream in `flow_minutes`) | {:.1} s after the bus came back |\n\
+             | flow batches stored by the collector over the run | {} ({} minute rows) |\n\
+             | spooled batches dropped / expired / failed | {} / {} / {} |\n",
+            outage.as_secs(),
+            spooled.spooled,
+            spool_mb,
+            agent_caught_up.as_secs_f64(),
+            collector_caught_up.as_secs_f64(),
+            stats.flow_batches,
+            stats.flow_rows,
+            spool.dropped,
+            spool.expired,
+            end.flows_failed,
+        )
+    })
+}
+
 fn main() {
+    if std::env::args().skip(1).any(|a| a == "catchup") {
+        let outage = std::env::var("VIGIL_BENCH_OUTAGE_S").ok().and_then(|v| v.parse().ok()).unwrap_or(300);
+        report(&format!(
+            "### Fleet catch-up (issue 16)\n\nOn {}.\n\n{}",
+            machine(),
+            catchup(Duration::from_secs(outage), 10_000)
+        ));
+        return;
+    }
     if std::env::args().skip(1).any(|a| a == "propagation") {
         let dir = TempDir::new("fleet-bench");
         let (_server, port) = nats_server(dir.path());

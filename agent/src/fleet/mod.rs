@@ -325,17 +325,19 @@ impl FleetExport {
 
     /// Starts following the group's model pointer (`[fleet.models]`): bundles that verify
     /// with `keys` and load for `schema` come out of the answered receiver, and so do the
-    /// refusals. `None` without `[fleet.models]`.
+    /// refusals; `running` is the fleet bundle the agent started with, if any (not fetched
+    /// again). `None` without `[fleet.models]`.
     pub fn follow_models(
         &mut self,
         keys: Vec<crate::model::sign::PublicKey>,
         schema: crate::features::Schema,
+        running: Option<String>,
     ) -> Option<std::sync::mpsc::Receiver<models::ModelUpdate>> {
         let section = self.section.models.clone()?;
         let runtime = self.runtime.as_ref()?;
         let shared = Arc::new(std::sync::Mutex::new(models::ModelStats::default()));
         let (tx, rx) = std::sync::mpsc::channel();
-        runtime.spawn(models::follow(self.options.clone(), section, keys, schema, tx, Arc::clone(&shared)));
+        runtime.spawn(models::follow(self.options.clone(), section, keys, schema, tx, Arc::clone(&shared), running));
         self.models = Some(shared);
         Some(rx)
     }

@@ -19,6 +19,8 @@
 //! a `model-refused` event to the alert sinks) and the model in use stays. The version in use
 //! reaches the collector in every heartbeat (`model_sha256`, `model_phase`).
 
+use std::fs;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 
@@ -49,6 +51,11 @@ pub struct ModelsSection {
     /// The object store the bundles are in.
     #[serde(default = "default_objects")]
     pub objects: String,
+    /// Where the last verified bundle is kept (`<dir>/<sha256>/`, `<dir>/current`), so that a
+    /// restart scores with it from the first cycle, bus or no bus. Only the agent's user may
+    /// write it; the bundle is verified again when it is loaded.
+    #[serde(default = "default_dir")]
+    pub dir: PathBuf,
 }
 
 #[must_use]
@@ -58,6 +65,10 @@ pub fn default_pointers() -> String {
 #[must_use]
 pub fn default_objects() -> String {
     "VIGIL_BUNDLES".to_owned()
+}
+#[must_use]
+pub fn default_dir() -> PathBuf {
+    PathBuf::from("/var/lib/vigil/fleet-model")
 }
 
 impl ModelsSection {
@@ -111,6 +122,8 @@ pub struct Accepted {
     pub sha256: String,
     /// The key that signed it.
     pub key: PublicKey,
+    /// Its files, to keep for the next start.
+    pub bundle: Bundle,
 }
 
 /// Checks a downloaded bundle: the pointer's hash, the files' hashes and sizes, the signature
@@ -131,7 +144,83 @@ pub fn accept(pointer: &Pointer, received: Received, keys: &[PublicKey], schema:
     }
     let key = bundle.verify(keys).map_err(|e| e.to_string())?;
     let detector = bundle.detector(schema).map_err(|e| e.to_string())?;
-    Ok(Accepted { detector, sha256, key })
+    Ok(Accepted { detector, sha256, key, bundle })
+}
+
+/// The file in [`ModelsSection::dir`] naming the bundle kept.
+pub const CURRENT: &str = "current";
+/// Bundles kept in [`ModelsSection::dir`], the current one included.
+const KEEP: usize = 2;
+
+fn is_sha256(name: &str) -> bool {
+    name.len() == 64 && name.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// An I/O error on `path`, as a message.
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> String + '_ {
+    move |e| format!("{}: {e}", path.display())
+}
+
+/// Keeps `bundle` in `dir` (created private) as the one to start with: its files in
+/// `<dir>/<sha256>/`, then `<dir>/current` naming it (replaced atomically); older bundles beyond
+/// the last [`KEEP`] go.
+///
+/// # Errors
+/// The directory is not private or a file cannot be written.
+pub fn keep(dir: &Path, bundle: &Bundle) -> Result<(), String> {
+    crate::private_dir::ensure(dir).map_err(|e| e.to_string())?;
+    let sha256 = bundle.sha256();
+    let target = dir.join(&sha256);
+    if !target.join(MANIFEST).exists() {
+        let tmp = dir.join(format!(".{sha256}.{}", std::process::id()));
+        let _ = fs::remove_dir_all(&tmp);
+        bundle.write_dir(&tmp).map_err(|e| e.to_string())?;
+        let _ = fs::remove_dir_all(&target);
+        fs::rename(&tmp, &target).map_err(io(&target))?;
+    }
+    let current = dir.join(CURRENT);
+    let tmp = dir.join(format!(".{CURRENT}.{}", std::process::id()));
+    fs::write(&tmp, format!("{sha256}\n")).map_err(io(&tmp))?;
+    fs::rename(&tmp, &current).map_err(io(&current))?;
+    // The oldest go; the current one stays whatever its time.
+    let mut kept: Vec<(std::time::SystemTime, PathBuf)> = fs::read_dir(dir)
+        .map_err(io(dir))?
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_str().is_some_and(|n| is_sha256(n) && n != sha256))
+        .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+        .collect();
+    kept.sort();
+    for (_, old) in kept.iter().rev().skip(KEEP - 1) {
+        let _ = fs::remove_dir_all(old);
+    }
+    Ok(())
+}
+
+/// The bundle an earlier run kept in `dir`, checked as `vigil run` checks a bundle directory
+/// (private files, checksums, a signature by one of `keys`, probes). `None` if none was kept.
+///
+/// # Errors
+/// What is wrong with the bundle kept.
+pub fn kept(dir: &Path, keys: &[PublicKey], schema: &Schema) -> Result<Option<Accepted>, String> {
+    let current = dir.join(CURRENT);
+    let name = match fs::read_to_string(&current) {
+        Ok(text) => text.trim().to_owned(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("{}: {e}", current.display())),
+    };
+    if !is_sha256(&name) {
+        return Err(format!("{}: not a bundle's sha256", current.display()));
+    }
+    let path = dir.join(&name);
+    let trust = crate::model::Trust { keys: keys.to_vec(), allow_unsigned: false };
+    let fail = |e: crate::model::BundleError| format!("{}: {e}", path.display());
+    let (bundle, _) = Bundle::load_trusted(&path, &trust).map_err(&fail)?;
+    if bundle.sha256() != name {
+        return Err(format!("{}: its manifest's sha256 is {}", path.display(), bundle.sha256()));
+    }
+    let key = bundle.verify(keys).map_err(|e| format!("{}: {e}", path.display()))?;
+    let detector = bundle.detector(schema).map_err(fail)?;
+    Ok(Some(Accepted { detector, sha256: name, key, bundle }))
 }
 
 /// What the follower hands the live path.
@@ -331,6 +420,7 @@ pub(crate) async fn follow(
     schema: Schema,
     tx: mpsc::Sender<ModelUpdate>,
     shared: Arc<Mutex<ModelStats>>,
+    running: Option<String>,
 ) {
     use futures_util::StreamExt as _;
     use tracing::{info, warn};
@@ -345,7 +435,7 @@ pub(crate) async fn follow(
     let mut jetstream = None;
     let mut last_error = String::new();
     // The last bundle accepted or refused: a pointer seen again (a new watch) is not fetched again.
-    let mut done: Option<String> = None;
+    let mut done: Option<String> = running;
     loop {
         let watch = async {
             options.ensure_connected(&mut jetstream).await?;
@@ -403,6 +493,12 @@ pub(crate) async fn follow(
                 ModelUpdate::Ready { accepted, .. } => {
                     count(|s| s.accepted += 1);
                     info!(group, sha256 = accepted.sha256, key = %accepted.key, "fleet models: bundle verified");
+                    let (dir, bundle) = (section.dir.clone(), accepted.bundle.clone());
+                    match tokio::task::spawn_blocking(move || keep(&dir, &bundle)).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => warn!(error = e, "fleet models: the bundle cannot be kept for the next start"),
+                        Err(e) => warn!(error = %e, "fleet models: keeping the bundle stopped"),
+                    }
                 }
                 ModelUpdate::Refused { why, .. } => {
                     count(|s| s.refused += 1);

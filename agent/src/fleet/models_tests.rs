@@ -75,7 +75,12 @@ fn a_downloaded_bundle_is_accepted_only_whole_signed_and_named_by_its_pointer() 
 
 #[test]
 fn models_settings_name_the_key() {
-    let good = ModelsSection { group: "canary".into(), pointers: default_pointers(), objects: default_objects() };
+    let good = ModelsSection {
+        group: "canary".into(),
+        pointers: default_pointers(),
+        objects: default_objects(),
+        dir: default_dir(),
+    };
     good.validate().expect("valid");
     for (bad, key) in [
         (ModelsSection { group: String::new(), ..good.clone() }, "fleet.models.group"),
@@ -109,11 +114,16 @@ fn a_group_runs_what_its_pointer_names_and_refuses_tampered_or_foreign_bundles()
     };
 
     // The follower of group canary starts before anything is published (no bucket yet).
-    let section = ModelsSection { group: "canary".into(), pointers: pointers.clone(), objects: objects.clone() };
+    let section = ModelsSection {
+        group: "canary".into(),
+        pointers: pointers.clone(),
+        objects: objects.clone(),
+        dir: dir.join("kept"),
+    };
     let (tx, rx) = mpsc::channel();
     let stats = Arc::new(Mutex::new(ModelStats::default()));
     let options = Options::new(&settings(port)).unwrap();
-    runtime.spawn(follow(options, section, vec![key.public()], Schema::flow(), tx, Arc::clone(&stats)));
+    runtime.spawn(follow(options, section, vec![key.public()], Schema::flow(), tx, Arc::clone(&stats), None));
 
     let started = Instant::now();
     let written = publish(&a, "canary");
@@ -169,5 +179,46 @@ fn a_group_runs_what_its_pointer_names_and_refuses_tampered_or_foreign_bundles()
         ModelUpdate::Refused { why, .. } => panic!("refused: {why}"),
     }
     assert_eq!(*stats.lock().unwrap(), ModelStats { accepted: 2, refused: 3, failed: 0 });
+    // The accepted bundle is kept for the next start (A, taken back last).
+    let kept = kept(&dir.join("kept"), &[key.public()], &Schema::flow()).expect("loads").expect("kept");
+    assert_eq!(kept.sha256, a.sha256());
     runtime.shutdown_background();
+}
+
+#[test]
+fn the_bundle_kept_for_the_next_start_is_verified_again_and_only_the_last_two_stay() {
+    let dir = temp_dir("fleet-models-kept");
+    let kept_dir = dir.join("kept");
+    let (key, stranger) = (SecretKey::generate().unwrap(), SecretKey::generate().unwrap());
+    let keys = [key.public()];
+    let schema = Schema::flow();
+    assert!(kept(&kept_dir, &keys, &schema).expect("nothing kept is no error").is_none());
+    let bundles: Vec<Bundle> = ["a", "b", "c"].iter().map(|n| bundle(&dir, n, &key)).collect();
+    for b in &bundles {
+        keep(&kept_dir, b).expect("kept");
+        // Distinct modification times, so that the oldest is known.
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let back = kept(&kept_dir, &keys, &schema).expect("loads").expect("kept");
+    assert_eq!((back.sha256.as_str(), back.key), (bundles[2].sha256().as_str(), key.public()));
+    let mut left: Vec<String> = std::fs::read_dir(&kept_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.len() == 64)
+        .collect();
+    left.sort();
+    let mut expected = vec![bundles[1].sha256(), bundles[2].sha256()];
+    expected.sort();
+    assert_eq!(left, expected, "the current bundle and the one before");
+    // Not trusted any more, or changed on disk: refused with the reason.
+    let e = kept(&kept_dir, &[stranger.public()], &schema).err().expect("another key");
+    assert!(e.contains("does not verify"), "{e}");
+    let manifest = kept_dir.join(bundles[2].sha256()).join(MANIFEST);
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    std::fs::write(&manifest, text.replacen("\"note\": \"c\"", "\"note\": \"d\"", 1)).unwrap();
+    let e = kept(&kept_dir, &keys, &schema).err().expect("tampered");
+    assert!(e.contains("does not verify"), "{e}");
+    std::fs::write(kept_dir.join(CURRENT), "../../etc\n").unwrap();
+    let e = kept(&kept_dir, &keys, &schema).err().expect("not a name");
+    assert!(e.contains("not a bundle's sha256"), "{e}");
 }

@@ -596,7 +596,12 @@ fn a_fleet_model_replaces_learning_and_a_refused_one_is_reported_while_the_model
     assert!(rig.agent.learner.is_some());
 
     tx.send(ModelUpdate::Ready {
-        accepted: Box::new(Accepted { detector: fleet, sha256: sha.clone(), key }),
+        accepted: Box::new(Accepted {
+            detector: fleet,
+            sha256: sha.clone(),
+            key,
+            bundle: crate::model::Bundle::embedded().expect("built in"),
+        }),
         group: "canary".into(),
     })
     .expect("send");

@@ -205,10 +205,13 @@ fn a_bundle_published_for_a_group_runs_on_its_agent_and_a_tampered_one_is_refuse
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let public = keys.join("vigil-model.pub");
     let bus = format!("[fleet.bus]\nurl = \"nats://{BUS}:{PORT}\"\nallow_plaintext = true\nsite = \"lab\"\n");
-    let mut agent = lab.agent(&format!(
-        "[detection]\ntrusted_keys = [\"{}\"]\n\n[fleet]\nflows = false\n\n{bus}host = \"h1\"\n\n[fleet.models]\ngroup = \"canary\"\n",
-        public.display()
-    ));
+    let config = format!(
+        "[detection]\ntrusted_keys = [\"{}\"]\n\n[fleet]\nflows = false\n\n{bus}host = \"h1\"\n\n\
+         [fleet.models]\ngroup = \"canary\"\ndir = \"{}\"\n",
+        public.display(),
+        dir.path().join("kept").display()
+    );
+    let mut agent = lab.agent(&config);
     // Nothing is published yet (no bucket): the agent detects with its own model meanwhile.
     agent.wait_for("detecting", Duration::from_secs(15));
     let status = |lab: &Lab| -> Value {
@@ -264,5 +267,22 @@ fn a_bundle_published_for_a_group_runs_on_its_agent_and_a_tampered_one_is_refuse
     assert!(refused["vigil"]["learn"]["why"].as_str().unwrap_or_default().contains("does not verify"), "{refused:#}");
     let after = status(&lab);
     assert_eq!(after["agent"]["model_sha256"], sha.as_str(), "the model in use stays: {after:#}");
+
+    // Restarted, the agent scores with the fleet's bundle it kept from its first cycle.
+    drop(agent);
+    let mut agent = lab.agent(&config);
+    agent.wait_for("detecting", Duration::from_secs(15));
+    let log = agent.log();
+    assert!(
+        log.contains(&format!("the fleet's bundle kept by an earlier run model=\"fleet:canary\" sha256=\"{sha}\"")),
+        "{log}"
+    );
+    let detecting = log.lines().find(|l| l.contains("detecting")).unwrap_or_default();
+    assert!(detecting.contains("phase=\"fleet\""), "{detecting}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while status(&lab)["agent"]["model_sha256"] != sha.as_str() {
+        assert!(Instant::now() < deadline, "status after the restart: {:#}", status(&lab));
+        thread::sleep(Duration::from_millis(100));
+    }
     drop(agent);
 }
