@@ -372,10 +372,16 @@ fn consume(
         // pull's wait does not come between every two batches of alerts.
         let mut health_due = tokio::time::Instant::now();
         let mut flows_due = tokio::time::Instant::now();
+        // Alerts first: while their pulls come back full, flows get one pull a second.
+        let mut alerts_backlog = false;
+        // While flows wait, an empty alert pull waits less, so it does not hold them up.
+        let mut flows_backlog = false;
         while !stop.load(Ordering::Relaxed) {
             if let Some(flows) = flows.as_ref().filter(|_| tokio::time::Instant::now() >= flows_due) {
                 let drained = collect_flows(flows, conn, &mut stats).await;
-                flows_due = tokio::time::Instant::now() + if drained { HEALTH_EVERY } else { Duration::ZERO };
+                flows_backlog = !drained;
+                let later = drained || alerts_backlog;
+                flows_due = tokio::time::Instant::now() + if later { HEALTH_EVERY } else { Duration::ZERO };
             }
             if let Some(health) = health.as_ref().filter(|_| tokio::time::Instant::now() >= health_due) {
                 health_due = tokio::time::Instant::now() + HEALTH_EVERY;
@@ -394,7 +400,9 @@ fn consume(
                     }
                 }
             }
-            let taken = fetch(&alerts, section.batch, Duration::from_millis(400)).await;
+            let wait = Duration::from_millis(if flows_backlog { 20 } else { 400 });
+            let taken = fetch(&alerts, section.batch, wait).await;
+            alerts_backlog = taken.len() >= section.batch;
             if taken.is_empty() {
                 continue;
             }

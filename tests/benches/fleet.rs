@@ -11,8 +11,9 @@
 //!    in the feeding thread. Then as fast as it goes: 1,000,000 conversations pushed and timed
 //!    until acknowledged.
 //! 3. Collector: 50,000 alerts (a real 2.5 kB document, each its own id, from three hosts) in
-//!    the alert stream, then `vigil::collector::run` (batches of 500, one transaction each,
-//!    acknowledged after the commit) timed until the store holds them all.
+//!    the alert stream beside the flow batches of part 2 in the flow stream, then
+//!    `vigil::collector::run` (alerts in batches of 500, one transaction each, acknowledged
+//!    after the commit; flows 50 batches a pull) timed until the store holds them all.
 //! 4. Block propagation: a collector with the fleet's rails, agent 1 proposing and agent 2
 //!    following the fleet blocklist into an in-memory rule store: from agent 1's decision
 //!    (`FleetExport::propose`) to the rule in agent 2's store, for 500 decisions 20 ms apart
@@ -229,9 +230,21 @@ fn wait_exported(export: &FleetExport, n: u64, limit: Duration) -> Duration {
 /// A real alert document (from the live path's tests), its id and source replaced.
 const DOCUMENT: &str = r#"{"@timestamp":"2026-11-30T14:05:23.079Z","destination":{"ip":"10.0.0.2","port":22},"ecs":{"version":"8.11.0"},"event":{"action":"anomalous-flows","category":["network","intrusion_detection"],"dataset":"vigil.detection","end":"2026-11-30T14:05:23.002Z","id":"ID","kind":"alert","module":"vigil","severity":47,"start":"2026-11-30T14:05:13.000Z","type":["info"]},"message":"SOURCE: 30 anomalous flows to 1 destination, 4 ports (score 5.7, alert at 4.1); top feature src_dst_ports","network":{"iana_number":"6","transport":"tcp","type":"ipv4"},"observer":{"hostname":"sensor-1","ingress":{"interface":{"name":"eth0"}},"type":"ids","vendor":"vigil"},"rule":{"name":"vigil-anomaly","ruleset":"vigil-flow-v3"},"source":{"ip":"SOURCE","port":40000,"packets":90,"bytes":5400},"vigil":{"counts":{"bytes":5400,"destination_ports":4,"destinations":1,"anomalous_flows":30,"flows":30,"packets":90},"explanation":[{"baseline":1.0,"feature":"src_dst_ports","share":0.38,"value":40.0},{"baseline":0.0,"feature":"src_failed","share":0.07,"value":40.0},{"baseline":0.0,"feature":"src_unanswered_share","share":0.07,"value":1.0},{"baseline":3.0,"feature":"duration_s","share":0.05,"value":0.002},{"baseline":8.0,"feature":"packets","share":0.04,"value":3.0}],"model":{"phase":"site","sha256":"5a484c092b6db5d56b3332f23c2dfdcddd23dbd512741a96b58c4f9980061156"},"score":{"alert_threshold":4.08,"autoencoder":7.93,"block_threshold":4.58,"combined":5.67,"iforest":0.58,"range":0.0},"severity":"medium"}}"#;
 
-/// The collector's rows per second: `n` alerts put in the stream, then the collector timed
-/// until the store has them all.
-fn collector(port: u16, dir: &std::path::Path, n: usize) -> (f64, usize) {
+/// What the collector did with a fleet's traffic waiting in the stream.
+struct Collected {
+    alerts: usize,
+    alerts_per_s: f64,
+    batches: u64,
+    /// Conversations (the batches' records) and minute rows per second, from start to the
+    /// last batch stored.
+    flows_per_s: f64,
+    minute_rows: u64,
+    seconds: f64,
+}
+
+/// The collector's rows per second: `n` alerts put in the alert stream beside the flow
+/// batches already in the flow stream, then the collector timed until the store has them all.
+fn collector(port: u16, dir: &std::path::Path, n: usize) -> Collected {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     runtime.block_on(async {
         let client = async_nats::connect(format!("nats://127.0.0.1:{port}")).await.expect("connect");
@@ -260,17 +273,50 @@ fn collector(port: u16, dir: &std::path::Path, n: usize) -> (f64, usize) {
             .and_then(|c| c.query_row("SELECT count(*) FROM alerts", [], |r| r.get::<_, i64>(0)))
             .map_or(0, |v| usize::try_from(v).unwrap_or(0))
     };
+    let (batches, conversations) = runtime_flow_stream(port);
+    let stored_batches = |db: &std::path::Path| -> u64 {
+        rusqlite::Connection::open(db)
+            .and_then(|c| c.query_row("SELECT count(*) FROM fleet_batches", [], |r| r.get::<_, i64>(0)))
+            .map_or(0, |v| u64::try_from(v).unwrap_or(0))
+    };
     std::thread::scope(|scope| {
         let started = Instant::now();
         let running = scope.spawn(|| vigil::collector::run(&section, &db, &stop));
-        while count(&db) < n {
-            assert!(started.elapsed() < Duration::from_mins(5), "the collector stored {} of {n}", count(&db));
+        let mut alerts_s = None;
+        while alerts_s.is_none() || stored_batches(&db) < batches {
+            assert!(started.elapsed() < Duration::from_mins(10), "the collector stored {} of {n}", count(&db));
+            if alerts_s.is_none() && count(&db) >= n {
+                alerts_s = Some(started.elapsed().as_secs_f64());
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
-        let took = started.elapsed().as_secs_f64();
+        let seconds = started.elapsed().as_secs_f64();
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        running.join().expect("collector thread").expect("collector");
-        (n as f64 / took, count(&db))
+        let stats = running.join().expect("collector thread").expect("collector");
+        Collected {
+            alerts: count(&db),
+            alerts_per_s: n as f64 / alerts_s.unwrap_or(seconds),
+            batches: stats.flow_batches,
+            flows_per_s: conversations as f64 / seconds,
+            minute_rows: stats.flow_rows,
+            seconds,
+        }
+    })
+}
+
+/// The flow stream's batches and the conversations in them.
+fn runtime_flow_stream(port: u16) -> (u64, u64) {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    runtime.block_on(async {
+        let client = async_nats::connect(format!("nats://127.0.0.1:{port}")).await.expect("connect");
+        let mut stream = async_nats::jetstream::new(client).get_stream("VIGIL_FLOWS").await.expect("flow stream");
+        let last = stream.info().await.expect("info").state.last_sequence;
+        let mut conversations = 0;
+        for seq in 1..=last {
+            let m = stream.get_raw_message(seq).await.expect("message");
+            conversations += proto::FlowBatch::decode(m.payload.as_ref()).expect("batch").flows.len() as u64;
+        }
+        (last, conversations)
     })
 }
 
@@ -513,7 +559,8 @@ fn catchup(outage: Duration, rate: u32) -> String {
     })
 }
 
-fn main() {
+/// `-- catchup` or `-- propagation`: that part alone, reported; `false` for the whole bench.
+fn single_part() -> bool {
     if std::env::args().skip(1).any(|a| a == "catchup") {
         let outage = std::env::var("VIGIL_BENCH_OUTAGE_S").ok().and_then(|v| v.parse().ok()).unwrap_or(300);
         report(&format!(
@@ -521,7 +568,7 @@ fn main() {
             machine(),
             catchup(Duration::from_secs(outage), 10_000)
         ));
-        return;
+        return true;
     }
     if std::env::args().skip(1).any(|a| a == "propagation") {
         let dir = TempDir::new("fleet-bench");
@@ -532,6 +579,13 @@ fn main() {
             machine(),
             propagation(port, dir.path())
         ));
+        return true;
+    }
+    false
+}
+
+fn main() {
+    if single_part() {
         return;
     }
     let records: Vec<BiflowRecord> = (0..RECORDS).map(conversation).collect();
@@ -591,7 +645,7 @@ fn main() {
     let burst_cpu = (thread_ticks("fleet-export") - before_cpu) as f64 / hz / burst_s;
     let end = export.stats();
     export.shutdown(Duration::from_secs(5));
-    let (collector_rows, stored) = collector(port, dir.path(), 50_000);
+    let collected = collector(port, dir.path(), 50_000);
     let propagation = propagation(port, dir.path());
 
     report(&format!(
@@ -608,8 +662,10 @@ fn main() {
          | as fast as it goes: {burst_n} conversations acknowledged in | {burst_s:.2} s ({:.0}/s) | |\n\
          | export thread's CPU then | {:.0}% of a core | |\n\
          | dropped (queue full) / failed over the run | {} / {} | 0 / 0 in the paced part |\n\n\
-         `vigil collector` (`vigil::collector::run`, batches of 500) on {stored} alerts of 2.5 kB from three hosts \
-         waiting in the stream, until the store held them all: {collector_rows:.0} rows/s.\n\n{propagation}",
+         `vigil collector` (`vigil::collector::run`, batches of 500) on the whole run's traffic waiting in the bus: \
+         {} alerts of 2.5 kB from three hosts in the alert stream and the {} flow batches above in the flow stream, \
+         until the store held them all ({:.1} s): alerts {:.0} rows/s (stored while flows were also collected), \
+         flows {:.0} conversations/s into {} `flow_minutes` rows.\n\n{propagation}",
         machine(),
         stats.flows_exported,
         export_cpu * 100.0,
@@ -617,6 +673,12 @@ fn main() {
         burst_cpu * 100.0,
         end.flows_dropped,
         end.flows_failed,
+        collected.alerts,
+        collected.batches,
+        collected.seconds,
+        collected.alerts_per_s,
+        collected.flows_per_s,
+        collected.minute_rows,
     ));
     assert_eq!((stats.flows_dropped, stats.flows_failed), (0, 0), "the paced part lost nothing");
 }
