@@ -7,7 +7,6 @@
 
 mod common;
 
-use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -23,10 +22,6 @@ impl Drop for Killed {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 fn alert(i: usize) -> String {
@@ -61,21 +56,8 @@ fn collector(config: &std::path::Path) -> Killed {
 #[test]
 fn a_collector_killed_mid_batch_loses_nothing_and_stores_nothing_twice() {
     let dir = TempDir::new("collector-kill");
-    let port = free_port();
-    let _server = Killed(
-        Command::new("nats-server")
-            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
-            .arg(dir.path().join("nats"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("nats-server (cargo xtask setup installs it)"),
-    );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "nats-server did not start");
-        thread::sleep(Duration::from_millis(20));
-    }
+    let server = common::NatsServer::start(&dir.path().join("nats"));
+    let port = server.port;
     // The stream, filled as a fleet's agents would.
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     runtime.block_on(async {

@@ -6,22 +6,10 @@
 
 mod common;
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{TempDir, bundle_copy, public_key_hex, run_vigil};
 use tokio::io::AsyncReadExt as _;
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn s(p: &std::path::Path) -> &str {
     p.to_str().expect("utf-8 path")
@@ -30,21 +18,8 @@ fn s(p: &std::path::Path) -> &str {
 #[test]
 fn publish_refuses_what_agents_would_refuse_and_lands_what_they_run() {
     let dir = TempDir::new("model-publish");
-    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let _server = Killed(
-        Command::new("nats-server")
-            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
-            .arg(dir.path().join("nats"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("nats-server (cargo xtask setup installs it)"),
-    );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "nats-server did not start");
-        thread::sleep(Duration::from_millis(20));
-    }
+    let server = common::NatsServer::start(&dir.path().join("nats"));
+    let port = server.port;
     let keys = dir.path().join("keys");
     let (code, _, stderr) = run_vigil(&["model", "keygen", "--out", s(&keys)]);
     assert_eq!(code, 0, "{stderr}");

@@ -230,6 +230,13 @@ fn wait_exported(export: &FleetExport, n: u64, limit: Duration) -> Duration {
 /// A real alert document (from the live path's tests), its id and source replaced.
 const DOCUMENT: &str = r#"{"@timestamp":"2026-11-30T14:05:23.079Z","destination":{"ip":"10.0.0.2","port":22},"ecs":{"version":"8.11.0"},"event":{"action":"anomalous-flows","category":["network","intrusion_detection"],"dataset":"vigil.detection","end":"2026-11-30T14:05:23.002Z","id":"ID","kind":"alert","module":"vigil","severity":47,"start":"2026-11-30T14:05:13.000Z","type":["info"]},"message":"SOURCE: 30 anomalous flows to 1 destination, 4 ports (score 5.7, alert at 4.1); top feature src_dst_ports","network":{"iana_number":"6","transport":"tcp","type":"ipv4"},"observer":{"hostname":"sensor-1","ingress":{"interface":{"name":"eth0"}},"type":"ids","vendor":"vigil"},"rule":{"name":"vigil-anomaly","ruleset":"vigil-flow-v3"},"source":{"ip":"SOURCE","port":40000,"packets":90,"bytes":5400},"vigil":{"counts":{"bytes":5400,"destination_ports":4,"destinations":1,"anomalous_flows":30,"flows":30,"packets":90},"explanation":[{"baseline":1.0,"feature":"src_dst_ports","share":0.38,"value":40.0},{"baseline":0.0,"feature":"src_failed","share":0.07,"value":40.0},{"baseline":0.0,"feature":"src_unanswered_share","share":0.07,"value":1.0},{"baseline":3.0,"feature":"duration_s","share":0.05,"value":0.002},{"baseline":8.0,"feature":"packets","share":0.04,"value":3.0}],"model":{"phase":"site","sha256":"5a484c092b6db5d56b3332f23c2dfdcddd23dbd512741a96b58c4f9980061156"},"score":{"alert_threshold":4.08,"autoencoder":7.93,"block_threshold":4.58,"combined":5.67,"iforest":0.58,"range":0.0},"severity":"medium"}}"#;
 
+/// The flow batches a collector stored in `db` (0 while it cannot be read).
+fn batches_stored(db: &std::path::Path) -> u64 {
+    rusqlite::Connection::open(db)
+        .and_then(|c| c.query_row("SELECT count(*) FROM fleet_batches", [], |r| r.get::<_, i64>(0)))
+        .map_or(0, |v| u64::try_from(v).unwrap_or(0))
+}
+
 /// What the collector did with a fleet's traffic waiting in the stream.
 struct Collected {
     alerts: usize,
@@ -274,16 +281,11 @@ fn collector(port: u16, dir: &std::path::Path, n: usize) -> Collected {
             .map_or(0, |v| usize::try_from(v).unwrap_or(0))
     };
     let (batches, conversations) = runtime_flow_stream(port);
-    let stored_batches = |db: &std::path::Path| -> u64 {
-        rusqlite::Connection::open(db)
-            .and_then(|c| c.query_row("SELECT count(*) FROM fleet_batches", [], |r| r.get::<_, i64>(0)))
-            .map_or(0, |v| u64::try_from(v).unwrap_or(0))
-    };
     std::thread::scope(|scope| {
         let started = Instant::now();
         let running = scope.spawn(|| vigil::collector::run(&section, &db, &stop));
         let mut alerts_s = None;
-        while alerts_s.is_none() || stored_batches(&db) < batches {
+        while alerts_s.is_none() || batches_stored(&db) < batches {
             assert!(started.elapsed() < Duration::from_mins(10), "the collector stored {} of {n}", count(&db));
             if alerts_s.is_none() && count(&db) >= n {
                 alerts_s = Some(started.elapsed().as_secs_f64());
@@ -496,11 +498,6 @@ fn catchup(outage: Duration, rate: u32) -> String {
     }))
     .expect("collector section");
     let stop = std::sync::atomic::AtomicBool::new(false);
-    let batches_stored = |db: &std::path::Path| -> u64 {
-        rusqlite::Connection::open(db)
-            .and_then(|c| c.query_row("SELECT count(*) FROM fleet_batches", [], |r| r.get::<_, i64>(0)))
-            .map_or(0, |v| u64::try_from(v).unwrap_or(0))
-    };
     std::thread::scope(|scope| {
         let running = scope.spawn(|| vigil::collector::run(&collector, &db, &stop));
         feed(&export, &records, rate, Duration::from_secs(10), || false);

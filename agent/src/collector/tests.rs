@@ -373,15 +373,22 @@ fn the_stream_leader_killed_while_agents_publish_every_alert_is_stored_once() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-#[test]
-fn heartbeats_of_the_fleet_export_become_health_rows_per_host() {
-    let dir = temp_dir("collector-health");
+/// A bus on a free port with one alert in its alert stream (which the sink creates), for the
+/// collector to have something to store: its directory, port, server and the sink.
+fn bus_with_an_alert(name: &str) -> (std::path::PathBuf, u16, Server, Sinks) {
+    let dir = temp_dir(name);
     let port = free_port();
-    let _server = Server::start(&dir, port);
-    // An agent's fleet export (it creates the heartbeat stream) and an alert through the sink
-    // (which creates the alert stream).
+    let server = Server::start(&dir, port);
     let sinks = Sinks::start(&[spec(settings(port), 10)]).unwrap();
     sinks.send(&alert("h-1", "192.0.2.7"));
+    (dir, port, server, sinks)
+}
+
+#[test]
+fn heartbeats_of_the_fleet_export_become_health_rows_per_host() {
+    // An agent's fleet export (it creates the heartbeat stream) and an alert through the sink
+    // (which creates the alert stream).
+    let (dir, port, _server, sinks) = bus_with_an_alert("collector-health");
     let fleet = crate::fleet::FleetExport::start(&crate::fleet::FleetSection {
         bus: NatsSettings { host: Some("web-1".into()), ..settings(port) },
         flows: false,
@@ -420,11 +427,7 @@ fn heartbeats_of_the_fleet_export_become_health_rows_per_host() {
 
 #[test]
 fn flow_batches_of_the_fleet_export_become_minute_rows_once() {
-    let dir = temp_dir("collector-flows");
-    let port = free_port();
-    let _server = Server::start(&dir, port);
-    let sinks = Sinks::start(&[spec(settings(port), 10)]).unwrap();
-    sinks.send(&alert("h-1", "192.0.2.7"));
+    let (dir, port, _server, sinks) = bus_with_an_alert("collector-flows");
     // An agent's export of 1,050 conversations in batches of at most 100 (it creates the flow
     // stream).
     let fleet = crate::fleet::FleetExport::start(&crate::fleet::FleetSection {

@@ -50,3 +50,42 @@ pub fn shared(rel: &str) -> PathBuf {
     assert!(p.exists(), "{} is missing: the shared data must sit beside the repository", p.display());
     p
 }
+
+/// A `nats-server -js` on a free loopback port, its store in `dir` (Debian's package;
+/// `cargo xtask setup` installs it); killed on drop.
+pub struct NatsServer {
+    child: std::process::Child,
+    pub port: u16,
+}
+
+impl NatsServer {
+    /// Starts it and waits (bounded) until it listens.
+    ///
+    /// # Panics
+    /// If it cannot start or does not listen within 10 s.
+    #[must_use]
+    pub fn start(dir: &Path) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").expect("port").local_addr().expect("addr").port();
+        let child = std::process::Command::new("nats-server")
+            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+            .arg(dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("nats-server (cargo xtask setup installs it)");
+        let server = Self { child, port };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(std::time::Instant::now() < deadline, "nats-server did not start");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        server
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
