@@ -25,7 +25,7 @@ use futures_util::StreamExt as _;
 use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
 
-use crate::alert::sink::nats::{NatsSettings, Options};
+use crate::alert::sink::nats::{NatsSettings, Options, check_tokens};
 use crate::store::{ActionRow, AlertRow};
 
 /// `[collector]`.
@@ -91,21 +91,14 @@ impl CollectorSection {
                 "is for an agent's export; the collector only reads the bus".to_owned(),
             ));
         }
-        if !crate::alert::sink::nats::is_token(&self.durable) {
-            return Err(("collector.durable", format!("{:?} must be letters, digits, - or _", self.durable)));
-        }
+        check_tokens([("collector.durable", self.durable.as_str())])?;
         if !(1..=10_000).contains(&self.batch) {
             return Err(("collector.batch", "must be between 1 and 10000".to_owned()));
         }
-        if !crate::alert::sink::nats::is_token(&self.health_stream) {
-            return Err((
-                "collector.health_stream",
-                format!("{:?} must be letters, digits, - or _", self.health_stream),
-            ));
-        }
-        if !crate::alert::sink::nats::is_token(&self.flow_stream) {
-            return Err(("collector.flow_stream", format!("{:?} must be letters, digits, - or _", self.flow_stream)));
-        }
+        check_tokens([
+            ("collector.health_stream", self.health_stream.as_str()),
+            ("collector.flow_stream", self.flow_stream.as_str()),
+        ])?;
         if !(Duration::from_secs(1)..=Duration::from_hours(1)).contains(&self.ack_wait) {
             return Err(("collector.ack_wait", "must be between 1s and 1h".to_owned()));
         }

@@ -239,8 +239,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     // The fleet blocklist's rules go into the same kernel maps through a handle of their own,
     // past the same allowlist (the host's addresses, gateways and loopback with
     // `allowlist_host`).
-    let follows = config.fleet.as_ref().and_then(|f| f.blocking.as_ref()).is_some_and(|b| b.follow != BlockMode::Off);
-    if let Some(fleet) = fleet.as_mut().filter(|_| follows)
+    if let Some(fleet) = fleet.as_mut().filter(|f| f.follows())
         && fleet.follow(Box::new(rules.try_clone()?), allowlist.clone())
     {
         info!("following the fleet blocklist");

@@ -25,7 +25,7 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use super::yes;
-use crate::alert::sink::nats::is_token as is_name;
+use crate::alert::sink::nats::check_tokens;
 use crate::block::rules::{Lapse, Origin, Rule, normalize};
 use crate::block::store::RuleStore;
 use crate::detect::allowlist::Allowlist;
@@ -72,16 +72,10 @@ impl BlockingSection {
     /// # Errors
     /// The key at fault and why.
     pub fn validate(&self) -> Result<(), (&'static str, String)> {
-        if !is_name(&self.bucket) {
-            return Err(("fleet.blocking.bucket", format!("{:?} must be letters, digits, - or _", self.bucket)));
-        }
-        if !is_name(&self.proposal_stream) {
-            return Err((
-                "fleet.blocking.proposal_stream",
-                format!("{:?} must be letters, digits, - or _", self.proposal_stream),
-            ));
-        }
-        Ok(())
+        check_tokens([
+            ("fleet.blocking.bucket", self.bucket.as_str()),
+            ("fleet.blocking.proposal_stream", self.proposal_stream.as_str()),
+        ])
     }
 }
 
@@ -217,16 +211,11 @@ impl PolicySection {
         if self.max_new_per_minute == 0 || self.max_rules == 0 {
             return Err(("collector.policy.max_new_per_minute", "and max_rules must be more than zero".to_owned()));
         }
-        for (key, name) in [
-            ("collector.policy.bucket", &self.bucket),
-            ("collector.policy.proposal_stream", &self.proposal_stream),
-            ("collector.policy.durable", &self.durable),
-        ] {
-            if !is_name(name) {
-                return Err((key, format!("{name:?} must be letters, digits, - or _")));
-            }
-        }
-        Ok(())
+        check_tokens([
+            ("collector.policy.bucket", self.bucket.as_str()),
+            ("collector.policy.proposal_stream", self.proposal_stream.as_str()),
+            ("collector.policy.durable", self.durable.as_str()),
+        ])
     }
 }
 

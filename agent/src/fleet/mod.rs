@@ -118,13 +118,10 @@ impl FleetSection {
     /// The key and what is wrong with it.
     pub fn validate(&self) -> Result<(), (&'static str, String)> {
         crate::alert::sink::SinkSettings::validate(&self.bus).map_err(|e| ("fleet.bus", e))?;
-        let token = crate::alert::sink::nats::is_token;
-        if !token(&self.flow_stream) {
-            return Err(("fleet.flow_stream", format!("{:?} must be letters, digits, - or _", self.flow_stream)));
-        }
-        if !token(&self.health_stream) {
-            return Err(("fleet.health_stream", format!("{:?} must be letters, digits, - or _", self.health_stream)));
-        }
+        crate::alert::sink::nats::check_tokens([
+            ("fleet.flow_stream", self.flow_stream.as_str()),
+            ("fleet.health_stream", self.health_stream.as_str()),
+        ])?;
         if !(1..=100_000).contains(&self.batch) {
             return Err(("fleet.batch", "must be between 1 and 100000".to_owned()));
         }
@@ -297,6 +294,12 @@ impl FleetExport {
         }
     }
 
+    /// Whether this agent follows the fleet blocklist (`[fleet.blocking] follow` not `off`).
+    #[must_use]
+    pub fn follows(&self) -> bool {
+        self.section.blocking.as_ref().is_some_and(|b| b.follow != crate::detect::engine::BlockMode::Off)
+    }
+
     /// Starts following the fleet blocklist (`[fleet.blocking] follow` not `off`): its rules go
     /// into `rules` past the agent's `allowlist`. Answers whether it started.
     pub fn follow(
@@ -304,9 +307,7 @@ impl FleetExport {
         rules: Box<dyn crate::block::RuleStore + Send>,
         allowlist: crate::detect::allowlist::Allowlist,
     ) -> bool {
-        let Some(blocking) =
-            self.section.blocking.as_ref().filter(|b| b.follow != crate::detect::engine::BlockMode::Off)
-        else {
+        let Some(blocking) = self.section.blocking.as_ref().filter(|_| self.follows()) else {
             return false;
         };
         let Some(runtime) = &self.runtime else { return false };

@@ -75,16 +75,11 @@ impl ModelsSection {
     /// # Errors
     /// The key at fault and why.
     pub fn validate(&self) -> Result<(), (&'static str, String)> {
-        for (key, value) in [
-            ("fleet.models.group", &self.group),
-            ("fleet.models.pointers", &self.pointers),
-            ("fleet.models.objects", &self.objects),
-        ] {
-            if !is_token(value) {
-                return Err((key, format!("{value:?} must be letters, digits, - or _")));
-            }
-        }
-        Ok(())
+        crate::alert::sink::nats::check_tokens([
+            ("fleet.models.group", self.group.as_str()),
+            ("fleet.models.pointers", self.pointers.as_str()),
+            ("fleet.models.objects", self.objects.as_str()),
+        ])
     }
 }
 
@@ -214,11 +209,13 @@ pub fn kept(dir: &Path, keys: &[PublicKey], schema: &Schema) -> Result<Option<Ac
     let path = dir.join(&name);
     let trust = crate::model::Trust { keys: keys.to_vec(), allow_unsigned: false };
     let fail = |e: crate::model::BundleError| format!("{}: {e}", path.display());
-    let (bundle, _) = Bundle::load_trusted(&path, &trust).map_err(&fail)?;
+    // A directory, not `default`, with unsigned bundles refused: a trusted key signed it.
+    let (bundle, crate::model::Provenance::Signed { key }) = Bundle::load_trusted(&path, &trust).map_err(&fail)? else {
+        return Err(format!("{}: not signed by a trusted key", path.display()));
+    };
     if bundle.sha256() != name {
         return Err(format!("{}: its manifest's sha256 is {}", path.display(), bundle.sha256()));
     }
-    let key = bundle.verify(keys).map_err(|e| format!("{}: {e}", path.display()))?;
     let detector = bundle.detector(schema).map_err(fail)?;
     Ok(Some(Accepted { detector, sha256: name, key, bundle }))
 }

@@ -153,6 +153,20 @@ pub(crate) fn is_token(token: &str) -> bool {
         && token.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
+/// Checks settings that name a stream, bucket, consumer or subject token, in order: the
+/// first that is not [`is_token`] is answered with its key.
+///
+/// # Errors
+/// The key at fault and why.
+pub(crate) fn check_tokens<'a>(
+    settings: impl IntoIterator<Item = (&'static str, &'a str)>,
+) -> Result<(), (&'static str, String)> {
+    match settings.into_iter().find(|(_, value)| !is_token(value)) {
+        Some((key, value)) => Err((key, format!("{value:?} must be letters, digits, - or _"))),
+        None => Ok(()),
+    }
+}
+
 /// This host's name as a subject token.
 pub(crate) fn host_token() -> String {
     let name = nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default();
