@@ -32,7 +32,6 @@ use std::time::Duration;
 
 use futures_util::StreamExt as _;
 use futures_util::stream::FuturesOrdered;
-use prost::Message as _;
 use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
 
@@ -577,17 +576,11 @@ impl Exporter {
     /// Encodes and publishes a batch, or spools it.
     async fn send(&mut self, records: Vec<BiflowRecord>) {
         let count = records.len() as u64;
-        let batch = proto::FlowBatch {
-            schema: proto::SCHEMA,
-            site: self.site.clone(),
-            host: self.host.clone(),
-            boot: self.boot,
-            seq: self.seq,
-            flows: records.iter().map(proto::Conversation::from).collect(),
-        };
+        let mut payload = Vec::with_capacity(records.len() * 224);
+        proto::encode_batch(&self.site, &self.host, self.boot, self.seq, &records, &mut payload);
         let pending = Pending {
             id: format!("{}/{}-{}", self.host, self.boot, self.seq),
-            payload: batch.encode_to_vec().into(),
+            payload: payload.into(),
             records: count,
         };
         self.seq += 1;

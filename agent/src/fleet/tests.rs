@@ -13,6 +13,7 @@ use crate::alert::sink::nats::tests::{Server, free_port, settings};
 use crate::alert::sink::testing::temp_dir;
 use crate::features::flow::tests::{answer, record};
 use crate::flows::biflow::BiflowRecord;
+use prost::Message as _;
 
 /// Conversations that differ from one another: `n` picks the ports, an answer every other one,
 /// an IPv6 pair every third.
@@ -44,6 +45,102 @@ fn a_record_survives_the_wire_format() {
     assert!(BiflowRecord::try_from(bad).unwrap_err().contains("port"));
     bad = proto::Conversation { conn_state: "XX".into(), ..proto::Conversation::from(&conversation(1)) };
     assert!(BiflowRecord::try_from(bad).unwrap_err().contains("conn_state"));
+}
+
+#[test]
+fn the_direct_encoder_writes_what_prost_writes() {
+    use crate::flows::biflow::ConnState;
+    use crate::flows::record::EndReason;
+    let states = [
+        ConnState::S0,
+        ConnState::S1,
+        ConnState::SF,
+        ConnState::REJ,
+        ConnState::S2,
+        ConnState::S3,
+        ConnState::RSTO,
+        ConnState::RSTR,
+        ConnState::SH,
+        ConnState::OTH,
+    ];
+    let ends = [EndReason::Idle, EndReason::Active, EndReason::Shutdown, EndReason::EndOfCapture, EndReason::Open];
+    let mut records: Vec<BiflowRecord> = (0..40).map(conversation).collect();
+    for (i, r) in records.iter_mut().enumerate() {
+        r.conn_state = states[i % states.len()];
+        r.end_reason = ends[i % ends.len()];
+    }
+    // Zeros everywhere proto3 leaves a field out, and large values that take ten varint bytes.
+    let mut empty = conversation(7);
+    empty.initiator = crate::flows::biflow::Side {
+        first_seen_ns: 0,
+        last_seen_ns: 0,
+        packets: 0,
+        bytes: 0,
+        len_min: 0,
+        len_max: 0,
+        len_sq_sum: 0,
+        iat_min_ns: None,
+        iat_max_ns: None,
+        iat_sum_ns: 0,
+        iat_sq_sum_us2: 0,
+        tcp_flags: crate::flows::record::TcpFlagCounts::default(),
+        ttl_min: 0,
+        ttl_max: 0,
+        fragment_first: false,
+        fragment_later: false,
+        malformed: 0,
+        transport_truncated: false,
+        network_unwalked: false,
+    };
+    empty.initiator_port = 0;
+    empty.first_seen_ns = 0;
+    records.push(empty);
+    let mut big = conversation(8);
+    big.initiator.bytes = u64::MAX;
+    big.initiator.iat_min_ns = Some(0);
+    big.initiator.fragment_later = true;
+    big.initiator.tcp_flags.cwr = u32::MAX;
+    records.push(big);
+    for (site, host, boot, seq) in [("lab", "h1", 1_764_000_000_000_000_000, 0), ("", "", 0, u64::MAX)] {
+        let prost_bytes = proto::FlowBatch {
+            schema: proto::SCHEMA,
+            site: site.into(),
+            host: host.into(),
+            boot,
+            seq,
+            flows: records.iter().map(proto::Conversation::from).collect(),
+        }
+        .encode_to_vec();
+        let mut direct = Vec::new();
+        proto::encode_batch(site, host, boot, seq, &records, &mut direct);
+        assert_eq!(direct, prost_bytes, "site {site:?}");
+        let back = proto::FlowBatch::decode(direct.as_slice()).unwrap();
+        let decoded: Vec<BiflowRecord> = back.flows.into_iter().map(|c| c.try_into().unwrap()).collect();
+        assert_eq!(decoded, records);
+    }
+}
+
+#[test]
+fn conn_state_and_end_reason_names_are_the_json_names() {
+    use crate::flows::biflow::ConnState;
+    use crate::flows::record::EndReason;
+    for s in [
+        ConnState::S0,
+        ConnState::S1,
+        ConnState::SF,
+        ConnState::REJ,
+        ConnState::S2,
+        ConnState::S3,
+        ConnState::RSTO,
+        ConnState::RSTR,
+        ConnState::SH,
+        ConnState::OTH,
+    ] {
+        assert_eq!(serde_json::to_value(s).unwrap(), proto::conn_state_name(s), "{s:?}");
+    }
+    for e in [EndReason::Idle, EndReason::Active, EndReason::Shutdown, EndReason::EndOfCapture, EndReason::Open] {
+        assert_eq!(serde_json::to_value(e).unwrap(), proto::end_reason_name(e), "{e:?}");
+    }
 }
 
 /// A message's fields: number → (name, type).
