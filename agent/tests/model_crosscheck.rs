@@ -95,3 +95,73 @@ fn pytorch_style_autoencoder_loads_and_agrees_with_onnxruntime() {
     let detector = trained.bundle.detector(&Schema::flow()).expect("bundle with a foreign autoencoder loads");
     assert!(detector.score(rows.view()).expect("scores").iter().all(|s| s.combined.is_finite()));
 }
+
+/// Vigil's random forest and scikit-learn's `RandomForestClassifier`, same size (50 trees,
+/// depth 14, leaves of 2, √features per split), on the same rows and random split of a labelled
+/// dataset: both ROC-AUCs (attack against benign, each class against the rest) within 0.01.
+fn forest_agrees_with_scikit_learn(data: &vigil::eval::supervised::Labelled, name: &str) {
+    use vigil::{
+        eval::supervised::one_vs_rest_roc_auc,
+        model::classifier::{Classifier, ClassifierParams},
+    };
+    let all: Vec<usize> = (0..data.y.len()).collect();
+    let (train_idx, test_idx) = vigil::eval::split(&all, 2.0 / 3.0, 3);
+    let (train, test) = (data.x.select(Axis(0), &train_idx), data.x.select(Axis(0), &test_idx));
+    let y_train: Vec<u16> = train_idx.iter().map(|&i| data.y[i]).collect();
+    let y_test: Vec<u16> = test_idx.iter().map(|&i| data.y[i]).collect();
+    let params = ClassifierParams::default();
+    let forest = Classifier::train(train.view(), &y_train, data.classes.clone(), &params);
+    let p = forest.predict_proba(test.view());
+    let attack: Vec<bool> = y_test.iter().map(|&c| c != 0).collect();
+    let ours_attack = curves(&p.column(0).iter().map(|v| 1.0 - v).collect::<Vec<_>>(), &attack).expect("both").roc_auc;
+    let ours_macro = one_vs_rest_roc_auc(p.view(), &y_test).expect("classes");
+
+    let dir = TempDir::new("crosscheck-forest");
+    let path = |n: &str| dir.path().join(n);
+    write_f32(&path("train.f32"), train.view());
+    write_f32(&path("test.f32"), test.view());
+    let u16s = |v: &[u16]| v.iter().flat_map(|c| c.to_le_bytes()).collect::<Vec<u8>>();
+    std::fs::write(path("train.u16"), u16s(&y_train)).expect("labels");
+    std::fs::write(path("test.u16"), u16s(&y_test)).expect("labels");
+    let out = python(&[
+        "forest",
+        arg(&path("train.f32")),
+        &train.nrows().to_string(),
+        &train.ncols().to_string(),
+        arg(&path("train.u16")),
+        arg(&path("test.f32")),
+        &test.nrows().to_string(),
+        arg(&path("test.u16")),
+        &data.classes.len().to_string(),
+        &params.trees.to_string(),
+        &params.max_depth.to_string(),
+    ]);
+    let numbers: Vec<f64> = out.split_whitespace().map(|v| v.parse().expect("a number")).collect();
+    let (sk_attack, sk_macro) = (numbers[0], numbers[1]);
+    eprintln!(
+        "{name}: attack-vs-benign ROC-AUC vigil {ours_attack:.4}, scikit-learn {sk_attack:.4}; \
+         one-vs-rest macro vigil {ours_macro:.4}, scikit-learn {sk_macro:.4}"
+    );
+    assert!(ours_attack > 0.9 && ours_macro > 0.8, "{name}: the forest must classify: {ours_attack} {ours_macro}");
+    assert!((ours_attack - sk_attack).abs() <= 0.01, "{name}: attack {ours_attack:.4} vs {sk_attack:.4}");
+    assert!((ours_macro - sk_macro).abs() <= 0.01, "{name}: macro {ours_macro:.4} vs {sk_macro:.4}");
+}
+
+#[test]
+fn random_forest_roc_auc_matches_scikit_learn_within_0_01_on_unsw_nb15() {
+    let data = vigil::eval::supervised::Labelled::from_unsw(
+        &common::shared("flows/unsw-nb15/UNSW_NB15_training-set.csv.zip"),
+        false,
+    )
+    .expect("UNSW-NB15 reads");
+    forest_agrees_with_scikit_learn(&data, "UNSW-NB15 (no TTL columns)");
+}
+
+#[test]
+fn random_forest_roc_auc_matches_scikit_learn_within_0_01_on_cic_ids_2017() {
+    let data = vigil::eval::supervised::Labelled::from_cicflowmeter(&common::shared(
+        "flows/cicids2017-improved/cicids2017_improved_sample.csv.gz",
+    ))
+    .expect("CIC-IDS-2017 reads");
+    forest_agrees_with_scikit_learn(&data, "CIC-IDS-2017 improved");
+}

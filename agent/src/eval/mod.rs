@@ -15,6 +15,7 @@ pub mod attackers;
 pub mod labels;
 pub mod metrics;
 pub mod plot;
+pub mod supervised;
 pub mod unsw;
 
 use std::{collections::BTreeMap, path::Path};

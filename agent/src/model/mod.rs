@@ -1,5 +1,6 @@
 //! Anomaly detection: an isolation forest and an autoencoder over the feature schema, combined
-//! into one calibrated score with an explanation, packaged as a model bundle.
+//! into one calibrated score with an explanation, packaged as a model bundle; and the
+//! supervised classifier that names the attacks it was trained on.
 
 #![expect(
     clippy::needless_pass_by_value,
@@ -8,6 +9,7 @@
 
 pub mod autoencoder;
 pub mod bundle;
+pub mod classifier;
 pub mod detector;
 pub mod files;
 pub mod iforest;
