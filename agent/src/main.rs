@@ -568,8 +568,15 @@ enum EvalMode {
     /// meets traffic. Prints a table per split; writes supervised-<split>.{json,md}.
     Supervised {
         /// UNSW-NB15's CSV (or its .zip): `attack_cat` is the class.
-        #[arg(long, value_name = "FILE", required_unless_present = "cicflowmeter", conflicts_with = "cicflowmeter")]
+        #[arg(long, value_name = "FILE", required_unless_present_any = ["cicflowmeter", "captures"], conflicts_with_all = ["cicflowmeter", "captures"])]
         unsw: Option<PathBuf>,
+        /// Labelled captures: a labels.json (repeat for more); Vigil's own conversations and
+        /// features, the attack kind as the class, the capture file as the group.
+        #[arg(long, value_name = "LABELS", conflicts_with = "cicflowmeter")]
+        captures: Vec<PathBuf>,
+        /// Do not show a progress bar while captures are read.
+        #[arg(long)]
+        no_progress: bool,
         /// A CICFlowMeter-style CSV (or .csv.gz; CIC-IDS-2017): `Label` is the class, the day of
         /// `Timestamp` the group.
         #[arg(long, value_name = "FILE")]
@@ -1425,12 +1432,26 @@ fn eval_command(args: EvalArgs) -> anyhow::Result<()> {
             let report = vigil::eval::captures::run(config, |m| tracing::info!("{m}"))?;
             publish(&common.out, "captures", &report)?;
         }
-        EvalMode::Supervised { unsw, cicflowmeter, with_leaks, split, folds, trees, max_depth, out } => {
+        EvalMode::Supervised {
+            unsw,
+            cicflowmeter,
+            captures,
+            no_progress,
+            with_leaks,
+            split,
+            folds,
+            trees,
+            max_depth,
+            out,
+        } => {
             use vigil::eval::supervised::{Labelled, Split, cross_validate, write_report};
             let data = match (unsw, cicflowmeter) {
                 (Some(path), _) => Labelled::from_unsw(&path, with_leaks)?,
                 (None, Some(path)) => Labelled::from_cicflowmeter(&path)?,
-                (None, None) => anyhow::bail!("give --unsw FILE or --cicflowmeter FILE"),
+                (None, None) if !captures.is_empty() => {
+                    Labelled::from_captures(&captures, progress_bar_wanted(no_progress))?
+                }
+                (None, None) => anyhow::bail!("give --unsw FILE, --cicflowmeter FILE or --captures LABELS"),
             };
             if trees == 0 || max_depth == 0 {
                 anyhow::bail!("--trees and --max-depth must be at least 1");

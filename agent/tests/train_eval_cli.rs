@@ -178,3 +178,63 @@ fn bad_input_is_named_and_fails() {
     assert!(!status.success());
     assert!(stderr.contains("iforest.json: sha256"), "{stderr}");
 }
+
+#[test]
+fn supervised_eval_reports_both_splits_by_attack_kind() {
+    let dir = TempDir::new("eval-supervised");
+    let labels = shared("pcaps/labels.json");
+    let (status, stdout, stderr) = vigil(&[
+        "eval",
+        "supervised",
+        "--captures",
+        s(&labels),
+        "--folds",
+        "2",
+        "--trees",
+        "10",
+        "--out",
+        s(dir.path()),
+        "--no-progress",
+    ]);
+    assert!(status.success(), "{stderr}");
+    let random = read_json(&dir.path().join("supervised-random.json"));
+    let by_file = read_json(&dir.path().join("supervised-by-group.json"));
+    assert_eq!(random["split"], "random");
+    assert_eq!(by_file["split"], "by-group");
+    assert_eq!(by_file["group_kind"], "file");
+    // The labels' kinds become the table's kinds: brute-force is password guessing.
+    let classes: Vec<&str> =
+        by_file["classes"].as_array().expect("classes").iter().map(|c| c["class"].as_str().expect("name")).collect();
+    assert_eq!(classes, ["benign", "password-guessing", "scan", "syn-flood", "udp-flood"]);
+    let rows = by_file["rows"].as_u64().expect("rows");
+    let counted: u64 = by_file["confusion"]
+        .as_array()
+        .expect("matrix")
+        .iter()
+        .flat_map(|r| r.as_array().unwrap())
+        .map(|v| v.as_u64().unwrap())
+        .sum();
+    assert_eq!(counted, rows, "every conversation predicted once");
+    // Two scans in two files: the split by file must predict one from the other alone.
+    let scan = &by_file["classes"][2];
+    assert_eq!(scan["groups"], 2);
+    assert!(random["accuracy"].as_f64().unwrap() > 0.95, "{stdout}");
+    assert!(stdout.contains("by whole files") && stdout.contains("by random rows"), "{stdout}");
+    assert!(std::fs::read_to_string(dir.path().join("supervised-by-group.md")).expect("markdown").contains("| scan |"));
+
+    // UNSW-NB15's training set has no file or day: the split by group says so and fails when asked for.
+    let (status, _, stderr) = vigil(&[
+        "eval",
+        "supervised",
+        "--unsw",
+        s(&shared("flows/unsw-nb15/UNSW_NB15_training-set.csv.zip")),
+        "--split",
+        "by-group",
+        "--out",
+        s(dir.path()),
+    ]);
+    assert!(!status.success());
+    assert!(stderr.contains("no file or day column") && stderr.contains("random split"), "{stderr}");
+    let (status, _, stderr) = vigil(&["eval", "supervised", "--cicflowmeter", "/nonexistent.csv.gz"]);
+    assert!(!status.success() && stderr.contains("/nonexistent.csv.gz"), "{stderr}");
+}

@@ -24,11 +24,17 @@ use ndarray::{Array2, Axis};
 use rand::{SeedableRng, rngs::StdRng, seq::SliceRandom};
 use serde::{Deserialize, Serialize};
 
+use super::labels::Labels;
 use super::{
     metrics::curves,
     unsw::{UnswData, UnswSchema},
 };
-use crate::model::classifier::{Classifier, ClassifierParams, argmax};
+use crate::{
+    alert::attack::AttackKind,
+    features::{Schema, dataset::FlowDataset},
+    flows::HarvestConfig,
+    model::classifier::{Classifier, ClassifierParams, argmax},
+};
 
 /// The class name benign rows get, whatever the dataset calls them.
 pub const BENIGN: &str = "benign";
@@ -184,6 +190,54 @@ impl Labelled {
             names,
             groups,
             "day",
+        ))
+    }
+
+    /// Conversations of labelled captures (one or more `labels.json`, as `vigil eval captures`
+    /// reads them) as Vigil builds them live: the flow schema's features, the attack kind of
+    /// the capture's label ([`AttackKind::from_label`]) for conversations of its attacker (the
+    /// victim when the attacker is unknown), benign for the rest; the capture file as the
+    /// group.
+    ///
+    /// # Errors
+    /// [`SupervisedError`] when a labels file or a capture cannot be read.
+    pub fn from_captures(labels: &[PathBuf], progress: bool) -> Result<Self, SupervisedError> {
+        let mut captures = Vec::new();
+        for path in labels {
+            let l =
+                Labels::read(path).map_err(|e| SupervisedError::Read { path: path.clone(), message: e.to_string() })?;
+            captures.extend(
+                l.captures().map_err(|e| SupervisedError::Read { path: path.clone(), message: e.to_string() })?,
+            );
+        }
+        let files: Vec<PathBuf> = captures.iter().map(|c| c.0.clone()).collect();
+        let data = FlowDataset::from_captures(
+            &files,
+            HarvestConfig::default(),
+            crate::flows::DEFAULT_INTERVAL,
+            crate::features::DEFAULT_WINDOW,
+            progress,
+        )
+        .map_err(|e| SupervisedError::Read {
+            path: labels.first().cloned().unwrap_or_default(),
+            message: e.to_string(),
+        })?;
+        let (mut names, mut groups) = (Vec::with_capacity(data.len()), Vec::with_capacity(data.len()));
+        for (i, conversation) in data.conversations.iter().enumerate() {
+            let (_, file, label) = &captures[data.file_index[i]];
+            let kind =
+                if label.is_attack_flow(&conversation.first) { AttackKind::from_label(&label.kind) } else { None };
+            names.push(kind.map_or(BENIGN, AttackKind::name).to_owned());
+            groups.push(file.clone());
+        }
+        let sources: Vec<String> = labels.iter().map(|p| p.display().to_string()).collect();
+        Ok(Self::from_parts(
+            format!("captures of {} (Vigil's conversations)", sources.join(", ")),
+            Schema::flow().features.iter().map(|f| f.name.clone()).collect(),
+            data.rows.into_raw_vec_and_offset().0,
+            names,
+            groups,
+            "file",
         ))
     }
 
