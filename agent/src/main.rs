@@ -574,6 +574,10 @@ enum EvalMode {
         /// features, the attack kind as the class, the capture file as the group.
         #[arg(long, value_name = "LABELS", conflicts_with = "cicflowmeter")]
         captures: Vec<PathBuf>,
+        /// Across datasets: train on every row of --captures and test on these labelled
+        /// captures (repeatable; the same features); writes supervised-cross.{json,md}.
+        #[arg(long, value_name = "LABELS", requires = "captures")]
+        test_captures: Vec<PathBuf>,
         /// Do not show a progress bar while captures are read.
         #[arg(long)]
         no_progress: bool,
@@ -590,6 +594,11 @@ enum EvalMode {
         /// Folds of the cross-validation.
         #[arg(long, default_value_t = 3)]
         folds: usize,
+        /// Also the unknown-attack test: each attack kind left out of training in turn, its
+        /// rows given to the classifier and (for captures) to the built-in anomaly model;
+        /// writes supervised-unknown.{json,md}.
+        #[arg(long)]
+        unknown: bool,
         /// Trees in the forest.
         #[arg(long, default_value_t = vigil::model::classifier::ClassifierParams::default().trees)]
         trees: usize,
@@ -1436,15 +1445,18 @@ fn eval_command(args: EvalArgs) -> anyhow::Result<()> {
             unsw,
             cicflowmeter,
             captures,
+            test_captures,
             no_progress,
             with_leaks,
             split,
             folds,
+            unknown,
             trees,
             max_depth,
             out,
         } => {
             use vigil::eval::supervised::{Labelled, Split, cross_validate, write_report};
+            let from_captures = !captures.is_empty();
             let data = match (unsw, cicflowmeter) {
                 (Some(path), _) => Labelled::from_unsw(&path, with_leaks)?,
                 (None, Some(path)) => Labelled::from_cicflowmeter(&path)?,
@@ -1474,6 +1486,28 @@ fn eval_command(args: EvalArgs) -> anyhow::Result<()> {
                 };
                 write_report(&out, stem, &report)?;
                 println!("{}\nreport: {}\n", report.markdown(), out.join(format!("{stem}.{{json,md}}")).display());
+            }
+            if !test_captures.is_empty() {
+                let test = Labelled::from_captures(&test_captures, progress_bar_wanted(no_progress))?;
+                let report = vigil::eval::supervised::cross_dataset(&data, &test, &params)?;
+                write_report(&out, "supervised-cross", &report)?;
+                println!("{}\nreport: {}\n", report.markdown(), out.join("supervised-cross.{json,md}").display());
+            }
+            if unknown {
+                let detector = if from_captures { Some(Bundle::embedded()?.detector(&Schema::flow())?) } else { None };
+                let kinds: Vec<u16> = (1..u16::try_from(data.classes.len())?).collect();
+                let results = vigil::eval::supervised::unknown_attacks(&data, &kinds, &params, detector.as_ref())?;
+                let table = vigil::eval::supervised::left_out_markdown(&results, &data.group_kind);
+                std::fs::create_dir_all(&out)?;
+                let mut json = serde_json::to_vec_pretty(&results)?;
+                json.push(b'\n');
+                std::fs::write(out.join("supervised-unknown.json"), json)?;
+                std::fs::write(out.join("supervised-unknown.md"), &table)?;
+                println!(
+                    "unknown attacks ({}): each kind left out of training\n\n{table}\nreport: {}",
+                    data.source,
+                    out.join("supervised-unknown.{json,md}").display()
+                );
             }
         }
         EvalMode::Unsw { csv, common } => {

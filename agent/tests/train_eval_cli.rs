@@ -222,6 +222,40 @@ fn supervised_eval_reports_both_splits_by_attack_kind() {
     assert!(stdout.contains("by whole files") && stdout.contains("by random rows"), "{stdout}");
     assert!(std::fs::read_to_string(dir.path().join("supervised-by-group.md")).expect("markdown").contains("| scan |"));
 
+    // The unknown-attack test and the cross-dataset test, on the same captures.
+    let (status, stdout, stderr) = vigil(&[
+        "eval",
+        "supervised",
+        "--captures",
+        s(&labels),
+        "--test-captures",
+        s(&labels),
+        "--split",
+        "random",
+        "--folds",
+        "2",
+        "--trees",
+        "10",
+        "--unknown",
+        "--out",
+        s(dir.path()),
+        "--no-progress",
+    ]);
+    assert!(status.success(), "{stderr}");
+    let left_out = read_json(&dir.path().join("supervised-unknown.json"));
+    let kinds: Vec<&str> =
+        left_out.as_array().expect("list").iter().map(|k| k["kind"].as_str().expect("kind")).collect();
+    assert_eq!(kinds, ["password-guessing", "scan", "syn-flood", "udp-flood"]);
+    for k in left_out.as_array().unwrap() {
+        let anomaly = k["anomaly_alert"].as_f64().expect("the built-in model scores captures' rows");
+        assert!((0.0..=1.0).contains(&anomaly));
+        assert!(k["classifier_said"].as_array().unwrap().iter().all(|s| s[0] != k["kind"]), "{k}");
+    }
+    let cross = read_json(&dir.path().join("supervised-cross.json"));
+    assert_eq!(cross["group_kind"], "dataset");
+    assert!(cross["accuracy"].as_f64().unwrap() > 0.95, "trained and tested on the same rows: {stdout}");
+    assert!(stdout.contains("unknown attacks") && stdout.contains("across datasets"), "{stdout}");
+
     // UNSW-NB15's training set has no file or day: the split by group says so and fails when asked for.
     let (status, _, stderr) = vigil(&[
         "eval",

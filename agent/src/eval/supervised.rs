@@ -348,6 +348,7 @@ pub struct SupervisedReport {
     /// `confusion[true class][predicted class]`.
     pub confusion: Vec<Vec<u64>>,
     pub accuracy: f64,
+    /// The mean F1 of the classes with rows in the data.
     pub macro_f1: f64,
     /// Attack against benign, scored by 1 − P(benign).
     pub attack_roc_auc: Option<f64>,
@@ -433,7 +434,10 @@ pub fn report(
         features: data.features.len(),
         group_kind: data.group_kind.clone(),
         params: params.clone(),
-        macro_f1: classes.iter().map(|c| c.f1).sum::<f64>() / n_classes as f64,
+        macro_f1: {
+            let present: Vec<f64> = classes.iter().filter(|c| c.support > 0).map(|c| c.f1).collect();
+            present.iter().sum::<f64>() / present.len().max(1) as f64
+        },
         classes,
         confusion,
         accuracy: right as f64 / data.y.len().max(1) as f64,
@@ -441,6 +445,142 @@ pub fn report(
         macro_roc_auc: one_vs_rest_roc_auc(probabilities.view(), &data.y),
         probabilities: Some(probabilities),
     }
+}
+
+/// Across datasets: a forest grown on every row of `train`, tested on every row of `test`
+/// (same features; classes matched by name, a class only one side has counts as it falls).
+///
+/// # Errors
+/// [`SupervisedError::Split`] when the two do not share their features.
+///
+/// # Panics
+/// Never: every class name is in the union of both sides' classes.
+pub fn cross_dataset(
+    train: &Labelled,
+    test: &Labelled,
+    params: &ClassifierParams,
+) -> Result<SupervisedReport, SupervisedError> {
+    if train.features != test.features {
+        return Err(SupervisedError::Split(format!(
+            "{} and {} do not have the same features ({} and {}): a forest of one cannot score the other",
+            train.source,
+            test.source,
+            train.features.len(),
+            test.features.len()
+        )));
+    }
+    let mut classes = train.classes.clone();
+    for c in &test.classes {
+        if !classes.contains(c) {
+            classes.push(c.clone());
+        }
+    }
+    let index = |name: &String| classes.iter().position(|c| c == name).expect("in the union") as u16;
+    let y_train: Vec<u16> = train.y.iter().map(|&c| index(&train.classes[usize::from(c)])).collect();
+    let forest = Classifier::train(train.x.view(), &y_train, classes.clone(), params);
+    let probabilities = forest.predict_proba(test.x.view());
+    let relabelled = Labelled {
+        source: format!("trained on {}, tested on {}", train.source, test.source),
+        y: test.y.iter().map(|&c| index(&test.classes[usize::from(c)])).collect(),
+        classes,
+        ..test.clone()
+    };
+    let mut report = report(&relabelled, Split::ByGroup, 1, params, probabilities);
+    report.group_kind = "dataset".into();
+    Ok(report)
+}
+
+/// What happens to an attack kind nobody trained on: the classifier grown on every other
+/// row, and the anomaly models (trained on benign traffic only) where the rows are Vigil's own.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LeftOut {
+    pub kind: String,
+    pub rows: usize,
+    pub groups: usize,
+    /// Share the classifier called an attack of any other kind.
+    pub classifier_attack: f64,
+    /// The classifier's three most common answers: (class, share).
+    pub classifier_said: Vec<(String, f64)>,
+    /// Share the anomaly models score at or above their alert threshold.
+    pub anomaly_alert: Option<f64>,
+}
+
+/// For each class of `kinds` (class indices, benign excluded), grows a forest without any row
+/// of it and predicts its rows; scores them with `anomaly` too when given (rows in the flow
+/// schema, raw as [`Labelled::from_captures`] gives them).
+///
+/// # Errors
+/// When the anomaly models fail to score.
+pub fn unknown_attacks(
+    data: &Labelled,
+    kinds: &[u16],
+    params: &ClassifierParams,
+    anomaly: Option<&crate::model::Detector>,
+) -> Result<Vec<LeftOut>, crate::model::onnx::OnnxError> {
+    let groups = data.class_groups();
+    let mut out = Vec::new();
+    for &kind in kinds.iter().filter(|&&k| k != 0) {
+        let (test, train): (Vec<usize>, Vec<usize>) = (0..data.y.len()).partition(|&i| data.y[i] == kind);
+        if test.is_empty() {
+            continue;
+        }
+        let y: Vec<u16> = train.iter().map(|&i| data.y[i]).collect();
+        let forest = Classifier::train(data.x.select(Axis(0), &train).view(), &y, data.classes.clone(), params);
+        let rows = data.x.select(Axis(0), &test);
+        let said = forest.predict(rows.view());
+        let mut counts = vec![0usize; data.classes.len()];
+        for &c in &said {
+            counts[usize::from(c)] += 1;
+        }
+        let n = test.len() as f64;
+        let mut ranked: Vec<(String, f64)> = counts
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| **c > 0)
+            .map(|(c, &k)| (data.classes[c].clone(), k as f64 / n))
+            .collect();
+        ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
+        ranked.truncate(3);
+        let anomaly_alert = match anomaly {
+            Some(d) => {
+                let scores = d.score(rows.view())?;
+                Some(scores.iter().filter(|s| s.combined >= d.thresholds.alert).count() as f64 / n)
+            }
+            None => None,
+        };
+        out.push(LeftOut {
+            kind: data.classes[usize::from(kind)].clone(),
+            rows: test.len(),
+            groups: groups[usize::from(kind)],
+            classifier_attack: said.iter().filter(|&&c| c != 0).count() as f64 / n,
+            classifier_said: ranked,
+            anomaly_alert,
+        });
+    }
+    Ok(out)
+}
+
+/// The unknown-attack results as a Markdown table.
+#[must_use]
+pub fn left_out_markdown(results: &[LeftOut], group_kind: &str) -> String {
+    use std::fmt::Write as _;
+    let mut out = format!(
+        "| kind left out | rows | {group_kind}s | classifier: called an attack | classifier said | anomaly models: at or above the alert threshold |\n|---|---:|---:|---:|---|---:|\n"
+    );
+    for r in results {
+        let said: Vec<String> = r.classifier_said.iter().map(|(c, s)| format!("{c} {:.0}%", s * 100.0)).collect();
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {:.1}% | {} | {} |",
+            r.kind,
+            r.rows,
+            r.groups,
+            r.classifier_attack * 100.0,
+            said.join(", "),
+            r.anomaly_alert.map_or_else(|| "n/a (not Vigil's features)".to_owned(), |a| format!("{:.1}%", a * 100.0)),
+        );
+    }
+    out
 }
 
 /// The mean over classes of each class's ROC-AUC against the rest, scored by its probability;
@@ -474,24 +614,27 @@ impl SupervisedReport {
     pub fn markdown(&self) -> String {
         use std::fmt::Write as _;
         let split = match self.split {
-            Split::Random => "random rows".to_owned(),
-            Split::ByGroup => format!("whole {}s", self.group_kind),
+            Split::Random => format!("{}-fold cross-validation by random rows", self.folds),
+            Split::ByGroup if self.group_kind == "dataset" => "across datasets".to_owned(),
+            Split::ByGroup => format!("{}-fold cross-validation by whole {}s", self.folds, self.group_kind),
         };
         let mut out = format!(
-            "{}: {} rows, {} features; {}-fold cross-validation by {split}; a forest of {} trees (depth ≤ {}).\n\n\
+            "{}: {} rows, {} features; {split}; a forest of {} trees (depth ≤ {}).\n\n\
              accuracy {:.4}, macro F1 {:.4}, attack-vs-benign ROC-AUC {}, one-vs-rest macro ROC-AUC {}\n\n\
              | class | rows | {} | precision | recall | F1 |\n|---|---:|---:|---:|---:|---:|\n",
             self.source,
             self.rows,
             self.features,
-            self.folds,
             self.params.trees,
             self.params.max_depth,
             self.accuracy,
             self.macro_f1,
             self.attack_roc_auc.map_or_else(|| "n/a (one class)".to_owned(), |a| format!("{a:.4}")),
             self.macro_roc_auc.map_or_else(|| "n/a".to_owned(), |a| format!("{a:.4}")),
-            if self.group_kind == "none" { "groups".to_owned() } else { format!("{}s", self.group_kind) },
+            match self.group_kind.as_str() {
+                "none" | "dataset" => "groups".to_owned(),
+                g => format!("{g}s"),
+            },
         );
         for c in &self.classes {
             let _ = writeln!(
@@ -579,6 +722,43 @@ mod tests {
         let json = serde_json::to_value(&report).unwrap();
         assert_eq!(json["split"], "by-group");
         assert!(json.get("probabilities").is_none());
+    }
+
+    #[test]
+    fn a_kind_left_out_is_predicted_by_a_forest_that_never_saw_it() {
+        let data = three_kinds();
+        let params = ClassifierParams { trees: 5, ..ClassifierParams::default() };
+        let results = unknown_attacks(&data, &[0, 1, 2], &params, None).unwrap();
+        assert_eq!(results.len(), 2, "benign is never left out");
+        for r in &results {
+            assert_eq!(r.rows, 400);
+            assert!(!r.classifier_said.iter().any(|(c, _)| *c == r.kind), "{r:?} never saw its own class");
+            let total: f64 = r.classifier_said.iter().map(|(_, s)| s).sum();
+            assert!((total - 1.0).abs() < 1e-9 && r.anomaly_alert.is_none());
+        }
+        let table = left_out_markdown(&results, "file");
+        assert!(table.contains("| flood | 400 | 2 |") && table.contains("n/a"), "{table}");
+    }
+
+    #[test]
+    fn across_datasets_classes_are_matched_by_name() {
+        let train = three_kinds();
+        let mut test = three_kinds();
+        // The other dataset names its classes in another order and has one the first lacks.
+        test.classes = vec!["benign".into(), "scan".into(), "sweep".into()];
+        let params = ClassifierParams { trees: 5, ..ClassifierParams::default() };
+        let report = cross_dataset(&train, &test, &params).unwrap();
+        let names: Vec<&str> = report.classes.iter().map(|c| c.class.as_str()).collect();
+        assert_eq!(names, ["benign", "flood", "scan", "sweep"]);
+        assert!(report.markdown().contains("across datasets"));
+        // The test's "scan" (its class 1) are rows like train's floods, its "sweep" rows like
+        // train's scans: matched by name, they land in those columns.
+        assert!(report.confusion[2][1] >= 390, "scan rows called flood: {}", report.markdown());
+        assert!(report.confusion[3][2] >= 390, "sweep rows called scan: {}", report.markdown());
+        assert!(report.classes[3].recall.abs() < f64::EPSILON, "sweep was never taught");
+        let mut narrow = three_kinds();
+        narrow.features.pop();
+        assert!(cross_dataset(&train, &narrow, &params).unwrap_err().to_string().contains("same features"));
     }
 
     #[test]
