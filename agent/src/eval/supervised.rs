@@ -564,8 +564,9 @@ pub fn unknown_attacks(
 #[must_use]
 pub fn left_out_markdown(results: &[LeftOut], group_kind: &str) -> String {
     use std::fmt::Write as _;
+    let groups = if group_kind == "none" { "groups".to_owned() } else { format!("{group_kind}s") };
     let mut out = format!(
-        "| kind left out | rows | {group_kind}s | classifier: called an attack | classifier said | anomaly models: at or above the alert threshold |\n|---|---:|---:|---:|---|---:|\n"
+        "| kind left out | rows | {groups} | classifier: called an attack | classifier said | anomaly models: at or above the alert threshold |\n|---|---:|---:|---:|---|---:|\n"
     );
     for r in results {
         let said: Vec<String> = r.classifier_said.iter().map(|(c, s)| format!("{c} {:.0}%", s * 100.0)).collect();
