@@ -156,6 +156,12 @@ enum QueryWhat {
         /// Only this kind (`event.action`, e.g. anomalous-flows).
         #[arg(long)]
         kind: Option<String>,
+        /// Only this attack kind (`vigil.attack.kind`; docs/detection.md's ATT&CK table).
+        #[arg(long, value_parser = attack_kind_name)]
+        attack: Option<String>,
+        /// Only this ATT&CK technique or sub-technique (T1046, T1498, T1110.001).
+        #[arg(long, value_name = "ID")]
+        technique: Option<String>,
     },
     /// Block actions: blocks (auto and manual), unblocks, dry runs and refusals.
     Blocks {
@@ -1257,7 +1263,9 @@ fn query_command(args: QueryArgs) -> anyhow::Result<()> {
         }
     };
     match args.what {
-        QueryWhat::Alerts { severity, kind } => {
+        QueryWhat::Alerts { severity, kind, attack, technique } => {
+            filter.attack = attack;
+            filter.technique = technique;
             filter.min_severity = severity.map(|s| match s {
                 SeverityArg::Low => vigil::detect::Severity::Low,
                 SeverityArg::Medium => vigil::detect::Severity::Medium,
@@ -1529,6 +1537,14 @@ fn publish(out: &std::path::Path, stem: &str, report: &vigil::eval::EvalReport) 
     print!("{}", report.summary());
     println!("report: {}", out.join(format!("{stem}.{{json,svg}}")).display());
     Ok(())
+}
+
+/// An attack kind of the table, for `--attack`.
+fn attack_kind_name(name: &str) -> Result<String, String> {
+    use vigil::alert::attack::{AttackKind, KINDS};
+    AttackKind::from_name(name).map(|k| k.name().to_owned()).ok_or_else(|| {
+        format!("unknown attack kind {name:?}: one of {}", KINDS.iter().map(|k| k.name).collect::<Vec<_>>().join(", "))
+    })
 }
 
 #[cfg(feature = "offline")]

@@ -29,7 +29,12 @@ fn alert(ago_ms: i64, id: &str, source: &str, severity: Severity) -> Record {
         model_sha256: "abc".into(),
         model_phase: "site".into(),
         message: format!("anomalous flows from {source}"),
-        document: format!("{{\"event\":{{\"id\":\"{id}\"}}}}"),
+        document: if id == "a-1" {
+            // What an alert of a password-guessing source says (ECS threat.*, vigil.attack).
+            r#"{"event":{"id":"a-1"},"vigil":{"attack":{"kind":"password-guessing"}},"threat":{"technique":{"id":"T1110","subtechnique":{"id":"T1110.001"}}}}"#.to_owned()
+        } else {
+            format!("{{\"event\":{{\"id\":\"{id}\"}}}}")
+        },
     }))
 }
 
@@ -88,6 +93,17 @@ fn alerts_blocks_and_flows_are_listed_and_filtered() {
     assert_eq!(out.lines().count(), 2, "{out}");
     let (_, out, _) = vigil(&["query", "alerts", "--db", db, "--source", "2001:db8::66", "--json"]);
     assert_eq!(out.trim(), "{\"event\":{\"id\":\"a-2\"}}", "the ECS document as the sinks got it");
+
+    for filter in [["--attack", "password-guessing"], ["--technique", "T1110"], ["--technique", "T1110.001"]] {
+        let (code, out, err) = vigil(&["query", "alerts", "--db", db, filter[0], filter[1]]);
+        assert_eq!(code, 0, "{err}");
+        assert!(out.lines().count() == 1 && out.contains("[a-1]"), "{filter:?}: {out}");
+    }
+    let (_, out, _) = vigil(&["query", "alerts", "--db", db, "--attack", "scan"]);
+    assert!(out.is_empty(), "{out}");
+    let (code, _, err) = vigil(&["query", "alerts", "--db", db, "--attack", "nonsense"]);
+    assert_eq!(code, 2, "an unknown attack kind is a usage error: {err}");
+    assert!(err.contains("password-guessing") && err.contains("syn-flood"), "the kinds are listed: {err}");
 
     let (code, out, err) = vigil(&["query", "blocks", "--db", db]);
     assert_eq!(code, 0, "{err}");

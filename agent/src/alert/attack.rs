@@ -253,6 +253,86 @@ impl std::fmt::Display for AttackKind {
     }
 }
 
+/// What an alert's evidence shows, for [`AttackKind::of_source`] and
+/// [`AttackKind::of_destination`]: the counts over the alert window and the worst
+/// conversation.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Shape {
+    pub protocol: u8,
+    /// The worst conversation's ports (initiator's source, responder's).
+    pub src_port: u16,
+    pub dst_port: u16,
+    /// Conversations (source alerts) or new anomalous conversations (destination alerts).
+    pub flows: u64,
+    /// Distinct destinations (source alerts) or sources (destination alerts).
+    pub peers: usize,
+    pub destination_ports: usize,
+    pub packets: u64,
+    pub bytes: u64,
+    /// The worst conversation: SYNs without a SYN-ACK back (a handshake never completed).
+    pub syn_unanswered: bool,
+    /// The worst conversation's bytes each way and its length in seconds.
+    pub bytes_out: u64,
+    pub bytes_back: u64,
+    pub seconds: f64,
+}
+
+/// Ports of services people log in to: SSH, FTP, telnet, mail, RDP, VNC, databases.
+const LOGIN_PORTS: [u16; 13] = [21, 22, 23, 110, 143, 993, 995, 1433, 3306, 3389, 5432, 5900, 5901];
+/// Web ports.
+const WEB_PORTS: [u16; 6] = [80, 443, 8000, 8080, 8443, 8888];
+/// UDP services that answer a small request with a large reply (amplifiers).
+const AMPLIFIER_PORTS: [u16; 9] = [19, 53, 123, 161, 389, 1900, 3702, 11211, 5353];
+/// Packets in an alert window that make a flood.
+const FLOOD_PACKETS: u64 = 1_000;
+
+impl AttackKind {
+    /// The kind a source alert's evidence shows, by the first rule that holds
+    /// (docs/detection.md, "Kinds from the evidence").
+    #[must_use]
+    pub fn of_source(s: &Shape) -> Self {
+        let icmp = matches!(s.protocol, 1 | 58);
+        let (tcp, udp) = (s.protocol == 6, s.protocol == 17);
+        if s.destination_ports >= 10 {
+            Self::Scan
+        } else if s.peers >= 10 && s.destination_ports <= 3 && s.packets < FLOOD_PACKETS * s.peers as u64 {
+            Self::Sweep
+        } else if icmp && s.packets >= FLOOD_PACKETS {
+            Self::IcmpFlood
+        } else if tcp && s.syn_unanswered && s.packets >= FLOOD_PACKETS {
+            Self::SynFlood
+        } else if udp && s.packets >= FLOOD_PACKETS {
+            if AMPLIFIER_PORTS.contains(&s.src_port) { Self::Reflection } else { Self::UdpFlood }
+        } else if tcp && LOGIN_PORTS.contains(&s.dst_port) && s.flows >= 5 && s.peers <= 3 {
+            Self::PasswordGuessing
+        } else if tcp && WEB_PORTS.contains(&s.dst_port) && s.flows >= 100 {
+            Self::HttpFlood
+        } else if tcp && WEB_PORTS.contains(&s.dst_port) && s.seconds >= 30.0 && s.bytes_out < 100 * s.packets.max(1) {
+            Self::SlowDos
+        } else if s.bytes_out >= 10_000_000 && s.bytes_out >= 10 * s.bytes_back.max(1) {
+            Self::Exfiltration
+        } else if !tcp && !udp && !icmp && s.packets >= FLOOD_PACKETS {
+            Self::OtherFlood
+        } else {
+            Self::Unknown
+        }
+    }
+
+    /// The kind a destination alert's evidence shows (many sources, one target): a flood of
+    /// some kind.
+    #[must_use]
+    pub fn of_destination(s: &Shape) -> Self {
+        match s.protocol {
+            1 | 58 => Self::IcmpFlood,
+            6 if s.syn_unanswered => Self::SynFlood,
+            6 if WEB_PORTS.contains(&s.dst_port) => Self::HttpFlood,
+            17 if AMPLIFIER_PORTS.contains(&s.src_port) => Self::Reflection,
+            17 => Self::UdpFlood,
+            _ => Self::OtherFlood,
+        }
+    }
+}
+
 /// The table as Markdown, as docs/detection.md carries it.
 #[must_use]
 pub fn markdown_table() -> String {
@@ -316,6 +396,60 @@ mod tests {
             assert_ne!(AttackKind::from_label(cic), Some(AttackKind::Unknown), "{cic}");
         }
         assert_eq!(AttackKind::from_label("fuzzers"), Some(AttackKind::Unknown));
+    }
+
+    fn shape() -> Shape {
+        Shape {
+            protocol: 6,
+            src_port: 40_000,
+            dst_port: 80,
+            flows: 1,
+            peers: 1,
+            destination_ports: 1,
+            ..Shape::default()
+        }
+    }
+
+    #[test]
+    fn source_alerts_get_the_kind_their_evidence_shows() {
+        let cases = [
+            (Shape { destination_ports: 1000, flows: 1000, ..shape() }, AttackKind::Scan),
+            (Shape { protocol: 1, peers: 254, packets: 254, ..shape() }, AttackKind::Sweep),
+            (Shape { protocol: 1, packets: 10_000, ..shape() }, AttackKind::IcmpFlood),
+            (Shape { syn_unanswered: true, packets: 37_000, flows: 1, ..shape() }, AttackKind::SynFlood),
+            (Shape { protocol: 17, packets: 10_000, ..shape() }, AttackKind::UdpFlood),
+            (Shape { protocol: 17, src_port: 123, packets: 10_000, ..shape() }, AttackKind::Reflection),
+            (Shape { dst_port: 22, flows: 400, packets: 8_000, ..shape() }, AttackKind::PasswordGuessing),
+            (Shape { flows: 5_000, packets: 50_000, ..shape() }, AttackKind::HttpFlood),
+            (Shape { flows: 4, packets: 200, bytes_out: 12_000, seconds: 120.0, ..shape() }, AttackKind::SlowDos),
+            (
+                Shape { dst_port: 9000, bytes_out: 200_000_000, bytes_back: 1_000_000, ..shape() },
+                AttackKind::Exfiltration,
+            ),
+            (Shape { protocol: 47, packets: 5_000, ..shape() }, AttackKind::OtherFlood),
+            (Shape { dst_port: 9000, flows: 3, packets: 30, ..shape() }, AttackKind::Unknown),
+        ];
+        for (s, kind) in cases {
+            assert_eq!(AttackKind::of_source(&s), kind, "{s:?}");
+        }
+        // A flood to many hosts is not a sweep.
+        let spray = Shape { protocol: 17, peers: 20, packets: 200_000, ..shape() };
+        assert_eq!(AttackKind::of_source(&spray), AttackKind::UdpFlood);
+    }
+
+    #[test]
+    fn destination_alerts_are_floods_of_their_protocol() {
+        let cases = [
+            (Shape { protocol: 58, ..shape() }, AttackKind::IcmpFlood),
+            (Shape { syn_unanswered: true, dst_port: 25_565, ..shape() }, AttackKind::SynFlood),
+            (shape(), AttackKind::HttpFlood),
+            (Shape { protocol: 17, src_port: 53, ..shape() }, AttackKind::Reflection),
+            (Shape { protocol: 17, ..shape() }, AttackKind::UdpFlood),
+            (Shape { protocol: 6, dst_port: 9000, ..shape() }, AttackKind::OtherFlood),
+        ];
+        for (s, kind) in cases {
+            assert_eq!(AttackKind::of_destination(&s), kind, "{s:?}");
+        }
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use super::sink::Event;
+use super::{attack::AttackKind, sink::Event};
 use crate::{
     clock::rfc3339_millis,
     detect::{
@@ -88,6 +88,7 @@ impl Observer {
         match decision {
             Decision::SourceAlert(a) => {
                 merge(&mut doc, self.explained(a.severity, &a.top, a.alert_threshold));
+                merge(&mut doc, threat(a.kind()));
                 merge(
                     &mut doc,
                     json!({
@@ -110,6 +111,7 @@ impl Observer {
             }
             Decision::DestinationAlert(a) => {
                 merge(&mut doc, self.explained(a.severity, &a.top, a.alert_threshold));
+                merge(&mut doc, threat(a.kind()));
                 merge(
                     &mut doc,
                     json!({
@@ -227,6 +229,24 @@ impl Observer {
             },
         })
     }
+}
+
+/// An alert's kind (`vigil.attack`) and its ATT&CK entry (ECS `threat.*`; none for an
+/// unknown anomaly), from the table of `alert/attack.rs`.
+fn threat(kind: AttackKind) -> Value {
+    let mut doc = json!({ "vigil": { "attack": { "kind": kind.name(), "from": "evidence" } } });
+    if let Some(t) = kind.info().attack {
+        let mut technique = json!({ "id": t.technique.0, "name": t.technique.1 });
+        if let Some((id, name)) = t.subtechnique {
+            technique["subtechnique"] = json!({ "id": id, "name": name });
+        }
+        doc["threat"] = json!({
+            "framework": "MITRE ATT&CK",
+            "tactic": { "id": t.tactic.0, "name": t.tactic.1 },
+            "technique": technique,
+        });
+    }
+    doc
 }
 
 /// Merges `from` into `into`, objects key by key.

@@ -11,6 +11,7 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    alert::attack::{AttackKind, Shape},
     block::Rule,
     flows::FlowRecord,
     model::{Contribution, Score},
@@ -128,6 +129,54 @@ pub struct DestinationAlert {
     pub alert_threshold: f32,
 }
 
+impl ExplainedFlow {
+    /// The worst conversation's part of an alert's [`Shape`].
+    fn shape(&self) -> Shape {
+        let r = &self.record;
+        let back = self.back.as_ref();
+        Shape {
+            protocol: r.protocol,
+            src_port: r.src_port,
+            dst_port: r.dst_port,
+            syn_unanswered: r.protocol == 6 && r.tcp_flags.syn > 0 && back.is_none_or(|b| b.tcp_flags.syn_ack == 0),
+            bytes_out: r.bytes,
+            bytes_back: back.map_or(0, |b| b.bytes),
+            seconds: Duration::from_nanos(r.last_seen_ns.saturating_sub(r.first_seen_ns)).as_secs_f64(),
+            ..Shape::default()
+        }
+    }
+}
+
+impl SourceAlert {
+    /// What kind of attack the evidence shows ([`AttackKind::of_source`]).
+    #[must_use]
+    pub fn kind(&self) -> AttackKind {
+        AttackKind::of_source(&Shape {
+            flows: self.anomalous_flows,
+            peers: self.destinations,
+            destination_ports: self.destination_ports,
+            packets: self.packets,
+            bytes: self.bytes,
+            ..self.top.shape()
+        })
+    }
+}
+
+impl DestinationAlert {
+    /// What kind of flood the evidence shows ([`AttackKind::of_destination`]).
+    #[must_use]
+    pub fn kind(&self) -> AttackKind {
+        AttackKind::of_destination(&Shape {
+            flows: self.new_flows,
+            peers: self.sources,
+            destination_ports: self.destination_ports,
+            packets: self.packets,
+            bytes: self.bytes,
+            ..self.top.shape()
+        })
+    }
+}
+
 /// Why a rule appeared in the blocklist.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum BlockCause {
@@ -200,6 +249,16 @@ pub enum Decision {
 }
 
 impl Decision {
+    /// The attack kind of an alert; `None` for other decisions.
+    #[must_use]
+    pub fn attack_kind(&self) -> Option<AttackKind> {
+        match self {
+            Self::SourceAlert(a) => Some(a.kind()),
+            Self::DestinationAlert(a) => Some(a.kind()),
+            _ => None,
+        }
+    }
+
     /// `event.action`.
     #[must_use]
     pub const fn action(&self) -> &'static str {

@@ -688,3 +688,39 @@ fn alert_counts_survive_promotion() {
     assert_eq!(doc["destination"]["port"], 23, "the top flow: {doc:#}");
     assert_eq!(doc["vigil"]["explanation"].as_array().map(Vec::len), Some(3));
 }
+
+#[test]
+fn alerts_carry_their_attack_kind_and_its_attck_entry() {
+    let mut b = Bench::new(enforce());
+    let decisions = b.cycles(3, &attack("10.9.9.9"));
+    let mut alert = decisions.iter().find(|d| matches!(d, Decision::SourceAlert(_))).expect("alert").clone();
+    // The same alert as a scan of 50 ports, then as a burst of SSH logins to one host.
+    let Decision::SourceAlert(a) = &mut alert else { unreachable!() };
+    a.destination_ports = 50;
+    let doc = observer().render(&alert, 0);
+    assert_eq!(doc["vigil"]["attack"]["kind"], "scan", "{doc:#}");
+    assert_eq!(doc["vigil"]["attack"]["from"], "evidence");
+    assert_eq!(doc["threat"]["framework"], "MITRE ATT&CK");
+    assert_eq!(doc["threat"]["tactic"]["id"], "TA0007");
+    assert_eq!(doc["threat"]["technique"]["id"], "T1046");
+    assert_eq!(doc["threat"]["technique"]["name"], "Network Service Discovery");
+    assert!(doc["threat"]["technique"].get("subtechnique").is_none());
+    let Decision::SourceAlert(a) = &mut alert else { unreachable!() };
+    (a.destination_ports, a.destinations, a.anomalous_flows) = (1, 1, 40);
+    a.top.record.protocol = 6;
+    a.top.record.dst_port = 22;
+    let doc = observer().render(&alert, 0);
+    assert_eq!(doc["vigil"]["attack"]["kind"], "password-guessing", "{doc:#}");
+    assert_eq!(doc["threat"]["technique"]["id"], "T1110");
+    assert_eq!(doc["threat"]["technique"]["subtechnique"]["id"], "T1110.001");
+    assert_eq!(doc["threat"]["tactic"]["name"], "Credential Access");
+    // Nothing the rules name: an unknown anomaly, without a threat entry.
+    let Decision::SourceAlert(a) = &mut alert else { unreachable!() };
+    (a.anomalous_flows, a.top.record.dst_port) = (2, 9999);
+    let doc = observer().render(&alert, 0);
+    assert_eq!(doc["vigil"]["attack"]["kind"], "unknown", "{doc:#}");
+    assert!(doc.get("threat").is_none());
+    // Block events say nothing of kinds.
+    let block = decisions.iter().find(|d| d.action() == "block").expect("block");
+    assert!(observer().render(block, 0).get("threat").is_none() && block.attack_kind().is_none());
+}

@@ -26,6 +26,11 @@ pub struct Filter {
     pub min_severity: Option<Severity>,
     /// Alerts of this kind, actions of this action.
     pub kind: Option<String>,
+    /// Alerts of this attack kind (`vigil.attack.kind`: `scan`, `password-guessing`, ...).
+    pub attack: Option<String>,
+    /// Alerts of this ATT&CK technique or sub-technique (`threat.technique.id` or
+    /// `threat.technique.subtechnique.id`: `T1498` matches its sub-techniques' alerts too).
+    pub technique: Option<String>,
     /// Alerts in one of these states (`new`, `acknowledged`, `archived`); empty: any.
     pub statuses: Vec<String>,
     /// Only rows with a larger id (new since the last look).
@@ -174,6 +179,15 @@ pub fn alerts(conn: &Connection, filter: &Filter) -> rusqlite::Result<Vec<Stored
     }
     if let Some(k) = &filter.kind {
         w.push("kind = ?", vec![Box::new(k.clone())]);
+    }
+    if let Some(a) = &filter.attack {
+        w.push("json_extract(document, '$.vigil.attack.kind') = ?", vec![Box::new(a.clone())]);
+    }
+    if let Some(t) = &filter.technique {
+        w.push(
+            "(json_extract(document, '$.threat.technique.id') = ? OR json_extract(document, '$.threat.technique.subtechnique.id') = ?)",
+            vec![Box::new(t.clone()), Box::new(t.clone())],
+        );
     }
     if !filter.statuses.is_empty() {
         let marks = vec!["?"; filter.statuses.len()].join(", ");

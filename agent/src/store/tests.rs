@@ -39,7 +39,12 @@ fn alert(n: i64, source: &str, severity: Severity) -> Record {
         model_sha256: "abc".into(),
         model_phase: "fixed".into(),
         message: format!("alert {n}"),
-        document: format!("{{\"n\":{n}}}"),
+        // Alert 2 is a scan, as an alert document says it (`vigil.attack`, `threat`).
+        document: if n == 2 {
+            r#"{"n":2,"vigil":{"attack":{"kind":"scan"}},"threat":{"technique":{"id":"T1046"}}}"#.to_owned()
+        } else {
+            format!("{{\"n\":{n}}}")
+        },
     }))
 }
 
@@ -123,6 +128,14 @@ fn every_table_is_written_and_read_back() {
     assert_eq!(query::alerts(&conn, &high).unwrap().len(), 1);
     let later = Filter { since_ms: Some(now_ms() + 2), ..all(10) };
     assert_eq!(query::alerts(&conn, &later).unwrap().len(), 1);
+    // Attack kind and technique come from the document.
+    let scans = Filter { attack: Some("scan".into()), ..all(10) };
+    assert_eq!(query::alerts(&conn, &scans).unwrap().len(), 1);
+    assert_eq!(query::alerts(&conn, &scans).unwrap()[0].event_id, "run-2");
+    for (technique, n) in [("T1046", 1), ("T1498", 0), ("T1498.001", 0), ("T1110", 0)] {
+        let f = Filter { technique: Some(technique.into()), ..all(10) };
+        assert_eq!(query::alerts(&conn, &f).unwrap().len(), n, "{technique}");
+    }
 
     let actions = query::actions(&conn, &v4).unwrap();
     assert_eq!(actions.len(), 1);
