@@ -571,7 +571,7 @@ enum EvalMode {
     },
     /// The supervised classifier (a random forest), cross-validated on labelled flows: by
     /// random rows, as published results are, and by whole days or files, as a deployment
-    /// meets traffic. Prints a table per split; writes supervised-<split>.{json,md}.
+    /// meets traffic. Prints a table per split; writes supervised-<split>.{json,md,svg}.
     Supervised {
         /// UNSW-NB15's CSV (or its .zip): `attack_cat` is the class.
         #[arg(long, value_name = "FILE", required_unless_present_any = ["cicflowmeter", "captures"], conflicts_with_all = ["cicflowmeter", "captures"])]
@@ -1493,13 +1493,13 @@ fn eval_command(args: EvalArgs) -> anyhow::Result<()> {
                     Split::ByGroup => "supervised-by-group",
                 };
                 write_report(&out, stem, &report)?;
-                println!("{}\nreport: {}\n", report.markdown(), out.join(format!("{stem}.{{json,md}}")).display());
+                println!("{}\nreport: {}\n", report.markdown(), out.join(format!("{stem}.{{json,md,svg}}")).display());
             }
             if !test_captures.is_empty() {
                 let test = Labelled::from_captures(&test_captures, progress_bar_wanted(no_progress))?;
                 let report = vigil::eval::supervised::cross_dataset(&data, &test, &params)?;
                 write_report(&out, "supervised-cross", &report)?;
-                println!("{}\nreport: {}\n", report.markdown(), out.join("supervised-cross.{json,md}").display());
+                println!("{}\nreport: {}\n", report.markdown(), out.join("supervised-cross.{json,md,svg}").display());
             }
             if unknown {
                 let detector = if from_captures { Some(Bundle::embedded()?.detector(&Schema::flow())?) } else { None };

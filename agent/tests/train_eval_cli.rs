@@ -221,6 +221,11 @@ fn supervised_eval_reports_both_splits_by_attack_kind() {
     assert!(random["accuracy"].as_f64().unwrap() > 0.95, "{stdout}");
     assert!(stdout.contains("by whole files") && stdout.contains("by random rows"), "{stdout}");
     assert!(std::fs::read_to_string(dir.path().join("supervised-by-group.md")).expect("markdown").contains("| scan |"));
+    let svg = std::fs::read_to_string(dir.path().join("supervised-by-group.svg")).expect("picture");
+    assert!(
+        svg.starts_with("<svg") && svg.contains("password-guessing") && svg.contains("by whole files"),
+        "the confusion matrix"
+    );
 
     // The unknown-attack test and the cross-dataset test, on the same captures.
     let (status, stdout, stderr) = vigil(&[

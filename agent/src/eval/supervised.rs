@@ -597,7 +597,7 @@ pub fn one_vs_rest_roc_auc(probabilities: ndarray::ArrayView2<f32>, y: &[u16]) -
     (!areas.is_empty()).then(|| areas.iter().sum::<f64>() / areas.len() as f64)
 }
 
-/// Writes `<stem>.json` and `<stem>.md` into `dir`.
+/// Writes `<stem>.json`, `<stem>.md` and `<stem>.svg` (the confusion matrix) into `dir`.
 ///
 /// # Errors
 /// If the directory or a file cannot be written.
@@ -606,7 +606,8 @@ pub fn write_report(dir: &Path, stem: &str, report: &SupervisedReport) -> std::i
     let mut json = serde_json::to_vec_pretty(report).map_err(std::io::Error::other)?;
     json.push(b'\n');
     std::fs::write(dir.join(format!("{stem}.json")), json)?;
-    std::fs::write(dir.join(format!("{stem}.md")), report.markdown())
+    std::fs::write(dir.join(format!("{stem}.md")), report.markdown())?;
+    super::plot::write_confusion_svg(&dir.join(format!("{stem}.svg")), report)
 }
 
 impl SupervisedReport {
