@@ -25,7 +25,11 @@ fn alert(id: &str, source: &str) -> Record {
     let doc = serde_json::json!({
         "event": { "id": id, "action": "anomalous-flows" },
         "message": format!("{source}: anomalous <flows>"),
+        "threat": { "framework": "MITRE ATT&CK", "tactic": { "id": "TA0006", "name": "Credential Access" },
+                    "technique": { "id": "T1110", "name": "Brute Force",
+                                   "subtechnique": { "id": "T1110.001", "name": "Password Guessing" } } },
         "vigil": {
+            "attack": { "kind": "password-guessing", "from": "evidence" },
             "score": { "combined": 6.5, "iforest": 0.7, "autoencoder": 3.0, "range": 6.5, "alert_threshold": 4.1, "block_threshold": 4.6 },
             "explanation": [
                 { "feature": "src_dst_ports", "value": 900.0, "baseline": 3.0, "share": 0.6 },
@@ -155,6 +159,14 @@ fn pages_need_a_login_and_changes_need_the_csrf_token() {
     let page = body(resp);
     assert!(page.contains("192.0.2.7: anomalous &lt;flows&gt;"), "the message, escaped: {page}");
     let csrf = csrf_of(&page);
+    assert!(page.contains("password-guessing · T1110.001"), "the attack kind and technique: {page}");
+    // Filtered by attack kind and by technique (a parent finds its sub-technique's alerts).
+    let get = |q: &str| body(http.get(&format!("{}/?{q}", c.base)).header("Cookie", &cookie).call().unwrap());
+    assert!(get("attack=scan").contains("No alerts match."));
+    assert!(get("attack=password-guessing").contains("/alerts/1"));
+    assert!(get("technique=T1110").contains("/alerts/1"));
+    assert!(get("technique=T1046").contains("No alerts match."));
+    assert!(get("attack=nonsense").contains("unknown attack kind"));
 
     // Without the CSRF token, or with another, the change is refused and nothing changes.
     let url = format!("{}/alerts/1/acknowledged", c.base);
@@ -176,6 +188,7 @@ fn pages_need_a_login_and_changes_need_the_csrf_token() {
     assert!(page.contains("<svg class=\"explanation\"") && page.contains("src_dst_ports"), "{page}");
     assert!(page.contains("60%") && page.contains("900 vs 3"), "{page}");
     assert!(page.contains("Top conversation") && page.contains("state S0"), "{page}");
+    assert!(page.contains("Credential Access: T1110 Brute Force, T1110.001 Password Guessing"), "{page}");
     assert!(page.contains("href=\"/hosts/192.0.2.7\""), "{page}");
     let page = body(http.get(&format!("{}/hosts/192.0.2.7", c.base)).header("Cookie", &cookie).call().unwrap());
     assert!(page.contains("Host 192.0.2.7") && page.contains("/alerts/1"), "{page}");

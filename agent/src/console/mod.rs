@@ -341,11 +341,27 @@ fn filter(q: &pages::InboxQuery) -> Result<query::Filter, String> {
         s if query::STATUSES.contains(&s) => vec![s.to_owned()],
         other => return Err(format!("unknown status {other}")),
     };
+    let attack = match q.attack.as_deref().filter(|a| !a.is_empty()) {
+        None => None,
+        Some(a) => Some(
+            crate::alert::attack::AttackKind::from_name(a)
+                .ok_or_else(|| format!("unknown attack kind {a}"))?
+                .name()
+                .to_owned(),
+        ),
+    };
+    let technique = match q.technique.as_deref().map(str::trim).filter(|t| !t.is_empty()) {
+        None => None,
+        Some(t) if is_technique_id(t) => Some(t.to_ascii_uppercase()),
+        Some(t) => return Err(format!("{t} is not an ATT&CK technique id (T1046, T1110.001)")),
+    };
     Ok(query::Filter {
         source: prefix(&q.source)?,
         destination: prefix(&q.destination)?,
         min_severity,
         kind: q.kind.clone().filter(|k| !k.is_empty()),
+        attack,
+        technique,
         statuses,
         limit: PAGE,
         ..query::Filter::default()
@@ -739,9 +755,37 @@ pub async fn serve(
     axum::serve(listener, app).with_graceful_shutdown(shutdown).await
 }
 
+/// `T` and four digits, optionally `.` and three (a technique or a sub-technique).
+fn is_technique_id(t: &str) -> bool {
+    let b = t.as_bytes();
+    let digits = |r: std::ops::Range<usize>| b.get(r).is_some_and(|d| d.iter().all(u8::is_ascii_digit));
+    matches!(b.first(), Some(b'T' | b't'))
+        && digits(1..5)
+        && (b.len() == 5 || (b.len() == 9 && b[5] == b'.' && digits(6..9)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_inbox_filters_attack_kinds_and_techniques_it_knows() {
+        for ok in ["T1046", "T1110.001", "t1498"] {
+            assert!(is_technique_id(ok), "{ok}");
+        }
+        for bad in ["T104", "T10466", "T1110.01", "X1046", "T1046.", "T1110.0011", "' OR 1=1"] {
+            assert!(!is_technique_id(bad), "{bad}");
+        }
+        let q =
+            pages::InboxQuery { attack: Some("scan".into()), technique: Some("t1046".into()), ..Default::default() };
+        let f = filter(&q).unwrap();
+        assert_eq!((f.attack.as_deref(), f.technique.as_deref()), (Some("scan"), Some("T1046")));
+        assert!(q.to_query().contains("attack=scan") && q.to_query().contains("technique=t1046"));
+        let bad = pages::InboxQuery { attack: Some("nonsense".into()), ..Default::default() };
+        assert!(filter(&bad).unwrap_err().contains("unknown attack kind"));
+        let bad = pages::InboxQuery { technique: Some("1046".into()), ..Default::default() };
+        assert!(filter(&bad).unwrap_err().contains("not an ATT&CK technique"));
+    }
 
     #[test]
     fn only_plain_svg_names_are_served_from_the_eval_directory() {

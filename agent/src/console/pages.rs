@@ -84,6 +84,10 @@ pub struct InboxQuery {
     pub source: Option<String>,
     pub destination: Option<String>,
     pub kind: Option<String>,
+    /// An attack kind of the ATT&CK table (`scan`, `password-guessing`, ...).
+    pub attack: Option<String>,
+    /// An ATT&CK technique or sub-technique id (`T1046`, `T1110.001`).
+    pub technique: Option<String>,
     /// `inbox` (new and acknowledged, the default), `new`, `acknowledged`, `archived`, `all`.
     pub status: Option<String>,
 }
@@ -98,6 +102,8 @@ impl InboxQuery {
             ("source", &self.source),
             ("destination", &self.destination),
             ("kind", &self.kind),
+            ("attack", &self.attack),
+            ("technique", &self.technique),
             ("status", &self.status),
         ] {
             if let Some(v) = v.as_ref().filter(|v| !v.is_empty()) {
@@ -143,6 +149,16 @@ pub fn group(alerts: &[StoredAlert]) -> Vec<Group<'_>> {
     groups
 }
 
+/// An alert's attack kind and its ATT&CK technique (the sub-technique where there is one),
+/// from its document; `None` for documents from before alerts carried them.
+fn attack_of(a: &StoredAlert) -> Option<(String, Option<String>)> {
+    let doc: Value = serde_json::from_str(&a.document).ok()?;
+    let kind = doc["vigil"]["attack"]["kind"].as_str()?.to_owned();
+    let technique = &doc["threat"]["technique"];
+    let id = technique["subtechnique"]["id"].as_str().or_else(|| technique["id"].as_str()).map(str::to_owned);
+    Some((kind, id))
+}
+
 /// One inbox row: an alert (the newest of its group) and how many more the group holds.
 #[must_use]
 pub fn alert_row(a: &StoredAlert, more: usize, csrf: &str) -> Markup {
@@ -154,7 +170,11 @@ pub fn alert_row(a: &StoredAlert, more: usize, csrf: &str) -> Markup {
         tr.alert data-id=(a.id) data-status=(a.status) {
             td.time { (time(a.time_ms)) }
             td { span class={ "severity " (a.severity.name()) } { (a.severity.name()) } }
-            td.kind { (a.kind) }
+            td.kind {
+                @if let Some((kind, technique)) = attack_of(a) {
+                    (kind) @if let Some(t) = technique { " · " (t) }
+                } @else { (a.kind) }
+            }
             td { (ip_link(a.source)) " → " (destination) }
             td.score { (a.score.map_or_else(|| "-".to_owned(), |s| format!("{s:.2}"))) }
             td.message {
@@ -200,6 +220,15 @@ pub fn inbox(alerts: &[StoredAlert], q: &InboxQuery, csrf: &str, error: Option<&
                 label { "Source " input type="text" name="source" placeholder="address or prefix" value=(q.source.as_deref().unwrap_or("")); }
                 label { "Destination " input type="text" name="destination" placeholder="address or prefix" value=(q.destination.as_deref().unwrap_or("")); }
                 label { "Kind " input type="text" name="kind" placeholder="e.g. anomalous-flows" value=(q.kind.as_deref().unwrap_or("")); }
+                label { "Attack "
+                    select name="attack" {
+                        option value="" selected[selected(&q.attack, "")] { "any" }
+                        @for k in &crate::alert::attack::KINDS {
+                            option value=(k.name) selected[selected(&q.attack, k.name)] { (k.name) }
+                        }
+                    }
+                }
+                label { "ATT&CK " input type="text" name="technique" placeholder="e.g. T1046" size="10" value=(q.technique.as_deref().unwrap_or("")); }
                 label { "Status "
                     select name="status" {
                         @for (value, name) in [("", "inbox (not archived)"), ("new", "new"), ("acknowledged", "acknowledged"), ("archived", "archived"), ("all", "all")] {
@@ -295,6 +324,18 @@ pub fn alert_detail(a: &StoredAlert, csrf: &str) -> Markup {
             table.facts {
                 tr { th { "Time" } td { (time(a.time_ms)) } }
                 tr { th { "Kind" } td { (a.kind) } }
+                @if let Some(kind) = doc["vigil"]["attack"]["kind"].as_str() {
+                    tr { th { "Attack" } td {
+                        (kind)
+                        @if let Some(t) = doc["threat"]["technique"]["id"].as_str() {
+                            " — " (doc["threat"]["tactic"]["name"].as_str().unwrap_or("")) ": " (t) " " (doc["threat"]["technique"]["name"].as_str().unwrap_or(""))
+                            @if let Some(sub) = doc["threat"]["technique"]["subtechnique"]["id"].as_str() {
+                                ", " (sub) " " (doc["threat"]["technique"]["subtechnique"]["name"].as_str().unwrap_or(""))
+                            }
+                        }
+                        " (from the " (doc["vigil"]["attack"]["from"].as_str().unwrap_or("evidence")) ")"
+                    } }
+                }
                 tr { th { "Source" } td { (ip_link(a.source)) } }
                 tr { th { "Destination" } td { (ip_link(a.destination)) @if let Some(p) = a.destination_port { ":" (p) } } }
                 tr { th { "Score" } td {
