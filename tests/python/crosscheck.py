@@ -11,6 +11,9 @@ Matrices travel as raw little-endian float32 files with their shape given on the
   forest   TRAIN ROWS COLS TRAIN_Y TEST TEST_ROWS TEST_Y CLASSES TREES DEPTH
                                                      -> prints a RandomForestClassifier's attack-vs-benign
                                                         and one-vs-rest macro ROC-AUC, and its test rows/s
+  sklonnx  KIND TRAIN ROWS COLS TRAIN_Y TEST TEST_ROWS MODEL PROBA ZIPMAP
+                                                     -> exports a scikit-learn classifier (rf, gb, linear) to ONNX
+                                                        with skl2onnx, writes its predict_proba on TEST as f32
 Class labels travel as raw little-endian uint16, class 0 being benign.
 """
 import sys
@@ -124,6 +127,33 @@ def forest(train, rows, cols, train_y, test, test_rows, test_y, classes, trees, 
     print(f"{attack} {macro} {rate}")
 
 
+def sklonnx(kind, train, rows, cols, train_y, test, test_rows, model, proba, zipmap):
+    from skl2onnx import to_onnx
+    from sklearn.ensemble import GradientBoostingClassifier, RandomForestClassifier
+    from sklearn.linear_model import LogisticRegression
+
+    x_train = load(train, rows, cols)
+    x_test = load(test, test_rows, cols)
+    y = np.fromfile(train_y, dtype="<u2").astype(np.int64)
+    clf = {
+        "rf": lambda: RandomForestClassifier(n_estimators=10, max_depth=6, random_state=0),
+        "gb": lambda: GradientBoostingClassifier(n_estimators=10, max_depth=3, random_state=0),
+        "linear": lambda: LogisticRegression(max_iter=500),
+    }[kind]().fit(x_train, y)
+    options = {id(clf): {"zipmap": zipmap == "zipmap"}}
+    onx = to_onnx(clf, x_train[:1], options=options, target_opset={"": 17, "ai.onnx.ml": 3})
+    with open(model, "wb") as f:
+        f.write(onx.SerializeToString())
+    clf.predict_proba(x_test).astype("<f4").tofile(proba)
+
+
 if __name__ == "__main__":
-    commands = {"iforest": iforest, "onnx": onnx_run, "foreign": foreign, "bench": bench, "forest": forest}
+    commands = {
+        "iforest": iforest,
+        "onnx": onnx_run,
+        "foreign": foreign,
+        "bench": bench,
+        "forest": forest,
+        "sklonnx": sklonnx,
+    }
     commands[sys.argv[1]](*sys.argv[2:])

@@ -39,7 +39,8 @@ const TEST_PACKAGES: [(&str, &str); 14] = [
 ];
 /// The Python references the model cross-checks and scoring benchmark compare against
 /// (never used by the agent). Versions are the ones the checks were written against.
-const PYTHON_PACKAGES: [&str; 4] = ["scikit-learn==1.9.1", "onnxruntime==1.31.1", "onnx==1.23.2", "numpy==2.4.6"];
+const PYTHON_PACKAGES: [&str; 5] =
+    ["scikit-learn==1.9.1", "onnxruntime==1.31.1", "onnx==1.23.2", "numpy==2.4.6", "skl2onnx==1.20.0"];
 
 /// Makes sure every prerequisite is present, installing what is missing.
 ///
@@ -159,7 +160,7 @@ fn ensure_test_tools() -> Result<()> {
 }
 
 fn ensure_python_references() -> Result<()> {
-    let check = "import sklearn, onnxruntime, onnx, numpy";
+    let check = "import sklearn, onnxruntime, onnx, numpy, skl2onnx";
     if succeeds(Command::new("python3").args(["-c", check])) {
         return Ok(());
     }
@@ -178,9 +179,9 @@ fn ensure_python_references() -> Result<()> {
             "--break-system-packages",
         ])
         .args(PYTHON_PACKAGES))
-    .context("installing scikit-learn, onnxruntime and onnx (used by tests/python/crosscheck.py only)")?;
+    .context("installing scikit-learn, onnxruntime, onnx and skl2onnx (used by tests/python/crosscheck.py only)")?;
     if !succeeds(Command::new("python3").args(["-c", check])) {
-        bail!("python3 still cannot import scikit-learn, onnxruntime and onnx after pip install");
+        bail!("python3 still cannot import scikit-learn, onnxruntime, onnx and skl2onnx after pip install");
     }
     Ok(())
 }

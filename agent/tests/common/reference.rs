@@ -1,5 +1,5 @@
 //! The models' independent references: UNSW-NB15 prepared as the detector prepares it, and the
-//! Python script `tests/python/crosscheck.py` (scikit-learn, onnxruntime, onnx; `cargo xtask
+//! Python script `tests/python/crosscheck.py` (scikit-learn, onnxruntime, onnx, skl2onnx; `cargo xtask
 //! setup` installs them). Needs the `offline` feature (`vigil::eval`). The privileged
 //! test-support crate includes this file by path too (`tests/src/data.rs`, for the scoring
 //! benchmark), so the preparation both compare against is one piece of code.
@@ -79,7 +79,7 @@ fn run_reference(mut cmd: Command, args: &[&str]) -> String {
         .expect("python3 runs (cargo xtask setup installs it)");
     assert!(
         out.status.success(),
-        "reference script failed (python3 with scikit-learn, onnxruntime and onnx is needed; `cargo xtask setup` installs them):\n{}",
+        "reference script failed (python3 with scikit-learn, onnxruntime, onnx and skl2onnx is needed; `cargo xtask setup` installs them):\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).expect("utf-8")
