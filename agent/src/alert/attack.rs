@@ -267,10 +267,20 @@ pub struct Shape {
     /// Distinct destinations (source alerts) or sources (destination alerts).
     pub peers: usize,
     pub destination_ports: usize,
+    /// From the worst conversation's context features (source alerts): the most distinct
+    /// ports and hosts its initiator reached in the 10 s window or the last 2 minutes, and the
+    /// distinct IP protocols it used in the window. They see what the alert window's
+    /// anomalous conversations alone miss (a slow scan's earlier probes).
+    pub context_ports: usize,
+    pub context_hosts: usize,
+    pub protocols: usize,
     pub packets: u64,
     pub bytes: u64,
     /// The worst conversation: SYNs without a SYN-ACK back (a handshake never completed).
     pub syn_unanswered: bool,
+    /// The worst conversation's initiator sent SYNs and never acknowledged anything (a SYN
+    /// flood's or a SYN scan's half-open conversations, whether or not the target answered).
+    pub syn_only: bool,
     /// The worst conversation's bytes each way and its length in seconds.
     pub bytes_out: u64,
     pub bytes_back: u64,
@@ -285,6 +295,8 @@ const WEB_PORTS: [u16; 6] = [80, 443, 8000, 8080, 8443, 8888];
 const AMPLIFIER_PORTS: [u16; 9] = [19, 53, 123, 161, 389, 1900, 3702, 11211, 5353];
 /// Packets in an alert window that make a flood.
 const FLOOD_PACKETS: u64 = 1_000;
+/// Anomalous conversations in an alert window that make a flood (each of a few packets).
+const FLOOD_CONVERSATIONS: u64 = 100;
 
 impl AttackKind {
     /// The kind a source alert's evidence shows, by the first rule that holds
@@ -293,25 +305,28 @@ impl AttackKind {
     pub fn of_source(s: &Shape) -> Self {
         let icmp = matches!(s.protocol, 1 | 58);
         let (tcp, udp) = (s.protocol == 6, s.protocol == 17);
-        if s.destination_ports >= 10 {
+        let web = tcp && WEB_PORTS.contains(&s.dst_port);
+        let flood = s.packets >= FLOOD_PACKETS || s.flows >= FLOOD_CONVERSATIONS;
+        let hosts = s.peers.max(s.context_hosts);
+        if s.destination_ports >= 5 || s.context_ports >= 10 || s.protocols >= 5 {
             Self::Scan
-        } else if s.peers >= 10 && s.destination_ports <= 3 && s.packets < FLOOD_PACKETS * s.peers as u64 {
+        } else if hosts >= 10 && s.destination_ports <= 3 && s.packets < FLOOD_PACKETS * hosts as u64 {
             Self::Sweep
-        } else if icmp && s.packets >= FLOOD_PACKETS {
+        } else if icmp && flood {
             Self::IcmpFlood
-        } else if tcp && s.syn_unanswered && s.packets >= FLOOD_PACKETS {
+        } else if tcp && s.syn_only && flood {
             Self::SynFlood
-        } else if udp && s.packets >= FLOOD_PACKETS {
+        } else if udp && flood {
             if AMPLIFIER_PORTS.contains(&s.src_port) { Self::Reflection } else { Self::UdpFlood }
         } else if tcp && LOGIN_PORTS.contains(&s.dst_port) && s.flows >= 5 && s.peers <= 3 {
             Self::PasswordGuessing
-        } else if tcp && WEB_PORTS.contains(&s.dst_port) && s.flows >= 100 {
-            Self::HttpFlood
-        } else if tcp && WEB_PORTS.contains(&s.dst_port) && s.seconds >= 30.0 && s.bytes_out < 100 * s.packets.max(1) {
+        } else if web && s.bytes_back <= s.bytes_out && (s.flows >= 5 || s.seconds >= 30.0) {
             Self::SlowDos
+        } else if web && s.flows >= FLOOD_CONVERSATIONS {
+            Self::HttpFlood
         } else if s.bytes_out >= 10_000_000 && s.bytes_out >= 10 * s.bytes_back.max(1) {
             Self::Exfiltration
-        } else if !tcp && !udp && !icmp && s.packets >= FLOOD_PACKETS {
+        } else if !tcp && !udp && !icmp && flood {
             Self::OtherFlood
         } else {
             Self::Unknown
@@ -413,19 +428,37 @@ mod tests {
     #[test]
     fn source_alerts_get_the_kind_their_evidence_shows() {
         let cases = [
-            (Shape { destination_ports: 1000, flows: 1000, ..shape() }, AttackKind::Scan),
+            (Shape { destination_ports: 1000, flows: 1000, syn_only: true, ..shape() }, AttackKind::Scan),
+            (Shape { destination_ports: 6, flows: 6, syn_only: true, ..shape() }, AttackKind::Scan),
             (Shape { protocol: 1, peers: 254, packets: 254, ..shape() }, AttackKind::Sweep),
             (Shape { protocol: 1, packets: 10_000, ..shape() }, AttackKind::IcmpFlood),
-            (Shape { syn_unanswered: true, packets: 37_000, flows: 1, ..shape() }, AttackKind::SynFlood),
+            (Shape { syn_only: true, syn_unanswered: true, packets: 37_000, ..shape() }, AttackKind::SynFlood),
+            // A SYN flood at an open port: answered, never acknowledged; many one-SYN conversations.
+            (Shape { syn_only: true, flows: 900, packets: 900, dst_port: 22, ..shape() }, AttackKind::SynFlood),
             (Shape { protocol: 17, packets: 10_000, ..shape() }, AttackKind::UdpFlood),
             (Shape { protocol: 17, src_port: 123, packets: 10_000, ..shape() }, AttackKind::Reflection),
             (Shape { dst_port: 22, flows: 400, packets: 8_000, ..shape() }, AttackKind::PasswordGuessing),
-            (Shape { flows: 5_000, packets: 50_000, ..shape() }, AttackKind::HttpFlood),
-            (Shape { flows: 4, packets: 200, bytes_out: 12_000, seconds: 120.0, ..shape() }, AttackKind::SlowDos),
+            (
+                Shape { dst_port: 21, flows: 40, packets: 600, bytes_out: 900, bytes_back: 1400, ..shape() },
+                AttackKind::PasswordGuessing,
+            ),
+            (
+                Shape { flows: 5_000, packets: 50_000, bytes_out: 400, bytes_back: 9_000, ..shape() },
+                AttackKind::HttpFlood,
+            ),
+            (Shape { flows: 400, packets: 2_000, bytes_out: 300, bytes_back: 120, ..shape() }, AttackKind::SlowDos),
+            (
+                Shape { flows: 1, packets: 20, bytes_out: 1_200, bytes_back: 600, seconds: 120.0, ..shape() },
+                AttackKind::SlowDos,
+            ),
             (
                 Shape { dst_port: 9000, bytes_out: 200_000_000, bytes_back: 1_000_000, ..shape() },
                 AttackKind::Exfiltration,
             ),
+            (Shape { protocol: 47, flows: 200, packets: 250, protocols: 38, ..shape() }, AttackKind::Scan),
+            // A slow scan: few ports in the window's anomalous conversations, more in its context.
+            (Shape { destination_ports: 3, context_ports: 11, flows: 3, syn_only: true, ..shape() }, AttackKind::Scan),
+            (Shape { protocol: 1, context_hosts: 40, packets: 40, ..shape() }, AttackKind::Sweep),
             (Shape { protocol: 47, packets: 5_000, ..shape() }, AttackKind::OtherFlood),
             (Shape { dst_port: 9000, flows: 3, packets: 30, ..shape() }, AttackKind::Unknown),
         ];

@@ -139,6 +139,7 @@ impl ExplainedFlow {
             src_port: r.src_port,
             dst_port: r.dst_port,
             syn_unanswered: r.protocol == 6 && r.tcp_flags.syn > 0 && back.is_none_or(|b| b.tcp_flags.syn_ack == 0),
+            syn_only: r.protocol == 6 && r.tcp_flags.syn > 0 && r.tcp_flags.ack == 0,
             bytes_out: r.bytes,
             bytes_back: back.map_or(0, |b| b.bytes),
             seconds: Duration::from_nanos(r.last_seen_ns.saturating_sub(r.first_seen_ns)).as_secs_f64(),
@@ -147,14 +148,25 @@ impl ExplainedFlow {
     }
 }
 
+/// A raw feature of a flow-schema row by name (0 for a name the schema lacks), as a count.
+#[expect(clippy::cast_possible_truncation, clippy::cast_sign_loss, reason = "a finite, positive count")]
+fn raw_feature(raw: &crate::learn::sample::Row, name: &str) -> usize {
+    let value = crate::features::FLOW_FEATURES.iter().position(|f| f.0 == name).map_or(0.0, |i| raw[i]);
+    if value.is_finite() && value > 0.0 { value.round() as usize } else { 0 }
+}
+
 impl SourceAlert {
     /// What kind of attack the evidence shows ([`AttackKind::of_source`]).
     #[must_use]
     pub fn kind(&self) -> AttackKind {
+        let raw = |name| raw_feature(&self.top.raw, name);
         AttackKind::of_source(&Shape {
             flows: self.anomalous_flows,
             peers: self.destinations,
             destination_ports: self.destination_ports,
+            context_ports: raw("src_dst_ports").max(raw("src_dst_ports_long")).max(raw("pair_ports_long")),
+            context_hosts: raw("src_dst_hosts").max(raw("src_dst_hosts_long")),
+            protocols: raw("src_protocols"),
             packets: self.packets,
             bytes: self.bytes,
             ..self.top.shape()

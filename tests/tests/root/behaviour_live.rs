@@ -46,7 +46,13 @@ fn alerted(lab: &Lab, what: &str, start: i64, within: Duration) -> (Value, i64) 
         lab.events().into_iter().filter(|e| is_alert(e) && e["source"]["ip"].as_str() != Some(ATTACKER)).collect();
     assert!(others.is_empty(), "alerts naming someone else: {others:#?}");
     assert!(lab.events().iter().all(|e| e["source"]["ip"].as_str() != Some(BYSTANDER)));
-    eprintln!("{what}: alert {} ms after the start: {}", timestamp_ms(&alert) - start, alert["vigil"]["explanation"]);
+    eprintln!(
+        "{what}: alert {} ms after the start, kind {} ({}): {}",
+        timestamp_ms(&alert) - start,
+        alert["vigil"]["attack"]["kind"],
+        alert["threat"]["technique"]["id"],
+        alert["vigil"]["explanation"]
+    );
     let latency = timestamp_ms(&alert) - start;
     (alert, latency)
 }
@@ -58,7 +64,8 @@ fn an_ip_protocol_scan_is_alerted() {
     let _agent = lab.agent("");
     let start = now_ms();
     let mut scan = attack(&lab, 60, &["nmap", "-sO", "-n", "-Pn", "-T4", "--max-retries", "1", VICTIM]);
-    alerted(&lab, "alert naming the protocol scanner", start, Duration::from_secs(30));
+    let (alert, _) = alerted(&lab, "alert naming the protocol scanner", start, Duration::from_secs(30));
+    assert_eq!(alert["vigil"]["attack"]["kind"], "scan", "{alert:#}");
     scan.wait().expect("nmap");
 }
 
@@ -74,8 +81,10 @@ fn a_slow_port_scan_is_alerted_before_it_ends() {
         90,
         &["nmap", "-sS", "-n", "-Pn", "--scan-delay", "1s", "--max-retries", "0", "-p", "1-60", VICTIM],
     );
-    let (_, latency) = alerted(&lab, "alert naming the slow scanner", start, Duration::from_secs(70));
+    let (alert, latency) = alerted(&lab, "alert naming the slow scanner", start, Duration::from_secs(70));
     assert!(latency < 60_000, "alerted {latency} ms after the start, after the scan's 60 probes");
+    assert_eq!(alert["vigil"]["attack"]["kind"], "scan", "{alert:#}");
+    assert_eq!(alert["threat"]["technique"]["id"], "T1046", "{alert:#}");
     scan.kill().ok();
     scan.wait().ok();
 }
@@ -128,7 +137,9 @@ fn ftp_password_guessing_is_alerted() {
         // 16 parallel tasks: hydra's default.
         &["hydra", "-l", "admin", "-P", words.to_str().expect("utf-8"), "-t", "16", "-I", &format!("ftp://{VICTIM}")],
     );
-    alerted(&lab, "alert naming the password guesser", start, Duration::from_mins(1));
+    let (alert, _) = alerted(&lab, "alert naming the password guesser", start, Duration::from_mins(1));
+    assert_eq!(alert["vigil"]["attack"]["kind"], "password-guessing", "{alert:#}");
+    assert_eq!(alert["threat"]["technique"]["subtechnique"]["id"], "T1110.001", "{alert:#}");
     hydra.kill().ok();
     hydra.wait().ok();
 }
@@ -147,7 +158,8 @@ fn a_slow_http_dos_is_alerted() {
         60,
         &["slowhttptest", "-H", "-c", "1000", "-r", "200", "-i", "10", "-l", "40", "-u", &format!("http://{VICTIM}/")],
     );
-    alerted(&lab, "alert naming the slow DoS", start, Duration::from_secs(50));
+    let (alert, _) = alerted(&lab, "alert naming the slow DoS", start, Duration::from_secs(50));
+    assert_eq!(alert["vigil"]["attack"]["kind"], "slow-dos", "{alert:#}");
     dos.kill().ok();
     dos.wait().ok();
 }

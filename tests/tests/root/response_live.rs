@@ -52,6 +52,8 @@ fn syn_flood_alerts_within_2s_and_bystander_traffic_raises_none() {
     assert_eq!(alert["network"]["transport"], "tcp");
     assert!(alert["vigil"]["counts"]["anomalous_flows"].as_u64().unwrap() >= 10, "{alert:#}");
     assert!(!alert["vigil"]["explanation"].as_array().unwrap().is_empty());
+    assert_eq!(alert["vigil"]["attack"]["kind"], "syn-flood", "{alert:#}");
+    assert_eq!(alert["threat"]["technique"]["subtechnique"]["id"], "T1499.001", "{alert:#}");
     flood.wait().expect("hping3");
     // One source, one window: a single alert for the whole flood so far, not thousands.
     let alerts = lab.events().into_iter().filter(|e| is_alert(e) && source_is(e, ATTACKER)).count();
@@ -80,6 +82,8 @@ fn nmap_scan_alerts_within_2s() {
     let latency = timestamp_ms(&alert) - start;
     assert!(latency <= 2000, "alert {latency} ms after the scan started: {alert:#}");
     assert!(alert["vigil"]["counts"]["destination_ports"].as_u64().unwrap() >= 20, "{alert:#}");
+    assert_eq!(alert["vigil"]["attack"]["kind"], "scan", "{alert:#}");
+    assert_eq!(alert["threat"]["tactic"]["id"], "TA0007", "{alert:#}");
     scan.wait().expect("nmap");
 }
 
@@ -287,6 +291,7 @@ fn spoofed_flood_raises_a_destination_alert_and_blocks_nothing() {
     assert!(alert["source"].is_null(), "a destination alert names no source: {alert:#}");
     assert!(alert["vigil"]["counts"]["sources"].as_u64().unwrap() >= 20, "{alert:#}");
     assert!(!alert["vigil"]["explanation"].as_array().unwrap().is_empty(), "{alert:#}");
+    assert_eq!(alert["vigil"]["attack"]["kind"], "syn-flood", "a flood of one SYN per source: {alert:#}");
     std::thread::sleep(Duration::from_secs(2));
     let events = lab.events();
     assert!(events.iter().all(|e| !action_is(e, "block")), "spoofed sources are never blocked: {events:#?}");
