@@ -11,7 +11,7 @@ mod common;
 
 use common::{
     TempDir, arg,
-    reference::{python, read_f32, unsw_prepared, write_f32},
+    reference::{forest_split, python, read_f32, sklearn_forest, unsw_prepared, write_f32},
 };
 use ndarray::{Array2, Axis};
 use vigil::{
@@ -104,40 +104,14 @@ fn forest_agrees_with_scikit_learn(data: &vigil::eval::supervised::Labelled, nam
         eval::supervised::one_vs_rest_roc_auc,
         model::classifier::{Classifier, ClassifierParams},
     };
-    let all: Vec<usize> = (0..data.y.len()).collect();
-    let (train_idx, test_idx) = vigil::eval::split(&all, 2.0 / 3.0, 3);
-    let (train, test) = (data.x.select(Axis(0), &train_idx), data.x.select(Axis(0), &test_idx));
-    let y_train: Vec<u16> = train_idx.iter().map(|&i| data.y[i]).collect();
-    let y_test: Vec<u16> = test_idx.iter().map(|&i| data.y[i]).collect();
+    let split = forest_split(data);
     let params = ClassifierParams::default();
-    let forest = Classifier::train(train.view(), &y_train, data.classes.clone(), &params);
-    let p = forest.predict_proba(test.view());
-    let attack: Vec<bool> = y_test.iter().map(|&c| c != 0).collect();
+    let forest = Classifier::train(split.train.view(), &split.y_train, data.classes.clone(), &params);
+    let p = forest.predict_proba(split.test.view());
+    let attack: Vec<bool> = split.y_test.iter().map(|&c| c != 0).collect();
     let ours_attack = curves(&p.column(0).iter().map(|v| 1.0 - v).collect::<Vec<_>>(), &attack).expect("both").roc_auc;
-    let ours_macro = one_vs_rest_roc_auc(p.view(), &y_test).expect("classes");
-
-    let dir = TempDir::new("crosscheck-forest");
-    let path = |n: &str| dir.path().join(n);
-    write_f32(&path("train.f32"), train.view());
-    write_f32(&path("test.f32"), test.view());
-    let u16s = |v: &[u16]| v.iter().flat_map(|c| c.to_le_bytes()).collect::<Vec<u8>>();
-    std::fs::write(path("train.u16"), u16s(&y_train)).expect("labels");
-    std::fs::write(path("test.u16"), u16s(&y_test)).expect("labels");
-    let out = python(&[
-        "forest",
-        arg(&path("train.f32")),
-        &train.nrows().to_string(),
-        &train.ncols().to_string(),
-        arg(&path("train.u16")),
-        arg(&path("test.f32")),
-        &test.nrows().to_string(),
-        arg(&path("test.u16")),
-        &data.classes.len().to_string(),
-        &params.trees.to_string(),
-        &params.max_depth.to_string(),
-    ]);
-    let numbers: Vec<f64> = out.split_whitespace().map(|v| v.parse().expect("a number")).collect();
-    let (sk_attack, sk_macro) = (numbers[0], numbers[1]);
+    let ours_macro = one_vs_rest_roc_auc(p.view(), &split.y_test).expect("classes");
+    let (sk_attack, sk_macro, _) = sklearn_forest(&split, params.trees, params.max_depth, false);
     eprintln!(
         "{name}: attack-vs-benign ROC-AUC vigil {ours_attack:.4}, scikit-learn {sk_attack:.4}; \
          one-vs-rest macro vigil {ours_macro:.4}, scikit-learn {sk_macro:.4}"

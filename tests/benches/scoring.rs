@@ -19,7 +19,7 @@ use vigil::{
 use vigil_tests::{
     agent::TempDir,
     bench::{machine, median, report},
-    data::{arg, python_on_cpu0, shared, unsw_prepared, write_f32},
+    data::{arg, forest_split, python_on_cpu0, shared, sklearn_forest, unsw_prepared, write_f32},
 };
 
 /// Median time of `runs` calls.
@@ -55,14 +55,11 @@ fn classifier() -> String {
     };
     let data =
         Labelled::from_unsw(&shared("flows/unsw-nb15/UNSW_NB15_training-set.csv.zip"), false).expect("UNSW-NB15");
-    let all: Vec<usize> = (0..data.y.len()).collect();
-    let (train_idx, test_idx) = vigil::eval::split(&all, 2.0 / 3.0, 3);
-    let (train, test) = (data.x.select(Axis(0), &train_idx), data.x.select(Axis(0), &test_idx));
-    let y_train: Vec<u16> = train_idx.iter().map(|&i| data.y[i]).collect();
-    let y_test: Vec<u16> = test_idx.iter().map(|&i| data.y[i]).collect();
+    let split = forest_split(&data);
+    let (train, test) = (&split.train, &split.test);
     let params = ClassifierParams::default();
     let started = Instant::now();
-    let forest = Classifier::train(train.view(), &y_train, data.classes.clone(), &params);
+    let forest = Classifier::train(train.view(), &split.y_train, data.classes.clone(), &params);
     let trained = started.elapsed();
     let n = test.nrows();
     let ours = rate(
@@ -71,28 +68,7 @@ fn classifier() -> String {
             std::hint::black_box(forest.predict_proba(test.view()));
         }),
     );
-
-    let dir = TempDir::new("bench-classifier");
-    let path = |f: &str| dir.path().join(f);
-    write_f32(&path("train.f32"), train.view());
-    write_f32(&path("test.f32"), test.view());
-    let u16s = |v: &[u16]| v.iter().flat_map(|c| c.to_le_bytes()).collect::<Vec<u8>>();
-    std::fs::write(path("train.u16"), u16s(&y_train)).expect("labels");
-    std::fs::write(path("test.u16"), u16s(&y_test)).expect("labels");
-    let py = python_on_cpu0(&[
-        "forest",
-        arg(&path("train.f32")),
-        &train.nrows().to_string(),
-        &train.ncols().to_string(),
-        arg(&path("train.u16")),
-        arg(&path("test.f32")),
-        &n.to_string(),
-        arg(&path("test.u16")),
-        &data.classes.len().to_string(),
-        &params.trees.to_string(),
-        &params.max_depth.to_string(),
-    ]);
-    let sklearn: f64 = py.split_whitespace().nth(2).expect("a rate").parse().expect("a number");
+    let (_, _, sklearn) = sklearn_forest(&split, params.trees, params.max_depth, true);
     format!(
         "| Vigil random forest ({} trees, depth ≤ {}, {:.0} nodes a tree, {} classes; `predict_proba`) | {n} | {ours:.0} |\n\
          | scikit-learn `RandomForestClassifier.predict_proba` (same size, same rows) | {n} | {sklearn:.0} |\n\n\

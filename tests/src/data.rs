@@ -26,6 +26,9 @@ pub fn workspace() -> PathBuf {
 #[path = "../../agent/tests/common/reference.rs"]
 mod reference;
 
-pub use reference::{python, python_on_cpu0, read_f32, unsw_prepared, write_f32};
+pub use reference::{
+    ForestSplit, forest_split, python, python_on_cpu0, read_f32, sklearn_forest, unsw_prepared, write_f32,
+};
 
+use crate::files::TempDir;
 pub use crate::files::arg;

@@ -47,23 +47,20 @@ fn a_record_survives_the_wire_format() {
     assert!(BiflowRecord::try_from(bad).unwrap_err().contains("conn_state"));
 }
 
+/// Every conversation state and end reason, for the tests that go through all of them.
+const ALL_STATES: [crate::flows::biflow::ConnState; 10] = {
+    use crate::flows::biflow::ConnState::{OTH, REJ, RSTO, RSTR, S0, S1, S2, S3, SF, SH};
+    [S0, S1, SF, REJ, S2, S3, RSTO, RSTR, SH, OTH]
+};
+const ALL_END_REASONS: [crate::flows::record::EndReason; 5] = {
+    use crate::flows::record::EndReason::{Active, EndOfCapture, Idle, Open, Shutdown};
+    [Idle, Active, Shutdown, EndOfCapture, Open]
+};
+
 #[test]
 fn the_direct_encoder_writes_what_prost_writes() {
-    use crate::flows::biflow::ConnState;
-    use crate::flows::record::EndReason;
-    let states = [
-        ConnState::S0,
-        ConnState::S1,
-        ConnState::SF,
-        ConnState::REJ,
-        ConnState::S2,
-        ConnState::S3,
-        ConnState::RSTO,
-        ConnState::RSTR,
-        ConnState::SH,
-        ConnState::OTH,
-    ];
-    let ends = [EndReason::Idle, EndReason::Active, EndReason::Shutdown, EndReason::EndOfCapture, EndReason::Open];
+    let states = ALL_STATES;
+    let ends = ALL_END_REASONS;
     let mut records: Vec<BiflowRecord> = (0..40).map(conversation).collect();
     for (i, r) in records.iter_mut().enumerate() {
         r.conn_state = states[i % states.len()];
@@ -122,23 +119,10 @@ fn the_direct_encoder_writes_what_prost_writes() {
 
 #[test]
 fn conn_state_and_end_reason_names_are_the_json_names() {
-    use crate::flows::biflow::ConnState;
-    use crate::flows::record::EndReason;
-    for s in [
-        ConnState::S0,
-        ConnState::S1,
-        ConnState::SF,
-        ConnState::REJ,
-        ConnState::S2,
-        ConnState::S3,
-        ConnState::RSTO,
-        ConnState::RSTR,
-        ConnState::SH,
-        ConnState::OTH,
-    ] {
+    for s in ALL_STATES {
         assert_eq!(serde_json::to_value(s).unwrap(), proto::conn_state_name(s), "{s:?}");
     }
-    for e in [EndReason::Idle, EndReason::Active, EndReason::Shutdown, EndReason::EndOfCapture, EndReason::Open] {
+    for e in ALL_END_REASONS {
         assert_eq!(serde_json::to_value(e).unwrap(), proto::end_reason_name(e), "{e:?}");
     }
 }

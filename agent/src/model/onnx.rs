@@ -211,18 +211,32 @@ impl OnnxScorer {
     /// # Panics
     /// Never: the rows are copied to standard layout first.
     pub fn reconstruct(&self, rows: ndarray::ArrayView2<'_, f32>) -> Result<ndarray::Array2<f32>, OnnxError> {
-        let run = |e: TractError| OnnxError::Run(format!("{e:#}"));
-        let input = Tensor::from_shape(
-            &[rows.nrows(), rows.ncols()],
-            rows.as_standard_layout().as_slice().expect("standard layout"),
-        )
-        .map_err(run)?;
-        let outputs = self.plan.run(tvec!(input.into_tvalue())).map_err(run)?;
-        let view = outputs[0].to_plain_array_view::<f32>().map_err(run)?;
-        view.into_dimensionality::<ndarray::Ix2>()
-            .map(|v| v.to_owned())
-            .map_err(|e| OnnxError::Run(format!("unexpected output shape: {e}")))
+        run_rows(&self.plan, rows)
     }
+}
+
+/// Runs a plan of one `[n, width]` float input and reads its first output as `[n, k]`.
+///
+/// # Errors
+/// [`OnnxError::Run`] if tract fails or the output is not two-dimensional.
+///
+/// # Panics
+/// Never: the rows are copied to standard layout first.
+pub(crate) fn run_rows(
+    plan: &Arc<TypedRunnableModel>,
+    rows: ndarray::ArrayView2<'_, f32>,
+) -> Result<ndarray::Array2<f32>, OnnxError> {
+    let run = |e: TractError| OnnxError::Run(format!("{e:#}"));
+    let input = Tensor::from_shape(
+        &[rows.nrows(), rows.ncols()],
+        rows.as_standard_layout().as_slice().expect("standard layout"),
+    )
+    .map_err(run)?;
+    let outputs = plan.run(tvec!(input.into_tvalue())).map_err(run)?;
+    let view = outputs[0].to_plain_array_view::<f32>().map_err(run)?;
+    view.into_dimensionality::<ndarray::Ix2>()
+        .map(|v| v.to_owned())
+        .map_err(|e| OnnxError::Run(format!("unexpected output shape: {e}")))
 }
 
 #[cfg(test)]

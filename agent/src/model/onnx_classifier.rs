@@ -163,20 +163,7 @@ impl OnnxClassifier {
     ///
     /// # Errors
     /// [`OnnxError::Run`] if tract fails.
-    ///
-    /// # Panics
-    /// Never: the rows are copied to standard layout first.
     pub fn predict_proba(&self, rows: ndarray::ArrayView2<'_, f32>) -> Result<ndarray::Array2<f32>, OnnxError> {
-        let run = |e: TractError| OnnxError::Run(format!("{e:#}"));
-        let input = Tensor::from_shape(
-            &[rows.nrows(), rows.ncols()],
-            rows.as_standard_layout().as_slice().expect("standard layout"),
-        )
-        .map_err(run)?;
-        let outputs = self.plan.run(tvec!(input.into_tvalue())).map_err(run)?;
-        let view = outputs[0].to_plain_array_view::<f32>().map_err(run)?;
-        view.into_dimensionality::<ndarray::Ix2>()
-            .map(|v| v.to_owned())
-            .map_err(|e| OnnxError::Run(format!("unexpected output shape: {e}")))
+        super::onnx::run_rows(&self.plan, rows)
     }
 }

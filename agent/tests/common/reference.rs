@@ -20,7 +20,7 @@ use vigil::{
     model::detector::Scaler,
 };
 
-use super::{shared, workspace};
+use super::{TempDir, arg, shared, workspace};
 
 /// UNSW-NB15 without the leak columns, prepared as the detector prepares rows (schema
 /// transform, then scaling fitted on the training rows): train on half the normal rows, test
@@ -103,4 +103,72 @@ pub fn read_f32(path: &Path, rows: usize, cols: usize) -> Array2<f32> {
     let bytes = std::fs::read(path).expect("read matrix");
     let v: Vec<f32> = bytes.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes"))).collect();
     Array2::from_shape_vec((rows, cols), v).expect("shape")
+}
+
+/// A labelled dataset split at random, two thirds to train (seed 3): the rows the forest
+/// cross-check and the classifier benchmark give to Vigil and to scikit-learn alike.
+pub struct ForestSplit {
+    pub train: Array2<f32>,
+    pub test: Array2<f32>,
+    pub y_train: Vec<u16>,
+    pub y_test: Vec<u16>,
+    pub classes: usize,
+}
+
+/// Splits `data` as [`ForestSplit`] says.
+#[must_use]
+pub fn forest_split(data: &vigil::eval::supervised::Labelled) -> ForestSplit {
+    let all: Vec<usize> = (0..data.y.len()).collect();
+    let (train_idx, test_idx) = split(&all, 2.0 / 3.0, 3);
+    ForestSplit {
+        train: data.x.select(ndarray::Axis(0), &train_idx),
+        test: data.x.select(ndarray::Axis(0), &test_idx),
+        y_train: train_idx.iter().map(|&i| data.y[i]).collect(),
+        y_test: test_idx.iter().map(|&i| data.y[i]).collect(),
+        classes: data.classes.len(),
+    }
+}
+
+/// scikit-learn's `RandomForestClassifier` of `trees` trees of depth `depth` (leaves of 2,
+/// √features) on `split`: its attack-vs-benign ROC-AUC, its one-vs-rest macro ROC-AUC and its
+/// `predict_proba` rows per second (one job; pinned to CPU 0 with `on_cpu0`).
+///
+/// # Panics
+/// As [`python`], or if the script's answer is not three numbers.
+#[must_use]
+pub fn sklearn_forest(split: &ForestSplit, trees: usize, depth: usize, on_cpu0: bool) -> (f64, f64, f64) {
+    let dir = TempDir::new("sklearn-forest");
+    let path = |f: &str| dir.path().join(f);
+    write_f32(&path("train.f32"), split.train.view());
+    write_f32(&path("test.f32"), split.test.view());
+    let u16s = |v: &[u16]| v.iter().flat_map(|c| c.to_le_bytes()).collect::<Vec<u8>>();
+    std::fs::write(path("train.u16"), u16s(&split.y_train)).expect("labels");
+    std::fs::write(path("test.u16"), u16s(&split.y_test)).expect("labels");
+    let (train, test) = (path("train.f32"), path("test.f32"));
+    let (train_y, test_y) = (path("train.u16"), path("test.u16"));
+    let numbers = [
+        split.train.nrows().to_string(),
+        split.train.ncols().to_string(),
+        split.test.nrows().to_string(),
+        split.classes.to_string(),
+        trees.to_string(),
+        depth.to_string(),
+    ];
+    let args = [
+        "forest",
+        arg(&train),
+        &numbers[0],
+        &numbers[1],
+        arg(&train_y),
+        arg(&test),
+        &numbers[2],
+        arg(&test_y),
+        &numbers[3],
+        &numbers[4],
+        &numbers[5],
+    ];
+    let out = if on_cpu0 { python_on_cpu0(&args) } else { python(&args) };
+    let v: Vec<f64> = out.split_whitespace().map(|x| x.parse().expect("a number")).collect();
+    assert_eq!(v.len(), 3, "the forest reference answers three numbers: {out}");
+    (v[0], v[1], v[2])
 }
