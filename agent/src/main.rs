@@ -581,7 +581,7 @@ enum EvalMode {
         #[arg(long, value_name = "LABELS", conflicts_with = "cicflowmeter")]
         captures: Vec<PathBuf>,
         /// Across datasets: train on every row of --captures and test on these labelled
-        /// captures (repeatable; the same features); writes supervised-cross.{json,md}.
+        /// captures (repeatable; the same features); writes supervised-cross.{json,md,svg}.
         #[arg(long, value_name = "LABELS", requires = "captures")]
         test_captures: Vec<PathBuf>,
         /// Do not show a progress bar while captures are read.
@@ -1464,6 +1464,8 @@ fn eval_command(args: EvalArgs) -> anyhow::Result<()> {
             out,
         } => {
             use vigil::eval::supervised::{Labelled, Split, cross_validate, write_report};
+            // Arguments first: reading captures takes a while.
+            let params = forest_params(trees, max_depth, folds)?;
             let from_captures = !captures.is_empty();
             let data = match (unsw, cicflowmeter) {
                 (Some(path), _) => Labelled::from_unsw(&path, with_leaks)?,
@@ -1473,10 +1475,6 @@ fn eval_command(args: EvalArgs) -> anyhow::Result<()> {
                 }
                 (None, None) => anyhow::bail!("give --unsw FILE, --cicflowmeter FILE or --captures LABELS"),
             };
-            if trees == 0 || max_depth == 0 {
-                anyhow::bail!("--trees and --max-depth must be at least 1");
-            }
-            let params = vigil::model::classifier::ClassifierParams { trees, max_depth, ..Default::default() };
             let splits = split.map_or_else(|| vec![Split::Random, Split::ByGroup], |s| vec![s]);
             for s in splits {
                 let report = match cross_validate(&data, s, folds, &params) {
@@ -1537,6 +1535,22 @@ fn publish(out: &std::path::Path, stem: &str, report: &vigil::eval::EvalReport) 
     print!("{}", report.summary());
     println!("report: {}", out.join(format!("{stem}.{{json,svg}}")).display());
     Ok(())
+}
+
+/// `vigil eval supervised`'s forest from its flags, checked with `--folds`.
+#[cfg(feature = "offline")]
+fn forest_params(
+    trees: usize,
+    max_depth: usize,
+    folds: usize,
+) -> anyhow::Result<vigil::model::classifier::ClassifierParams> {
+    if trees == 0 || max_depth == 0 {
+        anyhow::bail!("--trees and --max-depth must be at least 1");
+    }
+    if folds < 2 {
+        anyhow::bail!("--folds must be at least 2, got {folds}");
+    }
+    Ok(vigil::model::classifier::ClassifierParams { trees, max_depth, ..Default::default() })
 }
 
 /// An attack kind of the table, for `--attack`.

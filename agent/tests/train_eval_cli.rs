@@ -274,6 +274,9 @@ fn supervised_eval_reports_both_splits_by_attack_kind() {
     ]);
     assert!(!status.success());
     assert!(stderr.contains("no file or day column") && stderr.contains("random split"), "{stderr}");
+    // Flags are checked before any data is read.
+    let (status, _, stderr) = vigil(&["eval", "supervised", "--cicflowmeter", "/nonexistent.csv.gz", "--folds", "1"]);
+    assert!(!status.success() && stderr.contains("--folds") && !stderr.contains("nonexistent"), "{stderr}");
     let (status, _, stderr) = vigil(&["eval", "supervised", "--cicflowmeter", "/nonexistent.csv.gz"]);
     assert!(!status.success() && stderr.contains("/nonexistent.csv.gz"), "{stderr}");
 }

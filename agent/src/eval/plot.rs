@@ -160,7 +160,7 @@ pub fn write_confusion_svg(path: &Path, report: &super::supervised::SupervisedRe
     let picture = (u32::try_from(left + matrix + 40).map_err(err)?, u32::try_from(top + matrix + 60).map_err(err)?);
     let root = SVGBackend::new(path, picture).into_drawing_area();
     root.fill(&WHITE).map_err(err)?;
-    let title = format!("{} — {}", report.source, split_name(report));
+    let title = format!("{} — {}", report.source, report.split_name());
     root.draw(&Text::new(title, (10, 10), ("sans-serif", 15))).map_err(err)?;
     root.draw(&Text::new(
         format!(
@@ -201,12 +201,4 @@ pub fn write_confusion_svg(path: &Path, report: &super::supervised::SupervisedRe
         }
     }
     root.present().map_err(err)
-}
-
-fn split_name(report: &super::supervised::SupervisedReport) -> String {
-    match report.split {
-        super::supervised::Split::Random => "random rows".to_owned(),
-        super::supervised::Split::ByGroup if report.group_kind == "dataset" => "across datasets".to_owned(),
-        super::supervised::Split::ByGroup => format!("by whole {}s", report.group_kind),
-    }
 }

@@ -36,8 +36,8 @@ use crate::{
     model::classifier::{Classifier, ClassifierParams, argmax},
 };
 
-/// The class name benign rows get, whatever the dataset calls them.
-pub const BENIGN: &str = "benign";
+/// The class name benign rows get, whatever the dataset calls them: the labels' own.
+pub use super::labels::BENIGN;
 
 /// Labelled rows: features, a class per row and the group (file or day) each came from.
 #[derive(Clone, Debug)]
@@ -564,7 +564,7 @@ pub fn unknown_attacks(
 #[must_use]
 pub fn left_out_markdown(results: &[LeftOut], group_kind: &str) -> String {
     use std::fmt::Write as _;
-    let groups = if group_kind == "none" { "groups".to_owned() } else { format!("{group_kind}s") };
+    let groups = groups_heading(group_kind);
     let mut out = format!(
         "| kind left out | rows | {groups} | classifier: called an attack | classifier said | anomaly models: at or above the alert threshold |\n|---|---:|---:|---:|---|---:|\n"
     );
@@ -610,15 +610,34 @@ pub fn write_report(dir: &Path, stem: &str, report: &SupervisedReport) -> std::i
     super::plot::write_confusion_svg(&dir.join(format!("{stem}.svg")), report)
 }
 
+/// A table's heading for the groups column: `files`, `days`, or `groups` where a group is
+/// not a file or a day (one group, or a whole dataset).
+fn groups_heading(group_kind: &str) -> String {
+    match group_kind {
+        "none" | "dataset" => "groups".to_owned(),
+        g => format!("{g}s"),
+    }
+}
+
 impl SupervisedReport {
+    /// How the rows were split: `by random rows`, `by whole files` (days), `across datasets`.
+    #[must_use]
+    pub fn split_name(&self) -> String {
+        match self.split {
+            Split::Random => "by random rows".to_owned(),
+            Split::ByGroup if self.group_kind == "dataset" => "across datasets".to_owned(),
+            Split::ByGroup => format!("by whole {}s", self.group_kind),
+        }
+    }
+
     /// The report as Markdown: the summary, a row per class, the confusion matrix.
     #[must_use]
     pub fn markdown(&self) -> String {
         use std::fmt::Write as _;
-        let split = match self.split {
-            Split::Random => format!("{}-fold cross-validation by random rows", self.folds),
-            Split::ByGroup if self.group_kind == "dataset" => "across datasets".to_owned(),
-            Split::ByGroup => format!("{}-fold cross-validation by whole {}s", self.folds, self.group_kind),
+        let split = if self.group_kind == "dataset" {
+            self.split_name()
+        } else {
+            format!("{}-fold cross-validation {}", self.folds, self.split_name())
         };
         let mut out = format!(
             "{}: {} rows, {} features; {split}; a forest of {} trees (depth ≤ {}).\n\n\
@@ -633,10 +652,7 @@ impl SupervisedReport {
             self.macro_f1,
             self.attack_roc_auc.map_or_else(|| "n/a (one class)".to_owned(), |a| format!("{a:.4}")),
             self.macro_roc_auc.map_or_else(|| "n/a".to_owned(), |a| format!("{a:.4}")),
-            match self.group_kind.as_str() {
-                "none" | "dataset" => "groups".to_owned(),
-                g => format!("{g}s"),
-            },
+            groups_heading(&self.group_kind),
         );
         for c in &self.classes {
             let _ = writeln!(
