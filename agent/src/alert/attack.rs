@@ -297,6 +297,9 @@ const AMPLIFIER_PORTS: [u16; 9] = [19, 53, 123, 161, 389, 1900, 3702, 11211, 535
 const FLOOD_PACKETS: u64 = 1_000;
 /// Anomalous conversations in an alert window that make a flood (each of a few packets).
 const FLOOD_CONVERSATIONS: u64 = 100;
+/// Half-open conversations (SYNs never acknowledged) to a few ports that make a SYN flood: a
+/// flood's first window can hold few, and one client retrying a dead service makes far fewer.
+const HALF_OPEN_FLOOD: u64 = 20;
 
 impl AttackKind {
     /// The kind a source alert's evidence shows, by the first rule that holds
@@ -314,13 +317,13 @@ impl AttackKind {
             Self::Sweep
         } else if icmp && flood {
             Self::IcmpFlood
-        } else if tcp && s.syn_only && flood {
+        } else if tcp && s.syn_only && (flood || s.flows >= HALF_OPEN_FLOOD) {
             Self::SynFlood
         } else if udp && flood {
             if AMPLIFIER_PORTS.contains(&s.src_port) { Self::Reflection } else { Self::UdpFlood }
         } else if tcp && LOGIN_PORTS.contains(&s.dst_port) && s.flows >= 5 && s.peers <= 3 {
             Self::PasswordGuessing
-        } else if web && s.bytes_back <= s.bytes_out && (s.flows >= 5 || s.seconds >= 30.0) {
+        } else if web && !s.syn_only && s.bytes_back <= s.bytes_out && (s.flows >= 5 || s.seconds >= 30.0) {
             Self::SlowDos
         } else if web && s.flows >= FLOOD_CONVERSATIONS {
             Self::HttpFlood
@@ -435,6 +438,11 @@ mod tests {
             (Shape { syn_only: true, syn_unanswered: true, packets: 37_000, ..shape() }, AttackKind::SynFlood),
             // A SYN flood at an open port: answered, never acknowledged; many one-SYN conversations.
             (Shape { syn_only: true, flows: 900, packets: 900, dst_port: 22, ..shape() }, AttackKind::SynFlood),
+            // The first window of a SYN flood at a web port: 57 half-open conversations, not a slow DoS.
+            (
+                Shape { syn_only: true, flows: 57, packets: 114, bytes_out: 120, bytes_back: 60, ..shape() },
+                AttackKind::SynFlood,
+            ),
             (Shape { protocol: 17, packets: 10_000, ..shape() }, AttackKind::UdpFlood),
             (Shape { protocol: 17, src_port: 123, packets: 10_000, ..shape() }, AttackKind::Reflection),
             (Shape { dst_port: 22, flows: 400, packets: 8_000, ..shape() }, AttackKind::PasswordGuessing),
