@@ -18,6 +18,8 @@ use anyhow::Context as _;
 
 const MODEL_FILES: [&str; 3] = ["manifest.json", "iforest.json", "autoencoder.onnx"];
 const SIGNATURE: &str = "manifest.sig";
+/// The default bundle's classifier, if it has one, is staged as `classifier` (empty if none).
+const CLASSIFIER_FILES: [&str; 2] = ["classifier.json", "classifier.onnx"];
 const MODELS_KEY: &str = "vigil-models.pub";
 
 /// This crate's directory, read when the script runs (not `env!`, which bakes in wherever the
@@ -41,6 +43,16 @@ fn stage_default_model() -> anyhow::Result<()> {
         } else {
             fs::write(dst.join(f), b"")?;
         }
+    }
+    let classifier = CLASSIFIER_FILES.iter().map(|f| src.join(f)).find(|p| complete && p.is_file());
+    for f in CLASSIFIER_FILES {
+        println!("cargo:rerun-if-changed={}", src.join(f).display());
+    }
+    match classifier {
+        Some(from) => {
+            fs::copy(&from, dst.join("classifier")).with_context(|| format!("staging {}", from.display()))?;
+        }
+        None => fs::write(dst.join("classifier"), b"")?,
     }
     for (from, to) in [(src.join(SIGNATURE), dst.join(SIGNATURE)), (models.join(MODELS_KEY), dst.join(MODELS_KEY))] {
         println!("cargo:rerun-if-changed={}", from.display());

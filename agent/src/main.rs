@@ -452,6 +452,35 @@ struct TrainInput {
     /// Flow-record JSON lines (from `vigil replay` or `vigil run --flows-out`) to train on.
     #[arg(long, num_args = 1.., value_name = "FILE")]
     flows: Vec<PathBuf>,
+    /// Keep this bundle's anomaly models (a directory, or `default` for the built-in one) and
+    /// add the classifier `--supervised` trains.
+    #[arg(long, value_name = "BUNDLE", requires = "supervised")]
+    base: Option<PathBuf>,
+}
+
+/// The supervised classifier `vigil train` adds to the bundle.
+#[derive(Debug, Args)]
+struct SupervisedArgs {
+    /// Also train the supervised classifier (the bundle's third model) on labelled captures:
+    /// `labels.json` files as `vigil eval captures` reads them; each capture's attack flows
+    /// get its label's attack kind, the rest are benign. Needs the `offline` feature.
+    #[arg(long, num_args = 1.., value_name = "LABELS")]
+    supervised: Vec<PathBuf>,
+    /// Classifier trees.
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    classifier_trees: u32,
+    /// Depth of the classifier's deepest leaf.
+    #[arg(long, default_value_t = 14, value_parser = clap::value_parser!(u32).range(1..=40))]
+    classifier_depth: u32,
+    /// Probability of "some attack" at which the classifier fires (the flow counts as
+    /// anomalous and the alert takes the classifier's kind).
+    #[arg(long, default_value_t = vigil::model::kind_classifier::DEFAULT_MIN_PROBABILITY, value_parser = parse_min_probability)]
+    min_probability: f32,
+}
+
+fn parse_min_probability(s: &str) -> Result<f32, String> {
+    let v: f32 = s.parse().map_err(|e| format!("{e}"))?;
+    if v > 0.5 && v <= 1.0 { Ok(v) } else { Err(format!("{v} is not in (0.5, 1]")) }
 }
 
 #[derive(Debug, Args)]
@@ -463,6 +492,8 @@ struct TrainArgs {
     out: PathBuf,
     #[command(flatten)]
     model: ModelArgs,
+    #[command(flatten)]
+    supervised: SupervisedArgs,
     /// Use this ONNX autoencoder (trained elsewhere, e.g. exported from `PyTorch`) instead of
     /// training one: input `[batch, features]` of scaled features, output their reconstruction.
     #[arg(long, value_name = "FILE")]
@@ -1369,6 +1400,76 @@ fn progress_bar_wanted(no_progress: bool) -> bool {
     reason = "the parsed arguments are handed over whole, like the other commands"
 )]
 fn train_command(args: TrainArgs) -> anyhow::Result<()> {
+    // Everything is checked before hours go into training.
+    #[cfg(not(feature = "offline"))]
+    if !args.supervised.supervised.is_empty() {
+        anyhow::bail!("`vigil train --supervised` reads labelled captures with the offline tools; {}", OFFLINE_HINT);
+    }
+    let base = args
+        .input
+        .base
+        .as_deref()
+        .map(|b| -> anyhow::Result<Bundle> {
+            let bundle = Bundle::load(b).with_context(|| format!("--base {}", b.display()))?;
+            bundle.detector(&Schema::flow()).with_context(|| format!("--base {}", b.display()))?;
+            Ok(bundle)
+        })
+        .transpose()?;
+    let bundle = match base {
+        Some(bundle) => bundle,
+        None => train_anomaly_models(&args)?,
+    };
+    #[cfg(feature = "offline")]
+    let bundle = if args.supervised.supervised.is_empty() {
+        bundle
+    } else {
+        add_classifier(bundle, &args.supervised, args.model.seed, progress_bar_wanted(args.no_progress))?
+    };
+    bundle.write_dir(&args.out)?;
+    let detector = bundle.detector(&Schema::flow())?;
+    let t = detector.thresholds;
+    tracing::info!(
+        out = %args.out.display(),
+        alert_threshold = t.alert,
+        block_threshold = t.block,
+        classifier = detector.classifier.as_ref().map(|c| c.spec.classes.join(",")),
+        "bundle written"
+    );
+    Ok(())
+}
+
+/// Trains the supervised classifier on labelled captures and adds it to `bundle`.
+#[cfg(feature = "offline")]
+fn add_classifier(bundle: Bundle, args: &SupervisedArgs, seed: u64, progress: bool) -> anyhow::Result<Bundle> {
+    let data = vigil::eval::supervised::Labelled::from_captures(&args.supervised, progress)?;
+    let counts = data.class_counts();
+    tracing::info!(
+        flows = data.y.len(),
+        classes = %data.classes.iter().zip(&counts).map(|(c, n)| format!("{c}: {n}")).collect::<Vec<_>>().join(", "),
+        "supervised training data"
+    );
+    let params = vigil::model::classifier::ClassifierParams {
+        trees: args.classifier_trees as usize,
+        max_depth: args.classifier_depth as usize,
+        seed,
+        ..Default::default()
+    };
+    let files: Vec<String> = args.supervised.iter().map(|p| p.display().to_string()).collect();
+    let summary = serde_json::json!({ "labels": files, "source": data.source, "files": data.group_names.len() });
+    let trained = vigil::model::train::train_classifier(
+        &Schema::flow(),
+        data.x.view(),
+        &data.y,
+        data.classes.clone(),
+        &params,
+        args.min_probability,
+        summary,
+    )?;
+    Ok(bundle.with_classifier(trained.spec, trained.bytes))
+}
+
+/// Trains the isolation forest and the autoencoder on `args`' benign input.
+fn train_anomaly_models(args: &TrainArgs) -> anyhow::Result<Bundle> {
     let mut config = args.model.config()?;
     if let Some(path) = &args.autoencoder {
         let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
@@ -1414,17 +1515,12 @@ fn train_command(args: TrainArgs) -> anyhow::Result<()> {
         "active_timeout": humantime::format_duration(args.timing.active_timeout).to_string(),
     });
     let trained = vigil::model::train(&Schema::flow(), data.rows.view(), &config, summary, |m| tracing::info!("{m}"))?;
-    trained.bundle.write_dir(&args.out)?;
-    let t = trained.detector.thresholds;
     tracing::info!(
-        out = %args.out.display(),
-        alert_threshold = t.alert,
-        block_threshold = t.block,
         autoencoder_best_epoch = trained.autoencoder.as_ref().map(|r| r.best_epoch),
         validation_loss = trained.autoencoder.as_ref().map(|r| r.validation_loss),
-        "bundle written"
+        "anomaly models trained"
     );
-    Ok(())
+    Ok(trained.bundle)
 }
 
 #[cfg(feature = "offline")]

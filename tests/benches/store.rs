@@ -124,7 +124,7 @@ fn flow(i: u32) -> ScoredFlow {
     };
     ScoredFlow {
         flow: LiveFlow { record, back: None, new: true, first_mono_ns: 0 },
-        score: Score { iforest: 0.5, autoencoder: 1.0, range: 0.0, combined: 1.0 },
+        score: Score { iforest: 0.5, autoencoder: 1.0, range: 0.0, combined: 1.0, ..Score::default() },
         evidence: Evidence::default(),
     }
 }

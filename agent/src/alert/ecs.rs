@@ -13,6 +13,7 @@ use crate::{
         decision::{Decision, ExplainedFlow, Severity},
     },
     flows::biflow::BiflowRecord,
+    model::detector::Fired,
 };
 
 /// What every event says about the agent that raised it.
@@ -88,7 +89,7 @@ impl Observer {
         match decision {
             Decision::SourceAlert(a) => {
                 merge(&mut doc, self.explained(a.severity, &a.top, a.alert_threshold));
-                merge(&mut doc, threat(a.kind()));
+                merge(&mut doc, threat(a.kind(), a.top.kind_from()));
                 merge(
                     &mut doc,
                     json!({
@@ -111,7 +112,7 @@ impl Observer {
             }
             Decision::DestinationAlert(a) => {
                 merge(&mut doc, self.explained(a.severity, &a.top, a.alert_threshold));
-                merge(&mut doc, threat(a.kind()));
+                merge(&mut doc, threat(a.kind(), a.top.kind_from()));
                 merge(
                     &mut doc,
                     json!({
@@ -205,6 +206,14 @@ impl Observer {
                     "combined": top.score.combined,
                     "iforest": top.score.iforest,
                     "autoencoder": top.score.autoencoder,
+                    "range": top.score.range,
+                    "classifier": top.score.classifier.map(|c| json!({
+                        "kind": c.kind.name(),
+                        "kind_probability": c.kind_probability,
+                        "attack_probability": c.attack_probability,
+                        "fired": c.fired,
+                    })),
+                    "fired": top.score.fired().map(Fired::name).collect::<Vec<_>>(),
                     "alert_threshold": alert_threshold,
                     "block_threshold": self.block_threshold,
                 },
@@ -233,8 +242,8 @@ impl Observer {
 
 /// An alert's kind (`vigil.attack`) and its ATT&CK entry (ECS `threat.*`; none for an
 /// unknown anomaly), from the table of `alert/attack.rs`.
-fn threat(kind: AttackKind) -> Value {
-    let mut doc = json!({ "vigil": { "attack": { "kind": kind.name(), "from": "evidence" } } });
+fn threat(kind: AttackKind, from: &str) -> Value {
+    let mut doc = json!({ "vigil": { "attack": { "kind": kind.name(), "from": from } } });
     if let Some(t) = kind.info().attack {
         let mut technique = json!({ "id": t.technique.0, "name": t.technique.1 });
         if let Some((id, name)) = t.subtechnique {

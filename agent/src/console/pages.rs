@@ -344,6 +344,14 @@ pub fn alert_detail(a: &StoredAlert, csrf: &str) -> Markup {
                     ", range " (format_number(&score["range"])) "); alert at " (format_number(&score["alert_threshold"]))
                     ", block at " (format_number(&score["block_threshold"]))
                 } }
+                tr { th { "Fired" } td {
+                    @let fired: Vec<&str> = score["fired"].as_array().map(|v| v.iter().filter_map(|m| m.as_str()).collect()).unwrap_or_default();
+                    @if fired.is_empty() { "—" } @else { (fired.join(", ")) }
+                    @if let Some(kind) = score["classifier"]["kind"].as_str() {
+                        "; classifier: " (kind) " " (format_number(&score["classifier"]["kind_probability"]))
+                        ", some attack " (format_number(&score["classifier"]["attack_probability"]))
+                    }
+                } }
                 tr { th { "Model" } td { (a.model_phase) " " code { (a.model_sha256.get(..12).unwrap_or(&a.model_sha256)) } } }
                 tr { th { "Sensor" } td { (a.host) } }
                 tr { th { "Event id" } td { code { (a.event_id) } } }

@@ -86,6 +86,19 @@ impl ExplainedFlow {
     pub fn lead(&self) -> &str {
         self.explanation.first().map_or("?", |c| c.feature.as_str())
     }
+
+    /// The attack kind the supervised classifier names, when it fired on this conversation.
+    #[must_use]
+    pub fn classified(&self) -> Option<AttackKind> {
+        self.score.classifier.filter(|c| c.fired).map(|c| c.kind)
+    }
+
+    /// Where an alert's kind comes from: `classifier` when it fired on the alert's worst
+    /// conversation, otherwise `evidence` (the rules of [`AttackKind::of_source`]).
+    #[must_use]
+    pub fn kind_from(&self) -> &'static str {
+        if self.classified().is_some() { "classifier" } else { "evidence" }
+    }
 }
 
 /// One source's anomalies over an alert window.
@@ -156,9 +169,13 @@ fn raw_feature(raw: &crate::learn::sample::Row, name: &str) -> usize {
 }
 
 impl SourceAlert {
-    /// What kind of attack the evidence shows ([`AttackKind::of_source`]).
+    /// What kind of attack it is: the classifier's kind when it fired on the worst
+    /// conversation, otherwise what the evidence shows ([`AttackKind::of_source`]).
     #[must_use]
     pub fn kind(&self) -> AttackKind {
+        if let Some(kind) = self.top.classified() {
+            return kind;
+        }
         let raw = |name| raw_feature(&self.top.raw, name);
         AttackKind::of_source(&Shape {
             flows: self.anomalous_flows,
@@ -175,9 +192,13 @@ impl SourceAlert {
 }
 
 impl DestinationAlert {
-    /// What kind of flood the evidence shows ([`AttackKind::of_destination`]).
+    /// What kind of flood it is: the classifier's kind when it fired on the worst
+    /// conversation, otherwise what the evidence shows ([`AttackKind::of_destination`]).
     #[must_use]
     pub fn kind(&self) -> AttackKind {
+        if let Some(kind) = self.top.classified() {
+            return kind;
+        }
         AttackKind::of_destination(&Shape {
             flows: self.new_flows,
             peers: self.sources,

@@ -79,7 +79,7 @@ fn flow(src: &str, dst: &str, port: u16, combined: f32, mono_ns: u64) -> ScoredF
     (r.first_seen_ns, r.last_seen_ns) = (mono_ns, mono_ns + 1000);
     ScoredFlow {
         flow: LiveFlow { record: r, back: None, new: true, first_mono_ns: mono_ns },
-        score: Score { iforest: 0.7, autoencoder: 2.0, range: 0.0, combined },
+        score: Score { iforest: 0.7, autoencoder: 2.0, range: 0.0, combined, ..Score::default() },
         evidence: Evidence::default(),
     }
 }
@@ -542,6 +542,47 @@ fn decisions_render_as_ecs_with_the_wall_clock_and_their_fields() {
     assert_eq!(parsed["message"], decisions[0].message());
 }
 
+#[test]
+fn an_alert_the_classifier_fired_on_takes_its_kind_and_says_which_models_fired() {
+    use crate::{alert::attack::AttackKind, model::kind_classifier::Classified, model::detector::Fired};
+    let said = Classified {
+        kind: AttackKind::PasswordGuessing,
+        kind_probability: 0.93,
+        attack_probability: 0.97,
+        fired: true,
+    };
+    // The classifier alone lifted these flows to the alert threshold.
+    let mut flows = scan("10.9.9.9", 1, 3, ALERT, 0);
+    for f in &mut flows {
+        f.score.classifier = Some(said);
+        f.score.fired = Fired::Classifier.bit();
+    }
+    let mut b = Bench::new(config(ALERT));
+    let decisions = b.cycle(&flows);
+    let [Decision::SourceAlert(a)] = decisions.as_slice() else { panic!("{decisions:#?}") };
+    // The evidence of three flows says little; the classifier names it.
+    assert_eq!((a.kind(), a.top.kind_from(), a.severity), (AttackKind::PasswordGuessing, "classifier", Severity::Medium));
+    let doc = observer().render(&decisions[0], S);
+    assert_eq!(doc["vigil"]["attack"]["kind"], "password-guessing");
+    assert_eq!(doc["vigil"]["attack"]["from"], "classifier");
+    assert_eq!(doc["threat"]["technique"]["id"], "T1110");
+    assert_eq!(doc["vigil"]["score"]["fired"], serde_json::json!(["classifier"]));
+    assert!((doc["vigil"]["score"]["classifier"]["attack_probability"].as_f64().unwrap() - 0.97).abs() < 1e-6);
+    // Not fired (below its probability): the evidence names the kind, the classifier's word
+    // is still reported.
+    for f in &mut flows {
+        f.score = Score { classifier: Some(Classified { fired: false, ..said }), fired: 0, ..f.score };
+        f.score.combined = ALERT + 0.1;
+        f.flow.record.src_ip = ip("10.9.9.8");
+    }
+    let decisions = b.cycle(&flows);
+    let [Decision::SourceAlert(a)] = decisions.as_slice() else { panic!("{decisions:#?}") };
+    assert_eq!((a.kind(), a.top.kind_from()), (AttackKind::Unknown, "evidence"));
+    assert_ne!(a.kind(), AttackKind::PasswordGuessing);
+    let doc = observer().render(&decisions[0], S);
+    assert_eq!(doc["vigil"]["score"]["classifier"]["fired"], false);
+}
+
 // ---- with the built-in model's explanations (kept from before the seams) ----
 
 /// One cycle's flows: a scanner (10.9.9.9, three new ports) and 25 spoofed sources with one
@@ -583,7 +624,7 @@ fn alert_cycles(step_s: i64) -> (Vec<u32>, Vec<u32>) {
         let mono = mono0 + u64::from(cycle) * S;
         let step = if cycle > 3 { step_s * 1_000_000_000 } else { 0 };
         let wall = (wall0 + u64::from(cycle) * S).saturating_add_signed(step);
-        let score = Score { iforest: 0.9, autoencoder: 1.0, range: 0.0, combined: alert + 0.1 };
+        let score = Score { iforest: 0.9, autoencoder: 1.0, range: 0.0, combined: alert + 0.1, ..Score::default() };
         let flows = cycle_flows(cycle, wall - S / 2, mono - S / 2, score);
         let decisions = engine.decide(mono, &flows, &detector, None).expect("cycle");
         for d in &decisions {
@@ -621,7 +662,7 @@ fn destination_state_is_bounded_under_a_spread_flood() {
     let detector = detector();
     let alert = detector.thresholds.alert;
     let mut engine = Engine::new(config(alert));
-    let score = Score { iforest: 0.9, autoencoder: 1.0, range: 0.0, combined: alert + 0.1 };
+    let score = Score { iforest: 0.9, autoencoder: 1.0, range: 0.0, combined: alert + 0.1, ..Score::default() };
     let mut flows = Vec::new();
     for d in 0..64u32 {
         for k in 0..5_000u32 {
@@ -656,7 +697,7 @@ fn alert_counts_survive_promotion() {
     let detector = detector();
     let alert = detector.thresholds.alert;
     let mut engine = Engine::new(config(alert));
-    let low = Score { iforest: 0.9, autoencoder: 1.0, range: 0.0, combined: alert + 0.1 };
+    let low = Score { iforest: 0.9, autoencoder: 1.0, range: 0.0, combined: alert + 0.1, ..Score::default() };
     let high = Score { combined: alert + 2.0, ..low };
     let mut decisions = Vec::new();
     // Two anomalous flows in one cycle (a candidate), a third and its repeat in the next.

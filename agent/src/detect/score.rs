@@ -115,7 +115,7 @@ impl Scorer {
             .into_iter()
             .map(|flow| ScoredFlow {
                 flow,
-                score: Score { iforest: 0.0, autoencoder: 0.0, range: 0.0, combined: 0.0 },
+                score: Score { iforest: 0.0, autoencoder: 0.0, range: 0.0, combined: 0.0, ..Score::default() },
                 evidence: Evidence::default(),
             })
             .collect();
@@ -147,7 +147,8 @@ impl Scorer {
                 row.assign(&ArrayView1::from(&s.evidence.raw));
             }
             let prepared = self.detector.prepare(raw.view());
-            let (chunk_scores, recon) = self.detector.score_prepared(prepared.view())?;
+            let (mut chunk_scores, recon) = self.detector.score_prepared(prepared.view())?;
+            self.detector.classify_into(raw.view(), &mut chunk_scores)?;
             for ((s, score), row) in chunk.iter_mut().zip(chunk_scores).zip(recon.rows()) {
                 s.score = score;
                 for (to, from) in s.evidence.reconstruction.iter_mut().zip(row) {

@@ -230,7 +230,7 @@ mod tests {
     }
 
     fn score(combined: f32) -> Score {
-        Score { iforest: 0.5, autoencoder: 0.1, range: 0.0, combined }
+        Score { iforest: 0.5, autoencoder: 0.1, range: 0.0, combined, ..Score::default() }
     }
 
     #[test]

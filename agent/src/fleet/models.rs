@@ -3,13 +3,14 @@
 //!
 //! `vigil model publish BUNDLE --group G` puts the bundle's files into the object store
 //! (bucket `VIGIL_BUNDLES`) as `<sha256>/manifest.json`, `<sha256>/manifest.sig`,
-//! `<sha256>/iforest.json` and `<sha256>/autoencoder.onnx`, where `<sha256>` is the hash of its
+//! `<sha256>/iforest.json`, `<sha256>/autoencoder.onnx` and the classifier's file if it has one
+//! (`<sha256>/classifier.json` or `.onnx`), where `<sha256>` is the hash of its
 //! `manifest.json` (which holds the hashes of the model files, so it names the whole bundle),
 //! then writes the group's pointer (key `G` of the bucket `VIGIL_MODELS`, a [`Pointer`]). A
 //! canary rollout is a pointer for a small group first, then for the rest.
 //!
 //! An agent with `[fleet.models] group = "G"` watches that key (its value at start, then each
-//! change). For a pointer it has not seen it downloads the four objects, each capped in size
+//! change). For a pointer it has not seen it downloads the bundle's objects, each capped in size
 //! before it is read, and checks them as `vigil run` checks a bundle directory and more:
 //! the manifest's hash must be the pointer's, the model files must match the manifest's hashes
 //! and sizes, the signature must verify with one of `detection.trusted_keys` (always: a fleet
@@ -109,6 +110,8 @@ pub struct Received {
     pub signature: Vec<u8>,
     pub iforest: Vec<u8>,
     pub autoencoder: Vec<u8>,
+    /// The classifier's file, if the manifest names one.
+    pub classifier: Option<Vec<u8>>,
 }
 
 /// A bundle that passed every check, ready for the live path.
@@ -131,7 +134,7 @@ pub fn accept(pointer: &Pointer, received: Received, keys: &[PublicKey], schema:
     if sha256 != pointer.sha256 {
         return Err(format!("{MANIFEST} has sha256 {sha256}, the pointer names {}", pointer.sha256));
     }
-    let bundle = Bundle::from_bytes(&received.manifest, received.iforest, received.autoencoder)
+    let bundle = Bundle::from_bytes(&received.manifest, received.iforest, received.autoencoder, received.classifier)
         .map_err(|e| e.to_string())?
         .with_signature(received.signature);
     if keys.is_empty() {
@@ -280,7 +283,11 @@ async fn fetch(store: &async_nats::jetstream::object_store::ObjectStore, sha256:
     let iforest = read_object(store, &object_name(sha256, IFOREST), claimed(IFOREST, IFOREST_MAX_BYTES)).await?;
     let autoencoder =
         read_object(store, &object_name(sha256, AUTOENCODER), claimed(AUTOENCODER, AUTOENCODER_MAX_BYTES)).await?;
-    Ok(Received { manifest, signature, iforest, autoencoder })
+    let classifier = match Bundle::files_of(&parsed).get(2) {
+        Some(&(file, most)) => Some(read_object(store, &object_name(sha256, file), claimed(file, most)).await?),
+        None => None,
+    };
+    Ok(Received { manifest, signature, iforest, autoencoder, classifier })
 }
 
 /// The object store `name`; created (file storage) when it is missing and `create` is set.
@@ -336,13 +343,13 @@ pub async fn publish(
     let signature = bundle.signature().ok_or("the bundle is not signed (sign it with `vigil model sign`)")?;
     let sha256 = bundle.sha256();
     let store = object_store(jetstream, objects, true).await?;
-    let files: [(&str, &[u8]); 4] = [
-        (SIGNATURE, signature),
-        (IFOREST, &bundle.iforest),
-        (AUTOENCODER, &bundle.autoencoder),
+    let classifier = bundle.manifest.classifier.as_ref().map(|c| c.file.as_str()).zip(bundle.classifier.as_deref());
+    let files: Vec<(&str, &[u8])> = [(SIGNATURE, signature), (IFOREST, &bundle.iforest), (AUTOENCODER, &bundle.autoencoder)]
+        .into_iter()
+        .chain(classifier)
         // The manifest last: a bundle whose manifest is there has all its files.
-        (MANIFEST, bundle.manifest_json()),
-    ];
+        .chain([(MANIFEST, bundle.manifest_json())])
+        .collect();
     for (file, mut bytes) in files {
         let name = object_name(&sha256, file);
         store.put(name.as_str(), &mut bytes).await.map_err(|e| format!("writing {name}: {e}"))?;

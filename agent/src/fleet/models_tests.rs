@@ -24,12 +24,22 @@ fn bundle(dir: &Path, note: &str, key: &SecretKey) -> Bundle {
     Bundle::read_dir(&dir).expect("reads")
 }
 
+/// `b` with a small supervised classifier, signed with `key` again.
+fn classified(b: Bundle, dir: &Path, key: &SecretKey) -> Bundle {
+    let (spec, bytes) = crate::model::kind_classifier::tests::small_forest(Schema::flow().len());
+    let dir = dir.join(format!("classified-{}", &b.sha256()[..8]));
+    b.with_classifier(spec, bytes).write_dir(&dir).expect("writes");
+    Bundle::sign_dir(&dir, key).expect("signs");
+    Bundle::read_dir(&dir).expect("reads")
+}
+
 fn received(b: &Bundle) -> Received {
     Received {
         manifest: b.manifest_json().to_vec(),
         signature: b.signature().expect("signed").to_vec(),
         iforest: b.iforest.clone(),
         autoencoder: b.autoencoder.clone(),
+        classifier: b.classifier.clone(),
     }
 }
 
@@ -71,6 +81,17 @@ fn a_downloaded_bundle_is_accepted_only_whole_signed_and_named_by_its_pointer() 
     assert!(why.contains("not a signature"), "{why}");
     let why = refused(&pointer(&good.sha256()), received(&good), &[]);
     assert!(why.starts_with("no trusted keys"), "{why}");
+
+    // A bundle with a classifier: its file comes along, checked like the others.
+    let with = classified(good, &dir, &key);
+    let accepted = accept(&pointer(&with.sha256()), received(&with), &keys, &schema).expect("accepted");
+    assert_eq!(accepted.detector.classifier.as_ref().map(|c| c.spec.classes.len()), Some(3));
+    let why = refused(&pointer(&with.sha256()), Received { classifier: None, ..received(&with) }, &keys);
+    assert!(why.contains("classifier.json has no entry in files, or its bytes are missing"), "{why}");
+    let mut tampered = received(&with);
+    tampered.classifier.as_mut().expect("has one")[5] ^= 1;
+    let why = refused(&pointer(&with.sha256()), tampered, &keys);
+    assert!(why.starts_with("classifier.json: sha256"), "{why}");
 }
 
 #[test]
@@ -103,7 +124,9 @@ fn a_group_runs_what_its_pointer_names_and_refuses_tampered_or_foreign_bundles()
     let port = free_port();
     let _server = Server::start(&dir.join("nats"), port);
     let (key, stranger) = (SecretKey::generate().unwrap(), SecretKey::generate().unwrap());
-    let (a, b, c) = (bundle(&dir, "a", &key), bundle(&dir, "b", &key), bundle(&dir, "c", &stranger));
+    // A carries a supervised classifier: its file travels through the object store too.
+    let a = classified(bundle(&dir, "a", &key), &dir, &key);
+    let (b, c) = (bundle(&dir, "b", &key), bundle(&dir, "c", &stranger));
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
     let js = runtime.block_on(async {
         async_nats::jetstream::new(async_nats::connect(format!("nats://127.0.0.1:{port}")).await.unwrap())
@@ -131,6 +154,7 @@ fn a_group_runs_what_its_pointer_names_and_refuses_tampered_or_foreign_bundles()
     match next(&rx) {
         ModelUpdate::Ready { accepted, group } => {
             assert_eq!((accepted.sha256.as_str(), group.as_str()), (a.sha256().as_str(), "canary"));
+            assert!(accepted.detector.classifier.is_some(), "the classifier came with the bundle");
         }
         ModelUpdate::Refused { why, .. } => panic!("refused: {why}"),
     }

@@ -1,9 +1,10 @@
-//! Model bundles: a directory with `manifest.json`, `iforest.json`, `autoencoder.onnx` and,
-//! when signed, `manifest.sig`.
+//! Model bundles: a directory with `manifest.json`, `iforest.json`, `autoencoder.onnx`, maybe
+//! a supervised classifier (`classifier.json` or `classifier.onnx`, format 2) and, when signed,
+//! `manifest.sig`.
 //!
 //! The manifest carries the format version, the feature schema, the scaler, the baseline, how
 //! scores combine, the thresholds, a summary of the training data and the sha256 and size of
-//! the other two files. Loading checks all of it before anything is used: sizes are capped
+//! the other files (and, format 2, the classifier's classes and when it fires). Loading checks all of it before anything is used: sizes are capped
 //! before a file is read, a bundle of another schema, a file that does not match its checksum
 //! or size, a forest with an index out of range or of a shape training never makes, an ONNX
 //! model of the wrong width, a value outside its range or a model that does not react to
@@ -24,13 +25,21 @@ use super::{
     detector::{Combine, Detector, DetectorError, FeatureRange, Scaler, Thresholds},
     files::{self, Access, FileError},
     iforest::{ForestError, IsolationForest},
+    kind_classifier::{self, ClassifierSpec, KindClassifier, KindClassifierError},
     onnx::OnnxScorer,
     sign::{self, Provenance, PublicKey, SIGNATURE, SecretKey, SignError, Trust},
 };
 use crate::features::Schema;
 
-/// Version of the bundle format this build reads and writes.
-pub const FORMAT_VERSION: u32 = 1;
+/// The newest version of the bundle format this build reads and writes: 2 carries a
+/// supervised classifier. A bundle is written with the oldest version that holds it (1 without
+/// a classifier), so agents of the previous format keep reading bundles they can use, and
+/// refuse by version, not by an unknown file, the ones they cannot.
+pub const FORMAT_VERSION: u32 = 2;
+/// The oldest version this build reads.
+pub const OLDEST_FORMAT_VERSION: u32 = 1;
+/// The version that added the classifier.
+pub const CLASSIFIER_FORMAT_VERSION: u32 = 2;
 pub const MANIFEST: &str = "manifest.json";
 pub const IFOREST: &str = "iforest.json";
 pub const AUTOENCODER: &str = "autoencoder.onnx";
@@ -44,8 +53,10 @@ pub const AUTOENCODER_MAX_BYTES: u64 = 64 << 20;
 /// Largest `manifest.sig` read (one line of 128 hex digits).
 pub const SIGNATURE_MAX_BYTES: u64 = 4096;
 
-/// The model files the manifest lists, with the most each may be.
+/// The model files every manifest lists, with the most each may be.
 const MODEL_FILES: [(&str, u64); 2] = [(IFOREST, IFOREST_MAX_BYTES), (AUTOENCODER, AUTOENCODER_MAX_BYTES)];
+/// The classifier files a manifest may list (one, the one its `classifier.file` names).
+pub const CLASSIFIER_FILES: [&str; 2] = [kind_classifier::FOREST_FILE, kind_classifier::ONNX_FILE];
 
 /// A checksummed file of the bundle.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -70,8 +81,11 @@ pub struct Manifest {
     pub thresholds: Thresholds,
     /// What the models were trained on and how (free-form, for people).
     pub training: serde_json::Value,
-    /// sha256 and size of `iforest.json` and `autoencoder.onnx`.
+    /// sha256 and size of `iforest.json`, `autoencoder.onnx` and the classifier's file.
     pub files: BTreeMap<String, FileEntry>,
+    /// The supervised classifier (format 2; absent: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub classifier: Option<ClassifierSpec>,
 }
 
 /// Why a bundle cannot be used.
@@ -83,8 +97,14 @@ pub enum BundleError {
     File(#[from] FileError),
     #[error("{file}: not valid JSON for this format: {source}")]
     Json { file: String, source: serde_json::Error },
-    #[error("{MANIFEST}: format version {found}, this build reads {FORMAT_VERSION}")]
+    #[error("{MANIFEST}: format version {found}, this build reads {OLDEST_FORMAT_VERSION} to {FORMAT_VERSION}")]
     Version { found: u32 },
+    #[error("{MANIFEST}: a classifier needs format version {CLASSIFIER_FORMAT_VERSION}, the manifest says {found}")]
+    ClassifierVersion { found: u32 },
+    #[error("{MANIFEST}: the classifier's file {0} has no entry in files, or its bytes are missing")]
+    MissingClassifier(String),
+    #[error(transparent)]
+    Classifier(#[from] KindClassifierError),
     #[error("{MANIFEST}: features do not match: {0}")]
     Schema(String),
     #[error("{MANIFEST}: no entry for {0}")]
@@ -115,6 +135,8 @@ pub struct Bundle {
     pub manifest: Manifest,
     pub iforest: Vec<u8>,
     pub autoencoder: Vec<u8>,
+    /// The classifier's file (`manifest.classifier.file`), if the bundle has one.
+    pub classifier: Option<Vec<u8>>,
     /// `manifest.json` as read (or as [`Bundle::write_dir`] writes it): what the bundle's
     /// hash and signature cover.
     manifest_json: Vec<u8>,
@@ -137,6 +159,8 @@ mod embedded {
     pub const MANIFEST: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/default-model/manifest.json"));
     pub const IFOREST: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/default-model/iforest.json"));
     pub const AUTOENCODER: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/default-model/autoencoder.onnx"));
+    /// Empty when the default bundle has no classifier.
+    pub const CLASSIFIER: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/default-model/classifier"));
     pub const SIGNATURE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/default-model/manifest.sig"));
 }
 
@@ -150,9 +174,30 @@ impl Bundle {
         let iforest = serde_json::to_vec(forest).expect("a forest serialises");
         manifest.files =
             BTreeMap::from([(IFOREST.to_owned(), entry(&iforest)), (AUTOENCODER.to_owned(), entry(&autoencoder))]);
-        let mut manifest_json = serde_json::to_vec_pretty(&manifest).expect("a manifest serialises");
-        manifest_json.push(b'\n');
-        Self { manifest, iforest, autoencoder, manifest_json, signature: None }
+        manifest.classifier = None;
+        manifest.format_version = OLDEST_FORMAT_VERSION;
+        let manifest_json = Self::manifest_bytes(&manifest);
+        Self { manifest, iforest, autoencoder, classifier: None, manifest_json, signature: None }
+    }
+
+    /// The bundle with `classifier` (the file its spec names) as its supervised classifier, in
+    /// place of any it had; format 2, unsigned (the manifest changed).
+    #[must_use]
+    pub fn with_classifier(mut self, spec: ClassifierSpec, bytes: Vec<u8>) -> Self {
+        self.manifest.files.retain(|name, _| !CLASSIFIER_FILES.contains(&name.as_str()));
+        self.manifest.files.insert(spec.file.clone(), entry(&bytes));
+        self.manifest.classifier = Some(spec);
+        self.manifest.format_version = CLASSIFIER_FORMAT_VERSION;
+        self.manifest_json = Self::manifest_bytes(&self.manifest);
+        self.classifier = Some(bytes);
+        self.signature = None;
+        self
+    }
+
+    fn manifest_bytes(manifest: &Manifest) -> Vec<u8> {
+        let mut json = serde_json::to_vec_pretty(manifest).expect("a manifest serialises");
+        json.push(b'\n');
+        json
     }
 
     /// Parses the manifest: version first (so an old or new format gets a version error, not
@@ -164,20 +209,41 @@ impl Bundle {
         }
         let json = |source| BundleError::Json { file: MANIFEST.into(), source };
         let version: Version = serde_json::from_slice(bytes).map_err(json)?;
-        if version.format_version != FORMAT_VERSION {
+        if !(OLDEST_FORMAT_VERSION..=FORMAT_VERSION).contains(&version.format_version) {
             return Err(BundleError::Version { found: version.format_version });
         }
         let manifest: Manifest = serde_json::from_slice(bytes).map_err(json)?;
-        if let Some(extra) = manifest.files.keys().find(|k| !MODEL_FILES.iter().any(|(f, _)| f == k)) {
+        let classifier_file = manifest.classifier.as_ref().map(|c| c.file.as_str());
+        if classifier_file.is_some() && manifest.format_version < CLASSIFIER_FORMAT_VERSION {
+            return Err(BundleError::ClassifierVersion { found: manifest.format_version });
+        }
+        if let Some(file) = classifier_file.filter(|f| !CLASSIFIER_FILES.contains(f)) {
+            return Err(KindClassifierError::File(file.to_owned()).into());
+        }
+        if let Some(extra) =
+            manifest.files.keys().find(|k| !MODEL_FILES.iter().any(|(f, _)| f == k) && Some(k.as_str()) != classifier_file)
+        {
             return Err(BundleError::ExtraEntry(extra.clone()));
         }
-        for (file, limit) in MODEL_FILES {
+        for (file, limit) in Self::files_of(&manifest) {
             let claimed = manifest.files.get(file).ok_or(BundleError::MissingEntry(file))?.bytes;
             if claimed > limit {
                 return Err(BundleError::SizeClaim { file, claimed, limit });
             }
         }
         Ok(manifest)
+    }
+
+    /// The model files `manifest` lists, with the most each may be: the two anomaly models
+    /// and the classifier's file, if it has one.
+    #[must_use]
+    pub fn files_of(manifest: &Manifest) -> Vec<(&'static str, u64)> {
+        let classifier = manifest
+            .classifier
+            .as_ref()
+            .and_then(|c| CLASSIFIER_FILES.iter().find(|f| **f == c.file))
+            .map(|f| (*f, kind_classifier::MAX_BYTES));
+        MODEL_FILES.into_iter().chain(classifier).collect()
     }
 
     /// Checks a model file's checksum and size against the manifest.
@@ -194,15 +260,35 @@ impl Bundle {
         Ok(())
     }
 
-    /// Parses the three files; checks version, sizes and checksums (not yet the schema).
+    /// Parses the files; checks version, sizes and checksums (not yet the schema). `classifier`
+    /// is the file the manifest's `classifier.file` names, if it names one.
     ///
     /// # Errors
     /// [`BundleError`] naming the file and the problem.
-    pub fn from_bytes(manifest: &[u8], iforest: Vec<u8>, autoencoder: Vec<u8>) -> Result<Self, BundleError> {
+    pub fn from_bytes(
+        manifest: &[u8],
+        iforest: Vec<u8>,
+        autoencoder: Vec<u8>,
+        classifier: Option<Vec<u8>>,
+    ) -> Result<Self, BundleError> {
         let parsed = Self::parse_manifest(manifest)?;
         Self::check_file(&parsed, IFOREST, &iforest)?;
         Self::check_file(&parsed, AUTOENCODER, &autoencoder)?;
-        Ok(Self { manifest: parsed, iforest, autoencoder, manifest_json: manifest.to_vec(), signature: None })
+        let classifier = Self::check_classifier(&parsed, classifier)?;
+        Ok(Self { manifest: parsed, iforest, autoencoder, classifier, manifest_json: manifest.to_vec(), signature: None })
+    }
+
+    /// The classifier's bytes checked against the manifest: present exactly when it names one.
+    fn check_classifier(manifest: &Manifest, bytes: Option<Vec<u8>>) -> Result<Option<Vec<u8>>, BundleError> {
+        match (Self::files_of(manifest).get(MODEL_FILES.len()), bytes) {
+            (None, None) => Ok(None),
+            (Some((file, _)), Some(bytes)) => {
+                Self::check_file(manifest, file, &bytes)?;
+                Ok(Some(bytes))
+            }
+            (Some((file, _)), None) => Err(BundleError::MissingClassifier((*file).to_owned())),
+            (None, Some(_)) => Err(BundleError::ExtraEntry("a classifier file the manifest does not name".into())),
+        }
     }
 
     /// Reads a bundle directory as an offline command does (any owner, any mode).
@@ -236,12 +322,13 @@ impl Bundle {
             Ok(bytes)
         };
         let (iforest, autoencoder) = (read(IFOREST)?, read(AUTOENCODER)?);
+        let classifier = Self::files_of(&manifest).get(MODEL_FILES.len()).map(|(f, _)| read(f)).transpose()?;
         let signature = match files::read_capped(&dir.join(SIGNATURE), SIGNATURE_MAX_BYTES, access) {
             Ok(bytes) => Some(bytes),
             Err(FileError::Io { error, .. }) if error.kind() == std::io::ErrorKind::NotFound => None,
             Err(e) => return Err(e.into()),
         };
-        Ok(Self { manifest, iforest, autoencoder, manifest_json, signature })
+        Ok(Self { manifest, iforest, autoencoder, classifier, manifest_json, signature })
     }
 
     /// The bundle shipped in the binary.
@@ -252,8 +339,13 @@ impl Bundle {
         if embedded::MANIFEST.is_empty() {
             return Err(BundleError::NoDefault);
         }
-        let mut bundle =
-            Self::from_bytes(embedded::MANIFEST, embedded::IFOREST.to_vec(), embedded::AUTOENCODER.to_vec())?;
+        let classifier = (!embedded::CLASSIFIER.is_empty()).then(|| embedded::CLASSIFIER.to_vec());
+        let mut bundle = Self::from_bytes(
+            embedded::MANIFEST,
+            embedded::IFOREST.to_vec(),
+            embedded::AUTOENCODER.to_vec(),
+            classifier,
+        )?;
         bundle.signature = (!embedded::SIGNATURE.is_empty()).then(|| embedded::SIGNATURE.to_vec());
         Ok(bundle)
     }
@@ -346,8 +438,11 @@ impl Bundle {
     /// [`BundleError::Io`] naming the file.
     pub fn write_dir(&self, dir: &Path) -> Result<(), BundleError> {
         fs::create_dir_all(dir).map_err(|source| BundleError::Io { path: dir.into(), source })?;
+        let classifier = self.manifest.classifier.as_ref().map(|c| c.file.as_str()).zip(self.classifier.as_ref());
         let files = [(MANIFEST, &self.manifest_json), (IFOREST, &self.iforest), (AUTOENCODER, &self.autoencoder)];
-        for (name, bytes) in files.into_iter().chain(self.signature.as_ref().map(|s| (SIGNATURE, s))) {
+        for (name, bytes) in
+            files.into_iter().chain(classifier).chain(self.signature.as_ref().map(|s| (SIGNATURE, s)))
+        {
             let path = dir.join(name);
             fs::write(&path, bytes).map_err(|source| BundleError::Io { path, source })?;
         }
@@ -369,6 +464,12 @@ impl Bundle {
         let width = expected.len();
         let autoencoder = OnnxScorer::load(&self.autoencoder, width)?;
         let m = &self.manifest;
+        let classifier = match (&m.classifier, &self.classifier) {
+            (Some(spec), Some(bytes)) => Some(KindClassifier::load(spec, bytes, width)?),
+            (None, None) => None,
+            (Some(spec), None) => return Err(BundleError::MissingClassifier(spec.file.clone())),
+            (None, Some(_)) => return Err(BundleError::ExtraEntry("a classifier file the manifest does not name".into())),
+        };
         let mut detector = Detector {
             schema: m.schema.clone(),
             scaler: m.scaler.clone(),
@@ -378,6 +479,7 @@ impl Bundle {
             combine: m.combine,
             range: m.range.clone(),
             thresholds: m.thresholds,
+            classifier,
         };
         detector.range.resolve(&detector.schema)?;
         detector.check()?;
@@ -449,6 +551,53 @@ mod tests {
     }
 
     #[test]
+    fn a_classifier_travels_in_the_bundle_under_format_2_and_fires_as_the_third_model() {
+        let (bundle, _) = small_bundle();
+        assert_eq!(bundle.manifest.format_version, 1, "no classifier: the oldest format that holds it");
+        let width = Schema::flow().len();
+        let (spec, bytes) = crate::model::kind_classifier::tests::small_forest(width);
+        let with = bundle.with_classifier(spec, bytes.clone());
+        assert_eq!(with.manifest.format_version, CLASSIFIER_FORMAT_VERSION);
+        assert_eq!(with.manifest.files["classifier.json"].bytes, bytes.len() as u64);
+        let dir = std::env::temp_dir().join(format!("vigil-bundle-classifier-{}", std::process::id()));
+        with.write_dir(&dir).expect("writes");
+        let back = Bundle::read_dir(&dir).expect("reads");
+        assert_eq!(back.classifier.as_deref(), Some(bytes.as_slice()));
+        let detector = back.detector(&Schema::flow()).expect("detector");
+        // Feature 0 large is what the small forest calls a scan: the score reaches the alert
+        // threshold on the classifier's word alone, and says so.
+        let mut rows = Array2::zeros((2, width));
+        rows[[1, 0]] = 105.0;
+        let scores = detector.score(rows.view()).expect("scores");
+        let said = scores[1].classifier.expect("classified");
+        assert!(said.fired && said.kind == crate::alert::attack::AttackKind::Scan, "{said:?}");
+        assert!(scores[1].combined >= detector.thresholds.alert);
+        assert!(scores[1].fired().any(|m| m == super::super::detector::Fired::Classifier));
+        assert!(!scores[0].classifier.expect("classified").fired);
+
+        // A format-1 manifest cannot carry one; the file must be there; no stray classifier.
+        let mut m = with.manifest.clone();
+        m.format_version = 1;
+        let json = |m: &Manifest| serde_json::to_vec(m).expect("json");
+        let parts = || (with.iforest.clone(), with.autoencoder.clone());
+        let (f, a) = parts();
+        let e = Bundle::from_bytes(&json(&m), f, a, Some(bytes.clone())).expect_err("v1");
+        assert!(e.to_string().contains("a classifier needs format version 2, the manifest says 1"), "{e}");
+        let (f, a) = parts();
+        let e = Bundle::from_bytes(&json(&with.manifest), f, a, None).expect_err("missing");
+        assert!(e.to_string().contains("classifier.json has no entry in files, or its bytes are missing"), "{e}");
+        std::fs::remove_file(dir.join("classifier.json")).expect("rm");
+        let e = Bundle::read_dir(&dir).expect_err("missing file");
+        assert!(e.to_string().contains("classifier.json"), "{e}");
+        let mut m = with.manifest.clone();
+        m.classifier = None;
+        let (f, a) = parts();
+        let e = Bundle::from_bytes(&json(&m), f, a, Some(bytes)).expect_err("stray");
+        assert!(e.to_string().contains("files lists classifier.json, which is not part of a bundle"), "{e}");
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
+
+    #[test]
     fn refuses_other_schema_tampered_files_and_other_versions() {
         let (bundle, _) = small_bundle();
         let mut other = Schema::flow();
@@ -460,7 +609,7 @@ mod tests {
         let mut onnx = bundle.autoencoder.clone();
         let last = onnx.len() - 1;
         onnx[last] ^= 1;
-        let e = Bundle::from_bytes(&manifest, bundle.iforest.clone(), onnx).expect_err("checksum");
+        let e = Bundle::from_bytes(&manifest, bundle.iforest.clone(), onnx, None).expect_err("checksum");
         assert!(e.to_string().starts_with("autoencoder.onnx: sha256"), "{e}");
 
         let mut m = bundle.manifest.clone();
@@ -469,11 +618,12 @@ mod tests {
             &serde_json::to_vec(&m).expect("json"),
             bundle.iforest.clone(),
             bundle.autoencoder.clone(),
+            None,
         )
         .expect_err("version");
         assert!(matches!(e, BundleError::Version { found: 99 }));
 
-        let e = Bundle::from_bytes(b"{", bundle.iforest.clone(), bundle.autoencoder).expect_err("json");
+        let e = Bundle::from_bytes(b"{", bundle.iforest.clone(), bundle.autoencoder, None).expect_err("json");
         assert!(e.to_string().starts_with("manifest.json: not valid JSON"), "{e}");
     }
 }

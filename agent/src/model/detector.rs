@@ -26,6 +26,7 @@ use serde::{Deserialize, Serialize};
 use super::{
     autoencoder::row_errors,
     iforest::IsolationForest,
+    kind_classifier::{Classified, KindClassifier},
     onnx::{OnnxError, OnnxScorer},
 };
 use crate::features::Schema;
@@ -205,7 +206,7 @@ pub fn quantile(values: &[f32], q: f64) -> f32 {
 }
 
 /// Scores of one flow.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Score {
     /// Isolation forest anomaly score s ∈ (0, 1).
     pub iforest: f32,
@@ -216,6 +217,47 @@ pub struct Score {
     pub range: f32,
     /// Combined score (see the module documentation).
     pub combined: f32,
+    /// What the supervised classifier says (a bundle with one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub classifier: Option<Classified>,
+    /// The models whose own score reached the alert threshold (a bit per [`Fired`]).
+    #[serde(default)]
+    pub fired: u8,
+}
+
+impl Score {
+    /// The models whose own score reached the alert threshold.
+    pub fn fired(&self) -> impl Iterator<Item = Fired> + '_ {
+        Fired::ALL.into_iter().filter(|m| self.fired & m.bit() != 0)
+    }
+}
+
+/// A model whose own score reached the alert threshold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fired {
+    IsolationForest,
+    Autoencoder,
+    Range,
+    Classifier,
+}
+
+impl Fired {
+    pub const ALL: [Self; 4] = [Self::IsolationForest, Self::Autoencoder, Self::Range, Self::Classifier];
+
+    #[must_use]
+    pub const fn bit(self) -> u8 {
+        1 << self as u8
+    }
+
+    #[must_use]
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::IsolationForest => "iforest",
+            Self::Autoencoder => "autoencoder",
+            Self::Range => "range",
+            Self::Classifier => "classifier",
+        }
+    }
 }
 
 /// One feature's part in an explanation.
@@ -305,6 +347,8 @@ pub struct Detector {
     /// Empty for a model without a range component.
     pub range: FeatureRange,
     pub thresholds: Thresholds,
+    /// The supervised classifier, the third model (format 2 bundles).
+    pub classifier: Option<KindClassifier>,
 }
 
 impl Detector {
@@ -441,7 +485,26 @@ impl Detector {
     /// [`OnnxError`] if tract fails.
     pub fn score(&self, raw: ArrayView2<'_, f32>) -> Result<Vec<Score>, OnnxError> {
         let rows = self.prepare(raw);
-        Ok(self.score_prepared(rows.view())?.0)
+        let mut scores = self.score_prepared(rows.view())?.0;
+        self.classify_into(raw, &mut scores)?;
+        Ok(scores)
+    }
+
+    /// Adds the classifier's word to the scores of raw rows (nothing without a classifier): a
+    /// flow it fires on scores at least the alert threshold, never more on its account.
+    ///
+    /// # Errors
+    /// [`OnnxError`] if tract fails on an ONNX classifier.
+    pub fn classify_into(&self, raw: ArrayView2<'_, f32>, scores: &mut [Score]) -> Result<(), OnnxError> {
+        let Some(classifier) = &self.classifier else { return Ok(()) };
+        for (score, said) in scores.iter_mut().zip(classifier.classify(raw)?) {
+            if said.fired {
+                score.combined = score.combined.max(self.thresholds.alert);
+                score.fired |= Fired::Classifier.bit();
+            }
+            score.classifier = Some(said);
+        }
+        Ok(())
     }
 
     /// Scores prepared rows; also returns the reconstructions (for explanations).
@@ -459,7 +522,16 @@ impl Detector {
             .zip(rows.rows())
             .map(|((f, e), row)| {
                 let range = self.range.excess(row, &self.scaler);
-                Score { iforest: f, autoencoder: e, range, combined: c.score(f, e).max(range) }
+                let alert = self.thresholds.alert;
+                let fired = [
+                    (c.iforest.z(f), Fired::IsolationForest),
+                    (c.autoencoder.z(log_reconstruction_error(e)), Fired::Autoencoder),
+                    (range, Fired::Range),
+                ]
+                .into_iter()
+                .filter(|(z, _)| *z >= alert)
+                .fold(0, |bits, (_, m)| bits | m.bit());
+                Score { iforest: f, autoencoder: e, range, combined: c.score(f, e).max(range), classifier: None, fired }
             })
             .collect();
         Ok((scores, recon))

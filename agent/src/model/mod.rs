@@ -14,6 +14,7 @@ pub mod detector;
 pub mod files;
 pub mod iforest;
 pub mod onnx;
+pub mod kind_classifier;
 pub mod onnx_classifier;
 #[cfg(test)]
 mod refusals;

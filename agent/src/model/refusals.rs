@@ -47,7 +47,7 @@ fn refused(edit: impl FnOnce(&mut Manifest)) -> String {
     let b = small();
     let mut m = b.manifest.clone();
     edit(&mut m);
-    let bundle = Bundle::from_bytes(&serde_json::to_vec(&m).expect("json"), b.iforest.clone(), b.autoencoder.clone())
+    let bundle = Bundle::from_bytes(&serde_json::to_vec(&m).expect("json"), b.iforest.clone(), b.autoencoder.clone(), None)
         .expect("parses and its checksums hold");
     bundle.detector(&Schema::flow()).expect_err("refused").to_string()
 }
@@ -57,7 +57,7 @@ fn refused_text(from: &str, to: &str) -> String {
     let b = small();
     let text = serde_json::to_string_pretty(&b.manifest).expect("json");
     assert!(text.contains(from), "{from} in the manifest");
-    let bundle = Bundle::from_bytes(text.replacen(from, to, 1).as_bytes(), b.iforest.clone(), b.autoencoder.clone())
+    let bundle = Bundle::from_bytes(text.replacen(from, to, 1).as_bytes(), b.iforest.clone(), b.autoencoder.clone(), None)
         .expect("parses");
     bundle.detector(&Schema::flow()).expect_err("refused").to_string()
 }
@@ -240,7 +240,7 @@ fn size_claims_are_capped_before_anything_is_read() {
     let mut m = b.manifest.clone();
     m.files.get_mut(IFOREST).expect("entry").bytes = 2 << 30;
     let manifest = serde_json::to_vec(&m).expect("json");
-    let e = Bundle::from_bytes(&manifest, b.iforest.clone(), b.autoencoder.clone()).expect_err("claim");
+    let e = Bundle::from_bytes(&manifest, b.iforest.clone(), b.autoencoder.clone(), None).expect_err("claim");
     assert_eq!(
         e.to_string(),
         "manifest.json: files.\"iforest.json\".bytes is 2147483648; it must be at most 268435456"
@@ -266,7 +266,7 @@ fn size_claims_are_capped_before_anything_is_read() {
 
     let mut m = b.manifest.clone();
     m.files.insert("../../etc/shadow".into(), m.files[IFOREST].clone());
-    let e = Bundle::from_bytes(&serde_json::to_vec(&m).expect("json"), b.iforest.clone(), b.autoencoder.clone())
+    let e = Bundle::from_bytes(&serde_json::to_vec(&m).expect("json"), b.iforest.clone(), b.autoencoder.clone(), None)
         .expect_err("extra entry");
     assert_eq!(e.to_string(), "manifest.json: files lists ../../etc/shadow, which is not part of a bundle");
 }

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     autoencoder::{Autoencoder, AutoencoderParams, TrainReport},
-    bundle::{Bundle, FORMAT_VERSION, Manifest},
+    bundle::{Bundle, Manifest, OLDEST_FORMAT_VERSION},
     detector::{Combine, Detector, FeatureRange, Norm, Scaler, Thresholds, log_reconstruction_error, quantile},
     iforest::{ForestParams, IsolationForest},
     onnx::{self, OnnxError, OnnxScorer},
@@ -149,6 +149,7 @@ pub fn train(
         combine: placeholder,
         range,
         thresholds: Thresholds { target_fpr: config.target_fpr, alert: f32::INFINITY, block: f32::INFINITY },
+        classifier: None,
     };
     let cal_scores = detector.score(cal_raw.view())?;
     let forest_values: Vec<f32> = cal_scores.iter().map(|s| s.iforest).collect();
@@ -160,7 +161,7 @@ pub fn train(
     detector.thresholds = Thresholds { target_fpr: config.target_fpr, alert, block: alert + BLOCK_MARGIN };
 
     let manifest = Manifest {
-        format_version: FORMAT_VERSION,
+        format_version: OLDEST_FORMAT_VERSION,
         created_by: format!("vigil {}", env!("CARGO_PKG_VERSION")),
         schema: schema.clone(),
         scaler: detector.scaler.clone(),
@@ -180,7 +181,74 @@ pub fn train(
             ),
         }),
         files: std::collections::BTreeMap::new(),
+        classifier: None,
     };
     let bundle = Bundle::new(manifest, &detector.forest, onnx_bytes.clone());
     Ok(Trained { bundle, detector, autoencoder: ae_report })
+}
+
+/// A trained supervised classifier, ready for [`Bundle::with_classifier`].
+#[derive(Debug)]
+pub struct TrainedClassifier {
+    pub spec: super::kind_classifier::ClassifierSpec,
+    pub bytes: Vec<u8>,
+    pub classifier: super::classifier::Classifier,
+}
+
+/// Why a classifier could not be trained.
+#[derive(Debug, thiserror::Error)]
+pub enum ClassifierTrainError {
+    #[error("rows have {found} features, the schema has {expected}")]
+    Width { expected: usize, found: usize },
+    #[error("{0}")]
+    Classes(String),
+}
+
+/// Trains the supervised classifier on raw rows of `schema` labelled `y` (indices into
+/// `classes`; class 0 [`super::kind_classifier::BENIGN`], the rest attack kinds of the table).
+/// `summary` (what the data was) goes into the spec's `training` next to the settings.
+///
+/// # Errors
+/// [`ClassifierTrainError`] for rows of another width, or classes the bundle cannot carry
+/// (benign missing or not first, a name that is no attack kind, fewer than two classes with
+/// rows).
+pub fn train_classifier(
+    schema: &Schema,
+    x: ArrayView2<'_, f32>,
+    y: &[u16],
+    classes: Vec<String>,
+    params: &super::classifier::ClassifierParams,
+    min_probability: f32,
+    summary: serde_json::Value,
+) -> Result<TrainedClassifier, ClassifierTrainError> {
+    use super::kind_classifier::{ClassifierSpec, FOREST_FILE, KindClassifier};
+    if x.ncols() != schema.len() {
+        return Err(ClassifierTrainError::Width { expected: schema.len(), found: x.ncols() });
+    }
+    let mut counts = vec![0usize; classes.len()];
+    for &c in y {
+        counts[usize::from(c)] += 1;
+    }
+    if counts.first().copied().unwrap_or(0) == 0 || counts.iter().filter(|&&n| n > 0).count() < 2 {
+        return Err(ClassifierTrainError::Classes(format!(
+            "a classifier needs benign rows and rows of at least one attack kind; the classes have {}",
+            classes.iter().zip(&counts).map(|(c, n)| format!("{c}: {n}")).collect::<Vec<_>>().join(", ")
+        )));
+    }
+    let classifier = super::classifier::Classifier::train(x, y, classes.clone(), params);
+    let bytes = serde_json::to_vec(&classifier).expect("a forest serialises");
+    let spec = ClassifierSpec {
+        file: FOREST_FILE.to_owned(),
+        classes,
+        min_probability,
+        training: serde_json::json!({
+            "model": "random forest",
+            "params": params,
+            "rows_per_class": counts,
+            "data": summary,
+        }),
+    };
+    // What goes into the bundle must load as the agent loads it.
+    KindClassifier::load(&spec, &bytes, schema.len()).map_err(|e| ClassifierTrainError::Classes(e.to_string()))?;
+    Ok(TrainedClassifier { spec, bytes, classifier })
 }

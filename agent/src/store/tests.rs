@@ -361,7 +361,7 @@ fn scored(src: &str, src_port: u16, port: u16, packets: u64, bytes: u64, new: bo
     (r.packets, r.bytes) = (packets, bytes);
     ScoredFlow {
         flow: LiveFlow { record: r, back: None, new, first_mono_ns: 0 },
-        score: Score { iforest: 0.5, autoencoder: 1.0, range: 0.0, combined },
+        score: Score { iforest: 0.5, autoencoder: 1.0, range: 0.0, combined, ..Score::default() },
         evidence: Evidence::default(),
     }
 }

@@ -16,7 +16,7 @@ fn top(dst: u8, port: u16) -> ExplainedFlow {
     ExplainedFlow {
         record: record(7, dst, port, 0),
         back: None,
-        score: Score { iforest: 0.7, autoencoder: 1.0, range: 0.0, combined: 5.0 },
+        score: Score { iforest: 0.7, autoencoder: 1.0, range: 0.0, combined: 5.0, ..Score::default() },
         explanation: Vec::new(),
         raw: [0.0; crate::features::flow::FLOW_FEATURE_COUNT],
     }
