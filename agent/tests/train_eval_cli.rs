@@ -147,6 +147,58 @@ fn train_writes_a_bundle_that_eval_can_use() {
 }
 
 #[test]
+fn train_supervised_adds_a_classifier_to_a_bundle_that_eval_uses() {
+    let dir = TempDir::new("train-supervised");
+    let labels = shared("pcaps/labels.json");
+    let bundle = dir.path().join("bundle");
+    let (status, _, stderr) = vigil(&[
+        "train",
+        "--base",
+        "default",
+        "--supervised",
+        s(&labels),
+        "--classifier-trees",
+        "10",
+        "--out",
+        s(&bundle),
+        "--no-progress",
+    ]);
+    assert!(status.success(), "{stderr}");
+    let manifest = read_json(&bundle.join("manifest.json"));
+    assert_eq!(manifest["format_version"], 2, "a bundle with a classifier is format 2");
+    let classes: Vec<&str> =
+        manifest["classifier"]["classes"].as_array().expect("classes").iter().filter_map(|c| c.as_str()).collect();
+    assert_eq!(classes[0], "benign");
+    assert!(classes.contains(&"password-guessing") && classes.contains(&"scan"), "{classes:?}");
+    assert_eq!(manifest["classifier"]["file"], "classifier.json");
+    assert_eq!(manifest["classifier"]["training"]["params"]["trees"], 10);
+    let size = std::fs::metadata(bundle.join("classifier.json")).expect("written").len();
+    assert_eq!(manifest["files"]["classifier.json"]["bytes"], size);
+    // The anomaly models are the base's.
+    let base = read_json(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/default/manifest.json"));
+    assert_eq!(manifest["files"]["iforest.json"], base["files"]["iforest.json"]);
+    assert_eq!(manifest["thresholds"], base["thresholds"]);
+    let (status, _, stderr) = vigil(&[
+        "eval",
+        "captures",
+        "--labels",
+        s(&labels),
+        "--model",
+        s(&bundle),
+        "--out",
+        s(dir.path()),
+        "--no-progress",
+    ]);
+    assert!(status.success(), "{stderr}");
+    // Refused before any data is read: --base alone, a probability that is no threshold.
+    let (status, _, stderr) = vigil(&["train", "--base", "default", "--out", s(&bundle)]);
+    assert!(!status.success() && stderr.contains("--supervised"), "{stderr}");
+    let (status, _, stderr) =
+        vigil(&["train", "--base", "default", "--supervised", s(&labels), "--min-probability", "0.4", "--out", "x"]);
+    assert!(!status.success() && stderr.contains("0.4 is not in (0.5, 1]"), "{stderr}");
+}
+
+#[test]
 fn bad_input_is_named_and_fails() {
     let dir = TempDir::new("train-bad");
     let cases: [(&[&str], &str); 6] = [

@@ -198,6 +198,23 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_bundle_with_a_classifier_gives_every_live_flow_its_word() {
+        let (spec, bytes) = crate::model::kind_classifier::tests::small_forest(FLOW_FEATURE_COUNT);
+        let bundle = Bundle::embedded().expect("built in").with_classifier(spec, bytes);
+        let mut scorer =
+            Scorer::new(bundle.detector(&Schema::flow()).expect("detector"), ContextWindow::new(Duration::from_secs(10)));
+        let n = u32::try_from(SCORE_CHUNK).expect("small") + 3;
+        let cycle = scorer.score(new_flows(n, 0, S, S), 2 * S).expect("scored");
+        assert_eq!(cycle.flows.len(), SCORE_CHUNK + 3);
+        // Every chunk was classified, the rows as the features gave them.
+        let raw = ndarray::Array2::from_shape_fn((cycle.flows.len(), FLOW_FEATURE_COUNT), |(i, j)| {
+            cycle.flows[i].evidence.raw[j]
+        });
+        let direct = scorer.detector.classifier.as_ref().expect("classifier").classify(raw.view()).expect("classified");
+        assert!(cycle.flows.iter().zip(&direct).all(|(f, d)| f.score.classifier == Some(*d)));
+    }
+
+    #[test]
     fn an_answer_after_the_first_cycle_revises_the_context() {
         let mut scorer = Scorer::new(detector(), ContextWindow::new(Duration::from_secs(10)));
         let failed = FLOW_FEATURES.iter().position(|f| f.0 == "src_failed").expect("feature");
