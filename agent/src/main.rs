@@ -454,7 +454,7 @@ struct TrainInput {
     flows: Vec<PathBuf>,
     /// Keep this bundle's anomaly models (a directory, or `default` for the built-in one) and
     /// add the classifier `--supervised` trains.
-    #[arg(long, value_name = "BUNDLE", requires = "supervised")]
+    #[arg(long, value_name = "BUNDLE", requires = "classifier_source")]
     base: Option<PathBuf>,
 }
 
@@ -464,8 +464,17 @@ struct SupervisedArgs {
     /// Also train the supervised classifier (the bundle's third model) on labelled captures:
     /// `labels.json` files as `vigil eval captures` reads them; each capture's attack flows
     /// get its label's attack kind, the rest are benign. Needs the `offline` feature.
-    #[arg(long, num_args = 1.., value_name = "LABELS")]
+    #[arg(long, num_args = 1.., value_name = "LABELS", group = "classifier_source")]
     supervised: Vec<PathBuf>,
+    /// Put this ONNX classifier in the bundle instead of training one: a scikit-learn export
+    /// (skl2onnx, probabilities as a tensor) reading the flow schema's raw features in order
+    /// (`vigil replay --features-out` writes them). Needs `--classes`.
+    #[arg(long, value_name = "FILE", group = "classifier_source", requires = "classes")]
+    classifier_onnx: Option<PathBuf>,
+    /// The ONNX classifier's classes, in the order of its probabilities: `benign`, then
+    /// attack kinds of the table in docs/detection.md.
+    #[arg(long, value_delimiter = ',', requires = "classifier_onnx")]
+    classes: Vec<String>,
     /// Classifier trees.
     #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=1000))]
     classifier_trees: u32,
@@ -1405,6 +1414,24 @@ fn train_command(args: TrainArgs) -> anyhow::Result<()> {
     if !args.supervised.supervised.is_empty() {
         anyhow::bail!("`vigil train --supervised` reads labelled captures with the offline tools; {}", OFFLINE_HINT);
     }
+    // An ONNX classifier is checked against its classes before anything else is done.
+    let onnx = args
+        .supervised
+        .classifier_onnx
+        .as_deref()
+        .map(|path| -> anyhow::Result<_> {
+            let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+            let spec = vigil::model::kind_classifier::ClassifierSpec {
+                file: vigil::model::kind_classifier::ONNX_FILE.to_owned(),
+                classes: args.supervised.classes.clone(),
+                min_probability: args.supervised.min_probability,
+                training: serde_json::json!({ "model": "ONNX", "from": path.display().to_string() }),
+            };
+            vigil::model::kind_classifier::KindClassifier::load(&spec, &bytes, Schema::flow().len())
+                .with_context(|| path.display().to_string())?;
+            Ok((spec, bytes))
+        })
+        .transpose()?;
     let base = args
         .input
         .base
@@ -1418,6 +1445,10 @@ fn train_command(args: TrainArgs) -> anyhow::Result<()> {
     let bundle = match base {
         Some(bundle) => bundle,
         None => train_anomaly_models(&args)?,
+    };
+    let bundle = match onnx {
+        Some((spec, bytes)) => bundle.with_classifier(spec, bytes),
+        None => bundle,
     };
     #[cfg(feature = "offline")]
     let bundle = if args.supervised.supervised.is_empty() {

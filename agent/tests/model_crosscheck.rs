@@ -141,11 +141,11 @@ fn random_forest_roc_auc_matches_scikit_learn_within_0_01_on_cic_ids_2017() {
 }
 
 /// A scikit-learn classifier exported with skl2onnx: `kind` (rf, gb, linear) trained on
-/// `classes` separable classes in four features, its ONNX bytes and scikit-learn's probabilities on
-/// the first 50 training rows.
-fn sklearn_onnx(kind: &str, zipmap: bool, classes: usize) -> (Vec<u8>, Array2<f32>, Array2<f32>) {
+/// `classes` separable classes in `width` features (classes 1 and 2 off in features 0 and 1),
+/// its ONNX bytes and scikit-learn's probabilities on the first 50 training rows.
+fn sklearn_onnx(kind: &str, zipmap: bool, classes: usize, width: usize) -> (Vec<u8>, Array2<f32>, Array2<f32>) {
     let n = 600;
-    let x = Array2::from_shape_fn((n, 4), |(r, c)| {
+    let x = Array2::from_shape_fn((n, width), |(r, c)| {
         let class = r % classes;
         let centre = if (class, c) == (1, 0) || (class, c) == (2, 1) { 3.0 } else { 0.0 };
         centre + (((r * 7919 + c * 104_729) % 1000) as f32 / 500.0 - 1.0)
@@ -162,7 +162,7 @@ fn sklearn_onnx(kind: &str, zipmap: bool, classes: usize) -> (Vec<u8>, Array2<f3
         kind,
         arg(&path("train.f32")),
         "600",
-        "4",
+        &width.to_string(),
         arg(&path("y.u16")),
         arg(&path("test.f32")),
         "50",
@@ -179,7 +179,7 @@ fn onnx_classifiers_from_scikit_learn_load_when_tract_runs_them_right() {
     // Random forests, gradient boosting and logistic regression, three classes and two:
     // tract's probabilities are scikit-learn's, or the model is refused, never run wrong.
     for (kind, classes) in [("rf", 3), ("linear", 3), ("gb", 3), ("rf", 2), ("gb", 2), ("linear", 2)] {
-        let (bytes, test, reference) = sklearn_onnx(kind, false, classes);
+        let (bytes, test, reference) = sklearn_onnx(kind, false, classes, 4);
         let model = match OnnxClassifier::load(&bytes, 4) {
             Ok(m) => m,
             Err(e) => {
@@ -200,7 +200,43 @@ fn onnx_classifiers_from_scikit_learn_load_when_tract_runs_them_right() {
         assert!(err.contains("is 4 features wide") && err.contains("has 5"), "{kind}: {err}");
     }
     // skl2onnx's default wraps the probabilities in a ZipMap: refused with the option to use.
-    let (bytes, _, _) = sklearn_onnx("rf", true, 3);
+    let (bytes, _, _) = sklearn_onnx("rf", true, 3, 4);
     let err = OnnxClassifier::load(&bytes, 4).expect_err("a ZipMap").to_string();
     assert!(err.contains("ZipMap") && err.contains("'zipmap': False"), "{err}");
+}
+
+#[test]
+fn an_onnx_classifier_goes_into_a_bundle_and_scores_as_scikit_learn_does() {
+    use vigil::{features::Schema, model::Bundle};
+    let width = Schema::flow().len();
+    let (bytes, test, reference) = sklearn_onnx("rf", false, 3, width);
+    let dir = TempDir::new("onnx-classifier-bundle");
+    let onnx = dir.path().join("rf.onnx");
+    std::fs::write(&onnx, &bytes).expect("write");
+    let out = dir.path().join("bundle");
+    let run = |extra: &[&str]| {
+        let mut args = vec!["train", "--base", "default", "--classifier-onnx", arg(&onnx), "--out", arg(&out)];
+        args.extend_from_slice(extra);
+        std::process::Command::new(common::vigil_bin()).args(&args).output().expect("vigil runs")
+    };
+    let done = run(&["--classes", "benign,scan,syn-flood"]);
+    assert!(done.status.success(), "{}", String::from_utf8_lossy(&done.stderr));
+    let bundle = Bundle::read_dir(&out).expect("reads");
+    assert_eq!(bundle.manifest.classifier.as_ref().map(|c| c.file.as_str()), Some("classifier.onnx"));
+    let detector = bundle.detector(&Schema::flow()).expect("loads");
+    let said = detector.classifier.as_ref().expect("classifier").classify(test.view()).expect("runs");
+    // The kind is the more probable attack class, and it fires at the bundle's probability.
+    let min = detector.classifier.as_ref().expect("classifier").min_probability;
+    for (s, p) in said.iter().zip(reference.rows()) {
+        assert!((s.attack_probability - (1.0 - p[0])).abs() < 1e-4, "{s:?} / {p}");
+        let kind = if p[1] >= p[2] { "scan" } else { "syn-flood" };
+        assert!(s.kind.name() == kind || (p[1] - p[2]).abs() < 1e-4, "{s:?} / {p}");
+        assert_eq!(s.fired, s.attack_probability >= min);
+    }
+    // Classes that do not fit the model, or are not kinds, are refused before anything is written.
+    for (classes, needle) in [("benign,scan", "the model has 3 classes"), ("normal,scan,syn-flood", "must be benign")] {
+        let refused = run(&["--classes", classes]);
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert!(!refused.status.success() && stderr.contains(needle), "{classes}: {stderr}");
+    }
 }
