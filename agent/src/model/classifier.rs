@@ -196,36 +196,17 @@ impl Classifier {
     #[must_use]
     pub fn scorer(&self) -> Scorer {
         let k = self.classes.len();
-        let mut nodes = Vec::with_capacity(self.nodes.len());
-        let mut leaf = vec![u32::MAX; self.nodes.len()];
-        for (i, n) in self.nodes.iter().enumerate() {
-            if n.feature == LEAF {
-                // A leaf steps to itself whatever the row holds: NaN never compares `<=`, so the
-                // walk takes `child + 1`, which is this node.
-                leaf[i] = n.child;
-                nodes.push(Node { feature: 0, threshold: f32::NAN, child: (i as u32).wrapping_sub(1) });
-            } else {
-                nodes.push(*n);
-            }
+        let (nodes, leaf, depth) = walkable(&self.nodes, &self.roots);
+        Scorer {
+            k,
+            width: self.width,
+            roots: self.roots.clone(),
+            depth,
+            nodes,
+            leaf,
+            probs: self.leaf_probs.clone(),
+            boosted: None,
         }
-        let depth = self
-            .roots
-            .iter()
-            .map(|&r| {
-                let mut deepest = 0;
-                let mut stack = vec![(r as usize, 0u32)];
-                while let Some((i, d)) = stack.pop() {
-                    deepest = deepest.max(d);
-                    let n = self.nodes[i];
-                    if n.feature != LEAF {
-                        stack.push((n.child as usize, d + 1));
-                        stack.push((n.child as usize + 1, d + 1));
-                    }
-                }
-                deepest
-            })
-            .collect();
-        Scorer { k, width: self.width, roots: self.roots.clone(), depth, nodes, leaf, probs: self.leaf_probs.clone() }
     }
     /// The most probable class of each row.
     ///
@@ -314,15 +295,53 @@ impl Classifier {
 /// (leaves step to themselves, so every walk takes its tree's depth in steps).
 #[derive(Clone, Debug)]
 pub struct Scorer {
-    k: usize,
-    width: usize,
-    roots: Vec<u32>,
+    pub(super) k: usize,
+    pub(super) width: usize,
+    pub(super) roots: Vec<u32>,
     /// Steps from each root to its deepest leaf.
-    depth: Vec<u32>,
-    nodes: Vec<Node>,
+    pub(super) depth: Vec<u32>,
+    pub(super) nodes: Vec<Node>,
     /// Per node: where its probabilities start, for leaves.
-    leaf: Vec<u32>,
-    probs: Vec<f32>,
+    pub(super) leaf: Vec<u32>,
+    pub(super) probs: Vec<f32>,
+    /// Gradient boosting ([`super::boosted`]): each tree's class (its leaves hold one value
+    /// added to that class's raw score), and the raw scores' starting values; the
+    /// probabilities are their softmax. `None` for a forest (leaves hold `k` probabilities,
+    /// averaged).
+    pub(super) boosted: Option<(Vec<u16>, Vec<f32>)>,
+}
+
+/// Trees laid out for [`Scorer`]: a leaf steps to itself whatever the row holds (NaN never
+/// compares `<=`, so the walk takes `child + 1`, which is the leaf), with where each leaf's
+/// values start and each tree's depth.
+pub(super) fn walkable(tree_nodes: &[Node], roots: &[u32]) -> (Vec<Node>, Vec<u32>, Vec<u32>) {
+    let mut nodes = Vec::with_capacity(tree_nodes.len());
+    let mut leaf = vec![u32::MAX; tree_nodes.len()];
+    for (i, n) in tree_nodes.iter().enumerate() {
+        if n.feature == LEAF {
+            leaf[i] = n.child;
+            nodes.push(Node { feature: 0, threshold: f32::NAN, child: (i as u32).wrapping_sub(1) });
+        } else {
+            nodes.push(*n);
+        }
+    }
+    let depth = roots
+        .iter()
+        .map(|&r| {
+            let mut deepest = 0;
+            let mut stack = vec![(r as usize, 0u32)];
+            while let Some((i, d)) = stack.pop() {
+                deepest = deepest.max(d);
+                let n = tree_nodes[i];
+                if n.feature != LEAF {
+                    stack.push((n.child as usize, d + 1));
+                    stack.push((n.child as usize + 1, d + 1));
+                }
+            }
+            deepest
+        })
+        .collect();
+    (nodes, leaf, depth)
 }
 
 /// Rows scored together: a block's rows stay in cache while every tree walks them.
@@ -348,7 +367,8 @@ impl Scorer {
         let mut out = vec![0f32; x.nrows() * k];
         for (block, acc) in rows.chunks(BLOCK * self.width).zip(out.chunks_mut(BLOCK * k)) {
             let n = block.len() / self.width;
-            for (&root, &depth) in self.roots.iter().zip(&self.depth) {
+            for (t, (&root, &depth)) in self.roots.iter().zip(&self.depth).enumerate() {
+                let class = self.boosted.as_ref().map(|(classes, _)| usize::from(classes[t]));
                 let mut start = 0;
                 while start < n {
                     let lanes = LANES.min(n - start);
@@ -362,17 +382,31 @@ impl Scorer {
                     }
                     for (l, &i) in at.iter().enumerate().take(lanes) {
                         let p = self.leaf[i as usize] as usize;
-                        for (o, v) in acc[(start + l) * k..(start + l + 1) * k].iter_mut().zip(&self.probs[p..p + k]) {
-                            *o += v;
+                        let row = &mut acc[(start + l) * k..(start + l + 1) * k];
+                        if let Some(c) = class {
+                            row[c] += self.probs[p];
+                        } else {
+                            for (o, v) in row.iter_mut().zip(&self.probs[p..p + k]) {
+                                *o += v;
+                            }
                         }
                     }
                     start += lanes;
                 }
             }
         }
-        let scale = 1.0 / self.roots.len() as f32;
-        for v in &mut out {
-            *v *= scale;
+        if let Some((_, baseline)) = &self.boosted {
+            for row in out.chunks_mut(k) {
+                for (v, b) in row.iter_mut().zip(baseline) {
+                    *v += b;
+                }
+                super::boosted::softmax(row);
+            }
+        } else {
+            let scale = 1.0 / self.roots.len() as f32;
+            for v in &mut out {
+                *v *= scale;
+            }
         }
         Array2::from_shape_vec((x.nrows(), k), out).expect("rows × classes")
     }
@@ -385,16 +419,16 @@ pub fn argmax(values: &[f32]) -> usize {
 }
 
 /// The training matrix as bin numbers, column by column, and each column's bin edges.
-struct Binned {
-    rows: usize,
+pub(super) struct Binned {
+    pub(super) rows: usize,
     /// `columns[f][row]`.
-    columns: Vec<Vec<u8>>,
+    pub(super) columns: Vec<Vec<u8>>,
     /// `edges[f][b]`: the largest value in bin `b` (the last bin holds the rest and NaN).
-    edges: Vec<Vec<f32>>,
+    pub(super) edges: Vec<Vec<f32>>,
 }
 
 impl Binned {
-    fn new(x: ArrayView2<f32>, bins: usize) -> Self {
+    pub(super) fn new(x: ArrayView2<f32>, bins: usize) -> Self {
         let mut columns = Vec::with_capacity(x.ncols());
         let mut edges = Vec::with_capacity(x.ncols());
         for column in x.columns() {

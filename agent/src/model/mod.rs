@@ -8,6 +8,7 @@
 )]
 
 pub mod autoencoder;
+pub mod boosted;
 pub mod bundle;
 pub mod classifier;
 pub mod detector;
