@@ -137,7 +137,23 @@ pub fn forest_split(data: &vigil::eval::supervised::Labelled) -> ForestSplit {
 /// As [`python`], or if the script's answer is not three numbers.
 #[must_use]
 pub fn sklearn_forest(split: &ForestSplit, trees: usize, depth: usize, on_cpu0: bool) -> (f64, f64, f64) {
-    let dir = TempDir::new("sklearn-forest");
+    sklearn_classifier("forest", split, [trees, depth], on_cpu0)
+}
+
+/// scikit-learn's `HistGradientBoostingClassifier` of `iterations` iterations (its defaults
+/// otherwise: learning rate 0.1, 31 leaves, leaves of 20, 255 bins, no early stopping) on
+/// `split`: as [`sklearn_forest`] answers.
+///
+/// # Panics
+/// As [`python`], or if the script's answer is not three numbers.
+#[must_use]
+pub fn sklearn_boosted(split: &ForestSplit, iterations: usize, on_cpu0: bool) -> (f64, f64, f64) {
+    sklearn_classifier("boosted", split, [iterations, 0], on_cpu0)
+}
+
+/// Runs the reference script's `command` (`forest` or `boosted`) on `split` with two sizes.
+fn sklearn_classifier(command: &str, split: &ForestSplit, sizes: [usize; 2], on_cpu0: bool) -> (f64, f64, f64) {
+    let dir = TempDir::new("sklearn-classifier");
     let path = |f: &str| dir.path().join(f);
     write_f32(&path("train.f32"), split.train.view());
     write_f32(&path("test.f32"), split.test.view());
@@ -151,11 +167,11 @@ pub fn sklearn_forest(split: &ForestSplit, trees: usize, depth: usize, on_cpu0: 
         split.train.ncols().to_string(),
         split.test.nrows().to_string(),
         split.classes.to_string(),
-        trees.to_string(),
-        depth.to_string(),
+        sizes[0].to_string(),
+        sizes[1].to_string(),
     ];
     let args = [
-        "forest",
+        command,
         arg(&train),
         &numbers[0],
         &numbers[1],
@@ -169,6 +185,6 @@ pub fn sklearn_forest(split: &ForestSplit, trees: usize, depth: usize, on_cpu0: 
     ];
     let out = if on_cpu0 { python_on_cpu0(&args) } else { python(&args) };
     let v: Vec<f64> = out.split_whitespace().map(|x| x.parse().expect("a number")).collect();
-    assert_eq!(v.len(), 3, "the forest reference answers three numbers: {out}");
+    assert_eq!(v.len(), 3, "the {command} reference answers three numbers: {out}");
     (v[0], v[1], v[2])
 }
