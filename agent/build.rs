@@ -19,7 +19,7 @@ use anyhow::Context as _;
 const MODEL_FILES: [&str; 3] = ["manifest.json", "iforest.json", "autoencoder.onnx"];
 const SIGNATURE: &str = "manifest.sig";
 /// The default bundle's classifier, if it has one, is staged as `classifier` (empty if none).
-const CLASSIFIER_FILES: [&str; 2] = ["classifier.json", "classifier.onnx"];
+const CLASSIFIER_FILES: [&str; 3] = ["classifier.json", "boosted.json", "classifier.onnx"];
 const MODELS_KEY: &str = "vigil-models.pub";
 
 /// This crate's directory, read when the script runs (not `env!`, which bakes in wherever the

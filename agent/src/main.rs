@@ -475,12 +475,18 @@ struct SupervisedArgs {
     /// attack kinds of the table in docs/detection.md.
     #[arg(long, value_delimiter = ',', requires = "classifier_onnx")]
     classes: Vec<String>,
-    /// Classifier trees.
+    /// The classifier `--supervised` trains: a random forest or gradient-boosted trees.
+    #[arg(long, value_enum, default_value_t = TreeKind::Forest)]
+    classifier: TreeKind,
+    /// Trees of the forest.
     #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=1000))]
     classifier_trees: u32,
-    /// Depth of the classifier's deepest leaf.
+    /// Depth of the forest's deepest leaf.
     #[arg(long, default_value_t = 14, value_parser = clap::value_parser!(u32).range(1..=40))]
     classifier_depth: u32,
+    /// Boosting iterations (`--classifier boosted`).
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    classifier_iterations: u32,
     /// Probability of "some attack" at which the classifier fires (the flow counts as
     /// anomalous and the alert takes the classifier's kind).
     #[arg(long, default_value_t = vigil::model::kind_classifier::DEFAULT_MIN_PROBABILITY, value_parser = parse_min_probability)]
@@ -645,12 +651,18 @@ enum EvalMode {
         /// writes supervised-unknown.{json,md}.
         #[arg(long)]
         unknown: bool,
+        /// The classifier: a random forest or gradient-boosted trees.
+        #[arg(long, value_enum, default_value_t = TreeKind::Forest)]
+        model: TreeKind,
         /// Trees in the forest.
         #[arg(long, default_value_t = vigil::model::classifier::ClassifierParams::default().trees)]
         trees: usize,
-        /// Depth of the deepest leaf.
+        /// Depth of the forest's deepest leaf.
         #[arg(long, default_value_t = vigil::model::classifier::ClassifierParams::default().max_depth)]
         max_depth: usize,
+        /// Boosting iterations (`--model boosted`: a tree per class each).
+        #[arg(long, default_value_t = vigil::model::boosted::BoostParams::default().iterations)]
+        iterations: usize,
         /// Where the reports go.
         #[arg(long, value_name = "DIR", default_value = "eval")]
         out: PathBuf,
@@ -1479,11 +1491,16 @@ fn add_classifier(bundle: Bundle, args: &SupervisedArgs, seed: u64, progress: bo
         classes = %data.classes.iter().zip(&counts).map(|(c, n)| format!("{c}: {n}")).collect::<Vec<_>>().join(", "),
         "supervised training data"
     );
-    let params = vigil::model::classifier::ClassifierParams {
-        trees: args.classifier_trees as usize,
-        max_depth: args.classifier_depth as usize,
-        seed,
-        ..Default::default()
+    let params = match tree_model(
+        args.classifier,
+        args.classifier_trees as usize,
+        args.classifier_depth as usize,
+        args.classifier_iterations as usize,
+    )? {
+        vigil::model::kind_classifier::TreeModel::Forest(p) => {
+            vigil::model::kind_classifier::TreeModel::Forest(vigil::model::classifier::ClassifierParams { seed, ..p })
+        }
+        boosted => boosted,
     };
     let files: Vec<String> = args.supervised.iter().map(|p| p.display().to_string()).collect();
     let summary = serde_json::json!({ "labels": files, "source": data.source, "files": data.group_names.len() });
@@ -1588,11 +1605,16 @@ fn eval_command(args: EvalArgs) -> anyhow::Result<()> {
             unknown,
             trees,
             max_depth,
+            model,
+            iterations,
             out,
         } => {
             use vigil::eval::supervised::{Labelled, Split, cross_validate, write_report};
             // Arguments first: reading captures takes a while.
-            let params = forest_params(trees, max_depth, folds)?;
+            if folds < 2 {
+                anyhow::bail!("--folds must be at least 2, got {folds}");
+            }
+            let params = tree_model(model, trees, max_depth, iterations)?;
             let from_captures = !captures.is_empty();
             let data = match (unsw, cicflowmeter) {
                 (Some(path), _) => Labelled::from_unsw(&path, with_leaks)?,
@@ -1664,20 +1686,32 @@ fn publish(out: &std::path::Path, stem: &str, report: &vigil::eval::EvalReport) 
     Ok(())
 }
 
-/// `vigil eval supervised`'s forest from its flags, checked with `--folds`.
+/// The supervised classifier's kind of trees.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum TreeKind {
+    /// A random forest (bootstrap, √features per split, Gini).
+    Forest,
+    /// Gradient-boosted trees (log loss, a tree per class per iteration).
+    Boosted,
+}
+
+/// The supervised classifier from its flags: `trees` and `max_depth` size a forest,
+/// `iterations` boosted trees.
 #[cfg(feature = "offline")]
-fn forest_params(
+fn tree_model(
+    kind: TreeKind,
     trees: usize,
     max_depth: usize,
-    folds: usize,
-) -> anyhow::Result<vigil::model::classifier::ClassifierParams> {
-    if trees == 0 || max_depth == 0 {
-        anyhow::bail!("--trees and --max-depth must be at least 1");
+    iterations: usize,
+) -> anyhow::Result<vigil::model::kind_classifier::TreeModel> {
+    use vigil::model::{boosted::BoostParams, classifier::ClassifierParams, kind_classifier::TreeModel};
+    if trees == 0 || max_depth == 0 || iterations == 0 {
+        anyhow::bail!("--trees, --max-depth and --iterations must be at least 1");
     }
-    if folds < 2 {
-        anyhow::bail!("--folds must be at least 2, got {folds}");
-    }
-    Ok(vigil::model::classifier::ClassifierParams { trees, max_depth, ..Default::default() })
+    Ok(match kind {
+        TreeKind::Forest => TreeModel::Forest(ClassifierParams { trees, max_depth, ..Default::default() }),
+        TreeKind::Boosted => TreeModel::Boosted(BoostParams { iterations, ..Default::default() }),
+    })
 }
 
 /// An attack kind of the table, for `--attack`.

@@ -190,6 +190,28 @@ fn train_supervised_adds_a_classifier_to_a_bundle_that_eval_uses() {
         "--no-progress",
     ]);
     assert!(status.success(), "{stderr}");
+    // Gradient-boosted trees instead of the forest.
+    let boosted = dir.path().join("boosted");
+    let (status, _, stderr) = vigil(&[
+        "train",
+        "--base",
+        "default",
+        "--supervised",
+        s(&labels),
+        "--classifier",
+        "boosted",
+        "--classifier-iterations",
+        "5",
+        "--out",
+        s(&boosted),
+        "--no-progress",
+    ]);
+    assert!(status.success(), "{stderr}");
+    let manifest = read_json(&boosted.join("manifest.json"));
+    assert_eq!(manifest["classifier"]["file"], "boosted.json");
+    assert_eq!(manifest["classifier"]["training"]["params"]["model"], "boosted");
+    assert_eq!(manifest["classifier"]["training"]["params"]["iterations"], 5);
+    assert!(boosted.join("boosted.json").is_file() && !boosted.join("classifier.json").exists());
     // Refused before any data is read: --base alone, a probability that is no threshold.
     let (status, _, stderr) = vigil(&["train", "--base", "default", "--out", s(&bundle)]);
     assert!(!status.success() && stderr.contains("--supervised"), "{stderr}");
@@ -278,6 +300,30 @@ fn supervised_eval_reports_both_splits_by_attack_kind() {
         svg.starts_with("<svg") && svg.contains("password-guessing") && svg.contains("by whole files"),
         "the confusion matrix"
     );
+
+    // Gradient-boosted trees, the same way.
+    let (status, stdout, stderr) = vigil(&[
+        "eval",
+        "supervised",
+        "--captures",
+        s(&labels),
+        "--model",
+        "boosted",
+        "--iterations",
+        "10",
+        "--split",
+        "random",
+        "--folds",
+        "2",
+        "--out",
+        s(dir.path()),
+        "--no-progress",
+    ]);
+    assert!(status.success(), "{stderr}");
+    let random = read_json(&dir.path().join("supervised-random.json"));
+    assert_eq!(random["params"]["model"], "boosted");
+    assert!(random["accuracy"].as_f64().unwrap() > 0.95, "{stdout}");
+    assert!(stdout.contains("gradient-boosted trees (10 iterations"), "{stdout}");
 
     // The unknown-attack test and the cross-dataset test, on the same captures.
     let (status, stdout, stderr) = vigil(&[

@@ -33,7 +33,7 @@ use crate::{
     alert::attack::AttackKind,
     features::{Schema, dataset::FlowDataset},
     flows::HarvestConfig,
-    model::classifier::{Classifier, ClassifierParams, argmax},
+    model::{classifier::argmax, kind_classifier::TreeModel},
 };
 
 /// The class name benign rows get, whatever the dataset calls them: the labels' own.
@@ -343,7 +343,7 @@ pub struct SupervisedReport {
     pub rows: usize,
     pub features: usize,
     pub group_kind: String,
-    pub params: ClassifierParams,
+    pub params: TreeModel,
     pub classes: Vec<ClassResult>,
     /// `confusion[true class][predicted class]`.
     pub confusion: Vec<Vec<u64>>,
@@ -368,12 +368,12 @@ pub fn cross_validate(
     data: &Labelled,
     split: Split,
     k: usize,
-    params: &ClassifierParams,
+    params: &TreeModel,
 ) -> Result<SupervisedReport, SupervisedError> {
     if k < 2 {
         return Err(SupervisedError::Split(format!("{k} folds: at least 2 are needed")));
     }
-    let fold = folds(data, split, k, params.seed)?;
+    let fold = folds(data, split, k, params.seed())?;
     let n_classes = data.classes.len();
     let mut probabilities = Array2::<f32>::zeros((data.y.len(), n_classes));
     for f in 0..k {
@@ -384,7 +384,7 @@ pub fn cross_validate(
         }
         let x = data.x.select(Axis(0), &train);
         let y: Vec<u16> = train.iter().map(|&i| data.y[i]).collect();
-        let forest = Classifier::train(x.view(), &y, data.classes.clone(), params);
+        let forest = params.train(x.view(), &y, data.classes.clone());
         let p = forest.predict_proba(data.x.select(Axis(0), &test).view());
         for (row, &i) in test.iter().enumerate() {
             probabilities.row_mut(i).assign(&p.row(row));
@@ -402,7 +402,7 @@ pub fn report(
     data: &Labelled,
     split: Split,
     k: usize,
-    params: &ClassifierParams,
+    params: &TreeModel,
     probabilities: Array2<f32>,
 ) -> SupervisedReport {
     let n_classes = data.classes.len();
@@ -458,7 +458,7 @@ pub fn report(
 pub fn cross_dataset(
     train: &Labelled,
     test: &Labelled,
-    params: &ClassifierParams,
+    params: &TreeModel,
 ) -> Result<SupervisedReport, SupervisedError> {
     if train.features != test.features {
         return Err(SupervisedError::Split(format!(
@@ -477,7 +477,7 @@ pub fn cross_dataset(
     }
     let index = |name: &String| classes.iter().position(|c| c == name).expect("in the union") as u16;
     let y_train: Vec<u16> = train.y.iter().map(|&c| index(&train.classes[usize::from(c)])).collect();
-    let forest = Classifier::train(train.x.view(), &y_train, classes.clone(), params);
+    let forest = params.train(train.x.view(), &y_train, classes.clone());
     let probabilities = forest.predict_proba(test.x.view());
     let relabelled = Labelled {
         source: format!("trained on {}, tested on {}", train.source, test.source),
@@ -514,7 +514,7 @@ pub struct LeftOut {
 pub fn unknown_attacks(
     data: &Labelled,
     kinds: &[u16],
-    params: &ClassifierParams,
+    params: &TreeModel,
     anomaly: Option<&crate::model::Detector>,
 ) -> Result<Vec<LeftOut>, crate::model::onnx::OnnxError> {
     let groups = data.class_groups();
@@ -525,7 +525,7 @@ pub fn unknown_attacks(
             continue;
         }
         let y: Vec<u16> = train.iter().map(|&i| data.y[i]).collect();
-        let forest = Classifier::train(data.x.select(Axis(0), &train).view(), &y, data.classes.clone(), params);
+        let forest = params.train(data.x.select(Axis(0), &train).view(), &y, data.classes.clone());
         let rows = data.x.select(Axis(0), &test);
         let said = forest.predict(rows.view());
         let mut counts = vec![0usize; data.classes.len()];
@@ -640,14 +640,13 @@ impl SupervisedReport {
             format!("{}-fold cross-validation {}", self.folds, self.split_name())
         };
         let mut out = format!(
-            "{}: {} rows, {} features; {split}; a forest of {} trees (depth ≤ {}).\n\n\
+            "{}: {} rows, {} features; {split}; {}.\n\n\
              accuracy {:.4}, macro F1 {:.4}, attack-vs-benign ROC-AUC {}, one-vs-rest macro ROC-AUC {}\n\n\
              | class | rows | {} | precision | recall | F1 |\n|---|---:|---:|---:|---:|---:|\n",
             self.source,
             self.rows,
             self.features,
-            self.params.trees,
-            self.params.max_depth,
+            self.params.describe(),
             self.accuracy,
             self.macro_f1,
             self.attack_roc_auc.map_or_else(|| "n/a (one class)".to_owned(), |a| format!("{a:.4}")),
@@ -676,6 +675,7 @@ impl SupervisedReport {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::classifier::ClassifierParams;
 
     /// Rows of three classes in six files: class from the file, features that tell them apart,
     /// plus a per-file offset on a feature that also tells the files apart (what a random
@@ -725,7 +725,7 @@ mod tests {
     #[test]
     fn cross_validation_counts_every_row_once_and_scores_classes() {
         let data = three_kinds();
-        let params = ClassifierParams { trees: 10, ..ClassifierParams::default() };
+        let params = TreeModel::Forest(ClassifierParams { trees: 10, ..ClassifierParams::default() });
         let report = cross_validate(&data, Split::ByGroup, 2, &params).unwrap();
         let total: u64 = report.confusion.iter().flatten().sum();
         assert_eq!(total, 1200);
@@ -745,7 +745,7 @@ mod tests {
     #[test]
     fn a_kind_left_out_is_predicted_by_a_forest_that_never_saw_it() {
         let data = three_kinds();
-        let params = ClassifierParams { trees: 5, ..ClassifierParams::default() };
+        let params = TreeModel::Forest(ClassifierParams { trees: 5, ..ClassifierParams::default() });
         let results = unknown_attacks(&data, &[0, 1, 2], &params, None).unwrap();
         assert_eq!(results.len(), 2, "benign is never left out");
         for r in &results {
@@ -764,7 +764,7 @@ mod tests {
         let mut test = three_kinds();
         // The other dataset names its classes in another order and has one the first lacks.
         test.classes = vec!["benign".into(), "scan".into(), "sweep".into()];
-        let params = ClassifierParams { trees: 5, ..ClassifierParams::default() };
+        let params = TreeModel::Forest(ClassifierParams { trees: 5, ..ClassifierParams::default() });
         let report = cross_dataset(&train, &test, &params).unwrap();
         let names: Vec<&str> = report.classes.iter().map(|c| c.class.as_str()).collect();
         assert_eq!(names, ["benign", "flood", "scan", "sweep"]);

@@ -1,5 +1,6 @@
 //! Model bundles: a directory with `manifest.json`, `iforest.json`, `autoencoder.onnx`, maybe
-//! a supervised classifier (`classifier.json` or `classifier.onnx`, format 2) and, when signed,
+//! a supervised classifier (`classifier.json`, `boosted.json` or `classifier.onnx`, format 2)
+//! and, when signed,
 //! `manifest.sig`.
 //!
 //! The manifest carries the format version, the feature schema, the scaler, the baseline, how
@@ -56,7 +57,8 @@ pub const SIGNATURE_MAX_BYTES: u64 = 4096;
 /// The model files every manifest lists, with the most each may be.
 const MODEL_FILES: [(&str, u64); 2] = [(IFOREST, IFOREST_MAX_BYTES), (AUTOENCODER, AUTOENCODER_MAX_BYTES)];
 /// The classifier files a manifest may list (one, the one its `classifier.file` names).
-pub const CLASSIFIER_FILES: [&str; 2] = [kind_classifier::FOREST_FILE, kind_classifier::ONNX_FILE];
+pub const CLASSIFIER_FILES: [&str; 3] =
+    [kind_classifier::FOREST_FILE, kind_classifier::BOOSTED_FILE, kind_classifier::ONNX_FILE];
 
 /// A checksummed file of the bundle.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

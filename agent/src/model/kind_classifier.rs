@@ -10,18 +10,23 @@
 //! alert threshold) and the alert's kind is the classifier's most probable attack class. It
 //! never reaches the block threshold on its own: blocking stays with the anomaly evidence.
 
+#![expect(clippy::cast_possible_truncation, reason = "class indices are far below 2^16")]
+
 use ndarray::ArrayView2;
 use serde::{Deserialize, Serialize};
 
 use super::{
+    boosted::Boosted,
     classifier::{Classifier, ClassifierError, Scorer},
     onnx::OnnxError,
     onnx_classifier::OnnxClassifier,
 };
 use crate::alert::attack::AttackKind;
 
-/// The file of Vigil's own forest in a bundle.
+/// The file of Vigil's own random forest in a bundle.
 pub const FOREST_FILE: &str = "classifier.json";
+/// The file of Vigil's own gradient-boosted trees in a bundle.
+pub const BOOSTED_FILE: &str = "boosted.json";
 /// The file of an ONNX classifier (scikit-learn export) in a bundle.
 pub const ONNX_FILE: &str = "classifier.onnx";
 /// The most either may be.
@@ -35,7 +40,7 @@ pub const DEFAULT_MIN_PROBABILITY: f32 = 0.9;
 /// The manifest's `classifier` section.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ClassifierSpec {
-    /// [`FOREST_FILE`] or [`ONNX_FILE`].
+    /// [`FOREST_FILE`], [`BOOSTED_FILE`] or [`ONNX_FILE`].
     pub file: String,
     /// Class names, in the order of the model's probabilities: `benign` first, then kinds of
     /// the ATT&CK table.
@@ -50,7 +55,7 @@ pub struct ClassifierSpec {
 /// Why a bundle's classifier cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum KindClassifierError {
-    #[error("classifier.file is {0:?}; it must be {FOREST_FILE} or {ONNX_FILE}")]
+    #[error("classifier.file is {0:?}; it must be {FOREST_FILE}, {BOOSTED_FILE} or {ONNX_FILE}")]
     File(String),
     #[error("classifier.classes[0] is {0:?}; the first class must be {BENIGN}")]
     FirstClass(String),
@@ -66,18 +71,104 @@ pub enum KindClassifierError {
     ClassNames { file: String, expected: Vec<String>, found: Vec<String> },
     #[error("{file}: the model reads {found} features, the schema has {expected}")]
     Width { file: String, expected: usize, found: usize },
-    #[error("{FOREST_FILE}: not valid JSON for a forest: {0}")]
-    Json(serde_json::Error),
-    #[error("{FOREST_FILE}: {0}")]
-    Forest(#[from] ClassifierError),
+    #[error("{file}: not valid JSON for its model: {source}")]
+    Json { file: &'static str, source: serde_json::Error },
+    #[error("{file}: {source}")]
+    Trees { file: &'static str, source: ClassifierError },
     #[error("{ONNX_FILE}: {0}")]
     Onnx(#[from] OnnxError),
 }
 
 #[derive(Clone, Debug)]
 enum Model {
-    Forest(Box<Scorer>),
+    /// Vigil's forest or boosted trees.
+    Trees(Box<Scorer>),
     Onnx(OnnxClassifier),
+}
+
+/// Which trees the supervised classifier grows: measured side by side in docs/detection.md.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "model", rename_all = "kebab-case")]
+pub enum TreeModel {
+    /// A random forest ([`Classifier`]).
+    Forest(super::classifier::ClassifierParams),
+    /// Gradient-boosted trees ([`Boosted`]).
+    Boosted(super::boosted::BoostParams),
+}
+
+/// Trees trained by a [`TreeModel`].
+#[derive(Clone, Debug)]
+pub enum Trees {
+    Forest(Classifier),
+    Boosted(Boosted),
+}
+
+impl TreeModel {
+    /// Grows the trees on `x` with labels `y` (indices into `classes`).
+    ///
+    /// # Panics
+    /// As [`Classifier::train`] and [`Boosted::train`].
+    #[must_use]
+    pub fn train(&self, x: ArrayView2<'_, f32>, y: &[u16], classes: Vec<String>) -> Trees {
+        match self {
+            Self::Forest(p) => Trees::Forest(Classifier::train(x, y, classes, p)),
+            Self::Boosted(p) => Trees::Boosted(Boosted::train(x, y, classes, p)),
+        }
+    }
+
+    /// The seed of random choices around training (folds, splits).
+    #[must_use]
+    pub fn seed(&self) -> u64 {
+        match self {
+            Self::Forest(p) => p.seed,
+            Self::Boosted(_) => 1,
+        }
+    }
+
+    /// The model and its size, for reports.
+    #[must_use]
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Forest(p) => format!("a random forest of {} trees (depth ≤ {})", p.trees, p.max_depth),
+            Self::Boosted(p) => format!(
+                "gradient-boosted trees ({} iterations, ≤ {} leaves, learning rate {})",
+                p.iterations, p.max_leaves, p.learning_rate
+            ),
+        }
+    }
+}
+
+impl Trees {
+    /// Probabilities of every row: `[rows, classes]`.
+    #[must_use]
+    pub fn predict_proba(&self, x: ArrayView2<'_, f32>) -> ndarray::Array2<f32> {
+        match self {
+            Self::Forest(f) => f.predict_proba(x),
+            Self::Boosted(b) => b.predict_proba(x),
+        }
+    }
+
+    /// The most probable class of each row.
+    #[must_use]
+    pub fn predict(&self, x: ArrayView2<'_, f32>) -> Vec<u16> {
+        self.predict_proba(x)
+            .rows()
+            .into_iter()
+            .map(|p| super::classifier::argmax(p.as_slice().expect("standard layout")) as u16)
+            .collect()
+    }
+
+    /// The bundle file it is saved as and its bytes.
+    ///
+    /// # Panics
+    /// Never: trees always serialise.
+    #[must_use]
+    pub fn to_file(&self) -> (&'static str, Vec<u8>) {
+        match self {
+            Self::Forest(f) => (FOREST_FILE, serde_json::to_vec(f).expect("a forest serialises")),
+            Self::Boosted(b) => (BOOSTED_FILE, serde_json::to_vec(b).expect("trees serialise")),
+        }
+    }
 }
 
 /// What the classifier says of one flow.
@@ -116,19 +207,16 @@ impl KindClassifier {
         }
         let model = match spec.file.as_str() {
             FOREST_FILE => {
-                let forest: Classifier = serde_json::from_slice(bytes).map_err(KindClassifierError::Json)?;
-                forest.validate()?;
-                if forest.classes != spec.classes {
-                    return Err(KindClassifierError::ClassNames {
-                        file: FOREST_FILE.into(),
-                        expected: spec.classes.clone(),
-                        found: forest.classes,
-                    });
-                }
-                if forest.width != width {
-                    return Err(KindClassifierError::Width { file: FOREST_FILE.into(), expected: width, found: forest.width });
-                }
-                Model::Forest(Box::new(forest.scorer()))
+                let forest: Classifier = read_trees(FOREST_FILE, bytes)?;
+                forest.validate().map_err(|source| KindClassifierError::Trees { file: FOREST_FILE, source })?;
+                check_trees(FOREST_FILE, spec, &forest.classes, forest.width, width)?;
+                Model::Trees(Box::new(forest.scorer()))
+            }
+            BOOSTED_FILE => {
+                let boosted: Boosted = read_trees(BOOSTED_FILE, bytes)?;
+                boosted.validate().map_err(|source| KindClassifierError::Trees { file: BOOSTED_FILE, source })?;
+                check_trees(BOOSTED_FILE, spec, &boosted.classes, boosted.width, width)?;
+                Model::Trees(Box::new(boosted.scorer()))
             }
             ONNX_FILE => {
                 let onnx = OnnxClassifier::load(bytes, width)?;
@@ -152,7 +240,7 @@ impl KindClassifier {
     /// [`OnnxError`] if tract fails on an ONNX classifier.
     pub fn classify(&self, raw: ArrayView2<'_, f32>) -> Result<Vec<Classified>, OnnxError> {
         let p = match &self.model {
-            Model::Forest(scorer) => scorer.predict_proba(raw),
+            Model::Trees(scorer) => scorer.predict_proba(raw),
             Model::Onnx(onnx) => onnx.predict_proba(raw)?,
         };
         Ok(p.rows()
@@ -181,6 +269,31 @@ impl KindClassifier {
     }
 }
 
+fn read_trees<T: serde::de::DeserializeOwned>(file: &'static str, bytes: &[u8]) -> Result<T, KindClassifierError> {
+    serde_json::from_slice(bytes).map_err(|source| KindClassifierError::Json { file, source })
+}
+
+/// The trees' own classes and width against the spec's and the schema's.
+fn check_trees(
+    file: &'static str,
+    spec: &ClassifierSpec,
+    classes: &[String],
+    found: usize,
+    expected: usize,
+) -> Result<(), KindClassifierError> {
+    if classes != spec.classes {
+        return Err(KindClassifierError::ClassNames {
+            file: file.into(),
+            expected: spec.classes.clone(),
+            found: classes.to_vec(),
+        });
+    }
+    if found != expected {
+        return Err(KindClassifierError::Width { file: file.into(), expected, found });
+    }
+    Ok(())
+}
+
 /// Class 0 benign, the rest distinct kinds of the table.
 fn check_classes(classes: &[String]) -> Result<Vec<AttackKind>, KindClassifierError> {
     match classes.first() {
@@ -197,7 +310,7 @@ fn check_classes(classes: &[String]) -> Result<Vec<AttackKind>, KindClassifierEr
         kinds.push(kind);
     }
     if kinds.is_empty() {
-        return Err(KindClassifierError::Forest(ClassifierError::Classes(classes.len())));
+        return Err(KindClassifierError::Trees { file: "classifier.classes", source: ClassifierError::Classes(classes.len()) });
     }
     Ok(kinds)
 }
@@ -256,8 +369,9 @@ pub(crate) mod tests {
         assert!(bad(&|s| s.classes[2] = "udp-flood".into()).contains("are not classifier.classes"));
         assert!(bad(&|s| s.min_probability = 0.3).contains("must be in (0.5, 1]"));
         assert!(bad(&|s| s.min_probability = f32::NAN).contains("must be in (0.5, 1]"));
-        assert!(bad(&|s| s.file = "model.pkl".into()).contains("must be classifier.json or classifier.onnx"));
+        assert!(bad(&|s| s.file = "model.pkl".into()).contains("must be classifier.json, boosted.json or classifier.onnx"));
+        assert!(bad(&|s| s.file = BOOSTED_FILE.into()).starts_with("boosted.json: not valid JSON for its model"));
         let e = KindClassifier::load(&spec, b"{\"format\": 1}", 4).expect_err("json");
-        assert!(e.to_string().starts_with("classifier.json: not valid JSON for a forest"), "{e}");
+        assert!(e.to_string().starts_with("classifier.json: not valid JSON for its model"), "{e}");
     }
 }

@@ -192,7 +192,6 @@ pub fn train(
 pub struct TrainedClassifier {
     pub spec: super::kind_classifier::ClassifierSpec,
     pub bytes: Vec<u8>,
-    pub classifier: super::classifier::Classifier,
 }
 
 /// Why a classifier could not be trained.
@@ -217,11 +216,11 @@ pub fn train_classifier(
     x: ArrayView2<'_, f32>,
     y: &[u16],
     classes: Vec<String>,
-    params: &super::classifier::ClassifierParams,
+    model: &super::kind_classifier::TreeModel,
     min_probability: f32,
     summary: serde_json::Value,
 ) -> Result<TrainedClassifier, ClassifierTrainError> {
-    use super::kind_classifier::{ClassifierSpec, FOREST_FILE, KindClassifier};
+    use super::kind_classifier::{ClassifierSpec, KindClassifier};
     if x.ncols() != schema.len() {
         return Err(ClassifierTrainError::Width { expected: schema.len(), found: x.ncols() });
     }
@@ -235,20 +234,19 @@ pub fn train_classifier(
             classes.iter().zip(&counts).map(|(c, n)| format!("{c}: {n}")).collect::<Vec<_>>().join(", ")
         )));
     }
-    let classifier = super::classifier::Classifier::train(x, y, classes.clone(), params);
-    let bytes = serde_json::to_vec(&classifier).expect("a forest serialises");
+    let (file, bytes) = model.train(x, y, classes.clone()).to_file();
     let spec = ClassifierSpec {
-        file: FOREST_FILE.to_owned(),
+        file: file.to_owned(),
         classes,
         min_probability,
         training: serde_json::json!({
-            "model": "random forest",
-            "params": params,
+            "model": model.describe(),
+            "params": model,
             "rows_per_class": counts,
             "data": summary,
         }),
     };
     // What goes into the bundle must load as the agent loads it.
     KindClassifier::load(&spec, &bytes, schema.len()).map_err(|e| ClassifierTrainError::Classes(e.to_string()))?;
-    Ok(TrainedClassifier { spec, bytes, classifier })
+    Ok(TrainedClassifier { spec, bytes })
 }
