@@ -1500,7 +1500,7 @@ fn add_classifier(bundle: Bundle, args: &SupervisedArgs, seed: u64, progress: bo
         vigil::model::kind_classifier::TreeModel::Forest(p) => {
             vigil::model::kind_classifier::TreeModel::Forest(vigil::model::classifier::ClassifierParams { seed, ..p })
         }
-        boosted => boosted,
+        vigil::model::kind_classifier::TreeModel::Boosted(p) => vigil::model::kind_classifier::TreeModel::Boosted(p),
     };
     let files: Vec<String> = args.supervised.iter().map(|p| p.display().to_string()).collect();
     let summary = serde_json::json!({ "labels": files, "source": data.source, "files": data.group_names.len() });

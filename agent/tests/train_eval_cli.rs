@@ -254,6 +254,34 @@ fn bad_input_is_named_and_fails() {
 }
 
 #[test]
+fn supervised_eval_measures_gradient_boosted_trees_the_same_way() {
+    let dir = TempDir::new("eval-supervised-boosted");
+    let labels = shared("pcaps/labels.json");
+    let (status, stdout, stderr) = vigil(&[
+        "eval",
+        "supervised",
+        "--captures",
+        s(&labels),
+        "--model",
+        "boosted",
+        "--iterations",
+        "10",
+        "--split",
+        "random",
+        "--folds",
+        "2",
+        "--out",
+        s(dir.path()),
+        "--no-progress",
+    ]);
+    assert!(status.success(), "{stderr}");
+    let random = read_json(&dir.path().join("supervised-random.json"));
+    assert_eq!(random["params"]["model"], "boosted");
+    assert!(random["accuracy"].as_f64().unwrap() > 0.95, "{stdout}");
+    assert!(stdout.contains("gradient-boosted trees (10 iterations"), "{stdout}");
+}
+
+#[test]
 fn supervised_eval_reports_both_splits_by_attack_kind() {
     let dir = TempDir::new("eval-supervised");
     let labels = shared("pcaps/labels.json");
@@ -300,30 +328,6 @@ fn supervised_eval_reports_both_splits_by_attack_kind() {
         svg.starts_with("<svg") && svg.contains("password-guessing") && svg.contains("by whole files"),
         "the confusion matrix"
     );
-
-    // Gradient-boosted trees, the same way.
-    let (status, stdout, stderr) = vigil(&[
-        "eval",
-        "supervised",
-        "--captures",
-        s(&labels),
-        "--model",
-        "boosted",
-        "--iterations",
-        "10",
-        "--split",
-        "random",
-        "--folds",
-        "2",
-        "--out",
-        s(dir.path()),
-        "--no-progress",
-    ]);
-    assert!(status.success(), "{stderr}");
-    let random = read_json(&dir.path().join("supervised-random.json"));
-    assert_eq!(random["params"]["model"], "boosted");
-    assert!(random["accuracy"].as_f64().unwrap() > 0.95, "{stdout}");
-    assert!(stdout.contains("gradient-boosted trees (10 iterations"), "{stdout}");
 
     // The unknown-attack test and the cross-dataset test, on the same captures.
     let (status, stdout, stderr) = vigil(&[

@@ -15,7 +15,6 @@
 #![expect(
     clippy::cast_possible_truncation,
     clippy::cast_precision_loss,
-    clippy::cast_sign_loss,
     reason = "rows, nodes, classes and bins are far below 2^24; bins fit a u8 by construction"
 )]
 
@@ -153,6 +152,7 @@ impl Boosted {
     /// # Panics
     /// When `y` and `x` differ in length, a label is not a class, or there are no rows.
     #[must_use]
+    #[expect(clippy::many_single_char_names, reason = "x, y, n, k, g, h, p as in the maths")]
     pub fn train(x: ArrayView2<f32>, y: &[u16], classes: Vec<String>, params: &BoostParams) -> Self {
         assert_eq!(x.nrows(), y.len(), "one label per row");
         assert!(x.nrows() > 0, "no rows to train on");

@@ -556,8 +556,8 @@ mod tests {
     fn a_classifier_travels_in_the_bundle_under_format_2_and_fires_as_the_third_model() {
         let (bundle, _) = small_bundle();
         assert_eq!(bundle.manifest.format_version, 1, "no classifier: the oldest format that holds it");
-        let width = Schema::flow().len();
-        let (spec, bytes) = crate::model::kind_classifier::tests::small_forest(width);
+        let features = Schema::flow().len();
+        let (spec, bytes) = crate::model::kind_classifier::tests::small_forest(features);
         let with = bundle.with_classifier(spec, bytes.clone());
         assert_eq!(with.manifest.format_version, CLASSIFIER_FORMAT_VERSION);
         assert_eq!(with.manifest.files["classifier.json"].bytes, bytes.len() as u64);
@@ -568,7 +568,7 @@ mod tests {
         let detector = back.detector(&Schema::flow()).expect("detector");
         // Feature 0 large is what the small forest calls a scan: the score reaches the alert
         // threshold on the classifier's word alone, and says so.
-        let mut rows = Array2::zeros((2, width));
+        let mut rows = Array2::zeros((2, features));
         rows[[1, 0]] = 105.0;
         let scores = detector.score(rows.view()).expect("scores");
         let said = scores[1].classifier.expect("classified");

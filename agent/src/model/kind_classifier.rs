@@ -149,6 +149,9 @@ impl Trees {
     }
 
     /// The most probable class of each row.
+    ///
+    /// # Panics
+    /// Never: the probabilities are a standard-layout matrix.
     #[must_use]
     pub fn predict(&self, x: ArrayView2<'_, f32>) -> Vec<u16> {
         self.predict_proba(x)
@@ -324,6 +327,7 @@ pub(crate) mod tests {
 
     /// A forest on `width` features: benign near 0, a scan when feature 0 is large, a SYN
     /// flood when feature 1 is (every split sees every feature, so only those two are used).
+    #[expect(clippy::cast_precision_loss, reason = "small row numbers")]
     pub(crate) fn small_forest(width: usize) -> (ClassifierSpec, Vec<u8>) {
         let n = 300;
         let x = Array2::from_shape_fn((n, width), |(i, j)| match (i % 3, j) {
