@@ -13,6 +13,7 @@
 
 mod behaviour_live;
 mod blocklist_live;
+mod classifier_live;
 mod console_live;
 mod egress;
 mod egress_live;
