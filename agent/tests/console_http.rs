@@ -29,8 +29,10 @@ fn alert(id: &str, source: &str) -> Record {
                     "technique": { "id": "T1110", "name": "Brute Force",
                                    "subtechnique": { "id": "T1110.001", "name": "Password Guessing" } } },
         "vigil": {
-            "attack": { "kind": "password-guessing", "from": "evidence" },
-            "score": { "combined": 6.5, "iforest": 0.7, "autoencoder": 3.0, "range": 6.5, "alert_threshold": 4.1, "block_threshold": 4.6 },
+            "attack": { "kind": "password-guessing", "from": "classifier" },
+            "score": { "combined": 6.5, "iforest": 0.7, "autoencoder": 3.0, "range": 6.5, "alert_threshold": 4.1, "block_threshold": 4.6,
+                       "classifier": { "kind": "password-guessing", "kind_probability": 0.93, "attack_probability": 0.97, "fired": true },
+                       "fired": ["range", "classifier"] },
             "explanation": [
                 { "feature": "src_dst_ports", "value": 900.0, "baseline": 3.0, "share": 0.6 },
                 { "feature": "src_failed", "value": 880.0, "baseline": 0.0, "share": 0.2 }
@@ -186,6 +188,9 @@ fn pages_need_a_login_and_changes_need_the_csrf_token() {
     // The detail page: the explanation as bars, the top flow, the document; the host page.
     let page = body(http.get(&format!("{}/alerts/1", c.base)).header("Cookie", &cookie).call().unwrap());
     assert!(page.contains("<svg class=\"explanation\"") && page.contains("src_dst_ports"), "{page}");
+    // Which models fired and what the classifier said.
+    assert!(page.contains("range, classifier; classifier: password-guessing 0.930, some attack 0.970"), "{page}");
+    assert!(page.contains("(from the classifier)"), "{page}");
     assert!(page.contains("60%") && page.contains("900 vs 3"), "{page}");
     assert!(page.contains("Top conversation") && page.contains("state S0"), "{page}");
     assert!(page.contains("Credential Access: T1110 Brute Force, T1110.001 Password Guessing"), "{page}");

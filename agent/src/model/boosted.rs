@@ -23,7 +23,7 @@ use std::num::NonZeroUsize;
 use ndarray::{Array2, ArrayView2};
 use serde::{Deserialize, Serialize};
 
-use super::classifier::{Binned, ClassifierError, LEAF, Node, Scorer, walkable};
+use super::classifier::{Binned, ClassifierError, LEAF, Node, Scorer, append_tree, check_trees, walkable};
 
 /// The format version of saved boosted trees.
 pub const FORMAT: u32 = 1;
@@ -76,19 +76,7 @@ pub struct Boosted {
 }
 
 /// Softmax in place.
-pub fn softmax(row: &mut [f32]) {
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0.0;
-    for v in row.iter_mut() {
-        *v = (*v - max).exp();
-        sum += *v;
-    }
-    for v in row.iter_mut() {
-        *v /= sum;
-    }
-}
-
-fn softmax64(row: &mut [f64]) {
+pub fn softmax(row: &mut [f64]) {
     let max = row.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     let mut sum = 0.0;
     for v in row.iter_mut() {
@@ -183,7 +171,7 @@ impl Boosted {
         for _ in 0..params.iterations {
             p.copy_from_slice(&raw);
             for row in p.chunks_mut(k) {
-                softmax64(row);
+                softmax(row);
             }
             // One tree per class, the classes shared among the threads; each tree also says
             // what it adds to each row's raw score.
@@ -225,13 +213,7 @@ impl Boosted {
 
     /// Appends a tree's nodes, shifting its indices.
     fn append(&mut self, tree: Tree) {
-        let base = self.nodes.len() as u32;
-        let values = self.values.len() as u32;
-        self.roots.push(base);
-        self.nodes.extend(tree.nodes.into_iter().map(|n| {
-            if n.feature == LEAF { Node { child: n.child + values, ..n } } else { Node { child: n.child + base, ..n } }
-        }));
-        self.values.extend(tree.values);
+        append_tree(&mut self.roots, &mut self.nodes, &mut self.values, tree.nodes, tree.values);
     }
 
     /// The trees laid out for scoring blocks of rows.
@@ -281,41 +263,18 @@ impl Boosted {
         if !self.roots.len().is_multiple_of(k) {
             return bad(format!("{} trees for {k} classes (one per class per iteration)", self.roots.len()));
         }
-        if self.width == 0 {
-            return bad("a width of 0 features".into());
-        }
         if self.baseline.len() != k || self.baseline.iter().any(|b| !b.is_finite()) {
             return bad(format!("baseline {:?} for {k} classes", self.baseline));
         }
         if self.values.iter().any(|v| !v.is_finite()) {
             return bad("a leaf value that is not finite".into());
         }
-        for (t, &root) in self.roots.iter().enumerate() {
-            let end = self.roots.get(t + 1).map_or(self.nodes.len(), |&r| r as usize);
-            if root as usize >= end || (t == 0 && root != 0) || (t > 0 && root <= self.roots[t - 1]) {
-                return bad(format!("tree {t}'s root {root} is out of order"));
+        check_trees(&self.roots, &self.nodes, self.width, |i, n| {
+            if n.child as usize >= self.values.len() {
+                return Err(format!("leaf {i} points at value {} of {}", n.child, self.values.len()));
             }
-        }
-        for (i, n) in self.nodes.iter().enumerate() {
-            if n.feature == LEAF {
-                if n.child as usize >= self.values.len() {
-                    return bad(format!("leaf {i} points at value {} of {}", n.child, self.values.len()));
-                }
-                continue;
-            }
-            let tree = self.roots.partition_point(|&r| r as usize <= i) - 1;
-            let end = self.roots.get(tree + 1).map_or(self.nodes.len(), |&r| r as usize);
-            if n.feature as usize >= self.width {
-                return bad(format!("node {i} splits on feature {} of {}", n.feature, self.width));
-            }
-            if !n.threshold.is_finite() {
-                return bad(format!("node {i} has threshold {}", n.threshold));
-            }
-            if (n.child as usize) <= i || n.child as usize + 1 >= end {
-                return bad(format!("node {i}'s children {} and {} are not after it in its tree", n.child, n.child + 1));
-            }
-        }
-        Ok(())
+            Ok(())
+        })
     }
 }
 
@@ -498,18 +457,18 @@ mod tests {
         assert!(right > 240, "{right} of 300 right");
         // A plain walk of every tree, summed and softmaxed, is what the block scorer gives.
         for (i, row) in test.rows().into_iter().enumerate().take(50) {
-            let mut raw = model.baseline.clone();
+            let mut raw: Vec<f64> = model.baseline.iter().map(|&b| f64::from(b)).collect();
             for (t, &root) in model.roots.iter().enumerate() {
                 let mut at = root as usize;
                 while model.nodes[at].feature != LEAF {
                     let n = model.nodes[at];
                     at = n.child as usize + usize::from(row[n.feature as usize] > n.threshold);
                 }
-                raw[t % 3] += model.values[model.nodes[at].child as usize];
+                raw[t % 3] += f64::from(model.values[model.nodes[at].child as usize]);
             }
             softmax(&mut raw);
             for (a, b) in raw.iter().zip(p.row(i)) {
-                assert!((a - b).abs() < 1e-5, "row {i}: {raw:?} vs {}", p.row(i));
+                assert!((a - f64::from(*b)).abs() < 1e-5, "row {i}: {raw:?} vs {}", p.row(i));
             }
         }
         // Saved and read back, checked; damage is refused.

@@ -141,13 +141,7 @@ impl Classifier {
 
     /// Appends a tree's nodes, shifting its indices.
     fn append(&mut self, tree: Tree) {
-        let base = self.nodes.len() as u32;
-        let probs = self.leaf_probs.len() as u32;
-        self.roots.push(base);
-        self.nodes.extend(tree.nodes.into_iter().map(|n| {
-            if n.feature == LEAF { Node { child: n.child + probs, ..n } } else { Node { child: n.child + base, ..n } }
-        }));
-        self.leaf_probs.extend(tree.probs);
+        append_tree(&mut self.roots, &mut self.nodes, &mut self.leaf_probs, tree.nodes, tree.probs);
     }
 
     /// The class probabilities of one row into `out` (`classes.len()` values).
@@ -235,12 +229,6 @@ impl Classifier {
         if k < 2 {
             return Err(ClassifierError::Classes(k));
         }
-        if self.roots.is_empty() {
-            return Err(ClassifierError::NoTrees);
-        }
-        if self.width == 0 {
-            return bad("a width of 0 features".into());
-        }
         if !self.leaf_probs.len().is_multiple_of(k) {
             return bad(format!("{} leaf probabilities for {k} classes", self.leaf_probs.len()));
         }
@@ -250,37 +238,12 @@ impl Classifier {
                 return bad(format!("leaf probabilities {chunk:?} are not a distribution"));
             }
         }
-        for (t, &root) in self.roots.iter().enumerate() {
-            let end = self.roots.get(t + 1).map_or(self.nodes.len(), |&r| r as usize);
-            if root as usize >= end || (t == 0 && root != 0) || (t > 0 && root <= self.roots[t - 1]) {
-                return bad(format!("tree {t}'s root {root} is out of order"));
+        check_trees(&self.roots, &self.nodes, self.width, |i, n| {
+            if !(n.child as usize).is_multiple_of(k) || n.child as usize + k > self.leaf_probs.len() {
+                return Err(format!("leaf {i} points at probabilities {} of {}", n.child, self.leaf_probs.len()));
             }
-        }
-        for (i, n) in self.nodes.iter().enumerate() {
-            if n.feature == LEAF {
-                if !(n.child as usize).is_multiple_of(k) || n.child as usize + k > self.leaf_probs.len() {
-                    return bad(format!("leaf {i} points at probabilities {} of {}", n.child, self.leaf_probs.len()));
-                }
-                continue;
-            }
-            // A tree's nodes run from its root to the next root: children must stay inside it.
-            let tree = self.roots.partition_point(|&r| r as usize <= i) - 1;
-            let end = self.roots.get(tree + 1).map_or(self.nodes.len(), |&r| r as usize);
-            if n.feature as usize >= self.width {
-                return bad(format!("node {i} splits on feature {} of {}", n.feature, self.width));
-            }
-            if !n.threshold.is_finite() {
-                return bad(format!("node {i} has threshold {}", n.threshold));
-            }
-            if (n.child as usize) <= i || n.child as usize + 1 >= end {
-                return bad(format!(
-                    "node {i}'s children {} and {} are not after it in its tree",
-                    n.child,
-                    n.child + 1
-                ));
-            }
-        }
-        Ok(())
+            Ok(())
+        })
     }
 
     /// Nodes per tree on average (for reports).
@@ -309,6 +272,67 @@ pub struct Scorer {
     /// probabilities are their softmax. `None` for a forest (leaves hold `k` probabilities,
     /// averaged).
     pub(super) boosted: Option<(Vec<u16>, Vec<f32>)>,
+}
+
+/// Appends a grown tree (nodes relative to the tree, leaves pointing into `leaf_values`
+/// relative to it) to flat `roots`, `nodes` and `values`, shifting its indices.
+pub(super) fn append_tree(
+    roots: &mut Vec<u32>,
+    nodes: &mut Vec<Node>,
+    values: &mut Vec<f32>,
+    tree_nodes: Vec<Node>,
+    leaf_values: Vec<f32>,
+) {
+    let base = nodes.len() as u32;
+    let start = values.len() as u32;
+    roots.push(base);
+    nodes.extend(tree_nodes.into_iter().map(|n| {
+        if n.feature == LEAF { Node { child: n.child + start, ..n } } else { Node { child: n.child + base, ..n } }
+    }));
+    values.extend(leaf_values);
+}
+
+/// Checks flat trees read from a file: at least one tree, roots in order, every split on a
+/// feature below `width` at a finite threshold with its children after it inside its tree (so
+/// every walk ends); `leaf` checks each leaf's pointer into the values.
+pub(super) fn check_trees(
+    roots: &[u32],
+    nodes: &[Node],
+    width: usize,
+    leaf: impl Fn(usize, &Node) -> Result<(), String>,
+) -> Result<(), ClassifierError> {
+    let bad = |m: String| Err(ClassifierError::Structure(m));
+    if roots.is_empty() {
+        return Err(ClassifierError::NoTrees);
+    }
+    if width == 0 {
+        return bad("a width of 0 features".into());
+    }
+    for (t, &root) in roots.iter().enumerate() {
+        let end = roots.get(t + 1).map_or(nodes.len(), |&r| r as usize);
+        if root as usize >= end || (t == 0 && root != 0) || (t > 0 && root <= roots[t - 1]) {
+            return bad(format!("tree {t}'s root {root} is out of order"));
+        }
+    }
+    for (i, n) in nodes.iter().enumerate() {
+        if n.feature == LEAF {
+            leaf(i, n).map_err(ClassifierError::Structure)?;
+            continue;
+        }
+        // A tree's nodes run from its root to the next root: children must stay inside it.
+        let tree = roots.partition_point(|&r| r as usize <= i) - 1;
+        let end = roots.get(tree + 1).map_or(nodes.len(), |&r| r as usize);
+        if n.feature as usize >= width {
+            return bad(format!("node {i} splits on feature {} of {width}", n.feature));
+        }
+        if !n.threshold.is_finite() {
+            return bad(format!("node {i} has threshold {}", n.threshold));
+        }
+        if (n.child as usize) <= i || n.child as usize + 1 >= end {
+            return bad(format!("node {i}'s children {} and {} are not after it in its tree", n.child, n.child + 1));
+        }
+    }
+    Ok(())
 }
 
 /// Trees laid out for [`Scorer`]: a leaf steps to itself whatever the row holds (NaN never
@@ -396,11 +420,15 @@ impl Scorer {
             }
         }
         if let Some((_, baseline)) = &self.boosted {
+            let mut wide = vec![0f64; k];
             for row in out.chunks_mut(k) {
-                for (v, b) in row.iter_mut().zip(baseline) {
-                    *v += b;
+                for ((w, v), b) in wide.iter_mut().zip(row.iter()).zip(baseline) {
+                    *w = f64::from(*v) + f64::from(*b);
                 }
-                super::boosted::softmax(row);
+                super::boosted::softmax(&mut wide);
+                for (v, w) in row.iter_mut().zip(&wide) {
+                    *v = *w as f32;
+                }
             }
         } else {
             let scale = 1.0 / self.roots.len() as f32;
