@@ -90,7 +90,7 @@ fn classifier() -> String {
          | scikit-learn `RandomForestClassifier.predict_proba` (same size, same rows) | {n} | {sklearn:.0} |\n\n\
          | Vigil gradient-boosted trees ({} iterations × {} classes, ≤ {} leaves; `predict_proba`) | {n} | {boosted_rate:.0} |\n\
          | scikit-learn `HistGradientBoostingClassifier.predict_proba` (same settings, same rows) | {n} | {sklearn_boosted_rate:.0} |\n\n\
-         Supervised classifier (UNSW-NB15's ten classes, {} features, trained on {} rows in {:.1} s on both CPUs, the boosted \
+         Supervised classifier (UNSW-NB15's ten classes, {} features, trained on {} rows in {:.1} s on one CPU, the boosted \
          trees in {:.1} s): target ≥ 500,000 flows/s on one core: forest **{ours:.0}** ({}); {:.1}x scikit-learn's forest; \
          boosted trees **{boosted_rate:.0}** ({}), {:.1}x scikit-learn's.\n",
         params.trees,

@@ -27,7 +27,8 @@ pub fn workspace() -> PathBuf {
 mod reference;
 
 pub use reference::{
-    ForestSplit, forest_split, python, python_on_cpu0, read_f32, sklearn_boosted, sklearn_forest, unsw_prepared, write_f32,
+    ForestSplit, forest_split, python, python_on_cpu0, read_f32, sklearn_boosted, sklearn_forest, unsw_prepared,
+    write_f32,
 };
 
 use crate::files::TempDir;

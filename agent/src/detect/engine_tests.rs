@@ -544,7 +544,7 @@ fn decisions_render_as_ecs_with_the_wall_clock_and_their_fields() {
 
 #[test]
 fn an_alert_the_classifier_fired_on_takes_its_kind_and_says_which_models_fired() {
-    use crate::{alert::attack::AttackKind, model::kind_classifier::Classified, model::detector::Fired};
+    use crate::{alert::attack::AttackKind, model::detector::Fired, model::kind_classifier::Classified};
     let said = Classified {
         kind: AttackKind::PasswordGuessing,
         kind_probability: 0.93,
@@ -561,7 +561,10 @@ fn an_alert_the_classifier_fired_on_takes_its_kind_and_says_which_models_fired()
     let decisions = b.cycle(&flows);
     let [Decision::SourceAlert(a)] = decisions.as_slice() else { panic!("{decisions:#?}") };
     // The evidence of three flows says little; the classifier names it.
-    assert_eq!((a.kind(), a.top.kind_from(), a.severity), (AttackKind::PasswordGuessing, "classifier", Severity::Medium));
+    assert_eq!(
+        (a.kind(), a.top.kind_from(), a.severity),
+        (AttackKind::PasswordGuessing, "classifier", Severity::Medium)
+    );
     let doc = observer().render(&decisions[0], S);
     assert_eq!(doc["vigil"]["attack"]["kind"], "password-guessing");
     assert_eq!(doc["vigil"]["attack"]["from"], "classifier");

@@ -201,8 +201,10 @@ pub(crate) mod tests {
     fn a_bundle_with_a_classifier_gives_every_live_flow_its_word() {
         let (spec, bytes) = crate::model::kind_classifier::tests::small_forest(FLOW_FEATURE_COUNT);
         let bundle = Bundle::embedded().expect("built in").with_classifier(spec, bytes);
-        let mut scorer =
-            Scorer::new(bundle.detector(&Schema::flow()).expect("detector"), ContextWindow::new(Duration::from_secs(10)));
+        let mut scorer = Scorer::new(
+            bundle.detector(&Schema::flow()).expect("detector"),
+            ContextWindow::new(Duration::from_secs(10)),
+        );
         let n = u32::try_from(SCORE_CHUNK).expect("small") + 3;
         let cycle = scorer.score(new_flows(n, 0, S, S), 2 * S).expect("scored");
         assert_eq!(cycle.flows.len(), SCORE_CHUNK + 3);

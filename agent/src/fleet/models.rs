@@ -344,12 +344,13 @@ pub async fn publish(
     let sha256 = bundle.sha256();
     let store = object_store(jetstream, objects, true).await?;
     let classifier = bundle.manifest.classifier.as_ref().map(|c| c.file.as_str()).zip(bundle.classifier.as_deref());
-    let files: Vec<(&str, &[u8])> = [(SIGNATURE, signature), (IFOREST, &bundle.iforest), (AUTOENCODER, &bundle.autoencoder)]
-        .into_iter()
-        .chain(classifier)
-        // The manifest last: a bundle whose manifest is there has all its files.
-        .chain([(MANIFEST, bundle.manifest_json())])
-        .collect();
+    let files: Vec<(&str, &[u8])> =
+        [(SIGNATURE, signature), (IFOREST, &bundle.iforest), (AUTOENCODER, &bundle.autoencoder)]
+            .into_iter()
+            .chain(classifier)
+            // The manifest last: a bundle whose manifest is there has all its files.
+            .chain([(MANIFEST, bundle.manifest_json())])
+            .collect();
     for (file, mut bytes) in files {
         let name = object_name(&sha256, file);
         store.put(name.as_str(), &mut bytes).await.map_err(|e| format!("writing {name}: {e}"))?;

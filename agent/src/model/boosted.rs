@@ -323,10 +323,11 @@ fn grow(binned: &Binned, g: &[f32], h: &[f32], params: &BoostParams) -> (Tree, V
         tree.nodes.push(Node { feature: LEAF, threshold: 0.0, child: 0 });
         tree.nodes[o.node] =
             Node { feature: feature as u32, threshold: binned.edges[feature][usize::from(bin)], child: child as u32 };
-        let mut sides = [(child, o.start, o.start + left), (child + 1, o.start + left, o.end)].map(|(node, start, end)| {
-            let (gs, hs) = sums(g, h, &rows[start..end]);
-            Open { node, start, end, depth: o.depth + 1, g: gs, h: hs, split: None, hist: None }
-        });
+        let mut sides =
+            [(child, o.start, o.start + left), (child + 1, o.start + left, o.end)].map(|(node, start, end)| {
+                let (gs, hs) = sums(g, h, &rows[start..end]);
+                Open { node, start, end, depth: o.depth + 1, g: gs, h: hs, split: None, hist: None }
+            });
         if sides.iter().any(|s| splittable(s, params)) {
             // The smaller side's histograms from its rows, the larger's by subtraction.
             let mut parent = o.hist.expect("a split leaf has its histograms");
@@ -387,7 +388,13 @@ fn fill(binned: &Binned, g: &[f32], h: &[f32], rows: &[u32], layout: &Layout, hi
 
 /// The best split of an open leaf from its histograms, or `None` when none gains or leaves
 /// `min_leaf` rows and [`MIN_HESSIAN`] on both sides.
-fn best_split(binned: &Binned, layout: &Layout, hist: &[Bin], o: &Open, params: &BoostParams) -> Option<(f64, usize, u8)> {
+fn best_split(
+    binned: &Binned,
+    layout: &Layout,
+    hist: &[Bin],
+    o: &Open,
+    params: &BoostParams,
+) -> Option<(f64, usize, u8)> {
     let rows = (o.end - o.start) as u32;
     let min_leaf = params.min_leaf.max(1) as u32;
     let lambda = f64::from(params.l2);

@@ -222,8 +222,10 @@ impl Bundle {
         if let Some(file) = classifier_file.filter(|f| !CLASSIFIER_FILES.contains(f)) {
             return Err(KindClassifierError::File(file.to_owned()).into());
         }
-        if let Some(extra) =
-            manifest.files.keys().find(|k| !MODEL_FILES.iter().any(|(f, _)| f == k) && Some(k.as_str()) != classifier_file)
+        if let Some(extra) = manifest
+            .files
+            .keys()
+            .find(|k| !MODEL_FILES.iter().any(|(f, _)| f == k) && Some(k.as_str()) != classifier_file)
         {
             return Err(BundleError::ExtraEntry(extra.clone()));
         }
@@ -277,7 +279,14 @@ impl Bundle {
         Self::check_file(&parsed, IFOREST, &iforest)?;
         Self::check_file(&parsed, AUTOENCODER, &autoencoder)?;
         let classifier = Self::check_classifier(&parsed, classifier)?;
-        Ok(Self { manifest: parsed, iforest, autoencoder, classifier, manifest_json: manifest.to_vec(), signature: None })
+        Ok(Self {
+            manifest: parsed,
+            iforest,
+            autoencoder,
+            classifier,
+            manifest_json: manifest.to_vec(),
+            signature: None,
+        })
     }
 
     /// The classifier's bytes checked against the manifest: present exactly when it names one.
@@ -442,8 +451,7 @@ impl Bundle {
         fs::create_dir_all(dir).map_err(|source| BundleError::Io { path: dir.into(), source })?;
         let classifier = self.manifest.classifier.as_ref().map(|c| c.file.as_str()).zip(self.classifier.as_ref());
         let files = [(MANIFEST, &self.manifest_json), (IFOREST, &self.iforest), (AUTOENCODER, &self.autoencoder)];
-        for (name, bytes) in
-            files.into_iter().chain(classifier).chain(self.signature.as_ref().map(|s| (SIGNATURE, s)))
+        for (name, bytes) in files.into_iter().chain(classifier).chain(self.signature.as_ref().map(|s| (SIGNATURE, s)))
         {
             let path = dir.join(name);
             fs::write(&path, bytes).map_err(|source| BundleError::Io { path, source })?;
@@ -470,7 +478,9 @@ impl Bundle {
             (Some(spec), Some(bytes)) => Some(KindClassifier::load(spec, bytes, width)?),
             (None, None) => None,
             (Some(spec), None) => return Err(BundleError::MissingClassifier(spec.file.clone())),
-            (None, Some(_)) => return Err(BundleError::ExtraEntry("a classifier file the manifest does not name".into())),
+            (None, Some(_)) => {
+                return Err(BundleError::ExtraEntry("a classifier file the manifest does not name".into()));
+            }
         };
         let mut detector = Detector {
             schema: m.schema.clone(),

@@ -59,7 +59,9 @@ pub enum KindClassifierError {
     File(String),
     #[error("classifier.classes[0] is {0:?}; the first class must be {BENIGN}")]
     FirstClass(String),
-    #[error("classifier.classes[{index}] is {name:?}, which is not an attack kind of the table (vigil docs: detection.md)")]
+    #[error(
+        "classifier.classes[{index}] is {name:?}, which is not an attack kind of the table (vigil docs: detection.md)"
+    )]
     UnknownClass { index: usize, name: String },
     #[error("classifier.classes lists {name:?} twice")]
     Duplicate { name: String },
@@ -313,7 +315,10 @@ fn check_classes(classes: &[String]) -> Result<Vec<AttackKind>, KindClassifierEr
         kinds.push(kind);
     }
     if kinds.is_empty() {
-        return Err(KindClassifierError::Trees { file: "classifier.classes", source: ClassifierError::Classes(classes.len()) });
+        return Err(KindClassifierError::Trees {
+            file: "classifier.classes",
+            source: ClassifierError::Classes(classes.len()),
+        });
     }
     Ok(kinds)
 }
@@ -336,7 +341,12 @@ pub(crate) mod tests {
         });
         let y: Vec<u16> = (0..n).map(|i| (i % 3) as u16).collect();
         let classes: Vec<String> = ["benign", "scan", "syn-flood"].map(String::from).to_vec();
-        let forest = Classifier::train(x.view(), &y, classes.clone(), &ClassifierParams { trees: 9, max_features: Some(width), ..Default::default() });
+        let forest = Classifier::train(
+            x.view(),
+            &y,
+            classes.clone(),
+            &ClassifierParams { trees: 9, max_features: Some(width), ..Default::default() },
+        );
         let spec = ClassifierSpec {
             file: FOREST_FILE.into(),
             classes,
@@ -354,7 +364,11 @@ pub(crate) mod tests {
         let said = c.classify(rows.view()).expect("classifies");
         assert!(!said[0].fired && said[0].attack_probability < 0.1, "{:?}", said[0]);
         assert!(said[1].fired && said[1].kind == AttackKind::Scan, "{:?}", said[1]);
-        assert!(said[2].fired && said[2].kind == AttackKind::SynFlood && said[2].kind_probability > 0.9, "{:?}", said[2]);
+        assert!(
+            said[2].fired && said[2].kind == AttackKind::SynFlood && said[2].kind_probability > 0.9,
+            "{:?}",
+            said[2]
+        );
     }
 
     #[test]
@@ -373,7 +387,9 @@ pub(crate) mod tests {
         assert!(bad(&|s| s.classes[2] = "udp-flood".into()).contains("are not classifier.classes"));
         assert!(bad(&|s| s.min_probability = 0.3).contains("must be in (0.5, 1]"));
         assert!(bad(&|s| s.min_probability = f32::NAN).contains("must be in (0.5, 1]"));
-        assert!(bad(&|s| s.file = "model.pkl".into()).contains("must be classifier.json, boosted.json or classifier.onnx"));
+        assert!(
+            bad(&|s| s.file = "model.pkl".into()).contains("must be classifier.json, boosted.json or classifier.onnx")
+        );
         assert!(bad(&|s| s.file = BOOSTED_FILE.into()).starts_with("boosted.json: not valid JSON for its model"));
         let e = KindClassifier::load(&spec, b"{\"format\": 1}", 4).expect_err("json");
         assert!(e.to_string().starts_with("classifier.json: not valid JSON for its model"), "{e}");

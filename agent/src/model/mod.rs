@@ -14,8 +14,8 @@ pub mod classifier;
 pub mod detector;
 pub mod files;
 pub mod iforest;
-pub mod onnx;
 pub mod kind_classifier;
+pub mod onnx;
 pub mod onnx_classifier;
 #[cfg(test)]
 mod refusals;

@@ -47,8 +47,9 @@ fn refused(edit: impl FnOnce(&mut Manifest)) -> String {
     let b = small();
     let mut m = b.manifest.clone();
     edit(&mut m);
-    let bundle = Bundle::from_bytes(&serde_json::to_vec(&m).expect("json"), b.iforest.clone(), b.autoencoder.clone(), None)
-        .expect("parses and its checksums hold");
+    let bundle =
+        Bundle::from_bytes(&serde_json::to_vec(&m).expect("json"), b.iforest.clone(), b.autoencoder.clone(), None)
+            .expect("parses and its checksums hold");
     bundle.detector(&Schema::flow()).expect_err("refused").to_string()
 }
 
@@ -57,8 +58,9 @@ fn refused_text(from: &str, to: &str) -> String {
     let b = small();
     let text = serde_json::to_string_pretty(&b.manifest).expect("json");
     assert!(text.contains(from), "{from} in the manifest");
-    let bundle = Bundle::from_bytes(text.replacen(from, to, 1).as_bytes(), b.iforest.clone(), b.autoencoder.clone(), None)
-        .expect("parses");
+    let bundle =
+        Bundle::from_bytes(text.replacen(from, to, 1).as_bytes(), b.iforest.clone(), b.autoencoder.clone(), None)
+            .expect("parses");
     bundle.detector(&Schema::flow()).expect_err("refused").to_string()
 }
 
