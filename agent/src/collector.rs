@@ -253,6 +253,48 @@ async fn consumer(
         .map_err(|e| format!("nats consumer {durable}: {e}"))
 }
 
+/// Connects and binds the durable consumer on the alert stream, retrying until it works or
+/// `stop`: a collector started before its bus, or while a cluster elects a new leader after
+/// losing a node, waits for it (each failure logged with its reason) instead of exiting.
+async fn bind_alerts(
+    section: &CollectorSection,
+    options: &Options,
+    stop: &AtomicBool,
+) -> Option<(async_nats::jetstream::Context, Consumer)> {
+    let mut backoff = BIND_RETRY_FIRST;
+    loop {
+        let bound = match options.connect().await {
+            Ok(jetstream) => consumer(
+                &jetstream,
+                options.stream(),
+                &section.durable,
+                crate::alert::sink::nats::ALERT_SUBJECTS,
+                section.ack_wait,
+            )
+            .await
+            .map(|c| (jetstream, c)),
+            Err(e) => Err(format!("nats {}: {e}", options.url())),
+        };
+        match bound {
+            Ok(bound) => return Some(bound),
+            Err(e) => warn!(error = %e, retry_in = ?backoff, "collector: the bus is not ready; retrying"),
+        }
+        // Slept in short steps, so that a stop is seen at once.
+        let until = tokio::time::Instant::now() + backoff;
+        while tokio::time::Instant::now() < until {
+            if stop.load(Ordering::Relaxed) {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        backoff = (backoff * 2).min(BIND_RETRY_MAX);
+    }
+}
+
+/// The first and the longest wait between two attempts of [`bind_alerts`].
+const BIND_RETRY_FIRST: Duration = Duration::from_millis(500);
+const BIND_RETRY_MAX: Duration = Duration::from_secs(10);
+
 /// One pull of flow batches into `flow_minutes` (see [`flows`]); answers whether the stream
 /// is drained (the pull was not full). What the store refuses is not acknowledged: it comes
 /// again after `ack_wait`.
@@ -340,11 +382,10 @@ fn consume(
 ) -> anyhow::Result<CollectorStats> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async {
-        let jetstream = options.connect().await.map_err(|e| anyhow::anyhow!("nats {}: {e}", options.url()))?;
-        let alerts =
-            consumer(&jetstream, options.stream(), &section.durable, crate::alert::sink::nats::ALERT_SUBJECTS, section.ack_wait)
-                .await
-                .map_err(|e| anyhow::anyhow!(e))?;
+        let Some((jetstream, alerts)) = bind_alerts(section, options, stop).await else {
+            info!("collector stopped before its bus answered");
+            return Ok(CollectorStats::default());
+        };
         let health = match consumer(&jetstream, &section.health_stream, &section.durable, crate::fleet::HEALTH_SUBJECTS, section.ack_wait).await {
             Ok(c) => Some(c),
             Err(e) => {

@@ -55,9 +55,20 @@ fn stored(db: &Path) -> Vec<Stored> {
         .unwrap()
 }
 
-/// Runs a collector until the store holds `rows` alerts (or 15 s pass) and `settle` more, then
-/// stops it.
+/// Runs a collector until the store holds `rows` alerts (or a minute passes) and `settle` more,
+/// then stops it.
 fn collect_until(section: &CollectorSection, db: &Path, rows: usize, settle: Duration) -> CollectorStats {
+    collect_while(section, db, rows, settle, |_| ())
+}
+
+/// [`collect_until`], with `meanwhile` run (once, beside the collector) as soon as it started.
+fn collect_while(
+    section: &CollectorSection,
+    db: &Path,
+    rows: usize,
+    settle: Duration,
+    meanwhile: impl FnOnce(&AtomicBool),
+) -> CollectorStats {
     /// Sets `stop` however the scope is left: a panic here must not leave the collector
     /// running, or the scope waits for it forever (a CI run hung on that).
     struct StopOnDrop<'a>(&'a AtomicBool);
@@ -70,9 +81,12 @@ fn collect_until(section: &CollectorSection, db: &Path, rows: usize, settle: Dur
     thread::scope(|scope| {
         let collector = scope.spawn(|| run(section, db, &stop));
         let guard = StopOnDrop(&stop);
-        let deadline = Instant::now() + Duration::from_secs(15);
+        meanwhile(&stop);
+        // Long enough for a cluster's election on a loaded machine; it ends as soon as the
+        // rows are there.
+        let deadline = Instant::now() + Duration::from_mins(1);
         // The store may exist before its tables do: count only what can be read.
-        while Instant::now() < deadline && stored_so_far(db) < rows {
+        while Instant::now() < deadline && !stop.load(Ordering::Relaxed) && stored_so_far(db) < rows {
             thread::sleep(Duration::from_millis(50));
         }
         // A little longer, for what should not come.
@@ -334,9 +348,22 @@ fn the_stream_leader_killed_while_agents_publish_every_alert_is_stored_once() {
         thread::sleep(Duration::from_millis(20));
         if i == 100 {
             // The stream's leader goes away mid-run.
+            // Asked again while the cluster is busy (a loaded machine) or has no leader yet.
             let leader = runtime.block_on(async {
-                let mut stream = jetstream.get_stream("VIGIL_ALERTS").await.unwrap();
-                stream.info().await.unwrap().cluster.clone().and_then(|c| c.leader).expect("a leader")
+                let deadline = Instant::now() + Duration::from_secs(30);
+                loop {
+                    let leader = match jetstream.get_stream("VIGIL_ALERTS").await {
+                        Ok(mut stream) => {
+                            stream.info().await.ok().and_then(|i| i.cluster.clone()).and_then(|c| c.leader)
+                        }
+                        Err(_) => None,
+                    };
+                    if let Some(leader) = leader {
+                        break leader;
+                    }
+                    assert!(Instant::now() < deadline, "the stream has no leader");
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
             });
             let index: usize = leader.trim_start_matches('n').parse().unwrap();
             cluster.nodes[index] = None;
@@ -370,6 +397,41 @@ fn the_stream_leader_killed_while_agents_publish_every_alert_is_stored_once() {
     expected.sort_unstable();
     assert_eq!(ids, expected, "every alert exactly once ({stats:?})");
     drop(cluster);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_collector_started_before_its_bus_waits_for_it_and_stores_what_comes() {
+    let dir = temp_dir("collector-early");
+    let port = free_port();
+    let db = dir.join("vigil.db");
+    let mut server = None;
+    let stats = collect_while(&section(port), &db, 1, Duration::from_millis(300), |_| {
+        // Two failed attempts at least (0.5 s, then 1 s) before the bus exists.
+        thread::sleep(Duration::from_millis(1800));
+        server = Some(Server::start(&dir, port));
+        let sinks = Sinks::start(&[spec(settings(port), 10)]).unwrap();
+        sinks.send(&alert("e-1", "192.0.2.8"));
+        sinks.shutdown(Duration::from_secs(5));
+    });
+    let rows = stored(&db);
+    assert_eq!(rows.len(), 1, "{rows:?} ({stats:?})");
+    assert_eq!((rows[0].1.as_str(), stats.stored), ("e-1", 1));
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_collector_stopped_before_its_bus_came_ends_at_once_with_nothing() {
+    let dir = temp_dir("collector-never");
+    let started = Instant::now();
+    let stats = collect_while(&section(free_port()), &dir.join("vigil.db"), 1, Duration::ZERO, |stop| {
+        thread::sleep(Duration::from_millis(700));
+        stop.store(true, Ordering::Relaxed);
+    });
+    assert_eq!(stats.stored, 0);
+    // Stopped within the retry's wait, not after a minute.
+    assert!(started.elapsed() < Duration::from_secs(30), "{:?}", started.elapsed());
     let _ = std::fs::remove_dir_all(&dir);
 }
 
