@@ -3,7 +3,7 @@
 //! validation split. The trained weights are exported as a standard ONNX graph
 //! ([`super::onnx`]) and scored with tract; the training code never scores live traffic.
 
-use ndarray::{Array1, Array2, ArrayView2, Axis, s};
+use ndarray::{Array1, Array2, ArrayView2, Axis};
 use rand::{Rng, SeedableRng, rngs::StdRng, seq::SliceRandom};
 use serde::{Deserialize, Serialize};
 
@@ -185,7 +185,10 @@ impl Autoencoder {
         order.shuffle(&mut rng);
         let n_val = ((rows.nrows() as f64 * params.validation_share).round() as usize).clamp(1, rows.nrows() - 1);
         let validation = rows.select(Axis(0), &order[..n_val]);
-        let mut train = rows.select(Axis(0), &order[n_val..]);
+        let train = rows.select(Axis(0), &order[n_val..]);
+        // The epochs' shuffles permute these positions, and a batch gathers its rows: the same
+        // batches as shuffling the rows themselves, without moving 200,000 rows an epoch.
+        let mut positions: Vec<usize> = (0..train.nrows()).collect();
 
         let mut model = Self::init(rows.ncols(), &params.hidden, &mut rng);
         let mut moments: Vec<(Moments<ndarray::Ix2>, Moments<ndarray::Ix1>)> =
@@ -196,12 +199,18 @@ impl Autoencoder {
         let batch = params.batch.max(1);
         for epoch in 1..=params.max_epochs {
             epochs = epoch;
-            shuffle_rows(&mut train, &mut rng);
+            shuffle(&mut positions, &mut rng);
             let mut epoch_loss = 0f64;
-            for start in (0..train.nrows()).step_by(batch) {
-                let x = train.slice(s![start..(start + batch).min(train.nrows()), ..]);
+            let mut x = Array2::zeros((batch.min(train.nrows()), train.ncols()));
+            for taken in positions.chunks(batch) {
+                if taken.len() != x.nrows() {
+                    x = Array2::zeros((taken.len(), train.ncols()));
+                }
+                for (mut to, &from) in x.rows_mut().into_iter().zip(taken) {
+                    to.assign(&train.row(from));
+                }
                 t += 1;
-                epoch_loss += f64::from(model.step(x, &mut moments, params.learning_rate, t)) * x.nrows() as f64;
+                epoch_loss += f64::from(model.step(x.view(), &mut moments, params.learning_rate, t)) * x.nrows() as f64;
             }
             let train_loss = (epoch_loss / train.nrows() as f64) as f32;
             let val_loss = model.loss(validation.view());
@@ -261,14 +270,12 @@ impl Autoencoder {
     }
 }
 
-/// Fisher–Yates over the rows of a matrix.
-fn shuffle_rows(rows: &mut Array2<f32>, rng: &mut StdRng) {
-    for i in (1..rows.nrows()).rev() {
+/// Fisher–Yates, drawing as the trained models always have (one draw in `0..=i` for each
+/// `i` from the last down to 1), so that a seed keeps giving the same weights.
+fn shuffle(positions: &mut [usize], rng: &mut StdRng) {
+    for i in (1..positions.len()).rev() {
         let j = rng.random_range(0..=i);
-        if i != j {
-            let (mut a, mut b) = rows.multi_slice_mut((s![i, ..], s![j, ..]));
-            ndarray::Zip::from(&mut a).and(&mut b).for_each(std::mem::swap);
-        }
+        positions.swap(i, j);
     }
 }
 
@@ -304,7 +311,7 @@ mod tests {
         assert!(report.validation_loss < before / 20.0, "{report:?} before {before}");
         assert_eq!(ae.width(), 6);
         let off = ndarray::arr2(&[[2.0f32, -2.0, 2.0, 2.0, -2.0, 2.0]]);
-        let on = rows.slice(s![0..1, ..]);
+        let on = rows.slice(ndarray::s![0..1, ..]);
         let err_off = row_errors(off.view(), ae.forward(off.view()).view())[0];
         let err_on = row_errors(on, ae.forward(on).view())[0];
         assert!(err_off > 20.0 * err_on, "off {err_off} on {err_on}");
