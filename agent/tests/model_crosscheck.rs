@@ -96,40 +96,41 @@ fn pytorch_style_autoencoder_loads_and_agrees_with_onnxruntime() {
     assert!(detector.score(rows.view()).expect("scores").iter().all(|s| s.combined.is_finite()));
 }
 
-/// Vigil's random forest and scikit-learn's `RandomForestClassifier`, same size (50 trees,
-/// depth 14, leaves of 2, √features per split), on the same rows and random split of a labelled
-/// dataset: both ROC-AUCs (attack against benign, each class against the rest) within 0.01.
-fn forest_agrees_with_scikit_learn(data: &vigil::eval::supervised::Labelled, name: &str) {
-    use vigil::{
-        eval::supervised::one_vs_rest_roc_auc,
-        model::classifier::{Classifier, ClassifierParams},
-    };
-    let split = forest_split(data);
-    let params = ClassifierParams::default();
-    let forest = Classifier::train(split.train.view(), &split.y_train, data.classes.clone(), &params);
-    let p = forest.predict_proba(split.test.view());
-    let attack: Vec<bool> = split.y_test.iter().map(|&c| c != 0).collect();
+/// Both ROC-AUCs of a classifier's probabilities `p` on the test rows (attack against benign,
+/// each class against the rest), against scikit-learn's on the same rows: within 0.01.
+fn assert_rocs_agree(name: &str, p: &Array2<f32>, y_test: &[u16], sklearn: (f64, f64)) {
+    let attack: Vec<bool> = y_test.iter().map(|&c| c != 0).collect();
     let ours_attack = curves(&p.column(0).iter().map(|v| 1.0 - v).collect::<Vec<_>>(), &attack).expect("both").roc_auc;
-    let ours_macro = one_vs_rest_roc_auc(p.view(), &split.y_test).expect("classes");
-    let (sk_attack, sk_macro, _) = sklearn_forest(&split, params.trees, params.max_depth, false);
+    let ours_macro = vigil::eval::supervised::one_vs_rest_roc_auc(p.view(), y_test).expect("classes");
+    let (sk_attack, sk_macro) = sklearn;
     eprintln!(
         "{name}: attack-vs-benign ROC-AUC vigil {ours_attack:.4}, scikit-learn {sk_attack:.4}; \
          one-vs-rest macro vigil {ours_macro:.4}, scikit-learn {sk_macro:.4}"
     );
-    assert!(ours_attack > 0.9 && ours_macro > 0.8, "{name}: the forest must classify: {ours_attack} {ours_macro}");
+    assert!(ours_attack > 0.9 && ours_macro > 0.8, "{name}: the model must classify: {ours_attack} {ours_macro}");
     assert!((ours_attack - sk_attack).abs() <= 0.01, "{name}: attack {ours_attack:.4} vs {sk_attack:.4}");
     assert!((ours_macro - sk_macro).abs() <= 0.01, "{name}: macro {ours_macro:.4} vs {sk_macro:.4}");
+}
+
+/// Vigil's random forest and scikit-learn's `RandomForestClassifier`, same size (50 trees,
+/// depth 14, leaves of 2, √features per split), on the same rows and random split of a labelled
+/// dataset.
+fn forest_agrees_with_scikit_learn(data: &vigil::eval::supervised::Labelled, name: &str) {
+    use vigil::model::classifier::{Classifier, ClassifierParams};
+    let split = forest_split(data);
+    let params = ClassifierParams::default();
+    let forest = Classifier::train(split.train.view(), &split.y_train, data.classes.clone(), &params);
+    let p = forest.predict_proba(split.test.view());
+    let (sk_attack, sk_macro, _) = sklearn_forest(&split, params.trees, params.max_depth, false);
+    assert_rocs_agree(&format!("{name} (forest)"), &p, &split.y_test, (sk_attack, sk_macro));
 }
 
 /// Vigil's gradient-boosted trees and scikit-learn's `HistGradientBoostingClassifier` with the
 /// same settings (50 iterations, learning rate 0.1, 31 leaves, leaves of 20, L2 1, 255 bins,
 /// no early stopping) on the same rows: the forest's split with its training part cut to
-/// 40,000 rows (to keep the test short). Both ROC-AUCs within 0.01.
+/// 40,000 rows (to keep the test short).
 fn boosted_agrees_with_scikit_learn(data: &vigil::eval::supervised::Labelled, name: &str) {
-    use vigil::{
-        eval::supervised::one_vs_rest_roc_auc,
-        model::boosted::{BoostParams, Boosted},
-    };
+    use vigil::model::boosted::{BoostParams, Boosted};
     let mut split = forest_split(data);
     let keep = split.train.nrows().min(40_000);
     split.train = split.train.slice(ndarray::s![..keep, ..]).to_owned();
@@ -139,55 +140,48 @@ fn boosted_agrees_with_scikit_learn(data: &vigil::eval::supervised::Labelled, na
     let model = Boosted::train(split.train.view(), &split.y_train, data.classes.clone(), &params);
     let trained_in = started.elapsed();
     let p = model.predict_proba(split.test.view());
-    let attack: Vec<bool> = split.y_test.iter().map(|&c| c != 0).collect();
-    let ours_attack = curves(&p.column(0).iter().map(|v| 1.0 - v).collect::<Vec<_>>(), &attack).expect("both").roc_auc;
-    let ours_macro = one_vs_rest_roc_auc(p.view(), &split.y_test).expect("classes");
     let (sk_attack, sk_macro, _) = sklearn_boosted(&split, params.iterations, false);
-    eprintln!(
-        "{name} (boosted, trained in {trained_in:.1?}): attack-vs-benign ROC-AUC vigil {ours_attack:.4}, \
-         scikit-learn {sk_attack:.4}; one-vs-rest macro vigil {ours_macro:.4}, scikit-learn {sk_macro:.4}"
+    assert_rocs_agree(
+        &format!("{name} (boosted, trained in {trained_in:.1?})"),
+        &p,
+        &split.y_test,
+        (sk_attack, sk_macro),
     );
-    assert!(ours_attack > 0.9 && ours_macro > 0.8, "{name}: the trees must classify: {ours_attack} {ours_macro}");
-    assert!((ours_attack - sk_attack).abs() <= 0.01, "{name}: attack {ours_attack:.4} vs {sk_attack:.4}");
-    assert!((ours_macro - sk_macro).abs() <= 0.01, "{name}: macro {ours_macro:.4} vs {sk_macro:.4}");
+}
+
+fn unsw() -> vigil::eval::supervised::Labelled {
+    vigil::eval::supervised::Labelled::from_unsw(
+        &common::shared("flows/unsw-nb15/UNSW_NB15_training-set.csv.zip"),
+        false,
+    )
+    .expect("UNSW-NB15 reads")
+}
+
+fn cic_ids_2017() -> vigil::eval::supervised::Labelled {
+    vigil::eval::supervised::Labelled::from_cicflowmeter(&common::shared(
+        "flows/cicids2017-improved/cicids2017_improved_sample.csv.gz",
+    ))
+    .expect("CIC-IDS-2017 reads")
 }
 
 #[test]
 fn boosted_trees_roc_auc_match_scikit_learn_within_0_01_on_unsw_nb15() {
-    let data = vigil::eval::supervised::Labelled::from_unsw(
-        &common::shared("flows/unsw-nb15/UNSW_NB15_training-set.csv.zip"),
-        false,
-    )
-    .expect("UNSW-NB15 reads");
-    boosted_agrees_with_scikit_learn(&data, "UNSW-NB15 (no TTL columns)");
+    boosted_agrees_with_scikit_learn(&unsw(), "UNSW-NB15 (no TTL columns)");
 }
 
 #[test]
 fn boosted_trees_roc_auc_match_scikit_learn_within_0_01_on_cic_ids_2017() {
-    let data = vigil::eval::supervised::Labelled::from_cicflowmeter(&common::shared(
-        "flows/cicids2017-improved/cicids2017_improved_sample.csv.gz",
-    ))
-    .expect("CIC-IDS-2017 reads");
-    boosted_agrees_with_scikit_learn(&data, "CIC-IDS-2017 improved");
+    boosted_agrees_with_scikit_learn(&cic_ids_2017(), "CIC-IDS-2017 improved");
 }
 
 #[test]
 fn random_forest_roc_auc_matches_scikit_learn_within_0_01_on_unsw_nb15() {
-    let data = vigil::eval::supervised::Labelled::from_unsw(
-        &common::shared("flows/unsw-nb15/UNSW_NB15_training-set.csv.zip"),
-        false,
-    )
-    .expect("UNSW-NB15 reads");
-    forest_agrees_with_scikit_learn(&data, "UNSW-NB15 (no TTL columns)");
+    forest_agrees_with_scikit_learn(&unsw(), "UNSW-NB15 (no TTL columns)");
 }
 
 #[test]
 fn random_forest_roc_auc_matches_scikit_learn_within_0_01_on_cic_ids_2017() {
-    let data = vigil::eval::supervised::Labelled::from_cicflowmeter(&common::shared(
-        "flows/cicids2017-improved/cicids2017_improved_sample.csv.gz",
-    ))
-    .expect("CIC-IDS-2017 reads");
-    forest_agrees_with_scikit_learn(&data, "CIC-IDS-2017 improved");
+    forest_agrees_with_scikit_learn(&cic_ids_2017(), "CIC-IDS-2017 improved");
 }
 
 /// A scikit-learn classifier exported with skl2onnx: `kind` (rf, gb, linear) trained on

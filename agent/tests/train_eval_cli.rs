@@ -146,23 +146,21 @@ fn train_writes_a_bundle_that_eval_can_use() {
     assert!(status.success(), "{stderr}");
 }
 
+/// `vigil train --base default --supervised LABELS --out OUT --no-progress` with `more`
+/// arguments: its exit status and standard error.
+fn add_classifier(labels: &Path, out: &Path, more: &[&str]) -> (std::process::ExitStatus, String) {
+    let mut args = vec!["train", "--base", "default", "--supervised", s(labels), "--out", s(out), "--no-progress"];
+    args.extend_from_slice(more);
+    let (status, _, stderr) = vigil(&args);
+    (status, stderr)
+}
+
 #[test]
 fn train_supervised_adds_a_classifier_to_a_bundle_that_eval_uses() {
     let dir = TempDir::new("train-supervised");
     let labels = shared("pcaps/labels.json");
     let bundle = dir.path().join("bundle");
-    let (status, _, stderr) = vigil(&[
-        "train",
-        "--base",
-        "default",
-        "--supervised",
-        s(&labels),
-        "--classifier-trees",
-        "10",
-        "--out",
-        s(&bundle),
-        "--no-progress",
-    ]);
+    let (status, stderr) = add_classifier(&labels, &bundle, &["--classifier-trees", "10"]);
     assert!(status.success(), "{stderr}");
     let manifest = read_json(&bundle.join("manifest.json"));
     assert_eq!(manifest["format_version"], 2, "a bundle with a classifier is format 2");
@@ -192,20 +190,8 @@ fn train_supervised_adds_a_classifier_to_a_bundle_that_eval_uses() {
     assert!(status.success(), "{stderr}");
     // Gradient-boosted trees instead of the forest.
     let boosted = dir.path().join("boosted");
-    let (status, _, stderr) = vigil(&[
-        "train",
-        "--base",
-        "default",
-        "--supervised",
-        s(&labels),
-        "--classifier",
-        "boosted",
-        "--classifier-iterations",
-        "5",
-        "--out",
-        s(&boosted),
-        "--no-progress",
-    ]);
+    let (status, stderr) =
+        add_classifier(&labels, &boosted, &["--classifier", "boosted", "--classifier-iterations", "5"]);
     assert!(status.success(), "{stderr}");
     let manifest = read_json(&boosted.join("manifest.json"));
     assert_eq!(manifest["classifier"]["file"], "boosted.json");
@@ -215,8 +201,7 @@ fn train_supervised_adds_a_classifier_to_a_bundle_that_eval_uses() {
     // Refused before any data is read: --base alone, a probability that is no threshold.
     let (status, _, stderr) = vigil(&["train", "--base", "default", "--out", s(&bundle)]);
     assert!(!status.success() && stderr.contains("--supervised"), "{stderr}");
-    let (status, _, stderr) =
-        vigil(&["train", "--base", "default", "--supervised", s(&labels), "--min-probability", "0.4", "--out", "x"]);
+    let (status, stderr) = add_classifier(&labels, Path::new("x"), &["--min-probability", "0.4"]);
     assert!(!status.success() && stderr.contains("0.4 is not in (0.5, 1]"), "{stderr}");
 }
 

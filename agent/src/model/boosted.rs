@@ -23,7 +23,9 @@ use std::num::NonZeroUsize;
 use ndarray::{Array2, ArrayView2};
 use serde::{Deserialize, Serialize};
 
-use super::classifier::{Binned, ClassifierError, LEAF, Node, Scorer, append_tree, check_trees, walkable};
+use super::classifier::{
+    Binned, ClassifierError, LEAF, Node, Scorer, append_tree, check_header, check_trees, walkable,
+};
 
 /// The format version of saved boosted trees.
 pub const FORMAT: u32 = 1;
@@ -250,13 +252,7 @@ impl Boosted {
     /// [`ClassifierError`] saying what is wrong.
     pub fn validate(&self) -> Result<(), ClassifierError> {
         let bad = |m: String| Err(ClassifierError::Structure(m));
-        if self.format != FORMAT {
-            return Err(ClassifierError::Format(self.format));
-        }
-        let k = self.classes.len();
-        if k < 2 {
-            return Err(ClassifierError::Classes(k));
-        }
+        let k = check_header(self.format, FORMAT, &self.classes)?;
         if self.roots.is_empty() {
             return Err(ClassifierError::NoTrees);
         }

@@ -222,13 +222,7 @@ impl Classifier {
     /// [`ClassifierError`] saying what is wrong.
     pub fn validate(&self) -> Result<(), ClassifierError> {
         let bad = |m: String| Err(ClassifierError::Structure(m));
-        if self.format != FORMAT {
-            return Err(ClassifierError::Format(self.format));
-        }
-        let k = self.classes.len();
-        if k < 2 {
-            return Err(ClassifierError::Classes(k));
-        }
+        let k = check_header(self.format, FORMAT, &self.classes)?;
         if !self.leaf_probs.len().is_multiple_of(k) {
             return bad(format!("{} leaf probabilities for {k} classes", self.leaf_probs.len()));
         }
@@ -250,6 +244,18 @@ impl Classifier {
     #[must_use]
     pub fn mean_nodes(&self) -> f64 {
         self.nodes.len() as f64 / self.roots.len().max(1) as f64
+    }
+}
+
+/// The checks both tree models start with: the file's format (the model's own `expected`) and
+/// at least two classes; answers the number of classes.
+pub(super) fn check_header(format: u32, expected: u32, classes: &[String]) -> Result<usize, ClassifierError> {
+    if format != expected {
+        return Err(ClassifierError::Format(format));
+    }
+    match classes.len() {
+        k if k < 2 => Err(ClassifierError::Classes(k)),
+        k => Ok(k),
     }
 }
 
