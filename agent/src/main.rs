@@ -614,6 +614,11 @@ enum EvalMode {
         /// both sides) or by conversation (as the notebooks did; flatters the model).
         #[arg(long, value_enum, default_value = "file")]
         split_by: vigil::eval::captures::SplitBy,
+        /// Also play the captures with a supervised classifier of this kind beside the anomaly
+        /// models (split by file only): the attack captures in 3 folds by file, each played
+        /// with a classifier that never saw its file. Adds "with the classifier" to the report.
+        #[arg(long, value_enum, conflicts_with = "model")]
+        classifier: Option<TreeKind>,
     },
     /// The supervised classifier (a random forest), cross-validated on labelled flows: by
     /// random rows, as published results are, and by whole days or files, as a deployment
@@ -1574,7 +1579,7 @@ fn train_anomaly_models(args: &TrainArgs) -> anyhow::Result<Bundle> {
 #[cfg(feature = "offline")]
 fn eval_command(args: EvalArgs) -> anyhow::Result<()> {
     match args.mode {
-        EvalMode::Captures { labels, model, common, timing, no_progress, split_by } => {
+        EvalMode::Captures { labels, model, common, timing, no_progress, split_by, classifier } => {
             let detector = model
                 .as_deref()
                 .map(|m| Bundle::load(m)?.detector(&Schema::flow()).map_err(anyhow::Error::from))
@@ -1588,10 +1593,10 @@ fn eval_command(args: EvalArgs) -> anyhow::Result<()> {
                 train: common.model_args.config()?,
                 train_share: check_share(common.train_share)?,
                 model: detector,
+                classifier: eval_classifier(classifier, split_by)?,
                 progress: progress_bar_wanted(no_progress),
             };
-            let report = vigil::eval::captures::run(config, |m| tracing::info!("{m}"))?;
-            publish(&common.out, "captures", &report)?;
+            publish(&common.out, "captures", &vigil::eval::captures::run(config, |m| tracing::info!("{m}"))?)?;
         }
         EvalMode::Supervised {
             unsw,
@@ -1712,6 +1717,18 @@ fn tree_model(
         TreeKind::Forest => TreeModel::Forest(ClassifierParams { trees, max_depth, ..Default::default() }),
         TreeKind::Boosted => TreeModel::Boosted(BoostParams { iterations, ..Default::default() }),
     })
+}
+
+/// `vigil eval captures --classifier`: the trees `vigil train --supervised` grows by default,
+/// and only with a split by file.
+fn eval_classifier(
+    kind: Option<TreeKind>,
+    split_by: vigil::eval::captures::SplitBy,
+) -> anyhow::Result<Option<vigil::model::kind_classifier::TreeModel>> {
+    if kind.is_some() && split_by != vigil::eval::captures::SplitBy::File {
+        anyhow::bail!("--classifier needs --split-by file: a classifier must not see the files it is tested on");
+    }
+    kind.map(|kind| tree_model(kind, 50, 14, 100)).transpose()
 }
 
 /// An attack kind of the table, for `--attack`.

@@ -20,6 +20,52 @@ fn read_json(path: &Path) -> serde_json::Value {
 }
 
 #[test]
+fn eval_captures_with_a_classifier_plays_every_capture_a_second_time_with_it() {
+    let dir = TempDir::new("eval-classifier");
+    let labels = shared("pcaps/labels.json");
+    let (status, stdout, stderr) = vigil(&[
+        "eval",
+        "captures",
+        "--labels",
+        s(&labels),
+        "--classifier",
+        "forest",
+        "--out",
+        s(dir.path()),
+        "--no-progress",
+    ]);
+    assert!(status.success(), "{stderr}");
+    assert!(stdout.contains("with the classifier"), "{stdout}");
+    let report = read_json(&dir.path().join("captures.json"));
+    let files = |section: &str| -> Vec<String> {
+        let played = report[section]["captures"].as_array().unwrap_or_else(|| panic!("{section}: {report:#}"));
+        played.iter().map(|c| c["file"].as_str().expect("file").to_owned()).collect()
+    };
+    // The same captures, held-out benign ones and every attack capture, played both ways.
+    assert_eq!(files("attackers"), files("attackers_with_classifier"));
+    assert_eq!(
+        report["attackers_with_classifier"]["benign_conversations"],
+        report["attackers"]["benign_conversations"]
+    );
+    // The two port scans: each played with a classifier trained on the other one.
+    let scans = report["attackers_with_classifier"]["per_kind"]
+        .as_array()
+        .expect("per kind")
+        .iter()
+        .find(|k| k["kind"] == "port-scan")
+        .expect("port scans")
+        .clone();
+    assert_eq!((scans["captures"].as_u64(), scans["alerted"].as_u64()), (Some(2), Some(2)), "{scans:#}");
+    // A classifier must not see the files it is tested on.
+    let (status, _, stderr) =
+        vigil(&["eval", "captures", "--labels", s(&labels), "--classifier", "forest", "--split-by", "flow"]);
+    assert!(!status.success() && stderr.contains("--split-by file"), "{stderr}");
+    let (status, _, stderr) =
+        vigil(&["eval", "captures", "--labels", s(&labels), "--classifier", "forest", "--model", "default"]);
+    assert!(!status.success() && stderr.contains("--model"), "{stderr}");
+}
+
+#[test]
 fn eval_on_labelled_captures_writes_json_and_picture() {
     let dir = TempDir::new("eval");
     let labels = shared("pcaps/labels.json");

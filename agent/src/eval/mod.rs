@@ -82,6 +82,10 @@ pub struct EvalReport {
     /// Captures only: per capture and per attacker, through the live alert grouping.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attackers: Option<attackers::AttackerReport>,
+    /// Captures split by file with `--classifier`: the same, with a supervised classifier
+    /// beside the anomaly models that never saw the capture's file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attackers_with_classifier: Option<attackers::AttackerReport>,
 }
 
 /// Held-out test data: raw rows, whether each is an attack, and its kind.
@@ -190,6 +194,7 @@ pub fn report(
         scores: combined.into_iter().zip(test.attack.iter().copied()).collect(),
         all_curves,
         attackers: None,
+        attackers_with_classifier: None,
     })
 }
 
@@ -252,10 +257,11 @@ impl EvalReport {
         for k in &self.per_kind {
             let _ = writeln!(s, "  {:<16} {:>6}/{:<6} recall {:.3}", k.kind, k.detected, k.flows, k.recall);
         }
-        if let Some(a) = &self.attackers {
+        let played = [("", &self.attackers), (", with the classifier", &self.attackers_with_classifier)];
+        for (with, a) in played.into_iter().filter_map(|(w, a)| Some((w, a.as_ref()?))) {
             let _ = writeln!(
                 s,
-                "  per capture, through the live alert grouping: {} alerts on {} benign conversations ({:.2} per 1,000)",
+                "  per capture, through the live alert grouping{with}: {} alerts on {} benign conversations ({:.2} per 1,000)",
                 a.benign_alerts, a.benign_conversations, a.benign_alerts_per_1000
             );
             for k in &a.per_kind {
@@ -285,9 +291,13 @@ pub mod captures {
         report, split,
     };
     use crate::{
+        alert::attack::AttackKind,
         features::{Schema, dataset::FlowDataset},
         flows::HarvestConfig,
-        model::{Detector, TrainConfig},
+        model::{
+            Detector, TrainConfig,
+            kind_classifier::{DEFAULT_MIN_PROBABILITY, KindClassifier, TreeModel},
+        },
     };
 
     /// How the benign captures are split between training and test.
@@ -315,8 +325,17 @@ pub mod captures {
         pub split_by: SplitBy,
         /// Evaluate this detector instead of training one (every flow is then test data).
         pub model: Option<Detector>,
+        /// With [`SplitBy::File`]: also play the captures with a supervised classifier of
+        /// this kind beside the trained anomaly models ([`CLASSIFIER_FOLDS`] folds of the
+        /// attack captures by file; each capture's classifier never saw its file).
+        pub classifier: Option<TreeModel>,
         pub progress: bool,
     }
+
+    /// Folds of the attack captures for [`CaptureEval::classifier`]: each kind's files are
+    /// dealt to them in turn, so a kind with at least this many files is in every fold's
+    /// training data.
+    pub const CLASSIFIER_FOLDS: usize = 3;
 
     /// Why a capture evaluation failed.
     #[derive(Debug, thiserror::Error)]
@@ -327,6 +346,8 @@ pub mod captures {
         Data(#[from] crate::features::dataset::DatasetError),
         #[error(transparent)]
         Eval(#[from] EvalError),
+        #[error("the classifier of fold {fold}: {message}")]
+        Classifier { fold: usize, message: String },
     }
 
     /// Runs it.
@@ -357,7 +378,7 @@ pub mod captures {
             let protocol = "given model; every conversation of every labelled capture is scored (benign ones may overlap its training data)";
             let test = TestSet { rows: data.rows.view(), attack: &attack, kind: &kind };
             let mut r = report(&name, protocol, detector, 0, &test)?;
-            r.attackers = Some(play(&data, &captures, detector, |_| true, interval_ns)?);
+            r.attackers = Some(play(&data, &captures, |_| Some(detector), interval_ns)?);
             return Ok(r);
         }
         let (train_idx, held_out, unit) = match config.split_by {
@@ -411,18 +432,114 @@ pub mod captures {
         if config.split_by == SplitBy::File {
             let trained_files: std::collections::HashSet<usize> =
                 train_idx.iter().map(|&i| data.file_index[i]).collect();
-            r.attackers =
-                Some(play(&data, &captures, &trained.detector, |f| !trained_files.contains(&f), interval_ns)?);
+            let held_out = |f: usize| !trained_files.contains(&f);
+            r.attackers = Some(play(&data, &captures, |f| held_out(f).then_some(&trained.detector), interval_ns)?);
+            if let Some(model) = &config.classifier {
+                let folds = classifier_folds(&data, &captures, &trained.detector, &train_idx, model, &mut progress)?;
+                let fold_of = attack_folds(&captures);
+                r.attackers_with_classifier = Some(play(
+                    &data,
+                    &captures,
+                    |f| held_out(f).then(|| &folds[fold_of[f].unwrap_or(CLASSIFIER_FOLDS)]),
+                    interval_ns,
+                )?);
+            }
         }
         Ok(r)
     }
 
-    /// Plays the captures `take` accepts through the live alert grouping.
-    fn play(
+    /// The fold of each attack capture (none for benign ones): each kind's files in turn.
+    fn attack_folds(captures: &[(std::path::PathBuf, String, CaptureLabel)]) -> Vec<Option<usize>> {
+        let mut dealt: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+        captures
+            .iter()
+            .map(|(_, _, label)| {
+                (!label.is_benign()).then(|| {
+                    let n = dealt.entry(label.kind.as_str()).or_default();
+                    *n += 1;
+                    (*n - 1) % CLASSIFIER_FOLDS
+                })
+            })
+            .collect()
+    }
+
+    /// `detector` with a classifier per fold: fold k's is trained on the benign training
+    /// conversations and every attack capture outside fold k; the last (index
+    /// [`CLASSIFIER_FOLDS`]), for the held-out benign captures, on every attack capture.
+    fn classifier_folds(
         data: &FlowDataset,
         captures: &[(std::path::PathBuf, String, CaptureLabel)],
         detector: &Detector,
-        take: impl Fn(usize) -> bool,
+        benign_train: &[usize],
+        model: &TreeModel,
+        progress: &mut impl FnMut(&str),
+    ) -> Result<Vec<Detector>, CaptureEvalError> {
+        // Each conversation's class: the kind of its capture's label for the attacker's
+        // conversations, benign for the rest.
+        let kinds: Vec<Option<&str>> = data
+            .conversations
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let label = &captures[data.file_index[i]].2;
+                label
+                    .is_attack_flow(&c.first)
+                    .then(|| AttackKind::from_label(&label.kind).map(AttackKind::name))
+                    .flatten()
+            })
+            .collect();
+        let mut classes: Vec<String> = kinds.iter().flatten().map(|k| (*k).to_owned()).collect();
+        classes.sort_unstable();
+        classes.dedup();
+        classes.insert(0, BENIGN.to_owned());
+        let y: Vec<u16> = kinds
+            .iter()
+            .map(|k| {
+                let i = k.map_or(0, |k| classes.iter().position(|c| c == k).unwrap_or(0));
+                u16::try_from(i).unwrap_or(0)
+            })
+            .collect();
+        let fold_of = attack_folds(captures);
+        let schema = Schema::flow();
+        (0..=CLASSIFIER_FOLDS)
+            .map(|fold| {
+                let rows: Vec<usize> = benign_train
+                    .iter()
+                    .copied()
+                    .chain((0..data.len()).filter(|&i| fold_of[data.file_index[i]].is_some_and(|f| f != fold)))
+                    .collect();
+                progress(&format!(
+                    "classifier {} of {}: {} on {} conversations",
+                    fold + 1,
+                    CLASSIFIER_FOLDS + 1,
+                    model.describe(),
+                    rows.len()
+                ));
+                let x = data.rows.select(Axis(0), &rows);
+                let labels: Vec<u16> = rows.iter().map(|&i| y[i]).collect();
+                let summary = serde_json::json!({ "evaluation fold": fold });
+                let trained = crate::model::train::train_classifier(
+                    &schema,
+                    x.view(),
+                    &labels,
+                    classes.clone(),
+                    model,
+                    DEFAULT_MIN_PROBABILITY,
+                    summary,
+                )
+                .map_err(|e| CaptureEvalError::Classifier { fold, message: e.to_string() })?;
+                let classifier = KindClassifier::load(&trained.spec, &trained.bytes, schema.len())
+                    .map_err(|e| CaptureEvalError::Classifier { fold, message: e.to_string() })?;
+                Ok(Detector { classifier: Some(classifier), ..detector.clone() })
+            })
+            .collect()
+    }
+
+    /// Plays the captures `detector_of` gives a detector through the live alert grouping.
+    fn play<'d>(
+        data: &FlowDataset,
+        captures: &[(std::path::PathBuf, String, CaptureLabel)],
+        detector_of: impl Fn(usize) -> Option<&'d Detector>,
         interval_ns: u64,
     ) -> Result<attackers::AttackerReport, EvalError> {
         let mut by_file = vec![Vec::new(); data.files.len()];
@@ -430,7 +547,11 @@ pub mod captures {
             by_file[f].push(i);
         }
         let mut played = Vec::new();
-        for (f, idx) in by_file.into_iter().enumerate().filter(|(f, idx)| take(*f) && !idx.is_empty()) {
+        let mut alert_threshold = None;
+        for (f, idx) in by_file.into_iter().enumerate().filter(|(_, idx)| !idx.is_empty()) {
+            let Some(detector) = detector_of(f) else { continue };
+            // Every capture's detector has the same anomaly models, and so the same threshold.
+            alert_threshold = Some(detector.thresholds.alert);
             let (_, file, label) = &captures[f];
             let scores = detector.score(data.rows.select(Axis(0), &idx).view())?;
             played.push(Capture {
@@ -442,7 +563,23 @@ pub mod captures {
                 scores,
             });
         }
-        Ok(attackers::evaluate(&played, detector.thresholds.alert, interval_ns))
+        Ok(attackers::evaluate(&played, alert_threshold.unwrap_or(f32::INFINITY), interval_ns))
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn each_kinds_attack_files_are_dealt_to_the_folds_in_turn_and_benign_ones_to_none() {
+            let capture = |kind: &str| {
+                let label = CaptureLabel { kind: kind.into(), attacker: None, victim: None, note: None };
+                (std::path::PathBuf::from(kind), kind.to_owned(), label)
+            };
+            let kinds = ["scan", "scan", "benign", "scan", "flood", "scan", "flood"];
+            let captures: Vec<_> = kinds.iter().map(|k| capture(k)).collect();
+            assert_eq!(attack_folds(&captures), [Some(0), Some(1), None, Some(2), Some(0), Some(0), Some(1)]);
+        }
     }
 }
 
