@@ -145,8 +145,156 @@ fn train_million(machine: &str, detector: &vigil::model::Detector, schema: &Sche
     ));
 }
 
+/// One side of a synthetic conversation: `packets` and `bytes` over `duration_ns` from `t0`.
+#[expect(clippy::too_many_arguments, reason = "one record's varying fields")]
+fn side(
+    (src, dst): (IpAddr, IpAddr),
+    (sport, dport): (u16, u16),
+    protocol: u8,
+    t0: u64,
+    duration_ns: u64,
+    packets: u64,
+    bytes: u64,
+    answer: bool,
+) -> vigil::flows::FlowRecord {
+    use vigil::flows::{EndReason, record::TcpFlagCounts};
+    let mean = bytes / packets;
+    let tcp = protocol == 6;
+    let (acks, pushes) = ((packets - 1) as u32, (packets / 3) as u32);
+    vigil::flows::FlowRecord {
+        src_ip: src,
+        dst_ip: dst,
+        src_port: sport,
+        dst_port: dport,
+        protocol,
+        ip_version: 4,
+        first_seen_ns: t0 + u64::from(answer) * 300_000,
+        last_seen_ns: t0 + duration_ns,
+        packets,
+        bytes,
+        len_min: mean.min(60) as u32,
+        len_max: (mean * 2).min(1514) as u32,
+        len_sq_sum: mean * mean * packets,
+        iat_min_ns: (packets > 1).then_some(20_000),
+        iat_max_ns: (packets > 1).then_some(duration_ns / 2),
+        iat_sum_ns: duration_ns,
+        iat_sq_sum_us2: (duration_ns / 1000).pow(2) / packets.max(1),
+        tcp_flags: match (tcp, answer) {
+            (false, _) => TcpFlagCounts::default(),
+            (true, false) => TcpFlagCounts { syn: 1, ack: acks, psh: pushes, fin: 1, ..TcpFlagCounts::default() },
+            (true, true) => TcpFlagCounts { syn_ack: 1, ack: acks, psh: pushes, fin: 1, ..TcpFlagCounts::default() },
+        },
+        ttl_min: if answer { 57 } else { 64 },
+        ttl_max: if answer { 57 } else { 64 },
+        fragment_first: false,
+        fragment_later: false,
+        malformed: 0,
+        transport_truncated: false,
+        network_unwalked: false,
+        end_reason: EndReason::Idle,
+    }
+}
+
+/// `-- train1m-flows`: what `vigil train --flows FILE` does with a file of a million
+/// conversation records (reading and pairing them, the context and features, the models),
+/// called in-process; the file's writing is not timed.
+fn train_million_flows(machine: &str) {
+    use std::io::Write as _;
+    const CONVERSATIONS: u64 = 1_000_000;
+    let dir = TempDir::new("train1m-flows");
+    let path = dir.path().join("flows.jsonl");
+    let mut rng = StdRng::seed_from_u64(3);
+    let mut out = std::io::BufWriter::new(std::fs::File::create(&path).expect("flows file"));
+    // An hour of traffic: 5,000 clients, 400 servers, a few services each with its own size.
+    let services: [(u8, u16, u64); 8] = [
+        (6, 443, 40),
+        (6, 80, 20),
+        (17, 53, 1),
+        (6, 22, 200),
+        (17, 443, 300),
+        (6, 993, 30),
+        (6, 445, 60),
+        (17, 123, 1),
+    ];
+    for i in 0..CONVERSATIONS {
+        let client = IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + rng.random_range(0..5_000u32)));
+        let server = IpAddr::V4(Ipv4Addr::from(0xc633_6400 + rng.random_range(0..400u32)));
+        let (protocol, port, scale) = services[rng.random_range(0..services.len())];
+        let sport = rng.random_range(32_768..61_000u16);
+        let t0 = 1_764_511_513_000_000_000 + i * 3_600_000_000_000 / CONVERSATIONS;
+        let packets = 1 + (scale as f64 * rng.random_range(0.2f64..5.0)) as u64;
+        let back = 1 + packets * rng.random_range(1..4u64) / 2;
+        let duration = rng.random_range(1_000_000..(60_000_000_000 * scale.min(30)));
+        let first = side(
+            (client, server),
+            (sport, port),
+            protocol,
+            t0,
+            duration,
+            packets,
+            packets * rng.random_range(60..400u64),
+            false,
+        );
+        let answer = side(
+            (server, client),
+            (port, sport),
+            protocol,
+            t0,
+            duration,
+            back,
+            back * rng.random_range(60..1400u64),
+            true,
+        );
+        let record = vigil::flows::biflow::Conversation::new(first, Some(answer)).record();
+        serde_json::to_writer(&mut out, &record).expect("record");
+        out.write_all(b"\n").expect("newline");
+    }
+    out.flush().expect("flushed");
+    drop(out);
+    let file_mb = std::fs::metadata(&path).expect("written").len() as f64 / 1e6;
+    let hwm_start = status_kib("VmHWM:");
+    let config = vigil::model::TrainConfig::default();
+    let started = Instant::now();
+    let data = vigil::features::dataset::FlowDataset::from_flow_files(
+        std::slice::from_ref(&path),
+        vigil::features::DEFAULT_WINDOW,
+    )
+    .expect("records read");
+    let read = started.elapsed().as_secs_f64();
+    assert_eq!(data.len() as u64, CONVERSATIONS, "one conversation per record");
+    let trained = vigil::model::train(
+        &Schema::flow(),
+        data.rows.view(),
+        &config,
+        serde_json::json!({ "bench": "train1m-flows" }),
+        |_| {},
+    )
+    .expect("trained");
+    let took = started.elapsed().as_secs_f64();
+    let hwm = status_kib("VmHWM:") as f64 / 1024.0;
+    let epochs = trained.autoencoder.as_ref().map_or(0, |r| r.best_epoch);
+    report(&format!(
+        "## `vigil train --flows` on a million conversations (`cargo bench -p vigil-tests --bench learn -- train1m-flows`)\n\n\
+         Machine: {machine}. {CONVERSATIONS} synthetic conversation records ({file_mb:.0} MB of JSON lines, an hour of \
+         5,000 clients and 400 servers), read, paired and turned into features by \
+         `FlowDataset::from_flow_files` and trained on by `vigil::model::train` with the default settings, in-process \
+         (what `vigil train --flows FILE` runs).\n\n\
+         | measure | value |\n|---|---|\n\
+         | total | {took:.1} s |\n\
+         | records to feature rows | {read:.1} s |\n\
+         | models (best epoch {epochs}) | {:.1} s |\n\
+         | peak RSS (VmHWM, {hwm0:.0} MB before) | {hwm:.0} MB |\n",
+        took - read,
+        hwm0 = hwm_start as f64 / 1024.0,
+    ));
+}
+
 fn main() {
     let machine = machine();
+    if std::env::args().skip(1).any(|a| a == "train1m-flows") {
+        train_million_flows(&machine);
+        return;
+    }
     let schema = Schema::flow();
     let detector = Bundle::embedded().and_then(|b| b.detector(&schema)).expect("built-in model");
     if std::env::args().skip(1).any(|a| a == "train1m") {
